@@ -1,0 +1,172 @@
+"""Password hashing and password policy.
+
+Hashing uses argon2id with the OWASP recommended parameters (19 MiB of
+memory, two iterations, one lane). Passwords are NFKC-normalised before they
+are hashed or verified, so the same password typed on different keyboards or
+operating systems always matches.
+
+The policy follows NIST SP 800-63B. A password is accepted when it:
+
+* is at least 10 and at most 128 characters long, counted as Unicode code
+  points after NFKC normalisation;
+* is not, ignoring case, a commonly used password;
+* is not, ignoring case, a single dictionary word;
+* is not, ignoring case, the person's email address, its local part or their
+  name;
+* is not one character repeated.
+
+There are deliberately no composition rules: any mix of letters, digits,
+symbols, spaces and emoji is allowed.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+import unicodedata
+from collections.abc import Iterable
+from importlib import resources
+
+import argon2
+from argon2.exceptions import VerificationError
+
+__all__ = [
+    "DEFAULT_MEMORY_COST",
+    "DEFAULT_PARALLELISM",
+    "DEFAULT_TIME_COST",
+    "MAX_LENGTH",
+    "MIN_LENGTH",
+    "PasswordHasher",
+    "check_password",
+    "common_passwords",
+    "dictionary_words",
+]
+
+DEFAULT_MEMORY_COST = 19_456
+DEFAULT_TIME_COST = 2
+DEFAULT_PARALLELISM = 1
+
+MIN_LENGTH = 10
+MAX_LENGTH = 128
+
+TOO_SHORT = f"Use at least {MIN_LENGTH} characters."
+TOO_LONG = f"Use at most {MAX_LENGTH} characters."
+REPEATED_CHARACTER = "A single repeated character is easy to guess; use several words instead."
+PERSONAL_DETAILS = "Don't use your email address or name as your password."
+TOO_COMMON = "This password is too common; choose something harder to guess."
+DICTIONARY_WORD = "A single dictionary word is easy to guess; add more words."
+
+_DATA_PACKAGE = "identity.accounts"
+_COMMON_PASSWORDS_FILE = "data/common-passwords.txt"
+_WORDS_FILE = "data/words.txt"
+
+
+def _normalise(password: str) -> str:
+    return unicodedata.normalize("NFKC", password)
+
+
+class PasswordHasher:
+    """Hashes and verifies passwords with argon2id."""
+
+    def __init__(
+        self,
+        *,
+        memory_cost: int = DEFAULT_MEMORY_COST,
+        time_cost: int = DEFAULT_TIME_COST,
+        parallelism: int = DEFAULT_PARALLELISM,
+    ) -> None:
+        self._hasher = argon2.PasswordHasher(
+            time_cost=time_cost,
+            memory_cost=memory_cost,
+            parallelism=parallelism,
+            type=argon2.Type.ID,
+        )
+        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(32))
+
+    def hash(self, password: str) -> str:
+        """Return the encoded argon2id hash of ``password``."""
+        return self._hasher.hash(_normalise(password))
+
+    def verify(self, stored_hash: str, password: str) -> bool:
+        """Return whether ``password`` matches ``stored_hash``.
+
+        A malformed hash, or one produced by an unknown algorithm, never
+        matches.
+        """
+        try:
+            return self._hasher.verify(stored_hash, _normalise(password))
+        except (VerificationError, ValueError):
+            return False
+
+    def needs_rehash(self, stored_hash: str) -> bool:
+        """Return whether ``stored_hash`` should be replaced by a fresh hash.
+
+        This is the case when it was made with other parameters or another
+        algorithm than this hasher's.
+        """
+        try:
+            return self._hasher.check_needs_rehash(stored_hash)
+        except ValueError:
+            return True
+
+    def dummy_verify(self, password: str) -> None:
+        """Spend as long as :meth:`verify` does, without checking anything.
+
+        Call this when a sign-in names an unknown account, so that the
+        response time does not reveal whether the account exists.
+        """
+        self.verify(self._dummy_hash, password)
+
+
+def check_password(password: str, *, context: Iterable[str] = ()) -> str | None:
+    """Return why ``password`` is refused, or ``None`` when it is acceptable.
+
+    ``context`` holds personal details that must not be used as the password,
+    such as the email address and the person's name. For an email address its
+    local part is refused as well.
+    """
+    normalised = _normalise(password)
+    if len(normalised) < MIN_LENGTH:
+        return TOO_SHORT
+    if len(normalised) > MAX_LENGTH:
+        return TOO_LONG
+    if len(set(normalised)) == 1:
+        return REPEATED_CHARACTER
+    folded = normalised.casefold()
+    if folded in _personal_details(context):
+        return PERSONAL_DETAILS
+    if folded in common_passwords():
+        return TOO_COMMON
+    if folded in dictionary_words():
+        return DICTIONARY_WORD
+    return None
+
+
+def _personal_details(context: Iterable[str]) -> set[str]:
+    details: set[str] = set()
+    for item in context:
+        folded = _normalise(item).strip().casefold()
+        if not folded:
+            continue
+        details.add(folded)
+        local_part, at, _domain = folded.rpartition("@")
+        if at and local_part:
+            details.add(local_part)
+    return details
+
+
+@functools.cache
+def common_passwords() -> frozenset[str]:
+    """Return the lowercase blocklist of commonly used passwords."""
+    return _load_list(_COMMON_PASSWORDS_FILE)
+
+
+@functools.cache
+def dictionary_words() -> frozenset[str]:
+    """Return the lowercase list of dictionary words and names."""
+    return _load_list(_WORDS_FILE)
+
+
+def _load_list(name: str) -> frozenset[str]:
+    text = resources.files(_DATA_PACKAGE).joinpath(name).read_text(encoding="utf-8")
+    return frozenset(line for line in map(str.strip, text.splitlines()) if line)

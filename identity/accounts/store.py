@@ -1,0 +1,130 @@
+"""Accounts and their basic details. Every change goes through :func:`update_details`, which
+bumps the account's ``version`` and records what changed, when and through which channel."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from identity.db.models import Account, AccountChange, utcnow
+
+Channel = Literal["person", "service", "support", "cli"]
+
+MARKETING = ("marketing_news", "marketing_competitions", "marketing_offers")
+DETAIL_FIELDS = (
+    "email",
+    "given_name",
+    "family_name",
+    "name",
+    "birthdate",
+    "locale",
+    "zoneinfo",
+    "phone_number",
+    "address",
+    *MARKETING,
+)
+
+
+class EmailTaken(Exception):
+    """Another account already uses that email address."""
+
+
+def age_on(birthdate: dt.date, today: dt.date) -> int:
+    return today.year - birthdate.year - ((today.month, today.day) < (birthdate.month, birthdate.day))
+
+
+def is_child(birthdate: dt.date | None, age_of_consent: int, today: dt.date | None = None) -> bool:
+    return birthdate is not None and age_on(birthdate, today or dt.date.today()) < age_of_consent
+
+
+async def find_by_email(session: AsyncSession, email: str) -> Account | None:
+    return await session.scalar(select(Account).where(Account.email == email))
+
+
+async def find_by_sub(session: AsyncSession, sub: str) -> Account | None:
+    return await session.scalar(select(Account).where(Account.sub == sub))
+
+
+async def create_account(
+    session: AsyncSession,
+    *,
+    email: str,
+    password_hash: str,
+    details: dict[str, Any],
+    channel: Channel,
+    actor: str | None = None,
+    status: str = "active",
+    guardian_email: str | None = None,
+) -> Account:
+    if await find_by_email(session, email) is not None:
+        raise EmailTaken(email)
+    now = utcnow()
+    account = Account(
+        sub=str(uuid.uuid4()),
+        email=email,
+        email_verified=False,
+        password_hash=password_hash,
+        status=status,
+        guardian_email=guardian_email,
+        version=1,
+        created_at=now,
+        updated_at=now,
+    )
+    _apply(account, {k: v for k, v in details.items() if k != "email"}, now)
+    if account.name is None and (account.given_name or account.family_name):
+        account.name = " ".join(p for p in (account.given_name, account.family_name) if p)
+    session.add(account)
+    await session.flush()
+    session.add(AccountChange(account_id=account.id, version=1, fields=["created"], channel=channel, actor=actor, at=now))
+    return account
+
+
+def _apply(account: Account, changes: dict[str, Any], now: dt.datetime) -> list[str]:
+    changed = []
+    for field, value in changes.items():
+        if field not in DETAIL_FIELDS:
+            raise KeyError(field)
+        if getattr(account, field) == value:
+            continue
+        if field in MARKETING:
+            value = bool(value)
+            setattr(account, f"{field}_at", now)
+        if field == "email":
+            account.email_verified = False
+        setattr(account, field, value)
+        changed.append(field)
+    return changed
+
+
+async def update_details(
+    session: AsyncSession,
+    account: Account,
+    changes: dict[str, Any],
+    *,
+    channel: Channel,
+    actor: str | None = None,
+) -> list[str]:
+    """Apply ``changes`` (claim name to new value); return the names that really changed."""
+    if "email" in changes and changes["email"] != account.email:
+        other = await find_by_email(session, changes["email"])
+        if other is not None and other.id != account.id:
+            raise EmailTaken(changes["email"])
+    now = utcnow()
+    names_given = {"given_name", "family_name"} & changes.keys()
+    changed = _apply(account, changes, now)
+    if names_given and "name" not in changes and changed:
+        full = " ".join(p for p in (account.given_name, account.family_name) if p) or None
+        if full != account.name:
+            account.name = full
+            changed.append("name")
+    if not changed:
+        return []
+    account.version += 1
+    account.updated_at = now
+    session.add(AccountChange(account_id=account.id, version=account.version, fields=changed, channel=channel, actor=actor, at=now))
+    await session.flush()
+    return changed

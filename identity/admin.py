@@ -1,0 +1,128 @@
+"""Operator actions shared by the CLI and tests: registering services and creating accounts.
+They validate their input, take the caller's session and never commit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from identity.accounts.passwords import PasswordHasher, check_password
+from identity.accounts.store import EmailTaken, create_account, is_child
+from identity.db.models import Service
+from identity.oidc import scopes
+from identity.settings import Settings
+from identity.tokens import digest, new_secret
+from schemas.account import BasicDetails, normalize_email, problems
+
+DEFAULT_SERVICE_SCOPE = "openid profile email phone address marketing offline_access"
+DEFAULT_GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials"]
+
+
+class InvalidInput(Exception):
+    """A bad argument, explained for the operator who gave it."""
+
+
+@dataclass(frozen=True)
+class NewService:
+    client_id: str
+    client_secret: str
+
+
+def check_uri(value: str, what: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise InvalidInput(f"{what} must be an absolute http(s) URL: {value!r}")
+    if parts.fragment:
+        raise InvalidInput(f"{what} must not contain a fragment: {value!r}")
+    if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise InvalidInput(f"{what} must use https unless it is a loopback address: {value!r}")
+    return value
+
+
+async def add_service(
+    db: AsyncSession,
+    *,
+    name: str,
+    redirect_uris: list[str],
+    post_logout_redirect_uris: list[str] | None = None,
+    backchannel_logout_uri: str | None = None,
+    scope: str = DEFAULT_SERVICE_SCOPE,
+    id_token_alg: str = "RS256",
+) -> NewService:
+    if not name.strip():
+        raise InvalidInput("--name must not be empty")
+    if not redirect_uris:
+        raise InvalidInput("give at least one --redirect-uri")
+    redirect_uris = [check_uri(u, "--redirect-uri") for u in redirect_uris]
+    post_logout = [check_uri(u, "--post-logout-redirect-uri") for u in post_logout_redirect_uris or []]
+    backchannel = check_uri(backchannel_logout_uri, "--backchannel-logout-uri") if backchannel_logout_uri else None
+    wanted = scopes.split(scope)
+    if "openid" not in wanted or any(s not in scopes.SUPPORTED_SCOPES for s in wanted):
+        raise InvalidInput(f"--scope must include openid and only these: {' '.join(scopes.SUPPORTED_SCOPES)}")
+    if id_token_alg not in ("RS256", "ES256"):
+        raise InvalidInput("--id-token-alg must be RS256 or ES256")
+    service = NewService(client_id=new_secret(16), client_secret=new_secret(32))
+    db.add(
+        Service(
+            client_id=service.client_id,
+            name=name.strip(),
+            secret_hash=digest(service.client_secret),
+            redirect_uris=redirect_uris,
+            post_logout_redirect_uris=post_logout,
+            backchannel_logout_uri=backchannel,
+            scope=scopes.join(wanted),
+            grant_types=DEFAULT_GRANT_TYPES,
+            id_token_signed_response_alg=id_token_alg,
+        )
+    )
+    await db.flush()
+    return service
+
+
+async def add_user(
+    db: AsyncSession,
+    settings: Settings,
+    hasher: PasswordHasher,
+    *,
+    email: str,
+    password: str,
+    given_name: str | None = None,
+    family_name: str | None = None,
+    birthdate: str | None = None,
+    guardian_email: str | None = None,
+    verified: bool = False,
+) -> str:
+    """Create an account; return its ``sub``."""
+    body = {"email": email, "given_name": given_name, "family_name": family_name, "birthdate": birthdate}
+    try:
+        details = BasicDetails.model_validate({k: v for k, v in body.items() if v is not None})
+    except ValidationError as exc:
+        raise InvalidInput("; ".join(f"--{p.field.replace('_', '-')}: {p.message}" for p in problems(exc))) from None
+    if reason := check_password(password, context=[details.email, given_name or "", family_name or ""]):
+        raise InvalidInput(f"--password: {reason}")
+    child = is_child(details.birthdate, settings.age_of_digital_consent)
+    guardian = None
+    if child:
+        if not guardian_email:
+            raise InvalidInput(f"the person is under {settings.age_of_digital_consent}: give --guardian-email")
+        try:
+            guardian = normalize_email(guardian_email)
+        except ValueError as exc:
+            raise InvalidInput(f"--guardian-email: {exc}") from None
+    try:
+        account = await create_account(
+            db,
+            email=details.email,
+            password_hash=hasher.hash(password),
+            details=details.changes(),
+            channel="cli",
+            status="pending_guardian" if child else "active",
+            guardian_email=guardian,
+        )
+    except EmailTaken:
+        raise InvalidInput(f"an account with {details.email} already exists") from None
+    account.email_verified = verified
+    return account.sub

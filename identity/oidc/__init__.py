@@ -1,0 +1,1 @@
+"""The OpenID Connect provider: authlib's protocol core, with the hub's storage and rules."""

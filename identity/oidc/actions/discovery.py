@@ -1,0 +1,56 @@
+"""OpenID Provider metadata (OIDC Discovery 1.0, RFC 8414) and the public JWKS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from identity.oidc import scopes
+from identity.oidc.keys import ALGORITHMS
+from identity.web.appkeys import PROVIDER, SETTINGS
+
+
+def metadata(issuer: str) -> dict[str, Any]:
+    claims = sorted({c for names in scopes.SCOPE_CLAIMS.values() for c in names} | {"iss", "aud", "exp", "iat", "auth_time", "nonce", "sid", "at_hash"})
+    return {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/authorize",
+        "token_endpoint": f"{issuer}/token",
+        "userinfo_endpoint": f"{issuer}/userinfo",
+        "jwks_uri": f"{issuer}/jwks",
+        "revocation_endpoint": f"{issuer}/revoke",
+        "introspection_endpoint": f"{issuer}/introspect",
+        "end_session_endpoint": f"{issuer}/end-session",
+        "scopes_supported": list(scopes.SUPPORTED_SCOPES),
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": list(ALGORITHMS),
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "code_challenge_methods_supported": ["S256"],
+        "claims_supported": claims,
+        "claims_parameter_supported": False,
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+        "prompt_values_supported": ["none", "login", "consent"],
+        "authorization_response_iss_parameter_supported": True,
+        "backchannel_logout_supported": True,
+        "backchannel_logout_session_supported": True,
+        "frontchannel_logout_supported": False,
+    }
+
+
+async def openid_configuration(request: web.Request) -> web.Response:
+    return web.json_response(
+        metadata(request.config_dict[SETTINGS].issuer), headers={"Cache-Control": "public, max-age=3600"}
+    )
+
+
+async def jwks(request: web.Request) -> web.Response:
+    return web.json_response(
+        request.config_dict[PROVIDER].keys.jwks(), headers={"Cache-Control": "public, max-age=300"}
+    )

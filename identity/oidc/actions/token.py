@@ -1,0 +1,47 @@
+"""Token, revocation and introspection endpoints: authlib does the protocol; each request is
+one transaction, committed even when authlib answers with an error, because some errors are
+themselves decisions to keep (a replayed code or reused refresh token revokes its grant)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from identity.oidc.adapter import read_request
+from identity.web.appkeys import DB, PROVIDER, SETTINGS
+
+
+def _form_only(request: web.Request) -> web.Response | None:
+    if request.content_type != "application/x-www-form-urlencoded":
+        return web.json_response(
+            {"error": "invalid_request", "error_description": "Send the parameters as application/x-www-form-urlencoded."},
+            status=400,
+            headers={"Cache-Control": "no-store"},
+        )
+    return None
+
+
+async def token(request: web.Request) -> web.StreamResponse:
+    if (bad := _form_only(request)) is not None:
+        return bad
+    provider = request.config_dict[PROVIDER]
+    oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
+    async with request.config_dict[DB].begin() as db:
+        return await provider.run(db, lambda: provider.create_token_response(oauth_request))
+
+
+async def revoke(request: web.Request) -> web.StreamResponse:
+    if (bad := _form_only(request)) is not None:
+        return bad
+    provider = request.config_dict[PROVIDER]
+    oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
+    async with request.config_dict[DB].begin() as db:
+        return await provider.run(db, lambda: provider.create_endpoint_response("revocation", oauth_request))
+
+
+async def introspect(request: web.Request) -> web.StreamResponse:
+    if (bad := _form_only(request)) is not None:
+        return bad
+    provider = request.config_dict[PROVIDER]
+    oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
+    async with request.config_dict[DB].begin() as db:
+        return await provider.run(db, lambda: provider.create_endpoint_response("introspection", oauth_request))

@@ -1,0 +1,41 @@
+"""The UserInfo endpoint (OIDC Core 5.3): the claims the token's scopes release, nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from authlib.oauth2 import OAuth2Error
+
+from identity.accounts.claims import user_claims
+from identity.oidc.adapter import read_request
+from identity.web.appkeys import DB, PROVIDER, SETTINGS
+
+
+async def userinfo(request: web.Request) -> web.StreamResponse:
+    provider = request.config_dict[PROVIDER]
+    oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
+    async with request.config_dict[DB].begin() as db:
+
+        def claims() -> dict[str, Any]:
+            token = provider.resource.validate_request(["openid"], oauth_request)
+            account = token.get_user()
+            if account is None or account.status != "active":
+                raise _InvalidToken()
+            return user_claims(account, token.get_scope())
+
+        try:
+            body = await provider.run(db, claims)
+        except OAuth2Error as error:
+            status, payload, headers = error()
+            return web.json_response(payload, status=status, headers=dict(headers) | {"Cache-Control": "no-store"})
+    return web.json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+class _InvalidToken(OAuth2Error):
+    error = "invalid_token"
+    description = "The access token is not valid for this person."
+    status_code = 401
+
+    def get_headers(self) -> list[tuple[str, str]]:
+        return [("WWW-Authenticate", 'Bearer error="invalid_token"'), ("Content-Type", "application/json")]

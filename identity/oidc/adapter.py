@@ -1,0 +1,95 @@
+"""The aiohttp side of authlib: an aiohttp request becomes an ``OAuth2Request``, and authlib's
+``(status, body, headers)`` becomes an aiohttp response. Nothing else crosses this line."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from aiohttp import web
+from authlib.oauth2.rfc6749 import OAuth2Payload, OAuth2Request
+from multidict import MultiDict, MultiDictProxy
+
+
+class _Payload(OAuth2Payload):
+    def __init__(self, values: MultiDict[str]) -> None:
+        self._values = values
+        self._data = {k: values.getone(k) for k in values.keys()}
+        lists: defaultdict[str, list[str]] = defaultdict(list)
+        for key, value in values.items():
+            lists[key].append(value)
+        self._datalist = lists
+
+    @property
+    def data(self) -> dict[str, str]:
+        return self._data
+
+    @property
+    def datalist(self) -> defaultdict[str, list[str]]:
+        return self._datalist
+
+
+class HubOAuth2Request(OAuth2Request):
+    """An authlib request built from data already read off the wire (no I/O inside authlib)."""
+
+    def __init__(
+        self,
+        method: str,
+        uri: str,
+        headers: Any,
+        query: Iterable[tuple[str, str]] = (),
+        form: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(method=method, uri=uri, headers=headers)
+        self._args: MultiDict[str] = MultiDict(query)
+        self._form: MultiDict[str] = MultiDict(form)
+        merged: MultiDict[str] = MultiDict(self._args)
+        merged.extend(self._form)
+        self.payload = _Payload(merged)
+        #: Hub-specific context for the grant (browser session, auth_time, ...).
+        self.hub: dict[str, Any] = {}
+
+    @property
+    def args(self) -> MultiDict[str]:
+        return self._args
+
+    @property
+    def form(self) -> MultiDict[str]:
+        return self._form
+
+
+def _text_items(values: MultiDictProxy[Any]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in values.items() if isinstance(v, str)]
+
+
+async def read_request(request: web.Request, issuer: str) -> HubOAuth2Request:
+    """Read query and (form) body, then build the authlib request against the issuer URL."""
+    form: list[tuple[str, str]] = []
+    if request.method == "POST" and request.content_type == "application/x-www-form-urlencoded":
+        form = _text_items(await request.post())
+    return HubOAuth2Request(
+        request.method,
+        issuer + request.path_qs,
+        request.headers,
+        query=list(request.query.items()),
+        form=form,
+    )
+
+
+def to_response(status: int, body: Any, headers: list[tuple[str, str]]) -> web.Response:
+    response_headers = {k: v for k, v in headers if k.lower() != "content-type"}
+    content_type = next((v for k, v in headers if k.lower() == "content-type"), None)
+    if isinstance(body, dict):
+        text = json.dumps(body)
+        content_type = "application/json"
+    else:
+        text = body or ""
+    response = web.Response(status=status, text=text, headers=response_headers)
+    if content_type:
+        response.content_type = content_type.split(";")[0]
+    if status in (200, 400, 401) and content_type and content_type.startswith("application/json"):
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault("Pragma", "no-cache")
+    return response

@@ -1,0 +1,88 @@
+"""Ending a hub session, and OpenID Connect Back-Channel Logout 1.0: a signed logout token
+POSTed to every service of the session that registered a ``backchannel_logout_uri``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+
+import aiohttp
+from joserfc import jwt
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from identity.db.models import Account, BrowserSession, Service, SessionService, utcnow
+from identity.oidc.keys import KeyRing
+
+log = logging.getLogger(__name__)
+
+BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+
+
+@dataclass(frozen=True)
+class LogoutNotice:
+    client_id: str
+    uri: str
+    logout_token: str
+
+
+def logout_token(keys: KeyRing, issuer: str, service: Service, sub: str, sid: str) -> str:
+    alg = service.id_token_signed_response_alg or "RS256"
+    key = keys.signing_key(alg)
+    now = int(utcnow().timestamp())
+    claims = {
+        "iss": issuer,
+        "aud": service.client_id,
+        "iat": now,
+        "exp": now + 120,
+        "jti": uuid.uuid4().hex,
+        "sub": sub,
+        "sid": sid,
+        "events": {BACKCHANNEL_EVENT: {}},
+    }
+    return jwt.encode({"alg": alg, "kid": key.kid, "typ": "logout+jwt"}, claims, key, algorithms=[alg])
+
+
+async def end_session(db: AsyncSession, keys: KeyRing, issuer: str, session: BrowserSession) -> list[LogoutNotice]:
+    """Mark the session ended; return the logout notices to send once the caller commits."""
+    if session.ended_at is None:
+        session.ended_at = utcnow()
+    account = await db.get(Account, session.account_id)
+    services = (
+        await db.scalars(
+            select(Service)
+            .join(SessionService, SessionService.service_id == Service.id)
+            .where(SessionService.session_id == session.id, Service.backchannel_logout_uri.is_not(None))
+        )
+    ).all()
+    if account is None:
+        return []
+    return [
+        LogoutNotice(s.client_id, s.backchannel_logout_uri, logout_token(keys, issuer, s, account.sub, session.sid))
+        for s in services
+        if s.backchannel_logout_uri
+    ]
+
+
+async def send_notices(http: aiohttp.ClientSession, notices: list[LogoutNotice], timeout: float) -> dict[str, bool]:
+    """POST each logout token (concurrently); return which services acknowledged with 200."""
+
+    async def one(notice: LogoutNotice) -> bool:
+        try:
+            async with http.post(
+                notice.uri,
+                data={"logout_token": notice.logout_token},
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                allow_redirects=False,
+            ) as response:
+                if response.status != 200:
+                    log.warning("back-channel logout to %s answered %s", notice.client_id, response.status)
+                return response.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            log.warning("back-channel logout to %s failed: %r", notice.client_id, exc)
+            return False
+
+    results = await asyncio.gather(*(one(n) for n in notices))
+    return {n.client_id: ok for n, ok in zip(notices, results, strict=True)}

@@ -1,0 +1,45 @@
+"""Scopes the hub supports and the claims each one releases (OpenID Connect Core 5.4)."""
+
+from __future__ import annotations
+
+SCOPE_CLAIMS: dict[str, tuple[str, ...]] = {
+    "openid": ("sub",),
+    "profile": ("name", "given_name", "family_name", "birthdate", "locale", "zoneinfo", "updated_at"),
+    "email": ("email", "email_verified"),
+    "phone": ("phone_number", "phone_number_verified"),
+    "address": ("address",),
+    "marketing": ("marketing_news", "marketing_competitions", "marketing_offers"),
+    "offline_access": (),
+}
+
+SUPPORTED_SCOPES: tuple[str, ...] = tuple(SCOPE_CLAIMS)
+
+SCOPE_DESCRIPTIONS: dict[str, str] = {
+    "openid": "Know who you are when you sign in",
+    "profile": "Your name, date of birth, language and time zone",
+    "email": "Your email address",
+    "phone": "Your phone number",
+    "address": "Your postal address",
+    "marketing": "Your marketing preferences (news, competitions, offers)",
+    "offline_access": "Stay connected when you are not using it",
+}
+
+
+def split(scope: str | None) -> list[str]:
+    seen: list[str] = []
+    for item in (scope or "").split():
+        if item not in seen:
+            seen.append(item)
+    return seen
+
+
+def join(scopes: list[str] | set[str] | tuple[str, ...]) -> str:
+    order = {name: i for i, name in enumerate(SUPPORTED_SCOPES)}
+    return " ".join(sorted(set(scopes), key=lambda s: (order.get(s, len(order)), s)))
+
+
+def claims_for(scope: str) -> set[str]:
+    claims: set[str] = set()
+    for item in split(scope):
+        claims.update(SCOPE_CLAIMS.get(item, ()))
+    return claims

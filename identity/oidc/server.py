@@ -1,0 +1,231 @@
+"""The authorization server: authlib's ``AuthorizationServer`` wired to the hub's storage.
+
+authlib is synchronous. Each entry point runs inside one ``AsyncSession.run_sync`` call (see
+:meth:`Provider.run`), which hands authlib a synchronous ``Session`` whose I/O still runs on
+the event loop; the callbacks reach it through :data:`identity.oidc.records.current_db`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2 import AuthorizationServer, ResourceProtector
+from authlib.oauth2.rfc6750 import BearerTokenValidator
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from authlib.oauth2.rfc9207 import IssuerParameter
+from authlib.oidc.rpinitiated import EndSessionEndpoint
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from identity.db.models import Service, Token, utcnow
+from identity.oidc import scopes
+from identity.oidc.adapter import HubOAuth2Request, to_response
+from identity.oidc.client import ServiceClient
+from identity.oidc.grants import (
+    CLIENT_AUTH_METHODS,
+    AuthorizationCodeGrant,
+    ClientCredentialsGrant,
+    HubOpenIDCode,
+    RefreshTokenGrant,
+    S256Required,
+)
+from identity.oidc.keys import KeyRing
+from identity.oidc.records import IssuedToken, current_db, db, find_token, revoke_grant
+from identity.settings import Settings
+from identity.tokens import digest, new_secret
+
+T = TypeVar("T")
+
+CLIENT_CACHE_SECONDS = 5.0
+
+
+class Provider(AuthorizationServer):
+    def __init__(self, settings: Settings, keys: KeyRing) -> None:
+        super().__init__(scopes_supported=list(scopes.SUPPORTED_SCOPES))
+        self.settings = settings
+        self.issuer = settings.issuer
+        self.keys = keys
+        self._clients: dict[str, tuple[float, ServiceClient | None]] = {}
+        self.register_token_generator("default", self._generate_token)
+        self.register_grant(AuthorizationCodeGrant, [S256Required(required=True), HubOpenIDCode(self)])
+        self.register_grant(RefreshTokenGrant)
+        self.register_grant(ClientCredentialsGrant)
+        self.register_endpoint(Revocation)
+        self.register_endpoint(Introspection)
+        self.register_endpoint(EndSession)
+        self.register_extension(_Issuer)
+        self.resource = ResourceProtector()
+        self.resource.register_token_validator(_BearerValidator())
+
+    async def run(self, session: AsyncSession, fn: Callable[[], T]) -> T:
+        """Run an authlib entry point against ``session`` (the caller owns the transaction)."""
+
+        def call(sync_session: Session) -> T:
+            reset = current_db.set(sync_session)
+            try:
+                return fn()
+            finally:
+                current_db.reset(reset)
+
+        return await session.run_sync(call)
+
+    # authlib hooks -----------------------------------------------------------------
+
+    def query_client(self, client_id: str) -> ServiceClient | None:
+        now = time.monotonic()
+        cached = self._clients.get(client_id)
+        if cached and cached[0] > now:
+            return cached[1]
+        row = db().scalar(select(Service).where(Service.client_id == client_id))
+        client = ServiceClient.from_row(row) if row else None
+        if len(self._clients) > 10_000:
+            self._clients.clear()
+        self._clients[client_id] = (now + CLIENT_CACHE_SECONDS, client)
+        return client
+
+    def forget_client(self, client_id: str) -> None:
+        self._clients.pop(client_id, None)
+
+    def create_oauth2_request(self, request: HubOAuth2Request) -> HubOAuth2Request:
+        return request
+
+    def create_json_request(self, request: Any) -> Any:
+        raise NotImplementedError("the hub takes no JSON OAuth requests")
+
+    def handle_response(self, status: int, body: Any, headers: list[tuple[str, str]]) -> Any:
+        return to_response(status, body, headers)
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def _generate_token(
+        self,
+        grant_type: str,
+        client: ServiceClient,
+        user: Any = None,
+        scope: str | None = None,
+        expires_in: int | None = None,
+        include_refresh_token: bool = True,
+    ) -> dict[str, Any]:
+        scope = scope or ""
+        token: dict[str, Any] = {
+            "token_type": "Bearer",
+            "access_token": new_secret(),
+            "expires_in": expires_in or self.settings.access_token_ttl,
+            "scope": scope,
+        }
+        wants_refresh = grant_type == "refresh_token" or "offline_access" in scopes.split(scope)
+        if user is not None and include_refresh_token and wants_refresh and client.check_grant_type("refresh_token"):
+            token["refresh_token"] = new_secret()
+        return token
+
+    def save_token(self, token: dict[str, Any], request: HubOAuth2Request) -> None:
+        now = utcnow()
+        if request.refresh_token is not None:
+            previous = request.refresh_token.row
+            grant_id, sid, auth_time = previous.grant_id, previous.sid, previous.auth_time
+        elif request.authorization_code is not None:
+            code = request.authorization_code.row
+            grant_id, sid, auth_time = uuid.uuid4().hex, code.sid, code.auth_time
+            code.grant_id = grant_id
+        else:
+            grant_id, sid, auth_time = uuid.uuid4().hex, None, None
+        refresh = token.get("refresh_token")
+        db().add(
+            Token(
+                grant_id=grant_id,
+                access_hash=digest(token["access_token"]),
+                refresh_hash=digest(refresh) if refresh else None,
+                service_id=request.client.id,
+                account_id=request.user.id if request.user is not None else None,
+                scope=token.get("scope") or "",
+                sid=sid,
+                auth_time=auth_time,
+                issued_at=now,
+                access_expires_at=now + dt.timedelta(seconds=token["expires_in"]),
+                refresh_expires_at=now + dt.timedelta(seconds=self.settings.refresh_token_ttl) if refresh else None,
+            )
+        )
+
+
+class _Issuer(IssuerParameter):
+    """RFC 9207: ``iss`` in every authorization response."""
+
+    def __init__(self, server: Provider) -> None:
+        self.server = server
+        self(server)
+
+    def get_issuer(self) -> str:
+        return self.server.issuer
+
+    def add_issuer_parameter(self, authorization_server: Any, response: Any) -> None:
+        location = response.headers.get("Location")
+        if location:
+            response.headers["Location"] = add_params_to_uri(location, {"iss": self.get_issuer()})
+
+
+class Revocation(RevocationEndpoint):
+    CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> IssuedToken | None:
+        return find_token(token_string, token_type_hint)
+
+    def revoke_token(self, token: IssuedToken, request: Any) -> None:
+        if token.kind == "refresh_token":
+            # RFC 7009 section 2.1: revoking a refresh token revokes its grant's access tokens.
+            revoke_grant(token.row.grant_id)
+        elif token.row.revoked_at is None:
+            token.row.revoked_at = utcnow()
+
+
+class Introspection(IntrospectionEndpoint):
+    CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> IssuedToken | None:
+        return find_token(token_string, token_type_hint)
+
+    def check_permission(self, token: IssuedToken, client: ServiceClient, request: Any) -> bool:
+        # A service may introspect only tokens issued to it.
+        return token.check_client(client)
+
+    def introspect_token(self, token: IssuedToken) -> dict[str, Any]:
+        row = token.row
+        user = token.get_user()
+        payload: dict[str, Any] = {
+            "active": True,
+            "client_id": token.client.client_id if token.client else None,
+            "scope": row.scope,
+            "token_type": "Bearer" if token.kind == "access_token" else "refresh_token",
+            "exp": int(token.get_expires_at().timestamp()),
+            "iat": int(row.issued_at.timestamp()),
+            "iss": self.server.issuer,
+        }
+        if user is not None:
+            payload["sub"] = user.sub
+            payload["aud"] = payload["client_id"]
+        return payload
+
+
+class EndSession(EndSessionEndpoint):
+    def get_server_jwks(self) -> dict[str, Any]:
+        return self.server.keys.jwks()
+
+    def end_session(self, end_session_request: Any) -> None:
+        # The hub ends the browser session itself, asynchronously, after validation.
+        return None
+
+
+class _BearerValidator(BearerTokenValidator):
+    def authenticate_token(self, token_string: str) -> IssuedToken | None:
+        token = find_token(token_string, "access_token")
+        if token is None or token.kind != "access_token":
+            return None
+        return token
+

@@ -1,0 +1,81 @@
+"""The person's own account page: basic details, editing them, and linked services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from identity.accounts import links
+from identity.accounts.store import EmailTaken, update_details
+from identity.db.models import Link, Service
+from identity.pages.common import field, render, send_mail
+from identity.web import browser, csrf
+from identity.web.appkeys import DB, SETTINGS
+from identity.web.responses import redirect
+from schemas.account import BasicDetailsUpdate, problems
+
+TEXT_FIELDS = ("given_name", "family_name", "email", "birthdate", "phone_number", "locale", "zoneinfo")
+ADDRESS_FIELDS = ("street_address", "locality", "region", "postal_code", "country")
+MARKETING = ("marketing_news", "marketing_competitions", "marketing_offers")
+
+
+async def _page(request: web.Request, signed_in: browser.SignedIn, db: Any, **extra: Any) -> web.Response:
+    account = signed_in.account
+    rows = (
+        await db.execute(
+            select(Link, Service.name).join(Service, Service.id == Link.service_id).where(Link.account_id == account.id).order_by(Link.created_at)
+        )
+    ).all()
+    values = {f: getattr(account, f) or "" for f in TEXT_FIELDS} | {f: (account.address or {}).get(f, "") for f in ADDRESS_FIELDS}
+    values["birthdate"] = account.birthdate.isoformat() if account.birthdate else ""
+    context = {
+        "account": account,
+        "values": extra.pop("values", values),
+        "links": [{"name": name, "status": link.status, "scope": link.scope, "since": link.created_at} for link, name in rows],
+        **extra,
+    }
+    return render(request, "account.html", context, status=extra.get("status", 200))
+
+
+async def account_page(request: web.Request) -> web.StreamResponse:
+    async with request.config_dict[DB].begin() as db:
+        signed_in = await browser.current(request, db)
+        if signed_in is None:
+            return redirect("/sign-in?next=/account")
+        return await _page(request, signed_in, db, saved=request.query.get("saved") == "1")
+
+
+async def edit_details(request: web.Request) -> web.StreamResponse:
+    settings = request.config_dict[SETTINGS]
+    form = await csrf.checked_form(request)
+    raw = {f: field(form, f, 400).strip() for f in TEXT_FIELDS}
+    body: dict[str, Any] = {k: (v or None) for k, v in raw.items()}
+    body["email"] = raw["email"]
+    address = {f: field(form, f, 400).strip() for f in ADDRESS_FIELDS}
+    body["address"] = {k: v for k, v in address.items() if v} or None
+    for name in MARKETING:
+        body[name] = form.get(name) == "on"
+    mail = []
+    async with request.config_dict[DB].begin() as db:
+        signed_in = await browser.current(request, db)
+        if signed_in is None:
+            return redirect("/sign-in?next=/account", 303)
+        try:
+            update = BasicDetailsUpdate.model_validate(body)
+        except ValidationError as exc:
+            errors = {p.field.split(".")[0]: p.message for p in problems(exc)}
+            return await _page(request, signed_in, db, values=raw | address, errors=errors, status=400)
+        account = signed_in.account
+        try:
+            changed = await update_details(db, account, update.changes(), channel="person", actor=account.sub)
+        except EmailTaken:
+            errors = {"email": "That address cannot be used. Choose another one."}
+            return await _page(request, signed_in, db, values=raw | address, errors=errors, status=400)
+        if "email" in changed:
+            secret = await links.issue(db, account, "verify_email", account.email)
+            mail.append(links.verification_message(settings, account.email, secret))
+    await send_mail(request, mail)
+    return redirect("/account?saved=1", 303)

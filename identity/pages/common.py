@@ -1,0 +1,59 @@
+"""What every page handler shares: rendering with a CSRF token, password hashing off the
+event loop, sending mail after commit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from email.message import EmailMessage
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from identity.mail import MailError
+from identity.web import csrf
+from identity.web.appkeys import HASH_POOL, HASHER, MAILER
+
+log = logging.getLogger(__name__)
+
+
+def render(request: web.Request, template: str, context: dict[str, Any] | None = None, status: int = 200) -> web.Response:
+    context = dict(context or {})
+    context["csrf_token"] = csrf.token_for(request)
+    response = aiohttp_jinja2.render_template(template, request, context, status=status)
+    csrf.set_cookie(request, response)
+    return response
+
+
+async def hash_password(request: web.Request, password: str) -> str:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.config_dict[HASH_POOL], request.config_dict[HASHER].hash, password)
+
+
+async def verify_password(request: web.Request, stored_hash: str | None, password: str) -> bool:
+    """Check a password; with no stored hash, spend the same time and answer False."""
+    loop = asyncio.get_running_loop()
+    hasher = request.config_dict[HASHER]
+    if stored_hash is None:
+        await loop.run_in_executor(request.config_dict[HASH_POOL], hasher.dummy_verify, password)
+        return False
+    return await loop.run_in_executor(request.config_dict[HASH_POOL], hasher.verify, stored_hash, password)
+
+
+async def send_mail(request: web.Request, messages: list[EmailMessage]) -> None:
+    mailer = request.config_dict[MAILER]
+    for message in messages:
+        try:
+            await mailer.send(message)
+        except MailError:
+            log.exception("sending %r failed", message["Subject"])
+
+
+def client_address(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+def field(form: Any, name: str, limit: int = 1000) -> str:
+    value = form.get(name, "")
+    return value[:limit] if isinstance(value, str) else ""

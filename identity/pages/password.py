@@ -1,0 +1,100 @@
+"""Resetting a forgotten password (by mail) and changing a known one.
+
+The reset request answers the same whether or not the address has an account. Completing a
+reset or a change ends every other hub session of the account."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy import update
+
+from identity.accounts import links
+from identity.accounts.passwords import check_password
+from identity.accounts.store import find_by_email
+from identity.db.models import Account, BrowserSession, utcnow
+from identity.pages.common import field, hash_password, render, send_mail, verify_password
+from identity.web import browser, csrf
+from identity.web.appkeys import DB, SETTINGS
+from identity.web.responses import redirect
+from schemas.account import normalize_email
+
+
+async def reset_page(request: web.Request) -> web.Response:
+    return render(request, "reset_request.html")
+
+
+async def reset_request(request: web.Request) -> web.Response:
+    settings = request.config_dict[SETTINGS]
+    form = await csrf.checked_form(request)
+    mail = []
+    try:
+        email = normalize_email(field(form, "email", 320))
+    except ValueError as exc:
+        return render(request, "reset_request.html", {"error": str(exc)}, status=400)
+    async with request.config_dict[DB].begin() as db:
+        account = await find_by_email(db, email)
+        if account is not None:
+            secret = await links.issue(db, account, "reset_password", account.email)
+            mail.append(links.reset_message(settings, account.email, secret))
+    await send_mail(request, mail)
+    return render(
+        request,
+        "message.html",
+        {"title": "Check your email", "message": "If an account uses that address, we have sent it a link to choose a new password."},
+    )
+
+
+async def reset_confirm_page(request: web.Request) -> web.Response:
+    token = request.query.get("token", "")
+    async with request.config_dict[DB]() as db:
+        live = await links.find(db, token, "reset_password")
+    if live is None:
+        return render(request, "message.html", {"title": "This link no longer works", "message": "Ask for a new password reset link."}, status=400)
+    return render(request, "reset_confirm.html", {"token": token})
+
+
+async def _end_sessions(db, account_id: int, keep: int | None = None) -> None:  # type: ignore[no-untyped-def]
+    query = update(BrowserSession).where(BrowserSession.account_id == account_id, BrowserSession.ended_at.is_(None))
+    if keep is not None:
+        query = query.where(BrowserSession.id != keep)
+    await db.execute(query.values(ended_at=utcnow()))
+
+
+async def reset_confirm(request: web.Request) -> web.Response:
+    form = await csrf.checked_form(request)
+    token, password = field(form, "token", 100), field(form, "password", 1024)
+    async with request.config_dict[DB].begin() as db:
+        live = await links.find(db, token, "reset_password")
+        account = await db.get(Account, live.account_id) if live else None
+        if live is None or account is None:
+            return render(request, "message.html", {"title": "This link no longer works", "message": "Ask for a new password reset link."}, status=400)
+        if reason := check_password(password, context=[account.email, account.given_name or "", account.family_name or ""]):
+            return render(request, "reset_confirm.html", {"token": token, "error": reason}, status=400)
+        account.password_hash = await hash_password(request, password)
+        live.used_at = utcnow()
+        await _end_sessions(db, account.id)
+    return render(request, "message.html", {"title": "Password changed", "message": "Your new password is set. Sign in with it.", "next": "/sign-in"})
+
+
+async def change_page(request: web.Request) -> web.StreamResponse:
+    async with request.config_dict[DB].begin() as db:
+        if await browser.current(request, db) is None:
+            return redirect("/sign-in?next=/account/password")
+    return render(request, "change_password.html")
+
+
+async def change(request: web.Request) -> web.StreamResponse:
+    form = await csrf.checked_form(request)
+    current_password, password = field(form, "current_password", 1024), field(form, "password", 1024)
+    async with request.config_dict[DB].begin() as db:
+        signed_in = await browser.current(request, db)
+        if signed_in is None:
+            return redirect("/sign-in?next=/account/password", 303)
+        account = signed_in.account
+        if not await verify_password(request, account.password_hash, current_password):
+            return render(request, "change_password.html", {"errors": {"current_password": "Your current password is not correct."}}, status=400)
+        if reason := check_password(password, context=[account.email, account.given_name or "", account.family_name or ""]):
+            return render(request, "change_password.html", {"errors": {"password": reason}}, status=400)
+        account.password_hash = await hash_password(request, password)
+        await _end_sessions(db, account.id, keep=signed_in.session.id)
+    return render(request, "message.html", {"title": "Password changed", "message": "Your new password is set.", "next": "/account"})

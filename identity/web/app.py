@@ -1,0 +1,138 @@
+"""Builds the hub's aiohttp application. Every resource is a ``cleanup_ctx``: opened in order,
+closed in reverse; background tasks are cancelled and awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from importlib.resources import files
+
+import aiohttp
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from identity.accounts.passwords import PasswordHasher
+from identity.db.engine import create_engine, create_sessionmaker
+from identity.db.migrate import upgrade
+from identity.mail import FileMailer, Mailer, SmtpMailer
+from identity.oidc import keys as signing_keys
+from identity.oidc.server import Provider
+from identity.settings import Settings
+from identity.web import appkeys as K
+from identity.web import middleware, routes
+
+log = logging.getLogger(__name__)
+
+KEY_REFRESH_SECONDS = 300
+
+
+def create_app(settings: Settings, *, migrate: bool | None = None) -> web.Application:
+    """The whole hub as one aiohttp application. ``migrate`` defaults to True on the
+    embedded database; production runs ``onesignin migrate`` once per deployment."""
+    app = web.Application(middlewares=[middleware.security_headers, middleware.errors], client_max_size=64 * 1024)
+    app[K.SETTINGS] = settings
+    secret = settings.resolved_secret_key()
+    app[K.SECRET] = secret.encode()
+    app[K.CIPHER] = signing_keys.KeyCipher(secret)
+    app[K.HASHER] = PasswordHasher(
+        memory_cost=settings.argon2_memory_cost,
+        time_cost=settings.argon2_time_cost,
+        parallelism=settings.argon2_parallelism,
+    )
+    app[K.PROVIDER] = Provider(settings, signing_keys.KeyRing())
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.PackageLoader("identity.pages", "templates"),
+        autoescape=jinja2.select_autoescape(default=True),
+        context_processors=[],
+    )
+    app.cleanup_ctx.append(_database(settings.is_embedded if migrate is None else migrate))
+    app.cleanup_ctx.append(_signing_keys)
+    app.cleanup_ctx.append(_mailer)
+    app.cleanup_ctx.append(_http_client)
+    app.cleanup_ctx.append(_hash_pool)
+    routes.add_routes(app)
+    app.router.add_static("/static", str(files("identity.pages") / "static"), name="static")
+    return app
+
+
+def _database(migrate: bool):  # type: ignore[no-untyped-def]
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        engine = create_engine(app[K.SETTINGS])
+        if migrate:
+            await upgrade(engine)
+        app[K.ENGINE] = engine
+        app[K.DB] = create_sessionmaker(engine)
+        yield
+        await engine.dispose()
+
+    return ctx
+
+
+async def _refresh_keys(app: web.Application) -> None:
+    settings = app[K.SETTINGS]
+    async with app[K.DB].begin() as db:
+        await signing_keys.ensure_keys(
+            db,
+            app[K.CIPHER],
+            rotation=dt.timedelta(days=settings.key_rotation_days),
+            publish_lead=dt.timedelta(seconds=settings.key_publish_lead),
+            keep_after=dt.timedelta(seconds=max(settings.id_token_ttl, settings.access_token_ttl) + 3600),
+        )
+    async with app[K.DB]() as db:
+        app[K.PROVIDER].keys = await signing_keys.load_keys(db, app[K.CIPHER])
+
+
+async def _signing_keys(app: web.Application) -> AsyncIterator[None]:
+    await _refresh_keys(app)
+
+    async def refresh_forever() -> None:
+        while True:
+            await asyncio.sleep(KEY_REFRESH_SECONDS)
+            try:
+                await _refresh_keys(app)
+            except Exception:  # keep serving with the keys we have
+                log.exception("refreshing signing keys failed")
+
+    task = asyncio.create_task(refresh_forever(), name="signing-keys")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _mailer(app: web.Application) -> AsyncIterator[None]:
+    settings = app[K.SETTINGS]
+    mailer: Mailer
+    if settings.mail_backend == "smtp":
+        mailer = SmtpMailer(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            start_tls=settings.smtp_starttls,
+            use_tls=settings.smtp_tls,
+        )
+    else:
+        mailer = FileMailer(settings.data_dir / "mail")
+    app[K.MAILER] = mailer
+    yield
+
+
+async def _http_client(app: web.Application) -> AsyncIterator[None]:
+    async with aiohttp.ClientSession(headers={"User-Agent": "OneSignIn"}) as http:
+        app[K.HTTP] = http
+        yield
+
+
+async def _hash_pool(app: web.Application) -> AsyncIterator[None]:
+    # argon2id is CPU-bound and releases the GIL: hash on worker threads, one per core.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="argon2") as pool:
+        app[K.HASH_POOL] = pool
+        yield

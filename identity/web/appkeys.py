@@ -1,0 +1,26 @@
+"""Typed application keys: every piece of shared state the handlers reach."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from identity.accounts.passwords import PasswordHasher
+from identity.mail import Mailer
+from identity.oidc.keys import KeyCipher
+from identity.oidc.server import Provider
+from identity.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+ENGINE = web.AppKey("engine", AsyncEngine)
+DB = web.AppKey("db", async_sessionmaker[AsyncSession])
+PROVIDER = web.AppKey("provider", Provider)
+CIPHER = web.AppKey("cipher", KeyCipher)
+SECRET = web.AppKey("secret", bytes)
+MAILER = web.AppKey("mailer", Mailer)
+HASHER = web.AppKey("hasher", PasswordHasher)
+HASH_POOL = web.AppKey("hash_pool", ThreadPoolExecutor)
+HTTP = web.AppKey("http", aiohttp.ClientSession)

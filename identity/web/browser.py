@@ -1,0 +1,88 @@
+"""The person's single-sign-on session at the hub, kept server-side and named by a cookie.
+
+The cookie carries a 256-bit secret; the database keeps its SHA-256 digest. Sessions expire
+after ``session_ttl`` and after ``session_idle_ttl`` without use, and end at sign-out. A new
+session is created at every sign-in, so a session id never survives authentication (no fixation).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from identity.db.models import Account, BrowserSession, utcnow
+from identity.tokens import digest, new_secret
+from identity.web.appkeys import SETTINGS
+
+COOKIE = "osi_session"
+_TOUCH_AFTER = dt.timedelta(minutes=1)
+
+
+@dataclass
+class SignedIn:
+    session: BrowserSession
+    account: Account
+
+    @property
+    def auth_time(self) -> dt.datetime:
+        return self.session.auth_time
+
+
+async def current(request: web.Request, db: AsyncSession) -> SignedIn | None:
+    """The signed-in person for this request, or None. Refreshes the idle timer."""
+    secret = request.cookies.get(COOKIE)
+    if not secret or len(secret) > 100:
+        return None
+    row = await db.scalar(select(BrowserSession).where(BrowserSession.secret_hash == digest(secret)))
+    now = utcnow()
+    settings = request.config_dict[SETTINGS]
+    if row is None or row.ended_at is not None or row.expires_at <= now:
+        return None
+    if row.last_seen_at + dt.timedelta(seconds=settings.session_idle_ttl) <= now:
+        return None
+    account = await db.get(Account, row.account_id)
+    if account is None:
+        return None
+    if now - row.last_seen_at > _TOUCH_AFTER:
+        row.last_seen_at = now
+    return SignedIn(row, account)
+
+
+async def start(db: AsyncSession, request: web.Request, account: Account) -> tuple[BrowserSession, str]:
+    """Create a session for ``account``; return it and the cookie secret to set."""
+    settings = request.config_dict[SETTINGS]
+    now = utcnow()
+    secret = new_secret()
+    row = BrowserSession(
+        sid=new_secret(16),
+        secret_hash=digest(secret),
+        account_id=account.id,
+        auth_time=now,
+        created_at=now,
+        last_seen_at=now,
+        expires_at=now + dt.timedelta(seconds=settings.session_ttl),
+    )
+    db.add(row)
+    await db.flush()
+    return row, secret
+
+
+def set_cookie(request: web.Request, response: web.StreamResponse, secret: str) -> None:
+    settings = request.config_dict[SETTINGS]
+    response.set_cookie(
+        COOKIE,
+        secret,
+        httponly=True,
+        samesite="Lax",
+        secure=settings.secure_cookies,
+        path="/",
+        max_age=settings.session_ttl,
+    )
+
+
+def clear_cookie(response: web.StreamResponse) -> None:
+    response.del_cookie(COOKIE, path="/")

@@ -1,0 +1,70 @@
+"""Response hardening and the last line of error handling: no stack trace reaches a client."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import aiohttp_jinja2
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+API_PREFIXES = ("/token", "/userinfo", "/revoke", "/introspect", "/jwks", "/.well-known/", "/api/")
+
+PAGE_CSP = "default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+
+
+def is_api(request: web.Request) -> bool:
+    return request.path.startswith(API_PREFIXES)
+
+
+def _error_page(request: web.Request, status: int, title: str, message: str) -> web.StreamResponse:
+    if is_api(request):
+        code = "server_error" if status >= 500 else ("not_found" if status == 404 else "invalid_request")
+        return web.json_response({"error": code, "error_description": message}, status=status)
+    return aiohttp_jinja2.render_template(
+        "message.html", request, {"title": title, "message": message}, status=status
+    )
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status in (403, 404, 405, 413) and exc.text and exc.text.startswith(f"{exc.status}:"):
+            titles = {
+                403: ("Not allowed", "This form has expired or was not sent from this site. Go back, reload the page and try again."),
+                404: ("Not found", "There is nothing at this address."),
+                405: ("Not allowed", "This address does not accept that kind of request."),
+                413: ("Too large", "The request is too large."),
+            }
+            title, message = titles[exc.status]
+            response = _error_page(request, exc.status, title, message)
+            if exc.status == 405 and "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
+        raise
+    except Exception:
+        incident = uuid.uuid4().hex[:12]
+        log.exception("unhandled error (incident %s) on %s %s", incident, request.method, request.path)
+        return _error_page(
+            request, 500, "Something went wrong", f"Something went wrong on our side. Please try again. (Incident {incident})"
+        )
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    if response.content_type == "text/html":
+        headers.setdefault("Content-Security-Policy", PAGE_CSP)
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("Cache-Control", "no-store")
+    return response

@@ -1,0 +1,21 @@
+"""Small response helpers shared by pages and provider endpoints."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+
+def redirect(location: str, status: int = 302) -> web.Response:
+    return web.Response(status=status, headers={"Location": location})
+
+
+def safe_next(value: str | None, default: str = "/account") -> str:
+    """A same-site path to continue to after a page, never another origin."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return default
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return default
+    return value

@@ -1,0 +1,57 @@
+"""Every URL the hub serves, in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from identity.oidc.actions import authorize, discovery, end_session, token, userinfo
+from identity.pages import account, password, register, sign_in
+
+
+async def home(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/account")
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    # OpenID Provider
+    r.add_get("/.well-known/openid-configuration", discovery.openid_configuration)
+    r.add_get("/jwks", discovery.jwks)
+    r.add_get("/authorize", authorize.authorize)
+    r.add_post("/authorize", authorize.authorize)
+    r.add_post("/token", token.token)
+    r.add_post("/revoke", token.revoke)
+    r.add_post("/introspect", token.introspect)
+    r.add_get("/userinfo", userinfo.userinfo)
+    r.add_post("/userinfo", userinfo.userinfo)
+    r.add_get("/end-session", end_session.end_session)
+    r.add_post("/end-session", end_session.end_session)
+    # Interactions of an authorization request
+    r.add_get("/i/{uid}", sign_in.interaction_page)
+    r.add_post("/i/{uid}/login", sign_in.interaction_login)
+    r.add_post("/i/{uid}/consent", sign_in.interaction_consent)
+    r.add_get("/i/{uid}/resume", authorize.resume)
+    # Pages
+    r.add_get("/", home)
+    r.add_get("/healthz", health)
+    r.add_get("/sign-in", sign_in.sign_in_page)
+    r.add_post("/sign-in", sign_in.sign_in)
+    r.add_post("/sign-out", sign_in.sign_out)
+    r.add_get("/register", register.register_page)
+    r.add_post("/register", register.register)
+    r.add_get("/verify-email", register.verify_email_page)
+    r.add_post("/verify-email", register.verify_email)
+    r.add_get("/guardian/confirm", register.guardian_page)
+    r.add_post("/guardian/confirm", register.guardian_confirm)
+    r.add_get("/reset-password", password.reset_page)
+    r.add_post("/reset-password", password.reset_request)
+    r.add_get("/reset-password/confirm", password.reset_confirm_page)
+    r.add_post("/reset-password/confirm", password.reset_confirm)
+    r.add_get("/account", account.account_page)
+    r.add_post("/account/details", account.edit_details)
+    r.add_get("/account/password", password.change_page)
+    r.add_post("/account/password", password.change)

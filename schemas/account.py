@@ -1,0 +1,140 @@
+"""The basic account details, with OpenID Connect's standard claim names (OIDC Core 5.1)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zoneinfo
+from functools import cache
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s.]{2,}$")
+LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+PHONE_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Line = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
+
+
+@cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def normalize_email(value: str) -> str:
+    value = value.strip()
+    if len(value) > 254 or not EMAIL_RE.match(value):
+        raise ValueError("Enter an email address like name@example.com.")
+    local, _, domain = value.rpartition("@")
+    return f"{local}@{domain.lower()}".lower()
+
+
+class Address(BaseModel):
+    """OIDC Core 5.1.1 address claim."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    formatted: Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000)] | None = None
+    street_address: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None
+    locality: Line | None = None
+    region: Line | None = None
+    postal_code: Annotated[str, StringConstraints(strip_whitespace=True, max_length=20)] | None = None
+    country: Line | None = None
+
+
+class BasicDetailsUpdate(BaseModel):
+    """A change to some basic details: only the fields present are changed; null clears a field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str | None = None
+    given_name: Name | None = None
+    family_name: Name | None = None
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=400)] | None = None
+    birthdate: dt.date | None = None
+    locale: str | None = None
+    zoneinfo: str | None = None
+    phone_number: str | None = None
+    address: Address | None = None
+    marketing_news: bool | None = None
+    marketing_competitions: bool | None = None
+    marketing_offers: bool | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_email(value)
+
+    @field_validator("birthdate")
+    @classmethod
+    def _birthdate(cls, value: dt.date | None) -> dt.date | None:
+        if value is None:
+            return None
+        if value > dt.date.today():
+            raise ValueError("A date of birth cannot be in the future.")
+        if value.year < 1900:
+            raise ValueError("Enter a date of birth after 1900.")
+        return value
+
+    @field_validator("locale")
+    @classmethod
+    def _locale(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not LOCALE_RE.match(value) or len(value) > 35:
+            raise ValueError("Use a language tag such as en-GB or fr.")
+        return value.replace("_", "-")
+
+    @field_validator("zoneinfo")
+    @classmethod
+    def _zoneinfo(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if value not in _zones():
+            raise ValueError("Use a time zone name such as Europe/Paris.")
+        return value
+
+    @field_validator("phone_number")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        compact = re.sub(r"[\s().-]", "", value)
+        if not PHONE_RE.match(compact):
+            raise ValueError("Use the international format, e.g. +447700900123.")
+        return compact
+
+    def changes(self) -> dict[str, object]:
+        """The fields the caller sent, as stored values."""
+        data = self.model_dump(exclude_unset=True)
+        if "address" in data and data["address"] is not None:
+            data["address"] = {k: v for k, v in data["address"].items() if v}
+        return data
+
+
+class BasicDetails(BasicDetailsUpdate):
+    """Details given at registration: email required."""
+
+    email: str  # type: ignore[assignment]
+
+
+class ValidationProblem(BaseModel):
+    """One field-level problem in a request body."""
+
+    field: str
+    message: str
+
+
+def problems(exc: ValidationError) -> list[ValidationProblem]:
+    out = []
+    for error in exc.errors():
+        field = ".".join(str(p) for p in error["loc"]) or "body"
+        message = str(error.get("ctx", {}).get("error") or error["msg"])
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        out.append(ValidationProblem(field=field, message=message))
+    return out

@@ -1,0 +1,135 @@
+"""Fixtures: a real database per test (SQLite always; Postgres when
+``ONESIGNIN_TEST_DATABASE_URL`` names one), and the hub served over real HTTP on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from identity.db.engine import create_engine
+from identity.db.migrate import upgrade
+from identity.settings import Settings
+from identity.web.app import create_app
+from tests.support import Hub
+
+POSTGRES_URL = os.environ.get("ONESIGNIN_TEST_DATABASE_URL")
+FAST_ARGON2 = {"argon2_memory_cost": 8192, "argon2_time_cost": 1}
+
+
+def run_blocking(make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a coroutine to completion on its own loop in a thread (session fixtures may be
+    first requested from inside a running test loop)."""
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(lambda: asyncio.run(make())).result()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("template")
+    settings = Settings(data_dir=directory, secret_key="t" * 40)
+
+    async def build() -> None:
+        engine = create_engine(settings)
+        await upgrade(engine)
+        await engine.dispose()
+
+    run_blocking(build)
+    return directory / "onesignin.db"
+
+
+def _pg_admin_url() -> str:
+    assert POSTGRES_URL
+    url = POSTGRES_URL.replace("postgresql://", "postgresql+asyncpg://", 1)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_template() -> Iterator[str]:
+    if not POSTGRES_URL:
+        pytest.skip("set ONESIGNIN_TEST_DATABASE_URL to run the Postgres variant")
+    name = f"osi_template_{uuid.uuid4().hex[:8]}"
+    admin = _pg_admin_url()
+
+    async def create() -> None:
+        engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
+        async with engine.connect() as conn:
+            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+        await engine.dispose()
+        migrated = create_async_engine(admin.rsplit("/", 1)[0] + "/" + name)
+        await upgrade(migrated)
+        await migrated.dispose()
+
+    run_blocking(create)
+    yield name
+
+    async def drop() -> None:
+        engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
+        async with engine.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await engine.dispose()
+
+    run_blocking(drop)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test."""
+    if request.param == "sqlite":
+        template = request.getfixturevalue("sqlite_template")
+        shutil.copy(template, tmp_path / "onesignin.db")
+        yield f"sqlite+aiosqlite:///{tmp_path / 'onesignin.db'}"
+        return
+    template = request.getfixturevalue("postgres_template")
+    admin = _pg_admin_url()
+    name = f"osi_t_{uuid.uuid4().hex[:12]}"
+    engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
+    async with engine.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    yield admin.rsplit("/", 1)[0] + "/" + name
+    async with engine.connect() as conn:
+        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    await engine.dispose()
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, object]:
+    """Override in a test module to change the hub's settings."""
+    return {}
+
+
+@pytest.fixture
+async def hub(database_url: str, tmp_path: Path, settings_overrides: dict[str, object]) -> AsyncIterator[Hub]:
+    """The hub, served over real HTTP on 127.0.0.1."""
+    port = free_port()
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=database_url,
+        issuer=f"http://127.0.0.1:{port}",
+        secret_key="s" * 40,
+        **(FAST_ARGON2 | settings_overrides),  # type: ignore[arg-type]
+    )
+    app = create_app(settings, migrate=False)
+    server = TestServer(app, host="127.0.0.1", port=port)
+    await server.start_server()
+    try:
+        yield Hub(settings=settings, app=app, url=settings.issuer)
+    finally:
+        await server.close()

@@ -1,0 +1,189 @@
+"""Test helpers: the running hub, a cookie-keeping browser that submits the hub's real forms,
+and a relying party built on authlib's own OAuth client."""
+
+from __future__ import annotations
+
+import html
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import httpx2
+from aiohttp import web
+from authlib.integrations.httpx_client import AsyncOAuth2Client
+from authlib.oidc.core import CodeIDToken
+from joserfc import jwt
+from joserfc.jwk import KeySet
+
+from identity import admin
+from identity.settings import Settings
+from identity.web.appkeys import DB, HASHER
+
+PASSWORD = "correct horse battery staple"
+
+_INPUT = re.compile(r"<input\b[^>]*>", re.I)
+_ATTR = re.compile(r'(\w+)="([^"]*)"')
+_FORM = re.compile(r"<form\b([^>]*)>(.*?)</form>", re.I | re.S)
+
+
+@dataclass
+class Form:
+    action: str
+    fields: dict[str, str]
+
+
+def forms(page: str) -> list[Form]:
+    found = []
+    for attrs, body in _FORM.findall(page):
+        action = html.unescape(dict(_ATTR.findall(attrs)).get("action", ""))
+        fields = {}
+        for tag in _INPUT.findall(body):
+            a = {k: html.unescape(v) for k, v in _ATTR.findall(tag)}
+            if "name" in a and a.get("type") in ("hidden", None, "text", "email", "password", "date", "tel"):
+                fields[a["name"]] = a.get("value", "")
+            elif "name" in a and a.get("type") == "checkbox" and re.search(r"\bchecked\b", tag):
+                fields[a["name"]] = "on"
+        found.append(Form(action, fields))
+    return found
+
+
+def form(page: str, action: str) -> Form:
+    for f in forms(page):
+        if f.action == action or f.action.startswith(action):
+            return f
+    raise AssertionError(f"no form posting to {action!r} in page:\n{page[:2000]}")
+
+
+@dataclass
+class Hub:
+    settings: Settings
+    app: web.Application
+    url: str
+
+    async def add_service(self, **kwargs: Any) -> admin.NewService:
+        kwargs.setdefault("name", "Store")
+        kwargs.setdefault("redirect_uris", ["http://127.0.0.1:9/callback"])
+        async with self.app[DB].begin() as db:
+            return await admin.add_service(db, **kwargs)
+
+    async def add_user(self, email: str = "ann@example.com", password: str = PASSWORD, **kwargs: Any) -> str:
+        kwargs.setdefault("given_name", "Ann")
+        kwargs.setdefault("family_name", "Example")
+        async with self.app[DB].begin() as db:
+            return await admin.add_user(db, self.settings, self.app[HASHER], email=email, password=password, **kwargs)
+
+
+class Browser:
+    """A person's browser: keeps cookies, follows redirects inside the hub, submits forms."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.http = httpx2.AsyncClient(base_url=hub.url, follow_redirects=False, timeout=30)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def go(self, url: str, *, method: str = "GET", data: dict[str, str] | None = None) -> httpx2.Response:
+        """Request ``url`` and follow redirects while they stay on the hub; return the last response."""
+        response = await self.http.request(method, url, data=data)
+        while response.status_code in (301, 302, 303, 307) and "location" in response.headers:
+            target = urljoin(str(response.url), response.headers["location"])
+            if not target.startswith(self.hub.url):
+                return response
+            response = await self.http.get(target)
+        return response
+
+    async def submit(self, page: httpx2.Response, action: str, **values: str) -> httpx2.Response:
+        f = form(page.text, action)
+        return await self.go(f.action, method="POST", data=f.fields | values)
+
+    async def sign_in(self, email: str = "ann@example.com", password: str = PASSWORD) -> httpx2.Response:
+        page = await self.go("/sign-in")
+        return await self.submit(page, "/sign-in", email=email, password=password)
+
+
+def location_params(response: httpx2.Response) -> dict[str, str]:
+    """Query parameters of a redirect's Location (single values)."""
+    query = urlsplit(response.headers["location"]).query
+    return {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
+
+
+@dataclass
+class RelyingParty:
+    """A member service, as an OAuth client that nobody here wrote: authlib's."""
+
+    hub: Hub
+    client_id: str
+    client_secret: str
+    redirect_uri: str = "http://127.0.0.1:9/callback"
+    scope: str = "openid profile email offline_access"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def client(self, **kwargs: Any) -> AsyncOAuth2Client:
+        kwargs.setdefault("scope", self.scope)
+        return AsyncOAuth2Client(
+            client_id=self.client_id,
+            client_secret=self.client_secret,
+            redirect_uri=self.redirect_uri,
+            code_challenge_method="S256",
+            **kwargs,
+        )
+
+    async def discover(self) -> dict[str, Any]:
+        async with httpx2.AsyncClient() as http:
+            self.metadata = (await http.get(f"{self.hub.url}/.well-known/openid-configuration")).json()
+        return self.metadata
+
+    async def start(self, **params: str) -> tuple[str, dict[str, str]]:
+        """The authorization URL and what the RP keeps (state, nonce, code_verifier)."""
+        if not self.metadata:
+            await self.discover()
+        verifier = secrets.token_urlsafe(48)
+        nonce = secrets.token_urlsafe(16)
+        async with self.client() as client:
+            url, state = client.create_authorization_url(
+                self.metadata["authorization_endpoint"], code_verifier=verifier, nonce=nonce, **params
+            )
+        return url, {"state": state, "nonce": nonce, "code_verifier": verifier}
+
+    async def finish(self, callback_url: str, kept: dict[str, str]) -> dict[str, Any]:
+        """Exchange the code at the token endpoint (authlib checks state and iss)."""
+        async with self.client(state=kept["state"]) as client:
+            return dict(
+                await client.fetch_token(
+                    self.metadata["token_endpoint"],
+                    authorization_response=callback_url,
+                    code_verifier=kept["code_verifier"],
+                )
+            )
+
+    async def validate_id_token(self, token: dict[str, Any], nonce: str) -> CodeIDToken:
+        async with httpx2.AsyncClient() as http:
+            jwks = (await http.get(self.metadata["jwks_uri"])).json()
+        decoded = jwt.decode(token["id_token"], KeySet.import_key_set(jwks), algorithms=["RS256", "ES256"])
+        claims = CodeIDToken(
+            decoded.claims,
+            decoded.header,
+            options={"iss": {"essential": True, "value": self.hub.url}, "aud": {"essential": True, "value": self.client_id}},
+            params={"nonce": nonce, "client_id": self.client_id, "access_token": token["access_token"]},
+        )
+        claims.validate()
+        return claims
+
+
+async def sign_in_through(rp: RelyingParty, browser: Browser, **params: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The whole code flow as a person does it: sign in and consent when asked. Returns the token
+    response and what the RP kept."""
+    url, kept = await rp.start(**params)
+    page = await browser.go(url)
+    if page.status_code == 200 and "/login" in page.text and 'name="password"' in page.text:
+        page = await browser.submit(page, "/i/", email="ann@example.com", password=PASSWORD)
+    if page.status_code == 200 and "/consent" in page.text:
+        f = form(page.text, "/i/")
+        page = await browser.go(f.action, method="POST", data=f.fields | {"decision": "allow"})
+    assert page.status_code == 302, page.text[:2000]
+    callback = page.headers["location"]
+    assert callback.startswith(rp.redirect_uri), callback
+    return await rp.finish(callback, kept), kept
