@@ -90,6 +90,15 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     return asyncio.run(run())
 
 
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is available (it roughly halves the event loop's own cost)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from aiohttp import web
 
@@ -100,7 +109,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         log.warning(warning)
     app = create_app(settings)
     _emit({"status": "starting", "url": f"http://{args.host}:{args.port}", "issuer": settings.issuer})
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True, loop=_event_loop())
     return {"status": "stopped"}
 
 

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; sqlite+aiosqlite:///... or postgresql+asyncpg://..."
     )
+    database_pool_size: int = Field(20, ge=1, le=500, description="Connections each process keeps to Postgres.")
     issuer: str = Field("http://127.0.0.1:8000", description="The OpenID Provider's issuer identifier.")
     secret_key: str | None = Field(
         None, description="Key for CSRF tokens and for encrypting signing keys at rest (>= 32 chars)."

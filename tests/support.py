@@ -74,6 +74,12 @@ class Hub:
         async with self.app[DB].begin() as db:
             return await admin.add_user(db, self.settings, self.app[HASHER], email=email, password=password, **kwargs)
 
+    async def userinfo(self, access_token: str | None, *, method: str = "GET") -> httpx2.Response:
+        """Call the UserInfo endpoint with ``access_token`` as a Bearer token (or with no token)."""
+        headers = {"Authorization": f"Bearer {access_token}"} if access_token is not None else {}
+        async with httpx2.AsyncClient(base_url=self.url, timeout=30) as http:
+            return await http.request(method, "/userinfo", headers=headers)
+
 
 class Browser:
     """A person's browser: keeps cookies, follows redirects inside the hub, submits forms."""
@@ -106,8 +112,12 @@ class Browser:
 
 def location_params(response: httpx2.Response) -> dict[str, str]:
     """Query parameters of a redirect's Location (single values)."""
-    query = urlsplit(response.headers["location"]).query
-    return {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    return query_params(response.headers["location"])
+
+
+def query_params(url: str) -> dict[str, str]:
+    """Query parameters of a URL (single values)."""
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query, keep_blank_values=True).items()}
 
 
 @dataclass
@@ -159,6 +169,37 @@ class RelyingParty:
                 )
             )
 
+    async def post(
+        self, path: str, data: dict[str, str] | None = None, *, auth: str | None = "client_secret_basic"
+    ) -> httpx2.Response:
+        """A raw form POST to one of the hub's endpoints (``/token``, ``/revoke``, ``/introspect``),
+        authenticated as this client with ``client_secret_basic``, ``client_secret_post``, or
+        (``auth=None``) not at all."""
+        data = dict(data or {})
+        basic = None
+        if auth == "client_secret_basic":
+            basic = httpx2.BasicAuth(self.client_id, self.client_secret)
+        elif auth == "client_secret_post":
+            data |= {"client_id": self.client_id, "client_secret": self.client_secret}
+        elif auth is not None:
+            raise ValueError(auth)
+        async with httpx2.AsyncClient(base_url=self.hub.url, timeout=30) as http:
+            return await http.post(path, data=data, auth=basic)
+
+    async def exchange(
+        self, callback_url: str, kept: dict[str, str], *, auth: str | None = "client_secret_basic", **overrides: str | None
+    ) -> httpx2.Response:
+        """The token request for the code in ``callback_url``, sent raw. Keyword arguments
+        override its parameters; ``None`` leaves one out."""
+        data: dict[str, str | None] = {
+            "grant_type": "authorization_code",
+            "code": query_params(callback_url)["code"],
+            "redirect_uri": self.redirect_uri,
+            "code_verifier": kept["code_verifier"],
+        }
+        data |= overrides
+        return await self.post("/token", {k: v for k, v in data.items() if v is not None}, auth=auth)
+
     async def validate_id_token(self, token: dict[str, Any], nonce: str) -> CodeIDToken:
         async with httpx2.AsyncClient() as http:
             jwks = (await http.get(self.metadata["jwks_uri"])).json()
@@ -176,6 +217,13 @@ class RelyingParty:
 async def sign_in_through(rp: RelyingParty, browser: Browser, **params: str) -> tuple[dict[str, Any], dict[str, str]]:
     """The whole code flow as a person does it: sign in and consent when asked. Returns the token
     response and what the RP kept."""
+    callback, kept = await authorize_through(rp, browser, **params)
+    return await rp.finish(callback, kept), kept
+
+
+async def authorize_through(rp: RelyingParty, browser: Browser, **params: str) -> tuple[str, dict[str, str]]:
+    """The front half of the code flow: sign in and consent when asked. Returns the callback URL
+    (its code not yet exchanged) and what the RP kept."""
     url, kept = await rp.start(**params)
     page = await browser.go(url)
     if page.status_code == 200 and "/login" in page.text and 'name="password"' in page.text:
@@ -186,4 +234,4 @@ async def sign_in_through(rp: RelyingParty, browser: Browser, **params: str) -> 
     assert page.status_code == 302, page.text[:2000]
     callback = page.headers["location"]
     assert callback.startswith(rp.redirect_uri), callback
-    return await rp.finish(callback, kept), kept
+    return callback, kept

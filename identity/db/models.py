@@ -260,6 +260,15 @@ class Token(Base):
     revoked_at: Mapped[dt.datetime | None]
 
 
+class RevokedServiceToken(Base):
+    """A revoked client_credentials token (those tokens are self-contained), kept until it expires."""
+
+    __tablename__ = "revoked_service_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
 class SigningKey(Base):
     """A JWS signing key. The private JWK is encrypted with the hub's secret key."""
 

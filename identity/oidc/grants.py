@@ -9,13 +9,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from authlib.oauth2.rfc6749 import grants
-from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, InvalidScopeError
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode, UserInfo
 from sqlalchemy import select
 
 from identity.db.models import Account, AuthorizationCode, utcnow
-from identity.oidc.records import IssuedCode, IssuedToken, active_consent, db, find_token, revoke_grant
+from identity.oidc import scopes
+from identity.oidc.records import IssuedCode, IssuedToken, active_consent, db, find_stored_token, revoke_grant
 from identity.tokens import digest
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token: str) -> IssuedToken | None:
-        token = find_token(refresh_token, "refresh_token")
+        token = find_stored_token(refresh_token, "refresh_token")
         if token is None or token.kind != "refresh_token":
             return None
         row = token.row
@@ -177,3 +178,10 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
+
+    def validate_requested_scope(self) -> None:
+        super().validate_requested_scope()
+        # A service gets no scope it is not registered for (authlib checks only that the hub
+        # supports it).
+        if set(scopes.split(self.request.payload.scope)) - set(scopes.split(self.request.client.scope)):
+            raise InvalidScopeError()

@@ -69,7 +69,8 @@ class KeyRing:
         for starts, key_alg, key in self._upcoming:
             if key_alg == alg and starts <= now:
                 self.signing[alg] = key
-        self._upcoming = [u for u in self._upcoming if u[0] > now]
+        # Drop only what was just promoted: another algorithm's due successor must wait for its own call.
+        self._upcoming = [u for u in self._upcoming if u[1] != alg or u[0] > now]
         try:
             return self.signing[alg]
         except KeyError:

@@ -54,12 +54,17 @@ class IssuedToken(TokenMixin):
     row: Token
     client: ServiceClient | None
     kind: str  # "access_token" or "refresh_token"
+    #: True for a self-contained client_credentials token (its row is not stored).
+    stateless: bool = False
+    #: A refresh token's scope: the grant's original scope, which a refresh asking for less
+    #: narrows for the new access token only (RFC 6749 section 6). None for access tokens.
+    refresh_scope: str | None = None
 
     def check_client(self, client: ServiceClient) -> bool:
         return self.row.service_id == client.id
 
     def get_scope(self) -> str:
-        return self.row.scope
+        return self.refresh_scope if self.refresh_scope is not None else self.row.scope
 
     def get_expires_in(self) -> int:
         return max(0, int((self.row.access_expires_at - utcnow()).total_seconds()))
@@ -86,7 +91,7 @@ class IssuedToken(TokenMixin):
         return self.client
 
 
-def find_token(token_string: str, hint: str | None = None) -> IssuedToken | None:
+def find_stored_token(token_string: str, hint: str | None = None) -> IssuedToken | None:
     hashed = digest(token_string)
     kinds = ["refresh_token", "access_token"] if hint == "refresh_token" else ["access_token", "refresh_token"]
     for kind in kinds:
@@ -94,8 +99,16 @@ def find_token(token_string: str, hint: str | None = None) -> IssuedToken | None
         row = db().scalar(select(Token).where(column == hashed))
         if row is not None:
             service = db().get(Service, row.service_id)
-            return IssuedToken(row, ServiceClient.from_row(service) if service else None, kind)
+            client = ServiceClient.from_row(service) if service else None
+            if kind == "access_token":
+                return IssuedToken(row, client, kind)
+            return IssuedToken(row, client, kind, refresh_scope=granted_scope(row.grant_id))
     return None
+
+
+def granted_scope(grant_id: str) -> str:
+    """The scope of a grant's first token: what the person granted (refreshes only narrow it)."""
+    return db().scalar(select(Token.scope).where(Token.grant_id == grant_id).order_by(Token.id).limit(1)) or ""
 
 
 def revoke_grant(grant_id: str, now: dt.datetime | None = None) -> int:

@@ -15,16 +15,17 @@ from typing import Any, TypeVar
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import AuthorizationServer, ResourceProtector
+from authlib.oauth2.rfc6749.errors import InvalidRequestError
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.rpinitiated import EndSessionEndpoint
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from identity.db.models import Service, Token, utcnow
+from identity.db.models import RevokedServiceToken, Service, Token, utcnow
 from identity.oidc import scopes
 from identity.oidc.adapter import HubOAuth2Request, to_response
 from identity.oidc.client import ServiceClient
@@ -37,7 +38,9 @@ from identity.oidc.grants import (
     S256Required,
 )
 from identity.oidc.keys import KeyRing
-from identity.oidc.records import IssuedToken, current_db, db, find_token, revoke_grant
+from identity.oidc.records import IssuedToken, current_db, db, find_stored_token, revoke_grant
+from identity.oidc.service_tokens import PREFIX as SERVICE_TOKEN_PREFIX
+from identity.oidc.service_tokens import ServiceTokenCodec
 from identity.settings import Settings
 from identity.tokens import digest, new_secret
 
@@ -47,11 +50,12 @@ CLIENT_CACHE_SECONDS = 5.0
 
 
 class Provider(AuthorizationServer):
-    def __init__(self, settings: Settings, keys: KeyRing) -> None:
+    def __init__(self, settings: Settings, keys: KeyRing, service_tokens: ServiceTokenCodec) -> None:
         super().__init__(scopes_supported=list(scopes.SUPPORTED_SCOPES))
         self.settings = settings
         self.issuer = settings.issuer
         self.keys = keys
+        self.service_tokens = service_tokens
         self._clients: dict[str, tuple[float, ServiceClient | None]] = {}
         self.register_token_generator("default", self._generate_token)
         self.register_grant(AuthorizationCodeGrant, [S256Required(required=True), HubOpenIDCode(self)])
@@ -62,7 +66,7 @@ class Provider(AuthorizationServer):
         self.register_endpoint(EndSession)
         self.register_extension(_Issuer)
         self.resource = ResourceProtector()
-        self.resource.register_token_validator(_BearerValidator())
+        self.resource.register_token_validator(_BearerValidator(self))
 
     async def run(self, session: AsyncSession, fn: Callable[[], T]) -> T:
         """Run an authlib entry point against ``session`` (the caller owns the transaction)."""
@@ -115,18 +119,40 @@ class Provider(AuthorizationServer):
         include_refresh_token: bool = True,
     ) -> dict[str, Any]:
         scope = scope or ""
-        token: dict[str, Any] = {
-            "token_type": "Bearer",
-            "access_token": new_secret(),
-            "expires_in": expires_in or self.settings.access_token_ttl,
-            "scope": scope,
-        }
+        ttl = expires_in or self.settings.access_token_ttl
+        if grant_type == "client_credentials":
+            access = self.service_tokens.issue(client.client_id, scope, ttl, utcnow())
+        else:
+            access = new_secret()
+        token: dict[str, Any] = {"token_type": "Bearer", "access_token": access, "expires_in": ttl, "scope": scope}
         wants_refresh = grant_type == "refresh_token" or "offline_access" in scopes.split(scope)
         if user is not None and include_refresh_token and wants_refresh and client.check_grant_type("refresh_token"):
             token["refresh_token"] = new_secret()
         return token
 
+    def find_token(self, token_string: str, hint: str | None = None) -> IssuedToken | None:
+        """A presented token of either kind, or None when it is not one of ours."""
+        if not token_string.startswith(SERVICE_TOKEN_PREFIX):
+            return find_stored_token(token_string, hint)
+        content = self.service_tokens.read(token_string)
+        client = self.query_client(content.client_id) if content else None
+        if content is None or client is None:
+            return None
+        revoked = db().get(RevokedServiceToken, content.token_id)
+        row = Token(
+            grant_id=content.token_id,
+            service_id=client.id,
+            account_id=None,
+            scope=content.scope,
+            issued_at=content.issued_at,
+            access_expires_at=content.expires_at,
+            revoked_at=content.issued_at if revoked else None,
+        )
+        return IssuedToken(row, client, "access_token", stateless=True)
+
     def save_token(self, token: dict[str, Any], request: HubOAuth2Request) -> None:
+        if token["access_token"].startswith(SERVICE_TOKEN_PREFIX):
+            return  # self-contained: nothing to store
         now = utcnow()
         if request.refresh_token is not None:
             previous = request.refresh_token.row
@@ -138,8 +164,8 @@ class Provider(AuthorizationServer):
         else:
             grant_id, sid, auth_time = uuid.uuid4().hex, None, None
         refresh = token.get("refresh_token")
-        db().add(
-            Token(
+        db().execute(
+            insert(Token).values(
                 grant_id=grant_id,
                 access_hash=digest(token["access_token"]),
                 refresh_hash=digest(refresh) if refresh else None,
@@ -171,25 +197,38 @@ class _Issuer(IssuerParameter):
             response.headers["Location"] = add_params_to_uri(location, {"iss": self.get_issuer()})
 
 
-class Revocation(RevocationEndpoint):
+class _AnyHint:
+    """RFC 7009 and RFC 7662 section 2.1: ``token_type_hint`` is only a hint, which the server
+    MAY ignore; the hub searches every token type anyway. (authlib refuses an unknown hint with
+    a 401 carrying no challenge, as if the client had failed to authenticate.)"""
+
+    def check_params(self, request: Any, client: Any) -> None:
+        if "token" not in request.form:
+            raise InvalidRequestError("Missing 'token' in request.")
+
+
+class Revocation(_AnyHint, RevocationEndpoint):
     CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> IssuedToken | None:
-        return find_token(token_string, token_type_hint)
+        return self.server.find_token(token_string, token_type_hint)
 
     def revoke_token(self, token: IssuedToken, request: Any) -> None:
-        if token.kind == "refresh_token":
+        if token.stateless:
+            if db().get(RevokedServiceToken, token.row.grant_id) is None:
+                db().add(RevokedServiceToken(token_id=token.row.grant_id, expires_at=token.row.access_expires_at))
+        elif token.kind == "refresh_token":
             # RFC 7009 section 2.1: revoking a refresh token revokes its grant's access tokens.
             revoke_grant(token.row.grant_id)
         elif token.row.revoked_at is None:
             token.row.revoked_at = utcnow()
 
 
-class Introspection(IntrospectionEndpoint):
+class Introspection(_AnyHint, IntrospectionEndpoint):
     CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> IssuedToken | None:
-        return find_token(token_string, token_type_hint)
+        return self.server.find_token(token_string, token_type_hint)
 
     def check_permission(self, token: IssuedToken, client: ServiceClient, request: Any) -> bool:
         # A service may introspect only tokens issued to it.
@@ -201,7 +240,7 @@ class Introspection(IntrospectionEndpoint):
         payload: dict[str, Any] = {
             "active": True,
             "client_id": token.client.client_id if token.client else None,
-            "scope": row.scope,
+            "scope": token.get_scope(),
             "token_type": "Bearer" if token.kind == "access_token" else "refresh_token",
             "exp": int(token.get_expires_at().timestamp()),
             "iat": int(row.issued_at.timestamp()),
@@ -223,8 +262,12 @@ class EndSession(EndSessionEndpoint):
 
 
 class _BearerValidator(BearerTokenValidator):
+    def __init__(self, provider: Provider) -> None:
+        super().__init__()
+        self.provider = provider
+
     def authenticate_token(self, token_string: str) -> IssuedToken | None:
-        token = find_token(token_string, "access_token")
+        token = self.provider.find_token(token_string, "access_token")
         if token is None or token.kind != "access_token":
             return None
         return token

@@ -63,16 +63,22 @@ async def _end_sessions(db, account_id: int, keep: int | None = None) -> None:  
 async def reset_confirm(request: web.Request) -> web.Response:
     form = await csrf.checked_form(request)
     token, password = field(form, "token", 100), field(form, "password", 1024)
-    async with request.config_dict[DB].begin() as db:
+    dead = {"title": "This link no longer works", "message": "Ask for a new password reset link."}
+    async with request.config_dict[DB]() as db:
         live = await links.find(db, token, "reset_password")
         account = await db.get(Account, live.account_id) if live else None
-        if live is None or account is None:
-            return render(request, "message.html", {"title": "This link no longer works", "message": "Ask for a new password reset link."}, status=400)
-        if reason := check_password(password, context=[account.email, account.given_name or "", account.family_name or ""]):
-            return render(request, "reset_confirm.html", {"token": token, "error": reason}, status=400)
-        account.password_hash = await hash_password(request, password)
+    if live is None or account is None:
+        return render(request, "message.html", dead, status=400)
+    if reason := check_password(password, context=[account.email, account.given_name or "", account.family_name or ""]):
+        return render(request, "reset_confirm.html", {"token": token, "error": reason}, status=400)
+    password_hash = await hash_password(request, password)
+    async with request.config_dict[DB].begin() as db:
+        live = await links.find(db, token, "reset_password")
+        if live is None:
+            return render(request, "message.html", dead, status=400)
         live.used_at = utcnow()
-        await _end_sessions(db, account.id)
+        await db.execute(update(Account).where(Account.id == live.account_id).values(password_hash=password_hash))
+        await _end_sessions(db, live.account_id)
     return render(request, "message.html", {"title": "Password changed", "message": "Your new password is set. Sign in with it.", "next": "/sign-in"})
 
 
@@ -88,13 +94,16 @@ async def change(request: web.Request) -> web.StreamResponse:
     current_password, password = field(form, "current_password", 1024), field(form, "password", 1024)
     async with request.config_dict[DB].begin() as db:
         signed_in = await browser.current(request, db)
-        if signed_in is None:
-            return redirect("/sign-in?next=/account/password", 303)
-        account = signed_in.account
-        if not await verify_password(request, account.password_hash, current_password):
-            return render(request, "change_password.html", {"errors": {"current_password": "Your current password is not correct."}}, status=400)
-        if reason := check_password(password, context=[account.email, account.given_name or "", account.family_name or ""]):
-            return render(request, "change_password.html", {"errors": {"password": reason}}, status=400)
-        account.password_hash = await hash_password(request, password)
+    if signed_in is None:
+        return redirect("/sign-in?next=/account/password", 303)
+    account = signed_in.account
+    if not await verify_password(request, account.password_hash, current_password):
+        errors = {"current_password": "Your current password is not correct."}
+        return render(request, "change_password.html", {"errors": errors}, status=400)
+    if reason := check_password(password, context=[account.email, account.given_name or "", account.family_name or ""]):
+        return render(request, "change_password.html", {"errors": {"password": reason}}, status=400)
+    password_hash = await hash_password(request, password)
+    async with request.config_dict[DB].begin() as db:
+        await db.execute(update(Account).where(Account.id == account.id).values(password_hash=password_hash))
         await _end_sessions(db, account.id, keep=signed_in.session.id)
     return render(request, "message.html", {"title": "Password changed", "message": "Your new password is set.", "next": "/account"})

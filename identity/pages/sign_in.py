@@ -3,6 +3,8 @@ authorization request (``/i/{uid}``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,9 +31,19 @@ class SignInRefused(Exception):
         self.status = status
 
 
-async def attempt(request: web.Request, db: AsyncSession, email: str, password: str) -> Account:
-    """Check the credentials under throttling; raise SignInRefused with a message for people."""
-    settings = request.config_dict[SETTINGS]
+@dataclass
+class Attempt:
+    """A sign-in attempt between its two short transactions (the password is checked
+    between them, so no database connection is held while argon2id runs)."""
+
+    keys: throttle.Keys
+    account_id: int | None
+    password_hash: str | None
+    new_hash: str | None = None
+
+
+async def begin_attempt(request: web.Request, db: AsyncSession, email: str) -> Attempt:
+    """Refuse at once while throttled; otherwise find the account the email names."""
     keys = throttle.Keys.of(email, client_address(request))
     wait = await throttle.retry_after(db, keys)
     if wait is not None:
@@ -40,20 +52,58 @@ async def attempt(request: web.Request, db: AsyncSession, email: str, password: 
         account = await find_by_email(db, normalize_email(email))
     except ValueError:
         account = None
-    ok = await verify_password(request, account.password_hash if account else None, password)
+    return Attempt(keys, account.id if account else None, account.password_hash if account else None)
+
+
+async def check_password(request: web.Request, attempt: Attempt, password: str) -> bool:
+    ok = await verify_password(request, attempt.password_hash, password) and attempt.account_id is not None
+    if ok and attempt.password_hash and request.config_dict[HASHER].needs_rehash(attempt.password_hash):
+        attempt.new_hash = await hash_password(request, password)
+    return ok
+
+
+async def finish_attempt(request: web.Request, db: AsyncSession, attempt: Attempt, ok: bool) -> Account | SignInRefused:
+    """Record the outcome (throttle counters, sign-in history); the caller commits either way."""
+    account = await db.get(Account, attempt.account_id) if attempt.account_id is not None else None
     if not ok or account is None:
-        await throttle.record_failure(db, keys, settings)
+        await throttle.record_failure(db, attempt.keys, request.config_dict[SETTINGS])
         if account is not None:
-            db.add(SignInEvent(account_id=account.id, address=client_address(request), succeeded=False))
-        wait = await throttle.retry_after(db, keys)
+            db.add(SignInEvent(account_id=account.id, address=client_address(request), succeeded=False, at=utcnow()))
+        wait = await throttle.retry_after(db, attempt.keys)
         if wait is not None:
-            raise SignInRefused(f"{WRONG} Too many failed attempts: try again in {wait} seconds.", 429)
-        raise SignInRefused(WRONG, 400)
-    await throttle.record_success(db, keys)
-    if request.config_dict[HASHER].needs_rehash(account.password_hash):
-        account.password_hash = await hash_password(request, password)
+            return SignInRefused(f"{WRONG} Too many failed attempts: try again in {wait} seconds.", 429)
+        return SignInRefused(WRONG, 400)
+    await throttle.record_success(db, attempt.keys)
+    if attempt.new_hash:
+        account.password_hash = attempt.new_hash
     db.add(SignInEvent(account_id=account.id, address=client_address(request), succeeded=True, at=utcnow()))
     return account
+
+
+async def attempt_sign_in(request: web.Request, email: str, password: str) -> tuple[Account, str] | SignInRefused:
+    """Check credentials under throttling and, when right, start a new hub session.
+    Returns the account and the session cookie's secret, or the refusal to show."""
+    sessions = request.config_dict[DB]
+    try:
+        async with sessions.begin() as db:
+            attempt = await begin_attempt(request, db, email)
+    except SignInRefused as refused:
+        return refused
+    ok = await check_password(request, attempt, password)
+    async with sessions.begin() as db:
+        outcome = await finish_attempt(request, db, attempt, ok)
+        if isinstance(outcome, SignInRefused):
+            return outcome
+        notices = []
+        previous = await browser.current(request, db)
+        if previous is not None:
+            # The browser's earlier session ends here; its services hear of it as at sign-out.
+            settings = request.config_dict[SETTINGS]
+            notices = await end_session(db, request.config_dict[PROVIDER].keys, settings.issuer, previous.session)
+        _, secret = await browser.start(db, request, outcome)
+    if notices:
+        await send_notices(request.config_dict[HTTP], notices, request.config_dict[SETTINGS].backchannel_logout_timeout)
+    return outcome, secret
 
 
 async def sign_in_page(request: web.Request) -> web.Response:
@@ -64,15 +114,12 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     form = await csrf.checked_form(request)
     email, password = field(form, "email", 320), field(form, "password", 1024)
     target = safe_next(field(form, "next"))
-    async with request.config_dict[DB].begin() as db:
-        try:
-            account = await attempt(request, db, email, password)
-        except SignInRefused as refused:
-            context = {"next": target, "action": "/sign-in", "email": email, "error": refused.message}
-            return render(request, "sign_in.html", context, status=refused.status)
-        _, secret = await browser.start(db, request, account)
+    outcome = await attempt_sign_in(request, email, password)
+    if isinstance(outcome, SignInRefused):
+        context = {"next": target, "action": "/sign-in", "email": email, "error": outcome.message}
+        return render(request, "sign_in.html", context, status=outcome.status)
     response = redirect(target, 303)
-    browser.set_cookie(request, response, secret)
+    browser.set_cookie(request, response, outcome[1])
     return response
 
 
@@ -134,18 +181,19 @@ async def interaction_login(request: web.Request) -> web.StreamResponse:
         interaction = await load_interaction(request, db, uid)
         if interaction is None:
             return expired_interaction(request)
-        try:
-            account = await attempt(request, db, email, password)
-        except SignInRefused as refused:
-            service = await _service_name(db, interaction.params["client_id"])
-            context = {"action": f"/i/{uid}/login", "service": service, "email": email, "error": refused.message, "register_next": f"/i/{uid}"}
-            return render(request, "sign_in.html", context, status=refused.status)
-        previous = await browser.current(request, db)
-        if previous is not None and previous.account.id != account.id:
-            previous.session.ended_at = utcnow()
-        _, secret = await browser.start(db, request, account)
+        service = await _service_name(db, interaction.params["client_id"])
+    outcome = await attempt_sign_in(request, email, password)
+    if isinstance(outcome, SignInRefused):
+        context = {
+            "action": f"/i/{uid}/login",
+            "service": service,
+            "email": email,
+            "error": outcome.message,
+            "register_next": f"/i/{uid}",
+        }
+        return render(request, "sign_in.html", context, status=outcome.status)
     response = redirect(f"/i/{uid}/resume", 303)
-    browser.set_cookie(request, response, secret)
+    browser.set_cookie(request, response, outcome[1])
     return response
 
 

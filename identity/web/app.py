@@ -23,6 +23,7 @@ from identity.db.migrate import upgrade
 from identity.mail import FileMailer, Mailer, SmtpMailer
 from identity.oidc import keys as signing_keys
 from identity.oidc.server import Provider
+from identity.oidc.service_tokens import ServiceTokenCodec
 from identity.settings import Settings
 from identity.web import appkeys as K
 from identity.web import middleware, routes
@@ -45,7 +46,7 @@ def create_app(settings: Settings, *, migrate: bool | None = None) -> web.Applic
         time_cost=settings.argon2_time_cost,
         parallelism=settings.argon2_parallelism,
     )
-    app[K.PROVIDER] = Provider(settings, signing_keys.KeyRing())
+    app[K.PROVIDER] = Provider(settings, signing_keys.KeyRing(), ServiceTokenCodec(secret))
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.PackageLoader("identity.pages", "templates"),

@@ -101,6 +101,11 @@ async def _authorize(
     def fail(error: str, description: str) -> web.StreamResponse:
         return redirect_error(request, redirect_uri, error, description, data.get("state"))
 
+    if not scopes.split(oauth_request.scope):
+        # Nothing the service may have was asked for: an empty grant needs no consent, so issuing
+        # it would link the person to a service they never approved and reveal who they are.
+        return fail("invalid_scope", "Ask for at least one scope the service is registered for.")
+
     if decision.denied:
         return fail("access_denied", "The person declined the request.")
 
@@ -195,7 +200,8 @@ async def _interact(
             params={
                 "uid": uid,
                 "binding": digest(binding),
-                "query": [list(p) for p in oauth_request.args.items()],
+                # The request's parameters, whether it came as GET (query) or POST (form).
+                "query": [list(p) for p in [*oauth_request.args.items(), *oauth_request.form.items()]],
                 "client_id": oauth_request.client.client_id,
                 "scope": oauth_request.scope,
             },

@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Throughput of one hub process: client_credentials grants/s, refresh grants/s, password
+sign-ins/s (full form POST) and userinfo requests/s, against the argon2id hash rate.
+
+The hub runs as a real ``onesignin serve`` subprocess; load comes over loopback HTTP from this
+process (which shares the machine's cores with the hub: figures are for the whole machine).
+
+    python bench/bench_hub.py --database sqlite
+    python bench/bench_hub.py --database postgresql+asyncpg://postgres@127.0.0.1:5432/test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+
+PASSWORD = "correct horse battery staple"
+REDIRECT = "http://127.0.0.1:9/callback"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(env: dict[str, str], *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "identity.cli", *args], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+_INPUT = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)"')
+
+
+async def sign_in_and_authorize(base: str, client_id: str, client_secret: str, email: str) -> str:
+    """A full code flow for ``email`` (sign in, consent when asked); returns a refresh token."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+
+        async def follow(response: aiohttp.ClientResponse) -> tuple[str, str]:
+            """Follow redirects inside the hub; return (page, callback URL or '')."""
+            while response.status in (302, 303):
+                location = response.headers["Location"]
+                if location.startswith(REDIRECT):
+                    return "", location
+                response = await http.get(base + location if location.startswith("/") else location, allow_redirects=False)
+            return await response.text(), ""
+
+        verifier = secrets.token_urlsafe(48)
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        params = {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": REDIRECT,
+            "scope": "openid profile email offline_access",
+            "state": "s",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        }
+        page, callback = await follow(await http.get(f"{base}/authorize", params=params, allow_redirects=False))
+        for _ in range(3):
+            if callback:
+                break
+            action = re.search(r'<form method="post" action="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+            fields = dict(_INPUT.findall(page))
+            extra = {"email": email, "password": PASSWORD} if action.endswith("/login") else {"decision": "allow"}
+            page, callback = await follow(await http.post(base + action, data=fields | extra, allow_redirects=False))
+        code = parse_qs(urlsplit(callback).query)["code"][0]
+        async with http.post(
+            f"{base}/token",
+            data={"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT, "code_verifier": verifier},
+            headers={"Authorization": aiohttp.encode_basic_auth(client_id, client_secret)},
+        ) as r:
+            token = await r.json()
+        return token["refresh_token"]
+
+
+LUA_STATIC_POST = """
+wrk.method = "POST"
+wrk.body = "{body}"
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+wrk.headers["Authorization"] = "{auth}"
+"""
+
+LUA_REFRESH = """
+local queue = {{ {tokens} }}
+request = function()
+  local rt = table.remove(queue, 1)
+  return wrk.format("POST", nil, {{["Content-Type"] = "application/x-www-form-urlencoded", ["Authorization"] = "{auth}"}},
+    "grant_type=refresh_token&refresh_token=" .. rt)
+end
+response = function(status, headers, body)
+  local rt = body:match('"refresh_token": "([^"]+)"')
+  if rt then table.insert(queue, rt) end
+end
+"""
+
+LUA_USERINFO = """
+local tokens = {{ {tokens} }}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", nil, {{["Authorization"] = "Bearer " .. tokens[(i % #tokens) + 1]}})
+end
+"""
+
+LUA_SIGN_IN = """
+local i = 0
+request = function()
+  i = i + 1
+  local body = "csrf_token={csrf}&email=p" .. (i % {users}) .. "%40example.com&password={password}"
+  return wrk.format("POST", nil, {{["Content-Type"] = "application/x-www-form-urlencoded", ["Cookie"] = "osi_csrf={cookie}"}}, body)
+end
+"""
+
+
+class Wrk:
+    """Load from wrk (C, one thread), so the hub, not the load generator, gets the cores."""
+
+    def __init__(self, base: str, scripts: Path, seconds: float, connections: int) -> None:
+        self.base, self.scripts, self.seconds, self.connections = base, scripts, seconds, connections
+
+    def run(self, path: str, lua: str) -> float:
+        """Requests per second answered without an error status (>= 400)."""
+        script = self.scripts / f"s{len(list(self.scripts.iterdir()))}.lua"
+        script.write_text(lua + _WRK_DONE)
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{self.connections}", f"-d{int(self.seconds)}s", "-s", str(script), self.base + path],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        stats = json.loads(out[out.index("{") :])
+        ok = stats["requests"] - stats["non_ok"] - stats["errors"]
+        if stats["non_ok"] or stats["errors"]:
+            print(f"  {path}: {stats['non_ok']} unexpected statuses, {stats['errors']} socket errors", file=sys.stderr)
+        return ok / stats["seconds"]
+
+
+_WRK_DONE = """
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout
+  io.write(string.format('{"requests": %d, "seconds": %f, "errors": %d, "non_ok": %d, "p50_ms": %f, "p99_ms": %f}',
+    summary.requests, summary.duration / 1e6, errors - summary.errors.status, summary.errors.status, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def argon2_rate(seconds: float, threads: int, memory_cost: int, time_cost: int) -> float:
+    from identity.accounts.passwords import PasswordHasher
+
+    hasher = PasswordHasher(memory_cost=memory_cost, time_cost=time_cost)
+    encoded = hasher.hash(PASSWORD)
+    deadline = time.perf_counter() + seconds
+
+    def work() -> int:
+        n = 0
+        while time.perf_counter() < deadline:
+            hasher.verify(encoded, PASSWORD)
+            n += 1
+        return n
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        total = sum(pool.map(lambda _: work(), range(threads)))
+    return total / (time.perf_counter() - started)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database", default="sqlite", help="'sqlite' (embedded) or a Postgres URL to a database the bench may use")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement (default 10)")
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("bench_hub needs wrk (Debian: apt-get install wrk)")
+
+    data_dir = Path(tempfile.mkdtemp(prefix="onesignin-bench-"))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = os.environ | {
+        "ONESIGNIN_DATA_DIR": str(data_dir),
+        "ONESIGNIN_ISSUER": base,
+        "ONESIGNIN_SECRET_KEY": secrets.token_urlsafe(48),
+        "ONESIGNIN_THROTTLE_ADDRESS_FAILURES": "1000000",
+    }
+    scratch_db = None
+    if args.database != "sqlite":
+        scratch_db = f"osi_bench_{uuid.uuid4().hex[:8]}"
+        admin_url = args.database.replace("+asyncpg", "")
+        subprocess.run(["psql", admin_url, "-qc", f'CREATE DATABASE "{scratch_db}"'], check=True)
+        env["ONESIGNIN_DATABASE_URL"] = args.database.rsplit("/", 1)[0] + "/" + scratch_db
+        cli(env, "migrate")
+    service = cli(env, "services", "add", "--name", "Bench", "--redirect-uri", REDIRECT)
+    users = 64
+    for i in range(users):
+        cli(env, "users", "add", "--email", f"p{i}@example.com", "--password", PASSWORD, "--given-name", "P")
+
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port)], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    )
+    results: dict[str, float] = {}
+    scripts = Path(tempfile.mkdtemp(prefix="onesignin-wrk-"))
+    try:
+        async with aiohttp.ClientSession() as probe:
+            for _ in range(100):
+                try:
+                    async with probe.get(f"{base}/healthz") as r:
+                        if r.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+        basic = aiohttp.encode_basic_auth(service["client_id"], service["client_secret"])
+        wrk = Wrk(base, scripts, args.seconds, args.concurrency)
+
+        results["client_credentials_grants_per_s"] = wrk.run(
+            "/token", LUA_STATIC_POST.format(auth=basic, body="grant_type=client_credentials&scope=openid")
+        )
+
+        refresh_tokens = await asyncio.gather(
+            *(
+                sign_in_and_authorize(base, service["client_id"], service["client_secret"], f"p{i % users}@example.com")
+                for i in range(args.concurrency * 2)
+            )
+        )
+        results["refresh_grants_per_s"] = wrk.run(
+            "/token", LUA_REFRESH.format(auth=basic, tokens=", ".join(f'"{t}"' for t in refresh_tokens))
+        )
+
+        access_tokens = []
+        async with aiohttp.ClientSession() as http:
+            for i in range(args.concurrency):
+                email = f"p{i % users}@example.com"
+                refresh = await sign_in_and_authorize(base, service["client_id"], service["client_secret"], email)
+                async with http.post(
+                    f"{base}/token",
+                    data={"grant_type": "refresh_token", "refresh_token": refresh},
+                    headers={"Authorization": basic},
+                ) as r:
+                    access_tokens.append((await r.json())["access_token"])
+        results["userinfo_per_s"] = wrk.run("/userinfo", LUA_USERINFO.format(tokens=", ".join(f'"{t}"' for t in access_tokens)))
+
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            async with http.get(f"{base}/sign-in") as r:
+                csrf_token = dict(_INPUT.findall(await r.text()))["csrf_token"]
+                cookie = r.cookies["osi_csrf"].value
+        results["password_sign_ins_per_s"] = wrk.run(
+            "/sign-in",
+            LUA_SIGN_IN.format(cookie=cookie, csrf=csrf_token, users=users, password=PASSWORD.replace(" ", "+")),
+        )
+    finally:
+        hub.terminate()
+        hub.wait(timeout=30)
+        shutil.rmtree(scripts, ignore_errors=True)
+    results["argon2id_verifications_per_s"] = argon2_rate(args.seconds, os.cpu_count() or 1, 19456, 2)
+    results["sign_in_vs_hash_rate"] = results["password_sign_ins_per_s"] / results["argon2id_verifications_per_s"]
+    if scratch_db:
+        subprocess.run(["psql", args.database.replace("+asyncpg", ""), "-qc", f'DROP DATABASE "{scratch_db}" WITH (FORCE)'], check=False)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"database: {'SQLite (embedded)' if args.database == 'sqlite' else 'Postgres'}; {os.cpu_count()} cores; {args.seconds:.0f} s per figure")
+        for key, value in results.items():
+            print(f"  {key:32s} {value:10.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

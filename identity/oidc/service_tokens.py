@@ -1,0 +1,74 @@
+"""Access tokens of the ``client_credentials`` grant: self-contained and MAC-protected.
+
+A member service calls the hub's own API with them, and only the hub reads them, so they need no
+public-key signature and no row per token: ``ost.<payload>.<mac>``, where the payload names the
+client, scope, issue and expiry times and a token id, and the MAC is HMAC-SHA256 under a key
+derived from the hub's secret key. Issuing one costs no database write; revoking one records its
+id in ``revoked_service_tokens`` until it would have expired. To clients they stay opaque strings.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+PREFIX = "ost."
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class ServiceToken:
+    token_id: str
+    client_id: str
+    scope: str
+    issued_at: dt.datetime
+    expires_at: dt.datetime
+
+
+class ServiceTokenCodec:
+    def __init__(self, secret_key: str) -> None:
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"onesignin service tokens v1")
+        self._key = hkdf.derive(secret_key.encode())
+
+    def _mac(self, payload: str) -> str:
+        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+
+    def issue(self, client_id: str, scope: str, ttl: int, now: dt.datetime) -> str:
+        issued = int(now.timestamp())
+        body = {"c": client_id, "s": scope, "i": issued, "e": issued + ttl, "j": secrets.token_urlsafe(12)}
+        payload = _b64(json.dumps(body, separators=(",", ":")).encode())
+        return f"{PREFIX}{payload}.{self._mac(payload)}"
+
+    def read(self, token: str) -> ServiceToken | None:
+        """The token's contents when its MAC is valid (expiry is the caller's to check)."""
+        if not token.startswith(PREFIX) or len(token) > 2048:
+            return None
+        payload, _, mac = token[len(PREFIX) :].partition(".")
+        if not mac or not hmac.compare_digest(mac, self._mac(payload)):
+            return None
+        try:
+            body = json.loads(_unb64(payload))
+            return ServiceToken(
+                token_id=str(body["j"]),
+                client_id=str(body["c"]),
+                scope=str(body["s"]),
+                issued_at=dt.datetime.fromtimestamp(int(body["i"]), dt.UTC),
+                expires_at=dt.datetime.fromtimestamp(int(body["e"]), dt.UTC),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
