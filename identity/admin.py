@@ -3,12 +3,14 @@ They validate their input, take the caller's session and never commit."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.accounts import links
 from identity.accounts.passwords import PasswordHasher, check_password
 from identity.accounts.store import EmailTaken, create_account, is_child
 from identity.db.models import Service
@@ -23,6 +25,13 @@ DEFAULT_GRANT_TYPES = ["authorization_code", "refresh_token", "client_credential
 
 class InvalidInput(Exception):
     """A bad argument, explained for the operator who gave it."""
+
+
+@dataclass(frozen=True)
+class NewAccount:
+    sub: str
+    #: Mail to send once the caller commits (a guardian's consent request for a child).
+    mail: list[EmailMessage] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -94,8 +103,8 @@ async def add_user(
     birthdate: str | None = None,
     guardian_email: str | None = None,
     verified: bool = False,
-) -> str:
-    """Create an account; return its ``sub``."""
+) -> NewAccount:
+    """Create an account; a child's guardian is asked for consent by mail (sent by the caller)."""
     body = {"email": email, "given_name": given_name, "family_name": family_name, "birthdate": birthdate}
     try:
         details = BasicDetails.model_validate({k: v for k, v in body.items() if v is not None})
@@ -125,4 +134,8 @@ async def add_user(
     except EmailTaken:
         raise InvalidInput(f"an account with {details.email} already exists") from None
     account.email_verified = verified
-    return account.sub
+    mail = []
+    if guardian is not None:
+        secret = await links.issue(db, account, "guardian_consent", guardian)
+        mail.append(links.guardian_message(settings, guardian, account.name or account.email, secret))
+    return NewAccount(account.sub, mail)

@@ -16,6 +16,7 @@ from identity import admin
 from identity.accounts.passwords import PasswordHasher
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
+from identity.mail import mailer_for
 from identity.settings import ConfigurationError, Settings, development_warnings, load_settings
 
 class UsageError(Exception):
@@ -62,7 +63,7 @@ def cmd_users_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any
     )
 
     async def work(db: Any) -> dict[str, Any]:
-        sub = await admin.add_user(
+        account = await admin.add_user(
             db,
             settings,
             hasher,
@@ -74,9 +75,20 @@ def cmd_users_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any
             guardian_email=args.guardian_email,
             verified=args.verified,
         )
-        return {"sub": sub}
+        return {"sub": account.sub, "_mail": account.mail}
 
-    return asyncio.run(_with_db(settings, work))
+    result = asyncio.run(_with_db(settings, work))
+    mail = result.pop("_mail")
+    if mail:
+        asyncio.run(_send(settings, mail))
+        result["guardian_consent"] = "requested"
+    return result
+
+
+async def _send(settings: Settings, messages: list[Any]) -> None:
+    mailer = mailer_for(settings)
+    for message in messages:
+        await mailer.send(message)
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:

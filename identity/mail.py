@@ -8,6 +8,8 @@ outbox directory as an ``.eml`` file, which :func:`read_outbox` reads back.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import asyncio
 import os
 import secrets
@@ -21,6 +23,9 @@ from pathlib import Path
 from typing import Protocol
 
 import aiosmtplib
+
+if TYPE_CHECKING:
+    from identity.settings import Settings
 
 __all__ = [
     "FileMailer",
@@ -172,3 +177,17 @@ class SmtpMailer:
             raise MailError("The email could not be sent.") from exc
         if refused:
             raise MailError("The email could not be delivered to every recipient.")
+
+
+def mailer_for(settings: "Settings") -> Mailer:
+    """The mailer the configuration names: SMTP, or .eml files under the data dir."""
+    if settings.mail_backend == "smtp":
+        return SmtpMailer(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            start_tls=settings.smtp_starttls,
+            use_tls=settings.smtp_tls,
+        )
+    return FileMailer(settings.data_dir / "mail")

@@ -19,7 +19,7 @@ from joserfc.jwk import KeySet
 
 from identity import admin
 from identity.settings import Settings
-from identity.web.appkeys import DB, HASHER
+from identity.web.appkeys import DB, HASHER, MAILER
 
 PASSWORD = "correct horse battery staple"
 
@@ -72,7 +72,10 @@ class Hub:
         kwargs.setdefault("given_name", "Ann")
         kwargs.setdefault("family_name", "Example")
         async with self.app[DB].begin() as db:
-            return await admin.add_user(db, self.settings, self.app[HASHER], email=email, password=password, **kwargs)
+            account = await admin.add_user(db, self.settings, self.app[HASHER], email=email, password=password, **kwargs)
+        for message in account.mail:
+            await self.app[MAILER].send(message)
+        return account.sub
 
     async def userinfo(self, access_token: str | None, *, method: str = "GET") -> httpx2.Response:
         """Call the UserInfo endpoint with ``access_token`` as a Bearer token (or with no token)."""

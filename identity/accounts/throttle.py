@@ -11,7 +11,7 @@ import datetime as dt
 import math
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,12 +31,19 @@ class Keys:
         return cls("account:" + digest(email.strip().lower()), "address:" + digest(address or "unknown"))
 
 
-async def retry_after(db: AsyncSession, keys: Keys, now: dt.datetime | None = None) -> int | None:
-    """Seconds until sign-in may be tried again, or None when it may be tried now."""
+@dataclass(frozen=True)
+class State:
+    #: Seconds until sign-in may be tried again, or None when it may be tried now.
+    retry_after: int | None
+    #: Whether failures are on record for the account key (a success then clears them).
+    account_failures: bool
+
+
+async def state(db: AsyncSession, keys: Keys, now: dt.datetime | None = None) -> State:
     now = now or utcnow()
     rows = (await db.scalars(select(Throttle).where(Throttle.key.in_((keys.account, keys.address))))).all()
     waits = [math.ceil((r.locked_until - now).total_seconds()) for r in rows if r.locked_until and r.locked_until > now]
-    return max(waits) if waits else None
+    return State(max(waits) if waits else None, any(r.key == keys.account for r in rows))
 
 
 async def record_failure(db: AsyncSession, keys: Keys, settings: Settings, now: dt.datetime | None = None) -> None:
@@ -66,6 +73,4 @@ def _insert(db: AsyncSession):  # type: ignore[no-untyped-def]
 
 
 async def record_success(db: AsyncSession, keys: Keys) -> None:
-    row = await db.get(Throttle, keys.account)
-    if row is not None:
-        await db.delete(row)
+    await db.execute(delete(Throttle).where(Throttle.key == keys.account))

@@ -251,6 +251,8 @@ class Token(Base):
     service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), index=True)
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     scope: Mapped[str] = mapped_column(String(500))
+    # What the person granted: a refresh asking for less narrows only that access token.
+    grant_scope: Mapped[str] = mapped_column(String(500))
     sid: Mapped[str | None] = mapped_column(String(64), index=True)
     auth_time: Mapped[dt.datetime | None]
     issued_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from identity.db.models import Account, AuthorizationCode, utcnow
 from identity.oidc import scopes
-from identity.oidc.records import IssuedCode, IssuedToken, active_consent, db, find_stored_token, revoke_grant
+from identity.oidc.records import IssuedCode, IssuedToken, db, find_stored_token, revoke_grant
 from identity.tokens import digest
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token: str) -> IssuedToken | None:
-        token = find_stored_token(refresh_token, "refresh_token")
+        token = find_stored_token(refresh_token, self.server.query_client_by_id, "refresh_token", for_update=True)
         if token is None or token.kind != "refresh_token":
             return None
         row = token.row
@@ -162,7 +162,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
             return None
         if row.revoked_at is not None or token.is_expired():
             return None
-        if row.account_id is None or active_consent(row.account_id, row.service_id) is None:
+        if row.account_id is None or not token.consented:
             return None
         return token
 

@@ -66,6 +66,19 @@ async def end_session(db: AsyncSession, keys: KeyRing, issuer: str, session: Bro
     ]
 
 
+async def end_sessions_of(
+    db: AsyncSession, keys: KeyRing, issuer: str, account_id: int, *, keep: int | None = None
+) -> list[LogoutNotice]:
+    """End every live session of an account (but ``keep``), e.g. after its password changed."""
+    query = select(BrowserSession).where(BrowserSession.account_id == account_id, BrowserSession.ended_at.is_(None))
+    if keep is not None:
+        query = query.where(BrowserSession.id != keep)
+    notices: list[LogoutNotice] = []
+    for session in (await db.scalars(query)).all():
+        notices.extend(await end_session(db, keys, issuer, session))
+    return notices
+
+
 async def send_notices(http: aiohttp.ClientSession, notices: list[LogoutNotice], timeout: float) -> dict[str, bool]:
     """POST each logout token (concurrently); return which services acknowledged with 200."""
 

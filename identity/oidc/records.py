@@ -5,15 +5,16 @@ synchronous session through :data:`current_db`; they never commit."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 from authlib.oauth2.rfc6749 import TokenMixin
 from authlib.oidc.core import AuthorizationCodeMixin
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 
-from identity.db.models import Account, AuthorizationCode, Consent, Service, Token, utcnow
+from identity.db.models import Account, AuthorizationCode, Consent, Token, utcnow
 from identity.oidc.client import ServiceClient
 from identity.tokens import digest
 
@@ -59,6 +60,8 @@ class IssuedToken(TokenMixin):
     #: A refresh token's scope: the grant's original scope, which a refresh asking for less
     #: narrows for the new access token only (RFC 6749 section 6). None for access tokens.
     refresh_scope: str | None = None
+    #: Whether the person's consent to the token's service still stands.
+    consented: bool = False
 
     def check_client(self, client: ServiceClient) -> bool:
         return self.row.service_id == client.id
@@ -91,24 +94,42 @@ class IssuedToken(TokenMixin):
         return self.client
 
 
-def find_stored_token(token_string: str, hint: str | None = None) -> IssuedToken | None:
+def find_stored_token(
+    token_string: str,
+    clients: Callable[[int], ServiceClient | None],
+    hint: str | None = None,
+    *,
+    for_update: bool = False,
+) -> IssuedToken | None:
+    """A stored token by its secret, with its person and whether their consent still stands
+    (one query; the person lands in the session so ``get_user`` costs nothing). With
+    ``for_update`` the token's row stays locked until the transaction ends, so two concurrent
+    uses of one refresh token are serialised and the second is seen as a reuse."""
     hashed = digest(token_string)
     kinds = ["refresh_token", "access_token"] if hint == "refresh_token" else ["access_token", "refresh_token"]
     for kind in kinds:
         column = Token.access_hash if kind == "access_token" else Token.refresh_hash
-        row = db().scalar(select(Token).where(column == hashed))
-        if row is not None:
-            service = db().get(Service, row.service_id)
-            client = ServiceClient.from_row(service) if service else None
-            if kind == "access_token":
-                return IssuedToken(row, client, kind)
-            return IssuedToken(row, client, kind, refresh_scope=granted_scope(row.grant_id))
+        query = (
+            select(Token, Account, Consent.id)
+            .outerjoin(Account, Account.id == Token.account_id)
+            .outerjoin(
+                Consent,
+                and_(
+                    Consent.account_id == Token.account_id,
+                    Consent.service_id == Token.service_id,
+                    Consent.revoked_at.is_(None),
+                ),
+            )
+            .where(column == hashed)
+        )
+        if for_update:
+            query = query.with_for_update(of=Token)
+        found = db().execute(query).first()
+        if found is not None:
+            row, _, consent_id = found
+            refresh_scope = row.grant_scope if kind == "refresh_token" else None
+            return IssuedToken(row, clients(row.service_id), kind, refresh_scope=refresh_scope, consented=consent_id is not None)
     return None
-
-
-def granted_scope(grant_id: str) -> str:
-    """The scope of a grant's first token: what the person granted (refreshes only narrow it)."""
-    return db().scalar(select(Token.scope).where(Token.grant_id == grant_id).order_by(Token.id).limit(1)) or ""
 
 
 def revoke_grant(grant_id: str, now: dt.datetime | None = None) -> int:
@@ -117,11 +138,3 @@ def revoke_grant(grant_id: str, now: dt.datetime | None = None) -> int:
         update(Token).where(Token.grant_id == grant_id, Token.revoked_at.is_(None)).values(revoked_at=now or utcnow())
     )
     return result.rowcount or 0
-
-
-def active_consent(account_id: int, service_id: int) -> Consent | None:
-    return db().scalar(
-        select(Consent).where(
-            Consent.account_id == account_id, Consent.service_id == service_id, Consent.revoked_at.is_(None)
-        )
-    )

@@ -57,6 +57,7 @@ class Provider(AuthorizationServer):
         self.keys = keys
         self.service_tokens = service_tokens
         self._clients: dict[str, tuple[float, ServiceClient | None]] = {}
+        self._client_ids: dict[int, str] = {}
         self.register_token_generator("default", self._generate_token)
         self.register_grant(AuthorizationCodeGrant, [S256Required(required=True), HubOpenIDCode(self)])
         self.register_grant(RefreshTokenGrant)
@@ -94,8 +95,14 @@ class Provider(AuthorizationServer):
         self._clients[client_id] = (now + CLIENT_CACHE_SECONDS, client)
         return client
 
-    def forget_client(self, client_id: str) -> None:
-        self._clients.pop(client_id, None)
+    def query_client_by_id(self, service_id: int) -> ServiceClient | None:
+        client_id = self._client_ids.get(service_id)
+        if client_id is None:
+            client_id = db().scalar(select(Service.client_id).where(Service.id == service_id))
+            if client_id is None:
+                return None
+            self._client_ids[service_id] = client_id
+        return self.query_client(client_id)
 
     def create_oauth2_request(self, request: HubOAuth2Request) -> HubOAuth2Request:
         return request
@@ -133,7 +140,7 @@ class Provider(AuthorizationServer):
     def find_token(self, token_string: str, hint: str | None = None) -> IssuedToken | None:
         """A presented token of either kind, or None when it is not one of ours."""
         if not token_string.startswith(SERVICE_TOKEN_PREFIX):
-            return find_stored_token(token_string, hint)
+            return find_stored_token(token_string, self.query_client_by_id, hint)
         content = self.service_tokens.read(token_string)
         client = self.query_client(content.client_id) if content else None
         if content is None or client is None:
@@ -144,6 +151,7 @@ class Provider(AuthorizationServer):
             service_id=client.id,
             account_id=None,
             scope=content.scope,
+            grant_scope=content.scope,
             issued_at=content.issued_at,
             access_expires_at=content.expires_at,
             revoked_at=content.issued_at if revoked else None,
@@ -154,15 +162,16 @@ class Provider(AuthorizationServer):
         if token["access_token"].startswith(SERVICE_TOKEN_PREFIX):
             return  # self-contained: nothing to store
         now = utcnow()
+        scope = token.get("scope") or ""
         if request.refresh_token is not None:
             previous = request.refresh_token.row
-            grant_id, sid, auth_time = previous.grant_id, previous.sid, previous.auth_time
+            grant_id, sid, auth_time, grant_scope = previous.grant_id, previous.sid, previous.auth_time, previous.grant_scope
         elif request.authorization_code is not None:
             code = request.authorization_code.row
-            grant_id, sid, auth_time = uuid.uuid4().hex, code.sid, code.auth_time
+            grant_id, sid, auth_time, grant_scope = uuid.uuid4().hex, code.sid, code.auth_time, scope
             code.grant_id = grant_id
         else:
-            grant_id, sid, auth_time = uuid.uuid4().hex, None, None
+            grant_id, sid, auth_time, grant_scope = uuid.uuid4().hex, None, None, scope
         refresh = token.get("refresh_token")
         db().execute(
             insert(Token).values(
@@ -171,7 +180,8 @@ class Provider(AuthorizationServer):
                 refresh_hash=digest(refresh) if refresh else None,
                 service_id=request.client.id,
                 account_id=request.user.id if request.user is not None else None,
-                scope=token.get("scope") or "",
+                scope=scope,
+                grant_scope=grant_scope,
                 sid=sid,
                 auth_time=auth_time,
                 issued_at=now,

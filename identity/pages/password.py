@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from aiohttp import web
 from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import links
 from identity.accounts.passwords import check_password
 from identity.accounts.store import find_by_email
-from identity.db.models import Account, BrowserSession, utcnow
+from identity.db.models import Account, utcnow
+from identity.oidc.logout import LogoutNotice, end_sessions_of, send_notices
 from identity.pages.common import field, hash_password, render, send_mail, verify_password
 from identity.web import browser, csrf
-from identity.web.appkeys import DB, SETTINGS
+from identity.web.appkeys import DB, HTTP, PROVIDER, SETTINGS
 from identity.web.responses import redirect
 from schemas.account import normalize_email
 
@@ -53,11 +55,14 @@ async def reset_confirm_page(request: web.Request) -> web.Response:
     return render(request, "reset_confirm.html", {"token": token})
 
 
-async def _end_sessions(db, account_id: int, keep: int | None = None) -> None:  # type: ignore[no-untyped-def]
-    query = update(BrowserSession).where(BrowserSession.account_id == account_id, BrowserSession.ended_at.is_(None))
-    if keep is not None:
-        query = query.where(BrowserSession.id != keep)
-    await db.execute(query.values(ended_at=utcnow()))
+async def _end_sessions(request: web.Request, db: AsyncSession, account_id: int, keep: int | None = None) -> list[LogoutNotice]:
+    settings = request.config_dict[SETTINGS]
+    return await end_sessions_of(db, request.config_dict[PROVIDER].keys, settings.issuer, account_id, keep=keep)
+
+
+async def _notify(request: web.Request, notices: list[LogoutNotice]) -> None:
+    if notices:
+        await send_notices(request.config_dict[HTTP], notices, request.config_dict[SETTINGS].backchannel_logout_timeout)
 
 
 async def reset_confirm(request: web.Request) -> web.Response:
@@ -78,7 +83,8 @@ async def reset_confirm(request: web.Request) -> web.Response:
             return render(request, "message.html", dead, status=400)
         live.used_at = utcnow()
         await db.execute(update(Account).where(Account.id == live.account_id).values(password_hash=password_hash))
-        await _end_sessions(db, live.account_id)
+        notices = await _end_sessions(request, db, live.account_id)
+    await _notify(request, notices)
     return render(request, "message.html", {"title": "Password changed", "message": "Your new password is set. Sign in with it.", "next": "/sign-in"})
 
 
@@ -105,5 +111,6 @@ async def change(request: web.Request) -> web.StreamResponse:
     password_hash = await hash_password(request, password)
     async with request.config_dict[DB].begin() as db:
         await db.execute(update(Account).where(Account.id == account.id).values(password_hash=password_hash))
-        await _end_sessions(db, account.id, keep=signed_in.session.id)
+        notices = await _end_sessions(request, db, account.id, keep=signed_in.session.id)
+    await _notify(request, notices)
     return render(request, "message.html", {"title": "Password changed", "message": "Your new password is set.", "next": "/account"})

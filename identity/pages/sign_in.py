@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiohttp import web
-from sqlalchemy import select
+from sqlalchemy import insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import throttle
-from identity.accounts.store import find_by_email
-from identity.db.models import Account, Service, SignInEvent, utcnow
+from identity.db.engine import autocommit
+from identity.db.models import Account, BrowserSession, Service, SignInEvent, UTCDateTime, utcnow
 from identity.oidc import scopes
 from identity.oidc.actions.authorize import Decision, needs_sign_in, expired_interaction, load_interaction
 from identity.oidc.logout import end_session, send_notices
@@ -39,20 +39,21 @@ class Attempt:
     keys: throttle.Keys
     account_id: int | None
     password_hash: str | None
+    earlier_failures: bool
     new_hash: str | None = None
 
 
 async def begin_attempt(request: web.Request, db: AsyncSession, email: str) -> Attempt:
     """Refuse at once while throttled; otherwise find the account the email names."""
     keys = throttle.Keys.of(email, client_address(request))
-    wait = await throttle.retry_after(db, keys)
-    if wait is not None:
-        raise SignInRefused(f"Too many failed attempts. Try again in {wait} seconds.", 429)
+    state = await throttle.state(db, keys)
+    if state.retry_after is not None:
+        raise SignInRefused(f"Too many failed attempts. Try again in {state.retry_after} seconds.", 429)
     try:
-        account = await find_by_email(db, normalize_email(email))
+        found = (await db.execute(select(Account.id, Account.password_hash).where(Account.email == normalize_email(email)))).first()
     except ValueError:
-        account = None
-    return Attempt(keys, account.id if account else None, account.password_hash if account else None)
+        found = None
+    return Attempt(keys, found[0] if found else None, found[1] if found else None, state.account_failures)
 
 
 async def check_password(request: web.Request, attempt: Attempt, password: str) -> bool:
@@ -62,48 +63,72 @@ async def check_password(request: web.Request, attempt: Attempt, password: str) 
     return ok
 
 
-async def finish_attempt(request: web.Request, db: AsyncSession, attempt: Attempt, ok: bool) -> Account | SignInRefused:
-    """Record the outcome (throttle counters, sign-in history); the caller commits either way."""
-    account = await db.get(Account, attempt.account_id) if attempt.account_id is not None else None
-    if not ok or account is None:
+async def finish_attempt(request: web.Request, db: AsyncSession, attempt: Attempt, ok: bool) -> int | SignInRefused:
+    """Record the outcome (throttle counters, sign-in history) and return the account id, or
+    the refusal to show. The caller commits either way."""
+    event = {"address": client_address(request), "at": utcnow()}
+    if not ok or attempt.account_id is None:
         await throttle.record_failure(db, attempt.keys, request.config_dict[SETTINGS])
-        if account is not None:
-            db.add(SignInEvent(account_id=account.id, address=client_address(request), succeeded=False, at=utcnow()))
-        wait = await throttle.retry_after(db, attempt.keys)
+        if attempt.account_id is not None:
+            await db.execute(insert(SignInEvent).values(account_id=attempt.account_id, succeeded=False, **event))
+        wait = (await throttle.state(db, attempt.keys)).retry_after
         if wait is not None:
             return SignInRefused(f"{WRONG} Too many failed attempts: try again in {wait} seconds.", 429)
         return SignInRefused(WRONG, 400)
-    await throttle.record_success(db, attempt.keys)
+    if attempt.earlier_failures:
+        await throttle.record_success(db, attempt.keys)
     if attempt.new_hash:
-        account.password_hash = attempt.new_hash
-    db.add(SignInEvent(account_id=account.id, address=client_address(request), succeeded=True, at=utcnow()))
-    return account
+        await db.execute(update(Account).where(Account.id == attempt.account_id).values(password_hash=attempt.new_hash))
+    await db.execute(insert(SignInEvent).values(account_id=attempt.account_id, succeeded=True, **event))
+    return attempt.account_id
 
 
-async def attempt_sign_in(request: web.Request, email: str, password: str) -> tuple[Account, str] | SignInRefused:
+async def attempt_sign_in(request: web.Request, email: str, password: str) -> str | SignInRefused:
     """Check credentials under throttling and, when right, start a new hub session.
-    Returns the account and the session cookie's secret, or the refusal to show."""
+    Returns the session cookie's secret, or the refusal to show."""
     sessions = request.config_dict[DB]
     try:
-        async with sessions.begin() as db:
+        async with autocommit(sessions) as db:
             attempt = await begin_attempt(request, db, email)
     except SignInRefused as refused:
         return refused
     ok = await check_password(request, attempt, password)
+    if ok and _plain(request, attempt) and sessions.kw["bind"].dialect.name == "postgresql":
+        return await _sign_in_at_once(request, attempt)
+    notices = []
     async with sessions.begin() as db:
         outcome = await finish_attempt(request, db, attempt, ok)
         if isinstance(outcome, SignInRefused):
             return outcome
-        notices = []
         previous = await browser.current(request, db)
         if previous is not None:
             # The browser's earlier session ends here; its services hear of it as at sign-out.
             settings = request.config_dict[SETTINGS]
             notices = await end_session(db, request.config_dict[PROVIDER].keys, settings.issuer, previous.session)
-        _, secret = await browser.start(db, request, outcome)
+        secret = await browser.start(db, request, outcome)
     if notices:
         await send_notices(request.config_dict[HTTP], notices, request.config_dict[SETTINGS].backchannel_logout_timeout)
-    return outcome, secret
+    return secret
+
+
+def _plain(request: web.Request, attempt: Attempt) -> bool:
+    """A success with nothing to clean up: no failures on record, no rehash, no earlier session."""
+    return not attempt.earlier_failures and not attempt.new_hash and browser.COOKIE not in request.cookies
+
+
+async def _sign_in_at_once(request: web.Request, attempt: Attempt) -> str:
+    """The common successful sign-in on Postgres: the session and the sign-in record are
+    written by one statement (a data-modifying CTE), atomic on its own, in one round trip."""
+    assert attempt.account_id is not None
+    row, secret = browser.new_session(request, attempt.account_id)
+    session = insert(BrowserSession).values(**row).returning(BrowserSession.account_id).cte("new_session")
+    record = insert(SignInEvent).from_select(
+        ["account_id", "address", "succeeded", "at"],
+        select(session.c.account_id, literal(client_address(request)), literal(True), literal(row["created_at"], UTCDateTime())),
+    )
+    async with autocommit(request.config_dict[DB]) as db:
+        await db.execute(record)
+    return secret
 
 
 async def sign_in_page(request: web.Request) -> web.Response:
@@ -119,7 +144,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         context = {"next": target, "action": "/sign-in", "email": email, "error": outcome.message}
         return render(request, "sign_in.html", context, status=outcome.status)
     response = redirect(target, 303)
-    browser.set_cookie(request, response, outcome[1])
+    browser.set_cookie(request, response, outcome)
     return response
 
 
@@ -193,7 +218,7 @@ async def interaction_login(request: web.Request) -> web.StreamResponse:
         }
         return render(request, "sign_in.html", context, status=outcome.status)
     response = redirect(f"/i/{uid}/resume", 303)
-    browser.set_cookie(request, response, outcome[1])
+    browser.set_cookie(request, response, outcome)
     return response
 
 

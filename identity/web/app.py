@@ -20,7 +20,7 @@ from aiohttp import web
 from identity.accounts.passwords import PasswordHasher
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
-from identity.mail import FileMailer, Mailer, SmtpMailer
+from identity.mail import mailer_for
 from identity.oidc import keys as signing_keys
 from identity.oidc.server import Provider
 from identity.oidc.service_tokens import ServiceTokenCodec
@@ -51,6 +51,7 @@ def create_app(settings: Settings, *, migrate: bool | None = None) -> web.Applic
         app,
         loader=jinja2.PackageLoader("identity.pages", "templates"),
         autoescape=jinja2.select_autoescape(default=True),
+        auto_reload=False,
         context_processors=[],
     )
     app.cleanup_ctx.append(_database(settings.is_embedded if migrate is None else migrate))
@@ -109,20 +110,7 @@ async def _signing_keys(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _mailer(app: web.Application) -> AsyncIterator[None]:
-    settings = app[K.SETTINGS]
-    mailer: Mailer
-    if settings.mail_backend == "smtp":
-        mailer = SmtpMailer(
-            host=settings.smtp_host,
-            port=settings.smtp_port,
-            username=settings.smtp_username,
-            password=settings.smtp_password,
-            start_tls=settings.smtp_starttls,
-            use_tls=settings.smtp_tls,
-        )
-    else:
-        mailer = FileMailer(settings.data_dir / "mail")
-    app[K.MAILER] = mailer
+    app[K.MAILER] = mailer_for(app[K.SETTINGS])
     yield
 
 

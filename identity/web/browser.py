@@ -11,7 +11,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from aiohttp import web
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.db.models import Account, BrowserSession, utcnow
@@ -52,23 +52,28 @@ async def current(request: web.Request, db: AsyncSession) -> SignedIn | None:
     return SignedIn(row, account)
 
 
-async def start(db: AsyncSession, request: web.Request, account: Account) -> tuple[BrowserSession, str]:
-    """Create a session for ``account``; return it and the cookie secret to set."""
+def new_session(request: web.Request, account_id: int) -> tuple[dict[str, object], str]:
+    """The row of a new session for the account, and the cookie secret that names it."""
     settings = request.config_dict[SETTINGS]
     now = utcnow()
     secret = new_secret()
-    row = BrowserSession(
-        sid=new_secret(16),
-        secret_hash=digest(secret),
-        account_id=account.id,
-        auth_time=now,
-        created_at=now,
-        last_seen_at=now,
-        expires_at=now + dt.timedelta(seconds=settings.session_ttl),
-    )
-    db.add(row)
-    await db.flush()
+    row = {
+        "sid": new_secret(16),
+        "secret_hash": digest(secret),
+        "account_id": account_id,
+        "auth_time": now,
+        "created_at": now,
+        "last_seen_at": now,
+        "expires_at": now + dt.timedelta(seconds=settings.session_ttl),
+    }
     return row, secret
+
+
+async def start(db: AsyncSession, request: web.Request, account_id: int) -> str:
+    """Create a session for the account; return the cookie secret to set."""
+    row, secret = new_session(request, account_id)
+    await db.execute(insert(BrowserSession).values(**row))
+    return secret
 
 
 def set_cookie(request: web.Request, response: web.StreamResponse, secret: str) -> None:

@@ -10,6 +10,7 @@ from authlib.oauth2.rfc6749.errors import MissingAuthorizationError, Unsupported
 from authlib.oauth2.rfc6750.errors import InsufficientScopeError
 
 from identity.accounts.claims import user_claims
+from identity.db.engine import autocommit
 from identity.oidc.adapter import read_request
 from identity.web.appkeys import DB, PROVIDER, SETTINGS
 
@@ -17,7 +18,7 @@ from identity.web.appkeys import DB, PROVIDER, SETTINGS
 async def userinfo(request: web.Request) -> web.StreamResponse:
     provider = request.config_dict[PROVIDER]
     oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
-    async with request.config_dict[DB].begin() as db:
+    async with autocommit(request.config_dict[DB]) as db:
 
         def claims() -> dict[str, Any]:
             token = provider.resource.validate_request(["openid"], oauth_request)

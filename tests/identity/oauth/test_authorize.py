@@ -8,7 +8,6 @@ import base64
 import datetime as dt
 import hashlib
 import secrets
-from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx2
@@ -24,22 +23,6 @@ from tests.support import PASSWORD, Browser, Hub, RelyingParty, form, location_p
 
 CALLBACK = "http://127.0.0.1:9/callback"
 SCOPE = "openid profile email offline_access"
-
-
-@pytest.fixture
-async def browser(hub: Hub) -> AsyncIterator[Browser]:
-    b = Browser(hub)
-    yield b
-    await b.aclose()
-
-
-@pytest.fixture
-async def rp(hub: Hub) -> RelyingParty:
-    service = await hub.add_service()
-    await hub.add_user(verified=True)
-    rp = RelyingParty(hub, service.client_id, service.client_secret)
-    await rp.discover()
-    return rp
 
 
 def pkce() -> tuple[str, str]:
@@ -550,7 +533,9 @@ async def test_child_needs_guardian_consent_before_authorizing(hub: Hub, rp: Rel
     assert "id_token" in token
 
 
-async def test_child_created_by_an_operator_is_pending(hub: Hub, rp: RelyingParty, browser: Browser) -> None:
+async def test_child_created_by_an_operator_waits_for_the_mailed_guardian_consent(
+    hub: Hub, rp: RelyingParty, browser: Browser
+) -> None:
     today = dt.date.today()
     birthdate = dt.date(today.year - 12, 1, 1)
     await hub.add_user("kid@example.com", birthdate=birthdate.isoformat(), guardian_email="parent@example.com")
@@ -559,6 +544,18 @@ async def test_child_created_by_an_operator_is_pending(hub: Hub, rp: RelyingPart
     response = await browser.go(url)
     assert response.status_code == 302
     assert location_params(response)["error"] == "access_denied"
+
+    (mail,) = [m for m in read_outbox(hub.settings.data_dir / "mail") if m["To"] == "parent@example.com"]
+    link = next(w for w in mail.get_content().split() if "/guardian/confirm?token=" in w)
+    guardian = Browser(hub)
+    try:
+        done = await guardian.submit(await guardian.go(link[len(hub.url) :]), "/guardian/confirm")
+        assert "Consent recorded" in done.text
+    finally:
+        await guardian.aclose()
+    url, kept = authorize_url(rp)
+    response = await consent_and_return(browser, await browser.go(url))
+    assert "code" in location_params(response)
 
 
 # Interactions are bound to the browser ---------------------------------------------------------

@@ -5,7 +5,6 @@ authentication, and the shape of error and success responses."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import httpx2
 import pytest
@@ -18,13 +17,6 @@ from tests.support import Browser, Hub, RelyingParty, authorize_through, query_p
 
 CALLBACK = "http://127.0.0.1:9/callback"
 OTHER_CALLBACK = "http://127.0.0.1:9/other-callback"
-
-
-@pytest.fixture
-async def browser(hub: Hub) -> AsyncIterator[Browser]:
-    b = Browser(hub)
-    yield b
-    await b.aclose()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
@@ -16,20 +15,6 @@ from identity.web.appkeys import DB
 from tests.support import Browser, Hub, RelyingParty, sign_in_through
 
 FULL_SCOPE = "openid profile email offline_access"
-
-
-@pytest.fixture
-async def browser(hub: Hub) -> AsyncIterator[Browser]:
-    b = Browser(hub)
-    yield b
-    await b.aclose()
-
-
-@pytest.fixture
-async def rp(hub: Hub) -> RelyingParty:
-    service = await hub.add_service()
-    await hub.add_user(verified=True)
-    return RelyingParty(hub, service.client_id, service.client_secret)
 
 
 @pytest.fixture

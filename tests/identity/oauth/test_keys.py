@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import httpx2
 import pytest
@@ -22,13 +21,6 @@ PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi"}
 ROTATION = dt.timedelta(days=90)
 LEAD = dt.timedelta(days=1)
 KEEP = dt.timedelta(hours=2)
-
-
-@pytest.fixture
-async def browser(hub: Hub) -> AsyncIterator[Browser]:
-    b = Browser(hub)
-    yield b
-    await b.aclose()
 
 
 async def get_json(url: str) -> tuple[httpx2.Response, dict]:  # type: ignore[type-arg]

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from identity.db.models import BrowserSession
 from identity.web.appkeys import DB
-from tests.support import Browser, Hub, RelyingParty, form, location_params, sign_in_through
+from tests.support import PASSWORD, Browser, Hub, RelyingParty, form, location_params, sign_in_through
 
 EVENT = "http://schemas.openid.net/event/backchannel-logout"
 LOGGED_OUT = "http://127.0.0.1:9/logged-out"
@@ -59,13 +59,6 @@ async def receiver() -> AsyncIterator[Receiver]:
         yield found
     finally:
         await server.close()
-
-
-@pytest.fixture
-async def browser(hub: Hub) -> AsyncIterator[Browser]:
-    b = Browser(hub)
-    yield b
-    await b.aclose()
 
 
 @pytest.fixture
@@ -289,10 +282,6 @@ async def test_es256_service_gets_an_es256_logout_token(hub: Hub, browser: Brows
     await assert_logout_token(hub, rp, post["form"]["logout_token"], id_claims["sid"], id_claims["sub"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a session ended by a new sign-in in the same browser is ended silently: its services get no back-channel logout",
-)
 async def test_session_replaced_by_another_sign_in_notifies_its_services(
     hub: Hub, rp: RelyingParty, browser: Browser, receiver: Receiver
 ) -> None:
@@ -305,3 +294,24 @@ async def test_session_replaced_by_another_sign_in_notifies_its_services(
     assert ended is not None and ended.ended_at is not None
     assert len(receiver.posts) == 1
     await assert_logout_token(hub, rp, receiver.posts[0]["form"]["logout_token"], ann["sid"], ann["sub"])
+
+
+async def test_password_change_signs_out_other_browsers_and_tells_their_services(
+    hub: Hub, rp: RelyingParty, browser: Browser, receiver: Receiver
+) -> None:
+    other = Browser(hub)
+    try:
+        token, kept = await sign_in_through(rp, other)
+        elsewhere = await rp.validate_id_token(token, kept["nonce"])
+        await browser.sign_in()
+        page = await browser.go("/account/password")
+        done = await browser.submit(
+            page, "/account/password", current_password=PASSWORD, password="a brand new passphrase for ann"
+        )
+        assert "Password changed" in done.text
+        (post,) = receiver.posts
+        await assert_logout_token(hub, rp, post["form"]["logout_token"], elsewhere["sid"], elsewhere["sub"])
+        assert (await other.go("/account")).url.path == "/sign-in"
+        assert (await browser.go("/account")).status_code == 200
+    finally:
+        await other.aclose()

@@ -7,27 +7,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from collections.abc import AsyncIterator
 from urllib.parse import urlencode
 
 import httpx2
-import pytest
 
 from tests.support import Browser, Hub, RelyingParty, authorize_through, location_params, sign_in_through
-
-
-@pytest.fixture
-async def browser(hub: Hub) -> AsyncIterator[Browser]:
-    b = Browser(hub)
-    yield b
-    await b.aclose()
-
-
-@pytest.fixture
-async def rp(hub: Hub) -> RelyingParty:
-    service = await hub.add_service()
-    await hub.add_user(verified=True)
-    return RelyingParty(hub, service.client_id, service.client_secret)
 
 
 def s256(verifier: str) -> str:

@@ -4,7 +4,6 @@ refresh token, and reuse of a rotated one revokes the whole family (RFC 9700 sec
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
@@ -17,20 +16,6 @@ from identity.web.appkeys import DB
 from tests.support import Browser, Hub, RelyingParty, sign_in_through
 
 FULL_SCOPE = "openid profile email offline_access"
-
-
-@pytest.fixture
-async def browser(hub: Hub) -> AsyncIterator[Browser]:
-    b = Browser(hub)
-    yield b
-    await b.aclose()
-
-
-@pytest.fixture
-async def rp(hub: Hub) -> RelyingParty:
-    service = await hub.add_service()
-    await hub.add_user(verified=True)
-    return RelyingParty(hub, service.client_id, service.client_secret)
 
 
 @pytest.fixture
@@ -208,3 +193,18 @@ async def test_wrong_client_secret_is_invalid_client(hub: Hub, rp: RelyingParty,
     assert_error(response, 401, "invalid_client")
     assert response.headers["www-authenticate"].startswith("Basic ")
     assert (await refresh(rp, tokens["refresh_token"])).status_code == 200
+
+
+async def test_concurrent_use_of_one_refresh_token_counts_as_reuse(rp: RelyingParty, tokens: dict[str, Any]) -> None:
+    """Two requests racing with the same refresh token: one wins, the other is a reuse, and the
+    reuse revokes the family, including what the winner just received."""
+    import asyncio
+
+    first, second = await asyncio.gather(refresh(rp, tokens["refresh_token"]), refresh(rp, tokens["refresh_token"]))
+    statuses = sorted([first.status_code, second.status_code])
+    assert statuses == [200, 400]
+    winner = first if first.status_code == 200 else second
+    loser = second if winner is first else first
+    assert loser.json()["error"] == "invalid_grant"
+    assert not await active(rp, winner.json()["access_token"])
+    assert not await active(rp, winner.json()["refresh_token"])

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
 import pytest
 
 from tests.support import Browser, Hub, RelyingParty, sign_in_through
-
-
-@pytest.fixture
-async def browser(hub: Hub) -> AsyncIterator[Browser]:
-    b = Browser(hub)
-    yield b
-    await b.aclose()
-
-
-@pytest.fixture
-async def rp(hub: Hub) -> RelyingParty:
-    service = await hub.add_service()
-    await hub.add_user(verified=True)
-    return RelyingParty(hub, service.client_id, service.client_secret)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ and RFC 6750 errors with a ``WWW-Authenticate: Bearer`` challenge."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
@@ -18,13 +17,6 @@ from identity.web.appkeys import DB
 from tests.support import Browser, Hub, RelyingParty, sign_in_through
 
 ADDRESS = {"street_address": "1 Example Road", "locality": "Exampleton", "postal_code": "EX1 2MP", "country": "GB"}
-
-
-@pytest.fixture
-async def browser(hub: Hub) -> AsyncIterator[Browser]:
-    b = Browser(hub)
-    yield b
-    await b.aclose()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ services and marketing preferences."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import select
@@ -12,13 +11,6 @@ from identity.db.models import Account, AccountChange
 from identity.mail import read_outbox
 from identity.web.appkeys import DB
 from tests.support import Browser, Hub, RelyingParty, form, sign_in_through
-
-
-@pytest.fixture
-async def browser(hub: Hub) -> AsyncIterator[Browser]:
-    b = Browser(hub)
-    yield b
-    await b.aclose()
 
 
 @pytest.fixture

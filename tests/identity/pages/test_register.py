@@ -4,7 +4,6 @@ change), through the pages and the mail they send."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
 from email.message import EmailMessage
 
 import httpx2
@@ -18,13 +17,6 @@ from tests.support import PASSWORD, Browser, Hub, form
 
 NEW_PASSWORD = "purple elephant dancing quietly"
 WRONG = "The email address or password is incorrect."
-
-
-@pytest.fixture
-async def browser(hub: Hub) -> AsyncIterator[Browser]:
-    b = Browser(hub)
-    yield b
-    await b.aclose()
 
 
 def outbox(hub: Hub) -> list[EmailMessage]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from urllib.parse import quote
-from collections.abc import AsyncIterator
 
 import httpx2
 import pytest
@@ -22,13 +21,6 @@ FORBIDDEN = "This form has expired or was not sent from this site."
 @pytest.fixture
 def settings_overrides() -> dict[str, object]:
     return {"throttle_account_failures": 3, "throttle_address_failures": 10, "throttle_base_lockout": 60}
-
-
-@pytest.fixture
-async def browser(hub: Hub) -> AsyncIterator[Browser]:
-    b = Browser(hub)
-    yield b
-    await b.aclose()
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 06:06:14.420947
+Create Date: 2026-11-26 06:24:47.586472
 """
 from alembic import op
 import sqlalchemy as sa
@@ -226,6 +226,7 @@ def upgrade() -> None:
     sa.Column('service_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('account_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('scope', sa.String(length=500), nullable=False),
+    sa.Column('grant_scope', sa.String(length=500), nullable=False),
     sa.Column('sid', sa.String(length=64), nullable=True),
     sa.Column('auth_time', sa.DateTime(timezone=True), nullable=True),
     sa.Column('issued_at', sa.DateTime(timezone=True), nullable=False),
