@@ -16,7 +16,7 @@ from identity import admin
 from identity.accounts.passwords import PasswordHasher
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
-from identity.mail import mailer_for
+from identity.mail import MailError, mailer_for
 from identity.settings import ConfigurationError, Settings, development_warnings, load_settings
 
 class UsageError(Exception):
@@ -80,7 +80,10 @@ def cmd_users_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any
     result = asyncio.run(_with_db(settings, work))
     mail = result.pop("_mail")
     if mail:
-        asyncio.run(_send(settings, mail))
+        try:
+            asyncio.run(_send(settings, mail))
+        except MailError as exc:
+            raise UsageError(f"the account {result['sub']} was created, but the guardian's consent mail failed: {exc}") from None
         result["guardian_consent"] = "requested"
     return result
 

@@ -59,12 +59,18 @@ class Settings(BaseSettings):
     # Mail.
     mail_backend: Literal["file", "smtp"] = "file"
     mail_from: str = "OneSignIn <no-reply@onesignin.invalid>"
+    mail_in_background: bool = Field(
+        True, description="Send mail after the response, so its timing reveals nothing (off: before it)."
+    )
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(25, ge=1, le=65535)
     smtp_username: str | None = None
     smtp_password: str | None = None
     smtp_starttls: bool = False
     smtp_tls: bool = False
+
+    # Only accounts with a confirmed email address may sign in to member services.
+    require_verified_email: bool = True
 
     # Children: under this age a guardian must consent.
     age_of_digital_consent: int = Field(16, ge=13, le=18)
@@ -106,9 +112,11 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _lockouts(self) -> "Settings":
+    def _consistent(self) -> "Settings":
         if self.throttle_max_lockout < self.throttle_base_lockout:
             raise ValueError("ONESIGNIN_THROTTLE_MAX_LOCKOUT must be >= ONESIGNIN_THROTTLE_BASE_LOCKOUT")
+        if self.mail_backend == "smtp" and self.smtp_username and not (self.smtp_starttls or self.smtp_tls):
+            raise ValueError("ONESIGNIN_SMTP_USERNAME needs ONESIGNIN_SMTP_STARTTLS or ONESIGNIN_SMTP_TLS: credentials are never sent in clear")
         return self
 
     @property

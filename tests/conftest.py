@@ -25,7 +25,8 @@ from identity.web.app import create_app
 from tests.support import Hub
 
 POSTGRES_URL = os.environ.get("ONESIGNIN_TEST_DATABASE_URL")
-FAST_ARGON2 = {"argon2_memory_cost": 8192, "argon2_time_cost": 1}
+# Cheaper argon2id, and mail sent before the response so a test can read it at once.
+TEST_SETTINGS = {"argon2_memory_cost": 8192, "argon2_time_cost": 1, "mail_in_background": False}
 
 
 def run_blocking(make: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -124,7 +125,7 @@ async def hub(database_url: str, tmp_path: Path, settings_overrides: dict[str, o
         database_url=database_url,
         issuer=f"http://127.0.0.1:{port}",
         secret_key="s" * 40,
-        **(FAST_ARGON2 | settings_overrides),  # type: ignore[arg-type]
+        **(TEST_SETTINGS | settings_overrides),  # type: ignore[arg-type]
     )
     app = create_app(settings, migrate=False)
     server = TestServer(app, host="127.0.0.1", port=port)

@@ -113,6 +113,17 @@ class Browser:
         return await self.submit(page, "/sign-in", email=email, password=password)
 
 
+async def confirm_mailed_link(hub: Hub, browser: Browser, to: str, path: str) -> httpx2.Response:
+    """Open the newest mailed link to ``path`` sent to ``to`` and press its confirm button."""
+    from identity.mail import read_outbox
+
+    mails = [m for m in read_outbox(hub.settings.data_dir / "mail") if m["To"] == to]
+    links = [w for m in mails for w in m.get_content().split() if f"{path}?token=" in w]
+    assert links, f"no {path} link mailed to {to}"
+    page = await browser.go(links[-1][len(hub.url) :])
+    return await browser.submit(page, path)
+
+
 def location_params(response: httpx2.Response) -> dict[str, str]:
     """Query parameters of a redirect's Location (single values)."""
     return query_params(response.headers["location"])

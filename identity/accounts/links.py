@@ -78,6 +78,17 @@ def already_registered_message(settings: Settings, to: str) -> EmailMessage:
     )
 
 
+def address_changed_message(settings: Settings, old: str, new: str) -> EmailMessage:
+    return build_message(
+        sender=settings.mail_from,
+        to=old,
+        subject="Your sign-in email address was changed",
+        text=f"The email address of your One Sign In account was changed from this address to {new}.\n\n"
+        "If you did not do this, reply to this message or contact support at once: someone may be "
+        "using your account.\n",
+    )
+
+
 def reset_message(settings: Settings, to: str, secret: str) -> EmailMessage:
     url = f"{settings.issuer}/reset-password/confirm?token={secret}"
     return build_message(

@@ -10,7 +10,9 @@ from typing import Any
 
 from aiohttp import web
 from authlib.oauth2.rfc6749 import OAuth2Payload, OAuth2Request
-from multidict import MultiDict, MultiDictProxy
+from multidict import MultiDict
+
+from identity.web.errors import BadInput
 
 
 class _Payload(OAuth2Payload):
@@ -60,8 +62,11 @@ class HubOAuth2Request(OAuth2Request):
         return self._form
 
 
-def _text_items(values: MultiDictProxy[Any]) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in values.items() if isinstance(v, str)]
+def _text_items(values: Any) -> list[tuple[str, str]]:
+    items = [(k, v) for k, v in values.items() if isinstance(v, str)]
+    if any("\x00" in k or "\x00" in v for k, v in items):
+        raise BadInput("NUL in a parameter")
+    return items
 
 
 async def read_request(request: web.Request, issuer: str) -> HubOAuth2Request:
@@ -73,7 +78,7 @@ async def read_request(request: web.Request, issuer: str) -> HubOAuth2Request:
         request.method,
         issuer + request.path_qs,
         request.headers,
-        query=list(request.query.items()),
+        query=_text_items(request.query),
         form=form,
     )
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import aiohttp
 from joserfc import jwt
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity.db.models import Account, BrowserSession, Service, SessionService, utcnow
+from identity.db.models import Account, BrowserSession, Service, SessionService, Token, utcnow
 from identity.oidc.keys import KeyRing
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,15 @@ async def end_sessions_of(
     for session in (await db.scalars(query)).all():
         notices.extend(await end_session(db, keys, issuer, session))
     return notices
+
+
+async def revoke_tokens(db: AsyncSession, account_id: int, *, keep_sid: str | None = None) -> None:
+    """Revoke the account's tokens at every service (but those of the session ``keep_sid``):
+    after a password reset or change, what was issued to other sessions stops working."""
+    query = update(Token).where(Token.account_id == account_id, Token.revoked_at.is_(None))
+    if keep_sid is not None:
+        query = query.where(Token.sid.is_distinct_from(keep_sid))
+    await db.execute(query.values(revoked_at=utcnow()))
 
 
 async def send_notices(http: aiohttp.ClientSession, notices: list[LogoutNotice], timeout: float) -> dict[str, bool]:

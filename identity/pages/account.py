@@ -11,7 +11,8 @@ from sqlalchemy import select
 from identity.accounts import links
 from identity.accounts.store import EmailTaken, update_details
 from identity.db.models import Link, Service
-from identity.pages.common import field, render, send_mail
+from identity.db.engine import autocommit
+from identity.pages.common import field, render, send_mail, verify_password
 from identity.web import browser, csrf
 from identity.web.appkeys import DB, SETTINGS
 from identity.web.responses import redirect
@@ -58,16 +59,30 @@ async def edit_details(request: web.Request) -> web.StreamResponse:
     body["address"] = {k: v for k, v in address.items() if v} or None
     for name in MARKETING:
         body[name] = form.get(name) == "on"
+    try:
+        update = BasicDetailsUpdate.model_validate(body)
+        problems_found: dict[str, str] = {}
+    except ValidationError as exc:
+        update = None
+        problems_found = {p.field.split(".")[0]: p.message for p in problems(exc)}
+    async with autocommit(request.config_dict[DB]) as db:
+        signed_in = await browser.current(request, db)
+        if signed_in is None:
+            return redirect("/sign-in?next=/account", 303)
+        if update is None:
+            return await _page(request, signed_in, db, values=raw | address, errors=problems_found, status=400)
+        old_email = signed_in.account.email
+        if update.email is not None and update.email != old_email:
+            # Changing the address that signs in and receives resets needs the password.
+            current = field(form, "current_password", 1024)
+            if not await verify_password(request, signed_in.account.password_hash, current):
+                errors = {"current_password": "Enter your current password to change your email address."}
+                return await _page(request, signed_in, db, values=raw | address, errors=errors, status=400)
     mail = []
     async with request.config_dict[DB].begin() as db:
         signed_in = await browser.current(request, db)
         if signed_in is None:
             return redirect("/sign-in?next=/account", 303)
-        try:
-            update = BasicDetailsUpdate.model_validate(body)
-        except ValidationError as exc:
-            errors = {p.field.split(".")[0]: p.message for p in problems(exc)}
-            return await _page(request, signed_in, db, values=raw | address, errors=errors, status=400)
         account = signed_in.account
         try:
             changed = await update_details(db, account, update.changes(), channel="person", actor=account.sub)
@@ -77,5 +92,6 @@ async def edit_details(request: web.Request) -> web.StreamResponse:
         if "email" in changed:
             secret = await links.issue(db, account, "verify_email", account.email)
             mail.append(links.verification_message(settings, account.email, secret))
+            mail.append(links.address_changed_message(settings, old_email, account.email))
     await send_mail(request, mail)
     return redirect("/account?saved=1", 303)

@@ -13,7 +13,8 @@ from aiohttp import web
 
 from identity.mail import MailError
 from identity.web import csrf
-from identity.web.appkeys import HASH_POOL, HASHER, MAILER
+from identity.web.errors import BadInput
+from identity.web.appkeys import HASH_POOL, HASHER, MAIL_TASKS, MAILER, SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,27 @@ async def verify_password(request: web.Request, stored_hash: str | None, passwor
 
 
 async def send_mail(request: web.Request, messages: list[EmailMessage]) -> None:
+    """Send mail after the work that produced it committed. By default it goes out in the
+    background, so a page answers in the same time whether or not it sent anything (no
+    account enumeration through timing); the application waits for it at shutdown."""
+    if not messages:
+        return
     mailer = request.config_dict[MAILER]
-    for message in messages:
-        try:
-            await mailer.send(message)
-        except MailError:
-            log.exception("sending %r failed", message["Subject"])
+
+    async def deliver() -> None:
+        for message in messages:
+            try:
+                await mailer.send(message)
+            except MailError:
+                log.exception("sending %r failed", message["Subject"])
+
+    if not request.config_dict[SETTINGS].mail_in_background:
+        await deliver()
+        return
+    tasks = request.config_dict[MAIL_TASKS]
+    task = asyncio.create_task(deliver())
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
 
 
 def client_address(request: web.Request) -> str:
@@ -55,5 +71,10 @@ def client_address(request: web.Request) -> str:
 
 
 def field(form: Any, name: str, limit: int = 1000) -> str:
+    """A text field of a posted form, cut to ``limit``; NULs are refused outright."""
     value = form.get(name, "")
-    return value[:limit] if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        return ""
+    if "\x00" in value:
+        raise BadInput(f"NUL in form field {name}")
+    return value[:limit]

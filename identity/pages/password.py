@@ -13,7 +13,7 @@ from identity.accounts import links
 from identity.accounts.passwords import check_password
 from identity.accounts.store import find_by_email
 from identity.db.models import Account, utcnow
-from identity.oidc.logout import LogoutNotice, end_sessions_of, send_notices
+from identity.oidc.logout import LogoutNotice, end_sessions_of, revoke_tokens, send_notices
 from identity.pages.common import field, hash_password, render, send_mail, verify_password
 from identity.web import browser, csrf
 from identity.web.appkeys import DB, HTTP, PROVIDER, SETTINGS
@@ -84,6 +84,7 @@ async def reset_confirm(request: web.Request) -> web.Response:
         live.used_at = utcnow()
         await db.execute(update(Account).where(Account.id == live.account_id).values(password_hash=password_hash))
         notices = await _end_sessions(request, db, live.account_id)
+        await revoke_tokens(db, live.account_id)
     await _notify(request, notices)
     return render(request, "message.html", {"title": "Password changed", "message": "Your new password is set. Sign in with it.", "next": "/sign-in"})
 
@@ -112,5 +113,6 @@ async def change(request: web.Request) -> web.StreamResponse:
     async with request.config_dict[DB].begin() as db:
         await db.execute(update(Account).where(Account.id == account.id).values(password_hash=password_hash))
         notices = await _end_sessions(request, db, account.id, keep=signed_in.session.id)
+        await revoke_tokens(db, account.id, keep_sid=signed_in.session.sid)
     await _notify(request, notices)
     return render(request, "message.html", {"title": "Password changed", "message": "Your new password is set.", "next": "/account"})

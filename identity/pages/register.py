@@ -16,9 +16,9 @@ from identity.accounts.passwords import check_password
 from identity.accounts.store import create_account, find_by_email, is_child
 from identity.db.models import Account, utcnow
 from identity.pages.common import field, hash_password, render, send_mail
-from identity.web import csrf
+from identity.web import browser, csrf
 from identity.web.appkeys import DB, SETTINGS
-from identity.web.responses import safe_next
+from identity.web.responses import redirect, safe_next
 from schemas.account import BasicDetails, normalize_email, problems
 
 CHECK_MAIL = {
@@ -114,6 +114,27 @@ async def verify_email(request: web.Request) -> web.Response:
         if account is not None and account.email == live.email and not account.email_verified:
             account.email_verified = True
     return render(request, "message.html", {"title": "Address confirmed", "message": "Thank you: your email address is confirmed.", "next": "/account"})
+
+
+async def resend_verification(request: web.Request) -> web.StreamResponse:
+    """Send the signed-in person a fresh link to confirm their address."""
+    settings = request.config_dict[SETTINGS]
+    await csrf.checked_form(request)
+    mail = []
+    async with request.config_dict[DB].begin() as db:
+        signed_in = await browser.current(request, db)
+        if signed_in is None:
+            return redirect("/sign-in", 303)
+        account = signed_in.account
+        if not account.email_verified:
+            secret = await links.issue(db, account, "verify_email", account.email)
+            mail.append(links.verification_message(settings, account.email, secret))
+    await send_mail(request, mail)
+    return render(
+        request,
+        "message.html",
+        {"title": "Check your email", "message": f"We sent a new confirmation link to {account.email}."},
+    )
 
 
 async def guardian_page(request: web.Request) -> web.Response:

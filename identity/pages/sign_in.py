@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiohttp import web
-from sqlalchemy import insert, literal, select, update
+from sqlalchemy import delete, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import throttle
 from identity.db.engine import autocommit
-from identity.db.models import Account, BrowserSession, Service, SignInEvent, UTCDateTime, utcnow
+from identity.db.models import Account, BrowserSession, Service, SignInEvent, Throttle, UTCDateTime, utcnow
 from identity.oidc import scopes
 from identity.oidc.actions.authorize import Decision, needs_sign_in, expired_interaction, load_interaction
 from identity.oidc.logout import end_session, send_notices
@@ -39,7 +39,6 @@ class Attempt:
     keys: throttle.Keys
     account_id: int | None
     password_hash: str | None
-    earlier_failures: bool
     new_hash: str | None = None
 
 
@@ -47,13 +46,16 @@ async def begin_attempt(request: web.Request, db: AsyncSession, email: str) -> A
     """Refuse at once while throttled; otherwise find the account the email names."""
     keys = throttle.Keys.of(email, client_address(request))
     state = await throttle.state(db, keys)
-    if state.retry_after is not None:
-        raise SignInRefused(f"Too many failed attempts. Try again in {state.retry_after} seconds.", 429)
+    wait = state.retry_after
+    if wait is None:
+        wait = await throttle.count_attempt(db, keys, request.config_dict[SETTINGS])
+    if wait is not None:
+        raise SignInRefused(f"Too many failed attempts. Try again in {wait} seconds.", 429)
     try:
         found = (await db.execute(select(Account.id, Account.password_hash).where(Account.email == normalize_email(email)))).first()
     except ValueError:
         found = None
-    return Attempt(keys, found[0] if found else None, found[1] if found else None, state.account_failures)
+    return Attempt(keys, found[0] if found else None, found[1] if found else None)
 
 
 async def check_password(request: web.Request, attempt: Attempt, password: str) -> bool:
@@ -75,8 +77,7 @@ async def finish_attempt(request: web.Request, db: AsyncSession, attempt: Attemp
         if wait is not None:
             return SignInRefused(f"{WRONG} Too many failed attempts: try again in {wait} seconds.", 429)
         return SignInRefused(WRONG, 400)
-    if attempt.earlier_failures:
-        await throttle.record_success(db, attempt.keys)
+    await throttle.record_success(db, attempt.keys)
     if attempt.new_hash:
         await db.execute(update(Account).where(Account.id == attempt.account_id).values(password_hash=attempt.new_hash))
     await db.execute(insert(SignInEvent).values(account_id=attempt.account_id, succeeded=True, **event))
@@ -112,20 +113,23 @@ async def attempt_sign_in(request: web.Request, email: str, password: str) -> st
 
 
 def _plain(request: web.Request, attempt: Attempt) -> bool:
-    """A success with nothing to clean up: no failures on record, no rehash, no earlier session."""
-    return not attempt.earlier_failures and not attempt.new_hash and browser.COOKIE not in request.cookies
+    """A success with nothing more to do: no rehash, no earlier session to end."""
+    return not attempt.new_hash and browser.COOKIE not in request.cookies
 
 
 async def _sign_in_at_once(request: web.Request, attempt: Attempt) -> str:
-    """The common successful sign-in on Postgres: the session and the sign-in record are
-    written by one statement (a data-modifying CTE), atomic on its own, in one round trip."""
+    """The common successful sign-in on Postgres: the throttle count is cleared and the session
+    and the sign-in record are written by one statement (data-modifying CTEs), atomic on its
+    own, in one round trip."""
     assert attempt.account_id is not None
     row, secret = browser.new_session(request, attempt.account_id)
+    cleared = delete(Throttle).where(Throttle.key == attempt.keys.account).returning(Throttle.key).cte("cleared")
     session = insert(BrowserSession).values(**row).returning(BrowserSession.account_id).cte("new_session")
     record = insert(SignInEvent).from_select(
         ["account_id", "address", "succeeded", "at"],
         select(session.c.account_id, literal(client_address(request)), literal(True), literal(row["created_at"], UTCDateTime())),
-    )
+    ).add_cte(cleared)
+
     async with autocommit(request.config_dict[DB]) as db:
         await db.execute(record)
     return secret

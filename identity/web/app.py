@@ -18,6 +18,7 @@ import jinja2
 from aiohttp import web
 
 from identity.accounts.passwords import PasswordHasher
+from identity.db.cleanup import purge_expired
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
 from identity.mail import mailer_for
@@ -31,6 +32,7 @@ from identity.web import middleware, routes
 log = logging.getLogger(__name__)
 
 KEY_REFRESH_SECONDS = 300
+PURGE_SECONDS = 600
 
 
 def create_app(settings: Settings, *, migrate: bool | None = None) -> web.Application:
@@ -56,6 +58,7 @@ def create_app(settings: Settings, *, migrate: bool | None = None) -> web.Applic
     )
     app.cleanup_ctx.append(_database(settings.is_embedded if migrate is None else migrate))
     app.cleanup_ctx.append(_signing_keys)
+    app.cleanup_ctx.append(_purge_expired)
     app.cleanup_ctx.append(_mailer)
     app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_hash_pool)
@@ -109,9 +112,35 @@ async def _signing_keys(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+async def _purge_expired(app: web.Application) -> AsyncIterator[None]:
+    """Every few minutes, delete protocol records that have expired."""
+
+    async def purge_forever() -> None:
+        while True:
+            await asyncio.sleep(PURGE_SECONDS)
+            try:
+                async with app[K.DB].begin() as db:
+                    counts = await purge_expired(db, throttle_window=app[K.SETTINGS].throttle_window)
+                if any(counts.values()):
+                    log.info("purged expired records: %s", {k: v for k, v in counts.items() if v})
+            except Exception:  # try again next time
+                log.exception("purging expired records failed")
+
+    task = asyncio.create_task(purge_forever(), name="purge-expired")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _mailer(app: web.Application) -> AsyncIterator[None]:
     app[K.MAILER] = mailer_for(app[K.SETTINGS])
+    app[K.MAIL_TASKS] = set()
     yield
+    pending = set(app[K.MAIL_TASKS])
+    if pending:
+        # Let mail already accepted go out before the process stops.
+        await asyncio.wait(pending, timeout=30)
 
 
 async def _http_client(app: web.Application) -> AsyncIterator[None]:

@@ -8,6 +8,10 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp_jinja2
 from aiohttp import web
+from sqlalchemy.exc import DataError
+
+from identity.web.appkeys import SETTINGS
+from identity.web.errors import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                 response.headers["Allow"] = exc.headers["Allow"]
             return response
         raise
+    except (UnicodeDecodeError, DataError, BadInput):
+        # Undecodable bytes, or text the database cannot store (a NUL, say): the client's fault.
+        return _error_page(request, 400, "Bad request", "The request contains characters that cannot be accepted.")
     except Exception:
         incident = uuid.uuid4().hex[:12]
         log.exception("unhandled error (incident %s) on %s %s", incident, request.method, request.path)
@@ -61,6 +68,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     response = await handler(request)
     headers = response.headers
+    headers["Server"] = "OneSignIn"
+    if request.config_dict[SETTINGS].secure_cookies:
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
     if response.content_type == "text/html":

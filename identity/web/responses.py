@@ -15,6 +15,8 @@ def safe_next(value: str | None, default: str = "/account") -> str:
     """A same-site path to continue to after a page, never another origin."""
     if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
         return default
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        return default
     parts = urlsplit(value)
     if parts.scheme or parts.netloc:
         return default

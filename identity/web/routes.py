@@ -6,10 +6,11 @@ from aiohttp import web
 
 from identity.oidc.actions import authorize, discovery, end_session, token, userinfo
 from identity.pages import account, password, register, sign_in
+from identity.web.responses import redirect
 
 
 async def home(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPFound("/account")
+    return redirect("/account")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -45,6 +46,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/register", register.register)
     r.add_get("/verify-email", register.verify_email_page)
     r.add_post("/verify-email", register.verify_email)
+    r.add_post("/verify-email/resend", register.resend_verification)
     r.add_get("/guardian/confirm", register.guardian_page)
     r.add_post("/guardian/confirm", register.guardian_confirm)
     r.add_get("/reset-password", password.reset_page)

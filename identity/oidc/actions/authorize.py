@@ -14,6 +14,7 @@ bound to this browser by a cookie scoped to that interaction's path.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 import aiohttp_jinja2
@@ -29,6 +30,7 @@ from identity.oidc.adapter import HubOAuth2Request, read_request
 from identity.oidc.client import ServiceClient
 from identity.tokens import digest, new_secret
 from identity.web import browser
+from identity.pages.common import render
 from identity.web.appkeys import DB, PROVIDER, SETTINGS
 from identity.web.responses import redirect
 
@@ -101,6 +103,12 @@ async def _authorize(
     def fail(error: str, description: str) -> web.StreamResponse:
         return redirect_error(request, redirect_uri, error, description, data.get("state"))
 
+    if "request" in data:
+        return fail("request_not_supported", "Request objects are not supported.")
+    if "request_uri" in data:
+        return fail("request_uri_not_supported", "request_uri is not supported.")
+    if data.get("response_mode", "query") != "query":
+        return fail("invalid_request", "Only response_mode=query is supported.")
     if not scopes.split(oauth_request.scope):
         # Nothing the service may have was asked for: an empty grant needs no consent, so issuing
         # it would link the person to a service they never approved and reveal who they are.
@@ -117,6 +125,17 @@ async def _authorize(
 
     if account.status != "active":
         return fail("access_denied", "The account is waiting for a guardian's consent.")
+
+    if not account.email_verified and request.config_dict[SETTINGS].require_verified_email:
+        # No service is linked to an address nobody has proved they own (no pre-account takeover).
+        if "none" in prompts:
+            return fail("interaction_required", "The person must confirm their email address first.")
+        return render(
+            request,
+            "verify_first.html",
+            {"email": account.email, "service": client.name, "retry": str(request.rel_url)},
+            status=403,
+        )
 
     requested = set(scopes.split(oauth_request.scope))
     consent = await db.scalar(
@@ -153,7 +172,7 @@ def needs_sign_in(
     fresh = decision.fresh_since is not None and signed_in.auth_time >= decision.fresh_since
     if "login" in prompts and not fresh:
         return True
-    if max_age is not None and max_age.isdigit():
+    if max_age is not None and re.fullmatch(r"[0-9]{1,10}", max_age):
         age = (utcnow() - signed_in.auth_time).total_seconds()
         if age > int(max_age) and not fresh:
             return True

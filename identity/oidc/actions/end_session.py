@@ -13,6 +13,7 @@ from authlib.oauth2 import OAuth2Error
 from identity.oidc.adapter import read_request
 from identity.oidc.logout import end_session as end_browser_session
 from identity.oidc.logout import send_notices
+from identity.pages.common import render
 from identity.web import browser, csrf
 from identity.web.appkeys import DB, HTTP, PROVIDER, SETTINGS
 from identity.web.responses import redirect
@@ -49,15 +50,7 @@ async def end_session(request: web.Request) -> web.StreamResponse:
             if not (hinted or confirmed):
                 fields = [(k, v) for k, v in oauth_request.payload.data.items() if k != csrf.FIELD]
                 client = validated.client
-                return aiohttp_jinja2.render_template(
-                    "logout_confirm.html",
-                    request,
-                    {
-                        "fields": fields,
-                        "service": client.name if client else None,
-                        "csrf_token": csrf.token_for(request),
-                    },
-                )
+                return render(request, "logout_confirm.html", {"fields": fields, "service": client.name if client else None})
             notices = await end_browser_session(db, provider.keys, settings.issuer, signed_in.session)
     if notices:
         await send_notices(request.config_dict[HTTP], notices, settings.backchannel_logout_timeout)

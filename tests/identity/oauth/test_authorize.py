@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import html
+import re
 import secrets
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -19,7 +21,16 @@ from sqlalchemy import select
 from identity.db.models import Account, Interaction, Link, Service
 from identity.mail import read_outbox
 from identity.web.appkeys import DB
-from tests.support import PASSWORD, Browser, Hub, RelyingParty, form, location_params, sign_in_through
+from tests.support import (
+    PASSWORD,
+    Browser,
+    Hub,
+    RelyingParty,
+    confirm_mailed_link,
+    form,
+    location_params,
+    sign_in_through,
+)
 
 CALLBACK = "http://127.0.0.1:9/callback"
 SCOPE = "openid profile email offline_access"
@@ -523,6 +534,8 @@ async def test_child_needs_guardian_consent_before_authorizing(hub: Hub, rp: Rel
     finally:
         await guardian.aclose()
 
+    confirmed = await confirm_mailed_link(hub, browser, "kid@example.com", "/verify-email")
+    assert "Address confirmed" in confirmed.text
     url, kept = authorize_url(rp)
     page = await browser.go(url)
     response = await consent_and_return(browser, page)
@@ -538,7 +551,7 @@ async def test_child_created_by_an_operator_waits_for_the_mailed_guardian_consen
 ) -> None:
     today = dt.date.today()
     birthdate = dt.date(today.year - 12, 1, 1)
-    await hub.add_user("kid@example.com", birthdate=birthdate.isoformat(), guardian_email="parent@example.com")
+    await hub.add_user("kid@example.com", birthdate=birthdate.isoformat(), guardian_email="parent@example.com", verified=True)
     await browser.sign_in("kid@example.com")
     url, _ = authorize_url(rp)
     response = await browser.go(url)
@@ -712,3 +725,48 @@ async def test_expired_interaction_cannot_be_used(hub: Hub, rp: RelyingParty, br
     )
     assert posted.status_code == 400
     assert "This sign-in has expired" in posted.text
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        ({"request": "eyJhbGciOiJub25lIn0.e30."}, "request_not_supported"),
+        ({"request_uri": "https://store.example/r/1"}, "request_uri_not_supported"),
+        ({"response_mode": "fragment"}, "invalid_request"),
+        ({"response_mode": "form_post"}, "invalid_request"),
+    ],
+)
+async def test_unsupported_request_features_are_refused(
+    rp: RelyingParty, browser: Browser, extra: dict[str, str], error: str
+) -> None:
+    await browser.sign_in()
+    url, kept = await rp.start(**extra)
+    response = await browser.go(url)
+    assert response.status_code == 302
+    params = location_params(response)
+    assert params["error"] == error
+    assert params["state"] == kept["state"]
+
+
+async def test_an_unconfirmed_address_is_not_linked_until_confirmed(hub: Hub, rp: RelyingParty, browser: Browser) -> None:
+    await hub.add_user("new@example.com")
+    await browser.sign_in("new@example.com")
+    url, kept = authorize_url(rp)
+    page = await browser.go(url)
+    assert page.status_code == 403
+    assert "Confirm your email address first" in page.text
+    async with hub.app[DB]() as db:
+        assert (await db.scalars(select(Link))).all() == []
+
+    silent, _ = authorize_url(rp, prompt="none")
+    response = await browser.go(silent)
+    assert location_params(response)["error"] == "interaction_required"
+
+    resent = await browser.submit(page, "/verify-email/resend")
+    assert "We sent a new confirmation link to new@example.com." in resent.text
+    await confirm_mailed_link(hub, browser, "new@example.com", "/verify-email")
+    retry = re.search(r'href="([^"]+)">I have confirmed it', page.text)
+    assert retry is not None
+    response = await consent_and_return(browser, await browser.go(html.unescape(retry.group(1))))
+    params = location_params(response)
+    assert "code" in params and params["state"] == kept["state"]

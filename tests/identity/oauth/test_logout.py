@@ -313,5 +313,9 @@ async def test_password_change_signs_out_other_browsers_and_tells_their_services
         await assert_logout_token(hub, rp, post["form"]["logout_token"], elsewhere["sid"], elsewhere["sub"])
         assert (await other.go("/account")).url.path == "/sign-in"
         assert (await browser.go("/account")).status_code == 200
+        # What the other browser's session obtained stops working too.
+        assert (await hub.userinfo(token["access_token"])).status_code == 401
+        refreshed = await rp.post("/token", {"grant_type": "refresh_token", "refresh_token": token["refresh_token"]})
+        assert refreshed.json()["error"] == "invalid_grant"
     finally:
         await other.aclose()

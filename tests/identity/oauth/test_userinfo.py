@@ -87,13 +87,14 @@ async def test_openid_email_releases_only_email(hub: Hub, rp: RelyingParty, brow
     assert claims == {"sub": sub, "email": "ann@example.com", "email_verified": True}
 
 
-async def test_unverified_email_says_so(hub: Hub, browser: Browser) -> None:
-    sub = await hub.add_user(verified=False)
-    service = await hub.add_service()
-    rp = RelyingParty(hub, service.client_id, service.client_secret)
+async def test_an_email_changed_since_says_it_is_unverified(hub: Hub, rp: RelyingParty, browser: Browser, sub: str) -> None:
     token = await token_for(rp, browser, "openid email")
+    async with hub.app[DB].begin() as db:
+        account = await find_by_sub(db, sub)
+        assert account is not None
+        await update_details(db, account, {"email": "ann.new@example.com"}, channel="person")
     claims = assert_claims(await hub.userinfo(token["access_token"]))
-    assert claims == {"sub": sub, "email": "ann@example.com", "email_verified": False}
+    assert claims == {"sub": sub, "email": "ann.new@example.com", "email_verified": False}
 
 
 async def test_openid_profile_releases_names_but_no_email(

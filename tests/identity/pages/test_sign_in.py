@@ -328,3 +328,30 @@ async def test_sign_out_needs_csrf(hub: Hub, ann: str, browser: Browser) -> None
     response = await browser.http.post("/sign-out", data={})
     assert_forbidden(response)
     assert (await browser.http.get("/account")).status_code == 200
+
+
+async def test_parallel_guesses_cannot_outrun_the_limit(hub: Hub) -> None:
+    """Twenty wrong guesses and the right password sent at once: no more passwords are checked
+    than the limit allows, whichever requests win the race."""
+    import asyncio
+
+    await hub.add_user("target@example.com")
+    browsers = [Browser(hub) for _ in range(21)]
+    try:
+        pages = [await b.go("/sign-in") for b in browsers]
+        guesses = [
+            b.submit(page, "/sign-in", email="target@example.com", password=f"wrong guess number {i}")
+            for i, (b, page) in enumerate(zip(browsers[:-1], pages[:-1]))
+        ]
+        right = browsers[-1].submit(pages[-1], "/sign-in", email="target@example.com", password=PASSWORD)
+        responses = await asyncio.gather(*guesses, right)
+    finally:
+        for b in browsers:
+            await b.aclose()
+    wrong_checked = [r for r in responses[:-1] if "The email address or password is incorrect." in r.text]
+    right_checked = responses[-1].status_code == 303
+    assert all(r.status_code in (400, 429) for r in responses[:-1])
+    assert responses[-1].status_code in (303, 429)
+    # However the burst interleaves, at most the limit's worth of passwords were checked.
+    assert len(wrong_checked) + right_checked <= hub.settings.throttle_account_failures
+    assert len([r for r in responses if r.status_code == 429]) >= 21 - hub.settings.throttle_account_failures

@@ -1,0 +1,50 @@
+"""Removal of protocol records nobody can use any more: expired interactions, codes, mailed
+links, throttle counters, tokens and sessions. Run periodically by ``serve``; the caller
+commits. (Retention of personal history is a separate, configurable policy.)"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import and_, delete, or_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from identity.db.models import (
+    AuthorizationCode,
+    BrowserSession,
+    EmailToken,
+    Interaction,
+    RevokedServiceToken,
+    Throttle,
+    Token,
+    utcnow,
+)
+
+# Used codes are kept a day so that a late replay still revokes what the code issued.
+CODE_GRACE = dt.timedelta(days=1)
+SESSION_GRACE = dt.timedelta(days=1)
+
+
+async def purge_expired(db: AsyncSession, *, throttle_window: int, now: dt.datetime | None = None) -> dict[str, int]:
+    now = now or utcnow()
+    statements = {
+        "interactions": delete(Interaction).where(Interaction.expires_at < now),
+        "authorization_codes": delete(AuthorizationCode).where(AuthorizationCode.expires_at < now - CODE_GRACE),
+        "email_tokens": delete(EmailToken).where(EmailToken.expires_at < now),
+        "throttles": delete(Throttle).where(
+            Throttle.window_start < now - dt.timedelta(seconds=throttle_window),
+            or_(Throttle.locked_until.is_(None), Throttle.locked_until < now),
+        ),
+        "revoked_service_tokens": delete(RevokedServiceToken).where(RevokedServiceToken.expires_at < now),
+        # A rotated refresh token must be remembered until it would have expired (reuse detection).
+        "tokens": delete(Token).where(
+            Token.access_expires_at < now, or_(Token.refresh_expires_at.is_(None), Token.refresh_expires_at < now)
+        ),
+        "browser_sessions": delete(BrowserSession).where(
+            or_(BrowserSession.expires_at < now, and_(BrowserSession.ended_at.is_not(None), BrowserSession.ended_at < now - SESSION_GRACE))
+        ),
+    }
+    counts = {}
+    for name, statement in statements.items():
+        counts[name] = (await db.execute(statement)).rowcount or 0
+    return counts
