@@ -78,7 +78,11 @@ async def sign_in_and_authorize(base: str, client_id: str, client_secret: str, e
         for _ in range(3):
             if callback:
                 break
-            action = re.search(r'<form method="post" action="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+            found = re.search(r'<form method="post" action="([^"]+)"', page)
+            if found is None:
+                title = re.search(r"<title>([^<]*)</title>", page)
+                raise RuntimeError(f"unexpected page in the sign-in flow: {title.group(1) if title else page[:200]}")
+            action = found.group(1)
             fields = dict(_INPUT.findall(page))
             extra = {"email": email, "password": PASSWORD} if action.endswith("/login") else {"decision": "allow"}
             page, callback = await follow(await http.post(base + action, data=fields | extra, allow_redirects=False))
@@ -212,7 +216,7 @@ async def main() -> None:
     service = cli(env, "services", "add", "--name", "Bench", "--redirect-uri", REDIRECT)
     users = 64
     for i in range(users):
-        cli(env, "users", "add", "--email", f"p{i}@example.com", "--password", PASSWORD, "--given-name", "P")
+        cli(env, "users", "add", "--email", f"p{i}@example.com", "--password", PASSWORD, "--given-name", "P", "--verified")
 
     hub = subprocess.Popen(
         [sys.executable, "-m", "identity.cli", "serve", "--port", str(port)], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL

@@ -40,6 +40,16 @@ class State:
     retry_after: int | None
 
 
+def seconds_until(locked_until: dt.datetime | None, now: dt.datetime | None = None) -> int | None:
+    """Seconds left of a lock, or None when there is none (any more)."""
+    if locked_until is None:
+        return None
+    if locked_until.tzinfo is None:  # a raw column read on SQLite
+        locked_until = locked_until.replace(tzinfo=dt.UTC)
+    now = now or utcnow()
+    return math.ceil((locked_until - now).total_seconds()) if locked_until > now else None
+
+
 async def state(db: AsyncSession, keys: Keys, now: dt.datetime | None = None) -> State:
     now = now or utcnow()
     rows = (await db.scalars(select(Throttle).where(Throttle.key.in_((keys.account, keys.address))))).all()

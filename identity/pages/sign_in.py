@@ -43,19 +43,29 @@ class Attempt:
 
 
 async def begin_attempt(request: web.Request, db: AsyncSession, email: str) -> Attempt:
-    """Refuse at once while throttled; otherwise find the account the email names."""
+    """Refuse at once while throttled; otherwise count the attempt and find the account the
+    email names (two statements: a read of the account and the address's lock, and the
+    atomic count)."""
     keys = throttle.Keys.of(email, client_address(request))
-    state = await throttle.state(db, keys)
-    wait = state.retry_after
+    try:
+        normalized: str | None = normalize_email(email)
+    except ValueError:
+        normalized = None
+    account_id, password_hash, address_locked_until = (
+        await db.execute(
+            select(
+                select(Account.id).where(Account.email == normalized).scalar_subquery(),
+                select(Account.password_hash).where(Account.email == normalized).scalar_subquery(),
+                select(Throttle.locked_until).where(Throttle.key == keys.address).scalar_subquery(),
+            )
+        )
+    ).one()
+    wait = throttle.seconds_until(address_locked_until)
     if wait is None:
         wait = await throttle.count_attempt(db, keys, request.config_dict[SETTINGS])
     if wait is not None:
         raise SignInRefused(f"Too many failed attempts. Try again in {wait} seconds.", 429)
-    try:
-        found = (await db.execute(select(Account.id, Account.password_hash).where(Account.email == normalize_email(email)))).first()
-    except ValueError:
-        found = None
-    return Attempt(keys, found[0] if found else None, found[1] if found else None)
+    return Attempt(keys, account_id, password_hash)
 
 
 async def check_password(request: web.Request, attempt: Attempt, password: str) -> bool:
