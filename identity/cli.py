@@ -17,7 +17,13 @@ from identity.accounts.passwords import PasswordHasher
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
 from identity.mail import MailError, mailer_for
-from identity.settings import ConfigurationError, Settings, development_warnings, load_settings
+from identity.settings import (
+    ConfigurationError,
+    Settings,
+    development_warnings,
+    load_settings,
+)
+
 
 class UsageError(Exception):
     """A bad argument, explained for the person who typed it."""

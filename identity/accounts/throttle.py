@@ -15,11 +15,10 @@ import math
 from dataclasses import dataclass
 
 from sqlalchemy import and_, case, delete, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.db.models import Throttle, utcnow
+from identity.db.upsert import insert_for
 from identity.settings import Settings
 from identity.tokens import digest
 
@@ -63,7 +62,7 @@ async def count_attempt(db: AsyncSession, keys: Keys, settings: Settings, now: d
     now = now or utcnow()
     expired = Throttle.window_start <= now - dt.timedelta(seconds=settings.throttle_window)
     locked = and_(Throttle.locked_until.is_not(None), Throttle.locked_until > now)
-    upsert = _insert(db).values(key=keys.account, failures=1, window_start=now, lockouts=0)
+    upsert = insert_for(db, Throttle).values(key=keys.account, failures=1, window_start=now, lockouts=0)
     upsert = upsert.on_conflict_do_update(
         index_elements=[Throttle.key],
         set_={
@@ -102,7 +101,7 @@ async def record_failure(db: AsyncSession, keys: Keys, settings: Settings, now: 
         account.failures = 0
         account.window_start = now
     for key, limit in ((keys.address, settings.throttle_address_failures),):
-        await db.execute(_insert(db).values(key=key, failures=0, window_start=now, lockouts=0).on_conflict_do_nothing())
+        await db.execute(insert_for(db, Throttle).values(key=key, failures=0, window_start=now, lockouts=0).on_conflict_do_nothing())
         row = await db.get(Throttle, key, with_for_update=True, populate_existing=True)
         assert row is not None
         if row.window_start + window <= now and not (row.locked_until and row.locked_until > now):
@@ -116,12 +115,6 @@ async def record_failure(db: AsyncSession, keys: Keys, settings: Settings, now: 
             row.failures = 0
             row.window_start = now
     await db.flush()
-
-
-def _insert(db: AsyncSession):  # type: ignore[no-untyped-def]
-    if db.bind.dialect.name == "postgresql":
-        return pg_insert(Throttle)
-    return sqlite_insert(Throttle)
 
 
 async def record_success(db: AsyncSession, keys: Keys) -> None:

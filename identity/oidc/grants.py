@@ -16,7 +16,13 @@ from sqlalchemy import select
 
 from identity.db.models import Account, AuthorizationCode, utcnow
 from identity.oidc import scopes
-from identity.oidc.records import IssuedCode, IssuedToken, db, find_stored_token, revoke_grant
+from identity.oidc.records import (
+    IssuedCode,
+    IssuedToken,
+    db,
+    find_stored_token,
+    revoke_grant,
+)
 from identity.tokens import digest
 
 if TYPE_CHECKING:
@@ -151,7 +157,10 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token: str) -> IssuedToken | None:
-        token = find_stored_token(refresh_token, self.server.query_client_by_id, "refresh_token", for_update=True)
+        # Inside a transaction the row is locked; with atomic rotation the spending statement
+        # itself decides which of two concurrent uses wins.
+        atomic = bool(self.request.hub.get("atomic_rotation"))
+        token = find_stored_token(refresh_token, self.server.query_client_by_id, "refresh_token", for_update=not atomic)
         if token is None or token.kind != "refresh_token":
             return None
         row = token.row
@@ -173,7 +182,8 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         return account
 
     def revoke_old_credential(self, refresh_token: IssuedToken) -> None:
-        refresh_token.row.refresh_used_at = utcnow()
+        if refresh_token.row.refresh_used_at is None:  # not spent by an atomic rotation already
+            refresh_token.row.refresh_used_at = utcnow()
 
 
 class ClientCredentialsGrant(grants.ClientCredentialsGrant):

@@ -13,7 +13,14 @@ from joserfc import jwt
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity.db.models import Account, BrowserSession, Service, SessionService, Token, utcnow
+from identity.db.models import (
+    Account,
+    BrowserSession,
+    Service,
+    SessionService,
+    Token,
+    utcnow,
+)
 from identity.oidc.keys import KeyRing
 
 log = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ the event loop; the callbacks reach it through :data:`identity.oidc.records.curr
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -15,15 +16,16 @@ from typing import Any, TypeVar
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import AuthorizationServer, ResourceProtector
-from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.rpinitiated import EndSessionEndpoint
-from sqlalchemy import insert, select
+from sqlalchemy import insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from identity.db.models import RevokedServiceToken, Service, Token, utcnow
 from identity.oidc import scopes
@@ -38,13 +40,20 @@ from identity.oidc.grants import (
     S256Required,
 )
 from identity.oidc.keys import KeyRing
-from identity.oidc.records import IssuedToken, current_db, db, find_stored_token, revoke_grant
+from identity.oidc.records import (
+    IssuedToken,
+    current_db,
+    db,
+    find_stored_token,
+    revoke_grant,
+)
 from identity.oidc.service_tokens import PREFIX as SERVICE_TOKEN_PREFIX
 from identity.oidc.service_tokens import ServiceTokenCodec
 from identity.settings import Settings
 from identity.tokens import digest, new_secret
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 CLIENT_CACHE_SECONDS = 5.0
 
@@ -173,8 +182,7 @@ class Provider(AuthorizationServer):
         else:
             grant_id, sid, auth_time, grant_scope = uuid.uuid4().hex, None, None, scope
         refresh = token.get("refresh_token")
-        db().execute(
-            insert(Token).values(
+        values = dict(
                 grant_id=grant_id,
                 access_hash=digest(token["access_token"]),
                 refresh_hash=digest(refresh) if refresh else None,
@@ -187,8 +195,32 @@ class Provider(AuthorizationServer):
                 issued_at=now,
                 access_expires_at=now + dt.timedelta(seconds=token["expires_in"]),
                 refresh_expires_at=now + dt.timedelta(seconds=self.settings.refresh_token_ttl) if refresh else None,
-            )
         )
+        if request.refresh_token is not None and request.hub.get("atomic_rotation"):
+            self._rotate(request.refresh_token, values, now)
+        else:
+            db().execute(insert(Token).values(**values))
+
+    def _rotate(self, presented: IssuedToken, values: dict[str, Any], now: dt.datetime) -> None:
+        """Spend the presented refresh token and store its successor in one statement (a
+        data-modifying CTE): the successor exists only if this request is the one that spent
+        the token, so a concurrent second use finds nothing and counts as a reuse."""
+        previous = presented.row
+        spent = (
+            update(Token)
+            .where(Token.id == previous.id, Token.refresh_used_at.is_(None), Token.revoked_at.is_(None))
+            .values(refresh_used_at=now)
+            .returning(Token.id)
+            .cte("spent")
+        )
+        columns = list(values)
+        row = select(*(literal(values[c], Token.__table__.c[c].type).label(c) for c in columns)).select_from(spent)
+        created = db().execute(insert(Token).from_select(columns, row).returning(Token.id)).first()
+        if created is None:
+            revoked = revoke_grant(previous.grant_id)
+            log.warning("refresh token used twice at once; revoked %d tokens of its grant", revoked)
+            raise InvalidGrantError()
+        set_committed_value(previous, "refresh_used_at", now)
 
 
 class _Issuer(IssuerParameter):

@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from identity.accounts import links
 from identity.accounts.store import EmailTaken, update_details
-from identity.db.models import Link, Service
 from identity.db.engine import autocommit
+from identity.db.models import Link, Service
 from identity.pages.common import field, render, send_mail, verify_password
 from identity.web import browser, csrf
 from identity.web.appkeys import DB, SETTINGS

@@ -13,8 +13,8 @@ from aiohttp import web
 
 from identity.mail import MailError
 from identity.web import csrf
-from identity.web.errors import BadInput
 from identity.web.appkeys import HASH_POOL, HASHER, MAIL_TASKS, MAILER, SETTINGS
+from identity.web.errors import BadInput
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,19 @@ from identity.accounts import links
 from identity.accounts.passwords import check_password
 from identity.accounts.store import find_by_email
 from identity.db.models import Account, utcnow
-from identity.oidc.logout import LogoutNotice, end_sessions_of, revoke_tokens, send_notices
-from identity.pages.common import field, hash_password, render, send_mail, verify_password
+from identity.oidc.logout import (
+    LogoutNotice,
+    end_sessions_of,
+    revoke_tokens,
+    send_notices,
+)
+from identity.pages.common import (
+    field,
+    hash_password,
+    render,
+    send_mail,
+    verify_password,
+)
 from identity.web import browser, csrf
 from identity.web.appkeys import DB, HTTP, PROVIDER, SETTINGS
 from identity.web.responses import redirect

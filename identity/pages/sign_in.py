@@ -11,11 +11,30 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import throttle
 from identity.db.engine import autocommit
-from identity.db.models import Account, BrowserSession, Service, SignInEvent, Throttle, UTCDateTime, utcnow
+from identity.db.models import (
+    Account,
+    BrowserSession,
+    Service,
+    SignInEvent,
+    Throttle,
+    UTCDateTime,
+    utcnow,
+)
 from identity.oidc import scopes
-from identity.oidc.actions.authorize import Decision, needs_sign_in, expired_interaction, load_interaction
+from identity.oidc.actions.authorize import (
+    Decision,
+    expired_interaction,
+    load_interaction,
+    needs_sign_in,
+)
 from identity.oidc.logout import end_session, send_notices
-from identity.pages.common import client_address, field, hash_password, render, verify_password
+from identity.pages.common import (
+    client_address,
+    field,
+    hash_password,
+    render,
+    verify_password,
+)
 from identity.web import browser, csrf
 from identity.web.appkeys import DB, HASHER, HTTP, PROVIDER, SETTINGS
 from identity.web.responses import redirect, safe_next

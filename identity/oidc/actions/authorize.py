@@ -25,12 +25,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.db.models import Consent, Interaction, Link, SessionService, utcnow
+from identity.db.upsert import ensure_row
 from identity.oidc import scopes
 from identity.oidc.adapter import HubOAuth2Request, read_request
 from identity.oidc.client import ServiceClient
+from identity.pages.common import render
 from identity.tokens import digest, new_secret
 from identity.web import browser
-from identity.pages.common import render
 from identity.web.appkeys import DB, PROVIDER, SETTINGS
 from identity.web.responses import redirect
 
@@ -149,11 +150,17 @@ async def _authorize(
 
     now = utcnow()
     if decision.consented:
-        granted = scopes.join(remembered | requested)
-        if consent is None:
-            db.add(Consent(account_id=account.id, service_id=client.id, scope=granted, granted_at=now))
-        else:
-            consent.scope, consent.granted_at, consent.revoked_at = granted, now, None
+        # Two tabs may consent at once: create the row if missing, then widen it under a lock.
+        await ensure_row(db, Consent, account_id=account.id, service_id=client.id, scope="", granted_at=now)
+        consent = await db.scalar(
+            select(Consent)
+            .where(Consent.account_id == account.id, Consent.service_id == client.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        assert consent is not None
+        kept = set(scopes.split(consent.scope)) if consent.revoked_at is None else set()
+        consent.scope, consent.granted_at, consent.revoked_at = scopes.join(kept | requested), now, None
 
     await _link(db, account.id, client.id, oauth_request.scope, now)
     await _remember_service(db, signed_in.session.id, client.id)
@@ -181,21 +188,23 @@ def needs_sign_in(
 
 async def _link(db: AsyncSession, account_id: int, service_id: int, scope: str, now: dt.datetime) -> None:
     """The first authorization to a service links it; later ones widen the granted scopes."""
-    link = await db.scalar(select(Link).where(Link.account_id == account_id, Link.service_id == service_id))
-    if link is None:
-        db.add(Link(account_id=account_id, service_id=service_id, status="active", scope=scope, created_at=now, updated_at=now))
-        return
+    await ensure_row(
+        db, Link, account_id=account_id, service_id=service_id, status="active", scope=scope, created_at=now, updated_at=now
+    )
+    link = await db.scalar(
+        select(Link)
+        .where(Link.account_id == account_id, Link.service_id == service_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    assert link is not None
     widened = scopes.join(set(scopes.split(link.scope)) | set(scopes.split(scope)))
     if link.status != "active" or widened != link.scope:
         link.status, link.scope, link.updated_at = "active", widened, now
 
 
 async def _remember_service(db: AsyncSession, session_id: int, service_id: int) -> None:
-    known = await db.scalar(
-        select(SessionService.id).where(SessionService.session_id == session_id, SessionService.service_id == service_id)
-    )
-    if known is None:
-        db.add(SessionService(session_id=session_id, service_id=service_id))
+    await ensure_row(db, SessionService, session_id=session_id, service_id=service_id)
 
 
 def _interaction_path(uid: str) -> str:

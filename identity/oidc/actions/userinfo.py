@@ -6,7 +6,10 @@ from typing import Any
 
 from aiohttp import web
 from authlib.oauth2 import OAuth2Error
-from authlib.oauth2.rfc6749.errors import MissingAuthorizationError, UnsupportedTokenTypeError
+from authlib.oauth2.rfc6749.errors import (
+    MissingAuthorizationError,
+    UnsupportedTokenTypeError,
+)
 from authlib.oauth2.rfc6750.errors import InsufficientScopeError
 
 from identity.accounts.claims import user_claims

@@ -770,3 +770,25 @@ async def test_an_unconfirmed_address_is_not_linked_until_confirmed(hub: Hub, rp
     response = await consent_and_return(browser, await browser.go(html.unescape(retry.group(1))))
     params = location_params(response)
     assert "code" in params and params["state"] == kept["state"]
+
+
+async def test_consenting_in_two_browsers_at_once(hub: Hub, rp: RelyingParty) -> None:
+    """Two tabs or devices approving the same service at the same moment both get their code
+    (the consent and link rows are created once, without a unique-constraint failure)."""
+    import asyncio
+
+    browsers = [Browser(hub), Browser(hub)]
+    try:
+        pages = []
+        for b in browsers:
+            await b.sign_in()
+            url, _ = authorize_url(rp)
+            pages.append(await b.go(url))
+        responses = await asyncio.gather(*(consent_and_return(b, page) for b, page in zip(browsers, pages)))
+    finally:
+        for b in browsers:
+            await b.aclose()
+    assert [r.status_code for r in responses] == [302, 302]
+    assert all("code" in location_params(r) for r in responses)
+    async with hub.app[DB]() as db:
+        assert len((await db.scalars(select(Link))).all()) == 1

@@ -1,0 +1,22 @@
+"""``INSERT … ON CONFLICT`` for whichever database the session is bound to (Postgres and SQLite
+both have it, through their own SQLAlchemy dialect constructs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+def insert_for(db: AsyncSession, model: Any) -> Any:
+    if db.bind.dialect.name == "postgresql":
+        return pg_insert(model)
+    return sqlite_insert(model)
+
+
+async def ensure_row(db: AsyncSession, model: Any, **values: Any) -> None:
+    """Insert the row unless one with the same unique key exists. Concurrent callers never fail
+    on the unique constraint; afterwards the row exists."""
+    await db.execute(insert_for(db, model).values(**values).on_conflict_do_nothing())
