@@ -56,6 +56,12 @@ async def find(db: AsyncSession, secret: str, purpose: str) -> EmailToken | None
     return row
 
 
+async def verification(db: AsyncSession, settings: Settings, account: Account) -> EmailMessage:
+    """A fresh link to confirm the account's current address, and the message carrying it."""
+    secret = await issue(db, account, "verify_email", account.email)
+    return verification_message(settings, account.email, secret)
+
+
 def verification_message(settings: Settings, to: str, secret: str) -> EmailMessage:
     url = f"{settings.issuer}/verify-email?token={secret}"
     return build_message(

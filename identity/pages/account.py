@@ -90,8 +90,7 @@ async def edit_details(request: web.Request) -> web.StreamResponse:
             errors = {"email": "That address cannot be used. Choose another one."}
             return await _page(request, signed_in, db, values=raw | address, errors=errors, status=400)
         if "email" in changed:
-            secret = await links.issue(db, account, "verify_email", account.email)
-            mail.append(links.verification_message(settings, account.email, secret))
+            mail.append(await links.verification(db, settings, account))
             mail.append(links.address_changed_message(settings, old_email, account.email))
     await send_mail(request, mail)
     return redirect("/account?saved=1", 303)

@@ -77,8 +77,7 @@ async def register(request: web.Request) -> web.StreamResponse:
                 status="pending_guardian" if child else "active",
                 guardian_email=guardian,
             )
-            secret = await links.issue(db, account, "verify_email", account.email)
-            mail.append(links.verification_message(settings, account.email, secret))
+            mail.append(await links.verification(db, settings, account))
             if child and guardian:
                 guardian_secret = await links.issue(db, account, "guardian_consent", guardian)
                 mail.append(links.guardian_message(settings, guardian, account.name or account.email, guardian_secret))
@@ -127,8 +126,7 @@ async def resend_verification(request: web.Request) -> web.StreamResponse:
             return redirect("/sign-in", 303)
         account = signed_in.account
         if not account.email_verified:
-            secret = await links.issue(db, account, "verify_email", account.email)
-            mail.append(links.verification_message(settings, account.email, secret))
+            mail.append(await links.verification(db, settings, account))
     await send_mail(request, mail)
     return render(
         request,

@@ -8,7 +8,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 
@@ -57,8 +57,8 @@ def create_app(settings: Settings, *, migrate: bool | None = None) -> web.Applic
         context_processors=[],
     )
     app.cleanup_ctx.append(_database(settings.is_embedded if migrate is None else migrate))
-    app.cleanup_ctx.append(_signing_keys)
-    app.cleanup_ctx.append(_purge_expired)
+    app.cleanup_ctx.append(_every(KEY_REFRESH_SECONDS, "signing-keys", _refresh_keys, first=True))
+    app.cleanup_ctx.append(_every(PURGE_SECONDS, "purge-expired", _purge))
     app.cleanup_ctx.append(_mailer)
     app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_hash_pool)
@@ -94,43 +94,37 @@ async def _refresh_keys(app: web.Application) -> None:
         app[K.PROVIDER].keys = await signing_keys.load_keys(db, app[K.CIPHER])
 
 
-async def _signing_keys(app: web.Application) -> AsyncIterator[None]:
-    await _refresh_keys(app)
+def _every(seconds: float, name: str, work: Callable[[web.Application], Awaitable[None]], *, first: bool = False):  # type: ignore[no-untyped-def]
+    """A cleanup context running ``work`` every ``seconds`` (and once before serving with
+    ``first``); a failed round is logged and tried again next time."""
 
-    async def refresh_forever() -> None:
-        while True:
-            await asyncio.sleep(KEY_REFRESH_SECONDS)
-            try:
-                await _refresh_keys(app)
-            except Exception:  # keep serving with the keys we have
-                log.exception("refreshing signing keys failed")
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if first:
+            await work(app)
 
-    task = asyncio.create_task(refresh_forever(), name="signing-keys")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+        async def forever() -> None:
+            while True:
+                await asyncio.sleep(seconds)
+                try:
+                    await work(app)
+                except Exception:
+                    log.exception("%s failed; trying again in %s s", name, seconds)
+
+        task = asyncio.create_task(forever(), name=name)
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
 
 
-async def _purge_expired(app: web.Application) -> AsyncIterator[None]:
-    """Every few minutes, delete protocol records that have expired."""
-
-    async def purge_forever() -> None:
-        while True:
-            await asyncio.sleep(PURGE_SECONDS)
-            try:
-                async with app[K.DB].begin() as db:
-                    counts = await purge_expired(db, throttle_window=app[K.SETTINGS].throttle_window)
-                if any(counts.values()):
-                    log.info("purged expired records: %s", {k: v for k, v in counts.items() if v})
-            except Exception:  # try again next time
-                log.exception("purging expired records failed")
-
-    task = asyncio.create_task(purge_forever(), name="purge-expired")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+async def _purge(app: web.Application) -> None:
+    """Delete protocol records that have expired."""
+    async with app[K.DB].begin() as db:
+        counts = await purge_expired(db, throttle_window=app[K.SETTINGS].throttle_window)
+    if any(counts.values()):
+        log.info("purged expired records: %s", {k: v for k, v in counts.items() if v})
 
 
 async def _mailer(app: web.Application) -> AsyncIterator[None]:
