@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import logging
 import sys
+from urllib.parse import urlsplit
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -128,6 +129,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     log = logging.getLogger("onesignin")
     for warning in development_warnings(settings):
         log.warning(warning)
+    issuer_port = urlsplit(settings.issuer).port or (443 if settings.issuer.startswith("https") else 80)
+    if settings.issuer.startswith("http://") and issuer_port != args.port:
+        log.warning(
+            "ONESIGNIN_ISSUER is %s but the hub listens on port %s: set ONESIGNIN_ISSUER=http://%s:%s "
+            "so that services can reach the URLs it publishes.",
+            settings.issuer, args.port, args.host, args.port,
+        )
     app = create_app(settings)
     _emit({"status": "starting", "url": f"http://{args.host}:{args.port}", "issuer": settings.issuer})
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True, loop=_event_loop())
