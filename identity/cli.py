@@ -65,6 +65,8 @@ def cmd_services_add(settings: Settings, args: argparse.Namespace) -> dict[str, 
 
 
 def cmd_users_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    if args.password_stdin:
+        args.password = sys.stdin.readline().rstrip("\r\n")
     hasher = PasswordHasher(
         memory_cost=settings.argon2_memory_cost, time_cost=settings.argon2_time_cost, parallelism=settings.argon2_parallelism
     )
@@ -180,7 +182,11 @@ def parser() -> argparse.ArgumentParser:
     users_sub = users.add_subparsers(dest="action", required=True, metavar="ACTION")
     add_user = users_sub.add_parser("add", help="create an account", description="Create an account; prints its sub.")
     add_user.add_argument("--email", required=True)
-    add_user.add_argument("--password", required=True, help="checked against the same policy as the web page")
+    secret = add_user.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--password", help="checked against the same policy as the web page")
+    secret.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of standard input (keeps it out of ps and shell history)"
+    )
     add_user.add_argument("--given-name")
     add_user.add_argument("--family-name")
     add_user.add_argument("--birthdate", type=_date, help="YYYY-MM-DD")
