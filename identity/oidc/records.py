@@ -62,6 +62,8 @@ class IssuedToken(TokenMixin):
     refresh_scope: str | None = None
     #: Whether the person's consent to the token's service still stands.
     consented: bool = False
+    #: The person, when loaded with the token (the session's identity map holds it only weakly).
+    account: Account | None = None
 
     def check_client(self, client: ServiceClient) -> bool:
         return self.row.service_id == client.id
@@ -88,6 +90,8 @@ class IssuedToken(TokenMixin):
     def get_user(self) -> Account | None:
         if self.row.account_id is None:
             return None
+        if self.account is not None:
+            return self.account
         return db().get(Account, self.row.account_id)
 
     def get_client(self) -> ServiceClient | None:
@@ -102,7 +106,7 @@ def find_stored_token(
     for_update: bool = False,
 ) -> IssuedToken | None:
     """A stored token by its secret, with its person and whether their consent still stands
-    (one query; the person lands in the session so ``get_user`` costs nothing). With
+    (one query; the person comes with it, so ``get_user`` costs nothing). With
     ``for_update`` the token's row stays locked until the transaction ends, so two concurrent
     uses of one refresh token are serialised and the second is seen as a reuse."""
     hashed = digest(token_string)
@@ -126,9 +130,11 @@ def find_stored_token(
             query = query.with_for_update(of=Token)
         found = db().execute(query).first()
         if found is not None:
-            row, _, consent_id = found
+            row, account, consent_id = found
             refresh_scope = row.grant_scope if kind == "refresh_token" else None
-            return IssuedToken(row, clients(row.service_id), kind, refresh_scope=refresh_scope, consented=consent_id is not None)
+            return IssuedToken(
+                row, clients(row.service_id), kind, refresh_scope=refresh_scope, consented=consent_id is not None, account=account
+            )
     return None
 
 
