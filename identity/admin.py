@@ -8,6 +8,7 @@ from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import links
@@ -15,9 +16,13 @@ from identity.accounts.passwords import PasswordHasher, check_password
 from identity.accounts.store import EmailTaken, create_account, is_child
 from identity.db.models import Service
 from identity.oidc import scopes
+from identity.oidc.keys import KeyCipher
 from identity.settings import Settings
 from identity.tokens import digest, new_secret
 from schemas.account import BasicDetails, normalize_email, problems
+from schemas.events import service_topic
+from sync import webhooks
+from sync.deliver import seal_secret
 
 DEFAULT_SERVICE_SCOPE = "openid profile email phone address marketing offline_access"
 DEFAULT_GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials"]
@@ -38,6 +43,10 @@ class NewAccount:
 class NewService:
     client_id: str
     client_secret: str
+    #: Standard Webhooks secret (``whsec_...``), shown once, when a webhook was registered.
+    webhook_secret: str | None = None
+    #: The service's own Kafka topic, when it subscribes to one.
+    topic: str | None = None
 
 
 def check_uri(value: str, what: str) -> str:
@@ -60,7 +69,12 @@ async def add_service(
     backchannel_logout_uri: str | None = None,
     scope: str = DEFAULT_SERVICE_SCOPE,
     id_token_alg: str = "RS256",
+    webhook_url: str | None = None,
+    kafka_topic: bool = False,
+    cipher: KeyCipher | None = None,
 ) -> NewService:
+    """Register a member service. A webhook secret is encrypted with ``cipher`` (the hub's
+    key cipher), which is needed when ``webhook_url`` is given."""
     if not name.strip():
         raise InvalidInput("--name must not be empty")
     if not redirect_uris:
@@ -73,7 +87,17 @@ async def add_service(
         raise InvalidInput(f"--scope must include openid and only these: {' '.join(scopes.SUPPORTED_SCOPES)}")
     if id_token_alg not in ("RS256", "ES256"):
         raise InvalidInput("--id-token-alg must be RS256 or ES256")
-    service = NewService(client_id=new_secret(16), client_secret=new_secret(32))
+    webhook = check_uri(webhook_url, "--webhook-url") if webhook_url else None
+    client_id = new_secret(16)
+    webhook_secret = webhooks.new_secret() if webhook else None
+    if webhook_secret is not None and cipher is None:
+        raise ValueError("a webhook secret needs the hub's key cipher")
+    service = NewService(
+        client_id=client_id,
+        client_secret=new_secret(32),
+        webhook_secret=webhook_secret,
+        topic=service_topic(client_id) if kafka_topic else None,
+    )
     db.add(
         Service(
             client_id=service.client_id,
@@ -85,6 +109,9 @@ async def add_service(
             scope=scopes.join(wanted),
             grant_types=DEFAULT_GRANT_TYPES,
             id_token_signed_response_alg=id_token_alg,
+            webhook_url=webhook,
+            webhook_secret=seal_secret(cipher, webhook_secret) if cipher and webhook_secret else None,
+            topic_enabled=kafka_topic,
         )
     )
     await db.flush()
@@ -139,3 +166,52 @@ async def add_user(
         secret = await links.issue(db, account, "guardian_consent", guardian)
         mail.append(links.guardian_message(settings, guardian, account.name or account.email, secret))
     return NewAccount(account.sub, mail)
+
+
+@dataclass(frozen=True)
+class ServiceSync:
+    client_id: str
+    webhook_url: str | None
+    topic: str | None
+    #: A new webhook secret, shown once, when one was made.
+    webhook_secret: str | None = None
+
+
+async def update_service_sync(
+    db: AsyncSession,
+    cipher: KeyCipher,
+    client_id: str,
+    *,
+    webhook_url: str | None = None,
+    remove_webhook: bool = False,
+    kafka_topic: bool | None = None,
+    rotate_secret: bool = False,
+) -> ServiceSync:
+    """Change where a service receives profile changes. A new webhook URL gets a new secret; a
+    changed or re-enabled webhook starts healthy again."""
+    service = await db.scalar(select(Service).where(Service.client_id == client_id).with_for_update())
+    if service is None:
+        raise InvalidInput(f"no service with client_id {client_id!r}")
+    secret = None
+    if remove_webhook:
+        service.webhook_url = service.webhook_secret = None
+    elif webhook_url is not None:
+        service.webhook_url = check_uri(webhook_url, "--webhook-url")
+        rotate_secret = rotate_secret or not service.webhook_secret
+    if rotate_secret:
+        if not service.webhook_url:
+            raise InvalidInput("the service has no webhook: give --webhook-url")
+        secret = webhooks.new_secret()
+        service.webhook_secret = seal_secret(cipher, secret)
+    if remove_webhook or webhook_url is not None or rotate_secret:
+        service.webhook_disabled_at = service.webhook_quarantined_at = service.webhook_failing_since = None
+        service.webhook_last_error = None
+    if kafka_topic is not None:
+        service.topic_enabled = kafka_topic
+    await db.flush()
+    return ServiceSync(
+        client_id=service.client_id,
+        webhook_url=service.webhook_url,
+        topic=service_topic(service.client_id) if service.topic_enabled else None,
+        webhook_secret=secret,
+    )

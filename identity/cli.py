@@ -9,15 +9,16 @@ import datetime as dt
 import json
 import logging
 import sys
-from urllib.parse import urlsplit
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from identity import admin
 from identity.accounts.passwords import PasswordHasher
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
 from identity.mail import MailError, mailer_for
+from identity.oidc.keys import KeyCipher
 from identity.settings import (
     ConfigurationError,
     Settings,
@@ -58,10 +59,97 @@ def cmd_services_add(settings: Settings, args: argparse.Namespace) -> dict[str, 
             backchannel_logout_uri=args.backchannel_logout_uri,
             scope=args.scope,
             id_token_alg=args.id_token_alg,
+            webhook_url=args.webhook_url,
+            kafka_topic=args.kafka_topic,
+            cipher=KeyCipher(settings.resolved_secret_key()),
         )
-        return {"client_id": service.client_id, "client_secret": service.client_secret}
+        out: dict[str, Any] = {"client_id": service.client_id, "client_secret": service.client_secret}
+        if args.webhook_url or args.kafka_topic:
+            out["webhook_secret"] = service.webhook_secret
+            out["topic"] = service.topic
+        return out
 
     return asyncio.run(_with_db(settings, work))
+
+
+def cmd_services_update(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    async def work(db: Any) -> dict[str, Any]:
+        result = await admin.update_service_sync(
+            db,
+            KeyCipher(settings.resolved_secret_key()),
+            args.client_id,
+            webhook_url=args.webhook_url,
+            remove_webhook=args.remove_webhook,
+            kafka_topic=args.kafka_topic,
+            rotate_secret=args.rotate_webhook_secret,
+        )
+        out: dict[str, Any] = {"client_id": result.client_id, "webhook_url": result.webhook_url, "topic": result.topic}
+        if result.webhook_secret:
+            out["webhook_secret"] = result.webhook_secret
+        return out
+
+    return asyncio.run(_with_db(settings, work))
+
+
+def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from sync import status
+
+    async def work(db: Any) -> dict[str, Any]:
+        return {"dead_letters": await status.dead_letters(db, client_id=args.client_id, limit=args.limit)}
+
+    return asyncio.run(_with_db(settings, work))
+
+
+def cmd_redeliver(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from sync import status
+
+    if not args.client_id and not args.id and not args.all:
+        raise UsageError("say what to redeliver: --client-id, --id (repeatable) or --all")
+
+    async def work(db: Any) -> dict[str, Any]:
+        return {"redelivered": await status.redeliver(db, client_id=args.client_id, ids=args.id)}
+
+    return asyncio.run(_with_db(settings, work))
+
+
+def _run_sync_alone(settings: Settings, args: argparse.Namespace, *, relay: bool, worker: bool) -> dict[str, Any]:
+    from aiohttp import web
+
+    from identity.web import appkeys as K
+    from identity.web.app import database
+    from sync.runtime import add_sync, metrics
+
+    log = logging.getLogger("onesignin")
+    if not settings.kafka_bootstrap_servers:
+        raise UsageError(
+            "set ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS: a separate relay or worker needs a shared Kafka "
+            "(the embedded broker lives inside `onesignin serve`)"
+        )
+    if settings.is_embedded:
+        log.warning("Using the embedded SQLite database; scale-out processes normally share Postgres.")
+    app = web.Application()
+    app[K.SETTINGS] = settings
+    app[K.CIPHER] = KeyCipher(settings.resolved_secret_key())
+    app.cleanup_ctx.append(database(settings.is_embedded))
+    add_sync(app, relay=relay, worker=worker)
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", health)
+    role = "relay" if relay else "worker"
+    _emit({"status": "starting", "role": role, "metrics": f"http://{args.host}:{args.port}/metrics"})
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True, loop=_event_loop())
+    return {"status": "stopped"}
+
+
+def cmd_relay(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    return _run_sync_alone(settings, args, relay=True, worker=False)
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    return _run_sync_alone(settings, args, relay=False, worker=True)
 
 
 def cmd_users_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -138,7 +226,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             "so that services can reach the URLs it publishes.",
             settings.issuer, args.port, args.host, args.port,
         )
-    app = create_app(settings)
+    app = create_app(settings, sync=settings.sync_in_process and not args.no_sync)
     _emit({"status": "starting", "url": f"http://{args.host}:{args.port}", "issuer": settings.issuer})
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True, loop=_event_loop())
     return {"status": "stopped"}
@@ -162,7 +250,19 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the hub (provider, pages) in this process", description="Run the hub.")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument(
+        "--no-sync", action="store_true", help="do not run the outbox relay and sync worker here (run `relay` and `worker` instead)"
+    )
     serve.set_defaults(func=cmd_serve)
+
+    for name, func, port, text in (
+        ("relay", cmd_relay, 9100, "publish the outbox to Kafka (several may run; one publishes at a time)"),
+        ("worker", cmd_worker, 9101, "fan out profile changes and deliver them to services (scale out freely)"),
+    ):
+        cmd = sub.add_parser(name, help=text, description=f"Run only the sync {name}: {text}. Needs ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS.")
+        cmd.add_argument("--host", default="127.0.0.1", help="address for /metrics and /healthz (default 127.0.0.1)")
+        cmd.add_argument("--port", type=int, default=port, help=f"port for /metrics and /healthz (default {port})")
+        cmd.set_defaults(func=func)
 
     migrate = sub.add_parser("migrate", help="apply database migrations", description="Apply database migrations.")
     migrate.set_defaults(func=cmd_migrate)
@@ -176,7 +276,36 @@ def parser() -> argparse.ArgumentParser:
     add_service.add_argument("--backchannel-logout-uri", help="where logout tokens are POSTed")
     add_service.add_argument("--scope", default=admin.DEFAULT_SERVICE_SCOPE, help=f"scopes the service may ask for (default: {admin.DEFAULT_SERVICE_SCOPE})")
     add_service.add_argument("--id-token-alg", choices=["RS256", "ES256"], default="RS256", help="ID token signing algorithm")
+    add_service.add_argument("--webhook-url", help="receive profile changes here (Standard Webhooks; prints webhook_secret once)")
+    add_service.add_argument("--kafka-topic", action="store_true", help="also receive profile changes on the service's own Kafka topic")
     add_service.set_defaults(func=cmd_services_add)
+
+    update_service = services_sub.add_parser(
+        "update", help="change where a service receives profile changes", description="Change a service's webhook or topic."
+    )
+    update_service.add_argument("--client-id", required=True)
+    hook = update_service.add_mutually_exclusive_group()
+    hook.add_argument("--webhook-url", help="a new webhook URL (gets a new secret if it had none; re-enables a disabled one)")
+    hook.add_argument("--remove-webhook", action="store_true", help="stop webhook deliveries")
+    update_service.add_argument("--rotate-webhook-secret", action="store_true", help="make a new webhook secret (printed once)")
+    topic = update_service.add_mutually_exclusive_group()
+    topic.add_argument("--kafka-topic", dest="kafka_topic", action="store_true", default=None, help="deliver to the service's topic")
+    topic.add_argument("--no-kafka-topic", dest="kafka_topic", action="store_false", help="stop topic deliveries")
+    update_service.set_defaults(func=cmd_services_update)
+
+    sync_cmd = sub.add_parser("sync", help="inspect and steer profile sync", description="Inspect and steer profile sync.")
+    sync_sub = sync_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dead = sync_sub.add_parser("dead-letters", help="list deliveries that gave up", description="List deliveries that gave up.")
+    dead.add_argument("--client-id", help="only this service's")
+    dead.add_argument("--limit", type=int, default=100)
+    dead.set_defaults(func=cmd_dead_letters)
+    again = sync_sub.add_parser(
+        "redeliver", help="queue dead deliveries again", description="Queue dead deliveries again (the current profile is sent)."
+    )
+    again.add_argument("--client-id", help="every dead delivery of this service")
+    again.add_argument("--id", type=int, action="append", help="a dead letter id (repeatable)")
+    again.add_argument("--all", action="store_true", help="every dead delivery")
+    again.set_defaults(func=cmd_redeliver)
 
     users = sub.add_parser("users", help="manage people's accounts", description="Manage people's accounts.")
     users_sub = users.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -211,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    if args.command != "serve":
+    if args.command not in ("serve", "relay", "worker"):
         _emit(result)
     return 0
 

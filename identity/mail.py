@@ -177,7 +177,7 @@ class SmtpMailer:
             raise MailError("The email could not be delivered to every recipient.")
 
 
-def mailer_for(settings: "Settings") -> Mailer:
+def mailer_for(settings: Settings) -> Mailer:
     """The mailer the configuration names: SMTP, or .eml files under the data dir."""
     if settings.mail_backend == "smtp":
         return SmtpMailer(

@@ -81,6 +81,40 @@ class Settings(BaseSettings):
 
     backchannel_logout_timeout: float = Field(5.0, gt=0)
 
+    # Kafka. Unset: `serve` starts an embedded, memory-only Kafka-compatible broker itself.
+    kafka_bootstrap_servers: str | None = Field(None, description="host:port[,host:port]; unset runs the embedded broker.")
+    kafka_enable_idempotence: bool = Field(
+        True, description="Idempotent producer (Apache Kafka); the embedded broker does not support it and ignores this."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_topic_prefix: str = Field(
+        "", pattern=r"^[A-Za-z0-9._-]{0,100}$", description="Put before every topic and group name (several hubs on one cluster)."
+    )
+    kafka_replication_factor: int = Field(1, ge=1, le=10, description="Replicas of topics the hub creates (3 on a production cluster).")
+    kafka_profile_partitions: int = Field(12, ge=1, le=1000, description="Partitions of onesignin.profile.v1 when the hub creates it.")
+    kafka_service_partitions: int = Field(3, ge=1, le=1000, description="Partitions of each service's own topic.")
+
+    # Profile sync.
+    sync_in_process: bool = Field(True, description="`serve` also runs the outbox relay and the sync worker.")
+    sync_echo_suppression: bool = Field(True, description="A service is not sent the changes it made itself.")
+    sync_retry_schedule: list[float] = Field(
+        [5, 30, 120, 600, 1800, 7200, 21600, 43200, 86400],
+        description="Seconds before each retry of a failed delivery (JSON list); the last repeats until sync_give_up_after.",
+    )
+    sync_give_up_after: float = Field(3 * 86400, gt=0, description="A delivery failing this long goes to the dead-letter list.")
+    sync_quarantine_after: float = Field(3600, gt=0, description="A webhook failing this long is quarantined (slowed, flagged).")
+    sync_quarantine_probe: float = Field(300, gt=0, description="Seconds between tries to a quarantined webhook.")
+    sync_concurrency: int = Field(256, ge=1, le=10000, description="Deliveries in flight per worker process.")
+    sync_service_concurrency: int = Field(64, ge=1, le=10000, description="Deliveries in flight to one service per worker.")
+    sync_resync_rate: float = Field(200, gt=0, description="People per second a resync replays to one service.")
+    webhook_timeout: float = Field(10.0, gt=0, le=60)
+    relay_batch_size: int = Field(500, ge=1, le=10000)
+    relay_poll_interval: float = Field(0.05, gt=0, le=10, description="Seconds the relay waits when the outbox is empty.")
+    outbox_retention: int = Field(7 * 86400, ge=0, description="Seconds published outbox rows are kept.")
+
     @field_validator("issuer")
     @classmethod
     def _issuer_is_url(cls, value: str) -> str:
@@ -112,9 +146,13 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Settings":
+    def _consistent(self) -> Settings:
         if self.throttle_max_lockout < self.throttle_base_lockout:
             raise ValueError("ONESIGNIN_THROTTLE_MAX_LOCKOUT must be >= ONESIGNIN_THROTTLE_BASE_LOCKOUT")
+        if not self.sync_retry_schedule or any(x <= 0 for x in self.sync_retry_schedule):
+            raise ValueError("ONESIGNIN_SYNC_RETRY_SCHEDULE must be a non-empty JSON list of positive seconds")
+        if self.kafka_sasl_mechanism and not (self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError("ONESIGNIN_KAFKA_SASL_MECHANISM needs ONESIGNIN_KAFKA_SASL_USERNAME and ONESIGNIN_KAFKA_SASL_PASSWORD")
         if self.mail_backend == "smtp" and self.smtp_username and not (self.smtp_starttls or self.smtp_tls):
             raise ValueError("ONESIGNIN_SMTP_USERNAME needs ONESIGNIN_SMTP_STARTTLS or ONESIGNIN_SMTP_TLS: credentials are never sent in clear")
         return self
@@ -173,6 +211,8 @@ def development_warnings(settings: Settings) -> list[str]:
         warnings.append(f"Mail is written to {settings.data_dir / 'mail'} instead of being sent (ONESIGNIN_MAIL_BACKEND=file).")
     if not settings.issuer.startswith("https://"):
         warnings.append("The issuer is plain http on loopback: development only.")
+    if settings.kafka_bootstrap_servers is None:
+        warnings.append("ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS is unset: using an embedded, memory-only broker (development only).")
     if settings.is_embedded:
         warnings.append("Using the embedded SQLite database; set ONESIGNIN_DATABASE_URL to Postgres for production.")
     return warnings

@@ -6,9 +6,17 @@ import datetime as dt
 import re
 import zoneinfo
 from functools import cache
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s.\x00-\x1f\x7f]{2,}$")
 LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
@@ -32,9 +40,13 @@ def normalize_email(value: str) -> str:
 
 
 class Address(BaseModel):
-    """OIDC Core 5.1.1 address claim."""
+    """OIDC Core 5.1.1 address claim. Parts without a value are left out when written."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_serializer(mode="wrap")
+    def _without_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
 
     formatted: Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000)] | None = None
     street_address: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None
@@ -134,7 +146,6 @@ def problems(exc: ValidationError) -> list[ValidationProblem]:
     for error in exc.errors():
         field = ".".join(str(p) for p in error["loc"]) or "body"
         message = str(error.get("ctx", {}).get("error") or error["msg"])
-        if message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
+        message = message.removeprefix("Value error, ")
         out.append(ValidationProblem(field=field, message=message))
     return out

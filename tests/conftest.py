@@ -10,8 +10,8 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
@@ -25,8 +25,9 @@ from identity.web.app import create_app
 from tests.support import Hub
 
 POSTGRES_URL = os.environ.get("ONESIGNIN_TEST_DATABASE_URL")
-# Cheaper argon2id, and mail sent before the response so a test can read it at once.
-TEST_SETTINGS = {"argon2_memory_cost": 8192, "argon2_time_cost": 1, "mail_in_background": False}
+# Cheaper argon2id, mail sent before the response so a test can read it at once, and no sync
+# pipeline (tests/sync turn it on, with a real broker).
+TEST_SETTINGS = {"argon2_memory_cost": 8192, "argon2_time_cost": 1, "mail_in_background": False, "sync_in_process": False}
 
 
 def run_blocking(make: Callable[[], Coroutine[Any, Any, None]]) -> None:

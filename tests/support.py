@@ -19,13 +19,13 @@ from joserfc.jwk import KeySet
 
 from identity import admin
 from identity.settings import Settings
-from identity.web.appkeys import DB, HASHER, MAILER
+from identity.web.appkeys import CIPHER, DB, HASHER, MAILER
 
 PASSWORD = "correct horse battery staple"
 
-_INPUT = re.compile(r"<input\b[^>]*>", re.I)
+_INPUT = re.compile(r"<input\b[^>]*>", re.IGNORECASE)
 _ATTR = re.compile(r'(\w+)="([^"]*)"')
-_FORM = re.compile(r"<form\b([^>]*)>(.*?)</form>", re.I | re.S)
+_FORM = re.compile(r"<form\b([^>]*)>(.*?)</form>", re.IGNORECASE | re.DOTALL)
 
 
 @dataclass
@@ -65,6 +65,7 @@ class Hub:
     async def add_service(self, **kwargs: Any) -> admin.NewService:
         kwargs.setdefault("name", "Store")
         kwargs.setdefault("redirect_uris", ["http://127.0.0.1:9/callback"])
+        kwargs.setdefault("cipher", self.app[CIPHER])
         async with self.app[DB].begin() as db:
             return await admin.add_service(db, **kwargs)
 

@@ -33,3 +33,10 @@ def user_claims(account: Account, scope: str) -> dict[str, Any]:
     """Only the claims the scope covers, and only those with a value (OIDC Core 5.3.2)."""
     wanted = claims_for(scope) | {"sub"}
     return {k: v for k, v in all_claims(account).items() if k in wanted and v is not None}
+
+
+def granted_claims(account: Account, scope: str) -> dict[str, Any]:
+    """Every claim of the granted scopes, null when it has no value, and nothing else: what a
+    member service may know of the person (profile API and sync deliveries)."""
+    wanted = claims_for(scope) | {"sub"}
+    return {k: v for k, v in all_claims(account).items() if k in wanted}

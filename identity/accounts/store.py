@@ -1,5 +1,7 @@
-"""Accounts and their basic details. Every change goes through :func:`update_details`, which
-bumps the account's ``version`` and records what changed, when and through which channel."""
+"""Accounts and their basic details. Every change goes through :func:`update_details` (or
+:func:`mark_email_verified`), which bumps the account's ``version``, records what changed, when
+and through which channel, and queues a ``profile.changed`` event in the outbox, all in the
+caller's transaction."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity import outbox
 from identity.db.models import Account, AccountChange, utcnow
+from schemas.events import ProfileChanged
 
 Channel = Literal["person", "service", "support", "cli"]
 
@@ -107,8 +111,10 @@ async def update_details(
     *,
     channel: Channel,
     actor: str | None = None,
+    client_id: str | None = None,
 ) -> list[str]:
-    """Apply ``changes`` (claim name to new value); return the names that really changed."""
+    """Apply ``changes`` (claim name to new value); return the names that really changed.
+    ``client_id`` names the member service that made the change (channel "service")."""
     if "email" in changes and changes["email"] != account.email:
         other = await find_by_email(session, changes["email"])
         if other is not None and other.id != account.id:
@@ -123,8 +129,45 @@ async def update_details(
             changed.append("name")
     if not changed:
         return []
+    if "email" in changed:
+        changed.append("email_verified")
+    await _record(session, account, changed, now, channel=channel, actor=actor, client_id=client_id)
+    return changed
+
+
+async def mark_email_verified(session: AsyncSession, account: Account, *, channel: Channel = "person") -> bool:
+    """The person proved they receive mail at their address; False if it already was verified."""
+    if account.email_verified:
+        return False
+    account.email_verified = True
+    await _record(session, account, ["email_verified"], utcnow(), channel=channel, actor=account.sub, client_id=None)
+    return True
+
+
+async def _record(
+    session: AsyncSession,
+    account: Account,
+    changed: list[str],
+    now: dt.datetime,
+    *,
+    channel: Channel,
+    actor: str | None,
+    client_id: str | None,
+) -> None:
+    """Bump the version, keep the change history and queue the event, in one transaction."""
     account.version += 1
     account.updated_at = now
     session.add(AccountChange(account_id=account.id, version=account.version, fields=changed, channel=channel, actor=actor, at=now))
+    outbox.add(
+        session,
+        ProfileChanged(
+            id=outbox.new_event_id(),
+            sub=account.sub,
+            version=account.version,
+            changed=changed,
+            channel=channel,
+            client_id=client_id,
+            occurred_at=now,
+        ),
+    )
     await session.flush()
-    return changed

@@ -29,7 +29,7 @@ class Keys:
     address: str
 
     @classmethod
-    def of(cls, email: str, address: str | None) -> "Keys":
+    def of(cls, email: str, address: str | None) -> Keys:
         return cls("account:" + digest(email.strip().lower()), "address:" + digest(address or "unknown"))
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -145,6 +146,16 @@ class Service(Base):
     grant_types: Mapped[list[str]] = mapped_column(JSON)
     id_token_signed_response_alg: Mapped[str] = mapped_column(String(16), default="RS256")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Profile sync: a Standard Webhooks endpoint (secret encrypted at rest) and/or the
+    # service's own Kafka topic.
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    webhook_secret: Mapped[str | None] = mapped_column(Text)
+    topic_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The webhook's health: failing since, quarantined (slowed) since, disabled (410 Gone).
+    webhook_failing_since: Mapped[dt.datetime | None]
+    webhook_quarantined_at: Mapped[dt.datetime | None]
+    webhook_disabled_at: Mapped[dt.datetime | None]
+    webhook_last_error: Mapped[str | None] = mapped_column(String(500))
 
 
 class Consent(Base):
@@ -296,3 +307,96 @@ class Throttle(Base):
     window_start: Mapped[dt.datetime]
     locked_until: Mapped[dt.datetime | None]
     lockouts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class OutboxEvent(Base):
+    """An event written in the same transaction as the change it describes; the relay
+    publishes rows in ``id`` order and marks them published."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        Index(
+            "ix_outbox_unpublished",
+            "id",
+            postgresql_where=text("published_at IS NULL"),
+            sqlite_where=text("published_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    topic: Mapped[str] = mapped_column(String(249))
+    key: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[dt.datetime | None] = mapped_column(index=True)
+
+
+class Delivery(Base):
+    """What one service should know about one person, through one channel (its webhook or its
+    topic), and what it was last sent. Deliveries are state-based: a newer change for the same
+    person and service supersedes a pending one (``wanted_version`` rises; ``changed`` is a
+    bitmask of claim names, OR-ed together), and each delivery carries the full current profile.
+    A delivery is due when ``wanted_version > delivered_version`` and ``next_attempt_at`` has come."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("service_id", "account_id", "channel"),
+        Index(
+            "ix_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("state = 'active' AND wanted_version > delivered_version"),
+            sqlite_where=text("state = 'active' AND wanted_version > delivered_version"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    # "webhook" or "topic"
+    channel: Mapped[str] = mapped_column(String(8))
+    wanted_version: Mapped[int] = mapped_column(Integer)
+    delivered_version: Mapped[int] = mapped_column(Integer, default=0)
+    changed: Mapped[int] = mapped_column(BigInteger, default=0)
+    snapshot: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The channel of the newest pending change ("person", "service", "support", "cli").
+    origin: Mapped[str] = mapped_column(String(16))
+    # True when the newest pending change was made by this very service.
+    origin_self: Mapped[bool] = mapped_column(Boolean, default=False)
+    first_pending_at: Mapped[dt.datetime | None]
+    # "active", or "dead" once retries gave up (see dead_letters).
+    state: Mapped[str] = mapped_column(String(8), default="active")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime]
+    failing_since: Mapped[dt.datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    delivered_at: Mapped[dt.datetime | None]
+
+
+class DeadLetter(Base):
+    """A delivery that gave up after its retries; it can be redelivered."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"), index=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(8))
+    version: Mapped[int] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    failing_since: Mapped[dt.datetime | None]
+    gave_up_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    redelivered_at: Mapped[dt.datetime | None]
+
+
+class Lease(Base):
+    """A named lease with an expiry: one holder at a time (the relay on SQLite; Postgres uses
+    an advisory lock instead)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[dt.datetime]

@@ -16,7 +16,8 @@ def insert_for(db: AsyncSession, model: Any) -> Any:
     return sqlite_insert(model)
 
 
-async def ensure_row(db: AsyncSession, model: Any, **values: Any) -> None:
-    """Insert the row unless one with the same unique key exists. Concurrent callers never fail
-    on the unique constraint; afterwards the row exists."""
-    await db.execute(insert_for(db, model).values(**values).on_conflict_do_nothing())
+async def ensure_row(db: AsyncSession, model: Any, **values: Any) -> bool:
+    """Insert the row unless one with the same unique key exists; True if this call inserted it.
+    Concurrent callers never fail on the unique constraint; afterwards the row exists."""
+    result = await db.execute(insert_for(db, model).values(**values).on_conflict_do_nothing())
+    return bool(result.rowcount)

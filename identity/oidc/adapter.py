@@ -9,7 +9,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
+from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749 import OAuth2Payload, OAuth2Request
+from authlib.oauth2.rfc6749.errors import (
+    MissingAuthorizationError,
+    UnsupportedTokenTypeError,
+)
+from authlib.oauth2.rfc6750.errors import InsufficientScopeError
 from multidict import MultiDict
 
 from identity.web.errors import BadInput
@@ -98,3 +104,16 @@ def to_response(status: int, body: Any, headers: list[tuple[str, str]]) -> web.R
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("Pragma", "no-cache")
     return response
+
+
+def bearer_error(error: OAuth2Error) -> web.Response:
+    """An RFC 6750 section 3 error: every refusal carries a ``WWW-Authenticate: Bearer`` challenge."""
+    status, payload, headers = error()
+    # json_response sets the Content-Type itself and refuses a second one.
+    kept = {k: v for k, v in headers if k.lower() != "content-type"}
+    if isinstance(error, (MissingAuthorizationError, UnsupportedTokenTypeError)):
+        # No Bearer token was sent: the challenge carries no error code (RFC 6750 section 3.1).
+        kept["WWW-Authenticate"] = "Bearer"
+    elif isinstance(error, InsufficientScopeError):
+        kept["WWW-Authenticate"] = 'Bearer error="insufficient_scope", scope="openid"'
+    return web.json_response(payload, status=status, headers=kept | {"Cache-Control": "no-store", "Pragma": "no-cache"})

@@ -25,7 +25,7 @@ class ServiceClient(ClientMixin):
     id_token_signed_response_alg: str
 
     @classmethod
-    def from_row(cls, row: Service) -> "ServiceClient":
+    def from_row(cls, row: Service) -> ServiceClient:
         return cls(
             id=row.id,
             client_id=row.client_id,

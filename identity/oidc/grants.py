@@ -57,7 +57,7 @@ class S256Required(CodeChallenge):
 class HubOpenIDCode(OpenIDCode):
     """ID tokens signed with the hub's current key, carrying ``sid`` for logout."""
 
-    def __init__(self, provider: "Provider") -> None:
+    def __init__(self, provider: Provider) -> None:
         super().__init__(require_nonce=False)
         self.provider = provider
 

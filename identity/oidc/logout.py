@@ -109,7 +109,7 @@ async def send_notices(http: aiohttp.ClientSession, notices: list[LogoutNotice],
                 if response.status != 200:
                     log.warning("back-channel logout to %s answered %s", notice.client_id, response.status)
                 return response.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             log.warning("back-channel logout to %s failed: %r", notice.client_id, exc)
             return False
 

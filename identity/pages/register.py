@@ -13,7 +13,12 @@ from pydantic import ValidationError
 
 from identity.accounts import links
 from identity.accounts.passwords import check_password
-from identity.accounts.store import create_account, find_by_email, is_child
+from identity.accounts.store import (
+    create_account,
+    find_by_email,
+    is_child,
+    mark_email_verified,
+)
 from identity.db.models import Account, utcnow
 from identity.pages.common import field, hash_password, render, send_mail
 from identity.web import browser, csrf
@@ -110,8 +115,8 @@ async def verify_email(request: web.Request) -> web.Response:
             return render(request, "message.html", _dead_link(), status=400)
         live.used_at = utcnow()
         account = await db.get(Account, live.account_id)
-        if account is not None and account.email == live.email and not account.email_verified:
-            account.email_verified = True
+        if account is not None and account.email == live.email:
+            await mark_email_verified(db, account)
     return render(request, "message.html", {"title": "Address confirmed", "message": "Thank you: your email address is confirmed.", "next": "/account"})
 
 

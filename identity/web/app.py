@@ -28,6 +28,7 @@ from identity.oidc.service_tokens import ServiceTokenCodec
 from identity.settings import Settings
 from identity.web import appkeys as K
 from identity.web import middleware, routes
+from sync.runtime import add_sync
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,10 @@ KEY_REFRESH_SECONDS = 300
 PURGE_SECONDS = 600
 
 
-def create_app(settings: Settings, *, migrate: bool | None = None) -> web.Application:
+def create_app(settings: Settings, *, migrate: bool | None = None, sync: bool | None = None) -> web.Application:
     """The whole hub as one aiohttp application. ``migrate`` defaults to True on the
-    embedded database; production runs ``onesignin migrate`` once per deployment."""
+    embedded database; production runs ``onesignin migrate`` once per deployment. ``sync``
+    (default: ``settings.sync_in_process``) also runs the outbox relay and sync worker here."""
     app = web.Application(middlewares=[middleware.security_headers, middleware.errors], client_max_size=64 * 1024)
     app[K.SETTINGS] = settings
     secret = settings.resolved_secret_key()
@@ -56,7 +58,9 @@ def create_app(settings: Settings, *, migrate: bool | None = None) -> web.Applic
         auto_reload=False,
         context_processors=[],
     )
-    app.cleanup_ctx.append(_database(settings.is_embedded if migrate is None else migrate))
+    app.cleanup_ctx.append(database(settings.is_embedded if migrate is None else migrate))
+    in_process = settings.sync_in_process if sync is None else sync
+    add_sync(app, relay=in_process, worker=in_process)
     app.cleanup_ctx.append(_every(KEY_REFRESH_SECONDS, "signing-keys", _refresh_keys, first=True))
     app.cleanup_ctx.append(_every(PURGE_SECONDS, "purge-expired", _purge))
     app.cleanup_ctx.append(_mailer)
@@ -67,7 +71,9 @@ def create_app(settings: Settings, *, migrate: bool | None = None) -> web.Applic
     return app
 
 
-def _database(migrate: bool):  # type: ignore[no-untyped-def]
+def database(migrate: bool):  # type: ignore[no-untyped-def]
+    """The engine and session factory as a cleanup context (migrating first if asked)."""
+
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         engine = create_engine(app[K.SETTINGS])
         if migrate:

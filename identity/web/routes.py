@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from identity.api import docs, profile
+from identity.api import sync as sync_api
 from identity.oidc.actions import authorize, discovery, end_session, token, userinfo
 from identity.pages import account, password, register, sign_in
 from identity.web.responses import redirect
+from sync.runtime import metrics
 
 
 async def home(request: web.Request) -> web.StreamResponse:
@@ -31,6 +34,15 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/userinfo", userinfo.userinfo)
     r.add_get("/end-session", end_session.end_session)
     r.add_post("/end-session", end_session.end_session)
+    # JSON API for member services
+    r.add_get("/api/v1/me", profile.get_me)
+    r.add_patch("/api/v1/me", profile.patch_me)
+    r.add_get("/api/v1/sync/status", sync_api.sync_status)
+    r.add_post("/api/v1/sync/resync", sync_api.resync)
+    r.add_get("/schemas/", docs.schema_index)
+    r.add_get("/schemas/{name}.json", docs.schema)
+    r.add_get("/asyncapi.json", docs.asyncapi)
+    r.add_get("/metrics", metrics)
     # Interactions of an authorization request
     r.add_get("/i/{uid}", sign_in.interaction_page)
     r.add_post("/i/{uid}/login", sign_in.interaction_login)

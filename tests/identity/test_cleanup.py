@@ -7,7 +7,13 @@ import datetime as dt
 from sqlalchemy import func, select, update
 
 from identity.db.cleanup import purge_expired
-from identity.db.models import AuthorizationCode, BrowserSession, Interaction, Token, utcnow
+from identity.db.models import (
+    AuthorizationCode,
+    BrowserSession,
+    Interaction,
+    Token,
+    utcnow,
+)
 from identity.web.appkeys import DB
 from tests.support import Browser, Hub, RelyingParty, sign_in_through
 

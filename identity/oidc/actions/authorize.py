@@ -24,7 +24,16 @@ from authlib.oauth2 import OAuth2Error
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity.db.models import Consent, Interaction, Link, SessionService, utcnow
+from identity import outbox
+from identity.db.models import (
+    Account,
+    Consent,
+    Interaction,
+    Link,
+    Service,
+    SessionService,
+    utcnow,
+)
 from identity.db.upsert import ensure_row
 from identity.oidc import scopes
 from identity.oidc.adapter import HubOAuth2Request, read_request
@@ -34,6 +43,7 @@ from identity.tokens import digest, new_secret
 from identity.web import browser
 from identity.web.appkeys import DB, PROVIDER, SETTINGS
 from identity.web.responses import redirect
+from schemas.events import LinkCreated
 
 INTERACTION_COOKIE = "osi_interaction"
 
@@ -188,7 +198,7 @@ def needs_sign_in(
 
 async def _link(db: AsyncSession, account_id: int, service_id: int, scope: str, now: dt.datetime) -> None:
     """The first authorization to a service links it; later ones widen the granted scopes."""
-    await ensure_row(
+    created = await ensure_row(
         db, Link, account_id=account_id, service_id=service_id, status="active", scope=scope, created_at=now, updated_at=now
     )
     link = await db.scalar(
@@ -199,8 +209,16 @@ async def _link(db: AsyncSession, account_id: int, service_id: int, scope: str, 
     )
     assert link is not None
     widened = scopes.join(set(scopes.split(link.scope)) | set(scopes.split(scope)))
-    if link.status != "active" or widened != link.scope:
+    if created or link.status != "active" or widened != link.scope:
+        # A new link, a relink or wider scopes: the service gets a snapshot of what it may now see.
         link.status, link.scope, link.updated_at = "active", widened, now
+        account = await db.get(Account, account_id)
+        service = await db.get(Service, service_id)
+        assert account is not None and service is not None
+        outbox.add(
+            db,
+            LinkCreated(id=outbox.new_event_id(), sub=account.sub, client_id=service.client_id, version=account.version, occurred_at=now),
+        )
 
 
 async def _remember_service(db: AsyncSession, session_id: int, service_id: int) -> None:

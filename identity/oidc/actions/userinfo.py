@@ -6,15 +6,10 @@ from typing import Any
 
 from aiohttp import web
 from authlib.oauth2 import OAuth2Error
-from authlib.oauth2.rfc6749.errors import (
-    MissingAuthorizationError,
-    UnsupportedTokenTypeError,
-)
-from authlib.oauth2.rfc6750.errors import InsufficientScopeError
 
 from identity.accounts.claims import user_claims
 from identity.db.engine import autocommit
-from identity.oidc.adapter import read_request
+from identity.oidc.adapter import bearer_error, read_request
 from identity.web.appkeys import DB, PROVIDER, SETTINGS
 
 
@@ -33,21 +28,8 @@ async def userinfo(request: web.Request) -> web.StreamResponse:
         try:
             body = await provider.run(db, claims)
         except OAuth2Error as error:
-            return _error_response(error)
+            return bearer_error(error)
     return web.json_response(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
-
-
-def _error_response(error: OAuth2Error) -> web.Response:
-    """An RFC 6750 section 3 error: every refusal carries a ``WWW-Authenticate: Bearer`` challenge."""
-    status, payload, headers = error()
-    # json_response sets the Content-Type itself and refuses a second one.
-    kept = {k: v for k, v in headers if k.lower() != "content-type"}
-    if isinstance(error, (MissingAuthorizationError, UnsupportedTokenTypeError)):
-        # No Bearer token was sent: the challenge carries no error code (RFC 6750 section 3.1).
-        kept["WWW-Authenticate"] = "Bearer"
-    elif isinstance(error, InsufficientScopeError):
-        kept["WWW-Authenticate"] = 'Bearer error="insufficient_scope", scope="openid"'
-    return web.json_response(payload, status=status, headers=kept | {"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
 class _InvalidToken(OAuth2Error):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import httpx2
 
 from tests.support import Browser, Hub, RelyingParty, sign_in_through

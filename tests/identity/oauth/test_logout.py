@@ -19,7 +19,15 @@ from sqlalchemy import select
 
 from identity.db.models import BrowserSession
 from identity.web.appkeys import DB
-from tests.support import PASSWORD, Browser, Hub, RelyingParty, form, location_params, sign_in_through
+from tests.support import (
+    PASSWORD,
+    Browser,
+    Hub,
+    RelyingParty,
+    form,
+    location_params,
+    sign_in_through,
+)
 
 EVENT = "http://schemas.openid.net/event/backchannel-logout"
 LOGGED_OUT = "http://127.0.0.1:9/logged-out"

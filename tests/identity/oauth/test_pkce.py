@@ -11,7 +11,14 @@ from urllib.parse import urlencode
 
 import httpx2
 
-from tests.support import Browser, Hub, RelyingParty, authorize_through, location_params, sign_in_through
+from tests.support import (
+    Browser,
+    Hub,
+    RelyingParty,
+    authorize_through,
+    location_params,
+    sign_in_through,
+)
 
 
 def s256(verifier: str) -> str:

@@ -3,7 +3,6 @@ services and marketing preferences."""
 
 from __future__ import annotations
 
-
 import pytest
 from sqlalchemy import select
 

@@ -1,0 +1,1 @@
+"""The hub's JSON API for member services (``/api/v1/...``)."""

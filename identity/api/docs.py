@@ -1,0 +1,39 @@
+"""Machine-readable documentation for member-service developers: a JSON Schema for every event
+under ``/schemas/`` and the AsyncAPI 3 document of profile sync at ``/asyncapi.json``."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from aiohttp import web
+
+from identity.web.appkeys import SETTINGS
+from schemas.asyncapi import document
+from schemas.events import json_schemas
+
+CACHE = {"Cache-Control": "public, max-age=3600"}
+
+
+@cache
+def _schemas() -> dict[str, dict[str, Any]]:
+    return json_schemas()
+
+
+async def schema_index(request: web.Request) -> web.Response:
+    base = request.config_dict[SETTINGS].issuer
+    return web.json_response({name: f"{base}/schemas/{name}.json" for name in _schemas()}, headers=CACHE)
+
+
+async def schema(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    found = _schemas().get(name)
+    if found is None:
+        raise web.HTTPNotFound()
+    body = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": f"{request.config_dict[SETTINGS].issuer}/schemas/{name}.json", **found}
+    return web.json_response(body, headers=CACHE)
+
+
+async def asyncapi(request: web.Request) -> web.Response:
+    settings = request.config_dict[SETTINGS]
+    return web.json_response(document(issuer=settings.issuer, bootstrap=settings.kafka_bootstrap_servers), headers=CACHE)

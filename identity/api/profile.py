@@ -1,0 +1,119 @@
+"""``GET`` and ``PATCH /api/v1/me``: a member service reads and changes the basic details of the
+person whose access token it holds, within the scopes the person granted it.
+
+``PATCH`` takes a JSON object of claims (merge-patch style: a claim present is set, ``null``
+clears it). The change is saved with the service as its origin and reaches every other linked
+service through sync. ``If-Match`` with the version (as the ``ETag`` of ``GET`` gives it) turns a
+lost update into ``412 Precondition Failed``."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from identity.accounts.claims import granted_claims
+from identity.accounts.store import EmailTaken, update_details
+from identity.api.bearer import NO_STORE, Refused, caller, problem
+from identity.db.models import Account
+from identity.oidc.scopes import SCOPE_CLAIMS, split
+from identity.web.appkeys import DB
+from schemas.account import BasicDetailsUpdate, problems
+from schemas.api import ProfileResponse
+
+MAX_BODY = 16 * 1024
+_ETAG = re.compile(r'^\s*(?:W/)?"?([0-9]{1,12})"?\s*$')
+#: The scope a claim belongs to (who may change it).
+CLAIM_SCOPE = {claim: scope for scope, claims in SCOPE_CLAIMS.items() for claim in claims if scope != "openid"}
+
+
+def _answer(account: Account, scope: str, status: int = 200) -> web.Response:
+    body = ProfileResponse(sub=account.sub, version=account.version, profile=granted_claims(account, scope))
+    return web.Response(
+        text=body.model_dump_json(),
+        status=status,
+        content_type="application/json",
+        headers={"ETag": f'"{account.version}"', **NO_STORE},
+    )
+
+
+async def get_me(request: web.Request) -> web.StreamResponse:
+    async with request.config_dict[DB]() as db:
+        try:
+            who = await caller(request, db, person=True)
+        except Refused as refused:
+            return refused.response
+        assert who.account is not None
+        return _answer(who.account, who.scope)
+
+
+async def patch_me(request: web.Request) -> web.StreamResponse:
+    if request.content_type not in ("application/json", "application/merge-patch+json"):
+        return problem(415, "unsupported_media_type", "Send the changes as a JSON object (Content-Type: application/json).")
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        return problem(413, "request_too_large", f"The body must be at most {MAX_BODY} bytes.")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return problem(400, "invalid_json", "The body is not valid JSON.")
+    if not isinstance(body, dict) or not body:
+        return problem(400, "invalid_request", "The body must be a JSON object with at least one claim to change.")
+    if_match = request.headers.get("If-Match")
+    expected = None
+    if if_match is not None and if_match.strip() != "*":
+        found = _ETAG.match(if_match)
+        if not found:
+            return problem(400, "invalid_request", 'If-Match must be the profile\'s ETag, e.g. "7".')
+        expected = int(found.group(1))
+    if "email" in body:
+        return _unprocessable(
+            [{"field": "email", "message": "The email address can only be changed by the person on their account page at the hub, where they confirm their password."}]
+        )
+    try:
+        update = BasicDetailsUpdate.model_validate(body)
+    except ValidationError as exc:
+        return _unprocessable([p.model_dump() for p in problems(exc)])
+    changes = update.changes()
+
+    async with request.config_dict[DB].begin() as db:
+        try:
+            who = await caller(request, db, person=True)
+        except Refused as refused:
+            return refused.response
+        missing = sorted({CLAIM_SCOPE[c] for c in changes if CLAIM_SCOPE.get(c) not in split(who.scope)})
+        if missing:
+            return _insufficient(missing)
+        assert who.account is not None
+        account = await db.scalar(
+            select(Account).where(Account.id == who.account.id).with_for_update().execution_options(populate_existing=True)
+        )
+        assert account is not None
+        if expected is not None and expected != account.version:
+            response = problem(
+                412, "precondition_failed", f"The profile changed since version {expected}; it is now at version {account.version}.",
+                version=account.version,
+            )
+            response.headers["ETag"] = f'"{account.version}"'
+            return response
+        try:
+            await update_details(db, account, changes, channel="service", actor=who.client.client_id, client_id=who.client.client_id)
+        except EmailTaken:  # pragma: no cover - email changes are refused above
+            return _unprocessable([{"field": "email", "message": "That address cannot be used."}])
+        return _answer(account, who.scope)
+
+
+def _unprocessable(found: list[dict[str, Any]]) -> web.Response:
+    return problem(422, "invalid_profile", "Some claims are not valid; see problems.", problems=found)
+
+
+def _insufficient(scopes: list[str]) -> web.Response:
+    response = problem(
+        403, "insufficient_scope", f"Changing these claims needs the scope(s): {' '.join(scopes)}.", scope=" ".join(scopes)
+    )
+    response.headers["WWW-Authenticate"] = f'Bearer error="insufficient_scope", scope="{" ".join(scopes)}"'
+    return response

@@ -1,0 +1,49 @@
+"""The sync API for member services, with the service's own client-credentials token:
+``GET /api/v1/sync/status`` (its backlog, endpoint health, and with ``?sub=`` one linked
+person's delivered version) and ``POST /api/v1/sync/resync`` (replay every linked person's
+current profile, paced)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy import select
+
+from identity.api.bearer import NO_STORE, Refused, caller, problem
+from identity.db.engine import autocommit
+from identity.db.models import Service
+from identity.web.appkeys import DB, SETTINGS
+from schemas.api import ResyncResponse
+from sync import status
+
+
+async def sync_status(request: web.Request) -> web.StreamResponse:
+    sub = request.query.get("sub")
+    if sub is not None and not (0 < len(sub) <= 64):
+        return problem(400, "invalid_request", "sub must be 1 to 64 characters.")
+    async with autocommit(request.config_dict[DB]) as db:
+        try:
+            who = await caller(request, db, person=False)
+        except Refused as refused:
+            return refused.response
+        service = await db.scalar(select(Service).where(Service.id == who.client.id))
+        assert service is not None
+        body = await status.service_status(db, service, sub=sub, topic_prefix=request.config_dict[SETTINGS].kafka_topic_prefix)
+    if body is None:
+        # Not linked and unknown look the same: a service learns nothing of other people.
+        return problem(404, "not_found", "No person with that sub is linked to this service.")
+    return web.json_response(body, headers=NO_STORE)
+
+
+async def resync(request: web.Request) -> web.StreamResponse:
+    rate = request.config_dict[SETTINGS].sync_resync_rate
+    async with request.config_dict[DB].begin() as db:
+        try:
+            who = await caller(request, db, person=False)
+        except Refused as refused:
+            return refused.response
+        service = await db.scalar(select(Service).where(Service.id == who.client.id))
+        assert service is not None
+        if not (service.webhook_url or service.topic_enabled):
+            return problem(409, "no_delivery_channel", "This service has neither a webhook nor a topic to deliver to.")
+        queued = await status.resync(db, service, rate=rate)
+    return web.json_response(ResyncResponse(queued=queued, rate_per_second=rate).model_dump(), status=202, headers=NO_STORE)

@@ -1,0 +1,135 @@
+"""The AsyncAPI 3.0 document for member-service developers: the topics and webhook payloads of
+profile sync, generated from the event models so it never drifts from the code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from schemas.events import LinkCreated, ProfileChanged, ProfileSnapshot, ProfileUpdated
+
+REF = "#/components/schemas/{model}"
+
+_SIGNATURE_HEADERS = {
+    "type": "object",
+    "required": ["webhook-id"],
+    "properties": {
+        "webhook-id": {"type": "string", "description": "The message id; the same on every retry of one delivery."},
+        "webhook-timestamp": {"type": "string", "description": "Seconds since the epoch when the attempt was signed (webhooks only)."},
+        "webhook-signature": {
+            "type": "string",
+            "description": "Space-separated `v1,<base64 HMAC-SHA256>` of `webhook-id.webhook-timestamp.body`, keyed with "
+            "the base64-decoded part of your `whsec_` secret (Standard Webhooks; webhooks only). Verify it with the "
+            "standardwebhooks library.",
+        },
+    },
+}
+
+
+def _collect(models: dict[str, type[BaseModel]]) -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    for model in models.values():
+        schema = model.model_json_schema(ref_template=REF, mode="serialization")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return schemas
+
+
+def document(*, issuer: str, bootstrap: str | None = None) -> dict[str, Any]:
+    messages = {
+        "profileUpdated": ProfileUpdated,
+        "profileSnapshot": ProfileSnapshot,
+        "profileChanged": ProfileChanged,
+        "linkCreated": LinkCreated,
+    }
+    component_messages = {
+        name: {
+            "name": model.model_fields["type"].default,
+            "title": model.__name__,
+            "summary": (model.__doc__ or "").strip().splitlines()[0],
+            "contentType": "application/json",
+            "payload": {"$ref": REF.format(model=model.__name__)},
+        }
+        for name, model in messages.items()
+    }
+    for name in ("profileUpdated", "profileSnapshot"):
+        component_messages[name]["headers"] = _SIGNATURE_HEADERS
+        component_messages[name]["bindings"] = {
+            "kafka": {"key": {"type": "string", "description": "The person's sub: one person's messages stay in order."}}
+        }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "OneSignIn profile sync",
+            "version": "1.0.0",
+            "description": (
+                "Changes to a person's basic account details reach every member service they linked, on the "
+                "service's webhook (signed as Standard Webhooks) and/or its own Kafka topic. Deliveries are "
+                "state-based and at least once: each carries the whole profile the service may see and its "
+                "version; keep the highest version per sub and ignore older ones. Answer a webhook with any 2xx "
+                "within 10 s; 429 with Retry-After slows deliveries down; 410 disables the endpoint."
+            ),
+        },
+        "servers": {
+            "kafka": {"host": bootstrap or "kafka.example.com:9092", "protocol": "kafka", "description": "The group's Kafka cluster."},
+            "hub": {"host": issuer.split("://", 1)[1], "protocol": issuer.split("://", 1)[0], "description": "The hub (JSON Schemas under /schemas/)."},
+        },
+        "channels": {
+            "serviceTopic": {
+                "address": "onesignin.service.{client_id}.v1",
+                "title": "A member service's own topic",
+                "description": "Keyed by sub. Read it with your own consumer group; the ACLs in the README limit each "
+                "service to its own topic.",
+                "parameters": {"client_id": {"description": "Your service's client_id."}},
+                "servers": [{"$ref": "#/servers/kafka"}],
+                "messages": {
+                    "profileUpdated": {"$ref": "#/components/messages/profileUpdated"},
+                    "profileSnapshot": {"$ref": "#/components/messages/profileSnapshot"},
+                },
+            },
+            "webhook": {
+                "address": None,
+                "title": "A member service's webhook",
+                "description": "POSTed to the URL registered with `onesignin services add --webhook-url`. Headers: "
+                "webhook-id, webhook-timestamp, webhook-signature.",
+                "messages": {
+                    "profileUpdated": {"$ref": "#/components/messages/profileUpdated"},
+                    "profileSnapshot": {"$ref": "#/components/messages/profileSnapshot"},
+                },
+                "bindings": {"http": {"method": "POST"}},
+            },
+            "hubProfile": {
+                "address": "onesignin.profile.v1",
+                "title": "The hub's own change feed (internal)",
+                "description": "Read only by the sync workers (group onesignin-sync). Carries no personal data.",
+                "servers": [{"$ref": "#/servers/kafka"}],
+                "messages": {
+                    "profileChanged": {"$ref": "#/components/messages/profileChanged"},
+                    "linkCreated": {"$ref": "#/components/messages/linkCreated"},
+                },
+            },
+        },
+        "operations": {
+            "receiveOnServiceTopic": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/serviceTopic"},
+                "summary": "Your service consumes its topic.",
+            },
+            "receiveWebhook": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/webhook"},
+                "summary": "Your service's endpoint receives signed POSTs.",
+                "bindings": {"http": {"method": "POST"}},
+            },
+            "publishHubProfile": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/hubProfile"},
+                "summary": "The hub's outbox relay publishes every committed change.",
+            },
+        },
+        "components": {
+            "messages": component_messages,
+            "schemas": _collect(messages),
+        },
+    }

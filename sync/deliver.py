@@ -1,0 +1,517 @@
+"""The deliverer: sends due deliveries to services' webhooks and topics, and records the outcome.
+
+The ``deliveries`` table is the durable retry store. A worker claims due rows (on Postgres with
+``FOR UPDATE SKIP LOCKED``, so several workers never claim the same row) by pushing their
+``next_attempt_at`` a lease ahead, sends them concurrently, and records outcomes in batches.
+Each service has its own in-flight cap, so a slow or failing endpoint never holds up the others;
+a failing delivery is retried on the schedule, an endpoint failing for long is quarantined
+(one try at a time, every ``sync_quarantine_probe`` seconds) until a delivery succeeds, a 410
+disables the endpoint, and a delivery failing for ``sync_give_up_after`` goes to the dead letters.
+
+Every delivery is built from the person's state at the time it is sent: the whole profile the
+service may see, at the account's current version."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import (
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    not_,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from standardwebhooks.webhooks import Webhook
+
+from identity.db.models import Account, DeadLetter, Delivery, Link, Service, utcnow
+from identity.oidc.keys import KeyCipher
+from identity.settings import Settings
+from schemas.events import (
+    Origin,
+    ProfileSnapshot,
+    ProfileSnapshotData,
+    ProfileUpdated,
+    ProfileUpdatedData,
+    service_topic,
+)
+from sync import kafka, projection, webhooks
+from sync.metrics import SyncMetrics
+
+log = logging.getLogger(__name__)
+
+LEASE = dt.timedelta(seconds=120)
+CLAIM_BATCH = 200
+FLUSH_INTERVAL = 0.02
+SERVICES_REFRESH = 5.0
+_ID_NAMESPACE = uuid.UUID("6f1d2c4e-8b1a-4c55-9a57-0e5b7a1c9d11")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A service as the deliverer needs it."""
+
+    service_id: int
+    client_id: str
+    webhook_url: str | None
+    signer: Webhook | None
+    topic_enabled: bool
+    disabled: bool
+    quarantined: bool
+
+
+def message_id(delivery_id: int, version: int, snapshot: bool) -> str:
+    """The same id for every retry of one delivery (receivers may deduplicate on it)."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{delivery_id}:{version}:{int(snapshot)}"))
+
+
+def seal_secret(cipher: KeyCipher, secret: str) -> str:
+    return cipher.seal({"webhook_secret": secret})
+
+
+def open_secret(cipher: KeyCipher, sealed: str) -> str:
+    return str(cipher.open(sealed)["webhook_secret"])
+
+
+async def load_endpoints(db: AsyncSession, cipher: KeyCipher) -> dict[int, Endpoint]:
+    rows = (await db.execute(select(Service).where(or_(Service.webhook_url.is_not(None), Service.topic_enabled)))).scalars()
+    out = {}
+    for s in rows:
+        signer = Webhook(open_secret(cipher, s.webhook_secret)) if s.webhook_url and s.webhook_secret else None
+        out[s.id] = Endpoint(
+            service_id=s.id,
+            client_id=s.client_id,
+            webhook_url=s.webhook_url,
+            signer=signer,
+            topic_enabled=s.topic_enabled,
+            disabled=s.webhook_disabled_at is not None,
+            quarantined=s.webhook_quarantined_at is not None,
+        )
+    return out
+
+
+@dataclass
+class _Job:
+    delivery_id: int
+    service_id: int
+    channel: str
+    sub: str
+    version: int
+    body: str
+    message_id: str
+    first_pending_at: dt.datetime | None
+    failing_since: dt.datetime | None
+    attempts: int
+
+
+@dataclass
+class _Result:
+    job: _Job
+    outcome: webhooks.Outcome
+    at: dt.datetime
+
+
+class Deliverer:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        cipher: KeyCipher,
+        http: aiohttp.ClientSession,
+        *,
+        bootstrap: str | None,
+        idempotent: bool,
+        metrics: SyncMetrics,
+        wake: asyncio.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.cipher = cipher
+        self.http = http
+        self.bootstrap = bootstrap
+        self.idempotent = idempotent
+        self.metrics = metrics
+        self.wake = wake or asyncio.Event()
+        self.endpoints: dict[int, Endpoint] = {}
+        self._endpoints_at = -1e9
+        self.inflight: dict[tuple[int, str], int] = defaultdict(int)
+        self.total_inflight = 0
+        self.slot_free = asyncio.Event()
+        self.results: list[_Result] = []
+        self.results_ready = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.producer: AIOKafkaProducer | None = None
+        self.topics_ready: set[str] = set()
+
+    # -- the loops ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        flusher = asyncio.create_task(self._flush_forever(), name="sync-results")
+        try:
+            await self._claim_forever()
+        finally:
+            for task in list(self.tasks):
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await self._flush()  # outcomes already known are recorded, not retried
+            if self.producer is not None:
+                await self.producer.stop()
+
+    async def _claim_forever(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                if self.total_inflight >= self.settings.sync_concurrency:
+                    self.slot_free.clear()
+                    await self.slot_free.wait()
+                    continue
+                await self._refresh_endpoints()
+                jobs = await self.claim(min(CLAIM_BATCH, self.settings.sync_concurrency - self.total_inflight))
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("sync deliverer: %s: %s; retrying in %.1f s", type(exc).__name__, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            for job in jobs:
+                self._start(job)
+            if not jobs:
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), 0.25)
+
+    def _start(self, job: _Job) -> None:
+        key = (job.service_id, job.channel)
+        self.inflight[key] += 1
+        self.total_inflight += 1
+        task = asyncio.create_task(self._send(job))
+        self.tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self.tasks.discard(t)
+            self.inflight[key] -= 1
+            self.total_inflight -= 1
+            self.slot_free.set()
+
+        task.add_done_callback(done)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self.results_ready.wait()
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                await self._flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The rows keep their lease; they are tried again when it runs out.
+                log.warning("sync deliverer: could not record outcomes: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(1)
+
+    # -- claiming -------------------------------------------------------------------------
+
+    async def _refresh_endpoints(self, force: bool = False) -> None:
+        now = asyncio.get_running_loop().time()
+        if force or now - self._endpoints_at > SERVICES_REFRESH:
+            async with self.sessions() as db:
+                self.endpoints = await load_endpoints(db, self.cipher)
+            self._endpoints_at = now
+
+    def _excluded(self) -> tuple[list[int], list[int]]:
+        """Services whose webhook or topic must not be claimed now."""
+        cap = self.settings.sync_service_concurrency
+        webhook, topic = [], []
+        for sid, ep in self.endpoints.items():
+            if ep.webhook_url is None or ep.signer is None or ep.disabled or self.inflight[(sid, "webhook")] >= (1 if ep.quarantined else cap):
+                webhook.append(sid)
+            if not ep.topic_enabled or self.bootstrap is None or self.inflight[(sid, "topic")] >= cap:
+                topic.append(sid)
+        return webhook, topic
+
+    async def claim(self, limit: int) -> list[_Job]:
+        """Take up to ``limit`` due deliveries (a lease: their next attempt moves ahead)."""
+        if limit <= 0:
+            return []
+        now = utcnow()
+        no_webhook, no_topic = self._excluded()
+        d = Delivery.__table__.c
+        due = (
+            select(d.id, d.service_id, d.next_attempt_at)
+            .where(
+                d.state == "active",
+                d.wanted_version > d.delivered_version,
+                d.next_attempt_at <= now,
+                d.service_id.in_(list(self.endpoints)),
+                not_(and_(d.channel == "webhook", d.service_id.in_(no_webhook))),
+                not_(and_(d.channel == "topic", d.service_id.in_(no_topic))),
+            )
+            .order_by(d.next_attempt_at)
+            .limit(limit * 4)
+            .with_for_update(skip_locked=True)
+            .cte("due")
+        )
+        ranked = select(
+            due.c.id, func.row_number().over(partition_by=due.c.service_id, order_by=due.c.next_attempt_at).label("n")
+        ).subquery()
+        picked = select(ranked.c.id).where(ranked.c.n <= self.settings.sync_service_concurrency).limit(limit)
+        async with self.sessions.begin() as db:
+            claimed = (
+                await db.execute(
+                    update(Delivery.__table__)
+                    .where(d.id.in_(picked))
+                    .values(next_attempt_at=now + LEASE)
+                    .returning(
+                        d.id, d.service_id, d.account_id, d.channel, d.changed, d.snapshot, d.origin, d.origin_self,
+                        d.first_pending_at, d.failing_since, d.attempts, d.delivered_at,
+                    )
+                )
+            ).all()
+            if not claimed:
+                return []
+            return await self._build(db, claimed)
+
+    async def _build(self, db: AsyncSession, claimed: list[Any]) -> list[_Job]:
+        account_ids = {r.account_id for r in claimed}
+        accounts = {a.id: a for a in (await db.execute(select(Account).where(Account.id.in_(account_ids)))).scalars()}
+        pairs = {(r.account_id, r.service_id) for r in claimed}
+        scopes = dict(
+            ((a, s), scope)
+            for a, s, scope in (
+                await db.execute(
+                    select(Link.account_id, Link.service_id, Link.scope).where(
+                        tuple_(Link.account_id, Link.service_id).in_(list(pairs)), Link.status == "active"
+                    )
+                )
+            )
+        )
+        now = utcnow()
+        jobs, dropped = [], []
+        for r in claimed:
+            account = accounts.get(r.account_id)
+            scope = scopes.get((r.account_id, r.service_id))
+            endpoint = self.endpoints.get(r.service_id)
+            if account is None or scope is None or endpoint is None or account.status not in ("active",):
+                dropped.append(r.id)  # unlinked or gone: nothing more is sent
+                continue
+            profile = projection.profile(account, scope)
+            mid = message_id(r.id, account.version, bool(r.snapshot))
+            if r.snapshot:
+                event: ProfileUpdated | ProfileSnapshot = ProfileSnapshot(
+                    id=mid,
+                    timestamp=now,
+                    data=ProfileSnapshotData(
+                        sub=account.sub, version=account.version, reason="resync" if r.delivered_at else "linked", profile=profile
+                    ),
+                )
+            else:
+                changed = projection.names(r.changed & projection.visible_mask(scope))
+                event = ProfileUpdated(
+                    id=mid,
+                    timestamp=now,
+                    data=ProfileUpdatedData(
+                        sub=account.sub,
+                        version=account.version,
+                        changed=changed,
+                        profile=profile,
+                        origin=Origin(channel=r.origin, this_service=bool(r.origin_self)),
+                    ),
+                )
+            body = event.model_dump_json(exclude_none=False)
+            jobs.append(
+                _Job(r.id, r.service_id, r.channel, account.sub, account.version, body, mid, r.first_pending_at, r.failing_since, r.attempts)
+            )
+        if dropped:
+            await db.execute(
+                update(Delivery.__table__)
+                .where(Delivery.__table__.c.id.in_(dropped))
+                .values(delivered_version=Delivery.__table__.c.wanted_version, changed=0, snapshot=False)
+            )
+        return jobs
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def _send(self, job: _Job) -> None:
+        endpoint = self.endpoints.get(job.service_id)
+        if endpoint is None:
+            outcome = webhooks.Outcome("retry", "the service has no delivery channel")
+        elif job.channel == "webhook":
+            assert endpoint.webhook_url is not None and endpoint.signer is not None
+            outcome = await webhooks.post(
+                self.http, endpoint.webhook_url, endpoint.signer, job.message_id, job.body, timeout=self.settings.webhook_timeout
+            )
+        else:
+            outcome = await self._produce(endpoint, job)
+        self.metrics.deliveries.labels(job.channel, outcome.result).inc()
+        self.results.append(_Result(job, outcome, utcnow()))
+        self.results_ready.set()
+
+    async def _produce(self, endpoint: Endpoint, job: _Job) -> webhooks.Outcome:
+        topic = self.settings.kafka_topic_prefix + service_topic(endpoint.client_id)
+        try:
+            if self.producer is None:
+                producer = kafka.producer(self.settings, self.bootstrap or "", idempotent=self.idempotent)
+                await producer.start()
+                self.producer = producer
+            if topic not in self.topics_ready:
+                await kafka.ensure_topics(self.settings, self.bootstrap or "", {topic: self.settings.kafka_service_partitions})
+                self.topics_ready.add(topic)
+            await asyncio.wait_for(
+                self.producer.send_and_wait(
+                    topic,
+                    value=job.body.encode(),
+                    key=job.sub.encode(),
+                    headers=[("webhook-id", job.message_id.encode()), ("content-type", b"application/json")],
+                ),
+                self.settings.webhook_timeout,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.topics_ready.discard(topic)
+            return webhooks.Outcome("retry", f"Kafka: {type(exc).__name__}: {exc}"[:300])
+        return webhooks.Outcome("ok")
+
+    # -- recording ------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        self.results_ready.clear()
+        results, self.results = self.results, []
+        if not results:
+            return
+        try:
+            async with self.sessions.begin() as db:
+                await self._record(db, results)
+        except BaseException:
+            self.results[:0] = results
+            self.results_ready.set()
+            raise
+        for r in results:
+            if r.outcome.result == "ok" and r.job.first_pending_at is not None:
+                self.metrics.delivery_latency.labels(r.job.channel).observe(max(0.0, (r.at - r.job.first_pending_at).total_seconds()))
+
+    async def _record(self, db: AsyncSession, results: list[_Result]) -> None:
+        d = Delivery.__table__.c
+        s = Service.__table__.c
+        ok = [r for r in results if r.outcome.result == "ok"]
+        failed = [r for r in results if r.outcome.result != "ok"]
+        if ok:
+            newer = d.wanted_version > bindparam("v")
+            await db.execute(
+                update(Delivery.__table__)
+                .where(d.id == bindparam("i"))
+                .values(
+                    delivered_version=case((d.delivered_version < bindparam("v"), bindparam("v")), else_=d.delivered_version),
+                    changed=case((newer, d.changed), else_=0),
+                    snapshot=case((newer, d.snapshot), else_=False),
+                    first_pending_at=case((newer, d.first_pending_at), else_=None),
+                    attempts=0,
+                    failing_since=None,
+                    last_error=None,
+                    delivered_at=bindparam("t"),
+                    next_attempt_at=bindparam("t"),
+                ),
+                [{"i": r.job.delivery_id, "v": r.job.version, "t": r.at} for r in ok],
+            )
+            healthy = sorted({r.job.service_id for r in ok if r.job.channel == "webhook"})
+            if healthy:
+                await db.execute(
+                    update(Service.__table__)
+                    .where(s.id.in_(healthy), or_(s.webhook_failing_since.is_not(None), s.webhook_quarantined_at.is_not(None)))
+                    .values(webhook_failing_since=None, webhook_quarantined_at=None, webhook_last_error=None)
+                )
+                if any(self.endpoints.get(sid) and self.endpoints[sid].quarantined for sid in healthy):
+                    log.info("sync: quarantined webhook(s) of service(s) %s recovered", healthy)
+                    self._endpoints_at = -1e9
+        for r in failed:
+            await self._record_failure(db, r)
+
+    async def _record_failure(self, db: AsyncSession, r: _Result) -> None:
+        settings = self.settings
+        job, outcome, now = r.job, r.outcome, r.at
+        d = Delivery.__table__.c
+        s = Service.__table__.c
+        error = (outcome.error or "failed")[:500]
+        if outcome.result == "gone":
+            await db.execute(
+                update(Service.__table__).where(s.id == job.service_id).values(webhook_disabled_at=now, webhook_last_error=error)
+            )
+            await db.execute(update(Delivery.__table__).where(d.id == job.delivery_id).values(next_attempt_at=now, last_error=error))
+            log.warning("sync: the webhook of service %s answered 410 Gone and is disabled", job.service_id)
+            self._endpoints_at = -1e9
+            return
+        failing_since = job.failing_since or now
+        attempts = job.attempts + 1
+        if (now - failing_since).total_seconds() >= settings.sync_give_up_after:
+            await db.execute(
+                update(Delivery.__table__)
+                .where(d.id == job.delivery_id)
+                .values(state="dead", attempts=attempts, last_error=error, failing_since=failing_since, next_attempt_at=now)
+            )
+            row = (await db.execute(select(d.account_id).where(d.id == job.delivery_id))).first()
+            if row is not None:
+                await db.execute(
+                    insert(DeadLetter).values(
+                        delivery_id=job.delivery_id, service_id=job.service_id, account_id=row.account_id, channel=job.channel,
+                        version=job.version, attempts=attempts, last_error=error, failing_since=failing_since, gave_up_at=now,
+                    )
+                )
+            log.warning("sync: gave up delivering version %s to service %s (%s)", job.version, job.service_id, job.channel)
+            return
+        schedule = settings.sync_retry_schedule
+        delay = schedule[min(attempts - 1, len(schedule) - 1)]
+        if outcome.retry_after is not None:
+            delay = max(delay, outcome.retry_after)
+        next_at = now + dt.timedelta(seconds=delay)
+        await db.execute(
+            update(Delivery.__table__)
+            .where(d.id == job.delivery_id)
+            .values(attempts=attempts, last_error=error, failing_since=failing_since, next_attempt_at=next_at)
+        )
+        if job.channel != "webhook":
+            return
+        await db.execute(
+            update(Service.__table__)
+            .where(s.id == job.service_id)
+            .values(webhook_failing_since=func.coalesce(s.webhook_failing_since, now), webhook_last_error=error)
+        )
+        endpoint_failing = await db.scalar(select(s.webhook_failing_since).where(s.id == job.service_id))
+        if endpoint_failing is not None and (now - _aware(endpoint_failing)).total_seconds() >= settings.sync_quarantine_after:
+            probe = now + dt.timedelta(seconds=settings.sync_quarantine_probe)
+            quarantined = await db.execute(
+                update(Service.__table__)
+                .where(s.id == job.service_id, s.webhook_quarantined_at.is_(None))
+                .values(webhook_quarantined_at=now)
+            )
+            if quarantined.rowcount:
+                log.warning("sync: the webhook of service %s has failed since %s and is quarantined", job.service_id, endpoint_failing)
+                self._endpoints_at = -1e9
+            # Slowed: nothing more to this endpoint before the next probe.
+            await db.execute(
+                update(Delivery.__table__)
+                .where(d.service_id == job.service_id, d.channel == "webhook", d.state == "active", d.next_attempt_at < probe)
+                .values(next_attempt_at=probe)
+            )
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

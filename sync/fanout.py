@@ -1,0 +1,251 @@
+"""The fan-out: turns hub events into what each linked service should be sent.
+
+A consumer in the group ``onesignin-sync`` reads ``onesignin.profile.v1``. For each batch it
+records, in one database transaction, the deliveries the events call for (one row per person,
+service and channel, coalesced: a newer change supersedes a pending one), and only then commits
+the batch's offsets. A worker that dies mid-batch leaves the offsets uncommitted; the batch is
+read again and recording it again changes nothing (versions only rise, claim masks are OR-ed)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from pydantic import ValidationError
+from sqlalchemy import and_, bindparam, case, select, true, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from identity.db.models import Account, Delivery, Link, Service, utcnow
+from identity.db.upsert import insert_for
+from identity.settings import Settings
+from schemas.events import PROFILE_TOPIC, LinkCreated, ProfileChanged, hub_event
+from sync import kafka, projection
+from sync.metrics import SyncMetrics
+
+log = logging.getLogger(__name__)
+
+GROUP_ID = "onesignin-sync"
+UPSERT_CHUNK = 500
+MAX_BACKOFF = 30.0
+
+
+@dataclass(frozen=True)
+class _Target:
+    account_id: int
+    service_id: int
+    client_id: str
+    scope: str
+    channels: tuple[str, ...]
+
+
+def channels_of(service: Service) -> tuple[str, ...]:
+    out = []
+    if service.webhook_url:
+        out.append("webhook")
+    if service.topic_enabled:
+        out.append("topic")
+    return tuple(out)
+
+
+async def record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], *, echo_suppression: bool) -> int:
+    """Record the deliveries ``events`` call for; return how many rows were touched."""
+    subs = {e.sub for e in events}
+    if not subs:
+        return 0
+    accounts = dict((await db.execute(select(Account.sub, Account.id).where(Account.sub.in_(subs)))).all())
+    if not accounts:
+        return 0
+    rows = await db.execute(
+        select(Link.account_id, Link.service_id, Link.scope, Service)
+        .join(Service, Service.id == Link.service_id)
+        .where(Link.account_id.in_(accounts.values()), Link.status == "active")
+    )
+    targets: dict[int, list[_Target]] = {}
+    for account_id, service_id, scope, service in rows:
+        channels = channels_of(service)
+        if channels:
+            targets.setdefault(account_id, []).append(_Target(account_id, service_id, service.client_id, scope, channels))
+
+    now = utcnow()
+    wanted: dict[tuple[int, int, str], dict[str, Any]] = {}
+    known: list[dict[str, Any]] = []
+    for event in events:
+        account_id = accounts.get(event.sub)
+        if account_id is None:
+            continue  # the account is gone; nothing to tell anyone
+        for target in targets.get(account_id, []):
+            if isinstance(event, LinkCreated):
+                if target.client_id != event.client_id:
+                    continue
+                changed, snapshot, origin, origin_self = 0, True, "person", False
+            else:
+                changed = projection.mask(event.changed) & projection.visible_mask(target.scope)
+                if not changed:
+                    continue  # nothing this service may see changed
+                origin_self = event.client_id == target.client_id
+                if origin_self and echo_suppression:
+                    for channel in target.channels:
+                        known.append({"s": target.service_id, "a": account_id, "c": channel, "v": event.version})
+                    continue
+                snapshot, origin = False, event.channel
+            for channel in target.channels:
+                key = (target.service_id, account_id, channel)
+                row = wanted.get(key)
+                if row is None:
+                    wanted[key] = {
+                        "service_id": target.service_id,
+                        "account_id": account_id,
+                        "channel": channel,
+                        "wanted_version": event.version,
+                        "delivered_version": 0,
+                        "changed": changed,
+                        "snapshot": snapshot,
+                        "origin": origin,
+                        "origin_self": origin_self,
+                        "first_pending_at": event.occurred_at,
+                        "state": "active",
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                    }
+                else:
+                    row["wanted_version"] = max(row["wanted_version"], event.version)
+                    row["changed"] |= changed
+                    row["snapshot"] = row["snapshot"] or snapshot
+                    row["origin"], row["origin_self"] = origin, origin_self
+                    row["first_pending_at"] = min(row["first_pending_at"], event.occurred_at)
+    values = list(wanted.values())
+    for start in range(0, len(values), UPSERT_CHUNK):
+        await db.execute(_upsert(db, values[start : start + UPSERT_CHUNK]))
+    if known:
+        await _note_known(db, known)
+    return len(values)
+
+
+def _upsert(db: AsyncSession, values: list[dict[str, Any]]) -> Any:
+    """Insert the wanted deliveries, or coalesce them into the pending ones."""
+    d = Delivery.__table__.c
+    stmt = insert_for(db, Delivery).values(values)
+    new = stmt.excluded
+    pending = d.wanted_version > d.delivered_version
+    retrying = and_(pending, d.state == "active")
+    return stmt.on_conflict_do_update(
+        index_elements=["service_id", "account_id", "channel"],
+        set_={
+            "wanted_version": case((new.wanted_version > d.wanted_version, new.wanted_version), else_=d.wanted_version),
+            # A snapshot is wanted even where this version was delivered before (relink, resync).
+            "delivered_version": case((new.snapshot == true(), 0), else_=d.delivered_version),
+            "changed": case((pending, d.changed.op("|")(new.changed)), else_=new.changed),
+            "snapshot": case((pending, (d.snapshot == true()) | (new.snapshot == true())), else_=new.snapshot),
+            "origin": new.origin,
+            "origin_self": new.origin_self,
+            "first_pending_at": case((pending, d.first_pending_at), else_=new.first_pending_at),
+            # A change never resets the retry schedule of a failing delivery (no retry storms).
+            "next_attempt_at": case((retrying, d.next_attempt_at), else_=new.next_attempt_at),
+            "attempts": case((retrying, d.attempts), else_=0),
+            "failing_since": case((retrying, d.failing_since), else_=None),
+            "state": "active",
+        },
+    )
+
+
+async def _note_known(db: AsyncSession, known: list[dict[str, Any]]) -> None:
+    """The service made this change itself: it knows this version (when nothing else is pending)."""
+    d = Delivery.__table__.c
+    await db.execute(
+        update(Delivery.__table__)
+        .where(
+            d.service_id == bindparam("s"),
+            d.account_id == bindparam("a"),
+            d.channel == bindparam("c"),
+            d.wanted_version <= d.delivered_version,
+            d.delivered_version < bindparam("v"),
+        )
+        .values(wanted_version=bindparam("v"), delivered_version=bindparam("v")),
+        known,
+    )
+
+
+def parse(value: bytes | None) -> ProfileChanged | LinkCreated | None:
+    if value is None:
+        return None
+    try:
+        return hub_event.validate_python(json.loads(value))
+    except (ValueError, ValidationError):
+        return None
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Partitions are only given up once the batch in hand is recorded and committed."""
+
+    def __init__(self, busy: asyncio.Lock) -> None:
+        self.busy = busy
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self.busy:
+            pass
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        if assigned:
+            log.info("sync worker: assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)))
+
+
+class FanOut:
+    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], bootstrap: str, *, metrics: SyncMetrics, wake: asyncio.Event | None = None) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.bootstrap = bootstrap
+        self.metrics = metrics
+        self.wake = wake
+        self.busy = asyncio.Lock()
+
+    async def run(self) -> None:
+        backoff = 0.5
+        while True:
+            consumer: AIOKafkaConsumer | None = None
+            try:
+                prefix = self.settings.kafka_topic_prefix
+                await kafka.ensure_topics(self.settings, self.bootstrap, {prefix + PROFILE_TOPIC: self.settings.kafka_profile_partitions})
+                consumer = kafka.consumer(self.settings, self.bootstrap, prefix + GROUP_ID)
+                consumer.subscribe([prefix + PROFILE_TOPIC], listener=_Rebalance(self.busy))
+                await consumer.start()
+                backoff = 0.5
+                await self._consume(consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("sync worker: %s: %s; reconnecting in %.1f s", type(exc).__name__, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+            finally:
+                if consumer is not None:
+                    await consumer.stop()
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=500, max_records=self.settings.relay_batch_size)
+            if not batch:
+                continue
+            async with self.busy:
+                events = []
+                offsets = {}
+                for tp, messages in batch.items():
+                    for message in messages:
+                        event = parse(message.value)
+                        if event is None:
+                            log.error("sync worker: skipped an unreadable event at %s[%s]@%s", tp.topic, tp.partition, message.offset)
+                            self.metrics.events_consumed.labels("unreadable").inc()
+                            continue
+                        events.append(event)
+                        self.metrics.events_consumed.labels(event.type).inc()
+                    offsets[tp] = messages[-1].offset + 1
+                if events:
+                    async with self.sessions.begin() as db:
+                        await record(db, events, echo_suppression=self.settings.sync_echo_suppression)
+                # Only now is the work durable: commit the offsets.
+                await consumer.commit(offsets)
+            if self.wake is not None:
+                self.wake.set()

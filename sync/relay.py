@@ -1,0 +1,186 @@
+"""The outbox relay: publishes outbox rows, in ``id`` order, to Kafka, keyed by ``sub``.
+
+One relay publishes at a time, however many run: on Postgres each batch runs in a transaction
+holding an advisory lock (released if the process dies); on SQLite a lease row with an expiry
+does the same. A batch is marked published only after the broker acknowledged every message
+(acks=all), so while Kafka is down rows wait and the relay retries with backoff. A crash between
+the acknowledgement and the commit republishes that batch: delivery is at least once, and the
+consumers are idempotent (state-based deliveries keyed by version)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import uuid
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from identity.db.models import Lease, OutboxEvent, utcnow
+from identity.settings import Settings
+from schemas.events import PROFILE_TOPIC
+from sync import kafka
+from sync.metrics import SyncMetrics
+
+log = logging.getLogger(__name__)
+
+_ADVISORY_LOCK = 0x05162  # one relay at a time on Postgres
+LEASE_NAME = "outbox-relay"
+LEASE_SECONDS = 30
+CLEANUP_SECONDS = 300
+MAX_BACKOFF = 30.0
+
+
+class Relay:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        bootstrap: str,
+        *,
+        idempotent: bool,
+        metrics: SyncMetrics,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.bootstrap = bootstrap
+        self.idempotent = idempotent
+        self.metrics = metrics
+        self.holder = uuid.uuid4().hex
+        self.producer: AIOKafkaProducer | None = None
+        self._topics_ready = False
+        self._last_cleanup = 0.0
+
+    async def run(self) -> None:
+        """Publish forever; survives Kafka and database outages."""
+        backoff = 0.5
+        try:
+            while True:
+                try:
+                    await self._connect()
+                    published = await self.publish_batch()
+                    backoff = 0.5
+                    await self._cleanup_now_and_then()
+                    if published < self.settings.relay_batch_size:
+                        await asyncio.sleep(self.settings.relay_poll_interval)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.metrics.relay_errors.inc()
+                    log.warning("outbox relay: %s; retrying in %.1f s", _describe(exc), backoff)
+                    self._topics_ready = False
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+        finally:
+            await self._disconnect()
+
+    async def _connect(self) -> None:
+        if self.producer is None:
+            producer = kafka.producer(self.settings, self.bootstrap, idempotent=self.idempotent)
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()
+                raise
+            self.producer = producer
+        if not self._topics_ready:
+            topic = self.settings.kafka_topic_prefix + PROFILE_TOPIC
+            await kafka.ensure_topics(self.settings, self.bootstrap, {topic: self.settings.kafka_profile_partitions})
+            self._topics_ready = True
+
+    async def _disconnect(self) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def publish_batch(self) -> int:
+        """Publish the oldest unpublished rows; return how many."""
+        if self.sessions.kw["bind"].dialect.name == "postgresql":
+            # The advisory lock lives as long as this transaction: read, publish, mark.
+            async with self.sessions.begin() as db:
+                if not await db.scalar(text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": _ADVISORY_LOCK}):
+                    return 0
+                rows = await self._unpublished(db)
+                if rows:
+                    await self._publish(rows)
+                    now = await self._mark(db, rows)
+        else:
+            # SQLite has one writer: hold no write transaction while waiting for the broker.
+            async with self.sessions.begin() as db:
+                if not await self._lease(db):
+                    return 0
+            async with self.sessions() as db:
+                rows = await self._unpublished(db)
+            if rows:
+                await self._publish(rows)
+                async with self.sessions.begin() as db:
+                    now = await self._mark(db, rows)
+        if not rows:
+            return 0
+        for row in rows:
+            self.metrics.relay_latency.observe(max(0.0, (now - row.created_at).total_seconds()))
+        self.metrics.relay_published.inc(len(rows))
+        return len(rows)
+
+    async def _unpublished(self, db: AsyncSession) -> list[Any]:
+        result = await db.execute(
+            select(OutboxEvent.id, OutboxEvent.topic, OutboxEvent.key, OutboxEvent.event_type, OutboxEvent.payload, OutboxEvent.created_at)
+            .where(OutboxEvent.published_at.is_(None))
+            .order_by(OutboxEvent.id)
+            .limit(self.settings.relay_batch_size)
+        )
+        return list(result.all())
+
+    async def _mark(self, db: AsyncSession, rows: list[Any]) -> dt.datetime:
+        now = utcnow()
+        await db.execute(update(OutboxEvent).where(OutboxEvent.id.in_([r.id for r in rows])).values(published_at=now))
+        return now
+
+    async def _publish(self, rows: list[Any]) -> None:
+        assert self.producer is not None
+        futures = []
+        for row in rows:
+            value = json.dumps(row.payload, separators=(",", ":")).encode()
+            futures.append(
+                await self.producer.send(
+                    self.settings.kafka_topic_prefix + row.topic, value=value, key=row.key.encode(), headers=[("type", row.event_type.encode())]
+                )
+            )
+        # Every message acknowledged, or the batch stays unpublished.
+        await asyncio.gather(*futures)
+
+    async def _lease(self, db: AsyncSession) -> bool:
+        """Take or renew the relay lease; False while another relay holds it."""
+        now = utcnow()
+        expires = now + dt.timedelta(seconds=LEASE_SECONDS)
+        taken = await db.execute(
+            update(Lease)
+            .where(Lease.name == LEASE_NAME, (Lease.holder == self.holder) | (Lease.expires_at < now))
+            .values(holder=self.holder, expires_at=expires)
+        )
+        if taken.rowcount:
+            return True
+        exists = await db.scalar(select(func.count()).select_from(Lease).where(Lease.name == LEASE_NAME))
+        if exists:
+            return False
+        await db.execute(insert(Lease).values(name=LEASE_NAME, holder=self.holder, expires_at=expires))
+        return True
+
+    async def _cleanup_now_and_then(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_cleanup < CLEANUP_SECONDS:
+            return
+        self._last_cleanup = loop.time()
+        cutoff = utcnow() - dt.timedelta(seconds=self.settings.outbox_retention)
+        async with self.sessions.begin() as db:
+            removed = (await db.execute(delete(OutboxEvent).where(OutboxEvent.published_at < cutoff))).rowcount
+        if removed:
+            log.info("outbox relay: removed %s published events older than the retention period", removed)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

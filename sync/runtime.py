@@ -1,0 +1,124 @@
+"""Running the sync pipeline inside an aiohttp application, as ``cleanup_ctx`` entries: the
+embedded broker (when no Kafka is configured), the outbox relay, the fan-out consumer and the
+deliverer. ``serve`` runs them beside the hub; ``relay`` and ``worker`` run them alone, with
+only ``/metrics`` and ``/healthz``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from identity.web import appkeys as K
+from sync.broker import EmbeddedBroker
+from sync.deliver import Deliverer
+from sync.fanout import FanOut
+from sync.metrics import SyncMetrics
+from sync.relay import Relay
+from sync.status import refresh_gauges
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP = web.AppKey("kafka_bootstrap", str)
+EMBEDDED = web.AppKey("embedded_broker", EmbeddedBroker)
+METRICS = web.AppKey("sync_metrics", SyncMetrics)
+DELIVERER = web.AppKey("sync_deliverer", Deliverer)
+
+GAUGE_SECONDS = 5.0
+
+
+def add_sync(app: web.Application, *, relay: bool, worker: bool) -> None:
+    """Add the broker (if needed), relay and/or worker to ``app`` (after its database ctx)."""
+    app[METRICS] = SyncMetrics()
+    if relay or worker:
+        app.cleanup_ctx.append(_broker)
+    app.cleanup_ctx.append(_gauges)
+    if relay:
+        app.cleanup_ctx.append(_relay)
+    if worker:
+        app.cleanup_ctx.append(_worker)
+
+
+def idempotent(app: web.Application) -> bool:
+    # The embedded broker (Tansu) does not support idempotent producers.
+    return app[K.SETTINGS].kafka_enable_idempotence and EMBEDDED not in app
+
+
+async def _broker(app: web.Application) -> AsyncIterator[None]:
+    configured = app[K.SETTINGS].kafka_bootstrap_servers
+    if configured:
+        app[BOOTSTRAP] = configured
+        yield
+        return
+    broker = EmbeddedBroker()
+    await broker.start()
+    app[EMBEDDED] = broker
+    app[BOOTSTRAP] = broker.bootstrap
+    try:
+        yield
+    finally:
+        await broker.stop()
+
+
+def _background(name: str, make: Callable[[web.Application], Awaitable[None]]):  # type: ignore[no-untyped-def]
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(make(app), name=name)
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
+
+
+async def _run_relay(app: web.Application) -> None:
+    await Relay(app[K.SETTINGS], app[K.DB], app[BOOTSTRAP], idempotent=idempotent(app), metrics=app[METRICS]).run()
+
+
+_relay = _background("outbox-relay", _run_relay)
+
+
+async def _worker(app: web.Application) -> AsyncIterator[None]:
+    settings = app[K.SETTINGS]
+    wake = asyncio.Event()
+    connector = aiohttp.TCPConnector(limit=settings.sync_concurrency, limit_per_host=0, keepalive_timeout=60)
+    async with aiohttp.ClientSession(connector=connector, headers={"User-Agent": "OneSignIn-Webhooks/1"}) as http:
+        deliverer = Deliverer(
+            settings, app[K.DB], app[K.CIPHER], http,
+            bootstrap=app[BOOTSTRAP], idempotent=idempotent(app), metrics=app[METRICS], wake=wake,
+        )
+        app[DELIVERER] = deliverer
+        fanout = FanOut(settings, app[K.DB], app[BOOTSTRAP], metrics=app[METRICS], wake=wake)
+        tasks = [asyncio.create_task(fanout.run(), name="sync-fanout"), asyncio.create_task(deliverer.run(), name="sync-deliverer")]
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _refresh(app: web.Application) -> None:
+    while True:
+        try:
+            async with app[K.DB]() as db:
+                await refresh_gauges(db, app[METRICS])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("sync metrics: %s: %s", type(exc).__name__, exc)
+        await asyncio.sleep(GAUGE_SECONDS)
+
+
+_gauges = _background("sync-gauges", _refresh)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition of this process's sync metrics."""
+    body = generate_latest(request.config_dict[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,213 @@
+"""Reading and steering the sync state: a service's own status, resync, dead letters, and the
+figures behind the metrics. Functions take the caller's session and never commit."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from identity.db.models import (
+    Account,
+    DeadLetter,
+    Delivery,
+    Link,
+    OutboxEvent,
+    Service,
+    utcnow,
+)
+from identity.db.upsert import insert_for
+from schemas.events import service_topic
+from sync.fanout import channels_of
+from sync.metrics import SyncMetrics
+
+RESYNC_CHUNK = 1000
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+async def service_status(
+    db: AsyncSession, service: Service, *, sub: str | None = None, topic_prefix: str = ""
+) -> dict[str, Any] | None:
+    """What a service may know of its own sync state; with ``sub``, of one linked person (None
+    when that person is not linked to the service)."""
+    d = Delivery.__table__.c
+    if sub is not None:
+        row = (
+            await db.execute(
+                select(Account.id, Account.version)
+                .join(Link, Link.account_id == Account.id)
+                .where(Account.sub == sub, Link.service_id == service.id, Link.status == "active")
+            )
+        ).first()
+        if row is None:
+            return None
+        channels = {}
+        for r in (await db.execute(select(Delivery).where(Delivery.service_id == service.id, Delivery.account_id == row.id))).scalars():
+            channels[r.channel] = {
+                "delivered_version": r.delivered_version,
+                "pending": r.state == "active" and r.wanted_version > r.delivered_version,
+                "state": r.state,
+                "attempts": r.attempts,
+                "next_attempt_at": _iso(r.next_attempt_at) if r.wanted_version > r.delivered_version else None,
+                "failing_since": _iso(r.failing_since),
+                "last_error": r.last_error,
+                "delivered_at": _iso(r.delivered_at),
+            }
+        return {"sub": sub, "current_version": row.version, "channels": channels}
+    pending = d.wanted_version > d.delivered_version
+    backlog = {
+        channel: {"pending": count, "oldest_pending_at": _iso(oldest), "failing": failing}
+        for channel, count, oldest, failing in (
+            await db.execute(
+                select(d.channel, func.count(), func.min(d.first_pending_at), func.count(d.failing_since))
+                .where(d.service_id == service.id, d.state == "active", pending)
+                .group_by(d.channel)
+            )
+        )
+    }
+    dead = await db.scalar(
+        select(func.count()).select_from(DeadLetter).where(DeadLetter.service_id == service.id, DeadLetter.redelivered_at.is_(None))
+    )
+    webhook = None
+    if service.webhook_url:
+        state = "disabled" if service.webhook_disabled_at else "quarantined" if service.webhook_quarantined_at else "failing" if service.webhook_failing_since else "healthy"
+        webhook = {
+            "url": service.webhook_url,
+            "state": state,
+            "failing_since": _iso(service.webhook_failing_since),
+            "quarantined_at": _iso(service.webhook_quarantined_at),
+            "disabled_at": _iso(service.webhook_disabled_at),
+            "last_error": service.webhook_last_error,
+        }
+    return {
+        "client_id": service.client_id,
+        "channels": list(channels_of(service)),
+        "webhook": webhook,
+        "topic": topic_prefix + service_topic(service.client_id) if service.topic_enabled else None,
+        "backlog": {c: backlog.get(c, {"pending": 0, "oldest_pending_at": None, "failing": 0}) for c in channels_of(service)},
+        "dead_letters": dead or 0,
+    }
+
+
+async def resync(db: AsyncSession, service: Service, *, rate: float, now: dt.datetime | None = None) -> int:
+    """Queue a snapshot of every linked person for ``service``, paced at ``rate`` people per
+    second (a queued delivery is coalesced with any pending one). Returns how many people."""
+    now = now or utcnow()
+    channels = channels_of(service)
+    if not channels:
+        return 0
+    rows = (
+        await db.execute(
+            select(Account.id, Account.version)
+            .join(Link, Link.account_id == Account.id)
+            .where(Link.service_id == service.id, Link.status == "active")
+            .order_by(Account.id)
+        )
+    ).all()
+    d = Delivery.__table__.c
+    for start in range(0, len(rows), RESYNC_CHUNK):
+        values = [
+            {
+                "service_id": service.id,
+                "account_id": account_id,
+                "channel": channel,
+                "wanted_version": version,
+                "delivered_version": 0,
+                "changed": 0,
+                "snapshot": True,
+                "origin": "person",
+                "origin_self": False,
+                "first_pending_at": now,
+                "state": "active",
+                "attempts": 0,
+                "next_attempt_at": now + dt.timedelta(seconds=(start + i) / rate),
+            }
+            for i, (account_id, version) in enumerate(rows[start : start + RESYNC_CHUNK])
+            for channel in channels
+        ]
+        stmt = insert_for(db, Delivery).values(values)
+        new = stmt.excluded
+        await db.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["service_id", "account_id", "channel"],
+                set_={
+                    "delivered_version": 0,
+                    "snapshot": True,
+                    "state": "active",
+                    "attempts": 0,
+                    "failing_since": None,
+                    "first_pending_at": func.coalesce(d.first_pending_at, new.first_pending_at),
+                    "next_attempt_at": new.next_attempt_at,
+                },
+            )
+        )
+    return len(rows)
+
+
+async def dead_letters(db: AsyncSession, *, client_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    q = (
+        select(DeadLetter, Service.client_id, Account.sub)
+        .join(Service, Service.id == DeadLetter.service_id)
+        .join(Account, Account.id == DeadLetter.account_id)
+        .where(DeadLetter.redelivered_at.is_(None))
+        .order_by(DeadLetter.id)
+        .limit(limit)
+    )
+    if client_id:
+        q = q.where(Service.client_id == client_id)
+    return [
+        {
+            "id": dl.id,
+            "client_id": cid,
+            "sub": sub,
+            "channel": dl.channel,
+            "version": dl.version,
+            "attempts": dl.attempts,
+            "failing_since": _iso(dl.failing_since),
+            "gave_up_at": _iso(dl.gave_up_at),
+            "last_error": dl.last_error,
+        }
+        for dl, cid, sub in (await db.execute(q))
+    ]
+
+
+async def redeliver(db: AsyncSession, *, client_id: str | None = None, ids: list[int] | None = None) -> int:
+    """Put dead deliveries back in the queue (as they are now: the current profile is sent)."""
+    now = utcnow()
+    q = select(DeadLetter.id, DeadLetter.delivery_id).where(DeadLetter.redelivered_at.is_(None))
+    if client_id:
+        q = q.join(Service, Service.id == DeadLetter.service_id).where(Service.client_id == client_id)
+    if ids:
+        q = q.where(DeadLetter.id.in_(ids))
+    rows = (await db.execute(q)).all()
+    if not rows:
+        return 0
+    await db.execute(update(DeadLetter).where(DeadLetter.id.in_([r.id for r in rows])).values(redelivered_at=now))
+    await db.execute(
+        update(Delivery)
+        .where(Delivery.id.in_({r.delivery_id for r in rows}), Delivery.state == "dead")
+        .values(state="active", attempts=0, failing_since=None, next_attempt_at=now)
+    )
+    return len(rows)
+
+
+async def refresh_gauges(db: AsyncSession, metrics: SyncMetrics) -> None:
+    now = utcnow()
+    pending, oldest = (
+        await db.execute(select(func.count(), func.min(OutboxEvent.created_at)).where(OutboxEvent.published_at.is_(None)))
+    ).one()
+    metrics.outbox_pending.set(pending)
+    metrics.outbox_lag.set(max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
+    d = Delivery.__table__.c
+    metrics.backlog.set(
+        await db.scalar(select(func.count()).select_from(Delivery.__table__).where(d.state == "active", d.wanted_version > d.delivered_version))
+        or 0
+    )
+    metrics.dead_letters.set(await db.scalar(select(func.count()).select_from(DeadLetter).where(DeadLetter.redelivered_at.is_(None))) or 0)
+    metrics.quarantined.set(await db.scalar(select(func.count()).select_from(Service).where(Service.webhook_quarantined_at.is_not(None))) or 0)
+    metrics.disabled.set(await db.scalar(select(func.count()).select_from(Service).where(Service.webhook_disabled_at.is_not(None))) or 0)

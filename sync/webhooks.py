@@ -1,0 +1,84 @@
+"""Webhook delivery, signed as Standard Webhooks (https://www.standardwebhooks.com): headers
+``webhook-id``, ``webhook-timestamp`` and ``webhook-signature: v1,<base64 HMAC-SHA256>`` over
+``id.timestamp.body`` with the endpoint's ``whsec_`` secret. Signing uses the ``standardwebhooks``
+library, the same one receivers verify with."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import email.utils
+import secrets
+from dataclasses import dataclass
+
+import aiohttp
+from standardwebhooks.webhooks import Webhook
+
+SECRET_PREFIX = "whsec_"
+MAX_RETRY_AFTER = 86400.0
+
+
+def new_secret() -> str:
+    """A fresh endpoint secret: ``whsec_`` and 32 random bytes in base64."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def signed_headers(signer: Webhook, message_id: str, body: str, now: dt.datetime) -> dict[str, str]:
+    signature = signer.sign(message_id, now, body)
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": signature,
+        "content-type": "application/json",
+    }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an attempt came to: ``ok``, ``retry`` (with an optional earliest time), or ``gone``."""
+
+    result: str
+    error: str | None = None
+    status: int | None = None
+    retry_after: float | None = None
+
+
+async def post(http: aiohttp.ClientSession, url: str, signer: Webhook, message_id: str, body: str, *, timeout: float) -> Outcome:
+    headers = signed_headers(signer, message_id, body, dt.datetime.now(dt.UTC))
+    try:
+        async with http.post(
+            url, data=body.encode(), headers=headers, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False
+        ) as response:
+            status = response.status
+            retry_after = parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
+            await response.read()
+    except TimeoutError:
+        return Outcome("retry", f"no answer within {timeout:g} s")
+    except aiohttp.ClientError as exc:
+        return Outcome("retry", f"{type(exc).__name__}: {exc}"[:300])
+    except asyncio.CancelledError:
+        raise
+    except OSError as exc:
+        return Outcome("retry", f"{type(exc).__name__}: {exc}"[:300])
+    if 200 <= status < 300:
+        return Outcome("ok", status=status)
+    if status == 410:
+        return Outcome("gone", "410 Gone: the endpoint asked to be disabled", status=status)
+    return Outcome("retry", f"HTTP {status}", status=status, retry_after=retry_after)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), capped at a day."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, min((when - dt.datetime.now(dt.UTC)).total_seconds(), MAX_RETRY_AFTER))

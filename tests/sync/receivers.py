@@ -1,0 +1,102 @@
+"""Member-service webhook receivers over real HTTP: each verifies every delivery with the
+``standardwebhooks`` library (what a service developer would use) and keeps, per person, the
+highest version it has seen, exactly as the integration guide tells services to do."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+
+@dataclass
+class Endpoint:
+    name: str
+    secret: str | None = None
+    #: Every verified delivery, in arrival order.
+    received: list[dict[str, Any]] = field(default_factory=list)
+    #: Per sub: the newest data (highest version) seen.
+    latest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rejected: int = 0
+    #: While set, answer with this status (and this Retry-After) instead of accepting.
+    fail_with: int | None = None
+    retry_after: str | None = None
+    failures_answered: int = 0
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    def version(self, sub: str) -> int:
+        return self.latest.get(sub, {}).get("version", 0)
+
+    def profile(self, sub: str) -> dict[str, Any]:
+        return self.latest.get(sub, {}).get("profile", {})
+
+
+class Receivers:
+    """One HTTP server; each service gets its own path ``/hooks/<name>``."""
+
+    def __init__(self) -> None:
+        self.endpoints: dict[str, Endpoint] = {}
+        app = web.Application()
+        app.router.add_post("/hooks/{name}", self._receive)
+        self.server = TestServer(app, host="127.0.0.1")
+
+    async def start(self) -> None:
+        await self.server.start_server()
+
+    async def close(self) -> None:
+        await self.server.close()
+
+    def url(self, name: str) -> str:
+        self.endpoints.setdefault(name, Endpoint(name))
+        return str(self.server.make_url(f"/hooks/{name}"))
+
+    def __getitem__(self, name: str) -> Endpoint:
+        return self.endpoints[name]
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        endpoint = self.endpoints.get(request.match_info["name"])
+        if endpoint is None or endpoint.secret is None:
+            return web.Response(status=404)
+        if endpoint.fail_with is not None:
+            endpoint.failures_answered += 1
+            headers = {"Retry-After": endpoint.retry_after} if endpoint.retry_after else {}
+            return web.Response(status=endpoint.fail_with, headers=headers)
+        body = await request.text()
+        try:
+            payload = Webhook(endpoint.secret).verify(body, dict(request.headers))
+        except WebhookVerificationError:
+            endpoint.rejected += 1
+            return web.Response(status=401)
+        async with endpoint.changed:
+            endpoint.received.append(payload | {"_headers": {k.lower(): v for k, v in request.headers.items()}})
+            data = payload["data"]
+            if data["version"] > endpoint.version(data["sub"]):
+                endpoint.latest[data["sub"]] = data
+            endpoint.changed.notify_all()
+        return web.Response(status=204)
+
+    async def wait_for(self, name: str, sub: str, version: int, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until ``name`` holds ``sub`` at ``version`` or later; return that data."""
+        endpoint = self.endpoints[name]
+
+        async def reached() -> None:
+            async with endpoint.changed:
+                await endpoint.changed.wait_for(lambda: endpoint.version(sub) >= version)
+
+        try:
+            await asyncio.wait_for(reached(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"{name} did not reach version {version} of {sub} within {timeout} s "
+                f"(has {endpoint.version(sub)}; {len(endpoint.received)} deliveries)"
+            ) from None
+        return endpoint.latest[sub]
+
+
+def body_of(delivery: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in delivery.items() if k != "_headers"})
