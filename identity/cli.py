@@ -232,6 +232,21 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     return {"status": "stopped"}
 
 
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        from demo.run import DemoError, serve
+    except ModuleNotFoundError as exc:
+        if exc.name != "httpx2":
+            raise
+        raise UsageError("the demo's member services need httpx2 (authlib's HTTP client): pip install httpx2") from None
+
+    try:
+        with asyncio.Runner(loop_factory=_event_loop) as runner:
+            return runner.run(serve(settings, host=args.host, port=args.port, announce=_emit))
+    except DemoError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _date(value: str) -> str:
     try:
         dt.date.fromisoformat(value)
@@ -263,6 +278,20 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("--host", default="127.0.0.1", help="address for /metrics and /healthz (default 127.0.0.1)")
         cmd.add_argument("--port", type=int, default=port, help=f"port for /metrics and /healthz (default {port})")
         cmd.set_defaults(func=func)
+
+    demo = sub.add_parser(
+        "demo",
+        help="try it out: the hub and two member services, Store and Forum, in one process",
+        description="Run the hub (with profile sync and, unless ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS is set, the "
+        "embedded broker) on --port, and two member services, Store and Forum, on the next two ports. "
+        "Registers the services and a demo person (ann@example.com) unless they exist, keeping their "
+        "credentials in DATA_DIR/demo.json, and prints the URLs and the person's password as JSON. Sign in "
+        "to both services, change your name in one and watch the other follow. The issuer is "
+        "http://127.0.0.1:PORT. Stop with Ctrl-C.",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on: 127.0.0.1 (default), localhost, 0.0.0.0 or ::")
+    demo.add_argument("--port", type=int, default=8000, help="the hub's port; Store and Forum use the next two (default 8000)")
+    demo.set_defaults(func=cmd_demo)
 
     migrate = sub.add_parser("migrate", help="apply database migrations", description="Apply database migrations.")
     migrate.set_defaults(func=cmd_migrate)
@@ -340,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    if args.command not in ("serve", "relay", "worker"):
+    if args.command not in ("serve", "relay", "worker", "demo"):
         _emit(result)
     return 0
 

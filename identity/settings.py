@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     sync_service_concurrency: int = Field(64, ge=1, le=10000, description="Deliveries in flight to one service per worker.")
     sync_resync_rate: float = Field(200, gt=0, description="People per second a resync replays to one service.")
     webhook_timeout: float = Field(10.0, gt=0, le=60)
+    sync_lease: float = Field(
+        30.0, gt=0, description="Seconds a worker holds deliveries it took; after a crash, others take them over then."
+    )
     relay_batch_size: int = Field(500, ge=1, le=10000)
     relay_poll_interval: float = Field(0.05, gt=0, le=10, description="Seconds the relay waits when the outbox is empty.")
     outbox_retention: int = Field(7 * 86400, ge=0, description="Seconds published outbox rows are kept.")
@@ -149,6 +152,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.throttle_max_lockout < self.throttle_base_lockout:
             raise ValueError("ONESIGNIN_THROTTLE_MAX_LOCKOUT must be >= ONESIGNIN_THROTTLE_BASE_LOCKOUT")
+        if self.sync_lease <= self.webhook_timeout:
+            raise ValueError("ONESIGNIN_SYNC_LEASE must be longer than ONESIGNIN_WEBHOOK_TIMEOUT")
         if not self.sync_retry_schedule or any(x <= 0 for x in self.sync_retry_schedule):
             raise ValueError("ONESIGNIN_SYNC_RETRY_SCHEDULE must be a non-empty JSON list of positive seconds")
         if self.kafka_sasl_mechanism and not (self.kafka_sasl_username and self.kafka_sasl_password):

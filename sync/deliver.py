@@ -55,7 +55,6 @@ from sync.metrics import SyncMetrics
 
 log = logging.getLogger(__name__)
 
-LEASE = dt.timedelta(seconds=120)
 CLAIM_BATCH = 200
 FLUSH_INTERVAL = 0.02
 SERVICES_REFRESH = 5.0
@@ -156,6 +155,7 @@ class Deliverer:
         self.results_ready = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
         self.producer: AIOKafkaProducer | None = None
+        self.producer_lock = asyncio.Lock()
         self.topics_ready: set[str] = set()
 
     # -- the loops ------------------------------------------------------------------------
@@ -279,7 +279,7 @@ class Deliverer:
                 await db.execute(
                     update(Delivery.__table__)
                     .where(d.id.in_(picked))
-                    .values(next_attempt_at=now + LEASE)
+                    .values(next_attempt_at=now + dt.timedelta(seconds=self.settings.sync_lease))
                     .returning(
                         d.id, d.service_id, d.account_id, d.channel, d.changed, d.snapshot, d.origin, d.origin_self,
                         d.first_pending_at, d.failing_since, d.attempts, d.delivered_at,
@@ -368,10 +368,15 @@ class Deliverer:
     async def _produce(self, endpoint: Endpoint, job: _Job) -> webhooks.Outcome:
         topic = self.settings.kafka_topic_prefix + service_topic(endpoint.client_id)
         try:
-            if self.producer is None:
-                producer = kafka.producer(self.settings, self.bootstrap or "", idempotent=self.idempotent)
-                await producer.start()
-                self.producer = producer
+            async with self.producer_lock:
+                if self.producer is None:
+                    producer = kafka.producer(self.settings, self.bootstrap or "", idempotent=self.idempotent)
+                    try:
+                        await producer.start()
+                    except BaseException:
+                        await producer.stop()
+                        raise
+                    self.producer = producer
             if topic not in self.topics_ready:
                 await kafka.ensure_topics(self.settings, self.bootstrap or "", {topic: self.settings.kafka_service_partitions})
                 self.topics_ready.add(topic)

@@ -35,3 +35,10 @@ class SyncMetrics:
         self.dead_letters = Gauge("onesignin_sync_dead_letters", "Deliveries that gave up and were not redelivered.", registry=r)
         self.quarantined = Gauge("onesignin_sync_quarantined_endpoints", "Webhook endpoints in quarantine.", registry=r)
         self.disabled = Gauge("onesignin_sync_disabled_endpoints", "Webhook endpoints disabled (410 Gone).", registry=r)
+        # Every series exists from the start, so dashboards and alerts see zeros, not gaps.
+        for channel in ("webhook", "topic"):
+            self.delivery_latency.labels(channel)
+            for result in ("ok", "retry", "gone"):
+                self.deliveries.labels(channel, result)
+        for kind in ("profile.changed", "link.created"):
+            self.events_consumed.labels(kind)

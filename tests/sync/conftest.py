@@ -25,6 +25,9 @@ FAST_SYNC = {
     "relay_poll_interval": 0.02,
     "kafka_profile_partitions": 4,
     "kafka_service_partitions": 1,
+    # A crashed worker's deliveries are taken over after the lease.
+    "webhook_timeout": 2.0,
+    "sync_lease": 3.0,
 }
 
 

@@ -166,7 +166,7 @@ async def test_changing_email_needs_verification_again(hub: Hub, signed_in: str,
     after, changes = await load(hub)
     assert after.email == "ann.new@example.com"
     assert after.email_verified is False
-    assert changes[-1].fields == ["email"]
+    assert changes[-1].fields == ["email", "email_verified"]
     mails = read_outbox(hub.settings.data_dir / "mail")
     assert sorted((m["To"], m["Subject"]) for m in mails) == [
         ("ann.new@example.com", "Confirm your email address"),

@@ -1,0 +1,997 @@
+#!/usr/bin/env python3
+"""End-to-end speed of profile sync: a committed change to the signed webhooks it causes.
+
+From a change of a person's details, committed, to the signed webhook arriving at each linked
+service, through the outbox, Kafka, the fan-out and the deliverer.
+
+Everything runs as real processes talking real protocols on this machine: the embedded broker
+(Tansu) or the Kafka named by --kafka, the sync pipeline as ``onesignin relay`` and ``onesignin
+worker`` subprocesses (one relay, --workers workers), and the member services' webhook
+receivers in another process (an aiohttp server that checks the Standard Webhooks signatures).
+This process writes the changes (``update_details``, one transaction each) and keeps their
+commit times. Every process shares the machine's cores: figures are for the whole machine.
+
+Two scenarios:
+
+* latency: --rate changes per second for --seconds seconds, round-robin over --people people,
+  each linked to every one of --services services. A change counts as delivered to a service
+  when the service received that version or a later one (deliveries coalesce); its latency is
+  that first arrival minus the change's commit time.
+* throughput: --burst changes (distinct people) queued in the outbox while the relay is
+  stopped, then the relay started: webhook deliveries per second at the receivers, from the
+  first to the last (--burst-mode live queues them with the pipeline running instead).
+
+    python bench/bench_sync.py
+    python bench/bench_sync.py --database postgresql+asyncpg://postgres@127.0.0.1:5432/test
+    python bench/bench_sync.py --json --profile /tmp/sync-profile   # py-spy the sync processes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+LATENCY_TARGET_P99 = 1.0  # seconds, at 200 changes/s fanned out to 5 services
+THROUGHPUT_TARGET = 2000.0  # webhook deliveries per second, sustained
+SCOPE = "openid profile email"
+REDIRECT = "http://127.0.0.1:9/callback"
+
+log = logging.getLogger("bench_sync")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def spawn(cmd: list[str], env: dict[str, str] | None, log_path: Path, *, stdin: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` with its stdout and stderr going to ``log_path``."""
+    with open(log_path, "wb") as out:
+        return subprocess.Popen(cmd, env=env, stdin=stdin, stdout=out, stderr=subprocess.STDOUT)
+
+
+# -- the receivers (a separate process) --------------------------------------------------------
+
+
+def receiver_main(argv: list[str]) -> None:
+    """``bench_sync.py _receiver --port P --verify-every K``; reads {name: whsec_...} on stdin.
+
+    POST /hooks/<name>  a delivery: verified (1 in K), recorded as (time, name, sub, version)
+    GET  /count         {"count": n}
+    GET  /stats         {"received": [[t, name, sub, version], ...], "verified": n, "rejected": n}
+    POST /reached       {"targets": {sub: version}, "services": [name]}: how many (service, sub)
+                        pairs hold that version or a later one
+    POST /reset         forget what was received
+    """
+    from aiohttp import web
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    parser = argparse.ArgumentParser(prog="bench_sync.py _receiver")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--verify-every", type=int, default=1)
+    args = parser.parse_args(argv)
+    signers = {name: Webhook(secret) for name, secret in json.loads(sys.stdin.readline()).items()}
+    every = max(1, args.verify_every)
+    state: dict[str, Any] = {"received": [], "seen": 0, "verified": 0, "rejected": 0, "unreadable": 0}
+    latest: dict[tuple[str, str], int] = {}
+
+    async def hook(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        signer = signers.get(name)
+        body = await request.read()
+        at = time.time()
+        if signer is None:
+            return web.Response(status=404)
+        state["seen"] += 1
+        try:
+            if state["seen"] % every == 0:
+                payload = signer.verify(body, dict(request.headers))
+                state["verified"] += 1
+            else:
+                payload = json.loads(body)
+            data = payload["data"]
+            sub, version = data["sub"], data["version"]
+            state["received"].append((at, name, sub, version))
+            if version > latest.get((name, sub), 0):
+                latest[(name, sub)] = version
+        except WebhookVerificationError:
+            state["rejected"] += 1
+            return web.Response(status=401)
+        except (ValueError, KeyError, TypeError):
+            state["unreadable"] += 1
+            return web.Response(status=400)
+        return web.Response(status=204)
+
+    async def count(request: web.Request) -> web.Response:
+        return web.json_response({"count": len(state["received"])})
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response({k: v for k, v in state.items() if k != "seen"})
+
+    async def reached(request: web.Request) -> web.Response:
+        wanted = await request.json()
+        targets, names = wanted["targets"], wanted["services"]
+        done = sum(1 for name in names for sub, version in targets.items() if latest.get((name, sub), 0) >= version)
+        return web.json_response({"reached": done, "of": len(names) * len(targets), "count": len(state["received"])})
+
+    async def reset(request: web.Request) -> web.Response:
+        state.update(received=[], seen=0, verified=0, rejected=0, unreadable=0)
+        latest.clear()
+        return web.json_response({"count": 0})
+
+    app = web.Application(client_max_size=1024**2)
+    app.router.add_post("/hooks/{name}", hook)
+    app.router.add_get("/count", count)
+    app.router.add_get("/stats", stats)
+    app.router.add_post("/reached", reached)
+    app.router.add_post("/reset", reset)
+    web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None, loop=_new_loop(), backlog=1024)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+# -- CPU accounting ------------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_of(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine spent busy so far (every core, every process)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / _TICK
+
+
+def _postgres_pids(database: str) -> list[int]:
+    """The Postgres backends serving ``database`` (their title names it)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres" and f" {database} " in (entry / "cmdline").read_text():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds used by each part of the bench between ``start`` and ``stop``."""
+
+    def __init__(self, parts: dict[str, list[int]], postgres: str | None) -> None:
+        self.parts = parts
+        self.postgres = postgres
+
+    def _sample(self) -> dict[str, dict[int, float]]:
+        out: dict[str, dict[int, float]] = {}
+        for name, pids in self.parts.items():
+            out[name] = {p: c for p in pids if (c := _cpu_of(p)) is not None}
+        if self.postgres:
+            out["postgres"] = {p: c for p in _postgres_pids(self.postgres) if (c := _cpu_of(p)) is not None}
+        out["bench (writer)"] = {0: time.process_time()}
+        return out
+
+    def start(self) -> None:
+        self.t0, self.before, self.machine = time.monotonic(), self._sample(), _machine_busy()
+
+    def stop(self) -> dict[str, Any]:
+        after, wall, machine = self._sample(), time.monotonic() - self.t0, _machine_busy() - self.machine
+        used = {}
+        for name, pids in after.items():
+            base = self.before.get(name, {})
+            used[name] = round(sum(c - base.get(p, 0.0) for p, c in pids.items()), 2)
+        ours = sum(used.values())
+        return {
+            "wall_s": round(wall, 2),
+            "cpu_s": used,
+            "cores_busy": round(ours / wall, 2) if wall else None,
+            # Whatever else ran on the machine meanwhile (other processes compete for the cores).
+            "cores_busy_machine": round(machine / wall, 2) if wall else None,
+            "cpu_s_others": round(max(0.0, machine - ours), 2),
+        }
+
+
+# -- the sync processes --------------------------------------------------------------------------
+
+
+class SyncProcesses:
+    """One ``onesignin relay`` and ``workers`` ``onesignin worker`` subprocesses."""
+
+    def __init__(self, env: dict[str, str], workers: int, logs: Path) -> None:
+        self.env, self.workers, self.logs = env, workers, logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs_of: dict[str, Path] = {}
+        self.starts = 0
+
+    async def start(self, names: list[str] | None = None) -> None:
+        """Start the named processes (default: all), and wait until each answers /healthz."""
+        self.starts += 1
+        roles = {"relay": "relay"} | {f"worker{i + 1}": "worker" for i in range(self.workers)}
+        started = {}
+        for name in names or list(roles):
+            port = free_port()
+            self.logs_of[name] = self.logs / f"{name}.{self.starts}.log"
+            self.procs[name] = spawn([sys.executable, "-m", "identity.cli", roles[name], "--port", str(port)], self.env, self.logs_of[name])
+            started[name] = port
+        async with aiohttp.ClientSession() as http:
+            for name, port in started.items():
+                for _ in range(300):
+                    if self.procs[name].poll() is not None:
+                        raise RuntimeError(f"onesignin {name} exited at start:\n{self.tail(name)}")
+                    try:
+                        async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
+                            if r.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.1)
+                else:
+                    raise RuntimeError(f"onesignin {name} did not answer /healthz:\n{self.tail(name)}")
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        path = self.logs_of.get(name)
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path and path.exists() else ""
+
+    def pids(self) -> dict[str, list[int]]:
+        return {name: [p.pid] for name, p in self.procs.items()}
+
+    def check(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                raise RuntimeError(f"onesignin {name} died (status {p.returncode}):\n{self.tail(name)}")
+
+    async def stop(self, names: list[str] | None = None) -> None:
+        """Stop the named processes (default: all) as an operator would: SIGTERM."""
+        stopping = {name: p for name, p in self.procs.items() if names is None or name in names}
+        for p in stopping.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for name, p in stopping.items():
+            try:
+                await asyncio.wait_for(asyncio.to_thread(p.wait), 30)
+            except TimeoutError:
+                say(f"  onesignin {name} did not stop within 30 s; killing it")
+                p.kill()
+                await asyncio.to_thread(p.wait)
+            del self.procs[name]
+
+
+# -- py-spy (optional) -----------------------------------------------------------------------------
+
+
+class Profiler:
+    """``py-spy record --format raw`` on each sync process during a scenario."""
+
+    def __init__(self, out: Path | None, rate: int) -> None:
+        self.out, self.rate = out, rate
+        self.running: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        self.binary = None
+        if out is not None:
+            self.binary = os.environ.get("PY_SPY") or shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+            if not self.binary:
+                sys.exit("--profile needs py-spy (pip install py-spy, or set PY_SPY to its path)")
+            out.mkdir(parents=True, exist_ok=True)
+
+    def start(self, scenario: str, pids: dict[str, list[int]]) -> None:
+        if self.binary is None or self.out is None:
+            return
+        for name, (pid, *_) in pids.items():
+            path = self.out / f"{scenario}-{name}.txt"
+            cmd = [self.binary, "record", "--pid", str(pid), "--rate", str(self.rate), "--format", "raw", "--nolineno", "--nonblocking", "--output", str(path)]
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            self.running.append((name, proc, path))
+        self.started = time.monotonic()
+
+    def stop(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        wall = time.monotonic() - self.started if self.running else 0.0
+        for name, proc, path in self.running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            try:
+                _, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                _, err = proc.communicate()
+            if path.exists():
+                summary = summarise_profile(path)
+                # py-spy leaves out idle samples: what is left is the time the process was busy.
+                busy = summary["samples"] / (self.rate * wall) if wall else None
+                found[name] = {"file": str(path), "busy": round(busy, 2) if busy is not None else None, **summary}
+            else:
+                found[name] = {"error": (err or b"").decode(errors="replace").strip()[-300:]}
+        self.running.clear()
+        return found
+
+
+def summarise_profile(path: Path, top: int = 15) -> dict[str, Any]:
+    """Top functions by own time and by total time, from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = [f for f in stack.split(";") if f]
+        if not frames:
+            continue
+        own[_frame(frames[-1])] += n
+        for f in {_frame(f) for f in frames}:
+            total[f] += n
+    pct = (lambda n: round(100.0 * n / samples, 1)) if samples else (lambda n: 0.0)
+    return {
+        "samples": samples,
+        "own": [(f, pct(n)) for f, n in own.most_common(top)],
+        "total": [(f, pct(n)) for f, n in total.most_common(top * 5)],
+    }
+
+
+def _frame(frame: str) -> str:
+    # py-spy already shortens paths ("sync/deliver.py", "aiohttp/web.py"); drop line numbers.
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    if where[-1:].isdigit() and ":" in where:
+        where = where.rsplit(":", 1)[0]
+    return f"{name} ({where})" if where else name
+
+
+# -- the hub's data ------------------------------------------------------------------------------
+
+
+async def create_scratch_database(url: str) -> tuple[str, str]:
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    admin_url = make_url(url)
+    if admin_url.drivername in ("postgresql", "postgres"):
+        admin_url = admin_url.set(drivername="postgresql+asyncpg")
+    name = f"osi_bench_{uuid.uuid4().hex[:8]}"
+    engine = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as c:
+            await c.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        await engine.dispose()
+    return name, admin_url.set(database=name).render_as_string(hide_password=False)
+
+
+async def drop_scratch_database(url: str, name: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    admin_url = make_url(url)
+    if admin_url.drivername in ("postgresql", "postgres"):
+        admin_url = admin_url.set(drivername="postgresql+asyncpg")
+    engine = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as c:
+            await c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        await engine.dispose()
+
+
+async def seed(sessions: Any, cipher: Any, services: int, people: int, receiver_port: int) -> tuple[dict[str, str], list[Any]]:
+    """``services`` services with webhooks at the receivers and ``people`` accounts linked to
+    every one of them (Link rows written directly: the OAuth flow is not what is measured)."""
+    from sqlalchemy import insert, select
+
+    from identity import admin
+    from identity.accounts.store import create_account
+    from identity.db.models import Link, Service, utcnow
+
+    hooks: dict[str, str] = {}
+    service_ids = []
+    async with sessions.begin() as db:
+        for i in range(services):
+            name = f"s{i + 1}"
+            made = await admin.add_service(
+                db, name=f"Bench {name}", redirect_uris=[REDIRECT], webhook_url=f"http://127.0.0.1:{receiver_port}/hooks/{name}", cipher=cipher
+            )
+            assert made.webhook_secret is not None
+            hooks[name] = made.webhook_secret
+            service_ids.append(await db.scalar(select(Service.id).where(Service.client_id == made.client_id)))
+    accounts = []
+    for start in range(0, people, 500):
+        async with sessions.begin() as db:
+            chunk = []
+            for i in range(start, min(people, start + 500)):
+                account = await create_account(
+                    db, email=f"p{i}@bench.example", password_hash="$bench$not-a-hash", details={"given_name": "P", "family_name": f"N{i}"}, channel="cli"
+                )
+                chunk.append(account)
+            now = utcnow()
+            await db.execute(
+                insert(Link),
+                [
+                    {"account_id": a.id, "service_id": sid, "status": "active", "scope": SCOPE, "created_at": now, "updated_at": now}
+                    for a in chunk
+                    for sid in service_ids
+                ],
+            )
+            accounts.extend(chunk)
+    return hooks, accounts
+
+
+class Writer:
+    """Commits changes through ``update_details``, one transaction each, and keeps their
+    commit times. The accounts are kept between transactions (this process is their only
+    writer), so a change costs what it costs the hub: UPDATE, change history and outbox row."""
+
+    def __init__(self, sessions: Any, accounts: list[Any]) -> None:
+        self.sessions = sessions
+        self.accounts = accounts
+        self.serial = 0
+        self.commits: list[tuple[str, int, float]] = []  # (sub, version, commit time)
+
+    async def change(self, index: int) -> None:
+        from identity.accounts.store import update_details
+
+        account = self.accounts[index]
+        self.serial += 1
+        async with self.sessions.begin() as db:
+            db.add(account)
+            changed = await update_details(db, account, {"given_name": f"G{self.serial}"}, channel="support", actor="bench")
+        at = time.time()
+        assert changed, "the change changed nothing"
+        self.commits.append((account.sub, account.version, at))
+
+    async def at_rate(self, people: range, rate: float, seconds: float, concurrency: int) -> dict[str, Any]:
+        """``rate`` changes per second for ``seconds``, round-robin over ``people``."""
+        total = int(rate * seconds)
+        sem = asyncio.Semaphore(concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time() + 0.05
+        worst_lag = 0.0
+        for i in range(total):
+            due = t0 + i / rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await sem.acquire()
+            worst_lag = max(worst_lag, loop.time() - due)
+            task = asyncio.create_task(self.change(people[i % len(people)]))
+            tasks.add(task)
+            task.add_done_callback(lambda t: (tasks.discard(t), sem.release()))
+        await asyncio.gather(*tasks)
+        return {"offered_changes": total, "schedule_worst_lag_s": round(worst_lag, 3)}
+
+    async def burst(self, people: range, concurrency: int) -> None:
+        queue = list(people)
+
+        async def run() -> None:
+            while queue:
+                await self.change(queue.pop())
+
+        await asyncio.gather(*(run() for _ in range(concurrency)))
+
+
+# -- the scenarios -------------------------------------------------------------------------------
+
+
+class Receivers:
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+
+    async def count(self) -> int:
+        async with self.http.get(self.base + "/count") as r:
+            return int((await r.json())["count"])
+
+    async def stats(self) -> dict[str, Any]:
+        async with self.http.get(self.base + "/stats") as r:
+            return await r.json()
+
+    async def reset(self) -> None:
+        async with self.http.post(self.base + "/reset") as r:
+            r.raise_for_status()
+
+    async def wait_for(self, commits: list[tuple[str, int, float]], services: list[str], sync: SyncProcesses, *, stall: float, timeout: float) -> bool:
+        """Until every service holds the newest committed version of every person changed
+        (True), or nothing arrived for ``stall`` seconds, or ``timeout`` passed (False)."""
+        targets: dict[str, int] = {}
+        for sub, version, _ in commits:
+            targets[sub] = max(version, targets.get(sub, 0))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last, last_change = -1, loop.time()
+        while loop.time() < deadline:
+            sync.check()
+            async with self.http.post(self.base + "/reached", json={"targets": targets, "services": services}) as r:
+                progress = await r.json()
+            if progress["reached"] >= progress["of"]:
+                return True
+            if progress["count"] != last:
+                last, last_change = progress["count"], loop.time()
+            elif loop.time() - last_change > stall:
+                return False
+            await asyncio.sleep(0.1)
+        return False
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile of sorted ``values``."""
+    if not values:
+        return float("nan")
+    rank = max(1, math.ceil(q / 100 * len(values)))
+    return values[min(rank, len(values)) - 1]
+
+
+def first_arrivals(received: list[list[Any]]) -> dict[tuple[str, str], list[tuple[float, int]]]:
+    """Per (service, sub): (arrival time, version), in arrival order."""
+    out: dict[tuple[str, str], list[tuple[float, int]]] = defaultdict(list)
+    for at, name, sub, version in sorted(received):
+        out[(name, sub)].append((at, version))
+    return out
+
+
+def match(commits: list[tuple[str, int, float]], received: list[list[Any]], services: list[str]) -> dict[str, Any]:
+    """Latency of every (change, service): first arrival of that version or a later one."""
+    arrivals = first_arrivals(received)
+    latencies, missing, superseded = [], 0, 0
+    for sub, version, committed in commits:
+        for name in services:
+            for at, got in arrivals.get((name, sub), ()):
+                if got >= version:
+                    latencies.append(at - committed)
+                    superseded += got > version
+                    break
+            else:
+                missing += 1
+    latencies.sort()
+    keys = Counter((name, sub, version) for _, name, sub, version in received)
+    return {
+        "expected": len(commits) * len(services),
+        "delivered": len(latencies),
+        "missing": missing,
+        "via_later_version": superseded,
+        "duplicates": sum(n - 1 for n in keys.values() if n > 1),
+        "latencies": latencies,
+    }
+
+
+async def pending_in_db(sessions: Any) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from identity.db.models import Delivery, OutboxEvent
+
+    async with sessions() as db:
+        outbox = await db.scalar(select(func.count()).select_from(OutboxEvent).where(OutboxEvent.published_at.is_(None)))
+        due = await db.scalar(select(func.count()).select_from(Delivery).where(Delivery.wanted_version > Delivery.delivered_version))
+        failing = await db.scalar(select(func.count()).select_from(Delivery).where(Delivery.attempts > 0))
+    return {"outbox_unpublished": int(outbox or 0), "deliveries_pending": int(due or 0), "deliveries_retrying": int(failing or 0)}
+
+
+async def warm_up(writer: Writer, receivers: Receivers, sync: SyncProcesses, services: int, people: int) -> float:
+    """A few changes, waited for at every service: topics made, partitions assigned, connections open."""
+    started = time.monotonic()
+    await receivers.reset()
+    for i in range(min(people, 10)):
+        await writer.change(i)
+    if not await receivers.wait_for(writer.commits, [f"s{i + 1}" for i in range(services)], sync, stall=60, timeout=120):
+        raise RuntimeError(f"the pipeline did not deliver the warm-up changes:\n{sync.tail('relay')}\n{sync.tail('worker1')}")
+    writer.commits.clear()
+    await receivers.reset()
+    return time.monotonic() - started
+
+
+async def scenario_latency(args: argparse.Namespace, writer: Writer, receivers: Receivers, sync: SyncProcesses, meter: CpuMeter, profiler: Profiler, sessions: Any) -> dict[str, Any]:
+    names = [f"s{i + 1}" for i in range(args.services)]
+    say(f"latency: {args.rate:g} changes/s for {args.seconds:g} s over {args.people} people, {args.services} services ...")
+    meter.start()
+    profiler.start("latency", sync.pids())
+    schedule = await writer.at_rate(range(args.people), args.rate, args.seconds, args.writers)
+    committed = time.time()
+    complete = await receivers.wait_for(writer.commits, names, sync, stall=15, timeout=max(60.0, args.seconds * 3))
+    drained = time.time()
+    cpu = meter.stop()
+    profile = profiler.stop()
+    stats = await receivers.stats()
+    found = match(writer.commits, stats["received"], names)
+    lat = found.pop("latencies")
+    times = [c[2] for c in writer.commits]
+    span = (max(times) - min(times)) if len(times) > 1 else 0.0
+    return {
+        "offered_rate": args.rate,
+        "achieved_rate": round((len(times) - 1) / span, 1) if span else None,
+        "seconds": args.seconds,
+        "changes": len(writer.commits),
+        **schedule,
+        **found,
+        "complete": complete,
+        "p50_s": round(percentile(lat, 50), 4),
+        "p90_s": round(percentile(lat, 90), 4),
+        "p99_s": round(percentile(lat, 99), 4),
+        "max_s": round(lat[-1], 4) if lat else None,
+        "mean_s": round(sum(lat) / len(lat), 4) if lat else None,
+        "drain_after_last_commit_s": round(drained - committed, 2),
+        "verified": stats["verified"],
+        "rejected": stats["rejected"],
+        "left_in_db": await pending_in_db(sessions),
+        "cpu": cpu,
+        **({"profile": profile} if profile else {}),
+    }
+
+
+async def scenario_throughput(args: argparse.Namespace, writer: Writer, receivers: Receivers, sync: SyncProcesses, meter: CpuMeter, profiler: Profiler, sessions: Any) -> dict[str, Any]:
+    from sqlalchemy import delete
+
+    from identity.db.models import Lease
+
+    names = [f"s{i + 1}" for i in range(args.services)]
+    people = range(args.burst)
+    writer.commits.clear()
+    await receivers.reset()
+    out: dict[str, Any] = {"mode": args.burst_mode, "changes": args.burst}
+    if args.burst_mode == "backlog":
+        # Only the relay stops (the outbox fills up); the workers stay in their consumer group.
+        say(f"throughput: queueing {args.burst} changes with the relay stopped ...")
+        await sync.stop(["relay"])
+        # A relay that stops keeps its lease until it expires (30 s); this one is gone for good.
+        async with sessions.begin() as db:
+            await db.execute(delete(Lease))
+        t = time.monotonic()
+        await writer.burst(people, args.writers)
+        out["queue_s"] = round(time.monotonic() - t, 2)
+        out["queue_rate"] = round(args.burst / (time.monotonic() - t), 1)
+        say(f"  queued in {out['queue_s']} s; starting the relay ...")
+        meter.parts = {"receiver": meter.parts["receiver"], "broker": meter.parts["broker"]}
+        started = time.time()
+        await sync.start(["relay"])
+        meter.parts |= sync.pids()
+        meter.start()
+        profiler.start("throughput", sync.pids())
+        out["relay_start_s"] = round(time.time() - started, 2)
+    else:
+        say(f"throughput: queueing {args.burst} changes with the pipeline running ...")
+        meter.start()
+        profiler.start("throughput", sync.pids())
+        started = time.time()
+        await writer.burst(people, args.writers)
+        out["queue_s"] = round(time.time() - started, 2)
+        out["queue_rate"] = round(args.burst / (time.time() - started), 1)
+    expected = args.burst * args.services
+    complete = await receivers.wait_for(writer.commits, names, sync, stall=30, timeout=600)
+    cpu = meter.stop()
+    profile = profiler.stop()
+    stats = await receivers.stats()
+    received = stats["received"]
+    times = sorted(r[0] for r in received)
+    found = match(writer.commits, received, names)
+    found.pop("latencies")
+    n = len(times)
+    rate = (n - 1) / (times[-1] - times[0]) if n > 1 and times[-1] > times[0] else None
+    i10, i90 = int(n * 0.1), max(0, int(n * 0.9) - 1)
+    middle = (i90 - i10) / (times[i90] - times[i10]) if n > 10 and times[i90] > times[i10] else None
+    # The best and worst whole seconds between the first and the last delivery.
+    per_second = Counter(int(t - times[0]) for t in times) if times else Counter()
+    timeline = [per_second.get(s, 0) for s in range(int(times[-1] - times[0]) + 1)] if times else []
+    whole = timeline[:-1]
+    out.update(
+        {
+            "expected_deliveries": expected,
+            "received_deliveries": n,
+            **{k: v for k, v in found.items() if k != "expected"},
+            "complete": complete,
+            "deliveries_per_s": round(rate, 1) if rate else None,
+            "deliveries_per_s_10_90": round(middle, 1) if middle else None,
+            "best_second": max(whole) if whole else None,
+            "worst_second": min(whole) if whole else None,
+            "first_delivery_after_start_s": round(times[0] - started, 2) if times else None,
+            "last_delivery_after_start_s": round(times[-1] - started, 2) if times else None,
+            "first_to_last_s": round(times[-1] - times[0], 2) if n > 1 else None,
+            "deliveries_each_second": timeline,
+            "verified": stats["verified"],
+            "rejected": stats["rejected"],
+            "left_in_db": await pending_in_db(sessions),
+            "cpu": cpu,
+            **({"profile": profile} if profile else {}),
+        }
+    )
+    return out
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def sync_settings_view(settings: Any) -> dict[str, Any]:
+    keys = (
+        "relay_batch_size", "relay_poll_interval", "sync_concurrency", "sync_service_concurrency",
+        "kafka_profile_partitions", "database_pool_size", "webhook_timeout",
+    )
+    return {k: getattr(settings, k) for k in keys}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    from identity.db.engine import create_engine, create_sessionmaker
+    from identity.db.migrate import upgrade
+    from identity.oidc.keys import KeyCipher
+    from identity.settings import load_settings
+    from sync.broker import EmbeddedBroker
+
+    postgres = args.database != "sqlite"
+    data_dir = Path(tempfile.mkdtemp(prefix="onesignin-bench-sync-"))
+    logs = data_dir / "logs"
+    logs.mkdir()
+    secret_key = secrets.token_urlsafe(48)
+    scratch = None
+    broker = None
+    receiver = None
+    sync = None
+    engine = None
+    receivers = None
+    try:
+        if postgres:
+            scratch, db_url = await create_scratch_database(args.database)
+        else:
+            db_url = f"sqlite+aiosqlite:///{data_dir / 'onesignin.db'}"
+        if args.kafka:
+            bootstrap = args.kafka
+        else:
+            broker = EmbeddedBroker()
+            await broker.start()
+            bootstrap = broker.bootstrap
+        extra = dict(item.split("=", 1) for item in args.sync_env)
+        env = os.environ | {
+            "ONESIGNIN_DATA_DIR": str(data_dir),
+            "ONESIGNIN_DATABASE_URL": db_url,
+            "ONESIGNIN_SECRET_KEY": secret_key,
+            "ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "ONESIGNIN_KAFKA_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:8]}." if args.kafka else "",
+            # The embedded broker (Tansu) has no idempotent producers.
+            "ONESIGNIN_KAFKA_ENABLE_IDEMPOTENCE": "true" if args.kafka else "false",
+        } | extra
+        os.environ.update({k: v for k, v in env.items() if k.startswith("ONESIGNIN_")})
+        settings = load_settings()
+        engine = create_engine(settings)
+        await upgrade(engine)
+        sessions = create_sessionmaker(engine)
+
+        receiver_port = free_port()
+        people = max(args.people, args.burst)
+        say(f"seeding {args.services} services and {people} people, each linked to every service ...")
+        t = time.monotonic()
+        hooks, accounts = await seed(sessions, KeyCipher(secret_key), args.services, people, receiver_port)
+        seed_s = time.monotonic() - t
+
+        receiver = spawn(
+            [sys.executable, os.path.abspath(__file__), "_receiver", "--port", str(receiver_port), "--verify-every", str(args.verify_every)],
+            None, logs / "receiver.log", stdin=subprocess.PIPE,
+        )
+        assert receiver.stdin is not None
+        receiver.stdin.write((json.dumps(hooks) + "\n").encode())
+        receiver.stdin.close()
+        receivers = Receivers(f"http://127.0.0.1:{receiver_port}")
+        for _ in range(200):
+            with contextlib.suppress(aiohttp.ClientError):
+                await receivers.count()
+                break
+            if receiver.poll() is not None:
+                raise RuntimeError("the receiver process exited: " + (logs / "receiver.log").read_text())
+            await asyncio.sleep(0.05)
+
+        sync = SyncProcesses(env, args.workers, logs)
+        await sync.start()
+        writer = Writer(sessions, accounts)
+        warm = await warm_up(writer, receivers, sync, args.services, args.people)
+        parts = {"receiver": [receiver.pid], "broker": [broker.process.pid] if broker and broker.process else []} | sync.pids()
+        meter = CpuMeter(parts, scratch)
+        profiler = Profiler(Path(args.profile) if args.profile else None, args.profile_rate)
+
+        result: dict[str, Any] = {
+            "machine": {
+                "cpus": os.cpu_count(),
+                "cpus_usable": len(os.sched_getaffinity(0)),
+                "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+                "python": platform.python_version(),
+            },
+            "settings": {
+                "database": "postgres" if postgres else "sqlite",
+                "broker": f"kafka {args.kafka}" if args.kafka else "embedded (Tansu)",
+                "services": args.services,
+                "people": args.people,
+                "people_seeded": people,
+                "scope": SCOPE,
+                "relay_processes": 1,
+                "worker_processes": args.workers,
+                "verify_every": args.verify_every,
+                "writer_concurrency": args.writers,
+                **sync_settings_view(settings),
+                **({"sync_env": extra} if extra else {}),
+            },
+            "setup": {"seed_s": round(seed_s, 2), "warm_up_s": round(warm, 2)},
+            "targets": {"latency_p99_s": LATENCY_TARGET_P99, "at_rate": 200, "services": 5, "deliveries_per_s": THROUGHPUT_TARGET},
+        }
+        if "latency" in args.scenarios:
+            result["latency"] = await scenario_latency(args, writer, receivers, sync, meter, profiler, sessions)
+        if "throughput" in args.scenarios:
+            result["throughput"] = await scenario_throughput(args, writer, receivers, sync, meter, profiler, sessions)
+        result["logs"] = str(logs) if args.keep else None
+        return result
+    finally:
+        if sync is not None:
+            await sync.stop()
+        if receivers is not None:
+            await receivers.http.close()
+        if receiver is not None and receiver.poll() is None:
+            receiver.terminate()
+            receiver.wait(10)
+        if broker is not None:
+            await broker.stop()
+        if engine is not None:
+            await engine.dispose()
+        if scratch:
+            await drop_scratch_database(args.database, scratch)
+        if not args.keep:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def verdict(ok: bool | None) -> str:
+    return "" if ok is None else ("met" if ok else "MISSED")
+
+
+def print_table(r: dict[str, Any]) -> None:
+    m, s = r["machine"], r["settings"]
+    print(f"machine: {m['cpus']} CPUs ({m['cpus_usable']} usable), load average at start {' '.join(map(str, m['load_average_at_start']))}, Python {m['python']}")
+    print(
+        f"settings: database {s['database']}, broker {s['broker']}, {s['services']} services, {s['people']} people "
+        f"({s['people_seeded']} seeded) linked to every service with scope '{s['scope']}'"
+    )
+    print(
+        f"  1 relay + {s['worker_processes']} worker process(es); receivers verify 1 delivery in {s['verify_every']}; "
+        f"writer concurrency {s['writer_concurrency']}; relay_batch_size {s['relay_batch_size']}, relay_poll_interval {s['relay_poll_interval']} s, "
+        f"sync_concurrency {s['sync_concurrency']}, sync_service_concurrency {s['sync_service_concurrency']}, "
+        f"kafka_profile_partitions {s['kafka_profile_partitions']}" + (f", {s['sync_env']}" if s.get("sync_env") else "")
+    )
+    print(f"  setup: seeding {r['setup']['seed_s']} s, warm-up {r['setup']['warm_up_s']} s")
+    row = "  {:<44} {:>12}   {:<22} {}"
+    lat = r.get("latency")
+    if lat:
+        print()
+        print(f"latency: {lat['offered_rate']:g} changes/s offered for {lat['seconds']:g} s ({lat['achieved_rate']} achieved), "
+              f"{lat['changes']} changes x {s['services']} services")
+        print(row.format("figure", "value", "target", ""))
+        print(row.format("deliveries arrived / expected", f"{lat['delivered']}/{lat['expected']}", "all", verdict(lat["missing"] == 0)))
+        print(row.format("  of which through a later version", lat["via_later_version"], "", ""))
+        print(row.format("  duplicates", lat["duplicates"], "", ""))
+        for key in ("p50", "p90", "p99", "max"):
+            target = f"<= {LATENCY_TARGET_P99:g} s" if key == "p99" else ""
+            value = lat[f"{key}_s"]
+            ok = (value <= LATENCY_TARGET_P99 and lat["missing"] == 0) if key == "p99" else None
+            print(row.format(f"commit -> webhook received, {key}", f"{value:.3f} s", target, verdict(ok)))
+        print(row.format("drained after the last commit", f"{lat['drain_after_last_commit_s']} s", "", ""))
+        print(row.format("writer schedule, worst lag", f"{lat['schedule_worst_lag_s']} s", "", ""))
+        print(row.format("signatures verified / rejected", f"{lat['verified']}/{lat['rejected']}", "", ""))
+        print(row.format("left in the database", " ".join(f"{k}={v}" for k, v in lat["left_in_db"].items()), "", ""))
+        print_cpu(lat["cpu"])
+        print_profile(lat.get("profile"))
+    tp = r.get("throughput")
+    if tp:
+        print()
+        how = "queued in the outbox with the relay stopped, then the relay started" if tp["mode"] == "backlog" else "queued with the pipeline running"
+        print(f"throughput: burst of {tp['changes']} changes x {s['services']} services ({how}; queued at {tp['queue_rate']} changes/s)")
+        print(row.format("figure", "value", "target", ""))
+        print(row.format("deliveries received / expected", f"{tp['received_deliveries']}/{tp['expected_deliveries']}", "all", verdict(tp["missing"] == 0)))
+        rate = tp["deliveries_per_s"]
+        print(row.format("deliveries/s, first to last", f"{rate:.0f}" if rate else "-", f">= {THROUGHPUT_TARGET:g}/s", verdict(bool(rate and rate >= THROUGHPUT_TARGET))))
+        middle = tp["deliveries_per_s_10_90"]
+        print(row.format("deliveries/s, 10% to 90% of them", f"{middle:.0f}" if middle else "-", "", ""))
+        print(row.format("best / worst whole second", f"{tp['best_second']}/{tp['worst_second']}", "", ""))
+        print(f"  deliveries in each second from the first: {' '.join(map(str, tp['deliveries_each_second']))}")
+        if tp["mode"] == "backlog":
+            print(row.format("relay up after", f"{tp['relay_start_s']} s", "", ""))
+        print(row.format("first delivery after start", f"{tp['first_delivery_after_start_s']} s", "", ""))
+        print(row.format("first to last delivery", f"{tp['first_to_last_s']} s", "", ""))
+        print(row.format("signatures verified / rejected", f"{tp['verified']}/{tp['rejected']}", "", ""))
+        print(row.format("left in the database", " ".join(f"{k}={v}" for k, v in tp["left_in_db"].items()), "", ""))
+        print_cpu(tp["cpu"])
+        print_profile(tp.get("profile"))
+
+
+def print_cpu(cpu: dict[str, Any]) -> None:
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu["cpu_s"].items(), key=lambda kv: -kv[1]))
+    print(f"  CPU seconds over {cpu['wall_s']} s ({cpu['cores_busy']} cores busy): {parts}")
+    print(f"  the whole machine: {cpu['cores_busy_machine']} cores busy; other processes used {cpu['cpu_s_others']} CPU seconds")
+
+
+def print_profile(profile: dict[str, Any] | None) -> None:
+    for name, found in (profile or {}).items():
+        if "error" in found:
+            print(f"  py-spy {name}: {found['error']}")
+            continue
+        print(f"  py-spy {name}: busy {found['busy']} of the time ({found['samples']} samples in {found['file']})")
+        print("    own time:")
+        for frame, pct in found["own"][:12]:
+            print(f"      {pct:5.1f}%  {frame}")
+        print("    total time (the function and what it calls), project code:")
+        for frame, pct in [f for f in found["total"] if f[0].split(" (")[-1].startswith(("identity/", "sync/", "schemas/"))][:12]:
+            print(f"      {pct:5.1f}%  {frame}")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_receiver":
+        receiver_main(sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database", default="sqlite", help="'sqlite' (a fresh file in a temp dir) or a Postgres URL: a scratch database is created beside it and dropped afterwards")
+    parser.add_argument("--kafka", metavar="HOST:PORT", help="use this Kafka (topics get a unique prefix) instead of starting the embedded broker")
+    parser.add_argument("--services", type=int, default=5, help="member services, each with a webhook at the receivers (default 5)")
+    parser.add_argument("--people", type=int, default=1000, help="people the latency scenario changes, round-robin (default 1000)")
+    parser.add_argument("--rate", type=float, default=200.0, help="latency: changes per second (default 200)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="latency: how long (default 20)")
+    parser.add_argument("--burst", type=int, default=3000, help="throughput: changes in the burst, to distinct people (default 3000)")
+    parser.add_argument("--burst-mode", choices=["backlog", "live"], default="backlog", help="throughput: queue the burst with the relay stopped (default) or the pipeline running")
+    parser.add_argument("--workers", type=int, default=1, help="`onesignin worker` processes (default 1; one `onesignin relay` runs too)")
+    parser.add_argument("--verify-every", type=int, default=1, help="receivers verify the signature of 1 delivery in K (default 1: all)")
+    parser.add_argument("--writers", type=int, default=8, help="changes being committed at once by this process (default 8)")
+    parser.add_argument("--scenarios", default="latency,throughput", help="comma-separated: latency, throughput (default both)")
+    parser.add_argument("--sync-env", action="append", default=[], metavar="ONESIGNIN_X=V", help="extra setting for every process (repeatable), e.g. ONESIGNIN_SYNC_CONCURRENCY=512")
+    parser.add_argument("--profile", metavar="DIR", help="record each sync process with py-spy during each scenario (collapsed stacks in DIR) and show the top functions")
+    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second (default 100)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (processes' logs, the SQLite file)")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    args = parser.parse_args()
+    args.scenarios = {s.strip() for s in args.scenarios.split(",") if s.strip()}
+    if not args.scenarios <= {"latency", "throughput"}:
+        parser.error("--scenarios takes latency and/or throughput")
+    if args.people < 20 or args.people < args.writers * 2:
+        parser.error("--people must be at least 20 and at least twice --writers")
+    for item in args.sync_env:
+        if "=" not in item or not item.startswith("ONESIGNIN_"):
+            parser.error(f"--sync-env wants ONESIGNIN_NAME=VALUE, not {item!r}")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        result = runner.run(run(args))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,6 @@
+"""``onesignin demo``: the hub and two member services, "Store" and "Forum", in one process.
+
+:mod:`demo.member` is a member service written as a reference integration (sign-in through the
+hub, profile changes through the hub's API, and keeping the person's details current from the
+webhook and the service's own Kafka topic); :mod:`demo.run` starts the hub, registers the two
+services and a demo person, and serves everything on consecutive ports."""

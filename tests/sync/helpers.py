@@ -1,0 +1,125 @@
+"""Helpers for the sync tests: people linked in bulk, changes made in bulk, and the sync
+pipeline run as separate ``onesignin relay`` / ``onesignin worker`` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from identity import outbox
+from identity.accounts.store import find_by_sub, update_details
+from identity.db.models import Account, Link, Service, utcnow
+from identity.web.appkeys import DB
+from schemas.events import LinkCreated
+from tests.conftest import free_port
+from tests.support import Hub
+
+
+async def link_directly(hub: Hub, subs: list[str], client_id: str, scope: str = "openid profile email") -> None:
+    """Link people to a service as a completed sign-in does (the link and its event, in one
+    transaction), without driving a browser for each of them."""
+    async with hub.app[DB].begin() as db:
+        service = await db.scalar(select(Service).where(Service.client_id == client_id))
+        assert service is not None
+        now = utcnow()
+        for sub in subs:
+            account = await find_by_sub(db, sub)
+            assert account is not None
+            db.add(Link(account_id=account.id, service_id=service.id, status="active", scope=scope, created_at=now, updated_at=now))
+            outbox.add(db, LinkCreated(id=outbox.new_event_id(), sub=sub, client_id=client_id, version=account.version, occurred_at=now))
+
+
+async def add_people(hub: Hub, count: int) -> list[str]:
+    batch = uuid.uuid4().hex[:6]
+    return [await hub.add_user(email=f"p{i}.{batch}@example.com", verified=True, given_name=f"P{i}") for i in range(count)]
+
+
+async def change(hub: Hub, sub: str, **changes: Any) -> int:
+    """A change through support (no service origin, so every linked service hears of it)."""
+    async with hub.app[DB].begin() as db:
+        account = await db.scalar(select(Account).where(Account.sub == sub))
+        assert account is not None
+        await update_details(db, account, changes, channel="support", actor="agent@example.com")
+        return account.version
+
+
+class SyncProcess:
+    """``onesignin relay`` or ``onesignin worker`` as a child process, sharing the hub's
+    database and broker."""
+
+    def __init__(self, role: str, hub: Hub, tmp: Path) -> None:
+        self.role = role
+        self.port = free_port()
+        settings = hub.settings
+        self.env = os.environ | {
+            "ONESIGNIN_DATABASE_URL": settings.resolved_database_url,
+            "ONESIGNIN_DATA_DIR": str(tmp),
+            "ONESIGNIN_SECRET_KEY": settings.secret_key or "",
+            "ONESIGNIN_ISSUER": settings.issuer,
+            "ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers or "",
+            "ONESIGNIN_KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix,
+            "ONESIGNIN_KAFKA_ENABLE_IDEMPOTENCE": "true" if settings.kafka_enable_idempotence else "false",
+            "ONESIGNIN_KAFKA_PROFILE_PARTITIONS": str(settings.kafka_profile_partitions),
+            "ONESIGNIN_SYNC_RETRY_SCHEDULE": json.dumps(settings.sync_retry_schedule),
+            "ONESIGNIN_RELAY_POLL_INTERVAL": str(settings.relay_poll_interval),
+            "ONESIGNIN_WEBHOOK_TIMEOUT": str(settings.webhook_timeout),
+            "ONESIGNIN_SYNC_LEASE": str(settings.sync_lease),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = tmp / f"{role}-{self.port}.log"
+
+    async def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "identity.cli", self.role, "--port", str(self.port)],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        # Ready when /healthz answers (the app's cleanup contexts have started).
+        import httpx2
+
+        async with httpx2.AsyncClient() as http:
+            for _ in range(300):
+                if self.process.poll() is not None:
+                    raise AssertionError(f"{self.role} exited: {self.log.read_text()[-2000:]}")
+                try:
+                    if (await http.get(f"http://127.0.0.1:{self.port}/healthz")).status_code == 200:
+                        return
+                except httpx2.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"{self.role} did not start: {self.log.read_text()[-2000:]}")
+
+    async def metric(self, name: str) -> float:
+        """The sum of a metric's samples on this process's /metrics."""
+        import httpx2
+
+        async with httpx2.AsyncClient() as http:
+            text = (await http.get(f"http://127.0.0.1:{self.port}/metrics")).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name) and not line.startswith("#"))
+
+    def kill(self) -> None:
+        """As abrupt as a crash: SIGKILL, no cleanup."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    async def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.process.wait), 15)
+        except TimeoutError:
+            self.process.kill()
+            self.process.wait()

@@ -1,0 +1,245 @@
+"""Nothing is lost: the broker going away, a receiver failing, a worker dying mid-batch, and
+two workers sharing the work."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from identity.db.models import DeadLetter, Delivery, OutboxEvent, Service
+from identity.web.appkeys import DB
+from sync import status
+from sync.broker import EmbeddedBroker
+from tests.support import Hub
+from tests.sync.conftest import EXTERNAL_KAFKA, add_member
+from tests.sync.helpers import SyncProcess, add_people, change, link_directly
+from tests.sync.receivers import Receivers
+
+
+async def _linked(hub: Hub, receivers: Receivers, people: int, names: tuple[str, ...]) -> list[str]:
+    subs = await add_people(hub, people)
+    for name in names:
+        member = await add_member(hub, receivers, name)
+        await link_directly(hub, subs, member.rp.client_id)
+    return subs
+
+
+async def _all_at(receivers: Receivers, names: tuple[str, ...], final: dict[str, int], timeout: float = 60) -> None:
+    for name in names:
+        for sub, version in final.items():
+            await receivers.wait_for(name, sub, version, timeout=timeout)
+
+
+@pytest.mark.skipif(bool(EXTERNAL_KAFKA), reason="stops and restarts the embedded broker")
+async def test_broker_down_during_200_changes_then_back_delivers_all(
+    hub: Hub, receivers: Receivers, broker: EmbeddedBroker
+) -> None:
+    names = ("store", "forum")
+    subs = await _linked(hub, receivers, 50, names)
+    await _all_at(receivers, names, dict.fromkeys(subs, 1))
+
+    await broker.stop()
+    final = {}
+    for round_ in range(4):
+        for i, sub in enumerate(subs):
+            final[sub] = await change(hub, sub, family_name=f"R{round_}-{i}")
+    assert sum(1 for _ in final) * 4 == 200
+    async with hub.app[DB]() as db:
+        waiting = await db.scalar(select(func.count()).select_from(OutboxEvent).where(OutboxEvent.published_at.is_(None)))
+    assert waiting >= 200  # every change waits in the outbox while Kafka is away
+
+    await asyncio.sleep(1.0)  # the relay and the worker notice and back off
+    restarted = EmbeddedBroker(port=broker.port)
+    await restarted.start()
+    try:
+        await _all_at(receivers, names, final, timeout=90)
+        for name in names:
+            for i, sub in enumerate(subs):
+                assert receivers[name].profile(sub)["family_name"] == f"R3-{i}"
+    finally:
+        await restarted.stop()
+
+
+async def test_receiver_down_for_a_while_gets_retries_then_the_latest_state(hub: Hub, receivers: Receivers) -> None:
+    names = ("store", "forum")
+    subs = await _linked(hub, receivers, 3, names)
+    await _all_at(receivers, names, dict.fromkeys(subs, 1))
+
+    receivers["forum"].fail_with = 503
+    final = {}
+    for step in range(5):
+        for sub in subs:
+            final[sub] = await change(hub, sub, given_name=f"Step{step}")
+    # The healthy service is not held up by the failing one.
+    await _all_at(receivers, ("store",), final)
+    await asyncio.sleep(1.0)
+    assert receivers["forum"].failures_answered >= 2  # retried, on the schedule
+    async with hub.app[DB]() as db:
+        service = await db.scalar(select(Service).where(Service.name == "forum"))
+        assert service is not None and service.webhook_failing_since is not None
+        pending = await db.scalar(
+            select(func.count()).select_from(Delivery).where(Delivery.service_id == service.id, Delivery.wanted_version > Delivery.delivered_version)
+        )
+    # Coalesced: one pending delivery per person, not one per change.
+    assert pending == len(subs)
+
+    receivers["forum"].fail_with = None
+    await _all_at(receivers, ("forum",), final)
+    for sub in subs:
+        assert receivers["forum"].profile(sub)["given_name"] == "Step4"
+    # Only the latest state travelled after the outage: no replay of each intermediate change.
+    after = [d for d in receivers["forum"].received if d["data"]["version"] > 1]
+    assert len(after) <= len(subs) * 2
+    # The endpoint recovers by itself once a delivery succeeds (outcomes are recorded just after).
+    for _ in range(100):
+        async with hub.app[DB]() as db:
+            failing = await db.scalar(select(Service.webhook_failing_since).where(Service.name == "forum"))
+        if failing is None:
+            break
+        await asyncio.sleep(0.05)
+    assert failing is None
+
+
+async def test_429_honours_retry_after_and_410_disables_the_endpoint(hub: Hub, receivers: Receivers) -> None:
+    subs = await _linked(hub, receivers, 1, ("store",))
+    await receivers.wait_for("store", subs[0], 1)
+    receivers["store"].fail_with, receivers["store"].retry_after = 429, "3"
+    version = await change(hub, subs[0], given_name="Later")
+    for _ in range(100):
+        if receivers["store"].failures_answered:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.5)
+    # The schedule says 0.2 s, the service asked for 3 s: it is not asked again before then.
+    assert receivers["store"].failures_answered == 1
+    receivers["store"].fail_with = None
+    await receivers.wait_for("store", subs[0], version, timeout=10)
+
+    receivers["store"].fail_with = 410
+    await change(hub, subs[0], given_name="Gone")
+    for _ in range(200):
+        async with hub.app[DB]() as db:
+            disabled = await db.scalar(select(Service.webhook_disabled_at).where(Service.name == "store"))
+        if disabled is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert disabled is not None
+    answered = receivers["store"].failures_answered
+    await change(hub, subs[0], given_name="Still gone")
+    await asyncio.sleep(1.0)
+    assert receivers["store"].failures_answered == answered  # nothing more is sent to it
+
+
+class TestGivingUp:
+    @pytest.fixture
+    def settings_overrides(self, settings_overrides: dict[str, Any]) -> dict[str, Any]:
+        return settings_overrides | {"sync_give_up_after": 1.0, "sync_quarantine_after": 0.5, "sync_quarantine_probe": 0.3}
+
+    async def test_a_delivery_that_keeps_failing_goes_to_the_dead_letters_and_can_be_redelivered(
+        self, hub: Hub, receivers: Receivers
+    ) -> None:
+        subs = await _linked(hub, receivers, 1, ("store",))
+        await receivers.wait_for("store", subs[0], 1)
+        receivers["store"].fail_with = 500
+        version = await change(hub, subs[0], given_name="Dead")
+        letters: list[dict[str, Any]] = []
+        for _ in range(200):
+            async with hub.app[DB]() as db:
+                letters = await status.dead_letters(db)
+            if letters:
+                break
+            await asyncio.sleep(0.05)
+        assert letters and letters[0]["sub"] == subs[0] and letters[0]["last_error"] == "HTTP 500"
+        async with hub.app[DB]() as db:
+            quarantined = await db.scalar(select(Service.webhook_quarantined_at).where(Service.name == "store"))
+        assert quarantined is not None  # failing for longer than sync_quarantine_after
+
+        receivers["store"].fail_with = None
+        async with hub.app[DB].begin() as db:
+            assert await status.redeliver(db, client_id=letters[0]["client_id"]) == 1
+        data = await receivers.wait_for("store", subs[0], version, timeout=15)
+        assert data["profile"]["given_name"] == "Dead"
+        async with hub.app[DB]() as db:
+            assert await status.dead_letters(db) == []
+            assert await db.scalar(select(func.count()).select_from(DeadLetter)) == 1  # kept, marked redelivered
+        for _ in range(100):
+            async with hub.app[DB]() as db:
+                quarantined = await db.scalar(select(Service.webhook_quarantined_at).where(Service.name == "store"))
+            if quarantined is None:
+                break
+            await asyncio.sleep(0.05)
+        assert quarantined is None  # out of quarantine after a delivery succeeded
+
+
+class TestSeparateProcesses:
+    """The production topology: the hub without sync, and `onesignin relay` / `onesignin worker`
+    processes beside it."""
+
+    @pytest.fixture
+    def settings_overrides(self, settings_overrides: dict[str, Any]) -> dict[str, Any]:
+        return settings_overrides | {"sync_in_process": False}
+
+    async def test_worker_killed_mid_batch_loses_nothing(self, hub: Hub, receivers: Receivers, tmp_path: Path) -> None:
+        names = ("store", "forum", "portal")
+        subs = await _linked(hub, receivers, 40, names)
+        relay = SyncProcess("relay", hub, tmp_path)
+        first = SyncProcess("worker", hub, tmp_path)
+        await relay.start()
+        await first.start()
+        try:
+            await _all_at(receivers, names, dict.fromkeys(subs, 1))
+            final = {}
+            for round_ in range(3):
+                for sub in subs:
+                    final[sub] = await change(hub, sub, family_name=f"Round{round_}")
+            # Kill the worker as soon as deliveries of the new changes are arriving.
+            for _ in range(400):
+                if any(d["data"]["version"] > 1 for d in receivers["store"].received):
+                    break
+                await asyncio.sleep(0.01)
+            first.kill()
+            delivered_before = sum(1 for n in names for d in receivers[n].received if d["data"]["version"] > 1)
+            assert delivered_before < len(subs) * len(names) * 3  # it died with work in hand
+
+            second = SyncProcess("worker", hub, tmp_path)
+            await second.start()
+            try:
+                await _all_at(receivers, names, final, timeout=120)
+                for name in names:
+                    for sub in subs:
+                        assert receivers[name].profile(sub)["family_name"] == "Round2"
+            finally:
+                await second.stop()
+        finally:
+            await first.stop()
+            await relay.stop()
+
+    async def test_two_workers_in_one_group_deliver_every_change(self, hub: Hub, receivers: Receivers, tmp_path: Path) -> None:
+        names = ("store", "forum")
+        subs = await _linked(hub, receivers, 30, names)
+        processes = [SyncProcess("relay", hub, tmp_path), SyncProcess("relay", hub, tmp_path)]
+        workers = [SyncProcess("worker", hub, tmp_path), SyncProcess("worker", hub, tmp_path)]
+        for p in processes + workers:
+            await p.start()
+        try:
+            await _all_at(receivers, names, dict.fromkeys(subs, 1), timeout=90)
+            final = {}
+            for round_ in range(3):
+                for sub in subs:
+                    final[sub] = await change(hub, sub, given_name=f"G{round_}")
+            await _all_at(receivers, names, final, timeout=90)
+            # Both workers took part: the group split the partitions between them.
+            consumed = [await w.metric("onesignin_sync_events_consumed_total") for w in workers]
+            assert all(c > 0 for c in consumed), consumed
+            # Two relays, yet every event was published once (one holds the lock at a time).
+            published = [await r.metric("onesignin_outbox_published_total") for r in processes]
+            async with hub.app[DB]() as db:
+                events = await db.scalar(select(func.count()).select_from(OutboxEvent))
+            assert sum(published) == events
+        finally:
+            for p in workers + processes:
+                await p.stop()
