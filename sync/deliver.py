@@ -261,7 +261,6 @@ class Deliverer:
                 d.state == "active",
                 d.wanted_version > d.delivered_version,
                 d.next_attempt_at <= now,
-                d.service_id.in_(list(self.endpoints)),
                 not_(and_(d.channel == "webhook", d.service_id.in_(no_webhook))),
                 not_(and_(d.channel == "topic", d.service_id.in_(no_topic))),
             )
@@ -288,6 +287,10 @@ class Deliverer:
             ).all()
             if not claimed:
                 return []
+            if any(r.service_id not in self.endpoints for r in claimed):
+                # A service registered or changed since the last refresh.
+                self.endpoints = await load_endpoints(db, self.cipher)
+                self._endpoints_at = asyncio.get_running_loop().time()
             return await self._build(db, claimed)
 
     async def _build(self, db: AsyncSession, claimed: list[Any]) -> list[_Job]:

@@ -1,0 +1,116 @@
+"""The sync side of the ``onesignin`` command: webhook registration, scale-out processes,
+dead letters, and ``serve`` owning its embedded broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.conftest import free_port
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "identity.cli", *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture
+def env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ONESIGNIN_")}
+    return clean | {"ONESIGNIN_DATA_DIR": str(tmp_path), "ONESIGNIN_DATABASE_URL": database_url, "ONESIGNIN_SECRET_KEY": "c" * 40}
+
+
+async def test_services_add_with_a_webhook_prints_its_secret_once_and_keeps_it_encrypted(env: dict[str, str], database_url: str) -> None:
+    done = run(env, "services", "add", "--name", "Store", "--redirect-uri", "https://store.example/cb", "--webhook-url", "https://store.example/hooks", "--kafka-topic")
+    assert done.returncode == 0, done.stderr
+    created = json.loads(done.stdout)
+    assert created["webhook_secret"].startswith("whsec_")
+    assert created["topic"] == f"onesignin.service.{created['client_id']}.v1"
+    engine = create_async_engine(database_url)
+    async with engine.connect() as conn:
+        dump = " ".join(str(v) for v in (await conn.execute(text("SELECT * FROM services"))).all())
+    await engine.dispose()
+    assert created["webhook_secret"] not in dump and created["webhook_secret"][6:] not in dump
+
+    rotated = run(env, "services", "update", "--client-id", created["client_id"], "--rotate-webhook-secret")
+    assert rotated.returncode == 0, rotated.stderr
+    assert json.loads(rotated.stdout)["webhook_secret"] not in (None, created["webhook_secret"])
+    removed = json.loads(run(env, "services", "update", "--client-id", created["client_id"], "--remove-webhook", "--no-kafka-topic").stdout)
+    assert removed == {"client_id": created["client_id"], "webhook_url": None, "topic": None}
+
+    insecure = run(env, "services", "add", "--name", "X", "--redirect-uri", "https://x.example/cb", "--webhook-url", "http://x.example/h")
+    assert insecure.returncode == 2 and "--webhook-url" in insecure.stderr
+    unknown = run(env, "services", "update", "--client-id", "nope", "--kafka-topic")
+    assert unknown.returncode == 2 and "nope" in unknown.stderr
+
+
+def test_dead_letters_and_redeliver(env: dict[str, str]) -> None:
+    listed = run(env, "sync", "dead-letters")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == {"dead_letters": []}
+    assert json.loads(run(env, "sync", "redeliver", "--all").stdout) == {"redelivered": 0}
+    vague = run(env, "sync", "redeliver")
+    assert vague.returncode == 2 and "--client-id" in vague.stderr
+
+
+def test_relay_and_worker_alone_need_a_shared_kafka(env: dict[str, str]) -> None:
+    for role in ("relay", "worker"):
+        done = run(env, role)
+        assert done.returncode == 2 and "ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS" in done.stderr
+        assert "Traceback" not in done.stderr
+    for args in (["relay"], ["worker"], ["services", "update"], ["sync", "dead-letters"], ["sync", "redeliver"]):
+        shown = run(env, *args, "--help")
+        assert shown.returncode == 0 and "usage: onesignin" in shown.stdout
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(p) for p in (task / "children").read_text().split()}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+@pytest.mark.parametrize("how", ["interrupt", "kill"])
+def test_serve_starts_the_embedded_broker_and_takes_it_along_when_it_stops(env: dict[str, str], how: str) -> None:
+    port = free_port()
+    env = env | {"ONESIGNIN_ISSUER": f"http://127.0.0.1:{port}"}
+    hub = subprocess.Popen([sys.executable, "-m", "identity.cli", "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(300):  # bounded wait until it listens
+            try:
+                if httpx2.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx2.TransportError:
+                time.sleep(0.05)
+        brokers = [p for p in _children(hub.pid) if "tansu" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert len(brokers) == 1
+        metrics = httpx2.get(f"http://127.0.0.1:{port}/metrics").text
+        assert "onesignin_outbox_lag_seconds" in metrics
+    finally:
+        hub.send_signal(signal.SIGINT if how == "interrupt" else signal.SIGKILL)
+        hub.wait(timeout=60)
+        errors = hub.stderr.read()  # type: ignore[union-attr]
+        hub.stderr.close()  # type: ignore[union-attr]
+    for _ in range(100):
+        if not _alive(brokers[0]):
+            break
+        time.sleep(0.05)
+    assert not _alive(brokers[0]), errors[-2000:]
