@@ -56,8 +56,6 @@ THROUGHPUT_TARGET = 2000.0  # webhook deliveries per second, sustained
 SCOPE = "openid profile email"
 REDIRECT = "http://127.0.0.1:9/callback"
 
-log = logging.getLogger("bench_sync")
-
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -553,6 +551,19 @@ class Receivers:
         return False
 
 
+def unit_costs(cpu: dict[str, Any], deliveries: int, changes: int) -> dict[str, float | None]:
+    """CPU milliseconds per webhook delivery of each part (per change for the writer): a figure
+    that holds up better than rates when other processes compete for the cores."""
+    used = cpu["cpu_s"]
+    out: dict[str, float | None] = {}
+    sync_s = sum(v for k, v in used.items() if k == "relay" or k.startswith("worker"))
+    for name, value in (("sync processes", sync_s), ("receiver", used.get("receiver")), ("postgres", used.get("postgres"))):
+        if value is not None:
+            out[f"{name}_ms_per_delivery"] = round(1000 * value / deliveries, 3) if deliveries else None
+    out["writer_ms_per_change"] = round(1000 * used["bench (writer)"] / changes, 3) if changes else None
+    return out
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile of sorted ``values``."""
     if not values:
@@ -623,7 +634,7 @@ async def scenario_latency(args: argparse.Namespace, writer: Writer, receivers: 
     names = [f"s{i + 1}" for i in range(args.services)]
     say(f"latency: {args.rate:g} changes/s for {args.seconds:g} s over {args.people} people, {args.services} services ...")
     meter.start()
-    profiler.start("latency", sync.pids())
+    profiler.start("latency", sync.pids() | {"receiver": meter.parts["receiver"]})
     schedule = await writer.at_rate(range(args.people), args.rate, args.seconds, args.writers)
     committed = time.time()
     complete = await receivers.wait_for(writer.commits, names, sync, stall=15, timeout=max(60.0, args.seconds * 3))
@@ -653,6 +664,7 @@ async def scenario_latency(args: argparse.Namespace, writer: Writer, receivers: 
         "rejected": stats["rejected"],
         "left_in_db": await pending_in_db(sessions),
         "cpu": cpu,
+        "cpu_ms": unit_costs(cpu, len(stats["received"]), len(writer.commits)),
         **({"profile": profile} if profile else {}),
     }
 
@@ -684,12 +696,12 @@ async def scenario_throughput(args: argparse.Namespace, writer: Writer, receiver
         await sync.start(["relay"])
         meter.parts |= sync.pids()
         meter.start()
-        profiler.start("throughput", sync.pids())
+        profiler.start("throughput", sync.pids() | {"receiver": meter.parts["receiver"]})
         out["relay_start_s"] = round(time.time() - started, 2)
     else:
         say(f"throughput: queueing {args.burst} changes with the pipeline running ...")
         meter.start()
-        profiler.start("throughput", sync.pids())
+        profiler.start("throughput", sync.pids() | {"receiver": meter.parts["receiver"]})
         started = time.time()
         await writer.burst(people, args.writers)
         out["queue_s"] = round(time.time() - started, 2)
@@ -729,6 +741,7 @@ async def scenario_throughput(args: argparse.Namespace, writer: Writer, receiver
             "rejected": stats["rejected"],
             "left_in_db": await pending_in_db(sessions),
             "cpu": cpu,
+            "cpu_ms": unit_costs(cpu, n, args.burst if args.burst_mode == "live" else 0),
             **({"profile": profile} if profile else {}),
         }
     )
@@ -754,6 +767,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from sync.broker import EmbeddedBroker
 
     postgres = args.database != "sqlite"
+    profiler = Profiler(Path(args.profile) if args.profile else None, args.profile_rate)
     data_dir = Path(tempfile.mkdtemp(prefix="onesignin-bench-sync-"))
     logs = data_dir / "logs"
     logs.mkdir()
@@ -820,7 +834,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         warm = await warm_up(writer, receivers, sync, args.services, args.people)
         parts = {"receiver": [receiver.pid], "broker": [broker.process.pid] if broker and broker.process else []} | sync.pids()
         meter = CpuMeter(parts, scratch)
-        profiler = Profiler(Path(args.profile) if args.profile else None, args.profile_rate)
 
         result: dict[str, Any] = {
             "machine": {
@@ -907,7 +920,9 @@ def print_table(r: dict[str, Any]) -> None:
         print(row.format("writer schedule, worst lag", f"{lat['schedule_worst_lag_s']} s", "", ""))
         print(row.format("signatures verified / rejected", f"{lat['verified']}/{lat['rejected']}", "", ""))
         print(row.format("left in the database", " ".join(f"{k}={v}" for k, v in lat["left_in_db"].items()), "", ""))
-        print_cpu(lat["cpu"])
+        print_cpu(lat["cpu"], lat["cpu_ms"])
+        if lat["achieved_rate"] and lat["achieved_rate"] < 0.95 * lat["offered_rate"]:
+            print(f"  NOTE: the writer fell behind ({lat['achieved_rate']} of {lat['offered_rate']:g} changes/s): the cores were saturated")
         print_profile(lat.get("profile"))
     tp = r.get("throughput")
     if tp:
@@ -928,14 +943,15 @@ def print_table(r: dict[str, Any]) -> None:
         print(row.format("first to last delivery", f"{tp['first_to_last_s']} s", "", ""))
         print(row.format("signatures verified / rejected", f"{tp['verified']}/{tp['rejected']}", "", ""))
         print(row.format("left in the database", " ".join(f"{k}={v}" for k, v in tp["left_in_db"].items()), "", ""))
-        print_cpu(tp["cpu"])
+        print_cpu(tp["cpu"], tp["cpu_ms"])
         print_profile(tp.get("profile"))
 
 
-def print_cpu(cpu: dict[str, Any]) -> None:
+def print_cpu(cpu: dict[str, Any], per_unit: dict[str, Any]) -> None:
     parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(cpu["cpu_s"].items(), key=lambda kv: -kv[1]))
     print(f"  CPU seconds over {cpu['wall_s']} s ({cpu['cores_busy']} cores busy): {parts}")
     print(f"  the whole machine: {cpu['cores_busy_machine']} cores busy; other processes used {cpu['cpu_s_others']} CPU seconds")
+    print("  CPU ms per delivery: " + ", ".join(f"{k.removesuffix('_ms_per_delivery').replace('_ms_per_change', ' per change')} {v}" for k, v in per_unit.items() if v is not None))
 
 
 def print_profile(profile: dict[str, Any] | None) -> None:
@@ -947,9 +963,11 @@ def print_profile(profile: dict[str, Any] | None) -> None:
         print("    own time:")
         for frame, pct in found["own"][:12]:
             print(f"      {pct:5.1f}%  {frame}")
-        print("    total time (the function and what it calls), project code:")
-        for frame, pct in [f for f in found["total"] if f[0].split(" (")[-1].startswith(("identity/", "sync/", "schemas/"))][:12]:
-            print(f"      {pct:5.1f}%  {frame}")
+        ours = [f for f in found["total"] if f[0].split(" (")[-1].startswith(("identity/", "sync/", "schemas/"))]
+        if ours:
+            print("    total time (the function and what it calls), project code:")
+            for frame, pct in ours[:12]:
+                print(f"      {pct:5.1f}%  {frame}")
 
 
 def main() -> None:

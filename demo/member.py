@@ -411,7 +411,11 @@ service of the group.</p>
             raise web.HTTPSeeOther("/")
         known = self.profiles.get(session.sub)
         profile = known.profile if known else {}
-        return self.name_form(session, profile.get("given_name") or "", profile.get("family_name") or "", known.version if known else None)
+        flash, session.flash = session.flash, None
+        return self.name_form(
+            session, profile.get("given_name") or "", profile.get("family_name") or "", known.version if known else None,
+            problems=_flash(flash) if flash else "",
+        )
 
     def name_form(self, session: Session, given: str, family: str, version: int | None, *, problems: str = "", status: int = 200) -> web.Response:
         body = f"""<h1>Change your name</h1>{problems}
@@ -446,13 +450,17 @@ service of the group.</p>
             raise web.HTTPSeeOther("/")
         if response.status_code == 412:
             session.flash = "Your details were changed elsewhere in the meantime; here they are now. Please try again."
-            await self.refresh_profile(session)
+            with contextlib.suppress(SignedOut, httpx2.HTTPError):
+                await self.refresh_profile(session)
             raise web.HTTPSeeOther("/profile")
         problem = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
         messages = [f"{p.get('field')}: {p.get('message')}" for p in problem.get("problems") or []] or [
             problem.get("error_description") or f"OneSignIn answered {response.status_code}."
         ]
-        return self.name_form(session, given, family, int(version) if version.isdigit() else None, problems=_error(*messages), status=422)
+        return self.name_form(
+            session, given, family, int(version) if version.isdigit() else None,
+            problems=_error(*messages), status=422 if response.status_code == 422 else 502,
+        )
 
     async def refresh_profile(self, session: Session, *, via: str = "API") -> None:
         response = await self.hub.call(session, "GET", "/api/v1/me")

@@ -32,6 +32,7 @@ from identity.web import appkeys as K
 from identity.web.app import create_app
 from schemas.events import service_topic
 from sync import kafka
+from sync.broker import BrokerError
 from sync.runtime import BOOTSTRAP
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ async def start(
 ) -> Demo:
     """Start the hub on ``port`` and Store and Forum on the next two ports (or the ones given)."""
     if host not in LISTEN_HOSTS:
-        raise DemoError(f"--host must be one of {', '.join(LISTEN_HOSTS)}: the demo is published at http://127.0.0.1")
+        raise DemoError(f"--host must be {', '.join(LISTEN_HOSTS[:-1])} or {LISTEN_HOSTS[-1]} (the demo is published at http://127.0.0.1)")
     ports = {"hub": port, "store": store_port or port + 1, "forum": forum_port or port + 2}
     if any(not 0 < p < 65536 for p in ports.values()):
         raise DemoError(f"the demo needs three ports; {port} leaves too few")
@@ -129,7 +130,11 @@ async def start(
 
 async def _listen(demo: Demo, app: web.Application, host: str, port: int) -> None:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except BrokerError as exc:
+        await runner.cleanup()
+        raise DemoError(f"{exc} (or set ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS to a Kafka)") from None
     demo.runners.append(runner)
     try:
         await web.TCPSite(runner, host, port).start()

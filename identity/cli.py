@@ -19,6 +19,7 @@ from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
 from identity.mail import MailError, mailer_for
 from identity.oidc.keys import KeyCipher
+from sync.broker import BrokerError
 from identity.settings import (
     ConfigurationError,
     Settings,
@@ -364,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"onesignin: configuration error:\n{exc}", file=sys.stderr)
         return 2
-    except UsageError as exc:
+    except (UsageError, BrokerError) as exc:
         print(f"onesignin: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ import os
 import re
 import stat
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import urljoin
 
@@ -68,18 +68,31 @@ class Person:
 
 
 def received_via(page: str) -> set[str]:
+    """The channels that brought the version a service's home page shows."""
     found = re.search(r"<th>Received via</th><td>([^<]*)</td>", page)
     return set(html.unescape(found.group(1)).split(", ")) if found else set()
+
+
+async def until(person: Person, url: str, done: Callable[[str], bool], what: str) -> str:
+    """Reload ``url`` (as the page's own refresh does) until ``done(page)``; return the page."""
+    deadline = asyncio.get_running_loop().time() + SYNC_WAIT
+    while True:
+        page = (await person.http.get(url)).text
+        if done(page):
+            return page
+        assert asyncio.get_running_loop().time() < deadline, f"{what} within {SYNC_WAIT} s; the page shows:\n{page}"
+        await asyncio.sleep(0.2)
 
 
 async def test_a_name_changed_in_store_reaches_forum(demo: Demo) -> None:
     person = Person(demo.person["email"], demo.person["password"])
     store, forum = demo.urls["store"], demo.urls["forum"]
     try:
-        page = await person.sign_in_to(store)
-        assert "Signed in as Ann Example" in page.text
-        page = await person.sign_in_to(forum)
-        assert "Signed in as Ann Example" in page.text
+        for service in (store, forum):
+            page = await person.sign_in_to(service)
+            assert "Signed in as Ann Example" in page.text
+            # Linking sends the service a snapshot, on its webhook and on its topic.
+            await until(person, service + "/", lambda p: {"webhook", "topic"} <= received_via(p), f"no snapshot reached {service}")
 
         page = await person.http.get(store + "/profile")
         page = await person.submit(page, "/profile", given_name="Anna", family_name="Smith")
@@ -88,14 +101,13 @@ async def test_a_name_changed_in_store_reaches_forum(demo: Demo) -> None:
         # Store made the change: it has the hub's answer, and is not sent its own change back.
         assert received_via(page.text) == {"this service's change"}
 
-        deadline = asyncio.get_running_loop().time() + SYNC_WAIT
-        while True:
-            page = await person.http.get(forum + "/")
-            if "Signed in as Anna Smith" in page.text and received_via(page.text) == {"webhook", "topic"}:
-                break
-            assert asyncio.get_running_loop().time() < deadline, f"Forum did not follow within {SYNC_WAIT} s:\n{page.text}"
-            await asyncio.sleep(0.2)
-        assert "<td>Smith</td>" in page.text
+        text = await until(
+            person,
+            forum + "/",
+            lambda p: "Signed in as Anna Smith" in p and received_via(p) == {"webhook", "topic"},
+            "Forum did not show the new name from both channels",
+        )
+        assert "<td>Smith</td>" in text
 
         # A form without the session's CSRF token is refused.
         refused = await person.http.post(forum + "/profile", data={"given_name": "Eve", "csrf_token": "forged"})
@@ -104,17 +116,7 @@ async def test_a_name_changed_in_store_reaches_forum(demo: Demo) -> None:
         await person.http.aclose()
 
 
-async def test_the_webhook_takes_only_signed_deliveries(demo: Demo) -> None:
-    async with httpx2.AsyncClient(timeout=30) as http:
-        response = await http.post(
-            demo.urls["forum"] + "/webhooks/onesignin",
-            content=b'{"type": "profile.updated", "data": {"sub": "x", "version": 99, "profile": {}}}',
-            headers={"webhook-id": "msg_1", "webhook-timestamp": "1700000000", "webhook-signature": "v1,Zm9yZ2Vk"},
-        )
-    assert response.status_code == 401
-
-
-async def test_registration_is_kept_across_starts(demo: Demo) -> None:
+async def test_registration_is_kept_and_the_webhook_takes_only_signed_deliveries(demo: Demo) -> None:
     state = demo.settings.data_dir / STATE_FILE
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
     first = state.read_text()
@@ -122,6 +124,14 @@ async def test_registration_is_kept_across_starts(demo: Demo) -> None:
     assert services["Store"]["client_id"] in first and services["Forum"]["client_id"] in first
     assert person == demo.person
     assert state.read_text() == first
+
+    async with httpx2.AsyncClient(timeout=30) as http:
+        response = await http.post(
+            demo.urls["forum"] + "/webhooks/onesignin",
+            content=b'{"type": "profile.updated", "data": {"sub": "x", "version": 99, "profile": {}}}',
+            headers={"webhook-id": "msg_1", "webhook-timestamp": "1700000000", "webhook-signature": "v1,Zm9yZ2Vk"},
+        )
+    assert response.status_code == 401
 
 
 def test_the_command_line_knows_the_demo() -> None:

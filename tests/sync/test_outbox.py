@@ -100,7 +100,7 @@ async def test_the_relay_publishes_each_row_once_in_order_and_cleans_up(hub: Hub
                 for message in messages:
                     assert message.key == sub.encode()
                     versions.append(json.loads(message.value)["version"])
-            if len(versions) >= 6:
+            if len([v for v in versions if v >= 2]) >= 5:
                 break
     finally:
         await consumer.stop()
