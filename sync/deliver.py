@@ -108,6 +108,7 @@ async def load_endpoints(db: AsyncSession, cipher: KeyCipher) -> dict[int, Endpo
 class _Job:
     delivery_id: int
     service_id: int
+    account_id: int
     channel: str
     sub: str
     version: int
@@ -184,6 +185,8 @@ class Deliverer:
                     await self.slot_free.wait()
                     continue
                 await self._refresh_endpoints()
+                # Cleared before looking, so a wake-up during the claim is not lost.
+                self.wake.clear()
                 jobs = await self.claim(min(CLAIM_BATCH, self.settings.sync_concurrency - self.total_inflight))
                 backoff = 0.5
             except asyncio.CancelledError:
@@ -196,7 +199,6 @@ class Deliverer:
             for job in jobs:
                 self._start(job)
             if not jobs:
-                self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), 0.25)
 
@@ -265,7 +267,7 @@ class Deliverer:
                 not_(and_(d.channel == "topic", d.service_id.in_(no_topic))),
             )
             .order_by(d.next_attempt_at)
-            .limit(limit * 4)
+            .limit(limit)
             .with_for_update(skip_locked=True)
             .cte("due")
         )
@@ -341,7 +343,7 @@ class Deliverer:
                 )
             body = event.model_dump_json(exclude_none=False)
             jobs.append(
-                _Job(r.id, r.service_id, r.channel, account.sub, account.version, body, mid, r.first_pending_at, r.failing_since, r.attempts)
+                _Job(r.id, r.service_id, r.account_id, r.channel, account.sub, account.version, body, mid, r.first_pending_at, r.failing_since, r.attempts)
             )
         if dropped:
             await db.execute(
@@ -420,6 +422,8 @@ class Deliverer:
     async def _record(self, db: AsyncSession, results: list[_Result]) -> None:
         d = Delivery.__table__.c
         s = Service.__table__.c
+        # Rows are locked in key order, as the fan-out's upserts do, so the two never deadlock.
+        results = sorted(results, key=lambda r: (r.job.service_id, r.job.account_id, r.job.channel))
         ok = [r for r in results if r.outcome.result == "ok"]
         failed = [r for r in results if r.outcome.result != "ok"]
         if ok:

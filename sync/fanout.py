@@ -17,6 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from pydantic import ValidationError
 from sqlalchemy import and_, bindparam, case, select, true, update
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from identity.db.models import Account, Delivery, Link, Service, utcnow
@@ -117,18 +118,32 @@ async def record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], *
                     row["snapshot"] = row["snapshot"] or snapshot
                     row["origin"], row["origin_self"] = origin, origin_self
                     row["first_pending_at"] = min(row["first_pending_at"], event.occurred_at)
-    values = list(wanted.values())
+    # Rows are locked in key order, as the deliverer's updates do, so the two never deadlock.
+    values = [wanted[key] for key in sorted(wanted)]
+    statement = _upsert(db)
     for start in range(0, len(values), UPSERT_CHUNK):
-        await db.execute(_upsert(db, values[start : start + UPSERT_CHUNK]))
+        await db.execute(statement, values[start : start + UPSERT_CHUNK])
     if known:
         await _note_known(db, known)
     return len(values)
 
 
-def _upsert(db: AsyncSession, values: list[dict[str, Any]]) -> Any:
-    """Insert the wanted deliveries, or coalesce them into the pending ones."""
+_UPSERTS: dict[str, Any] = {}
+
+
+def _upsert(db: AsyncSession) -> Any:
+    """Insert the wanted deliveries, or coalesce them into the pending ones. Built once per
+    dialect and run with many parameter sets (compiling it per batch would cost more than the
+    database work)."""
+    dialect = db.bind.dialect.name
+    if dialect not in _UPSERTS:
+        _UPSERTS[dialect] = _build_upsert(db)
+    return _UPSERTS[dialect]
+
+
+def _build_upsert(db: AsyncSession) -> Any:
     d = Delivery.__table__.c
-    stmt = insert_for(db, Delivery).values(values)
+    stmt = insert_for(db, Delivery.__table__)
     new = stmt.excluded
     pending = d.wanted_version > d.delivered_version
     retrying = and_(pending, d.state == "active")
@@ -224,6 +239,20 @@ class FanOut:
                 if consumer is not None:
                     await consumer.stop()
 
+    async def _record(self, events: list[ProfileChanged | LinkCreated]) -> None:
+        """Record a batch in one transaction, retried a few times on a transient conflict
+        (a deadlock or a busy database) before the consumer gives up and reconnects."""
+        for attempt in range(1, 6):
+            try:
+                async with self.sessions.begin() as db:
+                    await record(db, events, echo_suppression=self.settings.sync_echo_suppression)
+                return
+            except (OperationalError, DBAPIError) as exc:
+                if attempt == 5 or getattr(exc, "connection_invalidated", False):
+                    raise
+                log.info("sync worker: recording a batch conflicted (%s); retrying", type(getattr(exc, "orig", exc)).__name__)
+                await asyncio.sleep(0.05 * attempt)
+
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             batch = await consumer.getmany(timeout_ms=500, max_records=self.settings.relay_batch_size)
@@ -243,8 +272,7 @@ class FanOut:
                         self.metrics.events_consumed.labels(event.type).inc()
                     offsets[tp] = messages[-1].offset + 1
                 if events:
-                    async with self.sessions.begin() as db:
-                        await record(db, events, echo_suppression=self.settings.sync_echo_suppression)
+                    await self._record(events)
                 # Only now is the work durable: commit the offsets.
                 await consumer.commit(offsets)
             if self.wake is not None:

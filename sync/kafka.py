@@ -54,6 +54,8 @@ def consumer(settings: Settings, bootstrap: str, group_id: str) -> AIOKafkaConsu
         auto_offset_reset="earliest",
         isolation_level="read_committed",
         max_poll_records=500,
+        # A change should not wait half a second at each hop for a fuller fetch.
+        fetch_max_wait_ms=50,
         session_timeout_ms=10000,
         heartbeat_interval_ms=2000,
     )

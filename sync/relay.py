@@ -54,6 +54,7 @@ class Relay:
         self.producer: AIOKafkaProducer | None = None
         self._topics_ready = False
         self._last_cleanup = 0.0
+        self._lease_until = dt.datetime.min.replace(tzinfo=dt.UTC)
 
     async def run(self) -> None:
         """Publish forever; survives Kafka and database outages."""
@@ -77,6 +78,10 @@ class Relay:
                     backoff = min(backoff * 2, MAX_BACKOFF)
         finally:
             await self._disconnect()
+            try:
+                await self._release()
+            except Exception as exc:
+                log.warning("outbox relay: could not release its lease: %s", _describe(exc))
 
     async def _connect(self) -> None:
         if self.producer is None:
@@ -110,9 +115,10 @@ class Relay:
                     now = await self._mark(db, rows)
         else:
             # SQLite has one writer: hold no write transaction while waiting for the broker.
-            async with self.sessions.begin() as db:
-                if not await self._lease(db):
-                    return 0
+            if (self._lease_until - utcnow()).total_seconds() < LEASE_SECONDS / 2:
+                async with self.sessions.begin() as db:
+                    if not await self._lease(db):
+                        return 0
             async with self.sessions() as db:
                 rows = await self._unpublished(db)
             if rows:
@@ -163,12 +169,22 @@ class Relay:
             .values(holder=self.holder, expires_at=expires)
         )
         if taken.rowcount:
+            self._lease_until = expires
             return True
         exists = await db.scalar(select(func.count()).select_from(Lease).where(Lease.name == LEASE_NAME))
         if exists:
             return False
         await db.execute(insert(Lease).values(name=LEASE_NAME, holder=self.holder, expires_at=expires))
+        self._lease_until = expires
         return True
+
+    async def _release(self) -> None:
+        """Give the lease up at once, so a relay started next need not wait for it to expire."""
+        if self._lease_until <= utcnow():
+            return
+        self._lease_until = utcnow()
+        async with self.sessions.begin() as db:
+            await db.execute(update(Lease).where(Lease.name == LEASE_NAME, Lease.holder == self.holder).values(expires_at=utcnow()))
 
     async def _cleanup_now_and_then(self) -> None:
         loop = asyncio.get_running_loop()
