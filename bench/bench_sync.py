@@ -269,6 +269,20 @@ class SyncProcesses:
         path = self.logs_of.get(name)
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path and path.exists() else ""
 
+    def warnings(self) -> dict[str, int]:
+        """What the sync processes warned about (or failed at), counted by first line."""
+        found: Counter[str] = Counter()
+        for path in sorted(self.logs.glob("*.log")):
+            if path.name.startswith("receiver"):
+                continue
+            for line in path.read_text(errors="replace").splitlines():
+                if " WARNING " in line or " ERROR " in line:
+                    message = line.split(" ", 3)[-1]
+                    if "embedded SQLite database" in message:
+                        continue
+                    found[message.split("[SQL:")[0].strip()[:160]] += 1
+        return dict(found.most_common())
+
     def pids(self) -> dict[str, list[int]]:
         return {name: [p.pid] for name, p in self.procs.items()}
 
@@ -637,7 +651,8 @@ async def scenario_latency(args: argparse.Namespace, writer: Writer, receivers: 
     profiler.start("latency", sync.pids() | {"receiver": meter.parts["receiver"]})
     schedule = await writer.at_rate(range(args.people), args.rate, args.seconds, args.writers)
     committed = time.time()
-    complete = await receivers.wait_for(writer.commits, names, sync, stall=15, timeout=max(60.0, args.seconds * 3))
+    # A fan-out that reconnects to the embedded broker may need ~20 s to be given its partitions again.
+    complete = await receivers.wait_for(writer.commits, names, sync, stall=40, timeout=max(120.0, args.seconds * 6))
     drained = time.time()
     cpu = meter.stop()
     profile = profiler.stop()
@@ -707,7 +722,7 @@ async def scenario_throughput(args: argparse.Namespace, writer: Writer, receiver
         out["queue_s"] = round(time.time() - started, 2)
         out["queue_rate"] = round(args.burst / (time.time() - started), 1)
     expected = args.burst * args.services
-    complete = await receivers.wait_for(writer.commits, names, sync, stall=30, timeout=600)
+    complete = await receivers.wait_for(writer.commits, names, sync, stall=40, timeout=600)
     cpu = meter.stop()
     profile = profiler.stop()
     stats = await receivers.stats()
@@ -863,6 +878,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             result["latency"] = await scenario_latency(args, writer, receivers, sync, meter, profiler, sessions)
         if "throughput" in args.scenarios:
             result["throughput"] = await scenario_throughput(args, writer, receivers, sync, meter, profiler, sessions)
+        result["sync_warnings"] = sync.warnings()
         result["logs"] = str(logs) if args.keep else None
         return result
     finally:
@@ -945,6 +961,11 @@ def print_table(r: dict[str, Any]) -> None:
         print(row.format("left in the database", " ".join(f"{k}={v}" for k, v in tp["left_in_db"].items()), "", ""))
         print_cpu(tp["cpu"], tp["cpu_ms"])
         print_profile(tp.get("profile"))
+    if r.get("sync_warnings"):
+        print()
+        print("the sync processes logged these warnings (count, message):")
+        for message, n in r["sync_warnings"].items():
+            print(f"  {n:4d}  {message}")
 
 
 def print_cpu(cpu: dict[str, Any], per_unit: dict[str, Any]) -> None:
