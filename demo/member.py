@@ -73,6 +73,11 @@ class MemberConfig:
     group_id: str | None = None
     scope: str = DEFAULT_SCOPE
     colour: str = "#1f5fbf"
+    #: Where the service itself calls the hub (discovery, token, keys, userinfo, revocation and
+    #: the API), when that is not the issuer's own address: e.g. ``http://proxy:8000`` inside a
+    #: container network whose issuer is ``http://127.0.0.1:8000`` on the host. People's browsers
+    #: are still sent to the issuer's URLs, and ID tokens must still name the issuer.
+    hub_url: str | None = None
 
     @property
     def slug(self) -> str:
@@ -193,12 +198,18 @@ class SignedOut(Exception):
     """The hub no longer accepts this session's tokens."""
 
 
+#: Endpoints the service calls itself (the others, authorization and end-session, are for browsers).
+BACK_CHANNEL = ("token_endpoint", "jwks_uri", "userinfo_endpoint", "revocation_endpoint", "introspection_endpoint")
+
+
 class HubClient:
     """The hub's discovery document and keys (fetched when first needed), the code flow, and
     calls to its API with the person's access token."""
 
     def __init__(self, config: MemberConfig) -> None:
         self.config = config
+        #: Where this service's own requests to the hub go.
+        self.base = (config.hub_url or config.issuer).rstrip("/")
         self._metadata: dict[str, Any] | None = None
         self._keys: KeySet | None = None
         self._lock = asyncio.Lock()
@@ -219,13 +230,26 @@ class HubClient:
         async with self._lock:
             if self._metadata is None:
                 async with httpx2.AsyncClient(timeout=15) as http:
-                    response = await http.get(f"{self.config.issuer}/.well-known/openid-configuration")
+                    response = await http.get(f"{self.base}/.well-known/openid-configuration")
                     response.raise_for_status()
                     metadata = response.json()
                 if metadata.get("issuer") != self.config.issuer:  # OIDC Discovery 1.0, section 4.3
                     raise SignInFailed("The hub's discovery document names another issuer.")
-                self._metadata = metadata
+                self._metadata = self._back_channel(metadata)
         return self._metadata
+
+    def _back_channel(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        """The discovery document with the endpoints this service calls itself moved from the
+        issuer's address to :attr:`base` (the same paths on the same hub)."""
+        issuer = self.config.issuer.rstrip("/")
+        if self.base == issuer:
+            return metadata
+        moved = dict(metadata)
+        for name in BACK_CHANNEL:
+            url = moved.get(name)
+            if isinstance(url, str) and url.startswith(issuer + "/"):
+                moved[name] = self.base + url[len(issuer):]
+        return moved
 
     async def keys(self, *, refresh: bool = False) -> KeySet:
         metadata = await self.metadata()
@@ -298,7 +322,7 @@ class HubClient:
 
         async with self.client(token=session.token, update_token=keep, token_endpoint=metadata["token_endpoint"]) as client:
             try:
-                response = await client.request(method, f"{self.config.issuer}{path}", **kwargs)
+                response = await client.request(method, f"{self.base}{path}", **kwargs)
             except AuthlibBaseError as exc:
                 raise SignedOut(str(exc)) from None
         if response.status_code == 401:

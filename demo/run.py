@@ -1,10 +1,18 @@
-"""``onesignin demo``: the hub with its sync pipeline (and, unless ``ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS``
-names a Kafka, the embedded broker), plus the member services "Store" and "Forum", in one process
-on three consecutive ports.
+"""``onesignin demo``: the member services "Store" and "Forum", in one of two ways.
 
-At start the two services and a demo person are registered in the hub's database unless they
-already are: their credentials are kept in ``demo.json`` in the data dir (readable by its owner
-only) and reused on the next start."""
+* All in one (the default): the hub too, with its sync pipeline (and, unless
+  ``ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS`` names a Kafka, the embedded broker), in one process on
+  three consecutive ports (:func:`start`).
+* Services only (``--services-only``): no hub here. The services join a hub that runs elsewhere
+  (the compose topology: hub replicas behind a proxy, Postgres, Kafka, relays and workers). They
+  are registered in that hub's database (``ONESIGNIN_DATABASE_URL``, with its
+  ``ONESIGNIN_SECRET_KEY``), read their topics at ``ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS``, and call
+  the hub at ``--hub-url`` while people's browsers use the issuer (:func:`start_services`).
+
+Either way, the services and a demo person are registered unless they already are: their
+credentials are kept in ``demo.json`` in the data dir (readable by its owner only) and reused on
+the next start. Registration holds a lock beside that file, so Store and Forum may start as two
+processes sharing the data dir and see each other's registration."""
 
 from __future__ import annotations
 
@@ -15,38 +23,76 @@ import logging
 import os
 import secrets
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiokafka.errors import KafkaError
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from demo.member import CALLBACK_PATH, WEBHOOK_PATH, MemberConfig, create_member_app
 from identity import admin
+from identity.accounts.passwords import PasswordHasher
+from identity.db.engine import create_engine, create_sessionmaker
+from identity.db.migrate import upgrade
 from identity.db.models import Account, Service
+from identity.oidc.keys import KeyCipher
 from identity.settings import Settings
 from identity.web import appkeys as K
 from identity.web.app import create_app
 from schemas.events import service_topic
-from sync import kafka
+from sync import kafka, webhooks
 from sync.broker import BrokerError
+from sync.deliver import seal_secret
 from sync.runtime import BOOTSTRAP
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: registration is then not guarded against a second process
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
-#: The member services: name and page colour.
-SERVICES = (("Store", "#1f5fbf"), ("Forum", "#1a7f37"))
+#: The member services, by slug: name and page colour.
+SERVICES = {"store": ("Store", "#1f5fbf"), "forum": ("Forum", "#1a7f37")}
 PERSON = {"email": "ann@example.com", "given_name": "Ann", "family_name": "Example"}
 STATE_FILE = "demo.json"
 #: Addresses to listen on that also answer on 127.0.0.1, where the issuer and services are published.
 LISTEN_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::")
+#: ``--services-only`` ports when none are given (the all-in-one demo's, beside a hub on 8000).
+SERVICE_PORTS = {"store": 8001, "forum": 8002}
 
 
 class DemoError(Exception):
     """The demo cannot start; the message says why."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """One member service: where people's browsers reach it and where the hub's workers
+    deliver its webhooks."""
+
+    slug: str
+    port: int
+    #: ``http://127.0.0.1:<port>``: its redirect URI is here.
+    public_url: str
+    webhook_url: str
+    #: A plain-http webhook outside loopback, allowed by ``--allow-http-webhooks`` (see
+    #: :func:`_private_network_webhook`).
+    plain_http_webhook: bool = False
+
+    @property
+    def name(self) -> str:
+        return SERVICES[self.slug][0]
+
+    @property
+    def colour(self) -> str:
+        return SERVICES[self.slug][1]
 
 
 @dataclass
@@ -54,10 +100,12 @@ class Demo:
     """The running demo; :meth:`stop` closes everything."""
 
     settings: Settings
-    hub: web.Application
     urls: dict[str, str]
     person: dict[str, Any]
     state_file: Path
+    sites: list[Site]
+    #: The hub, when it runs in this process (not with ``--services-only``).
+    hub: web.Application | None = None
     members: dict[str, web.Application] = field(default_factory=dict)
     runners: list[web.AppRunner] = field(default_factory=list)
 
@@ -79,6 +127,37 @@ def demo_settings(settings: Settings, port: int) -> Settings:
     return settings.model_copy(update={"issuer": issuer, "sync_in_process": True})
 
 
+def _check_host(host: str) -> None:
+    if host not in LISTEN_HOSTS:
+        raise DemoError(f"--host must be {', '.join(LISTEN_HOSTS[:-1])} or {LISTEN_HOSTS[-1]} (the demo is published at http://127.0.0.1)")
+
+
+def _check_ports(ports: Mapping[str, int]) -> None:
+    for what, port in ports.items():
+        if not 0 < port < 65536:
+            raise DemoError(f"the {what} port {port} is not a port (1-65535)")
+    if len(set(ports.values())) != len(ports):
+        raise DemoError(f"the ports must differ: {', '.join(f'{k} {v}' for k, v in ports.items())}")
+
+
+def _sites(ports: Mapping[str, int], webhook_bases: Mapping[str, str | None], allow_http_webhooks: bool) -> list[Site]:
+    sites = []
+    for slug, port in ports.items():
+        public = f"http://127.0.0.1:{port}"
+        base = (webhook_bases.get(slug) or public).rstrip("/")
+        url, plain = base + WEBHOOK_PATH, False
+        try:
+            admin.check_uri(url, f"--{slug}-webhook-base")
+        except admin.InvalidInput as exc:
+            parts = urlsplit(url)
+            if not (allow_http_webhooks and parts.scheme == "http" and parts.hostname and not parts.query and not parts.fragment):
+                hint = " (add --allow-http-webhooks if the hub's workers reach it on a private network)" if parts.scheme == "http" else ""
+                raise DemoError(f"{exc}{hint}") from None
+            plain = True
+        sites.append(Site(slug, port, public, url, plain))
+    return sites
+
+
 async def start(
     settings: Settings,
     *,
@@ -88,44 +167,106 @@ async def start(
     forum_port: int | None = None,
 ) -> Demo:
     """Start the hub on ``port`` and Store and Forum on the next two ports (or the ones given)."""
-    if host not in LISTEN_HOSTS:
-        raise DemoError(f"--host must be {', '.join(LISTEN_HOSTS[:-1])} or {LISTEN_HOSTS[-1]} (the demo is published at http://127.0.0.1)")
+    _check_host(host)
     ports = {"hub": port, "store": store_port or port + 1, "forum": forum_port or port + 2}
-    if any(not 0 < p < 65536 for p in ports.values()):
-        raise DemoError(f"the demo needs three ports; {port} leaves too few")
+    _check_ports(ports)
     settings = demo_settings(settings, port)
-    urls = {name: f"http://127.0.0.1:{p}" for name, p in ports.items()}
+    sites = _sites({slug: ports[slug] for slug in SERVICES}, {}, False)
     hub = create_app(settings, migrate=True, sync=True)
-    demo = Demo(settings, hub, urls, {}, settings.data_dir / STATE_FILE)
+    urls = {"hub": settings.issuer} | {s.slug: s.public_url for s in sites}
+    demo = Demo(settings, urls, {}, settings.data_dir / STATE_FILE, sites, hub=hub)
     try:
-        await _listen(demo, hub, host, ports["hub"])
-        services, demo.person = await register(hub, settings, urls)
-        bootstrap = hub[BOOTSTRAP]
-        topics = {settings.kafka_topic_prefix + s["topic"]: settings.kafka_service_partitions for s in services.values()}
-        # An operator's step: the topics exist before the services subscribe to them.
-        await kafka.ensure_topics(settings, bootstrap, topics)
-        for name, colour in SERVICES:
-            credentials = services[name]
-            slug = name.lower()
-            options = kafka.client_options(settings, bootstrap) | {"client_id": f"demo-{slug}"}
-            config = MemberConfig(
-                name=name,
-                base_url=urls[slug],
-                issuer=settings.issuer,
-                client_id=credentials["client_id"],
-                client_secret=credentials["client_secret"],
-                webhook_secret=credentials["webhook_secret"],
-                topic=settings.kafka_topic_prefix + credentials["topic"],
-                kafka=options,
-                group_id=f"{settings.kafka_topic_prefix}demo-{slug}.profile-sync",
-                colour=colour,
-            )
-            demo.members[slug] = create_member_app(config)
-            await _listen(demo, demo.members[slug], host, ports[slug])
+        await _listen(demo, hub, host, port)
+        async with registration_lock(settings):
+            services, demo.person = await register(hub[K.DB], hub[K.CIPHER], hub[K.HASHER], settings, sites)
+        await _start_members(demo, services, hub[BOOTSTRAP], host, hub_url=None)
     except BaseException:
         await demo.stop()
         raise
     return demo
+
+
+async def start_services(
+    settings: Settings,
+    *,
+    hub_url: str,
+    host: str = "127.0.0.1",
+    store_port: int = SERVICE_PORTS["store"],
+    forum_port: int = SERVICE_PORTS["forum"],
+    only: str | None = None,
+    webhook_bases: Mapping[str, str | None] | None = None,
+    allow_http_webhooks: bool = False,
+) -> Demo:
+    """Start Store and Forum (or ``only`` one of them) against a hub running elsewhere.
+
+    ``settings`` are the hub's: its database, secret key, issuer and Kafka. The services call the
+    hub at ``hub_url`` (discovery, tokens, keys, API), which may differ from the issuer, e.g. the
+    proxy's name on a container network; people's browsers still go to the issuer. The hub's
+    workers POST each service's webhooks to ``webhook_bases[slug]`` (default its public URL)."""
+    _check_host(host)
+    if only is not None and only not in SERVICES:
+        raise DemoError(f"--only must be {' or '.join(SERVICES)}")
+    parts = urlsplit(hub_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise DemoError(f"--hub-url must be an absolute http(s) URL such as http://127.0.0.1:8000: {hub_url!r}")
+    bootstrap = settings.kafka_bootstrap_servers
+    if not bootstrap:
+        raise DemoError("set ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS to the hub's Kafka (--services-only starts no broker)")
+    if not settings.secret_key and not (settings.data_dir / "secret.key").exists():
+        raise DemoError("set ONESIGNIN_SECRET_KEY to the hub's secret key (the webhook secrets are encrypted with it)")
+    ports = {slug: p for slug, p in (("store", store_port), ("forum", forum_port)) if only in (None, slug)}
+    _check_ports(ports)
+    sites = _sites(ports, webhook_bases or {}, allow_http_webhooks)
+    urls = {"hub": settings.issuer} | {s.slug: s.public_url for s in sites}
+    demo = Demo(settings, urls, {}, settings.data_dir / STATE_FILE, sites)
+    try:
+        engine = create_engine(settings)
+        try:
+            async with registration_lock(settings):
+                if settings.is_embedded:
+                    await upgrade(engine)
+                hasher = PasswordHasher(
+                    memory_cost=settings.argon2_memory_cost, time_cost=settings.argon2_time_cost, parallelism=settings.argon2_parallelism
+                )
+                cipher = KeyCipher(settings.resolved_secret_key())
+                services, demo.person = await register(create_sessionmaker(engine), cipher, hasher, settings, sites)
+        except (OSError, SQLAlchemyError) as exc:
+            raise DemoError(f"cannot register the demo services in the hub's database: {type(exc).__name__}: {exc}") from None
+        finally:
+            await engine.dispose()
+        await _start_members(demo, services, bootstrap, host, hub_url=hub_url.rstrip("/"))
+    except BaseException:
+        await demo.stop()
+        raise
+    return demo
+
+
+async def _start_members(demo: Demo, services: dict[str, dict[str, Any]], bootstrap: str, host: str, *, hub_url: str | None) -> None:
+    settings = demo.settings
+    topics = {settings.kafka_topic_prefix + services[s.name]["topic"]: settings.kafka_service_partitions for s in demo.sites}
+    # An operator's step: the topics exist before the services subscribe to them.
+    try:
+        await kafka.ensure_topics(settings, bootstrap, topics)
+    except KafkaError as exc:
+        raise DemoError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
+    for site in demo.sites:
+        credentials = services[site.name]
+        options = kafka.client_options(settings, bootstrap) | {"client_id": f"demo-{site.slug}"}
+        config = MemberConfig(
+            name=site.name,
+            base_url=site.public_url,
+            issuer=settings.issuer,
+            client_id=credentials["client_id"],
+            client_secret=credentials["client_secret"],
+            webhook_secret=credentials["webhook_secret"],
+            topic=settings.kafka_topic_prefix + credentials["topic"],
+            kafka=options,
+            group_id=f"{settings.kafka_topic_prefix}demo-{site.slug}.profile-sync",
+            colour=site.colour,
+            hub_url=hub_url,
+        )
+        demo.members[site.slug] = create_member_app(config)
+        await _listen(demo, demo.members[site.slug], host, site.port)
 
 
 async def _listen(demo: Demo, app: web.Application, host: str, port: int) -> None:
@@ -139,50 +280,95 @@ async def _listen(demo: Demo, app: web.Application, host: str, port: int) -> Non
     try:
         await web.TCPSite(runner, host, port).start()
     except OSError as exc:
-        raise DemoError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose another --port)") from None
+        raise DemoError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (choose other ports)") from None
 
 
-async def register(hub: web.Application, settings: Settings, urls: dict[str, str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Register Store, Forum and the demo person unless ``demo.json`` says they already are;
-    return the services' credentials and the person's sign-in details."""
+async def register(
+    sessions: async_sessionmaker[AsyncSession],
+    cipher: KeyCipher,
+    hasher: PasswordHasher,
+    settings: Settings,
+    sites: Sequence[Site],
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Register the services of ``sites`` and the demo person unless ``demo.json`` says they
+    already are; return every service's credentials and the person's sign-in details. (Another
+    process may share the data dir: hold :func:`registration_lock`.)"""
     path = settings.data_dir / STATE_FILE
     state = _load(path)
     services: dict[str, dict[str, Any]] = dict(state.get("services") or {})
-    async with hub[K.DB].begin() as db:
-        for name, _ in SERVICES:
-            services[name] = await _service(db, hub, name, urls[name.lower()], services.get(name))
-        person = await _person(db, hub, settings, state.get("person") or {})
+    async with sessions.begin() as db:
+        for site in sites:
+            services[site.name] = await _service(db, cipher, site, services.get(site.name))
+        person = await _person(db, settings, hasher, state.get("person") or {})
         # Saved before the commit: credentials written are never lost, and ones whose service
         # was not committed are replaced on the next start.
         _save(path, {"issuer": settings.issuer, "services": services, "person": person})
     return services, person
 
 
-async def _service(db: AsyncSession, hub: web.Application, name: str, base: str, kept: dict[str, Any] | None) -> dict[str, Any]:
-    redirect_uris, webhook_url = [base + CALLBACK_PATH], base + WEBHOOK_PATH
+async def _service(db: AsyncSession, cipher: KeyCipher, site: Site, kept: dict[str, Any] | None) -> dict[str, Any]:
+    redirect_uris = [site.public_url + CALLBACK_PATH]
     row = None
     if kept and kept.get("client_id") and kept.get("webhook_secret"):
         row = await db.scalar(select(Service).where(Service.client_id == kept["client_id"]))
     if row is None:
         created = await admin.add_service(
-            db, name=name, redirect_uris=redirect_uris, webhook_url=webhook_url, kafka_topic=True, cipher=hub[K.CIPHER]
+            db,
+            name=site.name,
+            redirect_uris=redirect_uris,
+            webhook_url=None if site.plain_http_webhook else site.webhook_url,
+            kafka_topic=True,
+            cipher=cipher,
         )
-        return {
+        credentials = {
             "client_id": created.client_id,
             "client_secret": created.client_secret,
             "webhook_secret": created.webhook_secret,
             "topic": created.topic,
         }
+        if site.plain_http_webhook:
+            row = await db.scalar(select(Service).where(Service.client_id == created.client_id))
+            assert row is not None
+            credentials["webhook_secret"] = _private_network_webhook(row, cipher, site.webhook_url)
+        return credentials
     assert kept is not None
-    # The same service started on other ports: point the hub there.
+    kept = {**kept, "topic": service_topic(row.client_id)}
+    # The same service started on other ports or another network: point the hub there.
     if row.redirect_uris != redirect_uris:
         row.redirect_uris = redirect_uris
-    if row.webhook_url != webhook_url or row.webhook_disabled_at is not None or not row.topic_enabled:
-        await admin.update_service_sync(db, hub[K.CIPHER], row.client_id, webhook_url=webhook_url, kafka_topic=True)
-    return {**kept, "topic": service_topic(row.client_id)}
+    if row.webhook_url != site.webhook_url or row.webhook_disabled_at is not None or not row.topic_enabled or not row.webhook_secret:
+        if site.plain_http_webhook:
+            secret = _private_network_webhook(row, cipher, site.webhook_url)
+        else:
+            changed = await admin.update_service_sync(db, cipher, row.client_id, webhook_url=site.webhook_url, kafka_topic=True)
+            secret = changed.webhook_secret
+        if secret:
+            kept["webhook_secret"] = secret
+    return kept
 
 
-async def _person(db: AsyncSession, hub: web.Application, settings: Settings, kept: dict[str, Any]) -> dict[str, Any]:
+def _private_network_webhook(row: Service, cipher: KeyCipher, url: str) -> str | None:
+    """Point ``row``'s webhook at ``url``, a plain-http URL outside loopback; return its secret
+    when a new one was made.
+
+    The hub's own registration (``onesignin services``, :func:`identity.admin.check_uri`) takes
+    plain http on loopback only, and that rule stays for every other service. The demo's services
+    may instead run beside the hub's workers on a private network (the compose network, where
+    the workers reach ``http://store:8101`` by name): only with ``--allow-http-webhooks``, and only
+    on this path, is such a URL written directly. The secret is made and sealed as the hub's
+    registration does, and the webhook starts healthy."""
+    secret = None
+    row.webhook_url = url
+    if not row.webhook_secret:
+        secret = webhooks.new_secret()
+        row.webhook_secret = seal_secret(cipher, secret)
+    row.webhook_disabled_at = row.webhook_quarantined_at = row.webhook_failing_since = None
+    row.webhook_last_error = None
+    row.topic_enabled = True
+    return secret
+
+
+async def _person(db: AsyncSession, settings: Settings, hasher: PasswordHasher, kept: dict[str, Any]) -> dict[str, Any]:
     email = PERSON["email"]
     exists = await db.scalar(select(Account.id).where(Account.email == email))
     if exists is not None:
@@ -191,10 +377,31 @@ async def _person(db: AsyncSession, hub: web.Application, settings: Settings, ke
         return {"email": email, "password": None, "note": "this account existed before the demo: use its own password"}
     password = kept.get("password") if kept.get("email") == email and kept.get("password") else "demo-" + secrets.token_urlsafe(12)
     await admin.add_user(
-        db, settings, hub[K.HASHER], email=email, password=password,
+        db, settings, hasher, email=email, password=password,
         given_name=PERSON["given_name"], family_name=PERSON["family_name"], verified=True,
     )
     return {"email": email, "password": password}
+
+
+@contextlib.asynccontextmanager
+async def registration_lock(settings: Settings) -> AsyncIterator[None]:
+    """Hold an exclusive lock on ``demo.json.lock`` in the data dir while registering: Store and
+    Forum may start as two processes sharing it (two compose services on one volume), and each
+    must see the other's registration and the same demo person. The lock goes with the file's
+    descriptor, also when the process dies."""
+    path = settings.data_dir / STATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        while fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -220,9 +427,10 @@ def _save(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-async def serve(settings: Settings, *, host: str, port: int, announce: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Start the demo, ``announce`` its URLs and the demo person, and serve until SIGINT or SIGTERM."""
-    demo = await start(settings, host=host, port=port)
+async def serve(start_demo: Callable[[], Awaitable[Demo]], *, announce: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Start the demo (:func:`start` or :func:`start_services`, bound to their arguments),
+    ``announce`` its URLs and the demo person, and serve until SIGINT or SIGTERM."""
+    demo = await start_demo()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled = []

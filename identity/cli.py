@@ -19,13 +19,13 @@ from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
 from identity.mail import MailError, mailer_for
 from identity.oidc.keys import KeyCipher
-from sync.broker import BrokerError
 from identity.settings import (
     ConfigurationError,
     Settings,
     development_warnings,
     load_settings,
 )
+from sync.broker import BrokerError
 
 
 class UsageError(Exception):
@@ -235,15 +235,50 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     try:
-        from demo.run import DemoError, serve
+        from demo.run import SERVICE_PORTS, DemoError, serve, start, start_services
     except ModuleNotFoundError as exc:
         if exc.name != "httpx2":
             raise
         raise UsageError("the demo's member services need httpx2 (authlib's HTTP client): pip install httpx2") from None
 
+    services_only = {
+        "--hub-url": args.hub_url,
+        "--only": args.only,
+        "--store-webhook-base": args.store_webhook_base,
+        "--forum-webhook-base": args.forum_webhook_base,
+        "--allow-http-webhooks": args.allow_http_webhooks or None,
+    }
+    if args.services_only:
+        if not args.hub_url:
+            raise UsageError("--services-only needs --hub-url, where the services reach the hub (e.g. http://127.0.0.1:8000)")
+        if args.port is not None:
+            raise UsageError("--port is the hub's port: with --services-only give --store-port and --forum-port")
+        other = {"store": "forum", "forum": "store"}.get(args.only or "")
+        if other and (getattr(args, f"{other}_port") is not None or getattr(args, f"{other}_webhook_base") is not None):
+            raise UsageError(f"--only {args.only} runs no {other.title()}: leave out --{other}-port and --{other}-webhook-base")
+
+        def begin() -> Any:
+            return start_services(
+                settings,
+                hub_url=args.hub_url,
+                host=args.host,
+                store_port=args.store_port or SERVICE_PORTS["store"],
+                forum_port=args.forum_port or SERVICE_PORTS["forum"],
+                only=args.only,
+                webhook_bases={"store": args.store_webhook_base, "forum": args.forum_webhook_base},
+                allow_http_webhooks=args.allow_http_webhooks,
+            )
+    else:
+        given = [name for name, value in services_only.items() if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} only with --services-only")
+
+        def begin() -> Any:
+            return start(settings, host=args.host, port=args.port or 8000, store_port=args.store_port, forum_port=args.forum_port)
+
     try:
         with asyncio.Runner(loop_factory=_event_loop) as runner:
-            return runner.run(serve(settings, host=args.host, port=args.port, announce=_emit))
+            return runner.run(serve(begin, announce=_emit))
     except DemoError as exc:
         raise UsageError(str(exc)) from None
 
@@ -282,16 +317,38 @@ def parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="try it out: the hub and two member services, Store and Forum, in one process",
+        help="try it out: two member services, Store and Forum, with the hub in one process or against a running hub",
         description="Run the hub (with profile sync and, unless ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS is set, the "
-        "embedded broker) on --port, and two member services, Store and Forum, on the next two ports. "
-        "Registers the services and a demo person (ann@example.com) unless they exist, keeping their "
-        "credentials in DATA_DIR/demo.json, and prints the URLs and the person's password as JSON. Sign in "
-        "to both services, change your name in one and watch the other follow. The issuer is "
-        "http://127.0.0.1:PORT. Stop with Ctrl-C.",
+        "embedded broker) on --port, and two member services, Store and Forum, on the next two ports; the "
+        "issuer is http://127.0.0.1:PORT. With --services-only, run only Store and Forum against a hub that "
+        "runs elsewhere: they are registered in its database (ONESIGNIN_DATABASE_URL, with the hub's "
+        "ONESIGNIN_SECRET_KEY), read their topics at ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS, call the hub at "
+        "--hub-url and send people's browsers to ONESIGNIN_ISSUER. Either way the services and a demo "
+        "person (ann@example.com) are registered unless they exist, keeping their credentials in "
+        "DATA_DIR/demo.json, and the URLs and the person's password are printed as JSON. Sign in to both "
+        "services, change your name in one and watch the other follow. Stop with Ctrl-C.",
     )
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on: 127.0.0.1 (default), localhost, 0.0.0.0 or ::")
-    demo.add_argument("--port", type=int, default=8000, help="the hub's port; Store and Forum use the next two (default 8000)")
+    demo.add_argument("--port", type=int, help="the hub's port; Store and Forum use the next two (default 8000)")
+    demo.add_argument("--store-port", type=int, help="Store's port (default: --port + 1; 8001 with --services-only)")
+    demo.add_argument("--forum-port", type=int, help="Forum's port (default: --port + 2; 8002 with --services-only)")
+    demo.add_argument("--services-only", action="store_true", help="start no hub: run the services against the hub at --hub-url")
+    demo.add_argument(
+        "--hub-url", help="with --services-only: where the services call the hub (discovery, tokens, keys, API), "
+        "e.g. http://proxy:8000 on a container network whose issuer is http://127.0.0.1:8000"
+    )
+    demo.add_argument("--only", choices=["store", "forum"], help="with --services-only: register and run only this service")
+    for slug in ("store", "forum"):
+        demo.add_argument(
+            f"--{slug}-webhook-base", metavar="URL",
+            help=f"with --services-only: where the hub's workers reach {slug.title()} (its webhook is URL/webhooks/onesignin; "
+            f"default http://127.0.0.1:{slug.upper()}_PORT)",
+        )
+    demo.add_argument(
+        "--allow-http-webhooks", action="store_true",
+        help="with --services-only: accept a plain-http webhook base outside loopback, for services on a private "
+        "network with the hub's workers (compose); `onesignin services` keeps requiring https there",
+    )
     demo.set_defaults(func=cmd_demo)
 
     migrate = sub.add_parser("migrate", help="apply database migrations", description="Apply database migrations.")

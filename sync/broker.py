@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
-import socket
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -39,12 +40,15 @@ def broker_binary() -> str:
         raise BrokerError(str(exc)) from None
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: if the hub dies, even by SIGKILL, the broker goes with it."""
-    import ctypes
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
 
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+def _die_with_parent() -> None:
+    """In the child, before exec: if the hub dies, even by SIGKILL, the broker goes with it.
+    (Only a call into the already loaded libc: nothing here may take a lock another thread held.)"""
+    assert _LIBC is not None
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -75,7 +79,7 @@ class EmbeddedBroker:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=_die_with_parent if _LIBC is not None else None,  # noqa: PLW1509
             )
         except OSError as exc:
             raise BrokerError(f"the embedded broker ({command[0]}) could not be started: {exc}") from None

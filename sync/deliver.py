@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import uuid
 from collections import defaultdict
@@ -42,14 +43,7 @@ from standardwebhooks.webhooks import Webhook
 from identity.db.models import Account, DeadLetter, Delivery, Link, Service, utcnow
 from identity.oidc.keys import KeyCipher
 from identity.settings import Settings
-from schemas.events import (
-    Origin,
-    ProfileSnapshot,
-    ProfileSnapshotData,
-    ProfileUpdated,
-    ProfileUpdatedData,
-    service_topic,
-)
+from schemas.events import ProfileSnapshot, ProfileUpdated, service_topic
 from sync import kafka, projection, webhooks
 from sync.metrics import SyncMetrics
 
@@ -77,6 +71,21 @@ class Endpoint:
 def message_id(delivery_id: int, version: int, snapshot: bool) -> str:
     """The same id for every retry of one delivery (receivers may deduplicate on it)."""
     return str(uuid.uuid5(_ID_NAMESPACE, f"{delivery_id}:{version}:{int(snapshot)}"))
+
+
+UPDATED = ProfileUpdated.model_fields["type"].default
+SNAPSHOT = ProfileSnapshot.model_fields["type"].default
+
+
+def render(kind: str, mid: str, stamp: str, data: dict[str, Any]) -> str:
+    """The JSON body of a delivery: ``schemas.events.ProfileUpdated`` or ``ProfileSnapshot``
+    (built as plain JSON on this hot path; the tests validate what receivers get against the
+    models, and the models are what /schemas/ and /asyncapi.json publish)."""
+    return json.dumps({"type": kind, "id": mid, "timestamp": stamp, "data": data}, separators=(",", ":"), ensure_ascii=False)
+
+
+def _timestamp(now: dt.datetime) -> str:
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def seal_secret(cipher: KeyCipher, secret: str) -> str:
@@ -148,6 +157,7 @@ class Deliverer:
         self.metrics = metrics
         self.wake = wake or asyncio.Event()
         self.endpoints: dict[int, Endpoint] = {}
+        self.timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout)
         self._endpoints_at = -1e9
         self.inflight: dict[tuple[int, str], int] = defaultdict(int)
         self.total_inflight = 0
@@ -299,8 +309,8 @@ class Deliverer:
         account_ids = {r.account_id for r in claimed}
         accounts = {a.id: a for a in (await db.execute(select(Account).where(Account.id.in_(account_ids)))).scalars()}
         pairs = {(r.account_id, r.service_id) for r in claimed}
-        scopes = dict(
-            ((a, s), scope)
+        scopes = {
+            (a, s): scope
             for a, s, scope in (
                 await db.execute(
                     select(Link.account_id, Link.service_id, Link.scope).where(
@@ -308,8 +318,8 @@ class Deliverer:
                     )
                 )
             )
-        )
-        now = utcnow()
+        }
+        stamp = _timestamp(utcnow())
         jobs, dropped = [], []
         for r in claimed:
             account = accounts.get(r.account_id)
@@ -320,28 +330,13 @@ class Deliverer:
                 continue
             profile = projection.profile(account, scope)
             mid = message_id(r.id, account.version, bool(r.snapshot))
+            data: dict[str, Any] = {"sub": account.sub, "version": account.version}
             if r.snapshot:
-                event: ProfileUpdated | ProfileSnapshot = ProfileSnapshot(
-                    id=mid,
-                    timestamp=now,
-                    data=ProfileSnapshotData(
-                        sub=account.sub, version=account.version, reason="resync" if r.delivered_at else "linked", profile=profile
-                    ),
-                )
+                data |= {"reason": "resync" if r.delivered_at else "linked", "profile": profile}
             else:
                 changed = projection.names(r.changed & projection.visible_mask(scope))
-                event = ProfileUpdated(
-                    id=mid,
-                    timestamp=now,
-                    data=ProfileUpdatedData(
-                        sub=account.sub,
-                        version=account.version,
-                        changed=changed,
-                        profile=profile,
-                        origin=Origin(channel=r.origin, this_service=bool(r.origin_self)),
-                    ),
-                )
-            body = event.model_dump_json(exclude_none=False)
+                data |= {"changed": changed, "profile": profile, "origin": {"channel": r.origin, "this_service": bool(r.origin_self)}}
+            body = render(SNAPSHOT if r.snapshot else UPDATED, mid, stamp, data)
             jobs.append(
                 _Job(r.id, r.service_id, r.account_id, r.channel, account.sub, account.version, body, mid, r.first_pending_at, r.failing_since, r.attempts)
             )
@@ -362,7 +357,7 @@ class Deliverer:
         elif job.channel == "webhook":
             assert endpoint.webhook_url is not None and endpoint.signer is not None
             outcome = await webhooks.post(
-                self.http, endpoint.webhook_url, endpoint.signer, job.message_id, job.body, timeout=self.settings.webhook_timeout
+                self.http, endpoint.webhook_url, endpoint.signer, job.message_id, job.body, timeout=self.timeout
             )
         else:
             outcome = await self._produce(endpoint, job)

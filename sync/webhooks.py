@@ -44,17 +44,15 @@ class Outcome:
     retry_after: float | None = None
 
 
-async def post(http: aiohttp.ClientSession, url: str, signer: Webhook, message_id: str, body: str, *, timeout: float) -> Outcome:
+async def post(http: aiohttp.ClientSession, url: str, signer: Webhook, message_id: str, body: str, *, timeout: aiohttp.ClientTimeout) -> Outcome:
     headers = signed_headers(signer, message_id, body, dt.datetime.now(dt.UTC))
     try:
-        async with http.post(
-            url, data=body.encode(), headers=headers, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False
-        ) as response:
+        async with http.post(url, data=body.encode(), headers=headers, timeout=timeout, allow_redirects=False) as response:
             status = response.status
             retry_after = parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
             await response.read()
     except TimeoutError:
-        return Outcome("retry", f"no answer within {timeout:g} s")
+        return Outcome("retry", f"no answer within {timeout.total:g} s")
     except aiohttp.ClientError as exc:
         return Outcome("retry", f"{type(exc).__name__}: {exc}"[:300])
     except asyncio.CancelledError:

@@ -1,7 +1,8 @@
 """``compose.yaml`` and the ``Dockerfile`` describe the scaled-out deployment with real commands and
 real settings: every OneSignIn service runs a command the CLI accepts, every ``ONESIGNIN_*``
-variable is a setting the hub reads, and no secret is written into the file. (Parsing needs
-PyYAML; without it those checks are skipped.)"""
+variable is a setting the hub reads, and no secret is written into the file. The demo member
+services, Store and Forum, run against that topology. (Parsing needs PyYAML; without it those
+checks are skipped.)"""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from identity.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "compose.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
+#: The processes of the hub, and the demo member services.
+HUB_SERVICES = ("migrate", "hub", "relay", "worker")
+DEMO_SERVICES = ("store", "forum")
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +44,12 @@ def test_the_topology(services: dict[str, dict[str, Any]]) -> None:
         assert services[name]["deploy"]["replicas"] == 2, name
     assert "deploy" not in services["migrate"] and services["migrate"]["restart"] == "no"
     assert {"migrate", "hub", "relay", "worker"} <= set(ours(services))
+    # The demo member services run against this topology, not beside a hub of their own.
+    assert set(DEMO_SERVICES) <= set(ours(services))
+    assert "demo" not in services
+    for name in DEMO_SERVICES:
+        assert "profiles" not in services[name] and "deploy" not in services[name], name
+        assert services[name]["build"]["target"] == "demo", name
 
 
 def test_every_onesignin_service_runs_a_real_command(services: dict[str, dict[str, Any]]) -> None:
@@ -58,13 +68,39 @@ def test_every_onesignin_service_runs_a_real_command(services: dict[str, dict[st
     for name in ("hub", "relay", "worker"):
         check = " ".join(services[name]["healthcheck"]["test"])
         assert f"127.0.0.1:{commands[name].port}/healthz" in check, (name, check)
-    if "demo" in commands:
-        assert commands["demo"].command == "demo" and "demo" in services["demo"]["profiles"]
+
+
+def test_the_demo_services_run_against_the_topology(services: dict[str, dict[str, Any]]) -> None:
+    proxy = shlex.split(" ".join(services["proxy"]["command"]))
+    proxy_port = proxy[proxy.index("--from") + 1].rsplit(":", 1)[1]
+    for name in DEMO_SERVICES:
+        service = services[name]
+        args = parser().parse_args(service["command"])
+        assert (args.command, args.services_only, args.only, args.host) == ("demo", True, name, "0.0.0.0"), name
+        port = getattr(args, f"{name}_port")
+        assert port is not None, name
+        # They call the hub through the proxy (the issuer, 127.0.0.1, is the host's, not theirs).
+        assert args.hub_url == f"http://proxy:{proxy_port}", (name, args.hub_url)
+        # The workers reach their webhooks by the service's name on the compose network.
+        assert getattr(args, f"{name}_webhook_base") == f"http://{name}:{port}" and args.allow_http_webhooks, name
+        # Published on the host's loopback only, at the port it listens on (its redirect URI).
+        assert service["ports"] == [f"127.0.0.1:{port}:{port}"], name
+        check = service["healthcheck"]
+        assert check["test"][:2] == ["CMD", "python"] and f"http://127.0.0.1:{port}/healthz" in " ".join(check["test"]), name
+        assert {"interval", "timeout", "retries"} <= set(check), name
+    # One registration for both: they share the data dir (the image's ONESIGNIN_DATA_DIR).
+    data_dir = re.search(r"^ENV ONESIGNIN_DATA_DIR=(\S+)$", DOCKERFILE.read_text(), re.MULTILINE)
+    assert data_dir
+    mounts = {name: services[name]["volumes"] for name in DEMO_SERVICES}
+    assert mounts["store"] == mounts["forum"] and mounts["store"][0].endswith(":" + data_dir.group(1))
+    # And their own ports differ from each other and from the proxy's.
+    ports = {getattr(parser().parse_args(services[n]["command"]), f"{n}_port") for n in DEMO_SERVICES}
+    assert len(ports) == 2 and int(proxy_port) not in ports
 
 
 def test_the_hub_settings_are_real_and_hold_no_secret(services: dict[str, dict[str, Any]]) -> None:
     fields = set(Settings.model_fields)
-    for name in ("migrate", "hub", "relay", "worker"):
+    for name in HUB_SERVICES + DEMO_SERVICES:
         env = services[name]["environment"]
         for variable in env:
             if variable.startswith("ONESIGNIN_"):
@@ -86,6 +122,11 @@ def test_services_start_in_order(services: dict[str, dict[str, Any]]) -> None:
         assert condition(name, "migrate") == "service_completed_successfully"
     for name in ("relay", "worker"):
         assert condition(name, "kafka") == "service_healthy"
+    for name in DEMO_SERVICES:
+        assert condition(name, "migrate") == "service_completed_successfully"
+        assert condition(name, "hub") == "service_healthy"
+        assert condition(name, "kafka") == "service_healthy"
+        assert condition(name, "proxy") == "service_started"
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
     assert "/opt/kafka/bin/kafka-broker-api-versions.sh" in " ".join(services["kafka"]["healthcheck"]["test"])
 

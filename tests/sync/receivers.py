@@ -13,6 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from schemas.events import service_event
+
 
 @dataclass
 class Endpoint:
@@ -72,6 +74,8 @@ class Receivers:
         except WebhookVerificationError:
             endpoint.rejected += 1
             return web.Response(status=401)
+        # Every delivery matches the published schema (schemas.events, served at /schemas/).
+        service_event.validate_python(payload)
         async with endpoint.changed:
             endpoint.received.append(payload | {"_headers": {k.lower(): v for k, v in request.headers.items()}})
             data = payload["data"]
