@@ -73,6 +73,11 @@ def message_id(delivery_id: int, version: int, snapshot: bool) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, f"{delivery_id}:{version}:{int(snapshot)}"))
 
 
+_ACCOUNT_COLUMNS = [Account.__table__.c[name] for name in (
+    "id", "sub", "status", "version", "updated_at", "email", "email_verified", "name", "given_name", "family_name",
+    "birthdate", "locale", "zoneinfo", "phone_number", "address", "marketing_news", "marketing_competitions", "marketing_offers",
+)]
+
 UPDATED = ProfileUpdated.model_fields["type"].default
 SNAPSHOT = ProfileSnapshot.model_fields["type"].default
 
@@ -307,7 +312,8 @@ class Deliverer:
 
     async def _build(self, db: AsyncSession, claimed: list[Any]) -> list[_Job]:
         account_ids = {r.account_id for r in claimed}
-        accounts = {a.id: a for a in (await db.execute(select(Account).where(Account.id.in_(account_ids)))).scalars()}
+        # Plain rows, not ORM objects: the claims are read by attribute name all the same.
+        accounts = {a.id: a for a in (await db.execute(select(*_ACCOUNT_COLUMNS).where(Account.id.in_(account_ids))))}
         pairs = {(r.account_id, r.service_id) for r in claimed}
         scopes = {
             (a, s): scope

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 SCOPE_CLAIMS: dict[str, tuple[str, ...]] = {
     "openid": ("sub",),
     "profile": ("name", "given_name", "family_name", "birthdate", "locale", "zoneinfo", "updated_at"),
@@ -38,8 +40,9 @@ def join(scopes: list[str] | set[str] | tuple[str, ...]) -> str:
     return " ".join(sorted(set(scopes), key=lambda s: (order.get(s, len(order)), s)))
 
 
-def claims_for(scope: str) -> set[str]:
+@lru_cache(maxsize=1024)
+def claims_for(scope: str) -> frozenset[str]:
     claims: set[str] = set()
     for item in split(scope):
         claims.update(SCOPE_CLAIMS.get(item, ()))
-    return claims
+    return frozenset(claims)
