@@ -7,6 +7,7 @@ an ``http`` issuer) are allowed but reported once, as warnings, by :func:`develo
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 from pathlib import Path
@@ -48,6 +49,11 @@ class Settings(BaseSettings):
     # Signing keys: a key signs for rotation_days, is published key_publish_lead seconds before it signs.
     key_rotation_days: int = Field(90, ge=1)
     key_publish_lead: int = Field(86400, ge=0)
+
+    # Reverse proxies whose X-Forwarded-For is believed (addresses or networks, JSON list).
+    trusted_proxies: list[str] = Field(
+        [], description='e.g. ["10.0.0.5", "172.16.0.0/12"]: the client address is then read from X-Forwarded-For.'
+    )
 
     # Sign-in throttling.
     throttle_account_failures: int = Field(5, ge=1)
@@ -129,6 +135,20 @@ class Settings(BaseSettings):
         if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("must use https unless it is a loopback address")
         return value.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return [item.strip() for item in value]
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in self.trusted_proxies)
 
     @field_validator("database_url")
     @classmethod

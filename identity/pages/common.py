@@ -4,6 +4,7 @@ event loop, sending mail after commit."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from email.message import EmailMessage
 from typing import Any
@@ -67,7 +68,35 @@ async def send_mail(request: web.Request, messages: list[EmailMessage]) -> None:
 
 
 def client_address(request: web.Request) -> str:
-    return request.remote or "unknown"
+    """The address of the person's browser: the peer, or behind trusted proxies
+    (``ONESIGNIN_TRUSTED_PROXIES``) the right-most X-Forwarded-For entry that is not a trusted
+    proxy itself. Entries left of it could be written by anyone, so they are never believed."""
+    remote = request.remote or "unknown"
+    trusted = request.config_dict[SETTINGS].trusted_networks
+    if not trusted or not _within(remote, trusted):
+        return remote
+    hops = [h.strip() for v in request.headers.getall("X-Forwarded-For", []) for h in v.split(",")]
+    for hop in reversed(hops):
+        if not _within(hop, trusted):
+            return hop if _is_ip(hop) else remote
+        remote = hop
+    return remote
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _within(address: str, networks: tuple[Any, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
 
 
 def field(form: Any, name: str, limit: int = 1000) -> str:
