@@ -22,7 +22,7 @@ from identity.tokens import digest, new_secret
 from schemas.account import BasicDetails, normalize_email, problems
 from schemas.events import service_topic
 from sync import webhooks
-from sync.deliver import seal_secret
+from sync.deliver import resume, seal_secret
 
 DEFAULT_SERVICE_SCOPE = "openid profile email phone address marketing offline_access"
 DEFAULT_GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials"]
@@ -206,6 +206,7 @@ async def update_service_sync(
     if remove_webhook or webhook_url is not None or rotate_secret:
         service.webhook_disabled_at = service.webhook_quarantined_at = service.webhook_failing_since = None
         service.webhook_last_error = None
+        await resume(db, [service.id])
     if kafka_topic is not None:
         service.topic_enabled = kafka_topic
     await db.flush()

@@ -4,6 +4,7 @@ profile sync, generated from the event models so it never drifts from the code."
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
@@ -30,13 +31,13 @@ _SIGNATURE_HEADERS = {
 def _collect(models: dict[str, type[BaseModel]]) -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     for model in models.values():
-        schema = model.model_json_schema(ref_template=REF, mode="serialization")
+        schema = model.model_json_schema(ref_template=REF, mode="validation")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
     return schemas
 
 
-def document(*, issuer: str, bootstrap: str | None = None) -> dict[str, Any]:
+def document(*, issuer: str, bootstrap: str | None = None, topic_prefix: str = "", webhook_timeout: float = 10) -> dict[str, Any]:
     messages = {
         "profileUpdated": ProfileUpdated,
         "profileSnapshot": ProfileSnapshot,
@@ -68,18 +69,19 @@ def document(*, issuer: str, bootstrap: str | None = None) -> dict[str, Any]:
                 "service's webhook (signed as Standard Webhooks) and/or its own Kafka topic. Deliveries are "
                 "state-based and at least once: each carries the whole profile the service may see and its "
                 "version; keep the highest version per sub and ignore older ones. Answer a webhook with any 2xx "
-                "within 10 s; 429 with Retry-After slows deliveries down; 410 disables the endpoint."
+                f"within {webhook_timeout:g} s; a 429 or 503 with Retry-After delays that delivery as asked; 410 disables the endpoint."
             ),
         },
         "servers": {
-            "kafka": {"host": bootstrap or "kafka.example.com:9092", "protocol": "kafka", "description": "The group's Kafka cluster."},
-            "hub": {"host": issuer.split("://", 1)[1], "protocol": issuer.split("://", 1)[0], "description": "The hub (JSON Schemas under /schemas/)."},
+            "kafka": {"host": (bootstrap or "kafka.example.com:9092").split(",")[0], "protocol": "kafka", "description": "The group's Kafka cluster."},
+            "hub": {"host": urlsplit(issuer).netloc, "protocol": urlsplit(issuer).scheme, "description": "The hub (JSON Schemas under /schemas/)."},
         },
         "channels": {
             "serviceTopic": {
-                "address": "onesignin.service.{client_id}.v1",
+                "address": topic_prefix + "onesignin.service.{client_id}.v1",
                 "title": "A member service's own topic",
-                "description": "Keyed by sub. Read it with your own consumer group; the ACLs in the README limit each "
+                "description": "Keyed by sub. Ask the hub's operators for the bootstrap servers and your credentials; read "
+                "it with your own consumer group; the ACLs in the README limit each "
                 "service to its own topic.",
                 "parameters": {"client_id": {"description": "Your service's client_id."}},
                 "servers": [{"$ref": "#/servers/kafka"}],
@@ -97,10 +99,9 @@ def document(*, issuer: str, bootstrap: str | None = None) -> dict[str, Any]:
                     "profileUpdated": {"$ref": "#/components/messages/profileUpdated"},
                     "profileSnapshot": {"$ref": "#/components/messages/profileSnapshot"},
                 },
-                "bindings": {"http": {"method": "POST"}},
             },
             "hubProfile": {
-                "address": "onesignin.profile.v1",
+                "address": topic_prefix + "onesignin.profile.v1",
                 "title": "The hub's own change feed (internal)",
                 "description": "Read only by the sync workers (group onesignin-sync). Carries no personal data.",
                 "servers": [{"$ref": "#/servers/kafka"}],

@@ -68,9 +68,10 @@ class Endpoint:
     quarantined: bool
 
 
-def message_id(delivery_id: int, version: int, snapshot: bool) -> str:
-    """The same id for every retry of one delivery (receivers may deduplicate on it)."""
-    return str(uuid.uuid5(_ID_NAMESPACE, f"{delivery_id}:{version}:{int(snapshot)}"))
+def message_id(delivery_id: int, generation: int, version: int) -> str:
+    """The same id for every retry of one delivery, a new one for each new request to deliver
+    (receivers may deduplicate on it)."""
+    return str(uuid.uuid5(_ID_NAMESPACE, f"{delivery_id}:{generation}:{version}"))
 
 
 _ACCOUNT_COLUMNS = [Account.__table__.c[name] for name in (
@@ -105,7 +106,12 @@ async def load_endpoints(db: AsyncSession, cipher: KeyCipher) -> dict[int, Endpo
     rows = (await db.execute(select(Service).where(or_(Service.webhook_url.is_not(None), Service.topic_enabled)))).scalars()
     out = {}
     for s in rows:
-        signer = Webhook(open_secret(cipher, s.webhook_secret)) if s.webhook_url and s.webhook_secret else None
+        try:
+            signer = Webhook(open_secret(cipher, s.webhook_secret)) if s.webhook_url and s.webhook_secret else None
+        except Exception:
+            # Sealed under another secret key, say: this service's webhook waits, the others go on.
+            log.error("sync: the webhook secret of service %s cannot be read with this hub's secret key", s.client_id)
+            signer = None
         out[s.id] = Endpoint(
             service_id=s.id,
             client_id=s.client_id,
@@ -131,6 +137,7 @@ class _Job:
     first_pending_at: dt.datetime | None
     failing_since: dt.datetime | None
     attempts: int
+    generation: int
 
 
 @dataclass
@@ -265,6 +272,16 @@ class Deliverer:
                 topic.append(sid)
         return webhook, topic
 
+    def _room(self) -> dict[int, int]:
+        cap = self.settings.sync_service_concurrency
+        room = {}
+        for sid, ep in self.endpoints.items():
+            busy = max(self.inflight[(sid, "webhook")], self.inflight[(sid, "topic")])
+            limit = 1 if ep.quarantined else cap
+            if busy or ep.quarantined:
+                room[sid] = max(0, limit - busy)
+        return room
+
     async def claim(self, limit: int) -> list[_Job]:
         """Take up to ``limit`` due deliveries (a lease: their next attempt moves ahead)."""
         if limit <= 0:
@@ -273,7 +290,7 @@ class Deliverer:
         no_webhook, no_topic = self._excluded()
         d = Delivery.__table__.c
         due = (
-            select(d.id, d.service_id, d.next_attempt_at)
+            select(d.id, d.service_id, d.channel, d.next_attempt_at)
             .where(
                 d.state == "active",
                 d.wanted_version > d.delivered_version,
@@ -287,9 +304,15 @@ class Deliverer:
             .cte("due")
         )
         ranked = select(
-            due.c.id, func.row_number().over(partition_by=due.c.service_id, order_by=due.c.next_attempt_at).label("n")
+            due.c.id,
+            due.c.service_id,
+            func.row_number().over(partition_by=(due.c.service_id, due.c.channel), order_by=due.c.next_attempt_at).label("n"),
         ).subquery()
-        picked = select(ranked.c.id).where(ranked.c.n <= self.settings.sync_service_concurrency).limit(limit)
+        # What each service may still take: its cap less what is in flight; one at a time while
+        # its webhook is quarantined.
+        room = self._room()
+        cap = case(room, value=ranked.c.service_id, else_=self.settings.sync_service_concurrency) if room else self.settings.sync_service_concurrency
+        picked = select(ranked.c.id).where(ranked.c.n <= cap).limit(limit)
         async with self.sessions.begin() as db:
             claimed = (
                 await db.execute(
@@ -298,7 +321,7 @@ class Deliverer:
                     .values(next_attempt_at=now + dt.timedelta(seconds=self.settings.sync_lease))
                     .returning(
                         d.id, d.service_id, d.account_id, d.channel, d.changed, d.snapshot, d.origin, d.origin_self,
-                        d.first_pending_at, d.failing_since, d.attempts, d.delivered_at,
+                        d.first_pending_at, d.failing_since, d.attempts, d.delivered_at, d.generation,
                     )
                 )
             ).all()
@@ -335,7 +358,7 @@ class Deliverer:
                 dropped.append(r.id)  # unlinked or gone: nothing more is sent
                 continue
             profile = projection.profile(account, scope)
-            mid = message_id(r.id, account.version, bool(r.snapshot))
+            mid = message_id(r.id, r.generation, account.version)
             data: dict[str, Any] = {"sub": account.sub, "version": account.version}
             if r.snapshot:
                 data |= {"reason": "resync" if r.delivered_at else "linked", "profile": profile}
@@ -344,7 +367,7 @@ class Deliverer:
                 data |= {"changed": changed, "profile": profile, "origin": {"channel": r.origin, "this_service": bool(r.origin_self)}}
             body = render(SNAPSHOT if r.snapshot else UPDATED, mid, stamp, data)
             jobs.append(
-                _Job(r.id, r.service_id, r.account_id, r.channel, account.sub, account.version, body, mid, r.first_pending_at, r.failing_since, r.attempts)
+                _Job(r.id, r.service_id, r.account_id, r.channel, account.sub, account.version, body, mid, r.first_pending_at, r.failing_since, r.attempts, r.generation)
             )
         if dropped:
             await db.execute(
@@ -358,15 +381,24 @@ class Deliverer:
 
     async def _send(self, job: _Job) -> None:
         endpoint = self.endpoints.get(job.service_id)
-        if endpoint is None:
-            outcome = webhooks.Outcome("retry", "the service has no delivery channel")
-        elif job.channel == "webhook":
-            assert endpoint.webhook_url is not None and endpoint.signer is not None
-            outcome = await webhooks.post(
-                self.http, endpoint.webhook_url, endpoint.signer, job.message_id, job.body, timeout=self.timeout
-            )
-        else:
-            outcome = await self._produce(endpoint, job)
+        try:
+            if endpoint is None:
+                outcome = webhooks.Outcome("retry", "the service has no delivery channel")
+            elif job.channel == "webhook":
+                if endpoint.webhook_url is None or endpoint.signer is None:
+                    outcome = webhooks.Outcome("retry", "the service has no webhook now")
+                else:
+                    outcome = await webhooks.post(
+                        self.http, endpoint.webhook_url, endpoint.signer, job.message_id, job.body, timeout=self.timeout
+                    )
+            else:
+                outcome = await self._produce(endpoint, job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Whatever went wrong is recorded and retried on the schedule, never lost silently.
+            log.warning("sync: delivery %s to service %s failed: %s: %s", job.delivery_id, job.service_id, type(exc).__name__, exc)
+            outcome = webhooks.Outcome("retry", f"could not send: {type(exc).__name__}")
         self.metrics.deliveries.labels(job.channel, outcome.result).inc()
         self.results.append(_Result(job, outcome, utcnow()))
         self.results_ready.set()
@@ -428,32 +460,40 @@ class Deliverer:
         ok = [r for r in results if r.outcome.result == "ok"]
         failed = [r for r in results if r.outcome.result != "ok"]
         if ok:
-            newer = d.wanted_version > bindparam("v")
+            # Settled only if no newer request came while it was in flight (same generation);
+            # otherwise the row stays pending and the newer state is sent next.
+            same = d.generation == bindparam("g")
             await db.execute(
                 update(Delivery.__table__)
                 .where(d.id == bindparam("i"))
                 .values(
-                    delivered_version=case((d.delivered_version < bindparam("v"), bindparam("v")), else_=d.delivered_version),
-                    changed=case((newer, d.changed), else_=0),
-                    snapshot=case((newer, d.snapshot), else_=False),
-                    first_pending_at=case((newer, d.first_pending_at), else_=None),
+                    delivered_version=case(
+                        (and_(same, d.delivered_version < bindparam("v")), bindparam("v")), else_=d.delivered_version
+                    ),
+                    changed=case((same, 0), else_=d.changed),
+                    snapshot=case((same, False), else_=d.snapshot),
+                    first_pending_at=case((same, None), else_=d.first_pending_at),
                     attempts=0,
                     failing_since=None,
                     last_error=None,
                     delivered_at=bindparam("t"),
                     next_attempt_at=bindparam("t"),
                 ),
-                [{"i": r.job.delivery_id, "v": r.job.version, "t": r.at} for r in ok],
+                [{"i": r.job.delivery_id, "v": r.job.version, "g": r.job.generation, "t": r.at} for r in ok],
             )
             healthy = sorted({r.job.service_id for r in ok if r.job.channel == "webhook"})
             if healthy:
-                await db.execute(
-                    update(Service.__table__)
-                    .where(s.id.in_(healthy), or_(s.webhook_failing_since.is_not(None), s.webhook_quarantined_at.is_not(None)))
-                    .values(webhook_failing_since=None, webhook_quarantined_at=None, webhook_last_error=None)
-                )
-                if any(self.endpoints.get(sid) and self.endpoints[sid].quarantined for sid in healthy):
-                    log.info("sync: quarantined webhook(s) of service(s) %s recovered", healthy)
+                recovered = (
+                    await db.execute(
+                        update(Service.__table__)
+                        .where(s.id.in_(healthy), or_(s.webhook_failing_since.is_not(None), s.webhook_quarantined_at.is_not(None)))
+                        .values(webhook_failing_since=None, webhook_quarantined_at=None, webhook_last_error=None)
+                        .returning(s.id)
+                    )
+                ).scalars().all()
+                if recovered:
+                    await resume(db, list(recovered))
+                    log.info("sync: the webhook(s) of service(s) %s recovered", sorted(recovered))
                     self._endpoints_at = -1e9
         for r in failed:
             await self._record_failure(db, r)
@@ -524,6 +564,17 @@ class Deliverer:
                 .where(d.service_id == job.service_id, d.channel == "webhook", d.state == "active", d.next_attempt_at < probe)
                 .values(next_attempt_at=probe)
             )
+
+
+async def resume(db: AsyncSession, service_ids: list[int]) -> None:
+    """An endpoint works again (or was fixed): its backlog is due now, with fresh retry clocks,
+    instead of waiting out schedules that were set while it failed."""
+    d = Delivery.__table__.c
+    await db.execute(
+        update(Delivery.__table__)
+        .where(d.service_id.in_(service_ids), d.channel == "webhook", d.state == "active", d.attempts > 0)
+        .values(attempts=0, failing_since=None, next_attempt_at=utcnow())
+    )
 
 
 def _aware(value: dt.datetime) -> dt.datetime:

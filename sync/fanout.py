@@ -20,7 +20,7 @@ from sqlalchemy import and_, bindparam, case, select, true, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from identity.db.models import Account, Delivery, Link, Service, utcnow
+from identity.db.models import Account, Delivery, Link, OutboxEvent, Service, utcnow
 from identity.db.upsert import insert_for
 from identity.settings import Settings
 from schemas.events import PROFILE_TOPIC, LinkCreated, ProfileChanged, hub_event
@@ -163,6 +163,7 @@ def _build_upsert(db: AsyncSession) -> Any:
             "attempts": case((retrying, d.attempts), else_=0),
             "failing_since": case((retrying, d.failing_since), else_=None),
             "state": "active",
+            "generation": d.generation + 1,
         },
     )
 
@@ -182,6 +183,16 @@ async def _note_known(db: AsyncSession, known: list[dict[str, Any]]) -> None:
         .values(wanted_version=bindparam("v"), delivered_version=bindparam("v")),
         known,
     )
+
+
+def _outbox_id(headers: Any) -> list[int]:
+    for name, value in headers or ():
+        if name == "outbox-id":
+            try:
+                return [int(value)]
+            except ValueError:
+                return []
+    return []
 
 
 def parse(value: bytes | None) -> ProfileChanged | LinkCreated | None:
@@ -239,13 +250,15 @@ class FanOut:
                 if consumer is not None:
                     await consumer.stop()
 
-    async def _record(self, events: list[ProfileChanged | LinkCreated]) -> None:
+    async def _record(self, events: list[ProfileChanged | LinkCreated], consumed: list[int]) -> None:
         """Record a batch in one transaction, retried a few times on a transient conflict
         (a deadlock or a busy database) before the consumer gives up and reconnects."""
         for attempt in range(1, 6):
             try:
                 async with self.sessions.begin() as db:
                     await record(db, events, echo_suppression=self.settings.sync_echo_suppression)
+                    if consumed:
+                        await db.execute(update(OutboxEvent).where(OutboxEvent.id.in_(consumed)).values(consumed_at=utcnow()))
                 return
             except (OperationalError, DBAPIError) as exc:
                 if attempt == 5 or getattr(exc, "connection_invalidated", False):
@@ -260,9 +273,11 @@ class FanOut:
                 continue
             async with self.busy:
                 events = []
+                consumed: list[int] = []
                 offsets = {}
                 for tp, messages in batch.items():
                     for message in messages:
+                        consumed.extend(_outbox_id(message.headers))
                         event = parse(message.value)
                         if event is None:
                             log.error("sync worker: skipped an unreadable event at %s[%s]@%s", tp.topic, tp.partition, message.offset)
@@ -271,8 +286,8 @@ class FanOut:
                         events.append(event)
                         self.metrics.events_consumed.labels(event.type).inc()
                     offsets[tp] = messages[-1].offset + 1
-                if events:
-                    await self._record(events)
+                if events or consumed:
+                    await self._record(events, consumed)
                 # Only now is the work durable: commit the offsets.
                 await consumer.commit(offsets)
             if self.wake is not None:

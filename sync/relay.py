@@ -153,7 +153,8 @@ class Relay:
             value = json.dumps(row.payload, separators=(",", ":")).encode()
             futures.append(
                 await self.producer.send(
-                    self.settings.kafka_topic_prefix + row.topic, value=value, key=row.key.encode(), headers=[("type", row.event_type.encode())]
+                    self.settings.kafka_topic_prefix + row.topic, value=value, key=row.key.encode(),
+                    headers=[("type", row.event_type.encode()), ("outbox-id", str(row.id).encode())],
                 )
             )
         # Every message acknowledged, or the batch stays unpublished.

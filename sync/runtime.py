@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import update
 
+from identity.db.models import OutboxEvent
 from identity.web import appkeys as K
 from sync.broker import EmbeddedBroker
 from sync.deliver import Deliverer
@@ -38,10 +40,11 @@ def add_sync(app: web.Application, *, relay: bool, worker: bool) -> None:
     if relay or worker:
         app.cleanup_ctx.append(_broker)
     app.cleanup_ctx.append(_gauges)
-    if relay:
-        app.cleanup_ctx.append(_relay)
+    # Cleanup runs in reverse: the relay stops publishing before the worker stops consuming.
     if worker:
         app.cleanup_ctx.append(_worker)
+    if relay:
+        app.cleanup_ctx.append(_relay)
 
 
 def idempotent(app: web.Application) -> bool:
@@ -55,6 +58,18 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
         app[BOOTSTRAP] = configured
         yield
         return
+    # A memory-only broker starts empty: events an earlier one took but nobody consumed are
+    # published again (the outbox is the source of truth).
+    async with app[K.DB].begin() as db:
+        requeued = (
+            await db.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.published_at.is_not(None), OutboxEvent.consumed_at.is_(None))
+                .values(published_at=None)
+            )
+        ).rowcount
+    if requeued:
+        log.info("embedded broker: %s events published before but not consumed are published again", requeued)
     broker = EmbeddedBroker()
     await broker.start()
     app[EMBEDDED] = broker

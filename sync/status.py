@@ -143,6 +143,7 @@ async def resync(db: AsyncSession, service: Service, *, rate: float, now: dt.dat
                     "failing_since": None,
                     "first_pending_at": func.coalesce(d.first_pending_at, new.first_pending_at),
                     "next_attempt_at": new.next_attempt_at,
+                    "generation": d.generation + 1,
                 },
             )
         )
@@ -191,7 +192,7 @@ async def redeliver(db: AsyncSession, *, client_id: str | None = None, ids: list
     await db.execute(
         update(Delivery)
         .where(Delivery.id.in_({r.delivery_id for r in rows}), Delivery.state == "dead")
-        .values(state="active", attempts=0, failing_since=None, next_attempt_at=now)
+        .values(state="active", attempts=0, failing_since=None, next_attempt_at=now, generation=Delivery.generation + 1)
     )
     return len(rows)
 

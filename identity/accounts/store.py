@@ -114,7 +114,9 @@ async def update_details(
     client_id: str | None = None,
 ) -> list[str]:
     """Apply ``changes`` (claim name to new value); return the names that really changed.
-    ``client_id`` names the member service that made the change (channel "service")."""
+    ``client_id`` names the member service that made the change (channel "service").
+    The account row is locked and re-read first, so concurrent changes each get their own version."""
+    await _lock(session, account)
     if "email" in changes and changes["email"] != account.email:
         other = await find_by_email(session, changes["email"])
         if other is not None and other.id != account.id:
@@ -137,11 +139,16 @@ async def update_details(
 
 async def mark_email_verified(session: AsyncSession, account: Account, *, channel: Channel = "person") -> bool:
     """The person proved they receive mail at their address; False if it already was verified."""
+    await _lock(session, account)
     if account.email_verified:
         return False
     account.email_verified = True
     await _record(session, account, ["email_verified"], utcnow(), channel=channel, actor=account.sub, client_id=None)
     return True
+
+
+async def _lock(session: AsyncSession, account: Account) -> None:
+    await session.refresh(account, with_for_update=True)
 
 
 async def _record(

@@ -36,4 +36,7 @@ async def schema(request: web.Request) -> web.Response:
 
 async def asyncapi(request: web.Request) -> web.Response:
     settings = request.config_dict[SETTINGS]
-    return web.json_response(document(issuer=settings.issuer, bootstrap=settings.kafka_bootstrap_servers), headers=CACHE)
+    body = document(
+        issuer=settings.issuer, topic_prefix=settings.kafka_topic_prefix, webhook_timeout=settings.webhook_timeout
+    )
+    return web.json_response(body, headers=CACHE)

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from identity.accounts.claims import granted_claims
 from identity.accounts.store import EmailTaken, update_details
 from identity.api.bearer import NO_STORE, Refused, caller, problem
+from identity.db.engine import autocommit
 from identity.db.models import Account
 from identity.oidc.scopes import SCOPE_CLAIMS, split
 from identity.web.appkeys import DB
@@ -26,7 +27,7 @@ from schemas.account import BasicDetailsUpdate, problems
 from schemas.api import ProfileResponse
 
 MAX_BODY = 16 * 1024
-_ETAG = re.compile(r'^\s*(?:W/)?"?([0-9]{1,12})"?\s*$')
+_ETAG = re.compile(r'^\s*"?([0-9]{1,12})"?\s*$')
 #: The scope a claim belongs to (who may change it).
 CLAIM_SCOPE = {claim: scope for scope, claims in SCOPE_CLAIMS.items() for claim in claims if scope != "openid"}
 
@@ -52,14 +53,23 @@ async def get_me(request: web.Request) -> web.StreamResponse:
 
 
 async def patch_me(request: web.Request) -> web.StreamResponse:
+    # Who is asking comes first: a caller without a valid token learns nothing about the body.
+    async with autocommit(request.config_dict[DB]) as db:
+        try:
+            who = await caller(request, db, person=True)
+        except Refused as refused:
+            return refused.response
+    assert who.account is not None
     if request.content_type not in ("application/json", "application/merge-patch+json"):
         return problem(415, "unsupported_media_type", "Send the changes as a JSON object (Content-Type: application/json).")
-    raw = await request.content.read(MAX_BODY + 1)
+    if (request.content_length or 0) > MAX_BODY:
+        return problem(413, "request_too_large", f"The body must be at most {MAX_BODY} bytes.")
+    raw = await request.read()  # the whole body (the app's client_max_size bounds it)
     if len(raw) > MAX_BODY:
         return problem(413, "request_too_large", f"The body must be at most {MAX_BODY} bytes.")
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return problem(400, "invalid_json", "The body is not valid JSON.")
     if not isinstance(body, dict) or not body:
         return problem(400, "invalid_request", "The body must be a JSON object with at least one claim to change.")
@@ -79,20 +89,16 @@ async def patch_me(request: web.Request) -> web.StreamResponse:
     except ValidationError as exc:
         return _unprocessable([p.model_dump() for p in problems(exc)])
     changes = update.changes()
+    missing = sorted({CLAIM_SCOPE[c] for c in changes if CLAIM_SCOPE.get(c) not in split(who.scope)})
+    if missing:
+        return _insufficient(missing)
 
     async with request.config_dict[DB].begin() as db:
-        try:
-            who = await caller(request, db, person=True)
-        except Refused as refused:
-            return refused.response
-        missing = sorted({CLAIM_SCOPE[c] for c in changes if CLAIM_SCOPE.get(c) not in split(who.scope)})
-        if missing:
-            return _insufficient(missing)
-        assert who.account is not None
         account = await db.scalar(
             select(Account).where(Account.id == who.account.id).with_for_update().execution_options(populate_existing=True)
         )
-        assert account is not None
+        if account is None or account.status != "active":
+            return problem(401, "invalid_token", "The access token is not valid for this person.")
         if expected is not None and expected != account.version:
             response = problem(
                 412, "precondition_failed", f"The profile changed since version {expected}; it is now at version {account.version}.",

@@ -330,6 +330,9 @@ class OutboxEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     published_at: Mapped[dt.datetime | None] = mapped_column(index=True)
+    # When the sync worker recorded what the event calls for (an embedded, memory-only broker
+    # loses what was published but not consumed; those events are published again).
+    consumed_at: Mapped[dt.datetime | None]
 
 
 class Delivery(Base):
@@ -359,6 +362,9 @@ class Delivery(Base):
     delivered_version: Mapped[int] = mapped_column(Integer, default=0)
     changed: Mapped[int] = mapped_column(BigInteger, default=0)
     snapshot: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Rises with every request to deliver (a change, a link, a resync, a redelivery): a delivery
+    # in flight when a newer request arrived does not settle it. Also part of the message id.
+    generation: Mapped[int] = mapped_column(Integer, default=0)
     # The channel of the newest pending change ("person", "service", "support", "cli").
     origin: Mapped[str] = mapped_column(String(16))
     # True when the newest pending change was made by this very service.

@@ -3,20 +3,29 @@ publishes each row once, in order, then forgets it after the retention period.""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestServer
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from identity.accounts.store import update_details
-from identity.db.models import Account, OutboxEvent
+from identity.accounts.store import create_account, update_details
+from identity.db.engine import create_engine, create_sessionmaker
+from identity.db.models import Account, OutboxEvent, utcnow
+from identity.settings import Settings
+from identity.web.app import create_app
 from identity.web.appkeys import DB
 from sync.metrics import SyncMetrics
 from sync.relay import Relay
+from sync.runtime import EMBEDDED
+from tests.conftest import TEST_SETTINGS, free_port
 from tests.support import Hub
+from tests.sync.conftest import FAST_SYNC
 
 
 @pytest.fixture
@@ -107,3 +116,33 @@ async def test_the_relay_publishes_each_row_once_in_order_and_cleans_up(hub: Hub
     # One person's events are on one partition, in the order of their versions.
     mine = [v for v in versions if v >= 2]
     assert mine == [2, 3, 4, 5, 6]
+
+
+async def test_events_a_memory_only_broker_took_with_it_are_published_again(database_url: str, tmp_path: Path) -> None:
+    """`serve` on the embedded broker: what an earlier broker took but nobody consumed (the hub
+    stopped, the broker's memory went with it) is published again and consumed."""
+    settings = Settings(
+        data_dir=tmp_path, database_url=database_url, secret_key="s" * 40, kafka_bootstrap_servers=None,
+        **(TEST_SETTINGS | FAST_SYNC | {"kafka_profile_partitions": 1}),  # type: ignore[arg-type]
+    )
+    engine = create_engine(settings)
+    async with create_sessionmaker(engine).begin() as db:
+        account = await create_account(db, email="lost@example.com", password_hash="x", details={}, channel="cli")
+        await update_details(db, account, {"given_name": "Lost"}, channel="support")
+        await db.execute(update(OutboxEvent).values(published_at=utcnow()))  # taken by a broker now gone
+    await engine.dispose()
+
+    app = create_app(settings, migrate=False)
+    server = TestServer(app, host="127.0.0.1", port=free_port())
+    await server.start_server()
+    try:
+        assert EMBEDDED in app  # the hub started its own broker
+        for _ in range(300):
+            async with app[DB]() as db:
+                left = await db.scalar(select(func.count()).select_from(OutboxEvent).where(OutboxEvent.consumed_at.is_(None)))
+            if left == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert left == 0
+    finally:
+        await server.close()

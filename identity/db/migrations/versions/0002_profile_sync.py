@@ -28,6 +28,7 @@ def upgrade() -> None:
     sa.Column('payload', sa.JSON(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('published_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('consumed_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
@@ -43,6 +44,7 @@ def upgrade() -> None:
     sa.Column('delivered_version', sa.Integer(), nullable=False),
     sa.Column('changed', sa.BigInteger(), nullable=False),
     sa.Column('snapshot', sa.Boolean(), nullable=False),
+    sa.Column('generation', sa.Integer(), nullable=False, server_default='0'),
     sa.Column('origin', sa.String(length=16), nullable=False),
     sa.Column('origin_self', sa.Boolean(), nullable=False),
     sa.Column('first_pending_at', sa.DateTime(timezone=True), nullable=True),
