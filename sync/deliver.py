@@ -431,7 +431,9 @@ class Deliverer:
             raise
         except Exception as exc:
             self.topics_ready.discard(topic)
-            return webhooks.Outcome("retry", f"Kafka: {type(exc).__name__}: {exc}"[:300])
+            # The service may read this error: its type only, no broker addresses.
+            log.warning("sync: producing to %s failed: %s: %s", topic, type(exc).__name__, exc)
+            return webhooks.Outcome("retry", f"Kafka: {type(exc).__name__}")
         return webhooks.Outcome("ok")
 
     # -- recording ------------------------------------------------------------------------

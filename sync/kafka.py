@@ -64,8 +64,8 @@ def consumer(settings: Settings, bootstrap: str, group_id: str) -> AIOKafkaConsu
 async def ensure_topics(settings: Settings, bootstrap: str, topics: dict[str, int]) -> None:
     """Create the named topics (name to partition count) unless they exist."""
     admin = AIOKafkaAdminClient(**client_options(settings, bootstrap))
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         missing = [NewTopic(name, num_partitions=n, replication_factor=settings.kafka_replication_factor) for name, n in topics.items() if name not in existing]
         if not missing:
