@@ -116,9 +116,8 @@ def cmd_redeliver(settings: Settings, args: argparse.Namespace) -> dict[str, Any
 def _run_sync_alone(settings: Settings, args: argparse.Namespace, *, relay: bool, worker: bool) -> dict[str, Any]:
     from aiohttp import web
 
-    from identity.web import appkeys as K
     from identity.web.app import database
-    from sync.runtime import add_sync, metrics
+    from sync.runtime import standalone_app
 
     log = logging.getLogger("onesignin")
     if not settings.kafka_bootstrap_servers:
@@ -128,17 +127,7 @@ def _run_sync_alone(settings: Settings, args: argparse.Namespace, *, relay: bool
         )
     if settings.is_embedded:
         log.warning("Using the embedded SQLite database; scale-out processes normally share Postgres.")
-    app = web.Application()
-    app[K.SETTINGS] = settings
-    app[K.CIPHER] = KeyCipher(settings.resolved_secret_key())
-    app.cleanup_ctx.append(database(settings.is_embedded))
-    add_sync(app, relay=relay, worker=worker)
-
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", health)
+    app = standalone_app(settings, database(settings.is_embedded), relay=relay, worker=worker)
     role = "relay" if relay else "worker"
     _emit({"status": "starting", "role": role, "metrics": f"http://{args.host}:{args.port}/metrics"})
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True, loop=_event_loop())

@@ -16,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import update
 
 from identity.db.models import OutboxEvent
+from identity.oidc.keys import KeyCipher
+from identity.settings import Settings
 from identity.web import appkeys as K
 from sync.broker import EmbeddedBroker
 from sync.deliver import Deliverer
@@ -27,6 +29,7 @@ from sync.status import refresh_gauges
 log = logging.getLogger(__name__)
 
 BOOTSTRAP = web.AppKey("kafka_bootstrap", str)
+TASKS = web.AppKey("sync_tasks", dict)
 EMBEDDED = web.AppKey("embedded_broker", EmbeddedBroker)
 METRICS = web.AppKey("sync_metrics", SyncMetrics)
 DELIVERER = web.AppKey("sync_deliverer", Deliverer)
@@ -37,6 +40,7 @@ GAUGE_SECONDS = 5.0
 def add_sync(app: web.Application, *, relay: bool, worker: bool) -> None:
     """Add the broker (if needed), relay and/or worker to ``app`` (after its database ctx)."""
     app[METRICS] = SyncMetrics()
+    app[TASKS] = {}
     if relay or worker:
         app.cleanup_ctx.append(_broker)
     app.cleanup_ctx.append(_gauges)
@@ -83,6 +87,7 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
 def _background(name: str, make: Callable[[web.Application], Awaitable[None]]):  # type: ignore[no-untyped-def]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(make(app), name=name)
+        app[TASKS][name] = task
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -110,6 +115,7 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         app[DELIVERER] = deliverer
         fanout = FanOut(settings, app[K.DB], app[BOOTSTRAP], metrics=app[METRICS], wake=wake)
         tasks = [asyncio.create_task(fanout.run(), name="sync-fanout"), asyncio.create_task(deliverer.run(), name="sync-deliverer")]
+        app[TASKS].update({t.get_name(): t for t in tasks})
         yield
         for task in tasks:
             task.cancel()
@@ -131,6 +137,26 @@ async def _refresh(app: web.Application) -> None:
 
 
 _gauges = _background("sync-gauges", _refresh)
+
+
+def standalone_app(settings: Settings, database: Callable[[web.Application], AsyncIterator[None]], *, relay: bool, worker: bool) -> web.Application:
+    """A relay or worker process: the database, the sync pipeline, ``/metrics`` and ``/healthz``."""
+    app = web.Application()
+    app[K.SETTINGS] = settings
+    app[K.CIPHER] = KeyCipher(settings.resolved_secret_key())
+    app.cleanup_ctx.append(database)
+    add_sync(app, relay=relay, worker=worker)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", health)
+    return app
+
+
+async def health(request: web.Request) -> web.Response:
+    """503 when one of this process's sync tasks has stopped (they are meant to run forever)."""
+    stopped = sorted(name for name, task in request.app[TASKS].items() if task.done())
+    if stopped:
+        return web.json_response({"status": "stopped", "stopped": stopped}, status=503)
+    return web.json_response({"status": "ok"})
 
 
 async def metrics(request: web.Request) -> web.Response:
