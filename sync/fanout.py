@@ -16,19 +16,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from pydantic import ValidationError
-from sqlalchemy import and_, bindparam, case, exists, select, true, update
+from sqlalchemy import and_, bindparam, case, select, true, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from identity.db.models import (
-    Account,
-    DeadLetter,
-    Delivery,
-    Link,
-    OutboxEvent,
-    Service,
-    utcnow,
-)
+from identity.db.models import Account, Delivery, Link, OutboxEvent, Service, utcnow
 from identity.db.upsert import insert_for
 from identity.settings import Settings
 from schemas.events import PROFILE_TOPIC, LinkCreated, ProfileChanged, hub_event
@@ -133,23 +125,7 @@ async def record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], *
         await db.execute(statement, values[start : start + UPSERT_CHUNK])
     if known:
         await _note_known(db, known)
-    if values:
-        await _close_revived(db, now)
     return len(values)
-
-
-async def _close_revived(db: AsyncSession, now: Any) -> None:
-    """A dead delivery that a newer change brought back to life is no longer a dead letter."""
-    if await db.scalar(select(DeadLetter.id).where(DeadLetter.redelivered_at.is_(None)).limit(1)) is None:
-        return
-    await db.execute(
-        update(DeadLetter)
-        .where(
-            DeadLetter.redelivered_at.is_(None),
-            exists().where(Delivery.id == DeadLetter.delivery_id, Delivery.state == "active"),
-        )
-        .values(redelivered_at=now)
-    )
 
 
 _UPSERTS: dict[str, Any] = {}

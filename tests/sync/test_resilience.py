@@ -243,28 +243,3 @@ class TestSeparateProcesses:
         finally:
             for p in workers + processes:
                 await p.stop()
-
-
-class TestRevival:
-    @pytest.fixture
-    def settings_overrides(self, settings_overrides: dict[str, Any]) -> dict[str, Any]:
-        return settings_overrides | {"sync_give_up_after": 0.5}
-
-    async def test_a_newer_change_revives_a_dead_delivery_and_closes_its_dead_letter(self, hub: Hub, receivers: Receivers) -> None:
-        subs = await _linked(hub, receivers, 1, ("store",))
-        await receivers.wait_for("store", subs[0], 1)
-        receivers["store"].fail_with = 500
-        await change(hub, subs[0], given_name="Dead")
-        for _ in range(200):
-            async with hub.app[DB]() as db:
-                letters = await status.dead_letters(db)
-            if letters:
-                break
-            await asyncio.sleep(0.05)
-        assert letters
-        receivers["store"].fail_with = None
-        version = await change(hub, subs[0], given_name="Alive")
-        data = await receivers.wait_for("store", subs[0], version, timeout=30)
-        assert data["profile"]["given_name"] == "Alive"
-        async with hub.app[DB]() as db:
-            assert await status.dead_letters(db) == []
