@@ -18,7 +18,7 @@ from identity.db.models import Service
 from identity.oidc import scopes
 from identity.oidc.keys import KeyCipher
 from identity.settings import Settings
-from identity.tokens import digest, new_secret
+from identity.tokens import digest, new_client_id, new_secret
 from schemas.account import BasicDetails, normalize_email, problems
 from schemas.events import service_topic
 from sync import webhooks
@@ -88,7 +88,7 @@ async def add_service(
     if id_token_alg not in ("RS256", "ES256"):
         raise InvalidInput("--id-token-alg must be RS256 or ES256")
     webhook = check_uri(webhook_url, "--webhook-url") if webhook_url else None
-    client_id = new_secret(16)
+    client_id = new_client_id()
     webhook_secret = webhooks.new_secret() if webhook else None
     if webhook_secret is not None and cipher is None:
         raise ValueError("a webhook secret needs the hub's key cipher")

@@ -5,6 +5,7 @@ table yields nothing usable."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -12,6 +13,12 @@ import secrets
 
 def new_secret(nbytes: int = 32) -> str:
     return secrets.token_urlsafe(nbytes)
+
+
+def new_client_id() -> str:
+    """A public client identifier: 128 random bits in lowercase base32 (26 characters). It
+    never starts with ``-`` (command lines), and is valid in URLs and Kafka topic names."""
+    return base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=").lower()
 
 
 def digest(secret: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import socket
 import uuid
@@ -27,7 +28,12 @@ from tests.support import Hub
 POSTGRES_URL = os.environ.get("ONESIGNIN_TEST_DATABASE_URL")
 # Cheaper argon2id, mail sent before the response so a test can read it at once, and no sync
 # pipeline (tests/sync turn it on, with a real broker).
-TEST_SETTINGS = {"argon2_memory_cost": 8192, "argon2_time_cost": 1, "mail_in_background": False, "sync_in_process": False}
+TEST_SETTINGS = {
+    "argon2_memory_cost": 8192,
+    "argon2_time_cost": 1,
+    "mail_in_background": False,
+    "sync_in_process": False,
+}
 
 
 def run_blocking(make: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -38,9 +44,26 @@ def run_blocking(make: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port for a server started later, possibly by another process. It is taken below
+    the kernel's ephemeral range (32768 and up), so an outgoing connection made meanwhile
+    cannot be handed the same port."""
+    for _ in range(200):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found")
+
+
+def bound_socket() -> socket.socket:
+    """A listening socket on a kernel-chosen port, for a server started in this process."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    return s
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +115,9 @@ def postgres_template() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[str]:
     """A fresh, migrated database for one test."""
     if request.param == "sqlite":
         template = request.getfixturevalue("sqlite_template")
@@ -118,9 +143,12 @@ def settings_overrides() -> dict[str, object]:
 
 
 @pytest.fixture
-async def hub(database_url: str, tmp_path: Path, settings_overrides: dict[str, object]) -> AsyncIterator[Hub]:
+async def hub(
+    database_url: str, tmp_path: Path, settings_overrides: dict[str, object]
+) -> AsyncIterator[Hub]:
     """The hub, served over real HTTP on 127.0.0.1."""
-    port = free_port()
+    sock = bound_socket()
+    port = sock.getsockname()[1]
     settings = Settings(
         data_dir=tmp_path,
         database_url=database_url,
@@ -129,8 +157,14 @@ async def hub(database_url: str, tmp_path: Path, settings_overrides: dict[str, o
         **(TEST_SETTINGS | settings_overrides),  # type: ignore[arg-type]
     )
     app = create_app(settings, migrate=False)
-    server = TestServer(app, host="127.0.0.1", port=port)
-    await server.start_server()
+    server = TestServer(
+        app, host="127.0.0.1", port=port, socket_factory=lambda *_: sock
+    )
+    try:
+        await server.start_server()
+    except BaseException:
+        sock.close()
+        raise
     try:
         yield Hub(settings=settings, app=app, url=settings.issuer)
     finally:

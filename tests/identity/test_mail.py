@@ -1,4 +1,3 @@
-import socket
 import stat
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -9,6 +8,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from identity.mail import FileMailer, MailError, SmtpMailer, build_message, read_outbox
+from tests.conftest import free_port
 
 
 def _message(subject: str = "Confirm your email address") -> EmailMessage:
@@ -21,18 +21,13 @@ def _message(subject: str = "Confirm your email address") -> EmailMessage:
     )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class RecordingHandler:
     def __init__(self) -> None:
         self.envelopes: list[Envelope] = []
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
         self.envelopes.append(envelope)
         return "250 Message accepted for delivery"
 
@@ -40,7 +35,7 @@ class RecordingHandler:
 @pytest.fixture
 def smtp_server() -> Iterator[tuple[Controller, RecordingHandler]]:
     handler = RecordingHandler()
-    controller = Controller(handler, hostname="127.0.0.1", port=_free_port())
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
         yield controller, handler
@@ -86,7 +81,9 @@ class TestBuildMessage:
 
 
 class TestFileMailer:
-    async def test_writes_a_message_that_read_outbox_returns(self, tmp_path: Path) -> None:
+    async def test_writes_a_message_that_read_outbox_returns(
+        self, tmp_path: Path
+    ) -> None:
         outbox = tmp_path / "outbox"
         mailer = FileMailer(outbox)
 
@@ -108,7 +105,9 @@ class TestFileMailer:
         [path] = outbox.iterdir()
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
-    async def test_file_names_are_unique_and_sorted_by_time(self, tmp_path: Path) -> None:
+    async def test_file_names_are_unique_and_sorted_by_time(
+        self, tmp_path: Path
+    ) -> None:
         mailer = FileMailer(tmp_path)
 
         for number in range(5):
@@ -171,7 +170,9 @@ class TestSmtpMailer:
         assert handler.envelopes == []
 
     async def test_raises_mail_error_when_the_server_is_unreachable(self) -> None:
-        mailer = SmtpMailer(host="127.0.0.1", port=_free_port(), start_tls=False, timeout=5)
+        mailer = SmtpMailer(
+            host="127.0.0.1", port=free_port(), start_tls=False, timeout=5
+        )
 
         with pytest.raises(MailError) as raised:
             await mailer.send(_message())
