@@ -124,6 +124,19 @@ class Settings(BaseSettings):
     relay_poll_interval: float = Field(0.05, gt=0, le=10, description="Seconds the relay waits when the outbox is empty.")
     outbox_retention: int = Field(7 * 86400, ge=0, description="Seconds published outbox rows are kept.")
 
+    # Retention (days), applied by `onesignin purge` and by `serve` every purge_interval seconds.
+    sign_in_retention_days: int = Field(365, ge=1, description="Days sign-in history is kept.")
+    change_retention_days: int = Field(730, ge=1, description="Days the history of changes to basic details is kept.")
+    notice_retention_days: int = Field(30, ge=1, description="Days delivered (or given-up) service notices are kept.")
+    audit_retention_days: int = Field(2190, ge=1, description="Days audit records are kept.")
+    rights_request_retention_days: int = Field(
+        1095, ge=1, description="Days a closed rights request is kept (to show it was answered), then deleted."
+    )
+    child_grace_days: int = Field(
+        30, ge=1, description="Days a child's account without a guardian's consent is kept, restricted, before it is deleted."
+    )
+    purge_interval: float = Field(3600, gt=0, description="Seconds between purges run by `serve`.")
+
     @field_validator("issuer")
     @classmethod
     def _issuer_is_url(cls, value: str) -> str:

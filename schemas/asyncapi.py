@@ -8,7 +8,19 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
-from schemas.events import LinkCreated, ProfileChanged, ProfileSnapshot, ProfileUpdated
+from schemas.events import (
+    AccountRestricted,
+    AccountRestrictionLifted,
+    LinkCreated,
+    LinkRevoked,
+    ProfileChanged,
+    ProfileSnapshot,
+    ProfileUpdated,
+    RightsRequested,
+)
+
+#: What a member service receives, on its webhook and on its topic.
+_TO_SERVICES = ("profileUpdated", "profileSnapshot", "linkRevoked", "rightsRequested", "accountRestricted", "accountRestrictionLifted")
 
 REF = "#/components/schemas/{model}"
 
@@ -43,6 +55,10 @@ def document(*, issuer: str, bootstrap: str | None = None, topic_prefix: str = "
         "profileSnapshot": ProfileSnapshot,
         "profileChanged": ProfileChanged,
         "linkCreated": LinkCreated,
+        "linkRevoked": LinkRevoked,
+        "rightsRequested": RightsRequested,
+        "accountRestricted": AccountRestricted,
+        "accountRestrictionLifted": AccountRestrictionLifted,
     }
     component_messages = {
         name: {
@@ -54,7 +70,7 @@ def document(*, issuer: str, bootstrap: str | None = None, topic_prefix: str = "
         }
         for name, model in messages.items()
     }
-    for name in ("profileUpdated", "profileSnapshot"):
+    for name in _TO_SERVICES:
         component_messages[name]["headers"] = _SIGNATURE_HEADERS
         component_messages[name]["bindings"] = {
             "kafka": {"key": {"type": "string", "description": "The person's sub: one person's messages stay in order."}}
@@ -68,7 +84,9 @@ def document(*, issuer: str, bootstrap: str | None = None, topic_prefix: str = "
                 "Changes to a person's basic account details reach every member service they linked, on the "
                 "service's webhook (signed as Standard Webhooks) and/or its own Kafka topic. Deliveries are "
                 "state-based and at least once: each carries the whole profile the service may see and its "
-                "version; keep the highest version per sub and ignore older ones. Answer a webhook with any 2xx "
+                "version; keep the highest version per sub and ignore older ones. Notices (link.revoked, "
+                "rights.requested, account.restricted, account.restriction_lifted) are events, delivered at least "
+                "once with the same id on every retry: deduplicate on it. Answer a webhook with any 2xx "
                 f"within {webhook_timeout:g} s; a 429 or 503 with Retry-After delays that delivery as asked; 410 disables the endpoint."
             ),
         },
@@ -85,20 +103,14 @@ def document(*, issuer: str, bootstrap: str | None = None, topic_prefix: str = "
                 "service to its own topic.",
                 "parameters": {"client_id": {"description": "Your service's client_id."}},
                 "servers": [{"$ref": "#/servers/kafka"}],
-                "messages": {
-                    "profileUpdated": {"$ref": "#/components/messages/profileUpdated"},
-                    "profileSnapshot": {"$ref": "#/components/messages/profileSnapshot"},
-                },
+                "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in _TO_SERVICES},
             },
             "webhook": {
                 "address": None,
                 "title": "A member service's webhook",
                 "description": "POSTed to the URL registered with `onesignin services add --webhook-url`. Headers: "
                 "webhook-id, webhook-timestamp, webhook-signature.",
-                "messages": {
-                    "profileUpdated": {"$ref": "#/components/messages/profileUpdated"},
-                    "profileSnapshot": {"$ref": "#/components/messages/profileSnapshot"},
-                },
+                "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in _TO_SERVICES},
             },
             "hubProfile": {
                 "address": topic_prefix + "onesignin.profile.v1",

@@ -154,13 +154,117 @@ class ProfileSnapshot(_Event):
     data: ProfileSnapshotData
 
 
-ServiceEvent = Annotated[ProfileUpdated | ProfileSnapshot, Field(discriminator="type")]
+# -- One-off notices to a member service ----------------------------------------------------
+# Unlike profile deliveries these are events, not state: each is delivered at least once, with
+# the same ``id`` on every retry (receivers deduplicate on it), one person's notices in order.
+
+RightsType = Literal[
+    "access", "rectification", "erasure", "restriction", "objection", "portability", "consent_withdrawal"
+]
+
+
+class LinkRevokedData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sub: str
+    revoked_at: dt.datetime
+    note: str = Field(
+        "The person unlinked this service at the hub. Their account here is yours to keep or cancel; "
+        "no more profile updates will be sent unless they link it again.",
+    )
+
+
+class LinkRevoked(_Event):
+    """The person unlinked this service at the hub (withdrew their consent to share): sync stops.
+    The service's own account stays the service's to keep or cancel."""
+
+    type: Literal["link.revoked"] = "link.revoked"
+    id: str
+    timestamp: dt.datetime
+    data: LinkRevokedData
+
+
+class RightsRequestData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="The request's id; move it on with POST /api/v1/rights-requests/{id}/status.")
+    sub: str
+    type: RightsType
+    details: str | None = Field(None, description="What the person wrote, if anything.")
+    received_at: dt.datetime
+    due_at: dt.datetime = Field(description="One month after receipt; extendable once by two months with a reason.")
+    opened_by: Literal["person", "support"]
+
+
+class RightsRequested(_Event):
+    """A person exercised a data-subject right with this service, as the controller of the data
+    it holds. The hub only routes and tracks the request; the service answers it."""
+
+    type: Literal["rights.requested"] = "rights.requested"
+    id: str
+    timestamp: dt.datetime
+    data: RightsRequestData
+
+
+class AccountRestrictedData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sub: str
+    reason: Literal["child_without_guardian_consent"]
+    restricted_at: dt.datetime
+    delete_after: dt.datetime | None = Field(None, description="When the hub deletes its account unless a guardian confirms.")
+
+
+class AccountRestricted(_Event):
+    """Stop processing this person's data beyond storage: the account belongs to a child under
+    the age of digital consent without a guardian's consent. The hub shares nothing more."""
+
+    type: Literal["account.restricted"] = "account.restricted"
+    id: str
+    timestamp: dt.datetime
+    data: AccountRestrictedData
+
+
+class AccountRestrictionLiftedData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sub: str
+    lifted_at: dt.datetime
+
+
+class AccountRestrictionLifted(_Event):
+    """A guardian consented: the restriction ends and a profile snapshot follows."""
+
+    type: Literal["account.restriction_lifted"] = "account.restriction_lifted"
+    id: str
+    timestamp: dt.datetime
+    data: AccountRestrictionLiftedData
+
+
+ServiceNotice = Annotated[
+    LinkRevoked | RightsRequested | AccountRestricted | AccountRestrictionLifted, Field(discriminator="type")
+]
+service_notice = TypeAdapter(ServiceNotice)
+
+ServiceEvent = Annotated[
+    ProfileUpdated
+    | ProfileSnapshot
+    | LinkRevoked
+    | RightsRequested
+    | AccountRestricted
+    | AccountRestrictionLifted,
+    Field(discriminator="type"),
+]
 service_event = TypeAdapter(ServiceEvent)
 
 #: Every event model, by name, for the JSON Schemas served under /schemas/.
 EVENT_MODELS: dict[str, type[BaseModel]] = {
     "profile.updated": ProfileUpdated,
     "profile.snapshot": ProfileSnapshot,
+    "link.revoked": LinkRevoked,
+    "rights.requested": RightsRequested,
+    "account.restricted": AccountRestricted,
+    "account.restriction_lifted": AccountRestrictionLifted,
     "hub.profile.changed": ProfileChanged,
     "hub.link.created": LinkCreated,
 }

@@ -79,10 +79,15 @@ class Account(Base):
     marketing_competitions_at: Mapped[dt.datetime | None]
     marketing_offers: Mapped[bool] = mapped_column(Boolean, default=False)
     marketing_offers_at: Mapped[dt.datetime | None]
-    # "active", or "pending_guardian" for a child whose guardian has not yet consented.
+    # "active", or "pending_guardian" for a child whose guardian has not yet consented (the
+    # account is not shared with any service meanwhile; see ``restricted_at``).
     status: Mapped[str] = mapped_column(String(32), default="active")
     guardian_email: Mapped[str | None] = mapped_column(String(320))
     guardian_consent_at: Mapped[dt.datetime | None]
+    # When sharing with services stopped because the account turned out to be a child's
+    # without a guardian's consent, and when it is deleted unless a guardian confirms.
+    restricted_at: Mapped[dt.datetime | None]
+    delete_after: Mapped[dt.datetime | None] = mapped_column(index=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -156,6 +161,9 @@ class Service(Base):
     webhook_quarantined_at: Mapped[dt.datetime | None]
     webhook_disabled_at: Mapped[dt.datetime | None]
     webhook_last_error: Mapped[str | None] = mapped_column(String(500))
+    # How a person cancels their account at this service (the hub never does it for them).
+    cancellation_url: Mapped[str | None] = mapped_column(String(2000))
+    cancellation_instructions: Mapped[str | None] = mapped_column(Text)
 
 
 class Consent(Base):
@@ -173,7 +181,11 @@ class Consent(Base):
 
 
 class Link(Base):
-    """A linked account: the person signed in to the service at least once."""
+    """A linked account: the person signed in to the service at least once.
+
+    ``status`` is ``active``; ``revoked`` when the person unlinked the service at the hub (the
+    service keeps its account); or ``cancelled`` when the service reported that it cancelled its
+    own account. Signing in to the service again makes the link active again."""
 
     __tablename__ = "links"
     __table_args__ = (UniqueConstraint("account_id", "service_id"),)
@@ -185,6 +197,8 @@ class Link(Base):
     scope: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # When the link last stopped being active (revoked or cancelled).
+    ended_at: Mapped[dt.datetime | None]
 
 
 class BrowserSession(Base):
@@ -406,3 +420,108 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[dt.datetime]
+
+
+class Notice(Base):
+    """A one-off event for one service (a rights request, an unlink, a restriction), written in
+    the transaction that caused it and delivered by the sync worker to the service's webhook
+    and/or topic, at least once, on the same retry schedule as profile deliveries. ``body`` is
+    the rendered JSON (see ``schemas.events.ServiceNotice``); one row per channel."""
+
+    __tablename__ = "notices"
+    __table_args__ = (
+        Index(
+            "ix_notices_due",
+            "next_attempt_at",
+            postgresql_where=text("state = 'pending'"),
+            sqlite_where=text("state = 'pending'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    # "webhook" or "topic"
+    channel: Mapped[str] = mapped_column(String(8))
+    event_type: Mapped[str] = mapped_column(String(64))
+    # The Standard Webhooks message id (also the event's ``id``): the same on every retry.
+    message_id: Mapped[str] = mapped_column(String(36))
+    key: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # "pending", "delivered", or "dead" once retries gave up.
+    state: Mapped[str] = mapped_column(String(12), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    failing_since: Mapped[dt.datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(index=True)
+
+
+class RightsRequest(Base):
+    """A data-subject request (access, rectification, erasure, restriction, objection,
+    portability, consent withdrawal) addressed to the hub itself (``service_id`` null) or to
+    one linked service, which answers it as the controller of its own data."""
+
+    __tablename__ = "rights_requests"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    public_id: Mapped[str] = mapped_column(String(36), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    service_id: Mapped[int | None] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(32))
+    details: Mapped[str | None] = mapped_column(Text)
+    # "received", "acknowledged", "extended", "completed", "refused"
+    status: Mapped[str] = mapped_column(String(16), default="received")
+    # Who opened it: "person" or "support" (and which agent).
+    opened_by: Mapped[str] = mapped_column(String(16))
+    opened_by_actor: Mapped[str | None] = mapped_column(String(200))
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    due_at: Mapped[dt.datetime] = mapped_column(index=True)
+    extended_at: Mapped[dt.datetime | None]
+    closed_at: Mapped[dt.datetime | None]
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class RightsRequestEvent(Base):
+    """One step in a rights request's history, shown to the person."""
+
+    __tablename__ = "rights_request_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    request_id: Mapped[int] = mapped_column(ForeignKey("rights_requests.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    # "person", "service", "support", "hub"
+    actor_kind: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str | None] = mapped_column(String(200))
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Tombstone(Base):
+    """What is left of an erased hub account: its ``sub`` and when, so no stale event, token or
+    delivery can bring it back."""
+
+    __tablename__ = "tombstones"
+
+    sub: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erased_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class AuditRecord(Base):
+    """An append-only record of an action on an account: a support agent's search, view,
+    reveal or edit, an erasure, a purge. Written in the same transaction as the action. It names
+    the account by ``sub`` (not a foreign key: records outlive an erased account) and holds no
+    personal data beyond that."""
+
+    __tablename__ = "audit_records"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    # "person", "agent", "service", "cli", "hub"
+    actor_kind: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str | None] = mapped_column(String(200))
+    account_sub: Mapped[str | None] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)

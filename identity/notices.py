@@ -1,0 +1,56 @@
+"""Notices: one-off events for one member service (``schemas.events.ServiceNotice``: an unlink,
+a rights request, a restriction). They are written in the caller's transaction, one row per
+channel the service has (its webhook, its topic), and the sync worker delivers them at least
+once with the same message id on every retry. A service with neither channel gets no rows; it
+can still read what concerns it through the API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from identity.db.models import Notice, Service, utcnow
+from schemas.events import ServiceNotice, service_notice
+
+
+def new_notice_id() -> str:
+    return str(uuid.uuid4())
+
+
+def timestamp(now: dt.datetime | None = None) -> dt.datetime:
+    """A notice's ``timestamp``: now, to the millisecond."""
+    now = now or utcnow()
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def channels(service: Service) -> list[str]:
+    out = []
+    if service.webhook_url and service.webhook_disabled_at is None:
+        out.append("webhook")
+    if service.topic_enabled:
+        out.append("topic")
+    return out
+
+
+def add(db: AsyncSession, service: Service, account_id: int | None, key: str, notice: ServiceNotice) -> None:
+    """Queue ``notice`` for ``service``. ``key`` is the person's ``sub`` (the Kafka key, so one
+    person's messages stay in order)."""
+    body = json.dumps(service_notice.dump_python(notice, mode="json"), separators=(",", ":"), ensure_ascii=False)
+    now = utcnow()
+    for channel in channels(service):
+        db.add(
+            Notice(
+                service_id=service.id,
+                account_id=account_id,
+                channel=channel,
+                event_type=notice.type,
+                message_id=notice.id,
+                key=key,
+                body=body,
+                created_at=now,
+                next_attempt_at=now,
+            )
+        )
