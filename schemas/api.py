@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from schemas.events import Profile
 
@@ -30,3 +31,55 @@ class Problem(BaseModel):
 class ResyncResponse(BaseModel):
     queued: int = Field(description="People whose current profile will be sent again, paced.")
     rate_per_second: float
+
+
+# -- GET /api/v1/sync/status ------------------------------------------------------------------
+
+
+class ChannelBacklog(BaseModel):
+    pending: int = Field(description="People with a change not yet delivered on this channel.")
+    oldest_pending_at: dt.datetime | None
+    failing: int = Field(description="Of those, how many failed at least once.")
+
+
+class WebhookHealth(BaseModel):
+    url: str
+    state: Literal["healthy", "failing", "quarantined", "disabled"]
+    failing_since: dt.datetime | None
+    quarantined_at: dt.datetime | None
+    disabled_at: dt.datetime | None
+    last_error: str | None
+
+
+class SyncStatus(BaseModel):
+    """The calling service's sync state."""
+
+    client_id: str
+    channels: list[Literal["webhook", "topic"]]
+    webhook: WebhookHealth | None
+    topic: str | None
+    backlog: dict[str, ChannelBacklog]
+    dead_letters: int = Field(description="Deliveries that gave up and were not redelivered.")
+
+
+class PersonChannelStatus(BaseModel):
+    delivered_version: int
+    pending: bool
+    state: Literal["active", "dead"]
+    attempts: int
+    next_attempt_at: dt.datetime | None
+    failing_since: dt.datetime | None
+    last_error: str | None
+    delivered_at: dt.datetime | None
+
+
+class PersonSyncStatus(BaseModel):
+    """With ``?sub=``: one linked person's delivered version against their current one."""
+
+    sub: str
+    current_version: int
+    channels: dict[str, PersonChannelStatus]
+
+
+class SyncStatusResponse(RootModel[SyncStatus | PersonSyncStatus]):
+    """The service's sync state, or with ``?sub=`` one linked person's."""

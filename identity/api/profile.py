@@ -19,6 +19,7 @@ from sqlalchemy import select
 from identity.accounts.claims import granted_claims
 from identity.accounts.store import EmailTaken, update_details
 from identity.api.bearer import NO_STORE, Refused, caller, problem
+from identity.api.spec import operation
 from identity.db.engine import autocommit
 from identity.db.models import Account
 from identity.oidc.scopes import SCOPE_CLAIMS, split
@@ -42,7 +43,17 @@ def _answer(account: Account, scope: str, status: int = 200) -> web.Response:
     )
 
 
+@operation(
+    "Read the person's profile",
+    tag="profile",
+    auth="person",
+    scopes=("openid",),
+    responses={200: ProfileResponse},
+    headers={200: {"ETag": 'The profile\'s version, e.g. "7" (send it back in If-Match).'}},
+)
 async def get_me(request: web.Request) -> web.StreamResponse:
+    """The basic details of the person whose access token this is, limited to the claims of the
+    scopes they granted the calling service."""
     async with request.config_dict[DB]() as db:
         try:
             who = await caller(request, db, person=True)
@@ -52,7 +63,20 @@ async def get_me(request: web.Request) -> web.StreamResponse:
         return _answer(who.account, who.scope)
 
 
+@operation(
+    "Change the person's basic details",
+    tag="profile",
+    auth="person",
+    scopes=("openid",),
+    body=BasicDetailsUpdate,
+    responses={200: ProfileResponse, 403: None, 412: None},
+    headers={200: {"ETag": "The new version."}, 412: {"ETag": "The current version."}},
+    request_headers={"If-Match": 'The version the change is based on, e.g. "7": a newer one gives 412.'},
+)
 async def patch_me(request: web.Request) -> web.StreamResponse:
+    """Merge-patch style: a claim present is set, null clears it. Each claim needs the scope it
+    belongs to (403 otherwise). The email address is refused here (422): the person changes it
+    at the hub, behind their password. The change reaches every other linked service by sync."""
     # Who is asking comes first: a caller without a valid token learns nothing about the body.
     async with autocommit(request.config_dict[DB]) as db:
         try:

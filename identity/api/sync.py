@@ -9,14 +9,24 @@ from aiohttp import web
 from sqlalchemy import select
 
 from identity.api.bearer import NO_STORE, Refused, caller, problem
+from identity.api.spec import operation
 from identity.db.engine import autocommit
 from identity.db.models import Service
 from identity.web.appkeys import DB, SETTINGS
-from schemas.api import ResyncResponse
+from schemas.api import ResyncResponse, SyncStatusResponse
 from sync import status
 
 
+@operation(
+    "The calling service's sync state",
+    tag="sync",
+    auth="service",
+    responses={200: SyncStatusResponse, 400: None, 404: None},
+    query={"sub": ("One linked person's sub: their delivered version against their current one.", False)},
+)
 async def sync_status(request: web.Request) -> web.StreamResponse:
+    """Backlog per channel, the webhook's health and the dead letters; with ``sub``, one linked
+    person's state (404 when that person is not linked to the service, exactly as when unknown)."""
     sub = request.query.get("sub")
     if sub is not None and not (0 < len(sub) <= 64):
         return problem(400, "invalid_request", "sub must be 1 to 64 characters.")
@@ -34,7 +44,15 @@ async def sync_status(request: web.Request) -> web.StreamResponse:
     return web.json_response(body, headers=NO_STORE)
 
 
+@operation(
+    "Replay every linked person's current profile",
+    tag="sync",
+    auth="service",
+    responses={202: ResyncResponse, 409: None},
+)
 async def resync(request: web.Request) -> web.StreamResponse:
+    """Queues a snapshot of each linked person's current profile to the calling service, paced
+    at ``rate_per_second``."""
     rate = request.config_dict[SETTINGS].sync_resync_rate
     async with request.config_dict[DB].begin() as db:
         try:

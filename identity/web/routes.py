@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from identity.api import docs, profile
+from identity.api import docs, openapi, profile
 from identity.api import sync as sync_api
 from identity.oidc.actions import authorize, discovery, end_session, token, userinfo
 from identity.pages import account, password, register, sign_in
@@ -42,6 +42,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/schemas/", docs.schema_index)
     r.add_get("/schemas/{name}.json", docs.schema)
     r.add_get("/asyncapi.json", docs.asyncapi)
+    r.add_get("/api/openapi.json", openapi.openapi)
     r.add_get("/metrics", metrics)
     # Interactions of an authorization request
     r.add_get("/i/{uid}", sign_in.interaction_page)
