@@ -3,6 +3,7 @@ They validate their input, take the caller's session and never commit."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from urllib.parse import urlsplit
@@ -12,8 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import links
+from identity.accounts.children import is_child
 from identity.accounts.passwords import PasswordHasher, check_password
-from identity.accounts.store import EmailTaken, create_account, is_child
+from identity.accounts.store import EmailTaken, create_account
 from identity.db.models import Service
 from identity.oidc import scopes
 from identity.oidc.keys import KeyCipher
@@ -72,6 +74,8 @@ async def add_service(
     webhook_url: str | None = None,
     kafka_topic: bool = False,
     cipher: KeyCipher | None = None,
+    cancellation_url: str | None = None,
+    cancellation_instructions: str | None = None,
 ) -> NewService:
     """Register a member service. A webhook secret is encrypted with ``cipher`` (the hub's
     key cipher), which is needed when ``webhook_url`` is given."""
@@ -88,6 +92,7 @@ async def add_service(
     if id_token_alg not in ("RS256", "ES256"):
         raise InvalidInput("--id-token-alg must be RS256 or ES256")
     webhook = check_uri(webhook_url, "--webhook-url") if webhook_url else None
+    cancel_url, cancel_text = check_cancellation(cancellation_url, cancellation_instructions)
     client_id = new_client_id()
     webhook_secret = webhooks.new_secret() if webhook else None
     if webhook_secret is not None and cipher is None:
@@ -112,8 +117,40 @@ async def add_service(
             webhook_url=webhook,
             webhook_secret=seal_secret(cipher, webhook_secret) if cipher and webhook_secret else None,
             topic_enabled=kafka_topic,
+            cancellation_url=cancel_url,
+            cancellation_instructions=cancel_text,
         )
     )
+    await db.flush()
+    return service
+
+
+MAX_INSTRUCTIONS = 2000
+
+
+def check_cancellation(url: str | None, instructions: str | None) -> tuple[str | None, str | None]:
+    """How a person cancels their account at the service: an http(s) URL and/or plain text
+    (each may be empty, which means none)."""
+    url = check_uri(url.strip(), "--cancellation-url") if url and url.strip() else None
+    if url and len(url) > 2000:
+        raise InvalidInput("--cancellation-url must be at most 2000 characters")
+    text = instructions.strip() if instructions else None
+    if text and (len(text) > MAX_INSTRUCTIONS or "\x00" in text):
+        raise InvalidInput(f"--cancellation-instructions must be at most {MAX_INSTRUCTIONS} characters of text")
+    return url, text or None
+
+
+async def update_service_cancellation(db: AsyncSession, client_id: str, *, url: str | None, instructions: str | None) -> Service:
+    """Change how a person cancels their account at the service (None leaves a field as it is;
+    an empty string clears it)."""
+    service = await db.scalar(select(Service).where(Service.client_id == client_id).with_for_update())
+    if service is None:
+        raise InvalidInput(f"no service with client_id {client_id!r}")
+    new_url, new_text = check_cancellation(url, instructions)
+    if url is not None:
+        service.cancellation_url = new_url
+    if instructions is not None:
+        service.cancellation_instructions = new_text
     await db.flush()
     return service
 
@@ -163,6 +200,8 @@ async def add_user(
     account.email_verified = verified
     mail = []
     if guardian is not None:
+        # Deleted after the grace period unless the guardian consents (the retention purge).
+        account.delete_after = account.created_at + dt.timedelta(days=settings.child_grace_days)
         secret = await links.issue(db, account, "guardian_consent", guardian)
         mail.append(links.guardian_message(settings, guardian, account.name or account.email, secret))
     return NewAccount(account.sub, mail)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import getpass
 import json
 import logging
 import sys
@@ -63,6 +64,8 @@ def cmd_services_add(settings: Settings, args: argparse.Namespace) -> dict[str, 
             webhook_url=args.webhook_url,
             kafka_topic=args.kafka_topic,
             cipher=KeyCipher(settings.resolved_secret_key()),
+            cancellation_url=args.cancellation_url,
+            cancellation_instructions=args.cancellation_instructions,
         )
         out: dict[str, Any] = {"client_id": service.client_id, "client_secret": service.client_secret}
         if args.webhook_url or args.kafka_topic:
@@ -87,6 +90,12 @@ def cmd_services_update(settings: Settings, args: argparse.Namespace) -> dict[st
         out: dict[str, Any] = {"client_id": result.client_id, "webhook_url": result.webhook_url, "topic": result.topic}
         if result.webhook_secret:
             out["webhook_secret"] = result.webhook_secret
+        if args.cancellation_url is not None or args.cancellation_instructions is not None:
+            service = await admin.update_service_cancellation(
+                db, args.client_id, url=args.cancellation_url, instructions=args.cancellation_instructions
+            )
+            out["cancellation_url"] = service.cancellation_url
+            out["cancellation_instructions"] = service.cancellation_instructions
         return out
 
     return asyncio.run(_with_db(settings, work))
@@ -95,8 +104,13 @@ def cmd_services_update(settings: Settings, args: argparse.Namespace) -> dict[st
 def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from sync import status
 
+    from sync import notices
+
     async def work(db: Any) -> dict[str, Any]:
-        return {"dead_letters": await status.dead_letters(db, client_id=args.client_id, limit=args.limit)}
+        return {
+            "dead_letters": await status.dead_letters(db, client_id=args.client_id, limit=args.limit),
+            "dead_notices": await notices.dead(db, client_id=args.client_id, limit=args.limit),
+        }
 
     return asyncio.run(_with_db(settings, work))
 
@@ -104,13 +118,55 @@ def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> dict[str, 
 def cmd_redeliver(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from sync import status
 
-    if not args.client_id and not args.id and not args.all:
-        raise UsageError("say what to redeliver: --client-id, --id (repeatable) or --all")
+    from sync import notices
+
+    if not args.client_id and not args.id and not args.all and not args.notice:
+        raise UsageError("say what to redeliver: --client-id, --id (repeatable), --notice (repeatable) or --all")
 
     async def work(db: Any) -> dict[str, Any]:
-        return {"redelivered": await status.redeliver(db, client_id=args.client_id, ids=args.id)}
+        deliveries = args.client_id or args.id or args.all
+        revived = args.client_id or args.notice or args.all
+        return {
+            "redelivered": await status.redeliver(db, client_id=args.client_id, ids=args.id) if deliveries else 0,
+            "notices_redelivered": await notices.revive(db, client_id=args.client_id, ids=args.notice) if revived else 0,
+        }
 
     return asyncio.run(_with_db(settings, work))
+
+
+def cmd_rights_list(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from identity.rights import RightsError, operators
+
+    state = "overdue" if args.overdue else "all" if args.all else "open"
+
+    async def work(db: Any) -> dict[str, Any]:
+        try:
+            return await operators.listing(db, state, client_id=args.service, hub_only=args.hub)
+        except RightsError as exc:
+            raise UsageError(f"no service with client_id {args.service!r}") from exc
+
+    return asyncio.run(_with_db(settings, work))
+
+
+def cmd_rights_status(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from identity.rights import NotFound, RightsError, operators
+
+    async def work(db: Any) -> dict[str, Any]:
+        try:
+            return {"request": await operators.answer(db, args.id, status=args.status, reason=args.reason, actor=args.by)}
+        except NotFound:
+            raise UsageError(f"no rights request with id {args.id!r}") from None
+        except RightsError as exc:
+            raise UsageError(exc.public) from None
+
+    return asyncio.run(_with_db(settings, work))
+
+
+def _operator() -> str:
+    try:
+        return "cli:" + getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
 
 
 def _run_sync_alone(settings: Settings, args: argparse.Namespace, *, relay: bool, worker: bool) -> dict[str, Any]:
@@ -179,6 +235,40 @@ async def _send(settings: Settings, messages: list[Any]) -> None:
     mailer = mailer_for(settings)
     for message in messages:
         await mailer.send(message)
+
+
+def cmd_purge(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from identity import purge
+
+    async def run() -> dict[str, Any]:
+        engine = create_engine(settings)
+        try:
+            if settings.is_embedded:
+                await upgrade(engine)
+            return {"purged": await purge.run(create_sessionmaker(engine), settings)}
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def cmd_users_erase(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from identity.accounts import erase
+    from identity.accounts.store import find_by_sub
+
+    async def work(db: Any) -> dict[str, Any]:
+        account = await find_by_sub(db, args.sub)
+        if account is None:
+            erased = await erase.is_erased(db, args.sub)
+            raise UsageError(f"the account {args.sub} was already erased" if erased else f"no account with sub {args.sub!r}")
+        try:
+            await erase.erase(db, account, keys=None, issuer=settings.issuer, actor_kind="cli", actor=args.operator, reason=args.reason)
+        except erase.LinksStillActive as exc:
+            names = ", ".join(f"{s.name} ({s.client_id})" for s in exc.services)
+            raise UsageError(f"the person still has an active account at: {names}; it must be cancelled there first") from None
+        return {"erased": args.sub}
+
+    return asyncio.run(_with_db(settings, work))
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -280,6 +370,17 @@ def _date(value: str) -> str:
     return value
 
 
+def _cancellation_arguments(cmd: argparse.ArgumentParser, *, clearable: bool = False) -> None:
+    clear = " (an empty value removes it)" if clearable else ""
+    cmd.add_argument(
+        "--cancellation-url", metavar="URL",
+        help=f"where a person cancels their account at the service; the hub shows it, and never cancels for them{clear}",
+    )
+    cmd.add_argument(
+        "--cancellation-instructions", metavar="TEXT", help=f"how to cancel an account at the service, in words, shown with or instead of the URL{clear}"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="onesignin",
@@ -354,10 +455,12 @@ def parser() -> argparse.ArgumentParser:
     add_service.add_argument("--id-token-alg", choices=["RS256", "ES256"], default="RS256", help="ID token signing algorithm")
     add_service.add_argument("--webhook-url", help="receive profile changes here (Standard Webhooks; prints webhook_secret once)")
     add_service.add_argument("--kafka-topic", action="store_true", help="also receive profile changes on the service's own Kafka topic")
+    _cancellation_arguments(add_service)
     add_service.set_defaults(func=cmd_services_add)
 
     update_service = services_sub.add_parser(
-        "update", help="change where a service receives profile changes", description="Change a service's webhook or topic."
+        "update", help="change where a service receives profile changes, or its cancellation route",
+        description="Change a service's webhook or topic, or how people cancel their account there."
     )
     update_service.add_argument("--client-id", required=True)
     hook = update_service.add_mutually_exclusive_group()
@@ -367,20 +470,24 @@ def parser() -> argparse.ArgumentParser:
     topic = update_service.add_mutually_exclusive_group()
     topic.add_argument("--kafka-topic", dest="kafka_topic", action="store_true", default=None, help="deliver to the service's topic")
     topic.add_argument("--no-kafka-topic", dest="kafka_topic", action="store_false", help="stop topic deliveries")
+    _cancellation_arguments(update_service, clearable=True)
     update_service.set_defaults(func=cmd_services_update)
 
     sync_cmd = sub.add_parser("sync", help="inspect and steer profile sync", description="Inspect and steer profile sync.")
     sync_sub = sync_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
-    dead = sync_sub.add_parser("dead-letters", help="list deliveries that gave up", description="List deliveries that gave up.")
+    dead = sync_sub.add_parser(
+        "dead-letters", help="list deliveries and notices that gave up", description="List deliveries and notices that gave up."
+    )
     dead.add_argument("--client-id", help="only this service's")
     dead.add_argument("--limit", type=int, default=100)
     dead.set_defaults(func=cmd_dead_letters)
     again = sync_sub.add_parser(
         "redeliver", help="queue dead deliveries again", description="Queue dead deliveries again (the current profile is sent)."
     )
-    again.add_argument("--client-id", help="every dead delivery of this service")
+    again.add_argument("--client-id", help="every dead delivery and notice of this service")
     again.add_argument("--id", type=int, action="append", help="a dead letter id (repeatable)")
-    again.add_argument("--all", action="store_true", help="every dead delivery")
+    again.add_argument("--notice", type=int, action="append", help="a dead notice id (repeatable): sent again as it was")
+    again.add_argument("--all", action="store_true", help="every dead delivery and notice")
     again.set_defaults(func=cmd_redeliver)
 
     users = sub.add_parser("users", help="manage people's accounts", description="Manage people's accounts.")
@@ -398,6 +505,59 @@ def parser() -> argparse.ArgumentParser:
     add_user.add_argument("--guardian-email", help="required when the person is a child")
     add_user.add_argument("--verified", action="store_true", help="mark the email address as verified")
     add_user.set_defaults(func=cmd_users_add)
+    erase_user = users_sub.add_parser(
+        "erase",
+        help="erase an account (once no link is active)",
+        description="Erase a person's hub account and its personal data, leaving a tombstone of its sub; refused while "
+        "any linked service still holds an account (the person cancels it there). Sessions are not logged out at "
+        "services by back-channel (the person's own erasure at /account/delete does that). Prints the erased sub.",
+    )
+    erase_user.add_argument("--sub", required=True, help="the account's sub")
+    erase_user.add_argument("--operator", help="who is erasing it, for the audit record")
+    erase_user.add_argument("--reason", help="why (e.g. a rights request id), for the audit record; no personal data")
+    erase_user.set_defaults(func=cmd_users_erase)
+
+    purge = sub.add_parser(
+        "purge",
+        help="delete what is past its retention period",
+        description="Delete what is past its retention period, each kind in one transaction: sign-in history "
+        "(ONESIGNIN_SIGN_IN_RETENTION_DAYS), change history (ONESIGNIN_CHANGE_RETENTION_DAYS), delivered or given-up "
+        "service notices (ONESIGNIN_NOTICE_RETENTION_DAYS), audit records (ONESIGNIN_AUDIT_RETENTION_DAYS), closed "
+        "rights requests (ONESIGNIN_RIGHTS_REQUEST_RETENTION_DAYS), and children's accounts past their grace without "
+        "a guardian's consent (ONESIGNIN_CHILD_GRACE_DAYS). `serve` also does it every ONESIGNIN_PURGE_INTERVAL "
+        "seconds. Prints the count per kind.",
+    )
+    purge.set_defaults(func=cmd_purge)
+
+    rights_cmd = sub.add_parser(
+        "rights", help="data-subject rights requests", description="List rights requests; answer the hub's own."
+    )
+    rights_sub = rights_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rights_list = rights_sub.add_parser(
+        "list",
+        help="list rights requests (open ones unless told otherwise), earliest due first",
+        description="List rights requests, earliest due first, each with its target (null: the hub itself), "
+        "status, due date, overdue flag and history. Open ones unless --overdue or --all.",
+    )
+    which = rights_list.add_mutually_exclusive_group()
+    which.add_argument("--overdue", action="store_true", help="only open requests past their due date")
+    which.add_argument("--all", action="store_true", help="closed ones too")
+    target = rights_list.add_mutually_exclusive_group()
+    target.add_argument("--service", metavar="CLIENT_ID", help="only those addressed to this service")
+    target.add_argument("--hub", action="store_true", help="only the hub's own (addressed to no service)")
+    rights_list.set_defaults(func=cmd_rights_list)
+    rights_status = rights_sub.add_parser(
+        "status",
+        help="move one of the hub's own requests on",
+        description="Acknowledge, extend (once, by two months; needs --reason), complete or refuse (needs "
+        "--reason) a request addressed to the hub itself. The person sees each step and its reason. A "
+        "service's request is answered by that service through the API.",
+    )
+    rights_status.add_argument("--id", required=True, help="the request's id")
+    rights_status.add_argument("--status", required=True, choices=["acknowledged", "extended", "completed", "refused"])
+    rights_status.add_argument("--reason", help="shown to the person; required to extend or refuse")
+    rights_status.add_argument("--by", default=_operator(), help="who answers, recorded in the history (default: cli:$USER)")
+    rights_status.set_defaults(func=cmd_rights_status)
     return top
 
 

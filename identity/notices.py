@@ -6,10 +6,14 @@ can still read what concerns it through the API."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
+from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.db.models import Notice, Service, utcnow
@@ -54,3 +58,15 @@ def add(db: AsyncSession, service: Service, account_id: int | None, key: str, no
                 next_attempt_at=now,
             )
         )
+
+
+#: Set by a sync worker running in this process: waking it sends a new notice at once instead of
+#: at its next poll (a quarter of a second later).
+WAKE = web.AppKey("notices_wake", asyncio.Event)
+
+
+def wake(config: Mapping[Any, Any]) -> None:
+    """Call after committing notices (``request.config_dict``): an in-process worker sends them now."""
+    event = config.get(WAKE)
+    if event is not None:
+        event.set()

@@ -51,6 +51,13 @@ class WebhookHealth(BaseModel):
     last_error: str | None
 
 
+class NoticeCounts(BaseModel):
+    """One-off notices (unlinks, rights requests, restrictions) to the service."""
+
+    pending: int = Field(description="Waiting to be delivered (due or scheduled for a retry).")
+    dead: int = Field(description="Gave up after failing for the whole retry period.")
+
+
 class SyncStatus(BaseModel):
     """The calling service's sync state."""
 
@@ -60,6 +67,7 @@ class SyncStatus(BaseModel):
     topic: str | None
     backlog: dict[str, ChannelBacklog]
     dead_letters: int = Field(description="Deliveries that gave up and were not redelivered.")
+    notices: NoticeCounts
 
 
 class PersonChannelStatus(BaseModel):
@@ -83,3 +91,21 @@ class PersonSyncStatus(BaseModel):
 
 class SyncStatusResponse(RootModel[SyncStatus | PersonSyncStatus]):
     """The service's sync state, or with ``?sub=`` one linked person's."""
+
+
+# -- /api/v1/links/{sub} ----------------------------------------------------------------------
+
+
+class LinkResponse(BaseModel):
+    """A person's link to the calling service. ``active`` while they use it through the hub;
+    ``revoked`` when they unlinked it at the hub (the service's account is the service's to
+    keep or cancel); ``cancelled`` when the service reported it cancelled its own account."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sub: str
+    status: Literal["active", "revoked", "cancelled"]
+    scope: str = Field(description="The scopes the person granted the service, space-separated.")
+    created_at: dt.datetime = Field(description="When the person first signed in to the service.")
+    updated_at: dt.datetime
+    ended_at: dt.datetime | None = Field(description="When the link last stopped being active (null if it never did).")

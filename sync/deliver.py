@@ -40,7 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
-from identity.db.models import Account, DeadLetter, Delivery, Link, Service, utcnow
+from identity.db.models import Account, DeadLetter, Delivery, Link, Notice, Service, utcnow
 from identity.oidc.keys import KeyCipher
 from identity.settings import Settings
 from schemas.events import ProfileSnapshot, ProfileUpdated, service_topic
@@ -404,7 +404,12 @@ class Deliverer:
         self.results_ready.set()
 
     async def _produce(self, endpoint: Endpoint, job: _Job) -> webhooks.Outcome:
-        topic = self.settings.kafka_topic_prefix + service_topic(endpoint.client_id)
+        return await self.publish(endpoint.client_id, job.sub, job.body, job.message_id)
+
+    async def publish(self, client_id: str, key: str, body: str, mid: str) -> webhooks.Outcome:
+        """Produce ``body`` to the service's own topic, keyed by ``key`` with a ``webhook-id``
+        header (the producer and topic are made on first use). Also used for notices."""
+        topic = self.settings.kafka_topic_prefix + service_topic(client_id)
         try:
             async with self.producer_lock:
                 if self.producer is None:
@@ -421,9 +426,9 @@ class Deliverer:
             await asyncio.wait_for(
                 self.producer.send_and_wait(
                     topic,
-                    value=job.body.encode(),
-                    key=job.sub.encode(),
-                    headers=[("webhook-id", job.message_id.encode()), ("content-type", b"application/json")],
+                    value=body.encode(),
+                    key=key.encode(),
+                    headers=[("webhook-id", mid.encode()), ("content-type", b"application/json")],
                 ),
                 self.settings.webhook_timeout,
             )
@@ -570,11 +575,17 @@ class Deliverer:
 
 async def resume(db: AsyncSession, service_ids: list[int]) -> None:
     """An endpoint works again (or was fixed): its backlog is due now, with fresh retry clocks,
-    instead of waiting out schedules that were set while it failed."""
+    instead of waiting out schedules that were set while it failed. Its notices too."""
     d = Delivery.__table__.c
     await db.execute(
         update(Delivery.__table__)
         .where(d.service_id.in_(service_ids), d.channel == "webhook", d.state == "active", d.attempts > 0)
+        .values(attempts=0, failing_since=None, next_attempt_at=utcnow())
+    )
+    n = Notice.__table__.c
+    await db.execute(
+        update(Notice.__table__)
+        .where(n.service_id.in_(service_ids), n.channel == "webhook", n.state == "pending", n.attempts > 0)
         .values(attempts=0, failing_since=None, next_attempt_at=utcnow())
     )
 

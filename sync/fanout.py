@@ -57,7 +57,11 @@ async def record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], *
     subs = {e.sub for e in events}
     if not subs:
         return 0
-    accounts = dict((await db.execute(select(Account.sub, Account.id).where(Account.sub.in_(subs)))).all())
+    # An erased account (gone) or one restricted (a child without a guardian's consent) is
+    # shared with nobody: its events call for no delivery.
+    accounts = dict(
+        (await db.execute(select(Account.sub, Account.id).where(Account.sub.in_(subs), Account.status == "active"))).all()
+    )
     if not accounts:
         return 0
     rows = await db.execute(
@@ -77,7 +81,7 @@ async def record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], *
     for event in events:
         account_id = accounts.get(event.sub)
         if account_id is None:
-            continue  # the account is gone; nothing to tell anyone
+            continue  # the account is gone or restricted; nothing to tell anyone
         for target in targets.get(account_id, []):
             if isinstance(event, LinkCreated):
                 if target.client_id != event.client_id:

@@ -31,14 +31,25 @@ class SyncMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.notices = Counter(
+            "onesignin_sync_notices", "Notice delivery attempts (unlinks, rights requests, restrictions) by channel and result.",
+            ["channel", "result"], registry=r,
+        )
         self.backlog = Gauge("onesignin_sync_backlog", "Deliveries waiting (due or scheduled for retry).", registry=r)
         self.dead_letters = Gauge("onesignin_sync_dead_letters", "Deliveries that gave up and were not redelivered.", registry=r)
         self.quarantined = Gauge("onesignin_sync_quarantined_endpoints", "Webhook endpoints in quarantine.", registry=r)
         self.disabled = Gauge("onesignin_sync_disabled_endpoints", "Webhook endpoints disabled (410 Gone).", registry=r)
+        self.rights_overdue = Gauge(
+            "onesignin_rights_requests_overdue",
+            "Open rights requests past their due date, by target: hub (the hub's own) or a service's client_id.",
+            ["target"], registry=r,
+        )
         # Every series exists from the start, so dashboards and alerts see zeros, not gaps.
         for channel in ("webhook", "topic"):
             self.delivery_latency.labels(channel)
             for result in ("ok", "retry", "gone"):
                 self.deliveries.labels(channel, result)
+                self.notices.labels(channel, result)
         for kind in ("profile.changed", "link.created"):
             self.events_consumed.labels(kind)
+        self.rights_overdue.labels("hub")

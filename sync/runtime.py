@@ -15,14 +15,17 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import update
 
+from identity import notices
 from identity.db.models import OutboxEvent
 from identity.oidc.keys import KeyCipher
+from identity.rights.metrics import refresh_overdue
 from identity.settings import Settings
 from identity.web import appkeys as K
 from sync.broker import EmbeddedBroker
 from sync.deliver import Deliverer
 from sync.fanout import FanOut
 from sync.metrics import SyncMetrics
+from sync.notices import NoticeDeliverer
 from sync.relay import Relay
 from sync.status import refresh_gauges
 
@@ -46,6 +49,7 @@ def add_sync(app: web.Application, *, relay: bool, worker: bool) -> None:
     app.cleanup_ctx.append(_gauges)
     # Cleanup runs in reverse: the relay stops publishing before the worker stops consuming.
     if worker:
+        app[notices.WAKE] = asyncio.Event()
         app.cleanup_ctx.append(_worker)
     if relay:
         app.cleanup_ctx.append(_relay)
@@ -114,9 +118,20 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         )
         app[DELIVERER] = deliverer
         fanout = FanOut(settings, app[K.DB], app[BOOTSTRAP], metrics=app[METRICS], wake=wake)
-        tasks = [asyncio.create_task(fanout.run(), name="sync-fanout"), asyncio.create_task(deliverer.run(), name="sync-deliverer")]
+        # Notices go through the deliverer's Kafka producer, so they stop first.
+        notice_deliverer = NoticeDeliverer(
+            settings, app[K.DB], app[K.CIPHER], http, publisher=deliverer, metrics=app[METRICS], wake=app[notices.WAKE]
+        )
+        tasks = [
+            asyncio.create_task(notice_deliverer.run(), name="sync-notices"),
+            asyncio.create_task(fanout.run(), name="sync-fanout"),
+            asyncio.create_task(deliverer.run(), name="sync-deliverer"),
+        ]
         app[TASKS].update({t.get_name(): t for t in tasks})
         yield
+        tasks[0].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tasks[0]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -129,6 +144,7 @@ async def _refresh(app: web.Application) -> None:
         try:
             async with app[K.DB]() as db:
                 await refresh_gauges(db, app[METRICS])
+                await refresh_overdue(db, app[METRICS].rights_overdue)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

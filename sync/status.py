@@ -20,6 +20,7 @@ from identity.db.models import (
 )
 from identity.db.upsert import insert_for
 from schemas.events import service_topic
+from sync import notices
 from sync.fanout import channels_of
 from sync.metrics import SyncMetrics
 
@@ -91,6 +92,8 @@ async def service_status(
         "topic": topic_prefix + service_topic(service.client_id) if service.topic_enabled else None,
         "backlog": {c: backlog.get(c, {"pending": 0, "oldest_pending_at": None, "failing": 0}) for c in channels_of(service)},
         "dead_letters": dead or 0,
+        # One-off notices (unlinks, rights requests, restrictions): waiting, and given up.
+        "notices": await notices.counts(db, service.id),
     }
 
 

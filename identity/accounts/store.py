@@ -13,7 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity import outbox
-from identity.db.models import Account, AccountChange, utcnow
+from identity.accounts.children import ChildPolicy, rectified
+from identity.db.models import Account, AccountChange, Tombstone, utcnow
 from schemas.events import ProfileChanged
 
 Channel = Literal["person", "service", "support", "cli"]
@@ -35,14 +36,6 @@ DETAIL_FIELDS = (
 
 class EmailTaken(Exception):
     """Another account already uses that email address."""
-
-
-def age_on(birthdate: dt.date, today: dt.date) -> int:
-    return today.year - birthdate.year - ((today.month, today.day) < (birthdate.month, birthdate.day))
-
-
-def is_child(birthdate: dt.date | None, age_of_consent: int, today: dt.date | None = None) -> bool:
-    return birthdate is not None and age_on(birthdate, today or dt.date.today()) < age_of_consent
 
 
 async def find_by_email(session: AsyncSession, email: str) -> Account | None:
@@ -67,8 +60,11 @@ async def create_account(
     if await find_by_email(session, email) is not None:
         raise EmailTaken(email)
     now = utcnow()
+    sub = str(uuid.uuid4())
+    while await session.get(Tombstone, sub) is not None or await find_by_sub(session, sub) is not None:
+        sub = str(uuid.uuid4())  # an erased account's sub is never given out again
     account = Account(
-        sub=str(uuid.uuid4()),
+        sub=sub,
         email=email,
         email_verified=False,
         password_hash=password_hash,
@@ -112,10 +108,14 @@ async def update_details(
     channel: Channel,
     actor: str | None = None,
     client_id: str | None = None,
+    children: ChildPolicy | None = None,
 ) -> list[str]:
     """Apply ``changes`` (claim name to new value); return the names that really changed.
     ``client_id`` names the member service that made the change (channel "service").
-    The account row is locked and re-read first, so concurrent changes each get their own version."""
+    The account row is locked and re-read first, so concurrent changes each get their own version.
+    A changed date of birth that makes the account a child's without a guardian's consent
+    restricts it at once (``identity.accounts.children``; pass the configured ``children``
+    policy, ``ChildPolicy.of(settings)``)."""
     await _lock(session, account)
     if "email" in changes and changes["email"] != account.email:
         other = await find_by_email(session, changes["email"])
@@ -134,6 +134,8 @@ async def update_details(
     if "email" in changed:
         changed.append("email_verified")
     await _record(session, account, changed, now, channel=channel, actor=actor, client_id=client_id)
+    if "birthdate" in changed:
+        await rectified(session, account, children or ChildPolicy(), now)
     return changed
 
 

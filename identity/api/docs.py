@@ -1,5 +1,6 @@
 """Machine-readable documentation for member-service developers: a JSON Schema for every event
-under ``/schemas/`` and the AsyncAPI 3 document of profile sync at ``/asyncapi.json``."""
+(and for the person's export, ``account.export``) under ``/schemas/`` and the AsyncAPI 3
+document of profile sync at ``/asyncapi.json``."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from aiohttp import web
 from identity.web.appkeys import SETTINGS
 from schemas.asyncapi import document
 from schemas.events import json_schemas
+from schemas.export import AccountExport
 
 CACHE = {"Cache-Control": "public, max-age=3600"}
 
 
 @cache
 def _schemas() -> dict[str, dict[str, Any]]:
-    return json_schemas()
+    # The events, and the person's export (GET /account/export, GET /api/v1/me/export).
+    return json_schemas() | {"account.export": AccountExport.model_json_schema(mode="serialization")}
 
 
 async def schema_index(request: web.Request) -> web.Response:

@@ -16,6 +16,8 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from identity import notices
+from identity.accounts.children import ChildPolicy
 from identity.accounts.claims import granted_claims
 from identity.accounts.store import EmailTaken, update_details
 from identity.api.bearer import NO_STORE, Refused, caller, problem
@@ -23,7 +25,7 @@ from identity.api.spec import operation
 from identity.db.engine import autocommit
 from identity.db.models import Account
 from identity.oidc.scopes import SCOPE_CLAIMS, split
-from identity.web.appkeys import DB
+from identity.web.appkeys import DB, SETTINGS
 from schemas.account import BasicDetailsUpdate, problems
 from schemas.api import ProfileResponse
 
@@ -131,10 +133,18 @@ async def patch_me(request: web.Request) -> web.StreamResponse:
             response.headers["ETag"] = f'"{account.version}"'
             return response
         try:
-            await update_details(db, account, changes, channel="service", actor=who.client.client_id, client_id=who.client.client_id)
+            await update_details(
+                db, account, changes, channel="service", actor=who.client.client_id, client_id=who.client.client_id,
+                children=ChildPolicy.of(request.config_dict[SETTINGS]),
+            )
         except EmailTaken:  # pragma: no cover - email changes are refused above
             return _unprocessable([{"field": "email", "message": "That address cannot be used."}])
-        return _answer(account, who.scope)
+    if account.status != "active":
+        # The new date of birth is a child's without a guardian's consent: the account is
+        # restricted and shared no more (the service is sent account.restricted).
+        notices.wake(request.config_dict)
+        return _answer(account, "openid")
+    return _answer(account, who.scope)
 
 
 def _unprocessable(found: list[dict[str, Any]]) -> web.Response:

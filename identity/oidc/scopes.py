@@ -12,6 +12,9 @@ SCOPE_CLAIMS: dict[str, tuple[str, ...]] = {
     "address": ("address",),
     "marketing": ("marketing_news", "marketing_competitions", "marketing_offers"),
     "offline_access": (),
+    # Not a claim: the person's whole export (GET /api/v1/me/export), for an app of their own
+    # that the operator registered with this scope; never in a service's default scopes.
+    "export": (),
 }
 
 SUPPORTED_SCOPES: tuple[str, ...] = tuple(SCOPE_CLAIMS)
@@ -24,6 +27,7 @@ SCOPE_DESCRIPTIONS: dict[str, str] = {
     "address": "Your postal address",
     "marketing": "Your marketing preferences (news, competitions, offers)",
     "offline_access": "Stay connected when you are not using it",
+    "export": "Download a copy of everything One Sign In holds about you, including which services you use and your sign-in history",
 }
 
 

@@ -279,6 +279,10 @@ class Introspection(_AnyHint, IntrospectionEndpoint):
     def introspect_token(self, token: IssuedToken) -> dict[str, Any]:
         row = token.row
         user = token.get_user()
+        if user is not None and user.status != "active":
+            # A child's account waiting for a guardian is shared with no service: its tokens
+            # open nothing, so they are not active either.
+            return {"active": False}
         payload: dict[str, Any] = {
             "active": True,
             "client_id": token.client.client_id if token.client else None,

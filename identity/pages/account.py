@@ -8,7 +8,9 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from identity import notices
 from identity.accounts import links
+from identity.accounts.children import ChildPolicy
 from identity.accounts.store import EmailTaken, update_details
 from identity.db.engine import autocommit
 from identity.db.models import Link, Service
@@ -27,7 +29,7 @@ async def _page(request: web.Request, signed_in: browser.SignedIn, db: Any, **ex
     account = signed_in.account
     rows = (
         await db.execute(
-            select(Link, Service.name).join(Service, Service.id == Link.service_id).where(Link.account_id == account.id).order_by(Link.created_at)
+            select(Link, Service.name, Service.client_id).join(Service, Service.id == Link.service_id).where(Link.account_id == account.id).order_by(Link.created_at)
         )
     ).all()
     values = {f: getattr(account, f) or "" for f in TEXT_FIELDS} | {f: (account.address or {}).get(f, "") for f in ADDRESS_FIELDS}
@@ -35,7 +37,10 @@ async def _page(request: web.Request, signed_in: browser.SignedIn, db: Any, **ex
     context = {
         "account": account,
         "values": extra.pop("values", values),
-        "links": [{"name": name, "status": link.status, "scope": link.scope, "since": link.created_at} for link, name in rows],
+        "links": [
+            {"name": name, "client_id": client_id, "status": link.status, "scope": link.scope, "since": link.created_at, "ended": link.ended_at}
+            for link, name, client_id in rows
+        ],
         **extra,
     }
     return render(request, "account.html", context, status=extra.get("status", 200))
@@ -46,7 +51,7 @@ async def account_page(request: web.Request) -> web.StreamResponse:
         signed_in = await browser.current(request, db)
         if signed_in is None:
             return redirect("/sign-in?next=/account")
-        return await _page(request, signed_in, db, saved=request.query.get("saved") == "1")
+        return await _page(request, signed_in, db, saved=request.query.get("saved") == "1", unlinked=request.query.get("unlinked") == "1")
 
 
 async def edit_details(request: web.Request) -> web.StreamResponse:
@@ -85,12 +90,15 @@ async def edit_details(request: web.Request) -> web.StreamResponse:
             return redirect("/sign-in?next=/account", 303)
         account = signed_in.account
         try:
-            changed = await update_details(db, account, update.changes(), channel="person", actor=account.sub)
+            changed = await update_details(
+                db, account, update.changes(), channel="person", actor=account.sub, children=ChildPolicy.of(settings)
+            )
         except EmailTaken:
             errors = {"email": "That address cannot be used. Choose another one."}
             return await _page(request, signed_in, db, values=raw | address, errors=errors, status=400)
         if "email" in changed:
             mail.append(await links.verification(db, settings, account))
             mail.append(links.address_changed_message(settings, old_email, account.email))
+    notices.wake(request.config_dict)  # a restriction's notices, if the date of birth made it one
     await send_mail(request, mail)
     return redirect("/account?saved=1", 303)

@@ -6,17 +6,18 @@ registered."""
 
 from __future__ import annotations
 
+import datetime as dt
 from email.message import EmailMessage
 
 from aiohttp import web
 from pydantic import ValidationError
 
-from identity.accounts import links
+from identity.accounts import children, links
+from identity.accounts.children import is_child
 from identity.accounts.passwords import check_password
 from identity.accounts.store import (
     create_account,
     find_by_email,
-    is_child,
     mark_email_verified,
 )
 from identity.db.models import Account, utcnow
@@ -84,6 +85,8 @@ async def register(request: web.Request) -> web.StreamResponse:
             )
             mail.append(await links.verification(db, settings, account))
             if child and guardian:
+                # Deleted after the grace period unless the guardian consents (the retention purge).
+                account.delete_after = account.created_at + dt.timedelta(days=settings.child_grace_days)
                 guardian_secret = await links.issue(db, account, "guardian_consent", guardian)
                 mail.append(links.guardian_message(settings, guardian, account.name or account.email, guardian_secret))
     await send_mail(request, mail)
@@ -154,10 +157,9 @@ async def guardian_confirm(request: web.Request) -> web.Response:
             return render(request, "message.html", _dead_link(), status=400)
         now = utcnow()
         live.used_at = now
-        account = await db.get(Account, live.account_id)
+        account = await db.get(Account, live.account_id, with_for_update=True)
         if account is not None and account.status == "pending_guardian":
-            account.status = "active"
-            account.guardian_consent_at = now
+            await children.lift(db, account, now, by_guardian=True)
     return render(
         request,
         "message.html",

@@ -17,6 +17,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from identity import purge as retention
 from identity.accounts.passwords import PasswordHasher
 from identity.db.cleanup import purge_expired
 from identity.db.engine import create_engine, create_sessionmaker
@@ -63,6 +64,7 @@ def create_app(settings: Settings, *, migrate: bool | None = None, sync: bool | 
     add_sync(app, relay=in_process, worker=in_process)
     app.cleanup_ctx.append(_every(KEY_REFRESH_SECONDS, "signing-keys", _refresh_keys, first=True))
     app.cleanup_ctx.append(_every(PURGE_SECONDS, "purge-expired", _purge))
+    app.cleanup_ctx.append(_every(settings.purge_interval, "retention-purge", _retention_purge))
     app.cleanup_ctx.append(_mailer)
     app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_hash_pool)
@@ -131,6 +133,13 @@ async def _purge(app: web.Application) -> None:
         counts = await purge_expired(db, throttle_window=app[K.SETTINGS].throttle_window)
     if any(counts.values()):
         log.info("purged expired records: %s", {k: v for k, v in counts.items() if v})
+
+
+async def _retention_purge(app: web.Application) -> None:
+    """Delete what is past its retention period (``identity.purge``)."""
+    counts = await retention.run(app[K.DB], app[K.SETTINGS])
+    if any(counts.values()):
+        log.info("retention purge: %s", {k: v for k, v in counts.items() if v})
 
 
 async def _mailer(app: web.Application) -> AsyncIterator[None]:

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from identity.api import docs, openapi, profile
+from identity.api import docs, links, openapi, profile
+from identity.api import export as export_api
+from identity.api import rights as rights_api
 from identity.api import sync as sync_api
 from identity.oidc.actions import authorize, discovery, end_session, token, userinfo
-from identity.pages import account, password, register, sign_in
+from identity.pages import (
+    account,
+    linked_services,
+    password,
+    privacy,
+    register,
+    sign_in,
+)
+from identity.pages import rights as rights_pages
 from identity.web.responses import redirect
 from sync.runtime import metrics
 
@@ -37,8 +47,16 @@ def add_routes(app: web.Application) -> None:
     # JSON API for member services
     r.add_get("/api/v1/me", profile.get_me)
     r.add_patch("/api/v1/me", profile.patch_me)
+    r.add_get("/api/v1/me/export", export_api.get_export)
     r.add_get("/api/v1/sync/status", sync_api.sync_status)
     r.add_post("/api/v1/sync/resync", sync_api.resync)
+    r.add_get("/api/v1/links/{sub}", links.get_link)
+    r.add_post("/api/v1/links/{sub}/cancel", links.cancel_link)
+    r.add_get("/api/v1/me/rights-requests", rights_api.list_mine)
+    r.add_post("/api/v1/me/rights-requests", rights_api.open_mine)
+    r.add_get("/api/v1/me/rights-requests/{id}", rights_api.get_mine)
+    r.add_get("/api/v1/rights-requests", rights_api.list_for_service)
+    r.add_post("/api/v1/rights-requests/{id}/status", rights_api.change_status)
     r.add_get("/schemas/", docs.schema_index)
     r.add_get("/schemas/{name}.json", docs.schema)
     r.add_get("/asyncapi.json", docs.asyncapi)
@@ -68,5 +86,15 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/reset-password/confirm", password.reset_confirm)
     r.add_get("/account", account.account_page)
     r.add_post("/account/details", account.edit_details)
+    r.add_get("/account/export", privacy.export_download)
+    r.add_get("/account/delete", privacy.delete_page)
+    r.add_post("/account/delete", privacy.delete)
+    r.add_get("/account/guardian", privacy.guardian_page)
+    r.add_post("/account/guardian", privacy.guardian_request)
+    r.add_get("/account/unlink/{client_id}", linked_services.unlink_page)
+    r.add_post("/account/unlink/{client_id}", linked_services.unlink)
+    r.add_get("/account/cancel", linked_services.cancel_page)
     r.add_get("/account/password", password.change_page)
     r.add_post("/account/password", password.change)
+    r.add_get("/account/rights", rights_pages.rights_page)
+    r.add_post("/account/rights", rights_pages.open_from_page)

@@ -53,7 +53,9 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Iterator[Live]:
+def live(
+    tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path
+) -> Iterator[Live]:
     """A hub served from its own thread and event loop (schemathesis calls it synchronously),
     with a linked person, their access token for the service, and the service's own token."""
     directory = tmp_path_factory.mktemp("openapi")
@@ -77,19 +79,27 @@ def live(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> Ite
 
     async def start() -> tuple[TestServer, Live]:
         app = create_app(hub_settings, migrate=False)
-        server = TestServer(app, host="127.0.0.1", port=port, socket_factory=lambda *_: sock)
+        server = TestServer(
+            app, host="127.0.0.1", port=port, socket_factory=lambda *_: sock
+        )
         await server.start_server()
         hub = Hub(settings=hub_settings, app=app, url=hub_settings.issuer)
         sub = await hub.add_user(verified=True)
         service = await hub.add_service(name="Store", scope=ALL_SCOPES)
-        rp = RelyingParty(hub, service.client_id, service.client_secret, scope=ALL_SCOPES)
+        rp = RelyingParty(
+            hub, service.client_id, service.client_secret, scope=ALL_SCOPES
+        )
         browser = Browser(hub)
         try:
             token, _ = await sign_in_through(rp, browser)
         finally:
             await browser.aclose()
-        answer = await rp.post("/token", {"grant_type": "client_credentials", "scope": "openid"})
-        return server, Live(hub.url, token["access_token"], answer.json()["access_token"], sub)
+        answer = await rp.post(
+            "/token", {"grant_type": "client_credentials", "scope": "openid"}
+        )
+        return server, Live(
+            hub.url, token["access_token"], answer.json()["access_token"], sub
+        )
 
     server, found = run(start())
     try:
@@ -119,7 +129,11 @@ def test_every_api_route_is_described() -> None:
     app = create_app(Settings(secret_key="s" * 40, **TEST_SETTINGS), migrate=False)  # type: ignore[arg-type]
     routes = api_operations(app)
     assert routes, "no /api/ routes found"
-    undescribed = [f"{method} {path}" for method, path, op in routes if op is None and path != "/api/openapi.json"]
+    undescribed = [
+        f"{method} {path}"
+        for method, path, op in routes
+        if op is None and path != "/api/openapi.json"
+    ]
     assert undescribed == []
 
 
@@ -147,37 +161,62 @@ def _operations(live: Live) -> list[Any]:
     return [result.ok() for result in schema.get_all_operations()]
 
 
-@pytest.mark.parametrize("mode", [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE])
-def test_the_hub_answers_as_documented(live: Live, mode: schemathesis.GenerationMode) -> None:
-    checks = CHECKS + ([negative_data_rejection] if mode == schemathesis.GenerationMode.NEGATIVE else [])
+def _fuzz(
+    live: Live,
+    operation: Any,
+    mode: schemathesis.GenerationMode,
+    headers: dict[str, str],
+    checks: list[Any],
+) -> Any:
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=25,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    def check(case: schemathesis.Case) -> None:
+        case.call_and_validate(
+            base_url=live.url, headers=headers, checks=checks, timeout=30
+        )
+
+    return check
+
+
+@pytest.mark.parametrize(
+    "mode", [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]
+)
+def test_the_hub_answers_as_documented(
+    live: Live, mode: schemathesis.GenerationMode
+) -> None:
+    checks = CHECKS + (
+        [negative_data_rejection]
+        if mode == schemathesis.GenerationMode.NEGATIVE
+        else []
+    )
     operations = _operations(live)
     assert len(operations) >= 3
     for operation in operations:
         raw = operation.definition.raw
-        if mode == schemathesis.GenerationMode.NEGATIVE and not (raw.get("parameters") or raw.get("requestBody")):
+        if mode == schemathesis.GenerationMode.NEGATIVE and not (
+            raw.get("parameters") or raw.get("requestBody")
+        ):
             continue  # nothing to make invalid
         token = _token(live, operation)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-        @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(
-            max_examples=25,
-            deadline=None,
-            database=None,
-            phases=[Phase.explicit, Phase.generate],
-            suppress_health_check=list(HealthCheck),
-        )
-        def check(case: schemathesis.Case, headers: dict[str, str] = headers) -> None:
-            case.call_and_validate(base_url=live.url, headers=headers, checks=checks, timeout=30)
-
-        check()
+        _fuzz(live, operation, mode, headers, checks)()
 
 
 def test_without_a_token_every_protected_operation_answers_401(live: Live) -> None:
     for operation in _operations(live):
         if _token(live, operation) is None:
             continue
-        path = operation.path.replace("{sub}", live.sub).replace("{id}", "00000000-0000-0000-0000-000000000000")
+        path = operation.path.replace("{sub}", live.sub).replace(
+            "{id}", "00000000-0000-0000-0000-000000000000"
+        )
         response = httpx2.request(operation.method.upper(), live.url + path, timeout=30)
-        assert response.status_code == 401, f"{operation.method} {operation.path}: {response.status_code}"
+        assert response.status_code == 401, (
+            f"{operation.method} {operation.path}: {response.status_code}"
+        )
         assert "Bearer" in response.headers.get("WWW-Authenticate", "")

@@ -22,6 +22,8 @@ class Endpoint:
     secret: str | None = None
     #: Every verified delivery, in arrival order.
     received: list[dict[str, Any]] = field(default_factory=list)
+    #: The raw body of each of those, as signed.
+    bodies: list[str] = field(default_factory=list)
     #: Per sub: the newest data (highest version) seen.
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)
     rejected: int = 0
@@ -78,8 +80,10 @@ class Receivers:
         service_event.validate_python(payload)
         async with endpoint.changed:
             endpoint.received.append(payload | {"_headers": {k.lower(): v for k, v in request.headers.items()}})
+            endpoint.bodies.append(body)
             data = payload["data"]
-            if data["version"] > endpoint.version(data["sub"]):
+            # Notices (link.revoked, rights.requested, ...) are events, not versioned state.
+            if "version" in data and data["version"] > endpoint.version(data["sub"]):
                 endpoint.latest[data["sub"]] = data
             endpoint.changed.notify_all()
         return web.Response(status=204)
@@ -100,6 +104,26 @@ class Receivers:
                 f"(has {endpoint.version(sub)}; {len(endpoint.received)} deliveries)"
             ) from None
         return endpoint.latest[sub]
+
+
+    async def wait_for_event(self, name: str, type_: str, sub: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until ``name`` received an event of ``type_`` about ``sub``; return the first one."""
+        endpoint = self.endpoints[name]
+
+        def found() -> dict[str, Any] | None:
+            return next((e for e in endpoint.received if e["type"] == type_ and e["data"]["sub"] == sub), None)
+
+        async def arrived() -> None:
+            async with endpoint.changed:
+                await endpoint.changed.wait_for(lambda: found() is not None)
+
+        try:
+            await asyncio.wait_for(arrived(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"{name} received no {type_} for {sub} within {timeout} s ({len(endpoint.received)} deliveries)") from None
+        event = found()
+        assert event is not None
+        return event
 
 
 def body_of(delivery: dict[str, Any]) -> str:

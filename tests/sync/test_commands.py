@@ -56,8 +56,8 @@ async def test_services_add_with_a_webhook_prints_its_secret_once_and_keeps_it_e
 def test_dead_letters_and_redeliver(env: dict[str, str]) -> None:
     listed = run(env, "sync", "dead-letters")
     assert listed.returncode == 0, listed.stderr
-    assert json.loads(listed.stdout) == {"dead_letters": []}
-    assert json.loads(run(env, "sync", "redeliver", "--all").stdout) == {"redelivered": 0}
+    assert json.loads(listed.stdout) == {"dead_letters": [], "dead_notices": []}
+    assert json.loads(run(env, "sync", "redeliver", "--all").stdout) == {"redelivered": 0, "notices_redelivered": 0}
     vague = run(env, "sync", "redeliver")
     assert vague.returncode == 2 and "--client-id" in vague.stderr
 

@@ -208,7 +208,10 @@ async def _link(db: AsyncSession, account_id: int, service_id: int, scope: str, 
         .execution_options(populate_existing=True)
     )
     assert link is not None
-    widened = scopes.join(set(scopes.split(link.scope)) | set(scopes.split(scope)))
+    # A link that ended (unlinked or cancelled) starts again from what was granted now: its
+    # consent was revoked with it.
+    kept = set(scopes.split(link.scope)) if link.status == "active" else set()
+    widened = scopes.join(kept | set(scopes.split(scope)))
     if created or link.status != "active" or widened != link.scope:
         # A new link, a relink or wider scopes: the service gets a snapshot of what it may now see.
         link.status, link.scope, link.updated_at = "active", widened, now

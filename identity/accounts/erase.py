@@ -1,0 +1,92 @@
+"""Erasure of a hub account, in the caller's transaction.
+
+Refused while any link is active: each member service controls its own account, which the
+person cancels there (:func:`blocking_services` gives each one's cancellation route). Otherwise
+the sessions end (back-channel logout notices are returned for the caller to send after it
+commits), the account row is deleted and every row about the person goes with it (foreign keys
+cascade from ``accounts``: tokens, codes and sessions too), a
+:class:`~identity.db.models.Tombstone` keeps the ``sub`` and the time, and an audit record says
+who erased it, with no personal data beyond the ``sub``.
+
+Nothing stale brings the account back: the fan-out and the deliverer find no account for that
+``sub`` and drop what names it, and a new account never gets a tombstoned ``sub``. Notices still
+waiting for a service (say, the unlink that came just before) are kept and still delivered: they
+carry only the ``sub``."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from identity.db.models import (
+    Account,
+    AuditRecord,
+    Link,
+    Notice,
+    Service,
+    Tombstone,
+    utcnow,
+)
+from identity.oidc.keys import KeyRing
+from identity.oidc.logout import LogoutNotice, end_sessions_of
+
+
+class LinksStillActive(Exception):
+    """The person still has an account at these services; they cancel it there first."""
+
+    def __init__(self, services: list[Service]) -> None:
+        super().__init__("linked accounts are still active")
+        self.services = services
+
+
+async def blocking_services(db: AsyncSession, account_id: int) -> list[Service]:
+    """The services whose link is active (with their cancellation routes)."""
+    return list(
+        (
+            await db.scalars(
+                select(Service)
+                .join(Link, Link.service_id == Service.id)
+                .where(Link.account_id == account_id, Link.status == "active")
+                .order_by(Service.name, Service.id)
+            )
+        ).all()
+    )
+
+
+async def erase(
+    db: AsyncSession,
+    account: Account,
+    *,
+    keys: KeyRing | None,
+    issuer: str,
+    actor_kind: str,
+    actor: str | None = None,
+    reason: str | None = None,
+    now: dt.datetime | None = None,
+    despite_links: bool = False,
+) -> list[LogoutNotice]:
+    """Erase ``account``; raise :class:`LinksStillActive` while a link is active (unless
+    ``despite_links``: a child's account past its grace, whose services were told when it was
+    restricted). ``keys`` sign the back-channel logout tokens (None: none are made)."""
+    now = now or utcnow()
+    # Locked first: a concurrent sign-in to a service cannot link the account meanwhile.
+    await db.refresh(account, with_for_update=True)
+    services = await blocking_services(db, account.id)
+    if services and not despite_links:
+        raise LinksStillActive(services)
+    notices = await end_sessions_of(db, keys, issuer, account.id) if keys is not None else []
+    await db.execute(
+        update(Notice).where(Notice.account_id == account.id, Notice.state == "pending").values(account_id=None)
+    )
+    db.add(Tombstone(sub=account.sub, erased_at=now))
+    db.add(AuditRecord(at=now, actor_kind=actor_kind, actor=actor, account_sub=account.sub, action="account.erased", reason=reason))
+    await db.flush()
+    await db.execute(delete(Account).where(Account.id == account.id))
+    db.expunge(account)
+    return notices
+
+
+async def is_erased(db: AsyncSession, sub: str) -> bool:
+    return await db.get(Tombstone, sub) is not None

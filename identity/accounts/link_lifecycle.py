@@ -1,0 +1,217 @@
+"""The life of a link between a person and a member service, after the first sign-in made it.
+
+Linking does not change who controls the service's account: the service does. So a link ends
+in one of two ways, and neither cancels anything at the service:
+
+* ``revoked``: the person unlinked the service at the hub (withdrew their consent to share).
+  The service is told with a ``link.revoked`` notice; its account is its own to keep or cancel.
+* ``cancelled``: the service reports that it cancelled its own account for the person.
+
+Either way sync to that service stops at once (its queued deliveries for the person are
+dropped), the person's tokens and consent for it are revoked, and the hub sessions that signed
+in to it are logged out of it by back-channel logout (the logout tokens are returned, to be sent
+once the caller commits). Signing in to the service again makes the link active again, with a
+fresh snapshot. Functions take the caller's session and never commit."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from identity import notices
+from identity.db.models import (
+    Account,
+    AuthorizationCode,
+    BrowserSession,
+    Consent,
+    Delivery,
+    Link,
+    Service,
+    SessionService,
+    Token,
+    utcnow,
+)
+from identity.oidc.keys import KeyRing
+from identity.oidc.logout import LogoutNotice, logout_token
+from schemas.events import LinkRevoked, LinkRevokedData
+
+Ended = Literal["revoked", "cancelled"]
+MAX_SUB = 64
+
+
+@dataclass(frozen=True)
+class HeldAccount:
+    """A service that holds (or held) an account for the person, and how to cancel it there."""
+
+    name: str
+    client_id: str
+    status: str
+    cancellation_url: str | None
+    cancellation_instructions: str | None
+
+
+async def link_of(
+    db: AsyncSession, service_id: int, sub: str, *, lock: bool = False
+) -> tuple[Link, Account] | None:
+    """The link between ``service_id`` and the person ``sub``, whatever its status; None when
+    the person is unknown or never linked that service (the two are not told apart)."""
+    if not (0 < len(sub) <= MAX_SUB):
+        return None
+    query = (
+        select(Link, Account)
+        .join(Account, Account.id == Link.account_id)
+        .where(Account.sub == sub, Link.service_id == service_id)
+    )
+    if lock:
+        query = query.with_for_update(of=Link).execution_options(populate_existing=True)
+    row = (await db.execute(query)).first()
+    return (row[0], row[1]) if row else None
+
+
+async def end(
+    db: AsyncSession,
+    keys: KeyRing,
+    issuer: str,
+    link: Link,
+    account: Account,
+    service: Service,
+    status: Ended,
+    *,
+    now: dt.datetime | None = None,
+) -> list[LogoutNotice]:
+    """End ``link`` with ``status``; stop everything that flowed through it. Idempotent.
+    Returns the back-channel logout notices to send after the caller commits."""
+    now = now or utcnow()
+    if link.status == "active":
+        link.ended_at = now
+    if link.status != status:
+        link.status, link.updated_at = status, now
+    # Sync stops at once: what was queued for this person is dropped (a relink starts afresh).
+    await db.execute(
+        delete(Delivery).where(
+            Delivery.service_id == service.id, Delivery.account_id == account.id
+        )
+    )
+    await db.execute(
+        update(Token)
+        .where(
+            Token.service_id == service.id,
+            Token.account_id == account.id,
+            Token.revoked_at.is_(None),
+        )
+        .values(revoked_at=now)
+    )
+    await db.execute(
+        delete(AuthorizationCode).where(
+            AuthorizationCode.service_id == service.id,
+            AuthorizationCode.account_id == account.id,
+            AuthorizationCode.used_at.is_(None),
+        )
+    )
+    await db.execute(
+        update(Consent)
+        .where(
+            Consent.service_id == service.id,
+            Consent.account_id == account.id,
+            Consent.revoked_at.is_(None),
+        )
+        .values(revoked_at=now)
+    )
+    return await _log_out(db, keys, issuer, account, service)
+
+
+async def _log_out(
+    db: AsyncSession, keys: KeyRing, issuer: str, account: Account, service: Service
+) -> list[LogoutNotice]:
+    """Log the person's live hub sessions out of ``service`` (only that service: the hub
+    session and the other services stay signed in)."""
+    sessions = (
+        await db.execute(
+            select(SessionService.id, BrowserSession.sid)
+            .join(BrowserSession, BrowserSession.id == SessionService.session_id)
+            .where(
+                SessionService.service_id == service.id,
+                BrowserSession.account_id == account.id,
+                BrowserSession.ended_at.is_(None),
+            )
+        )
+    ).all()
+    if not sessions:
+        return []
+    await db.execute(
+        delete(SessionService).where(SessionService.id.in_([r.id for r in sessions]))
+    )
+    if not service.backchannel_logout_uri:
+        return []
+    return [
+        LogoutNotice(
+            service.client_id,
+            service.backchannel_logout_uri,
+            logout_token(keys, issuer, service, account.sub, r.sid),
+        )
+        for r in sessions
+    ]
+
+
+async def cancel(
+    db: AsyncSession, keys: KeyRing, issuer: str, service: Service, sub: str
+) -> tuple[Link, list[LogoutNotice]] | None:
+    """The service reports that it cancelled its own account for ``sub``. None when the person
+    is not linked to it (or unknown)."""
+    found = await link_of(db, service.id, sub, lock=True)
+    if found is None:
+        return None
+    link, account = found
+    return link, await end(db, keys, issuer, link, account, service, "cancelled")
+
+
+async def unlink(
+    db: AsyncSession, keys: KeyRing, issuer: str, account: Account, client_id: str
+) -> list[LogoutNotice] | None:
+    """The person unlinks the service ``client_id`` at the hub, and the service is told. None
+    when they have no active link to it."""
+    row = (
+        await db.execute(
+            select(Link, Service)
+            .join(Service, Service.id == Link.service_id)
+            .where(Link.account_id == account.id, Service.client_id == client_id)
+            .with_for_update(of=Link)
+            .execution_options(populate_existing=True)
+        )
+    ).first()
+    if row is None or row[0].status != "active":
+        return None
+    link, service = row
+    now = utcnow()
+    logouts = await end(db, keys, issuer, link, account, service, "revoked", now=now)
+    notice = LinkRevoked(
+        id=notices.new_notice_id(),
+        timestamp=notices.timestamp(now),
+        data=LinkRevokedData(sub=account.sub, revoked_at=notices.timestamp(now)),
+    )
+    notices.add(db, service, account.id, account.sub, notice)
+    return logouts
+
+
+async def held_accounts(db: AsyncSession, account_id: int) -> list[HeldAccount]:
+    """Every service the person linked, oldest first, with its own cancellation route."""
+    rows = await db.execute(
+        select(
+            Link.status,
+            Service.name,
+            Service.client_id,
+            Service.cancellation_url,
+            Service.cancellation_instructions,
+        )
+        .join(Service, Service.id == Link.service_id)
+        .where(Link.account_id == account_id)
+        .order_by(Link.created_at, Link.id)
+    )
+    return [
+        HeldAccount(name, client_id, status, url, instructions)
+        for status, name, client_id, url, instructions in rows
+    ]

@@ -1,0 +1,121 @@
+"""The retention purge: removes what is past its configured period, and nothing else.
+
+========================  ==========================================================  ==============================
+kind                      what goes                                                   period (``ONESIGNIN_…``)
+========================  ==========================================================  ==============================
+``sign_ins``              sign-in history older than the period                       ``SIGN_IN_RETENTION_DAYS``
+``changes``               history of changes to basic details older than the period   ``CHANGE_RETENTION_DAYS``
+``notices``               service notices delivered, or given up, before the period   ``NOTICE_RETENTION_DAYS``
+``audit_records``         audit records older than the period                         ``AUDIT_RETENTION_DAYS``
+``rights_requests``       rights requests closed before the period (with history)     ``RIGHTS_REQUEST_RETENTION_DAYS``
+``children``              children's accounts past their grace without a guardian     ``CHILD_GRACE_DAYS``
+========================  ==========================================================  ==============================
+
+Each kind is deleted in its own transaction (:func:`run`); the functions per kind take the
+caller's session. A child's account is erased as any account is (``identity.accounts.erase``:
+tombstone and audit record). ``onesignin purge`` runs it once; ``serve`` every
+``ONESIGNIN_PURGE_INTERVAL`` seconds."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import and_, delete, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from identity.accounts.erase import erase
+from identity.db.models import (
+    Account,
+    AccountChange,
+    AuditRecord,
+    Notice,
+    RightsRequest,
+    SignInEvent,
+    utcnow,
+)
+from identity.settings import Settings
+
+Purge = Callable[[AsyncSession, Settings, dt.datetime], Awaitable[int]]
+
+
+def _before(now: dt.datetime, days: int) -> dt.datetime:
+    return now - dt.timedelta(days=days)
+
+
+async def sign_ins(db: AsyncSession, settings: Settings, now: dt.datetime) -> int:
+    cutoff = _before(now, settings.sign_in_retention_days)
+    return (await db.execute(delete(SignInEvent).where(SignInEvent.at < cutoff))).rowcount or 0
+
+
+async def changes(db: AsyncSession, settings: Settings, now: dt.datetime) -> int:
+    cutoff = _before(now, settings.change_retention_days)
+    return (await db.execute(delete(AccountChange).where(AccountChange.at < cutoff))).rowcount or 0
+
+
+async def notices(db: AsyncSession, settings: Settings, now: dt.datetime) -> int:
+    """Notices done with: delivered, or given up (a dead notice's last attempt is its
+    ``next_attempt_at``). Pending ones stay whatever their age."""
+    cutoff = _before(now, settings.notice_retention_days)
+    done = or_(
+        and_(Notice.state == "delivered", Notice.delivered_at < cutoff),
+        and_(Notice.state == "dead", Notice.next_attempt_at < cutoff),
+    )
+    return (await db.execute(delete(Notice).where(done))).rowcount or 0
+
+
+async def audit_records(db: AsyncSession, settings: Settings, now: dt.datetime) -> int:
+    cutoff = _before(now, settings.audit_retention_days)
+    return (await db.execute(delete(AuditRecord).where(AuditRecord.at < cutoff))).rowcount or 0
+
+
+async def rights_requests(db: AsyncSession, settings: Settings, now: dt.datetime) -> int:
+    """Closed requests (completed or refused) once the period has passed since they closed;
+    their history goes with them. Open ones stay."""
+    cutoff = _before(now, settings.rights_request_retention_days)
+    statement = delete(RightsRequest).where(RightsRequest.closed_at.is_not(None), RightsRequest.closed_at < cutoff)
+    return (await db.execute(statement)).rowcount or 0
+
+
+async def children(db: AsyncSession, settings: Settings, now: dt.datetime) -> int:
+    """Children's accounts still without a guardian's consent past ``delete_after`` (set when an
+    account is registered as a child's or restricted), or, without one, ``child_grace_days``
+    after it was created."""
+    due = (
+        await db.scalars(
+            select(Account)
+            .where(
+                Account.status == "pending_guardian",
+                Account.guardian_consent_at.is_(None),
+                or_(
+                    Account.delete_after < now,
+                    and_(Account.delete_after.is_(None), Account.created_at < _before(now, settings.child_grace_days)),
+                ),
+            )
+            .order_by(Account.id)
+        )
+    ).all()
+    for account in due:
+        await erase(db, account, keys=None, issuer=settings.issuer, actor_kind="hub", actor="purge", reason="retention", now=now, despite_links=True)
+    return len(due)
+
+
+KINDS: dict[str, Purge] = {
+    "sign_ins": sign_ins,
+    "changes": changes,
+    "notices": notices,
+    "audit_records": audit_records,
+    "rights_requests": rights_requests,
+    "children": children,
+}
+
+
+async def run(sessions: async_sessionmaker[AsyncSession], settings: Settings, *, now: dt.datetime | None = None) -> dict[str, int]:
+    """Purge every kind, each in its own transaction; return how many rows (accounts, for
+    ``children``) each removed."""
+    now = now or utcnow()
+    counts = {}
+    for kind, purge in KINDS.items():
+        async with sessions.begin() as db:
+            counts[kind] = await purge(db, settings, now)
+    return counts

@@ -1,0 +1,155 @@
+"""A rectified date of birth through any channel restricts a child's account without a
+guardian's consent, in the same transaction as the change: pending deliveries are dropped,
+each linked service gets an ``account.restricted`` notice, the person's page explains what to do;
+a corrected date that is an adult's lifts it, and a guardian's earlier consent prevents it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+from sqlalchemy import select, update
+
+from identity.accounts.children import ChildPolicy
+from identity.accounts.store import update_details
+from identity.db.models import (
+    Account,
+    AuditRecord,
+    Delivery,
+    Notice,
+    OutboxEvent,
+    utcnow,
+)
+from identity.web.appkeys import DB
+from schemas.events import LinkCreated, service_event
+from sync import fanout
+from tests.support import (
+    Browser,
+    Hub,
+    RelyingParty,
+    confirm_mailed_link,
+    form,
+    sign_in_through,
+)
+
+TWELVE = (dt.date.today() - dt.timedelta(days=12 * 366)).isoformat()
+ADULT = "1990-05-01"
+
+
+async def _account(hub: Hub) -> Account:
+    async with hub.app[DB]() as db:
+        account = await db.scalar(select(Account).where(Account.email == "ann@example.com"))
+        assert account is not None
+        return account
+
+
+async def _linked(hub: Hub, browser: Browser) -> tuple[RelyingParty, dict[str, Any]]:
+    service = await hub.add_service(webhook_url="https://store.example/hooks", kafka_topic=True)
+    await hub.add_user(verified=True)
+    rp = RelyingParty(hub, service.client_id, service.client_secret)
+    await rp.discover()
+    await browser.sign_in()
+    token, _ = await sign_in_through(rp, browser)
+    return rp, token
+
+
+async def _set_birthdate(browser: Browser, value: str) -> None:
+    page = await browser.go("/account")
+    f = form(page.text, "/account/details")
+    done = await browser.http.post(f.action, data=f.fields | {"birthdate": value})
+    assert done.status_code == 303, done.text
+
+
+async def test_a_rectified_birthdate_on_the_page_restricts_at_once(hub: Hub, browser: Browser) -> None:
+    rp, token = await _linked(hub, browser)
+    account = await _account(hub)
+    assert (await rp.post("/introspect", {"token": token["access_token"]})).json()["active"] is True
+    async with hub.app[DB].begin() as db:
+        # A snapshot waiting for the service when the truth comes out.
+        event = LinkCreated(id=str(uuid.uuid4()), sub=account.sub, client_id=rp.client_id, version=account.version, occurred_at=utcnow())
+        assert await fanout.record(db, [event], echo_suppression=True) == 2
+    await _set_birthdate(browser, TWELVE)
+
+    account = await _account(hub)
+    assert account.status == "pending_guardian" and account.restricted_at is not None
+    assert account.delete_after == account.restricted_at + dt.timedelta(days=30)
+    async with hub.app[DB]() as db:
+        pending = (await db.scalars(select(Delivery).where(Delivery.wanted_version > Delivery.delivered_version))).all()
+        assert pending == []
+        sent = (await db.scalars(select(Notice).order_by(Notice.channel))).all()
+        assert [(n.channel, n.event_type, n.key) for n in sent] == [
+            ("topic", "account.restricted", account.sub),
+            ("webhook", "account.restricted", account.sub),
+        ]
+        body = service_event.validate_python(json.loads(sent[0].body))
+        assert body.data.sub == account.sub  # type: ignore[union-attr]
+        [audit] = (await db.scalars(select(AuditRecord))).all()
+        assert (audit.action, audit.account_sub) == ("account.restricted", account.sub)
+        # The change itself is recorded and its event queued, in the same transaction.
+        assert any("birthdate" in e.payload.get("changed", []) for e in (await db.scalars(select(OutboxEvent))).all())
+        # Whatever the fan-out reads now, it records nothing for a restricted account.
+        again = LinkCreated(id=str(uuid.uuid4()), sub=account.sub, client_id=rp.client_id, version=account.version, occurred_at=utcnow())
+        assert await fanout.record(db, [again], echo_suppression=True) == 0
+
+    # The service's tokens for her open nothing, and introspection says so.
+    assert (await hub.userinfo(token["access_token"])).status_code == 401
+    introspected = await rp.post("/introspect", {"token": token["access_token"]})
+    assert introspected.json() == {"active": False}
+
+    page = await browser.go("/account")
+    assert "Tell us your parent's or guardian's email address" in page.text
+    assert account.delete_after.strftime("%d %b %Y") in page.text
+
+
+async def test_an_adult_birthdate_lifts_it_and_a_guardians_consent_prevents_it(hub: Hub, browser: Browser) -> None:
+    await _linked(hub, browser)
+    await _set_birthdate(browser, TWELVE)
+    await _set_birthdate(browser, ADULT)
+    account = await _account(hub)
+    assert account.status == "active" and account.restricted_at is None and account.delete_after is None
+    async with hub.app[DB]() as db:
+        types = [n.event_type for n in (await db.scalars(select(Notice).where(Notice.channel == "webhook").order_by(Notice.id))).all()]
+        assert types == ["account.restricted", "account.restriction_lifted"]
+        # A fresh snapshot for the service that heard of the restriction.
+        assert [e.event_type for e in (await db.scalars(select(OutboxEvent).order_by(OutboxEvent.id))).all()][-1] == "link.created"
+
+    # A child whose guardian consented stays shared whatever the date says.
+    async with hub.app[DB].begin() as db:
+        await db.execute(update(Account).values(guardian_consent_at=utcnow()))
+        current = await db.scalar(select(Account))
+        assert current is not None
+        await update_details(db, current, {"birthdate": dt.date.fromisoformat(TWELVE)}, channel="support", children=ChildPolicy(16, 30))
+    assert (await _account(hub)).status == "active"
+
+
+async def test_the_configured_age_applies(hub: Hub) -> None:
+    await hub.add_user(verified=True)
+    fourteen = dt.date.today() - dt.timedelta(days=14 * 366)
+    async with hub.app[DB].begin() as db:
+        account = await db.scalar(select(Account))
+        assert account is not None
+        await update_details(db, account, {"birthdate": fourteen}, channel="cli", children=ChildPolicy(age_of_consent=13, grace_days=7))
+        assert account.status == "active"
+        await update_details(db, account, {"birthdate": fourteen - dt.timedelta(days=1)}, channel="cli", children=ChildPolicy(age_of_consent=16, grace_days=7))
+        assert account.status == "pending_guardian"
+        assert account.delete_after is not None and account.restricted_at is not None
+        assert account.delete_after - account.restricted_at == dt.timedelta(days=7)
+
+
+async def test_a_child_registered_without_consent_has_a_deletion_date_until_a_guardian_confirms(hub: Hub, browser: Browser) -> None:
+    await hub.add_user(verified=True, birthdate=TWELVE, guardian_email="parent@example.com")
+    account = await _account(hub)
+    assert account.status == "pending_guardian"
+    assert account.delete_after == account.created_at + dt.timedelta(days=hub.settings.child_grace_days)
+    await browser.sign_in()
+    page = await browser.go("/account")
+    assert account.delete_after.strftime("%d %b %Y") in page.text
+    guardian = Browser(hub)
+    try:
+        await confirm_mailed_link(hub, guardian, "parent@example.com", "/guardian/confirm")
+    finally:
+        await guardian.aclose()
+    account = await _account(hub)
+    assert account.status == "active" and account.delete_after is None and account.guardian_consent_at is not None

@@ -1,0 +1,146 @@
+"""The retention purge removes exactly what is past its period: rows just past it go, rows just
+inside it stay, and children's accounts past their grace are erased (tombstone and audit)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from identity import purge
+from identity.db.models import (
+    Account,
+    AccountChange,
+    AuditRecord,
+    Notice,
+    RightsRequest,
+    RightsRequestEvent,
+    Service,
+    SignInEvent,
+    Tombstone,
+    utcnow,
+)
+from identity.web.appkeys import DB
+from tests.support import Hub
+
+MINUTE = dt.timedelta(minutes=1)
+
+
+def days(n: int) -> dt.timedelta:
+    return dt.timedelta(days=n)
+
+
+async def test_purge_removes_exactly_what_is_past_retention(hub: Hub) -> None:
+    s = hub.settings
+    now = utcnow()
+    ann = await hub.add_user(verified=True)
+    restricted = await hub.add_user(email="kid@example.com", verified=True)
+    waiting = await hub.add_user(email="young@example.com", verified=True)
+    in_grace = await hub.add_user(email="kid2@example.com", verified=True)
+    consented = await hub.add_user(email="kid3@example.com", verified=True)
+    await hub.add_service()
+    async with hub.app[DB].begin() as db:
+        account = await db.scalar(select(Account).where(Account.sub == ann))
+        service = await db.scalar(select(Service))
+        assert account is not None and service is not None
+
+        def at(period: int, inside: bool) -> dt.datetime:
+            return now - days(period) + (MINUTE if inside else -MINUTE)
+
+        for inside in (True, False):
+            tag = "in" if inside else "out"
+            db.add(SignInEvent(account_id=account.id, at=at(s.sign_in_retention_days, inside), address=tag, succeeded=True))
+            db.add(AccountChange(account_id=account.id, version=10, fields=[tag], channel="person", at=at(s.change_retention_days, inside)))
+            db.add(AuditRecord(at=at(s.audit_retention_days, inside), actor_kind="agent", actor=tag, account_sub=ann, action="account.viewed"))
+            for state in ("delivered", "dead", "pending"):
+                when = at(s.notice_retention_days, inside)
+                db.add(
+                    Notice(
+                        service_id=service.id, account_id=account.id, channel="webhook", event_type=f"{state}.{tag}",
+                        message_id=str(uuid.uuid4()), key=ann, body="{}", created_at=when - days(3), state=state,
+                        next_attempt_at=when, delivered_at=when if state == "delivered" else None,
+                    )
+                )
+            for closed in (True, False):
+                when = at(s.rights_request_retention_days, inside)
+                request = RightsRequest(
+                    public_id=f"{tag}-{'closed' if closed else 'open'}", account_id=account.id, type="access", status="completed" if closed else "acknowledged",
+                    opened_by="person", received_at=when - days(20), due_at=when, closed_at=when if closed else None, updated_at=when,
+                )
+                db.add(request)
+                await db.flush()
+                db.add(RightsRequestEvent(request_id=request.id, status="received", actor_kind="person", at=when))
+        # Children: restricted, past delete_after; registered as a child, past the grace since;
+        # restricted but still within the grace; a child whose guardian consented.
+        for sub, values in (
+            (restricted, {"status": "pending_guardian", "restricted_at": now - days(31), "delete_after": now - MINUTE}),
+            (waiting, {"status": "pending_guardian", "created_at": now - days(s.child_grace_days) - MINUTE}),
+            (in_grace, {"status": "pending_guardian", "restricted_at": now - days(1), "delete_after": now + MINUTE, "created_at": now - days(400)}),
+            (consented, {"status": "active", "guardian_consent_at": now - days(400), "created_at": now - days(400)}),
+        ):
+            child = await db.scalar(select(Account).where(Account.sub == sub))
+            assert child is not None
+            for name, value in values.items():
+                setattr(child, name, value)
+
+    counts = await purge.run(hub.app[DB], s, now=now)
+    assert counts == {"sign_ins": 1, "changes": 1, "notices": 2, "audit_records": 1, "rights_requests": 1, "children": 2}
+
+    async with hub.app[DB]() as db:
+        assert [e.address for e in (await db.scalars(select(SignInEvent))).all()] == ["in"]
+        assert ["out"] not in [c.fields for c in (await db.scalars(select(AccountChange))).all()]
+        assert ["in"] in [c.fields for c in (await db.scalars(select(AccountChange))).all()]
+        kept = sorted(n.event_type for n in (await db.scalars(select(Notice))).all())
+        assert kept == ["dead.in", "delivered.in", "pending.in", "pending.out"]
+        assert sorted(r.public_id for r in (await db.scalars(select(RightsRequest))).all()) == ["in-closed", "in-open", "out-open"]
+        assert len((await db.scalars(select(RightsRequestEvent))).all()) == 3
+        audit = (await db.scalars(select(AuditRecord).order_by(AuditRecord.id))).all()
+        assert [(a.actor, a.action) for a in audit if a.actor_kind == "agent"] == [("in", "account.viewed")]
+        erased = {a.account_sub: a for a in audit if a.action == "account.erased"}
+        assert set(erased) == {restricted, waiting}
+        assert all((a.actor_kind, a.reason) == ("hub", "retention") for a in erased.values())
+        subs = set((await db.scalars(select(Account.sub))).all())
+        assert subs == {ann, in_grace, consented}
+        assert {t.sub for t in (await db.scalars(select(Tombstone))).all()} == {restricted, waiting}
+
+    # Nothing more is past its period.
+    assert set((await purge.run(hub.app[DB], s, now=now)).values()) == {0}
+
+
+def test_purge_command_prints_the_counts(database_url: str, tmp_path: Path) -> None:
+    env = os.environ | {
+        "ONESIGNIN_DATA_DIR": str(tmp_path),
+        "ONESIGNIN_DATABASE_URL": database_url,
+        "ONESIGNIN_SECRET_KEY": "c" * 40,
+    }
+    done = subprocess.run([sys.executable, "-m", "identity.cli", "purge"], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"purged": {kind: 0 for kind in purge.KINDS}}
+    helped = subprocess.run([sys.executable, "-m", "identity.cli", "purge", "--help"], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert helped.returncode == 0 and "ONESIGNIN_SIGN_IN_RETENTION_DAYS" in helped.stdout
+
+
+@pytest.mark.parametrize("settings_overrides", [{"purge_interval": 0.2}])
+async def test_the_hub_purges_every_purge_interval(hub: Hub) -> None:
+    sub = await hub.add_user(verified=True)
+    async with hub.app[DB].begin() as db:
+        account = await db.scalar(select(Account).where(Account.sub == sub))
+        assert account is not None
+        old = utcnow() - days(hub.settings.sign_in_retention_days) - MINUTE
+        db.add(SignInEvent(account_id=account.id, at=old, address="old", succeeded=True))
+        db.add(SignInEvent(account_id=account.id, at=utcnow(), address="new", succeeded=True))
+    for _ in range(100):
+        async with hub.app[DB]() as db:
+            left = (await db.scalars(select(SignInEvent.address))).all()
+        if left == ["new"]:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not purged: {left}")
