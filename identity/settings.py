@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     )
     purge_interval: float = Field(3600, gt=0, description="Seconds between purges run by `serve`.")
 
+    # Support console.
+    console_idle_ttl: int = Field(900, ge=60, le=86400, description="Seconds of inactivity that end a console session.")
+    console_session_ttl: int = Field(8 * 3600, ge=300, le=7 * 86400, description="Longest life of a console session.")
+
     @field_validator("issuer")
     @classmethod
     def _issuer_is_url(cls, value: str) -> str:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -161,6 +162,8 @@ class Service(Base):
     webhook_quarantined_at: Mapped[dt.datetime | None]
     webhook_disabled_at: Mapped[dt.datetime | None]
     webhook_last_error: Mapped[str | None] = mapped_column(String(500))
+    # A first-party client run by the hub's operators (the support console): no consent screen.
+    first_party: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # How a person cancels their account at this service (the hub never does it for them).
     cancellation_url: Mapped[str | None] = mapped_column(String(2000))
     cancellation_instructions: Mapped[str | None] = mapped_column(Text)
@@ -525,3 +528,40 @@ class AuditRecord(Base):
     action: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class StaffMember(Base):
+    """A support agent or supervisor: a hub account with a staff role and a TOTP second factor
+    (RFC 6238). The TOTP secret is encrypted at rest; ``totp_last_step`` refuses a code that was
+    already used (replay)."""
+
+    __tablename__ = "staff"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), unique=True)
+    # "agent" or "supervisor"
+    role: Mapped[str] = mapped_column(String(16))
+    totp_secret: Mapped[str] = mapped_column(Text)
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    disabled_at: Mapped[dt.datetime | None]
+
+
+class ConsoleSession(Base):
+    """A staff member's session in the support console, separate from any customer session.
+    Named by a cookie whose secret's digest is stored; ``stage`` is ``totp`` between the password
+    sign-in and the second factor, then ``active``. Ends after inactivity or its lifetime."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"), index=True)
+    stage: Mapped[str] = mapped_column(String(8))
+    totp_failures: Mapped[int] = mapped_column(Integer, default=0)
+    address: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+    ended_at: Mapped[dt.datetime | None]

@@ -27,6 +27,8 @@ from identity.oidc import keys as signing_keys
 from identity.oidc.server import Provider
 from identity.oidc.service_tokens import ServiceTokenCodec
 from identity.settings import Settings
+from identity.support import routes as console_routes
+from identity.support.app import create_console
 from identity.web import appkeys as K
 from identity.web import middleware, routes
 from sync.runtime import add_sync
@@ -70,6 +72,7 @@ def create_app(settings: Settings, *, migrate: bool | None = None, sync: bool | 
     app.cleanup_ctx.append(_hash_pool)
     routes.add_routes(app)
     app.router.add_static("/static", str(files("identity.pages") / "static"), name="static")
+    app.add_subapp("/support", create_console(console_routes.add_routes))
     return app
 
 

@@ -1,0 +1,91 @@
+"""The console as an aiohttp sub-application, mounted at ``/support``.
+
+Its middleware resolves the console session before any handler runs: a handler under
+:data:`OPEN` (sign-in, its callback, the second factor, sign-out) may run without one; every
+other one gets ``request[AGENT]``, an active session, or a redirect to sign in (a page) / 401.
+Handlers needing the supervisor role check it with :func:`require_supervisor` (403 otherwise).
+Pages carry strict security headers: a CSP without inline scripts, ``frame-ancestors 'none'``,
+``no-referrer`` and ``no-store``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from identity.support import session
+from identity.support.session import AGENT, Agent
+from identity.web.appkeys import DB
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CSP = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+}
+
+#: Paths (relative to /support) that run without an active console session.
+OPEN = {"/login", "/callback", "/totp", "/logout"}
+
+#: Adds the console's routes to its application (filled by the modules that own them).
+Routes = Callable[[web.Application], None]
+
+
+class NotStaff(web.HTTPForbidden):
+    """Signed in, but not a staff member with the needed role."""
+
+
+def require_supervisor(request: web.Request) -> Agent:
+    agent = request[AGENT]
+    if not agent.is_supervisor:
+        raise NotStaff(text="Only a supervisor may do this.")
+    return agent
+
+
+@web.middleware
+async def strict_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        for name, value in HEADERS.items():
+            exc.headers[name] = value
+        raise
+    for name, value in HEADERS.items():
+        response.headers[name] = value
+    return response
+
+
+@web.middleware
+async def staff_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+    relative = request.path.removeprefix(session.PATH) or "/"
+    if relative in OPEN or relative.startswith("/static/"):
+        return await handler(request)
+    async with request.config_dict[DB].begin() as db:
+        agent = await session.current(request, db)
+    if agent is None or agent.stage != "active":
+        if request.method == "GET":
+            raise web.HTTPSeeOther(f"{session.PATH}/login")
+        raise web.HTTPUnauthorized(text="Your console session has ended. Sign in again.")
+    request[AGENT] = agent
+    return await handler(request)
+
+
+def create_console(*routes: Routes) -> web.Application:
+    console = web.Application(middlewares=[strict_headers, staff_only])
+    aiohttp_jinja2.setup(
+        console,
+        loader=jinja2.ChoiceLoader(
+            [jinja2.PackageLoader("identity.support", "templates"), jinja2.PackageLoader("identity.pages", "templates")]
+        ),
+        autoescape=jinja2.select_autoescape(default=True),
+        auto_reload=False,
+    )
+    for add in routes:
+        add(console)
+    return console
