@@ -167,8 +167,10 @@ async def add_user(
     birthdate: str | None = None,
     guardian_email: str | None = None,
     verified: bool = False,
+    password_hash: str | None = None,
 ) -> NewAccount:
-    """Create an account; a child's guardian is asked for consent by mail (sent by the caller)."""
+    """Create an account; a child's guardian is asked for consent by mail (sent by the caller).
+    ``password_hash``: ``password`` already hashed by the caller (off the event loop)."""
     body = {"email": email, "given_name": given_name, "family_name": family_name, "birthdate": birthdate}
     try:
         details = BasicDetails.model_validate({k: v for k, v in body.items() if v is not None})
@@ -189,7 +191,7 @@ async def add_user(
         account = await create_account(
             db,
             email=details.email,
-            password_hash=hasher.hash(password),
+            password_hash=password_hash or hasher.hash(password),
             details=details.changes(),
             channel="cli",
             status="pending_guardian" if child else "active",

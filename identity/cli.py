@@ -1,5 +1,5 @@
-"""The ``onesignin`` command. Each command prints one JSON object on stdout; errors go to stderr
-with a non-zero exit status."""
+"""The ``onesignin`` command. Each command prints one JSON object on stdout (``audit list``: one
+JSON array); errors go to stderr with a non-zero exit status."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class UsageError(Exception):
     """A bad argument, explained for the person who typed it."""
 
 
-def _emit(payload: dict[str, Any]) -> None:
+def _emit(payload: dict[str, Any] | list[Any]) -> None:
     sys.stdout.write(json.dumps(payload) + "\n")
     sys.stdout.flush()
 
@@ -160,6 +160,18 @@ def cmd_rights_status(settings: Settings, args: argparse.Namespace) -> dict[str,
             raise UsageError(exc.public) from None
 
     return asyncio.run(_with_db(settings, work))
+
+
+def cmd_audit_list(settings: Settings, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from identity.support import trail
+
+    if not args.account.strip():
+        raise UsageError("--account needs the account's sub")
+
+    async def work(db: Any) -> dict[str, Any]:
+        return {"records": [trail.as_json(r) for r in await trail.records(db, account_sub=args.account, limit=None, newest_first=False)]}
+
+    return list(asyncio.run(_with_db(settings, work))["records"])
 
 
 def _operator() -> str:
@@ -362,6 +374,59 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(str(exc)) from None
 
 
+def cmd_agents_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from identity.support import staff
+
+    if args.password_stdin:
+        args.password = sys.stdin.readline().rstrip("\r\n")
+    hasher = PasswordHasher(
+        memory_cost=settings.argon2_memory_cost, time_cost=settings.argon2_time_cost, parallelism=settings.argon2_parallelism
+    )
+
+    async def work(db: Any) -> dict[str, Any]:
+        added = await staff.add_staff(
+            db,
+            settings,
+            staff.InlinePasswords(hasher),
+            KeyCipher(settings.resolved_secret_key()),
+            email=args.email,
+            password=args.password,
+            role=args.role,
+            created_by=_operator(),
+        )
+        return {"sub": added.sub, "totp_uri": added.totp_uri}
+
+    return asyncio.run(_with_db(settings, work))
+
+
+def cmd_agents_list(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from identity.support import staff
+
+    async def work(db: Any) -> dict[str, Any]:
+        return {"staff": await staff.listing(db)}
+
+    return asyncio.run(_with_db(settings, work))
+
+
+def cmd_agents_update(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from identity.support import staff
+
+    if not args.role and not args.disable:
+        raise UsageError("say what to change: --role ROLE and/or --disable")
+
+    async def work(db: Any) -> dict[str, Any]:
+        member = None
+        if args.role:
+            member = await staff.change_role(db, args.role, email=args.email)
+        if args.disable:
+            member = await staff.disable(db, email=args.email)
+        assert member is not None
+        disabled = member.disabled_at.isoformat() if member.disabled_at else None
+        return {"email": args.email, "role": member.role, "disabled_at": disabled}
+
+    return asyncio.run(_with_db(settings, work))
+
+
 def _date(value: str) -> str:
     try:
         dt.date.fromisoformat(value)
@@ -558,6 +623,43 @@ def parser() -> argparse.ArgumentParser:
     rights_status.add_argument("--reason", help="shown to the person; required to extend or refuse")
     rights_status.add_argument("--by", default=_operator(), help="who answers, recorded in the history (default: cli:$USER)")
     rights_status.set_defaults(func=cmd_rights_status)
+    audit_cmd = sub.add_parser("audit", help="the audit trail", description="Read the append-only audit trail.")
+    audit_sub = audit_cmd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    audit_list = audit_sub.add_parser(
+        "list",
+        help="one account's audit records, oldest first, as a JSON array",
+        description="Print every audit record naming the account (support searches name none), oldest first, as "
+        "one JSON array: id, at, actor_kind, actor, account_sub, action, reason, detail. Records outlive an erased "
+        "account; an unknown sub prints [].",
+    )
+    audit_list.add_argument("--account", required=True, metavar="SUB", help="the account's sub")
+    audit_list.set_defaults(func=cmd_audit_list)
+    agents = sub.add_parser(
+        "agents", help="support console staff (agents and supervisors)", description="Manage support console staff."
+    )
+    agents_sub = agents.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add_agent = agents_sub.add_parser(
+        "add",
+        help="make a person staff (creating their hub account if needed)",
+        description="Make the account EMAIL a support agent or supervisor with a new TOTP second factor. The hub "
+        "account is created (its address taken as confirmed) under the same password policy as `users add` when "
+        "there is none; an existing account's password must be given and match. A disabled staff member is "
+        "enabled again with a new TOTP secret. Prints sub and totp_uri (otpauth://, for the authenticator app; "
+        "shown once).",
+    )
+    add_agent.add_argument("--email", required=True)
+    agent_secret = add_agent.add_mutually_exclusive_group(required=True)
+    agent_secret.add_argument("--password", help="the account's password (new accounts: checked against the policy)")
+    agent_secret.add_argument("--password-stdin", action="store_true", help="read the password from the first line of standard input")
+    add_agent.add_argument("--role", required=True, choices=["agent", "supervisor"])
+    add_agent.set_defaults(func=cmd_agents_add)
+    list_agents = agents_sub.add_parser("list", help="list staff", description="List staff: sub, email, role, when added, by whom, disabled.")
+    list_agents.set_defaults(func=cmd_agents_list)
+    for name, text in (("disable", "disable a staff member (ends their console sessions)"), ("role", "change a staff member's role")):
+        cmd = agents_sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        cmd.add_argument("--email", required=True)
+        cmd.add_argument("--role", choices=["agent", "supervisor"], required=name == "role", help="the new role")
+        cmd.set_defaults(func=cmd_agents_update, disable=name == "disable")
     return top
 
 

@@ -209,6 +209,26 @@ class AuditPart(_Part):
     reason: str | None
 
 
+class ConsoleSessionPart(_Part):
+    """A session in the support console (only for staff)."""
+
+    created_at: dt.datetime
+    last_seen_at: dt.datetime
+    expires_at: dt.datetime
+    ended_at: dt.datetime | None
+    address: str | None = Field(description="The client address it started from.")
+
+
+class StaffPart(_Part):
+    """The person's staff role in the support console, if they have one (never its second-factor secret)."""
+
+    role: str = Field(description="agent or supervisor.")
+    created_at: dt.datetime
+    created_by: str | None
+    disabled_at: dt.datetime | None
+    console_sessions: list[ConsoleSessionPart]
+
+
 class AccountExport(_Part):
     """Everything One Sign In holds about the person, for their own use (access and portability)."""
 
@@ -229,3 +249,4 @@ class AccountExport(_Part):
     dead_letters: list[DeadLetterPart]
     notices: list[NoticePart]
     audit: list[AuditPart] = Field(description="Actions recorded on the account, e.g. a support agent viewing it.")
+    staff: StaffPart | None = Field(None, description="For a support agent or supervisor: their role and console sessions.")

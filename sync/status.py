@@ -112,7 +112,6 @@ async def resync(db: AsyncSession, service: Service, *, rate: float, now: dt.dat
             .order_by(Account.id)
         )
     ).all()
-    d = Delivery.__table__.c
     for start in range(0, len(rows), RESYNC_CHUNK):
         values = [
             {
@@ -133,24 +132,64 @@ async def resync(db: AsyncSession, service: Service, *, rate: float, now: dt.dat
             for i, (account_id, version) in enumerate(rows[start : start + RESYNC_CHUNK])
             for channel in channels
         ]
-        stmt = insert_for(db, Delivery).values(values)
-        new = stmt.excluded
-        await db.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["service_id", "account_id", "channel"],
-                set_={
-                    "delivered_version": 0,
-                    "snapshot": True,
-                    "state": "active",
-                    "attempts": 0,
-                    "failing_since": None,
-                    "first_pending_at": func.coalesce(d.first_pending_at, new.first_pending_at),
-                    "next_attempt_at": new.next_attempt_at,
-                    "generation": d.generation + 1,
-                },
-            )
-        )
+        await _queue_snapshots(db, values)
     return len(rows)
+
+
+async def resync_person(db: AsyncSession, service: Service, account_id: int, *, origin: str = "support", now: dt.datetime | None = None) -> bool:
+    """Queue a snapshot of one linked person for ``service``, due now (the support console's
+    resync to one service). False when the person has no active link to it or it has no channel."""
+    now = now or utcnow()
+    version = await db.scalar(
+        select(Account.version)
+        .join(Link, Link.account_id == Account.id)
+        .where(Account.id == account_id, Link.service_id == service.id, Link.status == "active")
+    )
+    channels = channels_of(service)
+    if version is None or not channels:
+        return False
+    values = [
+        {
+            "service_id": service.id,
+            "account_id": account_id,
+            "channel": channel,
+            "wanted_version": version,
+            "delivered_version": 0,
+            "changed": 0,
+            "snapshot": True,
+            "origin": origin,
+            "origin_self": False,
+            "first_pending_at": now,
+            "state": "active",
+            "attempts": 0,
+            "next_attempt_at": now,
+        }
+        for channel in channels
+    ]
+    await _queue_snapshots(db, values)
+    return True
+
+
+async def _queue_snapshots(db: AsyncSession, values: list[dict[str, Any]]) -> None:
+    """Upsert snapshot deliveries: coalesced with a pending one, revived if dead."""
+    d = Delivery.__table__.c
+    stmt = insert_for(db, Delivery).values(values)
+    new = stmt.excluded
+    await db.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["service_id", "account_id", "channel"],
+            set_={
+                "delivered_version": 0,
+                "snapshot": True,
+                "state": "active",
+                "attempts": 0,
+                "failing_since": None,
+                "first_pending_at": func.coalesce(d.first_pending_at, new.first_pending_at),
+                "next_attempt_at": new.next_attempt_at,
+                "generation": d.generation + 1,
+            },
+        )
+    )
 
 
 async def dead_letters(db: AsyncSession, *, client_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from identity.db.models import (
     AuthorizationCode,
     BrowserSession,
     Consent,
+    ConsoleSession,
     DeadLetter,
     Delivery,
     EmailToken,
@@ -26,6 +27,7 @@ from identity.db.models import (
     Service,
     SessionService,
     SignInEvent,
+    StaffMember,
     Token,
     utcnow,
 )
@@ -37,6 +39,7 @@ from schemas.export import (
     AuthorizationCodePart,
     ChangePart,
     ConsentPart,
+    ConsoleSessionPart,
     DeadLetterPart,
     DeliveryPart,
     GrantPart,
@@ -50,6 +53,7 @@ from schemas.export import (
     ServiceRef,
     SessionPart,
     SignInPart,
+    StaffPart,
 )
 
 
@@ -206,6 +210,26 @@ async def build(db: AsyncSession, account: Account) -> AccountExport:
             for n in await rows(Notice, Notice.created_at, Notice.id)
         ],
         audit=[AuditPart(at=a.at, actor_kind=a.actor_kind, actor=a.actor, action=a.action, reason=a.reason) for a in audit],
+        staff=await _staff(db, account),
+    )
+
+
+async def _staff(db: AsyncSession, account: Account) -> StaffPart | None:
+    staff = await db.scalar(select(StaffMember).where(StaffMember.account_id == account.id))
+    if staff is None:
+        return None
+    sessions = (
+        await db.scalars(select(ConsoleSession).where(ConsoleSession.staff_id == staff.id).order_by(ConsoleSession.created_at, ConsoleSession.id))
+    ).all()
+    return StaffPart(
+        role=staff.role,
+        created_at=staff.created_at,
+        created_by=staff.created_by,
+        disabled_at=staff.disabled_at,
+        console_sessions=[
+            ConsoleSessionPart(created_at=c.created_at, last_seen_at=c.last_seen_at, expires_at=c.expires_at, ended_at=c.ended_at, address=c.address)
+            for c in sessions
+        ],
     )
 
 

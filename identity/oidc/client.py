@@ -23,6 +23,8 @@ class ServiceClient(ClientMixin):
     scope: str
     grant_types: tuple[str, ...]
     id_token_signed_response_alg: str
+    #: Run by the hub's operators (the support console): no consent screen, no link.
+    first_party: bool = False
 
     @classmethod
     def from_row(cls, row: Service) -> ServiceClient:
@@ -37,6 +39,7 @@ class ServiceClient(ClientMixin):
             scope=row.scope,
             grant_types=tuple(row.grant_types),
             id_token_signed_response_alg=row.id_token_signed_response_alg,
+            first_party=bool(row.first_party),
         )
 
     @property

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from identity.support import actions, agents, audit_pages, people, search_page, sign_in
+
 
 def add_routes(console: web.Application) -> None:
+    sign_in.add_routes(console)  # /login /callback /totp /logout
+    agents.add_routes(console)  # /agents (supervisors)
     r = console.router
-    del r  # the console's pages register here
+    # Search, a person's linked profile, and what an agent may do for them.
+    r.add_get("/", search_page.search_page)
+    r.add_get("/people/{sub}", people.person_page)
+    r.add_post("/people/{sub}/reveal", people.reveal)
+    r.add_post("/people/{sub}/edit", actions.edit)
+    r.add_post("/people/{sub}/resend-verification", actions.resend_verification)
+    r.add_post("/people/{sub}/rights-requests", actions.open_rights_request)
+    r.add_post("/people/{sub}/resync", actions.resync)
+    # Supervisors only.
+    r.add_get("/audit", audit_pages.audit_page)

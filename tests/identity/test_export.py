@@ -19,20 +19,24 @@ from identity.db.models import (
     AuthorizationCode,
     Base,
     BrowserSession,
+    ConsoleSession,
     DeadLetter,
     Delivery,
     EmailToken,
     RightsRequest,
     RightsRequestEvent,
     Service,
+    StaffMember,
     Token,
     utcnow,
 )
-from identity.web.appkeys import DB
+from identity.web.appkeys import CIPHER, DB
 from schemas.events import LinkCreated, LinkRevoked, LinkRevokedData
 from schemas.export import AccountExport
 from sync import fanout
 from tests.support import Browser, Hub, RelyingParty, form, sign_in_through
+
+TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
 
 #: Where each table holding rows about a person appears in the export.
 SECTIONS = {
@@ -52,6 +56,8 @@ SECTIONS = {
     "rights_requests": "rights_requests",
     "rights_request_events": "rights_requests",
     "audit_records": "audit",
+    "staff": "staff",
+    "console_sessions": "staff",
 }
 
 
@@ -112,6 +118,11 @@ async def _populate(hub: Hub, browser: Browser) -> tuple[str, dict[str, Any], Re
         db.add(RightsRequestEvent(request_id=request.id, status="acknowledged", actor_kind="service", actor=store.client_id, at=now))
         db.add(AuditRecord(at=now, actor_kind="agent", actor="agent@example.com", account_sub=account.sub, action="account.viewed", reason="call 42"))
         db.add(AuditRecord(at=now, actor_kind="agent", actor="agent@example.com", account_sub="someone-else", action="account.viewed"))
+        # She also works in support: her staff role and a console session (never its TOTP secret).
+        staff = StaffMember(account_id=account.id, role="agent", totp_secret=hub.app[CIPHER].seal({"totp_secret": TOTP_SECRET}), created_at=now)
+        db.add(staff)
+        await db.flush()
+        db.add(ConsoleSession(secret_hash="c" * 64, staff_id=staff.id, stage="active", created_at=now, last_seen_at=now, expires_at=now + dt.timedelta(hours=1)))
     return account.sub, token, rp
 
 
@@ -128,6 +139,8 @@ async def _secrets(hub: Hub, sub: str) -> list[str]:
         ):
             for row in (await db.scalars(select(model).where(model.account_id == account.id))).all():
                 found += [getattr(row, c) for c in columns if getattr(row, c)]
+        for staff in (await db.scalars(select(StaffMember).where(StaffMember.account_id == account.id))).all():
+            found += [staff.totp_secret, TOTP_SECRET, "c" * 64]
     return found
 
 

@@ -148,6 +148,13 @@ async def _authorize(
             status=403,
         )
 
+    if client.first_party:
+        # The hub's own client (the support console): the person is using the hub itself, so
+        # there is nothing to consent to, and no member service to link.
+        oauth_request.hub = {"auth_time": signed_in.auth_time, "sid": signed_in.session.sid}
+        return await provider.run(
+            db, lambda: provider.create_authorization_response(oauth_request, grant_user=account, grant=grant)
+        )
     requested = set(scopes.split(oauth_request.scope))
     consent = await db.scalar(
         select(Consent).where(Consent.account_id == account.id, Consent.service_id == client.id)

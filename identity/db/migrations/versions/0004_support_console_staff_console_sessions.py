@@ -49,9 +49,20 @@ def upgrade() -> None:
     with op.batch_alter_table('services', schema=None) as batch_op:
         batch_op.add_column(sa.Column('first_party', sa.Boolean(), server_default=sa.false(), nullable=False))
 
+    # The console's search (identity.support.search); see Account.__table_args__.
+    op.create_index('ix_accounts_email_prefix', 'accounts', ['email'], unique=False, postgresql_ops={'email': 'text_pattern_ops'})
+    op.create_index('ix_accounts_phone_number', 'accounts', ['phone_number', 'id'], unique=False, postgresql_ops={'phone_number': 'text_pattern_ops'})
+    op.create_index('ix_accounts_family_given', 'accounts', [sa.literal_column('lower(family_name)').label('family_lower'), sa.literal_column('lower(given_name)').label('given_lower'), 'id'], unique=False, postgresql_ops={'family_lower': 'text_pattern_ops', 'given_lower': 'text_pattern_ops'})
+    op.create_index('ix_accounts_given_family', 'accounts', [sa.literal_column('lower(given_name)').label('given_lower'), sa.literal_column('lower(family_name)').label('family_lower'), 'id'], unique=False, postgresql_ops={'given_lower': 'text_pattern_ops', 'family_lower': 'text_pattern_ops'})
+
 
 
 def downgrade() -> None:
+    op.drop_index('ix_accounts_given_family', table_name='accounts')
+    op.drop_index('ix_accounts_family_given', table_name='accounts')
+    op.drop_index('ix_accounts_phone_number', table_name='accounts')
+    op.drop_index('ix_accounts_email_prefix', table_name='accounts')
+
     with op.batch_alter_table('services', schema=None) as batch_op:
         batch_op.drop_column('first_party')
 

@@ -1,0 +1,185 @@
+"""Signing in to the console and out of it, in order:
+
+1. ``GET /login``: start the code flow to the hub itself (the console is its first-party client);
+   ``state``, ``nonce`` and the PKCE verifier wait in a signed cookie at path ``/support``;
+2. the hub's own sign-in page asks for the password (``prompt=login``);
+3. ``GET /callback``: check ``state`` and ``iss``, redeem the code, validate the ID token, find
+   the staff member (anyone else gets one plain 403 page), open a session in stage ``totp``;
+4. ``GET/POST /totp``: a six-digit code, each accepted once; five wrong ones end the session;
+   the right one replaces the session by a new ``active`` one (no fixation);
+5. ``POST /logout``: end the console session (the hub session is left alone).
+
+Console sessions are separate from the person's hub session: the hub's cookie opens nothing
+here, and signing out here does not sign the person out of the hub."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from sqlalchemy import or_, select, update
+
+from identity.db.models import Account, ConsoleSession, StaffMember, utcnow
+from identity.pages.common import client_address, field
+from identity.support import audit, console_client, session
+from identity.support import staff as staff_members
+from identity.support.console_client import Pending, SignInFailed
+from identity.support.render import render
+from identity.web import csrf
+from identity.web.appkeys import CIPHER, DB, PROVIDER, SECRET, SETTINGS
+from identity.web.responses import redirect
+
+log = logging.getLogger(__name__)
+
+PENDING_COOKIE = "osi_console_login"
+HOME = f"{session.PATH}/"
+LOGIN = f"{session.PATH}/login"
+TOTP = f"{session.PATH}/totp"
+REFUSED = "This account cannot use the support console."
+
+
+def add_routes(console: web.Application) -> None:
+    r = console.router
+    r.add_get("/login", login, name="console_login")
+    r.add_get("/callback", callback, name="console_callback")
+    r.add_get("/totp", totp_page, name="console_totp")
+    r.add_post("/totp", totp_submit)
+    r.add_post("/logout", logout, name="console_logout")
+
+
+def _notice(request: web.Request, title: str, message: str, status: int, *, again: bool = True) -> web.Response:
+    return render(request, "console_notice.html", {"title": title, "message": message, "again": again}, status=status)
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    settings = request.config_dict[SETTINGS]
+    async with request.config_dict[DB].begin() as db:
+        agent = await session.current(request, db)
+        if agent is not None and agent.stage == "active":
+            return redirect(HOME, 303)
+        await console_client.ensure_client(db, settings, request.config_dict[SECRET])
+    pending = Pending.new()
+    response = redirect(console_client.authorization_url(settings, pending), 303)
+    response.set_cookie(
+        PENDING_COOKIE,
+        pending.seal(request.config_dict[SECRET]),
+        httponly=True,
+        samesite="Lax",
+        secure=settings.secure_cookies,
+        path=session.PATH,
+        max_age=console_client.PENDING_TTL,
+    )
+    return response
+
+
+async def callback(request: web.Request) -> web.StreamResponse:
+    settings, hub_secret = request.config_dict[SETTINGS], request.config_dict[SECRET]
+    provider, sessions = request.config_dict[PROVIDER], request.config_dict[DB]
+    pending = Pending.unseal(request.cookies.get(PENDING_COOKIE), hub_secret)
+    try:
+        code = console_client.check_callback(request.query, settings, pending)
+        assert pending is not None
+        # Committed whatever the answer: a replayed code revokes what it issued.
+        async with sessions.begin() as db:
+            status, body = await console_client.exchange(db, provider, settings, hub_secret, code, pending)
+        sub = console_client.verified_sub(provider, settings, console_client.token_or_fail(status, body), pending)
+    except SignInFailed as exc:
+        log.info("console sign-in failed: %s", exc.detail)
+        response = _notice(request, "Sign-in not completed", exc.public, 400)
+        response.del_cookie(PENDING_COOKIE, path=session.PATH)
+        return response
+
+    async with sessions.begin() as db:
+        previous = await session.current(request, db)
+        if previous is not None:
+            # A new sign-in in this browser ends the console session it had.
+            await db.execute(update(ConsoleSession).where(ConsoleSession.id == previous.session_id).values(ended_at=utcnow()))
+        staff_id = await db.scalar(
+            select(StaffMember.id)
+            .join(Account, Account.id == StaffMember.account_id)
+            .where(Account.sub == sub, Account.status == "active", StaffMember.disabled_at.is_(None))
+        )
+        secret = None
+        if staff_id is not None:
+            row, secret = session.new_session(request, staff_id, stage="totp", address=client_address(request))
+            db.add(row)
+    if secret is None:
+        # The same page for every refusal: it says nothing of the account or why.
+        response = _notice(request, "Not available", REFUSED, 403, again=False)
+    else:
+        response = redirect(TOTP, 303)
+        session.set_cookie(request, response, secret)
+    response.del_cookie(PENDING_COOKIE, path=session.PATH)
+    return response
+
+
+async def totp_page(request: web.Request) -> web.StreamResponse:
+    async with request.config_dict[DB].begin() as db:
+        agent = await session.current(request, db)
+    if agent is None:
+        return redirect(LOGIN, 303)
+    if agent.stage == "active":
+        return redirect(HOME, 303)
+    return render(request, "console_totp.html", {"title": "Two-factor code"})
+
+
+async def totp_submit(request: web.Request) -> web.StreamResponse:
+    form = await csrf.checked_form(request)
+    code = field(form, "code", 20)
+    secret, locked = None, False
+    async with request.config_dict[DB].begin() as db:
+        agent = await session.current(request, db)
+        if agent is None or agent.stage != "totp":
+            return redirect(LOGIN, 303)
+        staff = await db.get(StaffMember, agent.staff_id)
+        assert staff is not None
+        step = staff_members.accepted_step(request.config_dict[CIPHER], staff, code)
+        now = utcnow()
+        if step is not None:
+            # Taken atomically: of two requests with one code, only one moves the step on.
+            taken = await db.execute(
+                update(StaffMember)
+                .where(StaffMember.id == staff.id, or_(StaffMember.totp_last_step.is_(None), StaffMember.totp_last_step < step))
+                .values(totp_last_step=step)
+            )
+            step = step if taken.rowcount == 1 else None
+        if step is None:
+            failures = await db.scalar(
+                update(ConsoleSession)
+                .where(ConsoleSession.id == agent.session_id)
+                .values(totp_failures=ConsoleSession.totp_failures + 1)
+                .returning(ConsoleSession.totp_failures)
+            )
+            locked = (failures or 0) >= staff_members.MAX_TOTP_FAILURES
+            if locked:
+                await db.execute(update(ConsoleSession).where(ConsoleSession.id == agent.session_id).values(ended_at=now))
+        else:
+            await db.execute(update(ConsoleSession).where(ConsoleSession.id == agent.session_id).values(ended_at=now))
+            row, secret = session.new_session(request, agent.staff_id, stage="active", address=client_address(request))
+            db.add(row)
+            audit.record(db, actor_kind="agent", actor=agent.sub, action="console.signed_in", detail={"role": agent.role})
+    if secret is not None:
+        response = redirect(HOME, 303)
+        session.set_cookie(request, response, secret)
+        return response
+    if locked:
+        response = _notice(request, "Too many wrong codes", "This sign-in has ended. Sign in again.", 403)
+        session.clear_cookie(response)
+        return response
+    context = {"title": "Two-factor code", "error": "That code is wrong or was already used. Enter the next code from your app."}
+    return render(request, "console_totp.html", context, status=400)
+
+
+async def logout(request: web.Request) -> web.StreamResponse:
+    await csrf.checked_form(request)
+    async with request.config_dict[DB].begin() as db:
+        agent = await session.current(request, db)
+        if agent is not None:
+            await db.execute(update(ConsoleSession).where(ConsoleSession.id == agent.session_id).values(ended_at=utcnow()))
+            if agent.stage == "active":
+                audit.record(db, actor_kind="agent", actor=agent.sub, action="console.signed_out")
+    response = _notice(
+        request, "Signed out of the console", "You have signed out of the support console. Your hub account stays signed in.", 200
+    )
+    session.clear_cookie(response)
+    return response

@@ -1,0 +1,201 @@
+"""Staff members (agents and supervisors) and their second factor, for the CLI and the console.
+
+A staff member is a hub account with a role and a TOTP secret (RFC 6238), encrypted with the
+hub's key cipher. The secret leaves the hub once, as the ``otpauth://`` URI printed when the
+staff member is added (or re-added), for their authenticator app. These functions take the
+caller's session and never commit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol, get_args
+
+import pyotp
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from identity import admin
+from identity.accounts.passwords import PasswordHasher, check_password
+from identity.accounts.store import find_by_email, find_by_sub
+from identity.db.models import Account, ConsoleSession, StaffMember, utcnow
+from identity.oidc.keys import KeyCipher
+from identity.settings import Settings
+from identity.support.session import Role
+from schemas.account import normalize_email
+
+ISSUER_NAME = "One Sign In"
+ROLES: tuple[str, ...] = get_args(Role)
+#: Wrong codes a half-signed-in session may send before it is ended.
+MAX_TOTP_FAILURES = 5
+_CODE = re.compile(r"[0-9]{6}")
+
+
+class StaffError(admin.InvalidInput):
+    """A staff operation that cannot be done, explained for the operator."""
+
+
+@dataclass(frozen=True)
+class NewStaff:
+    sub: str
+    email: str
+    role: str
+    #: The authenticator app's ``otpauth://`` URI: shown once, never stored in the clear.
+    totp_uri: str
+
+
+def _role(role: str) -> str:
+    if role not in ROLES:
+        raise StaffError(f"--role must be one of: {', '.join(ROLES)}")
+    return role
+
+
+def totp_uri(secret: str, email: str) -> str:
+    return pyotp.TOTP(secret).provisioning_uri(name=email, issuer_name=ISSUER_NAME)
+
+
+def seal_totp(cipher: KeyCipher, secret: str) -> str:
+    return cipher.seal({"totp_secret": secret})
+
+
+class Passwords(Protocol):
+    """Password hashing as the caller runs it: on a worker thread in the hub, inline in the CLI."""
+
+    @property
+    def hasher(self) -> PasswordHasher: ...
+
+    async def hash(self, password: str) -> str: ...
+
+    async def verify(self, stored_hash: str | None, password: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class InlinePasswords:
+    """For the CLI: hash on the calling thread (nothing else is waiting on its event loop)."""
+
+    hasher: PasswordHasher
+
+    async def hash(self, password: str) -> str:
+        return self.hasher.hash(password)
+
+    async def verify(self, stored_hash: str | None, password: str) -> bool:
+        if stored_hash is None:
+            self.hasher.dummy_verify(password)
+            return False
+        return self.hasher.verify(stored_hash, password)
+
+
+async def add_staff(
+    db: AsyncSession,
+    settings: Settings,
+    passwords: Passwords,
+    cipher: KeyCipher,
+    *,
+    email: str,
+    password: str,
+    role: str,
+    created_by: str | None,
+) -> NewStaff:
+    """Make the account ``email`` staff with a fresh TOTP secret, creating the account (verified:
+    the operator vouches for the address) under the usual password policy when there is none.
+    An existing account's password must be given, and match. A disabled staff member is enabled
+    again with a new secret; an enabled one is refused."""
+    _role(role)
+    try:
+        normalized = normalize_email(email)
+    except ValueError as exc:
+        raise StaffError(f"--email: {exc}") from None
+    account = await find_by_email(db, normalized)
+    if account is None:
+        if reason := check_password(password, context=[normalized]):
+            raise StaffError(f"--password: {reason}")
+        created = await admin.add_user(
+            db, settings, passwords.hasher, email=normalized, password=password, verified=True, password_hash=await passwords.hash(password)
+        )
+        account = await find_by_sub(db, created.sub)
+        assert account is not None
+    elif not await passwords.verify(account.password_hash, password):
+        raise StaffError("--password does not match the existing account's password")
+    elif account.status != "active":
+        raise StaffError("the account is not active")
+    staff = await db.scalar(select(StaffMember).where(StaffMember.account_id == account.id).with_for_update())
+    if staff is not None and staff.disabled_at is None:
+        raise StaffError(f"{normalized} is already staff ({staff.role}): change the role or disable it")
+    secret = pyotp.random_base32()
+    if staff is None:
+        db.add(StaffMember(account_id=account.id, role=role, totp_secret=seal_totp(cipher, secret), created_by=created_by))
+    else:
+        staff.role, staff.totp_secret, staff.totp_last_step, staff.disabled_at = role, seal_totp(cipher, secret), None, None
+        staff.created_by, staff.created_at = created_by, utcnow()
+    await db.flush()
+    return NewStaff(account.sub, account.email, role, totp_uri(secret, account.email))
+
+
+async def listing(db: AsyncSession) -> list[dict[str, Any]]:
+    """Every staff member: who, role, since when, by whom, and whether disabled."""
+    rows = await db.execute(
+        select(StaffMember, Account.sub, Account.email).join(Account, Account.id == StaffMember.account_id).order_by(Account.email)
+    )
+    return [
+        {
+            "sub": sub,
+            "email": email,
+            "role": staff.role,
+            "created_at": staff.created_at.isoformat(),
+            "created_by": staff.created_by,
+            "disabled_at": staff.disabled_at.isoformat() if staff.disabled_at else None,
+        }
+        for staff, sub, email in rows
+    ]
+
+
+async def _find(db: AsyncSession, *, email: str | None = None, sub: str | None = None) -> tuple[StaffMember, Account]:
+    query = select(StaffMember, Account).join(Account, Account.id == StaffMember.account_id)
+    if email is not None:
+        try:
+            query = query.where(Account.email == normalize_email(email))
+        except ValueError:
+            raise StaffError(f"no staff member with the email address {email!r}") from None
+    else:
+        query = query.where(Account.sub == sub)
+    row = (await db.execute(query.with_for_update(of=StaffMember))).first()
+    if row is None:
+        raise StaffError(f"no staff member with {'the email address ' + repr(email) if email is not None else 'that sub'}")
+    return row[0], row[1]
+
+
+async def change_role(db: AsyncSession, role: str, *, email: str | None = None, sub: str | None = None) -> StaffMember:
+    staff, _ = await _find(db, email=email, sub=sub)
+    staff.role = _role(role)
+    await db.flush()
+    return staff
+
+
+async def disable(db: AsyncSession, *, email: str | None = None, sub: str | None = None) -> StaffMember:
+    """Disable a staff member and end their console sessions at once."""
+    staff, _ = await _find(db, email=email, sub=sub)
+    now = utcnow()
+    if staff.disabled_at is None:
+        staff.disabled_at = now
+    await db.execute(
+        update(ConsoleSession).where(ConsoleSession.staff_id == staff.id, ConsoleSession.ended_at.is_(None)).values(ended_at=now)
+    )
+    await db.flush()
+    return staff
+
+
+def accepted_step(cipher: KeyCipher, staff: StaffMember, code: str, now: dt.datetime | None = None) -> int | None:
+    """The time step a six-digit code was made for, if it is right now (one step of clock drift
+    either way, as pyotp's ``valid_window=1``) and newer than the last accepted one (a code is
+    used once); None otherwise."""
+    code = code.strip().replace(" ", "")
+    if not _CODE.fullmatch(code):
+        return None
+    totp = pyotp.TOTP(cipher.open(staff.totp_secret)["totp_secret"])
+    current = totp.timecode(now or dt.datetime.now(dt.UTC))
+    for step in (current - 1, current, current + 1):
+        if hmac.compare_digest(totp.generate_otp(step), code) and (staff.totp_last_step is None or step > staff.totp_last_step):
+            return step
+    return None

@@ -1,0 +1,87 @@
+"""`onesignin agents`: one JSON object on stdout, errors on stderr with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pyotp
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+PASSWORD = "correct horse battery staple"
+
+
+def run(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "identity.cli", *args], check=False, env=env, input=stdin, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture
+def env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    return os.environ | {
+        "ONESIGNIN_DATA_DIR": str(tmp_path),
+        "ONESIGNIN_DATABASE_URL": database_url,
+        "ONESIGNIN_SECRET_KEY": "c" * 40,
+        "ONESIGNIN_ARGON2_MEMORY_COST": "8192",
+        "ONESIGNIN_ARGON2_TIME_COST": "1",
+    }
+
+
+async def test_agents_add_list_role_disable(env: dict[str, str], database_url: str) -> None:
+    done = run(env, "agents", "add", "--email", "Sam@Example.com", "--password", PASSWORD, "--role", "agent")
+    assert done.returncode == 0, done.stderr
+    added = json.loads(done.stdout)
+    assert set(added) == {"sub", "totp_uri"}
+    uri = urlsplit(added["totp_uri"])
+    assert uri.scheme == "otpauth" and uri.netloc == "totp"
+    assert parse_qs(uri.query)["issuer"] == ["One Sign In"]
+    secret = parse_qs(uri.query)["secret"][0]
+    assert isinstance(pyotp.parse_uri(added["totp_uri"]), pyotp.TOTP)
+
+    # An existing account becomes staff only with its own password; the policy applies to new ones.
+    assert run(env, "users", "add", "--email", "ann@example.com", "--password", PASSWORD).returncode == 0
+    wrong = run(env, "agents", "add", "--email", "ann@example.com", "--password", "wrong but long enough pass", "--role", "agent")
+    assert wrong.returncode == 2 and wrong.stdout == "" and "does not match" in wrong.stderr
+    weak = run(env, "agents", "add", "--email", "bob@example.com", "--password", "password123", "--role", "agent")
+    assert weak.returncode == 2 and "too common" in weak.stderr
+    boss = run(env, "agents", "add", "--email", "ann@example.com", "--password-stdin", "--role", "supervisor", stdin=PASSWORD + "\n")
+    assert boss.returncode == 0, boss.stderr
+    twice = run(env, "agents", "add", "--email", "ann@example.com", "--password", PASSWORD, "--role", "agent")
+    assert twice.returncode == 2 and "already staff" in twice.stderr
+    bad_role = run(env, "agents", "add", "--email", "x@example.com", "--password", PASSWORD, "--role", "admin")
+    assert bad_role.returncode == 2 and bad_role.stdout == ""
+
+    listed = json.loads(run(env, "agents", "list").stdout)["staff"]
+    assert [(m["email"], m["role"], m["disabled_at"]) for m in listed] == [
+        ("ann@example.com", "supervisor", None),
+        ("sam@example.com", "agent", None),
+    ]
+    assert listed[1]["sub"] == added["sub"] and listed[1]["created_by"].startswith("cli")
+    assert secret not in json.dumps(listed)
+
+    promoted = run(env, "agents", "role", "--email", "sam@example.com", "--role", "supervisor")
+    assert promoted.returncode == 0 and json.loads(promoted.stdout)["role"] == "supervisor"
+    disabled = run(env, "agents", "disable", "--email", "sam@example.com")
+    assert disabled.returncode == 0 and json.loads(disabled.stdout)["disabled_at"]
+    unknown = run(env, "agents", "disable", "--email", "nobody@example.com")
+    assert unknown.returncode == 2 and "no staff member" in unknown.stderr
+
+    # The TOTP secret is stored encrypted, never in the clear.
+    engine = create_async_engine(database_url)
+    async with engine.connect() as conn:
+        dump = " ".join(str(v) for v in (await conn.execute(text("SELECT * FROM staff"))).all())
+    await engine.dispose()
+    assert secret not in dump
+
+
+def test_agents_help(env: dict[str, str]) -> None:
+    for args in (["agents"], ["agents", "add"], ["agents", "list"], ["agents", "role"], ["agents", "disable"]):
+        done = run(env, *args, "--help")
+        assert done.returncode == 0 and "usage: onesignin agents" in done.stdout
