@@ -361,7 +361,7 @@ def _private_network_webhook(row: Service, cipher: KeyCipher, url: str) -> str |
     row.webhook_url = url
     if not row.webhook_secret:
         secret = webhooks.new_secret()
-        row.webhook_secret = seal_secret(cipher, secret)
+        row.webhook_secret = seal_secret(cipher, secret, row.client_id)
     row.webhook_disabled_at = row.webhook_quarantined_at = row.webhook_failing_since = None
     row.webhook_last_error = None
     row.topic_enabled = True

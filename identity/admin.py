@@ -115,7 +115,7 @@ async def add_service(
             grant_types=DEFAULT_GRANT_TYPES,
             id_token_signed_response_alg=id_token_alg,
             webhook_url=webhook,
-            webhook_secret=seal_secret(cipher, webhook_secret) if cipher and webhook_secret else None,
+            webhook_secret=seal_secret(cipher, webhook_secret, client_id) if cipher and webhook_secret else None,
             topic_enabled=kafka_topic,
             cancellation_url=cancel_url,
             cancellation_instructions=cancel_text,
@@ -243,7 +243,7 @@ async def update_service_sync(
         if not service.webhook_url:
             raise InvalidInput("the service has no webhook: give --webhook-url")
         secret = webhooks.new_secret()
-        service.webhook_secret = seal_secret(cipher, secret)
+        service.webhook_secret = seal_secret(cipher, secret, service.client_id)
     if remove_webhook or webhook_url is not None or rotate_secret:
         service.webhook_disabled_at = service.webhook_quarantined_at = service.webhook_failing_since = None
         service.webhook_last_error = None

@@ -94,12 +94,13 @@ def _timestamp(now: dt.datetime) -> str:
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def seal_secret(cipher: KeyCipher, secret: str) -> str:
-    return cipher.seal({"webhook_secret": secret})
+def seal_secret(cipher: KeyCipher, secret: str, client_id: str) -> str:
+    """A service's webhook secret as stored: sealed for that service only."""
+    return cipher.seal({"webhook_secret": secret}, purpose=f"webhook-secret:{client_id}")
 
 
-def open_secret(cipher: KeyCipher, sealed: str) -> str:
-    return str(cipher.open(sealed)["webhook_secret"])
+def open_secret(cipher: KeyCipher, sealed: str, client_id: str) -> str:
+    return str(cipher.open(sealed, purpose=f"webhook-secret:{client_id}")["webhook_secret"])
 
 
 async def load_endpoints(db: AsyncSession, cipher: KeyCipher) -> dict[int, Endpoint]:
@@ -107,7 +108,7 @@ async def load_endpoints(db: AsyncSession, cipher: KeyCipher) -> dict[int, Endpo
     out = {}
     for s in rows:
         try:
-            signer = Webhook(open_secret(cipher, s.webhook_secret)) if s.webhook_url and s.webhook_secret else None
+            signer = Webhook(open_secret(cipher, s.webhook_secret, s.client_id)) if s.webhook_url and s.webhook_secret else None
         except Exception:
             # Sealed under another secret key, say: this service's webhook waits, the others go on.
             log.error("sync: the webhook secret of service %s cannot be read with this hub's secret key", s.client_id)

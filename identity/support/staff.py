@@ -56,8 +56,13 @@ def totp_uri(secret: str, email: str) -> str:
     return pyotp.TOTP(secret).provisioning_uri(name=email, issuer_name=ISSUER_NAME)
 
 
-def seal_totp(cipher: KeyCipher, secret: str) -> str:
-    return cipher.seal({"totp_secret": secret})
+def seal_totp(cipher: KeyCipher, secret: str, account_id: int) -> str:
+    """A staff member's TOTP secret as stored: sealed for that account only."""
+    return cipher.seal({"totp_secret": secret}, purpose=f"totp-secret:{account_id}")
+
+
+def open_totp(cipher: KeyCipher, sealed: str, account_id: int) -> str:
+    return str(cipher.open(sealed, purpose=f"totp-secret:{account_id}")["totp_secret"])
 
 
 class Passwords(Protocol):
@@ -125,9 +130,9 @@ async def add_staff(
         raise StaffError(f"{normalized} is already staff ({staff.role}): change the role or disable it")
     secret = pyotp.random_base32()
     if staff is None:
-        db.add(StaffMember(account_id=account.id, role=role, totp_secret=seal_totp(cipher, secret), created_by=created_by))
+        db.add(StaffMember(account_id=account.id, role=role, totp_secret=seal_totp(cipher, secret, account.id), created_by=created_by))
     else:
-        staff.role, staff.totp_secret, staff.totp_last_step, staff.disabled_at = role, seal_totp(cipher, secret), None, None
+        staff.role, staff.totp_secret, staff.totp_last_step, staff.disabled_at = role, seal_totp(cipher, secret, account.id), None, None
         staff.created_by, staff.created_at = created_by, utcnow()
     await db.flush()
     return NewStaff(account.sub, account.email, role, totp_uri(secret, account.email))
@@ -193,7 +198,7 @@ def accepted_step(cipher: KeyCipher, staff: StaffMember, code: str, now: dt.date
     code = code.strip().replace(" ", "")
     if not _CODE.fullmatch(code):
         return None
-    totp = pyotp.TOTP(cipher.open(staff.totp_secret)["totp_secret"])
+    totp = pyotp.TOTP(open_totp(cipher, staff.totp_secret, staff.account_id))
     current = totp.timecode(now or dt.datetime.now(dt.UTC))
     for step in (current - 1, current, current + 1):
         if hmac.compare_digest(totp.generate_otp(step), code) and (staff.totp_last_step is None or step > staff.totp_last_step):

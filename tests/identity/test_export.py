@@ -30,6 +30,7 @@ from identity.db.models import (
     Token,
     utcnow,
 )
+from identity.support.staff import seal_totp
 from identity.web.appkeys import CIPHER, DB
 from schemas.events import LinkCreated, LinkRevoked, LinkRevokedData
 from schemas.export import AccountExport
@@ -119,7 +120,7 @@ async def _populate(hub: Hub, browser: Browser) -> tuple[str, dict[str, Any], Re
         db.add(AuditRecord(at=now, actor_kind="agent", actor="agent@example.com", account_sub=account.sub, action="account.viewed", reason="call 42"))
         db.add(AuditRecord(at=now, actor_kind="agent", actor="agent@example.com", account_sub="someone-else", action="account.viewed"))
         # She also works in support: her staff role and a console session (never its TOTP secret).
-        staff = StaffMember(account_id=account.id, role="agent", totp_secret=hub.app[CIPHER].seal({"totp_secret": TOTP_SECRET}), created_at=now)
+        staff = StaffMember(account_id=account.id, role="agent", totp_secret=seal_totp(hub.app[CIPHER], TOTP_SECRET, account.id), created_at=now)
         db.add(staff)
         await db.flush()
         db.add(ConsoleSession(secret_hash="c" * 64, staff_id=staff.id, stage="active", created_at=now, last_seen_at=now, expires_at=now + dt.timedelta(hours=1)))

@@ -11,6 +11,7 @@ import pyotp
 from identity.db.models import Account, ConsoleSession, StaffMember, utcnow
 from identity.support import session
 from identity.support.session import Role
+from identity.support.staff import seal_totp
 from identity.tokens import digest, new_secret
 from identity.web.appkeys import CIPHER, DB
 from tests.support import Hub
@@ -27,7 +28,7 @@ async def staff_session(hub: Hub, role: Role = "agent", email: str = "agent@exam
         staff = StaffMember(
             account_id=account.id,
             role=role,
-            totp_secret=hub.app[CIPHER].seal({"totp_secret": pyotp.random_base32()}),
+            totp_secret=seal_totp(hub.app[CIPHER], pyotp.random_base32(), account.id),
         )
         db.add(staff)
         await db.flush()
