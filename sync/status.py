@@ -6,8 +6,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from identity.db.models import (
     Account,
@@ -72,7 +73,7 @@ async def service_status(
         )
     }
     dead = await db.scalar(
-        select(func.count()).select_from(DeadLetter).where(DeadLetter.service_id == service.id, DeadLetter.redelivered_at.is_(None))
+        select(func.count()).select_from(DeadLetter).where(DeadLetter.service_id == service.id, open_dead_letter())
     )
     webhook = None
     if service.webhook_url:
@@ -192,12 +193,25 @@ async def _queue_snapshots(db: AsyncSession, values: list[dict[str, Any]]) -> No
     )
 
 
+def open_dead_letter() -> Any:
+    """A dead letter is open while nobody redelivered it and its delivery is still dead: a newer
+    change, a link or a resync that revived the delivery closes it, with no write on that path.
+    Only the newest dead letter of a delivery can be open (one that died, revived, and died
+    again has one open letter, not two)."""
+    newer = aliased(DeadLetter)
+    return and_(
+        DeadLetter.redelivered_at.is_(None),
+        exists().where(Delivery.id == DeadLetter.delivery_id, Delivery.state == "dead"),
+        ~exists().where(newer.delivery_id == DeadLetter.delivery_id, newer.id > DeadLetter.id),
+    )
+
+
 async def dead_letters(db: AsyncSession, *, client_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     q = (
         select(DeadLetter, Service.client_id, Account.sub)
         .join(Service, Service.id == DeadLetter.service_id)
         .join(Account, Account.id == DeadLetter.account_id)
-        .where(DeadLetter.redelivered_at.is_(None))
+        .where(open_dead_letter())
         .order_by(DeadLetter.id)
         .limit(limit)
     )
@@ -222,7 +236,7 @@ async def dead_letters(db: AsyncSession, *, client_id: str | None = None, limit:
 async def redeliver(db: AsyncSession, *, client_id: str | None = None, ids: list[int] | None = None) -> int:
     """Put dead deliveries back in the queue (as they are now: the current profile is sent)."""
     now = utcnow()
-    q = select(DeadLetter.id, DeadLetter.delivery_id).where(DeadLetter.redelivered_at.is_(None))
+    q = select(DeadLetter.id, DeadLetter.delivery_id).where(open_dead_letter())
     if client_id:
         q = q.join(Service, Service.id == DeadLetter.service_id).where(Service.client_id == client_id)
     if ids:
@@ -251,6 +265,6 @@ async def refresh_gauges(db: AsyncSession, metrics: SyncMetrics) -> None:
         await db.scalar(select(func.count()).select_from(Delivery.__table__).where(d.state == "active", d.wanted_version > d.delivered_version))
         or 0
     )
-    metrics.dead_letters.set(await db.scalar(select(func.count()).select_from(DeadLetter).where(DeadLetter.redelivered_at.is_(None))) or 0)
+    metrics.dead_letters.set(await db.scalar(select(func.count()).select_from(DeadLetter).where(open_dead_letter())) or 0)
     metrics.quarantined.set(await db.scalar(select(func.count()).select_from(Service).where(Service.webhook_quarantined_at.is_not(None))) or 0)
     metrics.disabled.set(await db.scalar(select(func.count()).select_from(Service).where(Service.webhook_disabled_at.is_not(None))) or 0)

@@ -33,6 +33,7 @@ from identity.support.session import AGENT, Agent
 from identity.web import csrf
 from identity.web.appkeys import DB
 from identity.web.responses import redirect
+from sync.status import open_dead_letter
 
 MAX_REASON = 500
 #: An agent's reason for a reveal must say something; a supervisor's may be short.
@@ -160,7 +161,7 @@ async def _links(db: AsyncSession, account: Account) -> list[dict[str, Any]]:
     dead: dict[int, list[DeadLetter]] = {}
     for letter in (
         await db.scalars(
-            select(DeadLetter).where(DeadLetter.account_id == account.id, DeadLetter.redelivered_at.is_(None)).order_by(DeadLetter.id)
+            select(DeadLetter).where(DeadLetter.account_id == account.id, open_dead_letter()).order_by(DeadLetter.id)
         )
     ).all():
         dead.setdefault(letter.service_id, []).append(letter)
