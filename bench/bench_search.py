@@ -4,7 +4,7 @@
 Seed the database first with bench/seed_accounts.py. Queries are built from people sampled at
 random from the table, in the mixes an agent types: a ``sub`` pasted whole; an email address
 whole (as stored or in other case), its local part and "@", the start of its domain, or a
-complete address nobody has; a phone number in E.164, spaced, with ``00``, or its first digits;
+complete address nobody has; a whole phone number (only a whole one matches) in E.164, spaced, with ``00``, or dashed;
 a family name whole (Smith matches 2 % of everyone) or its first 1–4 letters, a given name,
 "given family", "given fam", "family, given". --searches queries of each of the five kinds
 run one after another, shuffled together, each in its own session and transaction (as the
@@ -91,7 +91,7 @@ def mixes(rng: random.Random, people: list[Person], count: int) -> list[tuple[st
         elif r < 0.8:
             queries.append(("phone 00", "00" + number[1:]))
         else:
-            queries.append(("phone first digits", number[: rng.randint(7, 10)]))
+            queries.append(("phone dashed", f"{number[:3]}-{number[3:7]}-{number[7:]}"))
 
         p = pick(people)
         given, family = p["given_name"], p["family_name"]

@@ -276,8 +276,14 @@ def cmd_users_erase(settings: Settings, args: argparse.Namespace) -> dict[str, A
         try:
             await erase.erase(db, account, keys=None, issuer=settings.issuer, actor_kind="cli", actor=args.operator, reason=args.reason)
         except erase.LinksStillActive as exc:
-            names = ", ".join(f"{s.name} ({s.client_id})" for s in exc.services)
-            raise UsageError(f"the person still has an active account at: {names}; it must be cancelled there first") from None
+            why = []
+            if exc.services:
+                names = ", ".join(f"{s.name} ({s.client_id})" for s in exc.services)
+                why.append(f"the person still has an active account at: {names}; it must be cancelled there first")
+            if exc.requests:
+                listed = ", ".join(f"{r.id} ({r.type} to {r.service_name} ({r.client_id}), {r.status})" for r in exc.requests)
+                why.append(f"rights requests to services are still open: {listed}; each service must complete or refuse it first")
+            raise UsageError("; and ".join(why)) from None
         return {"erased": args.sub}
 
     return asyncio.run(_with_db(settings, work))
@@ -374,8 +380,17 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(str(exc)) from None
 
 
+def _os_user() -> str:
+    """Who ran the command, for an audit record: the OS user, or "cli" when there is none."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
+
+
 def cmd_agents_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from identity.support import staff
+    from identity.support.audit import record
 
     if args.password_stdin:
         args.password = sys.stdin.readline().rstrip("\r\n")
@@ -394,6 +409,7 @@ def cmd_agents_add(settings: Settings, args: argparse.Namespace) -> dict[str, An
             role=args.role,
             created_by=_operator(),
         )
+        record(db, actor_kind="cli", actor=_os_user(), action="staff.added", account_sub=added.sub, detail={"role": added.role})
         return {"sub": added.sub, "totp_uri": added.totp_uri}
 
     return asyncio.run(_with_db(settings, work))
@@ -409,7 +425,11 @@ def cmd_agents_list(settings: Settings, args: argparse.Namespace) -> dict[str, A
 
 
 def cmd_agents_update(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from identity.db.models import Account
     from identity.support import staff
+    from identity.support.audit import record
 
     if not args.role and not args.disable:
         raise UsageError("say what to change: --role ROLE and/or --disable")
@@ -421,6 +441,12 @@ def cmd_agents_update(settings: Settings, args: argparse.Namespace) -> dict[str,
         if args.disable:
             member = await staff.disable(db, email=args.email)
         assert member is not None
+        sub = await db.scalar(select(Account.sub).where(Account.id == member.account_id))
+        # Recorded in the change's own transaction, like the console's staff.* records.
+        if args.role:
+            record(db, actor_kind="cli", actor=_os_user(), action="staff.role_changed", account_sub=sub, detail={"role": args.role})
+        if args.disable:
+            record(db, actor_kind="cli", actor=_os_user(), action="staff.disabled", account_sub=sub)
         disabled = member.disabled_at.isoformat() if member.disabled_at else None
         return {"email": args.email, "role": member.role, "disabled_at": disabled}
 
@@ -572,7 +598,7 @@ def parser() -> argparse.ArgumentParser:
     add_user.set_defaults(func=cmd_users_add)
     erase_user = users_sub.add_parser(
         "erase",
-        help="erase an account (once no link is active)",
+        help="erase an account (once no link is active and no request to a service is open)",
         description="Erase a person's hub account and its personal data, leaving a tombstone of its sub; refused while "
         "any linked service still holds an account (the person cancels it there). Sessions are not logged out at "
         "services by back-channel (the person's own erasure at /account/delete does that). Prints the erased sub.",

@@ -31,8 +31,11 @@ def timestamp(now: dt.datetime | None = None) -> dt.datetime:
 
 
 def channels(service: Service) -> list[str]:
+    """Where ``service`` takes notices. A disabled webhook still gets its rows: the sync worker
+    holds them until the webhook is enabled again, so an unlink or a rights request still
+    reaches the service once its endpoint is fixed."""
     out = []
-    if service.webhook_url and service.webhook_disabled_at is None:
+    if service.webhook_url:
         out.append("webhook")
     if service.topic_enabled:
         out.append("topic")

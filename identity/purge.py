@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -77,27 +78,39 @@ async def rights_requests(db: AsyncSession, settings: Settings, now: dt.datetime
     return (await db.execute(statement)).rowcount or 0
 
 
+def _past_grace(settings: Settings, now: dt.datetime) -> list[Any]:
+    return [
+        Account.status == "pending_guardian",
+        Account.guardian_consent_at.is_(None),
+        or_(
+            Account.delete_after < now,
+            and_(Account.delete_after.is_(None), Account.created_at < _before(now, settings.child_grace_days)),
+        ),
+    ]
+
+
 async def children(db: AsyncSession, settings: Settings, now: dt.datetime) -> int:
     """Children's accounts still without a guardian's consent past ``delete_after`` (set when an
     account is registered as a child's or restricted), or, without one, ``child_grace_days``
-    after it was created."""
-    due = (
-        await db.scalars(
+    after it was created.
+
+    Each account is locked and read again before it is erased: a guardian who consented after
+    the list was made (the consent locks the account too), or another replica's purge that
+    erased it already, wins, and that account is skipped, not erased and not an error."""
+    due = (await db.scalars(select(Account.id).where(*_past_grace(settings, now)).order_by(Account.id))).all()
+    erased = 0
+    for account_id in due:
+        account = await db.scalar(
             select(Account)
-            .where(
-                Account.status == "pending_guardian",
-                Account.guardian_consent_at.is_(None),
-                or_(
-                    Account.delete_after < now,
-                    and_(Account.delete_after.is_(None), Account.created_at < _before(now, settings.child_grace_days)),
-                ),
-            )
-            .order_by(Account.id)
+            .where(Account.id == account_id, *_past_grace(settings, now))
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
-    ).all()
-    for account in due:
+        if account is None:
+            continue  # consented, erased, or otherwise changed meanwhile
         await erase(db, account, keys=None, issuer=settings.issuer, actor_kind="hub", actor="purge", reason="retention", now=now, despite_links=True)
-    return len(due)
+        erased += 1
+    return erased
 
 
 KINDS: dict[str, Purge] = {

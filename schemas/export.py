@@ -103,6 +103,9 @@ class RightsRequestPart(_Part):
     status: str
     opened_by: str = Field(description="person, or support on the person's behalf.")
     opened_by_actor: str | None = Field(description="The support agent who opened it, if one did.")
+    opened_via: ServiceRef | None = Field(
+        default=None, description="The service through which the person opened it with their token; null at the hub itself."
+    )
     received_at: dt.datetime
     due_at: dt.datetime
     extended_at: dt.datetime | None

@@ -145,6 +145,7 @@ async def build(db: AsyncSession, account: Account) -> AccountExport:
                 status=r.status,
                 opened_by=r.opened_by,
                 opened_by_actor=r.opened_by_actor,
+                opened_via=ref(r.opened_via_service_id) if r.opened_via_service_id is not None else None,
                 received_at=r.received_at,
                 due_at=r.due_at,
                 extended_at=r.extended_at,

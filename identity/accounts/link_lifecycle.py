@@ -37,6 +37,7 @@ from identity.db.models import (
 )
 from identity.oidc.keys import KeyRing
 from identity.oidc.logout import LogoutNotice, logout_token
+from identity.web.errors import storable
 from schemas.events import LinkRevoked, LinkRevokedData
 
 Ended = Literal["revoked", "cancelled"]
@@ -59,8 +60,8 @@ async def link_of(
 ) -> tuple[Link, Account] | None:
     """The link between ``service_id`` and the person ``sub``, whatever its status; None when
     the person is unknown or never linked that service (the two are not told apart)."""
-    if not (0 < len(sub) <= MAX_SUB):
-        return None
+    if not (0 < len(sub) <= MAX_SUB) or not storable(sub):
+        return None  # checked before the query: a NUL would be the database's error, not a 404
     query = (
         select(Link, Account)
         .join(Account, Account.id == Link.account_id)

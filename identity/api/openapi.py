@@ -139,6 +139,9 @@ def _operation(method: str, path: str, op: Operation, refs: dict[Any, Any]) -> d
     if op.auth != "none":
         statuses.setdefault(401, None)
         out["security"] = [{op.auth: list(op.scopes)}]
+    if op.auth == "person":
+        # A person's token without a scope the operation needs (``openid`` at least): insufficient_scope.
+        statuses.setdefault(403, None)
     if op.body is not None:
         for status in (400, 413, 415, 422):
             statuses.setdefault(status, None)
@@ -152,7 +155,7 @@ def _operation(method: str, path: str, op: Operation, refs: dict[Any, Any]) -> d
         elif status >= 400:
             answer["content"] = {"application/json": {"schema": ref(Problem, "serialization")}}
         headers = {name: {"description": text, "schema": {"type": "string"}} for name, text in op.headers.get(status, {}).items()}
-        if status == 401:
+        if status == 401 or (status == 403 and op.auth == "person"):
             headers["WWW-Authenticate"] = {"description": "The Bearer challenge (RFC 6750).", "schema": {"type": "string"}}
         if headers:
             answer["headers"] = headers

@@ -2,8 +2,9 @@
 
 For the person, through a service holding their access token: ``POST`` and ``GET
 /api/v1/me/rights-requests`` (and one request by id). Through that token a service only ever
-deals with requests to the hub and to itself: opening one for another service, or seeing one,
-would tell it which other services the person uses. The person sees and opens every request on
+deals with requests to itself and requests to the hub opened through it: opening one for
+another service, or seeing one, would tell it which other services the person uses, and the
+person's other requests to the hub (with their free text) are none of its business. The person sees and opens every request on
 their account page at the hub.
 
 For the service, with its own client-credentials token: ``GET /api/v1/rights-requests`` (its
@@ -190,6 +191,7 @@ async def open_mine(request: web.Request) -> web.StreamResponse:
                 client_id=body.service,
                 details=body.details,
                 actor=account.sub,
+                via_service_id=who.client.id,
                 now=now,
             )
         except rights.UnknownTarget as exc:
@@ -213,8 +215,8 @@ async def open_mine(request: web.Request) -> web.StreamResponse:
     responses={200: RightsRequestList},
 )
 async def list_mine(request: web.Request) -> web.StreamResponse:
-    """Every request the person addressed to the hub or to the calling service, newest first,
-    with its status, due date and history."""
+    """Every request the person addressed to the calling service, and those to the hub opened
+    through the calling service, newest first, with its status, due date and history."""
     now = utcnow()
     async with request.config_dict[DB]() as db:
         try:
@@ -235,7 +237,7 @@ async def list_mine(request: web.Request) -> web.StreamResponse:
     responses={200: RightsRequestView, 404: None},
 )
 async def get_mine(request: web.Request) -> web.StreamResponse:
-    """One request the person addressed to the hub or to the calling service."""
+    """One request the person addressed to the calling service, or to the hub through it."""
     now = utcnow()
     async with request.config_dict[DB]() as db:
         try:
@@ -297,7 +299,9 @@ async def list_for_service(request: web.Request) -> web.StreamResponse:
 async def change_status(request: web.Request) -> web.StreamResponse:
     """The service, as the controller, acknowledges, extends (once, by two months, with a
     reason), completes or refuses (with a reason) a request addressed to it. The person sees
-    each step. 409 when the request cannot move that way (it is closed, or already extended)."""
+    each step. 409 when the request cannot move that way (it is closed, or already extended, or
+    it is already overdue and asked to be extended: the extension is decided within the first
+    month, GDPR Art. 12(3))."""
     try:
         who = await _authenticate(request, person=False)
         body = await _body(request, RightsStatusChange)

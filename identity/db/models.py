@@ -507,6 +507,9 @@ class RightsRequest(Base):
     # Who opened it: "person" or "support" (and which agent).
     opened_by: Mapped[str] = mapped_column(String(16))
     opened_by_actor: Mapped[str | None] = mapped_column(String(200))
+    # The service whose person token opened it (the API), if one did: through that token the
+    # service sees its own requests and the hub requests it opened, never the person's others.
+    opened_via_service_id: Mapped[int | None] = mapped_column(ForeignKey("services.id", ondelete="SET NULL"))
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     due_at: Mapped[dt.datetime] = mapped_column(index=True)
     extended_at: Mapped[dt.datetime | None]
@@ -561,7 +564,11 @@ class AuditRecord(Base):
 class StaffMember(Base):
     """A support agent or supervisor: a hub account with a staff role and a TOTP second factor
     (RFC 6238). The TOTP secret is encrypted at rest; ``totp_last_step`` refuses a code that was
-    already used (replay)."""
+    already used (replay). ``totp_failures`` counts wrong codes across every console session (reset
+    by a right one); from the fifth, ``totp_locked_until`` refuses every code for a while, doubling
+    each time. ``totp_confirmed_at`` is unset until the staff member has enrolled the secret in
+    their authenticator at their own first console sign-in (``onesignin agents add`` counts as
+    enrolled: the operator hands the URI over)."""
 
     __tablename__ = "staff"
 
@@ -571,6 +578,9 @@ class StaffMember(Base):
     role: Mapped[str] = mapped_column(String(16))
     totp_secret: Mapped[str] = mapped_column(Text)
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
+    totp_failures: Mapped[int] = mapped_column(Integer, default=0)
+    totp_locked_until: Mapped[dt.datetime | None]
+    totp_confirmed_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(200))
     disabled_at: Mapped[dt.datetime | None]

@@ -45,11 +45,13 @@ async def delete_page(request: web.Request) -> web.StreamResponse:
         if signed_in is None:
             return redirect("/sign-in?next=/account/delete")
         blocking = await erase.blocking_services(db, signed_in.account.id)
-    return render(request, "delete_account.html", {"blocking": _routes(blocking)})
+        waiting = await erase.blocking_requests(db, signed_in.account.id)
+    return render(request, "delete_account.html", {"blocking": _routes(blocking), "waiting": waiting})
 
 
 async def delete(request: web.Request) -> web.StreamResponse:
-    """Erase the account once the password is confirmed; refused (409) while a link is active."""
+    """Erase the account once the password is confirmed; refused (409) while a link is active or
+    a rights request to a service is open."""
     form = await csrf.checked_form(request)
     password = field(form, "current_password", 1024)
     async with autocommit(request.config_dict[DB]) as db:
@@ -59,7 +61,7 @@ async def delete(request: web.Request) -> web.StreamResponse:
     # The password is checked with no database connection held (argon2id takes a while).
     if not await verify_password(request, signed_in.account.password_hash, password):
         errors = {"current_password": "Your password is not correct."}
-        return render(request, "delete_account.html", {"blocking": [], "errors": errors}, status=400)
+        return render(request, "delete_account.html", {"blocking": [], "waiting": [], "errors": errors}, status=400)
     settings = request.config_dict[SETTINGS]
     async with request.config_dict[DB].begin() as db:
         signed_in = await browser.current(request, db)
@@ -70,7 +72,8 @@ async def delete(request: web.Request) -> web.StreamResponse:
                 db, signed_in.account, keys=request.config_dict[PROVIDER].keys, issuer=settings.issuer, actor_kind="person"
             )
         except erase.LinksStillActive as refused:
-            return render(request, "delete_account.html", {"blocking": _routes(refused.services)}, status=409)
+            context = {"blocking": _routes(refused.services), "waiting": refused.requests}
+            return render(request, "delete_account.html", context, status=409)
     notices.wake(request.config_dict)
     if logouts:
         await send_notices(request.config_dict[HTTP], logouts, settings.backchannel_logout_timeout)

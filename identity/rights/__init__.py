@@ -4,6 +4,7 @@ answer is due, :mod:`.errors` for refusals, and :mod:`.store` for the data funct
 
 from identity.rights.deadlines import add_months, due_at, extended_due_at
 from identity.rights.errors import (
+    ExtensionTooLate,
     InvalidTransition,
     NotFound,
     ReasonRequired,
@@ -34,6 +35,7 @@ __all__ = [
     "NEEDS_REASON",
     "NEXT",
     "OPEN",
+    "ExtensionTooLate",
     "InvalidTransition",
     "NotFound",
     "ReasonRequired",

@@ -5,6 +5,7 @@ to whoever asked, and a private ``detail`` for the log::
     ├── UnknownTarget       the service is unknown, or the person never linked it (the same)
     ├── NotFound            no such request, or not one this caller may see (the same)
     ├── InvalidTransition   the request cannot move to that status from where it is
+    │   └── ExtensionTooLate  an extension asked for once the request is already overdue
     └── ReasonRequired      extending or refusing needs a reason
 """
 
@@ -42,6 +43,14 @@ class InvalidTransition(RightsError):
         if self.current == self.target:
             return f"The request is already {self.current}."
         return f"A request that is {self.current} cannot become {self.target}."
+
+
+class ExtensionTooLate(InvalidTransition):
+    """GDPR Art. 12(3): the controller extends within the first month, not after missing it."""
+
+    @property
+    def public(self) -> str:  # type: ignore[override]
+        return "The request is already past its due date; an extension must be decided before then, not after."
 
 
 class ReasonRequired(RightsError):

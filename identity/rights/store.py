@@ -25,6 +25,7 @@ from identity.db.models import (
 )
 from identity.rights import deadlines, lifecycle
 from identity.rights.errors import (
+    ExtensionTooLate,
     InvalidTransition,
     NotFound,
     ReasonRequired,
@@ -72,11 +73,13 @@ async def open_request(
     details: str | None,
     opened_by: OpenedBy = "person",
     actor: str | None = None,
+    via_service_id: int | None = None,
     now: dt.datetime | None = None,
 ) -> RightsRequest:
     """Open a request addressed to the hub (``client_id`` None) or to a service the person has
     linked (in any link status: an unlinked or cancelled service still controls what it holds).
-    A service the person never linked is refused exactly like an unknown one."""
+    A service the person never linked is refused exactly like an unknown one. ``via_service_id``
+    is the service whose person token opened it (the API), None at the hub itself."""
     service = None
     if client_id is not None:
         service = await db.scalar(
@@ -97,6 +100,7 @@ async def open_request(
         status="received",
         opened_by=opened_by,
         opened_by_actor=actor,
+        opened_via_service_id=via_service_id,
         received_at=now,
         due_at=deadlines.due_at(now),
         updated_at=now,
@@ -164,13 +168,17 @@ async def move(
     now: dt.datetime | None = None,
 ) -> RightsRequestEvent:
     """Move ``request`` to ``status`` and record the step. Extending sets the deadline to three
-    months after receipt; completing or refusing closes the request."""
+    months after receipt, and is refused (:class:`ExtensionTooLate`) once the request is past its
+    due date; completing or refusing closes the request."""
     if not lifecycle.allowed(request.status, status):
         raise InvalidTransition(request.status, status)
     reason = (reason or "").strip() or None
     if status in lifecycle.NEEDS_REASON and reason is None:
         raise ReasonRequired(status)
     now = now or utcnow()
+    if status == "extended" and request.due_at <= now:
+        # The extension is decided within the first month (GDPR Art. 12(3)), not once missed.
+        raise ExtensionTooLate(request.status, status)
     request.status = status
     request.updated_at = now
     if status == "extended":
@@ -196,7 +204,7 @@ async def move(
 async def _one(
     db: AsyncSession, public_id: str, *where: Any, lock: bool
 ) -> RightsRequest:
-    if not _PUBLIC_ID.match(public_id or ""):
+    if not _PUBLIC_ID.fullmatch(public_id or ""):
         raise NotFound("malformed id")
     query = select(RightsRequest).where(RightsRequest.public_id == public_id, *where)
     if lock:
@@ -268,8 +276,11 @@ def _of_account(account_id: int, visible_to: int | None) -> list[Any]:
     where = [RightsRequest.account_id == account_id]
     if visible_to is not None:
         where.append(
-            RightsRequest.service_id.is_(None)
-            | (RightsRequest.service_id == visible_to)
+            (RightsRequest.service_id == visible_to)
+            | (
+                RightsRequest.service_id.is_(None)
+                & (RightsRequest.opened_via_service_id == visible_to)
+            )
         )
     return where
 
@@ -278,8 +289,8 @@ async def for_account(
     db: AsyncSession, account_id: int, *, visible_to: int | None = None
 ) -> list[RequestView]:
     """The person's requests, newest first. With ``visible_to`` (a service id), only those
-    addressed to the hub or to that service: a service never learns of the person's other
-    services."""
+    addressed to that service and those to the hub that were opened through it: a service never
+    learns of the person's other services, nor reads what they asked the hub elsewhere."""
     return await _views(
         db,
         *_of_account(account_id, visible_to),
@@ -291,7 +302,7 @@ async def view_for_account(
     db: AsyncSession, account_id: int, public_id: str, *, visible_to: int | None = None
 ) -> RequestView:
     """One of the person's requests (within ``visible_to`` as in :func:`for_account`)."""
-    if not _PUBLIC_ID.match(public_id or ""):
+    if not _PUBLIC_ID.fullmatch(public_id or ""):
         raise NotFound("malformed id")
     where = [*_of_account(account_id, visible_to), RightsRequest.public_id == public_id]
     found = await _views(db, *where, order_by=[])

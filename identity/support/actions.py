@@ -19,7 +19,7 @@ from identity.accounts.store import update_details
 from identity.db.models import Link, Service
 from identity.pages.common import field, send_mail
 from identity.pages.rights import MAX_DETAILS, TYPES
-from identity.support import audit
+from identity.support import audit, forms
 from identity.support.people import (
     ERRORS,
     account_or_404,
@@ -29,7 +29,6 @@ from identity.support.people import (
 )
 from identity.support.render import render
 from identity.support.session import AGENT
-from identity.web import csrf
 from identity.web.appkeys import DB, SETTINGS
 from identity.web.responses import redirect
 from schemas.account import BasicDetailsUpdate, problems
@@ -61,7 +60,7 @@ def _edit_body(form: Any) -> tuple[dict[str, Any], dict[str, str]]:
 async def edit(request: web.Request) -> web.StreamResponse:
     agent = request[AGENT]
     settings = request.config_dict[SETTINGS]
-    form = await csrf.checked_form(request)
+    form = await forms.checked_form(request)
     sub = request.match_info["sub"]
     body, typed = _edit_body(form)
     reason = read_reason(form)
@@ -90,7 +89,7 @@ async def edit(request: web.Request) -> web.StreamResponse:
 
 async def resend_verification(request: web.Request) -> web.StreamResponse:
     agent = request[AGENT]
-    form = await csrf.checked_form(request)
+    form = await forms.checked_form(request)
     sub = request.match_info["sub"]
     async with request.config_dict[DB].begin() as db:
         account = await account_or_404(db, request, acting=True)
@@ -106,7 +105,7 @@ async def resend_verification(request: web.Request) -> web.StreamResponse:
 
 async def open_rights_request(request: web.Request) -> web.StreamResponse:
     agent = request[AGENT]
-    form = await csrf.checked_form(request)
+    form = await forms.checked_form(request)
     sub = request.match_info["sub"]
     kind = field(form, "type", 40)
     target = field(form, "target", 80) or "hub"
@@ -138,7 +137,7 @@ async def open_rights_request(request: web.Request) -> web.StreamResponse:
 
 async def resync(request: web.Request) -> web.StreamResponse:
     agent = request[AGENT]
-    form = await csrf.checked_form(request)
+    form = await forms.checked_form(request)
     sub = request.match_info["sub"]
     client_id = field(form, "client_id", 80)
     async with request.config_dict[DB].begin() as db:

@@ -19,7 +19,7 @@ async def audit_page(request: web.Request) -> web.StreamResponse:
     supervisor = require_supervisor(request)
     account = request.query.get("account", "").strip()[:64] or None
     before_text = request.query.get("before", "")
-    before = int(before_text) if before_text.isdigit() and len(before_text) < 19 else None
+    before = int(before_text) if before_text.isascii() and before_text.isdigit() and len(before_text) < 19 else None
     async with request.config_dict[DB].begin() as db:
         rows = await trail.records(db, account_sub=account, before=before, limit=PAGE + 1)
         # Reading the trail is itself recorded.

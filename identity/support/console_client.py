@@ -140,7 +140,7 @@ def check_callback(query: Any, settings: Settings, pending: Pending | None) -> s
     """The code from an authorization response, after checking ``state`` and ``iss`` (RFC 9207)."""
     if pending is None:
         raise SignInFailed("This sign-in has expired. Start again.", "no or stale pending-login cookie")
-    if not hmac.compare_digest(str(query.get("state", "")), pending.state):
+    if not hmac.compare_digest(str(query.get("state", "")).encode(), pending.state.encode()):
         raise SignInFailed("This sign-in has expired. Start again.", "state mismatch")
     if query.get("iss") != settings.issuer:
         raise SignInFailed("The sign-in could not be completed. Start again.", "iss missing or wrong")

@@ -27,10 +27,9 @@ from identity.db.models import (
 )
 from identity.pages.common import field
 from identity.pages.rights import STATUS_TEXT, TYPES
-from identity.support import audit, masking, trail
+from identity.support import audit, forms, masking, trail
 from identity.support.render import render
 from identity.support.session import AGENT, Agent
-from identity.web import csrf
 from identity.web.appkeys import DB
 from identity.web.responses import redirect
 from sync.status import open_dead_letter
@@ -251,7 +250,7 @@ async def reveal(request: web.Request) -> web.StreamResponse:
     agent reveals one field at a time, with a reason of a few words; a supervisor may reveal
     every masked field at once, and a short reason will do."""
     agent = request[AGENT]
-    form = await csrf.checked_form(request)
+    form = await forms.checked_form(request)
     sub = request.match_info["sub"]
     wanted = field(form, "field", 40)
     if wanted == "all" and agent.is_supervisor:

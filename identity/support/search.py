@@ -8,13 +8,15 @@ phone number or a ``sub``, and returns at most ``limit`` people in a fixed order
 - contains ``@``: ``email``, exact on the normalised address (``schemas.account.normalize_email``);
   when the query is not a complete address or nobody has it, ``email_prefix``: addresses
   starting with it;
-- starts with ``+`` or is mostly digits: ``phone``, stored numbers (E.164, ``+447700900123``)
-  starting with the digits given; ``00`` stands for ``+``. A national number (``07700 …``)
-  finds nothing: stored numbers carry the country code;
+- starts with ``+`` or is mostly digits: ``phone``, the stored number (E.164, ``+447700900123``)
+  equal to the whole number given, never a prefix (the console masks numbers, so a prefix search
+  would reveal them digit by digit); ``00`` stands for ``+``. A national number (``07700 …``)
+  or part of a number finds nothing: stored numbers carry the country code;
 - anything else: ``name``, case-insensitive prefixes of the family name, the given name,
   "given family" or "family, given".
 
-Every kind is an index range scan on Postgres: each match is a prefix range in byte order
+Every kind is an index scan on Postgres (a phone number an equality on its index; the others
+a range): each prefix match is a range in byte order
 (``~>=~`` / ``~<~``, served by the ``text_pattern_ops`` indexes on ``accounts``), and results
 come in that index's order, so a short prefix matching 100,000 people still reads only
 ``limit`` of them. A prefix is a range, not a ``LIKE`` pattern, so ``%`` and ``_`` in a query
@@ -23,7 +25,7 @@ value and on the query alike), so both sides fold case the same way: fully on Po
 only on SQLite.
 
 Order: ``sub`` and ``email`` give at most one person; ``email_prefix`` is by address;
-``phone`` by number, then account id. A name query runs its readings one after the other and
+``phone`` by account id. A name query runs its readings one after the other and
 lists their matches in that order, without repeats: "given family" (a query of several words,
 split at each space in turn) or "family, given" (a query with a comma), then family names
 starting with the whole query (by family name, given name, account id), then given names
@@ -96,7 +98,7 @@ async def find(db: AsyncSession, query: str, *, limit: int = 25) -> SearchResult
     if "@" in text:
         return await _email(db, "".join(text.split()).lower(), limit, postgres)
     if _looks_like_phone(text):
-        return await _phone(db, text, limit, postgres)
+        return await _phone(db, text, limit)
     return SearchResult("name", await _name(db, text, limit, postgres))
 
 
@@ -119,7 +121,7 @@ def _looks_like_phone(text: str) -> bool:
     return sum(c.isdigit() for c in compact) * 2 > len(compact)
 
 
-async def _phone(db: AsyncSession, text: str, limit: int, postgres: bool) -> SearchResult:
+async def _phone(db: AsyncSession, text: str, limit: int) -> SearchResult:
     compact = _PHONE_SEPARATORS.sub("", text)
     if compact.startswith("+"):
         digits = compact[1:]
@@ -127,11 +129,11 @@ async def _phone(db: AsyncSession, text: str, limit: int, postgres: bool) -> Sea
         digits = compact[2:]
     else:
         digits = compact
-    if not digits.isascii() or not digits.isdigit() or digits.startswith("0"):
-        return SearchResult("phone", [])  # no stored number (``+`` and a country code) can match
-    where = _starts_with(Account.phone_number, literal("+" + digits), postgres)
-    order = [_by(Account.phone_number), Account.id]
-    return SearchResult("phone", await _rows(db, where, order, limit))
+    if not digits.isascii() or not digits.isdigit() or digits.startswith("0") or len(digits) > 15:
+        return SearchResult("phone", [])  # no stored number (``+``, a country code, 15 digits at most) can match
+    # The whole number only: a prefix would read masked numbers out a digit at a time.
+    where = [Account.phone_number == "+" + digits]
+    return SearchResult("phone", await _rows(db, where, [Account.id], limit))
 
 
 async def _name(db: AsyncSession, text: str, limit: int, postgres: bool) -> list[PersonRow]:

@@ -1,6 +1,6 @@
 """The console's home, ``/support/?q=``: find a person by email (exact or prefix), name, phone
 number or ``sub``. Each search is audited (``support.search``) with the kind of query and the
-number of results, never the text searched for."""
+number of results and the ``sub`` of each person listed, never the text searched for."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ async def search_page(request: web.Request) -> web.StreamResponse:
         async with request.config_dict[DB].begin() as db:
             found = await search.find(db, query, limit=LIMIT)
             audit.record(
-                db, actor_kind="agent", actor=agent.sub, action="support.search", detail={"kind": found.kind, "results": len(found.rows)}
+                db, actor_kind="agent", actor=agent.sub, action="support.search", detail={"kind": found.kind, "results": len(found.rows), "subs": [row.sub for row in found.rows]},
             )
         context |= {"kind": found.kind, "rows": found.rows, "limit": LIMIT}
     return render(request, "search.html", context)

@@ -5,8 +5,13 @@
 2. the hub's own sign-in page asks for the password (``prompt=login``);
 3. ``GET /callback``: check ``state`` and ``iss``, redeem the code, validate the ID token, find
    the staff member (anyone else gets one plain 403 page), open a session in stage ``totp``;
-4. ``GET/POST /totp``: a six-digit code, each accepted once; five wrong ones end the session;
-   the right one replaces the session by a new ``active`` one (no fixation);
+4. ``GET/POST /totp``: a six-digit code, each accepted once. Wrong codes are counted before a
+   code is checked, atomically (parallel submissions cannot get past the count): five end the
+   session, and five in a row across sessions lock the staff member's codes for 15 minutes,
+   doubling with each further wrong one; a right code resets the count. The right one replaces
+   the session by a new ``active`` one (no fixation). A staff member who has not enrolled TOTP
+   yet (a role granted in the console) sees a fresh ``otpauth://`` URI here, theirs alone, and
+   confirms it with a first code;
 5. ``POST /logout``: end the console session (the hub session is left alone).
 
 Console sessions are separate from the person's hub session: the hub's cookie opens nothing
@@ -18,14 +23,14 @@ import logging
 
 from aiohttp import web
 from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.db.models import Account, ConsoleSession, StaffMember, utcnow
 from identity.pages.common import client_address, field
-from identity.support import audit, console_client, session
+from identity.support import audit, console_client, forms, session
 from identity.support import staff as staff_members
 from identity.support.console_client import Pending, SignInFailed
 from identity.support.render import render
-from identity.web import csrf
 from identity.web.appkeys import CIPHER, DB, PROVIDER, SECRET, SETTINGS
 from identity.web.responses import redirect
 
@@ -36,6 +41,7 @@ HOME = f"{session.PATH}/"
 LOGIN = f"{session.PATH}/login"
 TOTP = f"{session.PATH}/totp"
 REFUSED = "This account cannot use the support console."
+LOCKED = "Too many wrong codes in a row: two-factor sign-in is locked for a while. Try again later."
 
 
 def add_routes(console: web.Application) -> None:
@@ -94,14 +100,21 @@ async def callback(request: web.Request) -> web.StreamResponse:
         if previous is not None:
             # A new sign-in in this browser ends the console session it had.
             await db.execute(update(ConsoleSession).where(ConsoleSession.id == previous.session_id).values(ended_at=utcnow()))
-        staff_id = await db.scalar(
-            select(StaffMember.id)
-            .join(Account, Account.id == StaffMember.account_id)
-            .where(Account.sub == sub, Account.status == "active", StaffMember.disabled_at.is_(None))
-        )
+        found = (
+            await db.execute(
+                select(StaffMember, Account.email)
+                .join(Account, Account.id == StaffMember.account_id)
+                .where(Account.sub == sub, Account.status == "active", StaffMember.disabled_at.is_(None))
+                .with_for_update(of=StaffMember)
+            )
+        ).first()
         secret = None
-        if staff_id is not None:
-            row, secret = session.new_session(request, staff_id, stage="totp", address=client_address(request))
+        if found is not None:
+            staff, email = found
+            if staff.totp_confirmed_at is None:
+                # Not enrolled yet: a fresh secret at every sign-in, shown to this session only.
+                staff_members.new_enrolment(request.config_dict[CIPHER], staff, email)
+            row, secret = session.new_session(request, staff.id, stage="totp", address=client_address(request))
             db.add(row)
     if secret is None:
         # The same page for every refusal: it says nothing of the account or why.
@@ -113,28 +126,74 @@ async def callback(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _code_page(request: web.Request, db: AsyncSession, staff: StaffMember, email: str, *, error: str | None, status: int) -> web.Response:
+    """The code page; for a staff member still enrolling, with their setup URI (as text)."""
+    context: dict[str, object] = {"title": "Two-factor code", "error": error}
+    if staff.totp_confirmed_at is None:
+        context |= {"title": "Set up two-factor sign-in", "enrol_uri": staff_members.enrolment_uri(request.config_dict[CIPHER], staff, email)}
+    return render(request, "console_totp.html", context, status=status)
+
+
 async def totp_page(request: web.Request) -> web.StreamResponse:
     async with request.config_dict[DB].begin() as db:
         agent = await session.current(request, db)
-    if agent is None:
-        return redirect(LOGIN, 303)
-    if agent.stage == "active":
-        return redirect(HOME, 303)
-    return render(request, "console_totp.html", {"title": "Two-factor code"})
+        if agent is None:
+            return redirect(LOGIN, 303)
+        if agent.stage == "active":
+            return redirect(HOME, 303)
+        staff = await db.get(StaffMember, agent.staff_id)
+        assert staff is not None
+        return await _code_page(request, db, staff, agent.email, error=None, status=200)
+
+
+def _ended(request: web.Request, title: str, message: str) -> web.Response:
+    response = _notice(request, title, message, 403)
+    session.clear_cookie(response)
+    return response
 
 
 async def totp_submit(request: web.Request) -> web.StreamResponse:
-    form = await csrf.checked_form(request)
+    form = await forms.checked_form(request)
     code = field(form, "code", 20)
-    secret, locked = None, False
     async with request.config_dict[DB].begin() as db:
         agent = await session.current(request, db)
         if agent is None or agent.stage != "totp":
             return redirect(LOGIN, 303)
-        staff = await db.get(StaffMember, agent.staff_id)
+        now = utcnow()
+        # Counted before the code is checked, in one statement each: of any number of parallel
+        # submissions, at most MAX_TOTP_FAILURES per session get a code checked, and none while
+        # the staff member is locked out (the row locks queue them; each re-reads the count).
+        tried = await db.scalar(
+            update(ConsoleSession)
+            .where(
+                ConsoleSession.id == agent.session_id,
+                ConsoleSession.stage == "totp",
+                ConsoleSession.ended_at.is_(None),
+                ConsoleSession.totp_failures < staff_members.MAX_TOTP_FAILURES,
+            )
+            .values(totp_failures=ConsoleSession.totp_failures + 1)
+            .returning(ConsoleSession.totp_failures)
+        )
+        if tried is None:
+            await db.execute(update(ConsoleSession).where(ConsoleSession.id == agent.session_id).values(ended_at=now))
+            return _ended(request, "Too many wrong codes", "This sign-in has ended. Sign in again.")
+        failures = await db.scalar(
+            update(StaffMember)
+            .where(
+                StaffMember.id == agent.staff_id,
+                StaffMember.disabled_at.is_(None),
+                or_(StaffMember.totp_locked_until.is_(None), StaffMember.totp_locked_until <= now),
+            )
+            .values(totp_failures=StaffMember.totp_failures + 1)
+            .returning(StaffMember.totp_failures)
+        )
+        if failures is None:
+            await db.execute(update(ConsoleSession).where(ConsoleSession.id == agent.session_id).values(ended_at=now))
+            audit.record(db, actor_kind="agent", actor=agent.sub, action="console.totp_locked", detail={"refused": True})
+            return _ended(request, "Too many wrong codes", LOCKED)
+        staff = await db.get(StaffMember, agent.staff_id, populate_existing=True)
         assert staff is not None
         step = staff_members.accepted_step(request.config_dict[CIPHER], staff, code)
-        now = utcnow()
         if step is not None:
             # Taken atomically: of two requests with one code, only one moves the step on.
             taken = await db.execute(
@@ -143,35 +202,47 @@ async def totp_submit(request: web.Request) -> web.StreamResponse:
                 .values(totp_last_step=step)
             )
             step = step if taken.rowcount == 1 else None
-        if step is None:
-            failures = await db.scalar(
+        if step is not None:
+            # The attempt becomes a session only if it is still live; nothing else may end it now.
+            promoted = await db.execute(
                 update(ConsoleSession)
-                .where(ConsoleSession.id == agent.session_id)
-                .values(totp_failures=ConsoleSession.totp_failures + 1)
-                .returning(ConsoleSession.totp_failures)
+                .where(ConsoleSession.id == agent.session_id, ConsoleSession.stage == "totp", ConsoleSession.ended_at.is_(None))
+                .values(ended_at=now, totp_failures=0)
             )
-            locked = (failures or 0) >= staff_members.MAX_TOTP_FAILURES
-            if locked:
-                await db.execute(update(ConsoleSession).where(ConsoleSession.id == agent.session_id).values(ended_at=now))
-        else:
-            await db.execute(update(ConsoleSession).where(ConsoleSession.id == agent.session_id).values(ended_at=now))
+            if promoted.rowcount != 1:
+                return redirect(LOGIN, 303)
+            enrolled = staff.totp_confirmed_at is None
+            await db.execute(
+                update(StaffMember)
+                .where(StaffMember.id == staff.id)
+                .values(totp_failures=0, totp_locked_until=None, **({"totp_confirmed_at": now} if enrolled else {}))
+            )
             row, secret = session.new_session(request, agent.staff_id, stage="active", address=client_address(request))
             db.add(row)
+            if enrolled:
+                audit.record(db, actor_kind="agent", actor=agent.sub, action="console.totp_enrolled")
             audit.record(db, actor_kind="agent", actor=agent.sub, action="console.signed_in", detail={"role": agent.role})
-    if secret is not None:
-        response = redirect(HOME, 303)
-        session.set_cookie(request, response, secret)
-        return response
-    if locked:
-        response = _notice(request, "Too many wrong codes", "This sign-in has ended. Sign in again.", 403)
-        session.clear_cookie(response)
-        return response
-    context = {"title": "Two-factor code", "error": "That code is wrong or was already used. Enter the next code from your app."}
-    return render(request, "console_totp.html", context, status=400)
+            response = redirect(HOME, 303)
+            session.set_cookie(request, response, secret)
+            return response
+        # A wrong (or spent) code: the counts stand.
+        audit.record(db, actor_kind="agent", actor=agent.sub, action="console.totp_failed", detail={"failures": failures})
+        lock = staff_members.lock_for(failures)
+        if lock is not None:
+            until = now + lock
+            await db.execute(update(StaffMember).where(StaffMember.id == staff.id).values(totp_locked_until=until))
+            audit.record(
+                db, actor_kind="agent", actor=agent.sub, action="console.totp_locked", detail={"failures": failures, "until": until.isoformat()}
+            )
+        if lock is not None or tried >= staff_members.MAX_TOTP_FAILURES:
+            await db.execute(update(ConsoleSession).where(ConsoleSession.id == agent.session_id).values(ended_at=now))
+            return _ended(request, "Too many wrong codes", LOCKED if lock is not None else "This sign-in has ended. Sign in again.")
+        error = "That code is wrong or was already used. Enter the next code from your app."
+        return await _code_page(request, db, staff, agent.email, error=error, status=400)
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
-    await csrf.checked_form(request)
+    await forms.checked_form(request)
     async with request.config_dict[DB].begin() as db:
         agent = await session.current(request, db)
         if agent is not None:

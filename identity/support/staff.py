@@ -1,9 +1,11 @@
 """Staff members (agents and supervisors) and their second factor, for the CLI and the console.
 
 A staff member is a hub account with a role and a TOTP secret (RFC 6238), encrypted with the
-hub's key cipher. The secret leaves the hub once, as the ``otpauth://`` URI printed when the
-staff member is added (or re-added), for their authenticator app. These functions take the
-caller's session and never commit."""
+hub's key cipher. The secret leaves the hub as an ``otpauth://`` URI, for the staff member's
+authenticator app: printed by ``onesignin agents add`` (the operator hands it over), or, for a
+role granted in the console, shown to the staff member alone at their first console sign-in,
+after their password (a supervisor never holds both factors). These functions take the caller's
+session and never commit."""
 
 from __future__ import annotations
 
@@ -28,8 +30,13 @@ from schemas.account import normalize_email
 
 ISSUER_NAME = "One Sign In"
 ROLES: tuple[str, ...] = get_args(Role)
-#: Wrong codes a half-signed-in session may send before it is ended.
+#: Wrong codes a half-signed-in session may send before it is ended; also the wrong codes in a
+#: row (across sessions) after which the staff member's codes are refused for a while.
 MAX_TOTP_FAILURES = 5
+#: The first lock-out after MAX_TOTP_FAILURES wrong codes in a row; each further wrong code
+#: doubles it, up to TOTP_LOCK_MAX.
+TOTP_LOCK = dt.timedelta(minutes=15)
+TOTP_LOCK_MAX = dt.timedelta(days=1)
 _CODE = re.compile(r"[0-9]{6}")
 
 
@@ -129,13 +136,75 @@ async def add_staff(
     if staff is not None and staff.disabled_at is None:
         raise StaffError(f"{normalized} is already staff ({staff.role}): change the role or disable it")
     secret = pyotp.random_base32()
-    if staff is None:
-        db.add(StaffMember(account_id=account.id, role=role, totp_secret=seal_totp(cipher, secret, account.id), created_by=created_by))
-    else:
-        staff.role, staff.totp_secret, staff.totp_last_step, staff.disabled_at = role, seal_totp(cipher, secret, account.id), None, None
-        staff.created_by, staff.created_at = created_by, utcnow()
+    # The operator hands the URI over: the second factor counts as enrolled from now.
+    _make_staff(db, cipher, staff, account, role, secret, created_by=created_by, confirmed=True)
     await db.flush()
     return NewStaff(account.sub, account.email, role, totp_uri(secret, account.email))
+
+
+def _make_staff(
+    db: AsyncSession, cipher: KeyCipher, staff: StaffMember | None, account: Account, role: str, secret: str, *, created_by: str | None, confirmed: bool
+) -> None:
+    now = utcnow()
+    values: dict[str, Any] = {
+        "role": role,
+        "totp_secret": seal_totp(cipher, secret, account.id),
+        "totp_last_step": None,
+        "totp_failures": 0,
+        "totp_locked_until": None,
+        "totp_confirmed_at": now if confirmed else None,
+        "disabled_at": None,
+        "created_by": created_by,
+        "created_at": now,
+    }
+    if staff is None:
+        db.add(StaffMember(account_id=account.id, **values))
+    else:
+        for name, value in values.items():
+            setattr(staff, name, value)
+
+
+async def grant_role(db: AsyncSession, cipher: KeyCipher, *, email: str, role: str, created_by: str | None) -> tuple[str, str]:
+    """The console's way to add staff: give an existing, active hub account a role (no password is
+    typed, none is created). Its TOTP is not enrolled: the staff member sees their own setup URI at
+    their first console sign-in. A disabled staff member is enabled again and enrols anew; an
+    enabled one is refused. Returns (sub, normalised email)."""
+    _role(role)
+    try:
+        normalized = normalize_email(email)
+    except ValueError as exc:
+        raise StaffError(f"email: {exc}") from None
+    account = await find_by_email(db, normalized)
+    if account is None or account.status != "active":
+        raise StaffError(f"no active hub account has the address {normalized}: the person registers at the hub first")
+    staff = await db.scalar(select(StaffMember).where(StaffMember.account_id == account.id).with_for_update())
+    if staff is not None and staff.disabled_at is None:
+        raise StaffError(f"{normalized} is already staff ({staff.role}): change the role or disable it")
+    # A secret nobody sees: replaced by a fresh one when the staff member enrols.
+    _make_staff(db, cipher, staff, account, role, pyotp.random_base32(), created_by=created_by, confirmed=False)
+    await db.flush()
+    return account.sub, account.email
+
+
+def new_enrolment(cipher: KeyCipher, staff: StaffMember, email: str) -> str:
+    """A fresh TOTP secret for a staff member who has not enrolled yet (set on ``staff``, to be
+    committed by the caller); its ``otpauth://`` URI, to show to them alone."""
+    assert staff.totp_confirmed_at is None
+    secret = pyotp.random_base32()
+    staff.totp_secret, staff.totp_last_step = seal_totp(cipher, secret, staff.account_id), None
+    return totp_uri(secret, email)
+
+
+def enrolment_uri(cipher: KeyCipher, staff: StaffMember, email: str) -> str:
+    """The ``otpauth://`` URI of an enrolment under way (the secret made at this sign-in)."""
+    return totp_uri(open_totp(cipher, staff.totp_secret, staff.account_id), email)
+
+
+def lock_for(failures: int) -> dt.timedelta | None:
+    """How long a staff member's codes are refused after ``failures`` wrong ones in a row."""
+    if failures < MAX_TOTP_FAILURES:
+        return None
+    return min(TOTP_LOCK * 2 ** min(failures - MAX_TOTP_FAILURES, 20), TOTP_LOCK_MAX)
 
 
 async def listing(db: AsyncSession) -> list[dict[str, Any]]:

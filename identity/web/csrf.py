@@ -54,6 +54,6 @@ async def checked_form(request: web.Request) -> MultiDictProxy[str]:
     form = await request.post()
     nonce = request.cookies.get(COOKIE, "")
     sent = form.get(FIELD)
-    if not nonce or not isinstance(sent, str) or not hmac.compare_digest(sent, _sign(request.config_dict[SECRET], nonce)):
+    if not nonce or not isinstance(sent, str) or not hmac.compare_digest(sent.encode(), _sign(request.config_dict[SECRET], nonce).encode()):
         raise CsrfError()
     return form  # type: ignore[return-value]

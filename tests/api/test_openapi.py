@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from schemathesis.specs.openapi.checks import (
 
 from identity.api.openapi import api_operations
 from identity.settings import Settings
+from identity.tokens import digest
 from identity.web.app import create_app
 from tests.conftest import TEST_SETTINGS, bound_socket
 from tests.support import Browser, Hub, RelyingParty, sign_in_through
@@ -50,6 +52,7 @@ class Live:
     person_token: str
     service_token: str
     sub: str
+    database: Path | None = None
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +101,11 @@ def live(
             "/token", {"grant_type": "client_credentials", "scope": "openid"}
         )
         return server, Live(
-            hub.url, token["access_token"], answer.json()["access_token"], sub
+            hub.url,
+            token["access_token"],
+            answer.json()["access_token"],
+            sub,
+            directory / "onesignin.db",
         )
 
     server, found = run(start())
@@ -220,3 +227,49 @@ def test_without_a_token_every_protected_operation_answers_401(live: Live) -> No
             f"{operation.method} {operation.path}: {response.status_code}"
         )
         assert "Bearer" in response.headers.get("WWW-Authenticate", "")
+
+
+def test_a_person_token_without_openid_gets_the_documented_403(live: Live) -> None:
+    """Every operation for a person's token documents 403 (``insufficient_scope``, with its
+    challenge), and the hub answers it so to a token the person granted without ``openid``."""
+    document = _document(live)
+    person_operations = [
+        (method, path, answer)
+        for path, item in document["paths"].items()
+        for method, answer in item.items()
+        if any("person" in requirement for requirement in answer.get("security", []))
+    ]
+    assert len(person_operations) >= 5
+    for method, path, answer in person_operations:
+        forbidden = answer["responses"].get("403")
+        assert forbidden is not None, f"{method} {path}"
+        assert "WWW-Authenticate" in forbidden.get("headers", {}), f"{method} {path}"
+
+    assert live.database is not None
+    hashed = digest(live.person_token)
+    with sqlite3.connect(live.database) as db:
+        [(scope,)] = db.execute("SELECT scope FROM tokens WHERE access_hash = ?", (hashed,)).fetchall()
+        db.execute("UPDATE tokens SET scope = 'profile email' WHERE access_hash = ?", (hashed,))
+    try:
+        for method, path, _ in person_operations:
+            url = live.url + path.replace("{id}", "00000000-0000-0000-0000-000000000000")
+            response = httpx2.request(
+                method.upper(), url, headers={"Authorization": f"Bearer {live.person_token}"}, timeout=30
+            )
+            assert response.status_code == 403, f"{method} {path}: {response.status_code}"
+            assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
+    finally:
+        with sqlite3.connect(live.database) as db:
+            db.execute("UPDATE tokens SET scope = ? WHERE access_hash = ?", (scope, hashed))
+
+
+def test_an_unstorable_path_parameter_answers_a_documented_404(live: Live) -> None:
+    document = _document(live)
+    for path, token in (
+        ("/api/v1/links/%00", live.service_token),
+        ("/api/v1/me/rights-requests/%00", live.person_token),
+    ):
+        response = httpx2.get(live.url + path, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert response.status_code == 404, path
+        template = path.replace("%00", "{sub}" if "links" in path else "{id}")
+        assert "404" in document["paths"][template]["get"]["responses"]

@@ -54,3 +54,10 @@ async def test_next_with_a_line_break_goes_to_the_account_page(hub: Hub, browser
     )
     assert response.status_code == 303
     assert response.headers["location"] == "/account"
+
+
+async def test_csrf_token_that_is_not_ascii(hub: Hub, browser: Browser) -> None:
+    await browser.go("/sign-in")  # the CSRF cookie
+    response = await browser.http.post("/sign-in", data={"csrf_token": "é", "email": "ann@example.com", "password": PASSWORD})
+    assert response.status_code == 403
+    assert "Traceback" not in response.text

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from identity import notices
+from identity import notices, rights
 from identity.accounts import store
 from identity.accounts.store import create_account
 from identity.db.models import (
@@ -89,6 +89,49 @@ async def test_erasure_is_refused_while_a_link_is_active(hub: Hub, browser: Brow
     assert "https://store.example/close-account" in forged.text
     assert await _count(hub, "accounts") == 1
     assert await _count(hub, "tombstones") == 0
+
+
+async def test_erasure_waits_for_open_requests_to_services(hub: Hub, browser: Browser) -> None:
+    """Erasing the account would delete the person's requests to services with it: refused,
+    listing them, while one is open; a closed one, or one to the hub, does not block."""
+    sub, _, rp = await _linked(hub, browser)
+    await _end_link(hub)
+    async with hub.app[DB].begin() as db:
+        account = await db.scalar(select(Account))
+        assert account is not None
+        waiting = await rights.open_request(db, account, type="erasure", client_id=rp.client_id, details=None)
+        answered = await rights.open_request(db, account, type="access", client_id=rp.client_id, details=None)
+        await rights.move(db, answered, status="completed", reason=None, actor_kind="service", actor=rp.client_id)
+        await rights.open_request(db, account, type="access", client_id=None, details=None)
+        waiting_id, answered_id = waiting.public_id, answered.public_id
+
+    page = await browser.go("/account/delete")
+    assert page.status_code == 200
+    assert "privacy requests to services that are still open" in page.text
+    assert waiting_id in page.text and answered_id not in page.text and "Store" in page.text
+    assert 'action="/account/delete"' not in page.text
+    fields = form((await browser.go("/account")).text, "/account/details").fields
+    refused = await browser.http.post("/account/delete", data={"csrf_token": fields["csrf_token"], "current_password": PASSWORD})
+    assert refused.status_code == 409
+    assert waiting_id in refused.text
+    assert await _count(hub, "accounts") == 1 and await _count(hub, "rights_requests") == 3
+    assert await _count(hub, "tombstones") == 0
+
+    # The operators' command says the same.
+    env = os.environ | {"ONESIGNIN_DATA_DIR": str(hub.settings.data_dir), "ONESIGNIN_DATABASE_URL": hub.settings.database_url, "ONESIGNIN_SECRET_KEY": "c" * 40}
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "identity.cli", "users", "erase", "--sub", sub], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert waiting_id in done.stderr and "still open" in done.stderr and answered_id not in done.stderr
+    assert await _count(hub, "accounts") == 1
+
+    # Once the service answers, the account can go.
+    async with hub.app[DB].begin() as db:
+        request = await rights.for_service_one(db, waiting_id, (await db.scalar(select(Service.id))) or 0, lock=True)
+        await rights.move(db, request, status="refused", reason="We must keep invoices", actor_kind="service", actor=rp.client_id)
+    assert (await _delete(browser)).status_code == 200
+    assert await _count(hub, "accounts") == 0
 
 
 async def test_erasure_needs_the_password_and_the_csrf_token(hub: Hub, browser: Browser) -> None:

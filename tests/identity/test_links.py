@@ -339,6 +339,66 @@ async def test_unlinking_drops_what_was_queued_for_the_service(
     ).json()["status"] == "revoked"
 
 
+async def test_relinking_withdraws_a_link_revoked_still_waiting(
+    hub: Hub, browser: Browser
+) -> None:
+    """A ``link.revoked`` still waiting to be sent when the person signs in again would reach
+    the service after the relink and undo it there: the relink withdraws it."""
+    store = await member(
+        hub, "Store", webhook_url="http://127.0.0.1:9/hooks", kafka_topic=True
+    )
+    forum = await member(hub, "Forum", webhook_url="http://127.0.0.1:9/forum")
+    await hub.add_user(verified=True)
+    await sign_in_through(store, browser)
+    await sign_in_through(forum, browser)
+    ann = await sub_of(hub)
+    for rp in (store, forum):
+        confirm = await browser.go(f"/account/unlink/{rp.client_id}")
+        f = form(confirm.text, "/account/unlink/")
+        assert (await browser.http.post(f.action, data=f.fields)).status_code == 303
+
+    async def pending() -> list[tuple[str, str, str]]:
+        async with hub.app[DB]() as db:
+            rows = (
+                await db.execute(
+                    select(Service.name, Notice.event_type, Notice.channel)
+                    .join(Service, Service.id == Notice.service_id)
+                    .where(Notice.state == "pending")
+                )
+            ).all()
+        return sorted((name, kind, channel) for name, kind, channel in rows)
+
+    assert await pending() == [
+        ("Forum", "link.revoked", "webhook"),
+        ("Store", "link.revoked", "topic"),
+        ("Store", "link.revoked", "webhook"),
+    ]
+    await sign_in_through(store, browser)  # consents again: the link is active again
+    assert (
+        await call(hub, "GET", f"/api/v1/links/{ann}", await service_token(store))
+    ).json()["status"] == "active"
+    # Store's stale notices are gone; Forum, still unlinked, is still told.
+    assert await pending() == [("Forum", "link.revoked", "webhook")]
+
+
+async def test_an_unstorable_sub_is_not_found_like_an_unknown_one(
+    hub: Hub, browser: Browser
+) -> None:
+    """A NUL (which PostgreSQL cannot store) or a lone surrogate in the path is checked before
+    the query: 404 like an unknown sub, not a 400 the API document does not list."""
+    store = await member(hub, "Store")
+    await hub.add_user(verified=True)
+    await sign_in_through(store, browser)
+    token = await service_token(store)
+    unknown = await call(hub, "GET", "/api/v1/links/no-such-person", token)
+    assert unknown.status_code == 404
+    for sub in ("%00", "ann%00x", "%ED%A0%80"):
+        same_answer(await call(hub, "GET", f"/api/v1/links/{sub}", token), unknown)
+        same_answer(
+            await call(hub, "POST", f"/api/v1/links/{sub}/cancel", token), unknown
+        )
+
+
 async def test_the_cancel_page_shows_each_services_own_route(
     hub: Hub, browser: Browser
 ) -> None:

@@ -13,9 +13,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from identity import purge
+from identity.accounts import children
+from identity.accounts.erase import erase
 from identity.db.models import (
     Account,
     AccountChange,
@@ -113,6 +115,56 @@ async def test_purge_removes_exactly_what_is_past_retention(hub: Hub) -> None:
 
     # Nothing more is past its period.
     assert set((await purge.run(hub.app[DB], s, now=now)).values()) == {0}
+
+
+async def _wait_until_blocked(hub: Hub) -> None:
+    """Until another connection waits for a row lock (the purge, behind our transaction)."""
+    for _ in range(200):
+        async with hub.app[DB]() as db:
+            waiting = await db.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"))
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the purge never waited for the lock")
+
+
+@pytest.mark.parametrize("race", ["guardian_consents", "another_replica_erases"])
+async def test_the_child_purge_rereads_each_account_under_its_lock(hub: Hub, race: str) -> None:
+    """A guardian's consent (or another replica's purge) that holds the account while the purge
+    reaches it wins: the account is read again once locked and skipped, not erased, and the
+    rest of the batch is still purged."""
+    if hub.settings.database_url.startswith("sqlite"):
+        pytest.skip("row locks: PostgreSQL only (SQLite has one writer at a time)")
+    s = hub.settings
+    now = utcnow()
+    first = await hub.add_user(email="kid@example.com", verified=True)
+    second = await hub.add_user(email="kid2@example.com", verified=True)
+    async with hub.app[DB].begin() as db:
+        for sub in (first, second):
+            child = await db.scalar(select(Account).where(Account.sub == sub))
+            assert child is not None
+            child.status, child.restricted_at, child.delete_after = "pending_guardian", now - days(31), now - MINUTE
+
+    async with hub.app[DB].begin() as db:
+        # The guardian's confirmation (or another purge) holds the first account...
+        account = await db.get(Account, (await db.scalar(select(Account.id).where(Account.sub == first))), with_for_update=True)
+        assert account is not None
+        running = asyncio.create_task(purge.run(hub.app[DB], s, now=now))
+        await _wait_until_blocked(hub)
+        if race == "guardian_consents":
+            await children.lift(db, account, now, by_guardian=True)
+        else:
+            await erase(db, account, keys=None, issuer=s.issuer, actor_kind="hub", actor="purge", reason="retention", now=now, despite_links=True)
+    counts = await running  # ...and the purge, which waited for it, skips that account
+    assert counts["children"] == 1
+
+    async with hub.app[DB]() as db:
+        left = set((await db.scalars(select(Account.sub))).all())
+        tombstones = {t.sub for t in (await db.scalars(select(Tombstone))).all()}
+    if race == "guardian_consents":
+        assert left == {first} and tombstones == {second}
+    else:
+        assert left == set() and tombstones == {first, second}
 
 
 def test_purge_command_prints_the_counts(database_url: str, tmp_path: Path) -> None:

@@ -163,9 +163,8 @@ async def test_through_one_service_the_person_cannot_reach_or_see_another(
             await call(hub, "GET", "/api/v1/me/rights-requests", forum.person_token)
         ).json()["requests"]
     } == {
-        hubs["id"],
-        forums["id"],
-    }
+        forums["id"]
+    }  # the request to the hub was opened through Store: not Forum's to read
 
 
 async def test_the_service_moves_its_request_on_and_the_person_sees_each_step(
@@ -545,3 +544,107 @@ async def test_racing_answers_settle_one_way(
     winner = next(a for a in answers if a.status_code == 200).json()
     assert seen["status"] == winner["status"]
     assert [s["status"] for s in seen["history"]] == ["received", winner["status"]]
+
+
+async def test_a_service_sees_only_the_hub_requests_opened_through_it(
+    hub: Hub, browser: Browser, people: tuple[str, Linked, Linked]
+) -> None:
+    """The person's requests to the hub, with their free text, are shown through a service's
+    token only when that service opened them; the account page shows them all."""
+    sub, store, forum = people
+    via_store = (
+        await open_request(hub, store.person_token, type="access", details="store asked")
+    ).json()
+    via_forum = (
+        await open_request(
+            hub, forum.person_token, type="objection", details="private to forum"
+        )
+    ).json()
+    async with hub.app[DB].begin() as db:
+        account = await find_by_sub(db, sub)
+        assert account is not None
+        at_hub = await rights.open_request(
+            db, account, type="rectification", client_id=None, details="my own words"
+        )
+        at_hub_id = at_hub.public_id
+        row = await db.scalar(
+            select(RightsRequest).where(RightsRequest.public_id == via_store["id"])
+        )
+        assert row is not None and row.opened_via_service_id is not None
+
+    for linked, mine, others in (
+        (store, via_store["id"], (via_forum["id"], at_hub_id)),
+        (forum, via_forum["id"], (via_store["id"], at_hub_id)),
+    ):
+        listed = await call(hub, "GET", "/api/v1/me/rights-requests", linked.person_token)
+        assert [r["id"] for r in listed.json()["requests"]] == [mine]
+        assert "my own words" not in listed.text
+        missing = await call(
+            hub, "GET", f"/api/v1/me/rights-requests/{uuid.uuid4()}", linked.person_token
+        )
+        for other in others:
+            hidden = await call(
+                hub, "GET", f"/api/v1/me/rights-requests/{other}", linked.person_token
+            )
+            assert hidden.status_code == missing.status_code == 404
+            assert hidden.json() == missing.json()
+
+    # The person, at the hub, sees every request.
+    page = await browser.go("/account/rights")
+    assert page.status_code == 200
+    for text in ("store asked", "private to forum", "my own words"):
+        assert text in page.text
+
+
+async def test_an_overdue_request_can_no_longer_be_extended(
+    hub: Hub, people: tuple[str, Linked, Linked]
+) -> None:
+    """GDPR Art. 12(3): the extension is decided within the first month, not after it."""
+    _, store, _ = people
+    token = await service_token(store.rp)
+    late, in_time = [
+        (
+            await open_request(
+                hub, store.person_token, type="erasure", service=store.client_id
+            )
+        ).json()
+        for _ in range(2)
+    ]
+    async with hub.app[DB].begin() as db:
+        row = await db.scalar(
+            select(RightsRequest).where(RightsRequest.public_id == late["id"])
+        )
+        assert row is not None
+        row.received_at -= dt.timedelta(days=40)
+        row.due_at = rights.due_at(row.received_at)
+    assert (await move(hub, token, late["id"], "acknowledged")).status_code == 200
+    refused = await move(hub, token, late["id"], "extended", "We need more time")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"] == "invalid_transition"
+    assert refused.json()["current_status"] == "acknowledged"
+    assert "past its due date" in refused.json()["error_description"]
+    # Nothing changed; it can still be answered.
+    async with hub.app[DB]() as db:
+        row = await db.scalar(
+            select(RightsRequest).where(RightsRequest.public_id == late["id"])
+        )
+        assert row is not None and row.status == "acknowledged" and row.extended_at is None
+    done = await move(hub, token, late["id"], "completed")
+    assert done.status_code == 200, done.text
+    # Within the first month the extension is granted as before.
+    extended = await move(hub, token, in_time["id"], "extended", "We need more time")
+    assert extended.status_code == 200, extended.text
+
+
+async def test_an_unstorable_request_id_is_not_found_like_an_unknown_one(
+    hub: Hub, people: tuple[str, Linked, Linked]
+) -> None:
+    _, store, _ = people
+    token = await service_token(store.rp)
+    unknown = str(uuid.uuid4())
+    for bad in ("%00", f"{unknown}%00", f"{unknown}%0A"):
+        mine = await call(hub, "GET", f"/api/v1/me/rights-requests/{bad}", store.person_token)
+        missing = await call(hub, "GET", f"/api/v1/me/rights-requests/{unknown}", store.person_token)
+        assert mine.status_code == 404 and mine.json() == missing.json()
+        moved = await move(hub, token, bad, "acknowledged")
+        assert moved.status_code == 404 and moved.json() == (await move(hub, token, unknown, "acknowledged")).json()

@@ -150,12 +150,26 @@ async def test_operators_answer_the_hubs_own_requests_only(
         and "reason" in no_reason.stderr
     )
 
-    extended = await ok(
+    # Overdue already: too late to extend (the extension is decided within the first month).
+    too_late = await onesignin(
         env,
         "rights",
         "status",
         "--id",
         opened["late"],
+        "--status",
+        "extended",
+        "--reason",
+        "Backups to search",
+    )
+    assert too_late.returncode == 2 and "past its due date" in too_late.stderr
+
+    extended = await ok(
+        env,
+        "rights",
+        "status",
+        "--id",
+        opened["fresh"],
         "--status",
         "extended",
         "--reason",
@@ -168,7 +182,7 @@ async def test_operators_answer_the_hubs_own_requests_only(
     assert request["status"] == "extended" and dt.datetime.fromisoformat(
         request["due_at"]
     ) == rights.extended_due_at(received)
-    assert request["overdue"] is False  # 45 days after receipt, within the three months
+    assert request["overdue"] is False
     assert request["history"][-1] | {"at": None} == {
         "status": "extended",
         "by": "hub",
@@ -181,7 +195,7 @@ async def test_operators_answer_the_hubs_own_requests_only(
         "rights",
         "status",
         "--id",
-        opened["late"],
+        opened["fresh"],
         "--status",
         "extended",
         "--reason",

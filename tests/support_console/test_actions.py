@@ -159,7 +159,7 @@ async def test_a_rights_request_is_opened_for_the_person_by_the_agent(hub: Hub) 
     assert "The rights request is open" in done.text and "The rights request is open" in to_hub.text
     assert "never linked that service" in stranger.text and "Choose which right" in bad_type.text
     async with hub.app[DB].begin() as db:
-        rows = (await db.execute(select(RightsRequest, Service.client_id).outerjoin(Service).order_by(RightsRequest.id))).all()
+        rows = (await db.execute(select(RightsRequest, Service.client_id).outerjoin(Service, Service.id == RightsRequest.service_id).order_by(RightsRequest.id))).all()
     assert [(r.type, cid, r.opened_by, r.opened_by_actor, r.details) for r, cid in rows] == [
         ("erasure", person.client_id, "support", console.sub, "Delete my orders"),
         ("access", None, "support", console.sub, None),

@@ -73,12 +73,24 @@ async def test_agents_add_list_role_disable(env: dict[str, str], database_url: s
     unknown = run(env, "agents", "disable", "--email", "nobody@example.com")
     assert unknown.returncode == 2 and "no staff member" in unknown.stderr
 
-    # The TOTP secret is stored encrypted, never in the clear.
+    # The TOTP secret is stored encrypted, never in the clear; the operator handed the URI over,
+    # so the CLI's staff count as enrolled.
     engine = create_async_engine(database_url)
     async with engine.connect() as conn:
         dump = " ".join(str(v) for v in (await conn.execute(text("SELECT * FROM staff"))).all())
+        enrolled = (await conn.execute(text("SELECT count(*) FROM staff WHERE totp_confirmed_at IS NOT NULL"))).scalar()
     await engine.dispose()
     assert secret not in dump
+    assert enrolled == 2
+
+    # Each change is audited, naming the account and the operator, like the console's staff.* records.
+    trail = json.loads(run(env, "audit", "list", "--account", added["sub"]).stdout)
+    assert [(r["action"], r["actor_kind"], r["detail"]) for r in trail] == [
+        ("staff.added", "cli", {"role": "agent"}),
+        ("staff.role_changed", "cli", {"role": "supervisor"}),
+        ("staff.disabled", "cli", None),
+    ]
+    assert all(r["actor"] for r in trail)
 
 
 def test_agents_help(env: dict[str, str]) -> None:

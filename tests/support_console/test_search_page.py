@@ -37,6 +37,10 @@ async def test_search_lists_people_linking_to_their_profiles_and_is_audited_with
     records = await audit_records(hub, action="support.search")
     assert [(r.detail or {}).get("kind") for r in records] == ["email", "name", "email_prefix", "name"]
     assert [(r.detail or {}).get("results") for r in records] == [1, 2, 1, 0]
+    # Which people each search listed, by sub (so a person's trail can show who found them).
+    other = next(r for r in records if (r.detail or {}).get("kind") == "email_prefix")
+    assert [(r.detail or {}).get("subs") for r in records][0] == [ann] and len(records[1].detail["subs"]) == 2
+    assert other.detail["subs"] != [ann] and len(other.detail["subs"]) == 1 and records[3].detail["subs"] == []
     assert {r.actor for r in records} == {console.sub} and {r.actor_kind for r in records} == {"agent"}
     assert {r.account_sub for r in records} == {None}
     stored = json.dumps([[r.reason, r.detail] for r in records]).lower()

@@ -17,10 +17,10 @@ from aiokafka import AIOKafkaConsumer
 from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from identity import notices
+from identity import admin, notices
 from identity.accounts.store import find_by_sub
 from identity.db.models import Delivery, Notice, Service
-from identity.web.appkeys import DB
+from identity.web.appkeys import CIPHER, DB
 from schemas.events import LinkRevoked, LinkRevokedData, service_event
 from sync import notices as sync_notices
 from tests.support import Browser, Hub, form
@@ -274,6 +274,46 @@ async def test_retry_after_is_honoured_and_410_disables_the_webhook(
     assert (
         status["webhook"]["state"] == "disabled" and status["notices"]["pending"] == 1
     )
+
+
+async def test_a_notice_to_a_disabled_webhook_waits_and_is_sent_once_it_is_enabled(
+    hub: Hub, browser: Browser, receivers: Receivers
+) -> None:
+    """A disabled webhook still gets its notice queued: the worker holds it until the webhook
+    is enabled again, so the unlink reaches the service once its endpoint is fixed."""
+    store = await add_member(hub, receivers, "store")
+    await hub.add_user(verified=True)
+    await link(store, browser)
+    ann = await _sub(hub)
+    await receivers.wait_for("store", ann, 1)
+    async with hub.app[DB].begin() as db:
+        service = await db.scalar(
+            select(Service).where(Service.client_id == store.rp.client_id)
+        )
+        assert service is not None
+        service.webhook_disabled_at = notices.timestamp()
+        url = service.webhook_url
+    await asyncio.sleep(sync_notices.ENDPOINTS_REFRESH + 0.5)  # the worker sees it disabled
+
+    await _unlink(browser, store)
+    async with hub.app[DB]() as db:
+        [waiting] = (await db.scalars(select(Notice))).all()
+    assert (waiting.channel, waiting.event_type) == ("webhook", "link.revoked")
+    await asyncio.sleep(1.0)
+    async with hub.app[DB]() as db:
+        held = await db.get(Notice, waiting.id)
+        assert held is not None and held.state == "pending" and held.attempts == 0
+    assert not [e for e in receivers["store"].received if e["type"] == "link.revoked"]
+
+    # Enabled again (the operator's `services update --webhook-url`): the notice goes out.
+    async with hub.app[DB].begin() as db:
+        await admin.update_service_sync(
+            db, hub.app[CIPHER], store.rp.client_id, webhook_url=url
+        )
+    notices.wake(hub.app)
+    event = await receivers.wait_for_event("store", "link.revoked", ann, timeout=30)
+    assert event["id"] == waiting.message_id
+    assert [n.state for n in await _settled(hub, 1)] == ["delivered"]
 
 
 class TestGivingUp:

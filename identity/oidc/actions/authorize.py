@@ -21,7 +21,7 @@ import aiohttp_jinja2
 from aiohttp import web
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity import outbox
@@ -30,6 +30,7 @@ from identity.db.models import (
     Consent,
     Interaction,
     Link,
+    Notice,
     Service,
     SessionService,
     utcnow,
@@ -221,6 +222,17 @@ async def _link(db: AsyncSession, account_id: int, service_id: int, scope: str, 
     widened = scopes.join(kept | set(scopes.split(scope)))
     if created or link.status != "active" or widened != link.scope:
         # A new link, a relink or wider scopes: the service gets a snapshot of what it may now see.
+        if not created and link.status != "active":
+            # A relink: a ``link.revoked`` still waiting to be sent would reach the service after
+            # the relink and undo it there. It is withdrawn in this transaction.
+            await db.execute(
+                delete(Notice).where(
+                    Notice.service_id == service_id,
+                    Notice.account_id == account_id,
+                    Notice.event_type == "link.revoked",
+                    Notice.state == "pending",
+                )
+            )
         link.status, link.scope, link.updated_at = "active", widened, now
         account = await db.get(Account, account_id)
         service = await db.get(Service, service_id)
