@@ -25,6 +25,8 @@ from identity.settings import Settings
 from identity.web.app import create_app
 from tests.support import Hub
 
+pytest_plugins = ["tests.watchdog"]
+
 POSTGRES_URL = os.environ.get("ONESIGNIN_TEST_DATABASE_URL")
 # Cheaper argon2id, mail sent before the response so a test can read it at once, and no sync
 # pipeline (tests/sync turn it on, with a real broker).
