@@ -40,7 +40,16 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
-from identity.db.models import Account, DeadLetter, Delivery, Link, Notice, Service, utcnow
+from identity.db.models import (
+    Account,
+    DeadLetter,
+    Delivery,
+    Link,
+    Notice,
+    Service,
+    utcnow,
+)
+from identity.db.units import whole
 from identity.oidc.keys import KeyCipher
 from identity.settings import Settings
 from schemas.events import ProfileSnapshot, ProfileUpdated, service_topic
@@ -195,7 +204,11 @@ class Deliverer:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
-            await self._flush()  # outcomes already known are recorded, not retried
+            try:
+                await self._flush()  # outcomes already known are recorded, not retried
+            except Exception as exc:
+                # They keep their lease and are sent again when it runs out: at least once.
+                log.warning("sync deliverer: could not record the last outcomes: %s: %s", type(exc).__name__, exc)
             if self.producer is not None:
                 await self.producer.stop()
 
@@ -210,7 +223,7 @@ class Deliverer:
                 await self._refresh_endpoints()
                 # Cleared before looking, so a wake-up during the claim is not lost.
                 self.wake.clear()
-                jobs = await self.claim(min(CLAIM_BATCH, self.settings.sync_concurrency - self.total_inflight))
+                jobs = await whole(self.claim(min(CLAIM_BATCH, self.settings.sync_concurrency - self.total_inflight)))
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
@@ -245,7 +258,7 @@ class Deliverer:
             await self.results_ready.wait()
             await asyncio.sleep(FLUSH_INTERVAL)
             try:
-                await self._flush()
+                await whole(self._flush())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from identity.db.models import Account, Delivery, Link, OutboxEvent, Service, utcnow
+from identity.db.units import whole
 from identity.db.upsert import insert_for
 from identity.settings import Settings
 from schemas.events import PROFILE_TOPIC, LinkCreated, ProfileChanged, hub_event
@@ -291,7 +292,7 @@ class FanOut:
                         self.metrics.events_consumed.labels(event.type).inc()
                     offsets[tp] = messages[-1].offset + 1
                 if events or consumed:
-                    await self._record(events, consumed)
+                    await whole(self._record(events, consumed))
                 # Only now is the work durable: commit the offsets.
                 await consumer.commit(offsets)
             if self.wake is not None:

@@ -27,6 +27,7 @@ from sqlalchemy import and_, func, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from identity.db.models import Notice, Service, utcnow
+from identity.db.units import whole
 from identity.oidc.keys import KeyCipher
 from identity.settings import Settings
 from sync import webhooks
@@ -87,7 +88,7 @@ class NoticeDeliverer:
                 try:
                     await self._refresh_endpoints()
                     self.wake.clear()  # before looking, so a wake-up during the claim is not lost
-                    jobs = await self.claim(CLAIM_BATCH)
+                    jobs = await whole(self.claim(CLAIM_BATCH))
                     backoff = 0.5
                 except asyncio.CancelledError:
                     raise
@@ -213,8 +214,7 @@ class NoticeDeliverer:
         self.metrics.notices.labels(job.channel, outcome.result).inc()
         for attempt in range(3):
             try:
-                async with self.sessions.begin() as db:
-                    await self._record(db, job, outcome, utcnow())
+                await whole(self._record_now(job, outcome))
                 return
             except asyncio.CancelledError:
                 raise
@@ -260,6 +260,10 @@ class NoticeDeliverer:
                 exc,
             )
             return webhooks.Outcome("retry", f"could not send: {type(exc).__name__}")
+
+    async def _record_now(self, job: _Job, outcome: webhooks.Outcome) -> None:
+        async with self.sessions.begin() as db:
+            await self._record(db, job, outcome, utcnow())
 
     async def _record(
         self, db: AsyncSession, job: _Job, outcome: webhooks.Outcome, now: dt.datetime

@@ -21,6 +21,7 @@ from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from identity.db.models import Lease, OutboxEvent, utcnow
+from identity.db.units import whole
 from identity.settings import Settings
 from schemas.events import PROFILE_TOPIC
 from sync import kafka
@@ -116,21 +117,30 @@ class Relay:
         else:
             # SQLite has one writer: hold no write transaction while waiting for the broker.
             if (self._lease_until - utcnow()).total_seconds() < LEASE_SECONDS / 2:
-                async with self.sessions.begin() as db:
-                    if not await self._lease(db):
-                        return 0
-            async with self.sessions() as db:
-                rows = await self._unpublished(db)
+                if not await whole(self._take_lease()):
+                    return 0
+            rows = await whole(self._read_unpublished())
             if rows:
                 await self._publish(rows)
-                async with self.sessions.begin() as db:
-                    now = await self._mark(db, rows)
+                now = await whole(self._mark_now(rows))
         if not rows:
             return 0
         for row in rows:
             self.metrics.relay_latency.observe(max(0.0, (now - row.created_at).total_seconds()))
         self.metrics.relay_published.inc(len(rows))
         return len(rows)
+
+    async def _take_lease(self) -> bool:
+        async with self.sessions.begin() as db:
+            return await self._lease(db)
+
+    async def _read_unpublished(self) -> list[Any]:
+        async with self.sessions() as db:
+            return await self._unpublished(db)
+
+    async def _mark_now(self, rows: list[Any]) -> dt.datetime:
+        async with self.sessions.begin() as db:
+            return await self._mark(db, rows)
 
     async def _unpublished(self, db: AsyncSession) -> list[Any]:
         result = await db.execute(
@@ -187,14 +197,17 @@ class Relay:
         async with self.sessions.begin() as db:
             await db.execute(update(Lease).where(Lease.name == LEASE_NAME, Lease.holder == self.holder).values(expires_at=utcnow()))
 
+    async def _delete_published_before(self, cutoff: dt.datetime) -> int:
+        async with self.sessions.begin() as db:
+            return (await db.execute(delete(OutboxEvent).where(OutboxEvent.published_at < cutoff))).rowcount
+
     async def _cleanup_now_and_then(self) -> None:
         loop = asyncio.get_running_loop()
         if loop.time() - self._last_cleanup < CLEANUP_SECONDS:
             return
         self._last_cleanup = loop.time()
         cutoff = utcnow() - dt.timedelta(seconds=self.settings.outbox_retention)
-        async with self.sessions.begin() as db:
-            removed = (await db.execute(delete(OutboxEvent).where(OutboxEvent.published_at < cutoff))).rowcount
+        removed = await whole(self._delete_published_before(cutoff))
         if removed:
             log.info("outbox relay: removed %s published events older than the retention period", removed)
 

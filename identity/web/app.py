@@ -22,6 +22,7 @@ from identity.accounts.passwords import PasswordHasher
 from identity.db.cleanup import purge_expired
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
+from identity.db.units import whole
 from identity.mail import mailer_for
 from identity.oidc import keys as signing_keys
 from identity.oidc.server import Provider
@@ -117,7 +118,7 @@ def _every(seconds: float, name: str, work: Callable[[web.Application], Awaitabl
             while True:
                 await asyncio.sleep(seconds)
                 try:
-                    await work(app)
+                    await whole(work(app))
                 except Exception:
                     log.exception("%s failed; trying again in %s s", name, seconds)
 
