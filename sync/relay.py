@@ -32,8 +32,13 @@ log = logging.getLogger(__name__)
 _ADVISORY_LOCK = 0x05162  # one relay at a time on Postgres
 LEASE_NAME = "outbox-relay"
 LEASE_SECONDS = 30
+LEASE_MARGIN = 2.0  # seconds of the lease kept for marking a batch published
 CLEANUP_SECONDS = 300
 MAX_BACKOFF = 30.0
+
+
+class LeaseRunningOut(Exception):
+    """The broker was too slow to acknowledge a batch within the relay's SQLite lease."""
 
 
 class Relay:
@@ -121,7 +126,13 @@ class Relay:
                     return 0
             rows = await whole(self._read_unpublished())
             if rows:
-                await self._publish(rows)
+                # The batch is acknowledged while the lease is still this relay's, or given up
+                # (it stays unpublished): a relay that takes the lease over never races this one.
+                remaining = (self._lease_until - utcnow()).total_seconds() - LEASE_MARGIN
+                try:
+                    await asyncio.wait_for(self._publish(rows), max(remaining, 0.0))
+                except TimeoutError:
+                    raise LeaseRunningOut(f"the broker did not acknowledge {len(rows)} events before the relay lease ran out") from None
                 now = await whole(self._mark_now(rows))
         if not rows:
             return 0
@@ -140,6 +151,8 @@ class Relay:
 
     async def _mark_now(self, rows: list[Any]) -> dt.datetime:
         async with self.sessions.begin() as db:
+            if not await self._lease(db):  # renewed with the mark, in one transaction
+                log.warning("outbox relay: the lease was taken over while a batch was published; marking it anyway")
             return await self._mark(db, rows)
 
     async def _unpublished(self, db: AsyncSession) -> list[Any]:

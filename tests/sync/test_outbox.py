@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,38 @@ async def test_events_a_memory_only_broker_took_with_it_are_published_again(data
         assert left == 0
     finally:
         await server.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_stalled_broker_makes_the_sqlite_relay_give_its_batch_up_before_its_lease_ends(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite, relays take turns by a lease: a batch the broker has not acknowledged by the
+    lease's end stays unpublished for the next holder, and is never marked by the first."""
+    from sync import relay as relay_module
+    from sync.broker import EmbeddedBroker
+
+    monkeypatch.setattr(relay_module, "LEASE_SECONDS", 4)
+    monkeypatch.setattr(relay_module, "LEASE_MARGIN", 1.0)
+    sub = await hub.add_user(verified=True)
+    async with hub.app[DB].begin() as db:
+        account = await db.scalar(select(Account).where(Account.sub == sub))
+        assert account is not None
+        await update_details(db, account, {"family_name": "Stalled"}, channel="support")
+    stalling = EmbeddedBroker()
+    await stalling.start()
+    relay = Relay(hub.settings, hub.app[DB], stalling.bootstrap, idempotent=False, metrics=SyncMetrics())
+    try:
+        await relay._connect()
+        stalling.process.send_signal(signal.SIGSTOP)  # alive, but answers nothing
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(relay_module.LeaseRunningOut):
+            await relay.publish_batch()
+        # Given up a margin before the 4 s lease ran out, not after the producer's own timeouts.
+        assert asyncio.get_running_loop().time() - started < 4
+        assert all(e.published_at is None for e in await _events(hub))
+    finally:
+        if stalling.process is not None:
+            stalling.process.send_signal(signal.SIGCONT)
+        await relay._disconnect()
+        await stalling.stop()
