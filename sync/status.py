@@ -28,6 +28,14 @@ from sync.metrics import SyncMetrics
 RESYNC_CHUNK = 1000
 
 
+class ResyncInProgress(Exception):
+    """The service's previous resync is still being paced out; a new one waits for it."""
+
+    def __init__(self, until: dt.datetime) -> None:
+        super().__init__(f"a resync is being paced until {until.isoformat()}")
+        self.until = until
+
+
 def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
@@ -105,6 +113,21 @@ async def resync(db: AsyncSession, service: Service, *, rate: float, now: dt.dat
     channels = channels_of(service)
     if not channels:
         return 0
+    # One at a time: snapshots still waiting for their paced turn (never tried yet, due later
+    # than a moment from now, or in flight) are the previous resync's; replaying everyone again
+    # meanwhile would only rewrite the same rows and push them further back.
+    paced_until = await db.scalar(
+        select(func.max(Delivery.next_attempt_at)).where(
+            Delivery.service_id == service.id,
+            Delivery.state == "active",
+            Delivery.wanted_version > Delivery.delivered_version,
+            Delivery.snapshot.is_(True),
+            Delivery.attempts == 0,
+            Delivery.next_attempt_at > now + dt.timedelta(seconds=1),
+        )
+    )
+    if paced_until is not None:
+        raise ResyncInProgress(paced_until)
     rows = (
         await db.execute(
             select(Account.id, Account.version)

@@ -34,6 +34,7 @@ _REASONS = {
     413: "The body is too large.",
     415: "The body must be JSON (Content-Type: application/json).",
     422: "The body is JSON but not valid; problems lists each field.",
+    429: "Not now: try again after the number of seconds in Retry-After.",
 }
 
 

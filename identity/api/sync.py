@@ -5,13 +5,15 @@ current profile, paced)."""
 
 from __future__ import annotations
 
+import math
+
 from aiohttp import web
 from sqlalchemy import select
 
 from identity.api.bearer import NO_STORE, Refused, caller, problem
 from identity.api.spec import operation
 from identity.db.engine import autocommit
-from identity.db.models import Service
+from identity.db.models import Service, utcnow
 from identity.web.appkeys import DB, SETTINGS
 from schemas.api import ResyncResponse, SyncStatusResponse
 from sync import status
@@ -48,11 +50,13 @@ async def sync_status(request: web.Request) -> web.StreamResponse:
     "Replay every linked person's current profile",
     tag="sync",
     auth="service",
-    responses={202: ResyncResponse, 409: None},
+    responses={202: ResyncResponse, 409: None, 429: None},
+    headers={429: {"Retry-After": "Seconds until the previous resync has been replayed."}},
 )
 async def resync(request: web.Request) -> web.StreamResponse:
     """Queues a snapshot of each linked person's current profile to the calling service, paced
-    at ``rate_per_second``."""
+    at ``rate_per_second``. One resync at a time: while the previous one is still being paced
+    out, the answer is 429 with ``Retry-After``."""
     rate = request.config_dict[SETTINGS].sync_resync_rate
     async with request.config_dict[DB].begin() as db:
         try:
@@ -63,5 +67,15 @@ async def resync(request: web.Request) -> web.StreamResponse:
         assert service is not None
         if not (service.webhook_url or service.topic_enabled):
             return problem(409, "no_delivery_channel", "This service has neither a webhook nor a topic to deliver to.")
-        queued = await status.resync(db, service, rate=rate)
+        try:
+            queued = await status.resync(db, service, rate=rate)
+        except status.ResyncInProgress as busy:
+            wait = max(1, math.ceil((busy.until - utcnow()).total_seconds()))
+            response = problem(
+                429,
+                "resync_in_progress",
+                f"The previous resync is still being replayed; it should be done in about {wait} s.",
+            )
+            response.headers["Retry-After"] = str(wait)
+            return response
     return web.json_response(ResyncResponse(queued=queued, rate_per_second=rate).model_dump(), status=202, headers=NO_STORE)

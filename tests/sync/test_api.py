@@ -7,9 +7,11 @@ import asyncio
 import json
 
 import httpx2
+import pytest
 from aiokafka import AIOKafkaConsumer
 from standardwebhooks.webhooks import Webhook
 
+from identity.web.appkeys import SETTINGS
 from tests.support import Browser, Hub
 from tests.sync.conftest import add_member, link, patch_me, service_token
 from tests.sync.helpers import add_people, change, link_directly
@@ -223,3 +225,34 @@ async def test_a_delivery_verifies_with_the_standard_webhooks_library(hub: Hub, 
         assert type(exc).__name__ == "WebhookVerificationError"
     else:
         raise AssertionError("a changed body verified")
+
+
+async def test_one_resync_at_a_time(hub: Hub, receivers: Receivers, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub.app[SETTINGS], "sync_resync_rate", 1.0)  # 4 people: paced over 3 s
+    store = await add_member(hub, receivers, "store")
+    subs = await add_people(hub, 4)
+    await link_directly(hub, subs, store.rp.client_id)
+    for sub in subs:
+        await receivers.wait_for("store", sub, 1)
+    token = await service_token(store)
+    async with httpx2.AsyncClient(base_url=hub.url) as http:
+        first = await http.post("/api/v1/sync/resync", headers={"Authorization": f"Bearer {token}"})
+        assert first.status_code == 202 and first.json() == {"queued": 4, "rate_per_second": 1.0}
+        again = await http.post("/api/v1/sync/resync", headers={"Authorization": f"Bearer {token}"})
+        assert again.status_code == 429, again.text
+        assert again.json()["error"] == "resync_in_progress"
+        assert 1 <= int(again.headers["Retry-After"]) <= 4
+        # Once the last paced snapshot has gone out, the service may ask again.
+        for _ in range(20):
+            await asyncio.sleep(int(again.headers["Retry-After"]))
+            again = await http.post("/api/v1/sync/resync", headers={"Authorization": f"Bearer {token}"})
+            if again.status_code != 429:
+                break
+        assert again.status_code == 202, again.text
+    replayed: set[str] = set()
+    for _ in range(300):
+        replayed = {d["data"]["sub"] for d in receivers["store"].received if d["type"] == "profile.snapshot" and d["data"]["reason"] == "resync"}
+        if replayed == set(subs):
+            break
+        await asyncio.sleep(0.05)
+    assert replayed == set(subs)
