@@ -102,9 +102,7 @@ def cmd_services_update(settings: Settings, args: argparse.Namespace) -> dict[st
 
 
 def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    from sync import status
-
-    from sync import notices
+    from sync import notices, status
 
     async def work(db: Any) -> dict[str, Any]:
         return {
@@ -116,9 +114,7 @@ def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> dict[str, 
 
 
 def cmd_redeliver(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    from sync import status
-
-    from sync import notices
+    from sync import notices, status
 
     if not args.client_id and not args.id and not args.all and not args.notice:
         raise UsageError("say what to redeliver: --client-id, --id (repeatable), --notice (repeatable) or --all")

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 GROUP_ID = "onesignin-sync"
 UPSERT_CHUNK = 500
 MAX_BACKOFF = 30.0
+UNASSIGNED_RECHECK = 10.0  # seconds without partitions before the topic is looked for again
 
 
 @dataclass(frozen=True)
@@ -272,8 +273,20 @@ class FanOut:
                 await asyncio.sleep(0.05 * attempt)
 
     async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        loop = asyncio.get_running_loop()
+        unassigned_since: float | None = None
         while True:
             batch = await consumer.getmany(timeout_ms=500, max_records=self.settings.relay_batch_size)
+            if not consumer.assignment():
+                # The topic may be gone with a broker that lost its memory: it is made again here
+                # too, not only by the relay, so the group is assigned its partitions once more.
+                unassigned_since = unassigned_since or loop.time()
+                if loop.time() - unassigned_since > UNASSIGNED_RECHECK:
+                    prefix = self.settings.kafka_topic_prefix
+                    await kafka.ensure_topics(self.settings, self.bootstrap, {prefix + PROFILE_TOPIC: self.settings.kafka_profile_partitions})
+                    unassigned_since = loop.time()
+            else:
+                unassigned_since = None
             if not batch:
                 continue
             async with self.busy:

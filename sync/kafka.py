@@ -58,6 +58,9 @@ def consumer(settings: Settings, bootstrap: str, group_id: str) -> AIOKafkaConsu
         fetch_max_wait_ms=50,
         session_timeout_ms=10000,
         heartbeat_interval_ms=2000,
+        # A topic that reappears (a memory-only broker restarted, an operator re-created it) is
+        # seen within seconds, not after the default five minutes with nothing assigned.
+        metadata_max_age_ms=5000,
     )
 
 

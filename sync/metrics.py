@@ -14,6 +14,11 @@ class SyncMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.relay_published = Counter("onesignin_outbox_published", "Outbox events published to Kafka.", registry=r)
+        self.relay_republished = Counter(
+            "onesignin_outbox_republished",
+            "Events published again because a memory-only broker never had them consumed.",
+            registry=r,
+        )
         self.relay_errors = Counter("onesignin_outbox_relay_errors", "Failed relay rounds (Kafka or database unavailable).", registry=r)
         self.relay_latency = Histogram(
             "onesignin_outbox_publish_latency_seconds", "From the change's commit to its event acknowledged by Kafka.", buckets=LATENCY_BUCKETS, registry=r

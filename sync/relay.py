@@ -34,6 +34,9 @@ LEASE_NAME = "outbox-relay"
 LEASE_SECONDS = 30
 LEASE_MARGIN = 2.0  # seconds of the lease kept for marking a batch published
 CLEANUP_SECONDS = 300
+REPUBLISH_AFTER = 30.0  # seconds an event may stay unconsumed on a memory-only broker
+REPUBLISH_WINDOW = 600.0  # how far back each check looks (earlier checks saw what is older)
+REPUBLISH_CHECK_SECONDS = 10.0
 MAX_BACKOFF = 30.0
 
 
@@ -58,6 +61,11 @@ class Relay:
         self.metrics = metrics
         self.holder = uuid.uuid4().hex
         self.producer: AIOKafkaProducer | None = None
+        # Without idempotence (the embedded, memory-only broker), events published but never
+        # consumed after a while are published again: restarted empty, that broker loses what it
+        # held, and it even acknowledges messages for a topic that it no longer has.
+        self.republish_unconsumed = not idempotent
+        self._last_republish_check = 0.0
         self._topics_ready = False
         self._last_cleanup = 0.0
         self._lease_until = dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -72,6 +80,7 @@ class Relay:
                     published = await self.publish_batch()
                     backoff = 0.5
                     await self._cleanup_now_and_then()
+                    await self._republish_now_and_then()
                     if published < self.settings.relay_batch_size:
                         await asyncio.sleep(self.settings.relay_poll_interval)
                 except asyncio.CancelledError:
@@ -209,6 +218,32 @@ class Relay:
         self._lease_until = utcnow()
         async with self.sessions.begin() as db:
             await db.execute(update(Lease).where(Lease.name == LEASE_NAME, Lease.holder == self.holder).values(expires_at=utcnow()))
+
+    async def _republish_now_and_then(self) -> None:
+        loop = asyncio.get_running_loop()
+        if not self.republish_unconsumed or loop.time() - self._last_republish_check < REPUBLISH_CHECK_SECONDS:
+            return
+        self._last_republish_check = loop.time()
+        now = utcnow()
+        again = await whole(
+            self._unpublish_unconsumed(now - dt.timedelta(seconds=REPUBLISH_WINDOW), now - dt.timedelta(seconds=REPUBLISH_AFTER))
+        )
+        if again:
+            self.metrics.relay_republished.inc(again)
+            log.warning(
+                "outbox relay: %s events published before %s s ago were never consumed (lost by the memory-only broker?); publishing them again",
+                again,
+                f"{REPUBLISH_AFTER:g}",
+            )
+
+    async def _unpublish_unconsumed(self, since: dt.datetime, before: dt.datetime) -> int:
+        async with self.sessions.begin() as db:
+            result = await db.execute(
+                update(OutboxEvent)
+                .where(OutboxEvent.published_at > since, OutboxEvent.published_at < before, OutboxEvent.consumed_at.is_(None))
+                .values(published_at=None)
+            )
+            return result.rowcount
 
     async def _delete_published_before(self, cutoff: dt.datetime) -> int:
         async with self.sessions.begin() as db:

@@ -16,6 +16,11 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from schemas.events import service_event
 
 
+def _opened(event: asyncio.Event) -> asyncio.Event:
+    event.set()
+    return event
+
+
 @dataclass
 class Endpoint:
     name: str
@@ -32,6 +37,8 @@ class Endpoint:
     retry_after: str | None = None
     failures_answered: int = 0
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    #: Cleared, deliveries are held unanswered (in flight at the sender) until it is set again.
+    gate: asyncio.Event = field(default_factory=lambda: _opened(asyncio.Event()))
 
     def version(self, sub: str) -> int:
         return self.latest.get(sub, {}).get("version", 0)
@@ -66,6 +73,7 @@ class Receivers:
         endpoint = self.endpoints.get(request.match_info["name"])
         if endpoint is None or endpoint.secret is None:
             return web.Response(status=404)
+        await endpoint.gate.wait()
         if endpoint.fail_with is not None:
             endpoint.failures_answered += 1
             headers = {"Retry-After": endpoint.retry_after} if endpoint.retry_after else {}

@@ -182,3 +182,34 @@ async def test_a_stalled_broker_makes_the_sqlite_relay_give_its_batch_up_before_
             stalling.process.send_signal(signal.SIGCONT)
         await relay._disconnect()
         await stalling.stop()
+
+
+async def test_events_never_consumed_from_a_memory_only_broker_are_published_again(hub: Hub) -> None:
+    """The embedded broker can lose what it acknowledged (restarted empty, it even accepts
+    messages for a topic it no longer has): what stays unconsumed is published again."""
+    from sync import relay as relay_module
+
+    sub = await hub.add_user(verified=True)
+    async with hub.app[DB].begin() as db:
+        account = await db.scalar(select(Account).where(Account.sub == sub))
+        assert account is not None
+        await update_details(db, account, {"family_name": "Lost"}, channel="support")
+        await update_details(db, account, {"family_name": "Kept"}, channel="support")
+    long_ago = utcnow() - dt.timedelta(seconds=relay_module.REPUBLISH_AFTER + 5)
+    events = await _events(hub)
+    async with hub.app[DB].begin() as db:
+        await db.execute(update(OutboxEvent).values(published_at=long_ago))  # published, then lost...
+        await db.execute(update(OutboxEvent).where(OutboxEvent.id == events[-1].id).values(consumed_at=long_ago))  # ...but this one
+    relay = Relay(hub.settings, hub.app[DB], "", idempotent=False, metrics=SyncMetrics())
+    await relay._republish_now_and_then()
+    after = {e.id: e for e in await _events(hub)}
+    assert after[events[-2].id].published_at is None  # published again
+    assert after[events[-1].id].published_at == long_ago  # consumed: left alone
+    assert relay.metrics.relay_republished._value.get() == len(events) - 1
+
+    # Apache Kafka (idempotent producers, replicated logs) keeps what it acknowledged.
+    async with hub.app[DB].begin() as db:
+        await db.execute(update(OutboxEvent).values(published_at=long_ago))
+    kafka_relay = Relay(hub.settings, hub.app[DB], "", idempotent=True, metrics=SyncMetrics())
+    await kafka_relay._republish_now_and_then()
+    assert all(e.published_at == long_ago for e in await _events(hub))
