@@ -8,6 +8,7 @@ the event loop; the callbacks reach it through :data:`identity.oidc.records.curr
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import time
 import uuid
@@ -22,7 +23,7 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9207 import IssuerParameter
 from authlib.oidc.rpinitiated import EndSessionEndpoint
-from sqlalchemy import insert, literal, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -206,21 +207,29 @@ class Provider(AuthorizationServer):
         data-modifying CTE): the successor exists only if this request is the one that spent
         the token, so a concurrent second use finds nothing and counts as a reuse."""
         previous = presented.row
-        spent = (
-            update(Token)
-            .where(Token.id == previous.id, Token.refresh_used_at.is_(None), Token.revoked_at.is_(None))
-            .values(refresh_used_at=now)
-            .returning(Token.id)
-            .cte("spent")
-        )
-        columns = list(values)
-        row = select(*(literal(values[c], Token.__table__.c[c].type).label(c) for c in columns)).select_from(spent)
-        created = db().execute(insert(Token).from_select(columns, row).returning(Token.id)).first()
+        params = {"previous_id": previous.id, "spent_at": now, **{f"v_{c}": v for c, v in values.items()}}
+        created = db().execute(_rotation(tuple(values)), params).first()
         if created is None:
             revoked = revoke_grant(previous.grant_id)
             log.warning("refresh token used twice at once; revoked %d tokens of its grant", revoked)
             raise InvalidGrantError()
         set_committed_value(previous, "refresh_used_at", now)
+
+
+@functools.cache
+def _rotation(columns: tuple[str, ...]) -> Any:
+    """The rotation statement for a set of token columns, built once: only its parameters change
+    from one refresh to the next, so SQLAlchemy neither rebuilds it nor recomputes its cache key."""
+    t = Token.__table__
+    spent = (
+        update(t)
+        .where(t.c.id == bindparam("previous_id"), t.c.refresh_used_at.is_(None), t.c.revoked_at.is_(None))
+        .values(refresh_used_at=bindparam("spent_at", type_=t.c.refresh_used_at.type))
+        .returning(t.c.id)
+        .cte("spent")
+    )
+    row = select(*(bindparam(f"v_{c}", type_=t.c[c].type).label(c) for c in columns)).select_from(spent)
+    return insert(t).from_select(list(columns), row).returning(t.c.id)
 
 
 class _Issuer(IssuerParameter):

@@ -3,10 +3,12 @@ authorization request (``/i/{uid}``)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
-from sqlalchemy import delete, insert, literal, select, update
+from sqlalchemy import bindparam, delete, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import throttle
@@ -71,13 +73,7 @@ async def begin_attempt(request: web.Request, db: AsyncSession, email: str) -> A
     except ValueError:
         normalized = None
     account_id, password_hash, address_locked_until = (
-        await db.execute(
-            select(
-                select(Account.id).where(Account.email == normalized).scalar_subquery(),
-                select(Account.password_hash).where(Account.email == normalized).scalar_subquery(),
-                select(Throttle.locked_until).where(Throttle.key == keys.address).scalar_subquery(),
-            )
-        )
+        await db.execute(_FIND_ACCOUNT, {"email": normalized, "address_key": keys.address})
     ).one()
     wait = throttle.seconds_until(address_locked_until)
     if wait is None:
@@ -152,16 +148,40 @@ async def _sign_in_at_once(request: web.Request, attempt: Attempt) -> str:
     own, in one round trip."""
     assert attempt.account_id is not None
     row, secret = browser.new_session(request, attempt.account_id)
-    cleared = delete(Throttle).where(Throttle.key == attempt.keys.account).returning(Throttle.key).cte("cleared")
-    session = insert(BrowserSession).values(**row).returning(BrowserSession.account_id).cte("new_session")
-    record = insert(SignInEvent).from_select(
-        ["account_id", "address", "succeeded", "at"],
-        select(session.c.account_id, literal(client_address(request)), literal(True), literal(row["created_at"], UTCDateTime())),
-    ).add_cte(cleared)
-
+    params = {f"s_{c}": v for c, v in row.items()} | {"account_key": attempt.keys.account, "address": client_address(request)}
     async with autocommit(request.config_dict[DB]) as db:
-        await db.execute(record)
+        await db.execute(_signed_in(tuple(row)), params)
     return secret
+
+
+# Built once: only their parameters change from one sign-in to the next, so SQLAlchemy neither
+# rebuilds them nor recomputes their cache keys.
+_FIND_ACCOUNT = select(
+    select(Account.id).where(Account.email == bindparam("email")).scalar_subquery(),
+    select(Account.password_hash).where(Account.email == bindparam("email")).scalar_subquery(),
+    select(Throttle.locked_until).where(Throttle.key == bindparam("address_key")).scalar_subquery(),
+)
+
+
+@functools.cache
+def _signed_in(columns: tuple[str, ...]) -> Any:
+    throttles, sessions, events = Throttle.__table__, BrowserSession.__table__, SignInEvent.__table__
+    cleared = delete(throttles).where(throttles.c.key == bindparam("account_key")).returning(throttles.c.key).cte("cleared")
+    session = (
+        insert(sessions)
+        .values({c: bindparam(f"s_{c}", type_=sessions.c[c].type) for c in columns})
+        .returning(sessions.c.account_id)
+        .cte("new_session")
+    )
+    return insert(events).from_select(
+        ["account_id", "address", "succeeded", "at"],
+        select(
+            session.c.account_id,
+            bindparam("address", type_=events.c.address.type),
+            literal(True),
+            bindparam("s_created_at", type_=UTCDateTime()),
+        ),
+    ).add_cte(cleared)
 
 
 async def sign_in_page(request: web.Request) -> web.Response:
