@@ -20,7 +20,7 @@ import json
 import logging
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -88,6 +88,12 @@ _ACCOUNT_COLUMNS = [Account.__table__.c[name] for name in (
     "birthdate", "locale", "zoneinfo", "phone_number", "address", "marketing_news", "marketing_competitions", "marketing_offers",
 )]
 
+#: What sending a delivery needs of its row (claimed, or leased as the fan-out records it).
+CLAIMED_COLUMNS = tuple(Delivery.__table__.c[name] for name in (
+    "id", "service_id", "account_id", "channel", "changed", "snapshot", "origin", "origin_self",
+    "first_pending_at", "failing_since", "attempts", "delivered_at", "generation", "next_attempt_at",
+))
+
 UPDATED = ProfileUpdated.model_fields["type"].default
 SNAPSHOT = ProfileSnapshot.model_fields["type"].default
 
@@ -132,6 +138,24 @@ async def load_endpoints(db: AsyncSession, cipher: KeyCipher) -> dict[int, Endpo
             quarantined=s.webhook_quarantined_at is not None,
         )
     return out
+
+
+@dataclass
+class DirectLease:
+    """Deliveries a worker takes as its fan-out records them, instead of claiming them after.
+
+    ``room`` is how many more deliveries each (service, channel) may take now, ``budget`` how
+    many in all. A row given room is recorded already leased until ``until``; if the recording
+    really leased it (a row that was pending keeps its own schedule) it comes back in ``taken``,
+    to be sent by this worker once the transaction commits. ``left`` counts rows recorded due but
+    not taken (for the deliverer's claims), ``in_flight`` rows superseded while being sent."""
+
+    until: dt.datetime
+    room: dict[tuple[int, str], int]
+    taken: list[Any] = field(default_factory=list)
+    left: int = 0
+    in_flight: int = 0
+    jobs: list[Any] = field(default_factory=list)  # what ``taken`` became (``Deliverer.prepare``)
 
 
 @dataclass
@@ -190,14 +214,45 @@ class Deliverer:
         self.producer: AIOKafkaProducer | None = None
         self.producer_lock = asyncio.Lock()
         self.topics_ready: set[str] = set()
+        self.accepting = False  # takes deliveries from the fan-out while it runs
+        self.recheck = False  # a delivery in flight was superseded: look for due rows after recording
+
+    # -- taking deliveries as they are recorded --------------------------------------------
+
+    def direct_lease(self) -> DirectLease | None:
+        """Room for deliveries the fan-out records to be sent at once by this worker: each open
+        endpoint's cap less what it has in flight, within the worker's own cap. Quarantined,
+        disabled or unknown endpoints get none (their rows stay for the claims)."""
+        budget = self.settings.sync_concurrency - self.total_inflight
+        if not self.accepting or budget <= 0:
+            return None
+        cap = self.settings.sync_service_concurrency
+        room: dict[tuple[int, str], int] = {}
+        for sid, ep in self.endpoints.items():
+            if ep.webhook_url and ep.signer is not None and not ep.disabled and not ep.quarantined:
+                room[(sid, "webhook")] = min(budget, cap - self.inflight[(sid, "webhook")])
+            if ep.topic_enabled and self.bootstrap is not None:
+                room[(sid, "topic")] = min(budget, cap - self.inflight[(sid, "topic")])
+        return DirectLease(until=utcnow() + dt.timedelta(seconds=self.settings.sync_lease), room=room)
+
+    async def prepare(self, db: AsyncSession, leased: list[Any]) -> list[_Job]:
+        """The jobs for rows leased to this worker, built in the transaction that leased them."""
+        return await self._build(db, leased) if leased else []
+
+    def start(self, jobs: list[_Job]) -> None:
+        """Send ``jobs`` (once the transaction that leased them has committed)."""
+        for job in jobs:
+            self._start(job)
 
     # -- the loops ------------------------------------------------------------------------
 
     async def run(self) -> None:
         flusher = asyncio.create_task(self._flush_forever(), name="sync-results")
+        self.accepting = True
         try:
             await self._claim_forever()
         finally:
+            self.accepting = False
             for task in list(self.tasks):
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -259,6 +314,10 @@ class Deliverer:
             await asyncio.sleep(FLUSH_INTERVAL)
             try:
                 await whole(self._flush())
+                if self.recheck:
+                    # A delivery superseded in flight stays due after its outcome: claim it now.
+                    self.recheck = False
+                    self.wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -333,10 +392,7 @@ class Deliverer:
                     update(Delivery.__table__)
                     .where(d.id.in_(picked))
                     .values(next_attempt_at=now + dt.timedelta(seconds=self.settings.sync_lease))
-                    .returning(
-                        d.id, d.service_id, d.account_id, d.channel, d.changed, d.snapshot, d.origin, d.origin_self,
-                        d.first_pending_at, d.failing_since, d.attempts, d.delivered_at, d.generation,
-                    )
+                    .returning(*CLAIMED_COLUMNS)
                 )
             ).all()
             if not claimed:
@@ -364,6 +420,7 @@ class Deliverer:
         }
         stamp = _timestamp(utcnow())
         jobs, dropped = [], []
+        profiles: dict[tuple[int, str], dict[str, Any]] = {}  # services granted the same scopes see the same
         for r in claimed:
             account = accounts.get(r.account_id)
             scope = scopes.get((r.account_id, r.service_id))
@@ -371,7 +428,9 @@ class Deliverer:
             if account is None or scope is None or endpoint is None or account.status not in ("active",):
                 dropped.append(r.id)  # unlinked or gone: nothing more is sent
                 continue
-            profile = projection.profile(account, scope)
+            profile = profiles.get((r.account_id, scope))
+            if profile is None:
+                profile = profiles[(r.account_id, scope)] = projection.profile(account, scope)
             mid = message_id(r.id, r.generation, account.version)
             data: dict[str, Any] = {"sub": account.sub, "version": account.version}
             if r.snapshot:

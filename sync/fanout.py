@@ -26,6 +26,7 @@ from identity.db.upsert import insert_for
 from identity.settings import Settings
 from schemas.events import PROFILE_TOPIC, LinkCreated, ProfileChanged, hub_event
 from sync import kafka, projection
+from sync.deliver import CLAIMED_COLUMNS, Deliverer, DirectLease
 from sync.metrics import SyncMetrics
 
 log = logging.getLogger(__name__)
@@ -45,17 +46,18 @@ class _Target:
     channels: tuple[str, ...]
 
 
-def channels_of(service: Service) -> tuple[str, ...]:
-    out = []
-    if service.webhook_url:
-        out.append("webhook")
-    if service.topic_enabled:
-        out.append("topic")
-    return tuple(out)
+def channels_of(webhook_url: str | None, topic_enabled: bool) -> tuple[str, ...]:
+    """The channels a service is delivered to."""
+    if webhook_url:
+        return ("webhook", "topic") if topic_enabled else ("webhook",)
+    return ("topic",) if topic_enabled else ()
 
 
-async def record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], *, echo_suppression: bool) -> int:
-    """Record the deliveries ``events`` call for; return how many rows were touched."""
+async def record(
+    db: AsyncSession, events: list[ProfileChanged | LinkCreated], *, echo_suppression: bool, lease: DirectLease | None = None
+) -> int:
+    """Record the deliveries ``events`` call for; return how many rows were touched. With a
+    ``lease``, rows within its room are leased to the caller as they are recorded."""
     subs = {e.sub for e in events}
     if not subs:
         return 0
@@ -66,16 +68,17 @@ async def record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], *
     )
     if not accounts:
         return 0
+    # Only the columns needed: a whole Service per link would decode its JSON columns each time.
     rows = await db.execute(
-        select(Link.account_id, Link.service_id, Link.scope, Service)
+        select(Link.account_id, Link.service_id, Link.scope, Service.client_id, Service.webhook_url, Service.topic_enabled)
         .join(Service, Service.id == Link.service_id)
         .where(Link.account_id.in_(accounts.values()), Link.status == "active")
     )
     targets: dict[int, list[_Target]] = {}
-    for account_id, service_id, scope, service in rows:
-        channels = channels_of(service)
+    for account_id, service_id, scope, client_id, webhook_url, topic_enabled in rows:
+        channels = channels_of(webhook_url, topic_enabled)
         if channels:
-            targets.setdefault(account_id, []).append(_Target(account_id, service_id, service.client_id, scope, channels))
+            targets.setdefault(account_id, []).append(_Target(account_id, service_id, client_id, scope, channels))
 
     now = utcnow()
     wanted: dict[tuple[int, int, str], dict[str, Any]] = {}
@@ -126,25 +129,45 @@ async def record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], *
                     row["first_pending_at"] = min(row["first_pending_at"], event.occurred_at)
     # Rows are locked in key order, as the deliverer's updates do, so the two never deadlock.
     values = [wanted[key] for key in sorted(wanted)]
-    statement = _upsert(db)
-    for start in range(0, len(values), UPSERT_CHUNK):
-        await db.execute(statement, values[start : start + UPSERT_CHUNK])
+    if lease is None:
+        statement = _upsert(db)
+        for start in range(0, len(values), UPSERT_CHUNK):
+            await db.execute(statement, values[start : start + UPSERT_CHUNK])
+    else:
+        for row in values:
+            key = (row["service_id"], row["channel"])
+            if lease.room.get(key, 0) > 0:
+                lease.room[key] -= 1
+                row["next_attempt_at"] = lease.until
+        statement = _upsert(db, returning=True)
+        for start in range(0, len(values), UPSERT_CHUNK):
+            for row in await db.execute(statement, values[start : start + UPSERT_CHUNK]):
+                # Leased by this recording, not an earlier pending row's schedule (kept as it was).
+                if row.next_attempt_at == lease.until:
+                    lease.taken.append(row)
+                elif row.next_attempt_at <= now:
+                    lease.left += 1
+                else:
+                    lease.in_flight += 1
     if known:
         await _note_known(db, known)
     return len(values)
 
 
-_UPSERTS: dict[str, Any] = {}
+_UPSERTS: dict[tuple[str, bool], Any] = {}
 
 
-def _upsert(db: AsyncSession) -> Any:
+def _upsert(db: AsyncSession, *, returning: bool = False) -> Any:
     """Insert the wanted deliveries, or coalesce them into the pending ones. Built once per
     dialect and run with many parameter sets (compiling it per batch would cost more than the
-    database work)."""
-    dialect = db.bind.dialect.name
-    if dialect not in _UPSERTS:
-        _UPSERTS[dialect] = _build_upsert(db)
-    return _UPSERTS[dialect]
+    database work). ``returning``: with what the deliverer needs to send the rows."""
+    key = (db.bind.dialect.name, returning)
+    if key not in _UPSERTS:
+        statement = _build_upsert(db)
+        if returning:
+            statement = statement.returning(*CLAIMED_COLUMNS, sort_by_parameter_order=True)
+        _UPSERTS[key] = statement
+    return _UPSERTS[key]
 
 
 def _build_upsert(db: AsyncSession) -> Any:
@@ -226,12 +249,24 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class FanOut:
-    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], bootstrap: str, *, metrics: SyncMetrics, wake: asyncio.Event | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        bootstrap: str,
+        *,
+        metrics: SyncMetrics,
+        wake: asyncio.Event | None = None,
+        deliverer: Deliverer | None = None,
+    ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.bootstrap = bootstrap
         self.metrics = metrics
         self.wake = wake
+        # The worker's own deliverer: deliveries it has room for are leased to it as they are
+        # recorded and sent as soon as they are committed, with no claim in between.
+        self.deliverer = deliverer
         self.busy = asyncio.Lock()
 
     async def run(self) -> None:
@@ -256,16 +291,20 @@ class FanOut:
                 if consumer is not None:
                     await consumer.stop()
 
-    async def _record(self, events: list[ProfileChanged | LinkCreated], consumed: list[int]) -> None:
+    async def _record(self, events: list[ProfileChanged | LinkCreated], consumed: list[int]) -> DirectLease | None:
         """Record a batch in one transaction, retried a few times on a transient conflict
-        (a deadlock or a busy database) before the consumer gives up and reconnects."""
+        (a deadlock or a busy database) before the consumer gives up and reconnects. Returns the
+        lease of what the worker's deliverer took (its jobs in ``taken``), if it took part."""
         for attempt in range(1, 6):
             try:
+                lease = self.deliverer.direct_lease() if self.deliverer is not None else None
                 async with self.sessions.begin() as db:
-                    await record(db, events, echo_suppression=self.settings.sync_echo_suppression)
+                    await record(db, events, echo_suppression=self.settings.sync_echo_suppression, lease=lease)
+                    if lease is not None and self.deliverer is not None:
+                        lease.jobs = await self.deliverer.prepare(db, lease.taken)
                     if consumed:
                         await db.execute(update(OutboxEvent).where(OutboxEvent.id.in_(consumed)).values(consumed_at=utcnow()))
-                return
+                return lease
             except (OperationalError, DBAPIError) as exc:
                 if attempt == 5 or getattr(exc, "connection_invalidated", False):
                     raise
@@ -304,9 +343,13 @@ class FanOut:
                         events.append(event)
                         self.metrics.events_consumed.labels(event.type).inc()
                     offsets[tp] = messages[-1].offset + 1
+                lease = None
                 if events or consumed:
-                    await whole(self._record(events, consumed))
+                    lease = await whole(self._record(events, consumed))
+                if lease is not None and self.deliverer is not None:
+                    self.deliverer.start(lease.jobs)
+                    self.deliverer.recheck = self.deliverer.recheck or lease.in_flight > 0
                 # Only now is the work durable: commit the offsets.
                 await consumer.commit(offsets)
-            if self.wake is not None:
-                self.wake.set()
+            if self.wake is not None and (lease is None or lease.left):
+                self.wake.set()  # rows are due that this worker did not take: the deliverer claims them

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from identity.accounts.claims import granted_claims as profile
 from identity.oidc.scopes import claims_for
@@ -40,6 +41,7 @@ def names(value: int) -> list[str]:
     return [name for name in CLAIM_BITS if value & _BIT[name]]
 
 
+@lru_cache(maxsize=1024)
 def visible_mask(scope: str) -> int:
     """The bits of the claims a service with ``scope`` may see."""
     return mask(claims_for(scope))

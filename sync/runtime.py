@@ -117,7 +117,7 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
             bootstrap=app[BOOTSTRAP], idempotent=idempotent(app), metrics=app[METRICS], wake=wake,
         )
         app[DELIVERER] = deliverer
-        fanout = FanOut(settings, app[K.DB], app[BOOTSTRAP], metrics=app[METRICS], wake=wake)
+        fanout = FanOut(settings, app[K.DB], app[BOOTSTRAP], metrics=app[METRICS], wake=wake, deliverer=deliverer)
         # Notices go through the deliverer's Kafka producer, so they stop first.
         notice_deliverer = NoticeDeliverer(
             settings, app[K.DB], app[K.CIPHER], http, publisher=deliverer, metrics=app[METRICS], wake=app[notices.WAKE]

@@ -96,10 +96,10 @@ async def service_status(
         }
     return {
         "client_id": service.client_id,
-        "channels": list(channels_of(service)),
+        "channels": list(channels_of(service.webhook_url, service.topic_enabled)),
         "webhook": webhook,
         "topic": topic_prefix + service_topic(service.client_id) if service.topic_enabled else None,
-        "backlog": {c: backlog.get(c, {"pending": 0, "oldest_pending_at": None, "failing": 0}) for c in channels_of(service)},
+        "backlog": {c: backlog.get(c, {"pending": 0, "oldest_pending_at": None, "failing": 0}) for c in channels_of(service.webhook_url, service.topic_enabled)},
         "dead_letters": dead or 0,
         # One-off notices (unlinks, rights requests, restrictions): waiting, and given up.
         "notices": await notices.counts(db, service.id),
@@ -110,7 +110,7 @@ async def resync(db: AsyncSession, service: Service, *, rate: float, now: dt.dat
     """Queue a snapshot of every linked person for ``service``, paced at ``rate`` people per
     second (a queued delivery is coalesced with any pending one). Returns how many people."""
     now = now or utcnow()
-    channels = channels_of(service)
+    channels = channels_of(service.webhook_url, service.topic_enabled)
     if not channels:
         return 0
     # One at a time: snapshots still waiting for their paced turn (never tried yet, due later
@@ -169,7 +169,7 @@ async def resync_person(db: AsyncSession, service: Service, account_id: int, *, 
         .join(Link, Link.account_id == Account.id)
         .where(Account.id == account_id, Link.service_id == service.id, Link.status == "active")
     )
-    channels = channels_of(service)
+    channels = channels_of(service.webhook_url, service.topic_enabled)
     if version is None or not channels:
         return False
     values = [

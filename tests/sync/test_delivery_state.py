@@ -93,3 +93,53 @@ async def test_a_retry_keeps_its_message_id(hub: Hub, receivers: Receivers) -> N
             await deliverer._record(db, [_Result(job, Outcome("retry", "HTTP 503"), account.updated_at)])
         [retry] = await deliverer.claim(10)
         assert retry.message_id == job.message_id and retry.attempts == 1
+
+
+async def test_deliveries_taken_as_they_are_recorded_are_leased_within_the_room_given(hub: Hub, receivers: Receivers) -> None:
+    """The worker's fan-out leases what its deliverer has room for as it records it: those rows
+    are not claimable by any worker until the lease runs out, the rest stay due for claims, and a
+    row already in flight keeps its lease (it is not sent a second time at once)."""
+    store = await add_member(hub, receivers, "store")
+    subs = await add_people(hub, 3)
+    await link_directly(hub, subs, store.rp.client_id)
+    async with hub.app[DB]() as db:
+        accounts = {a.sub: a for a in (await db.scalars(select(Account).where(Account.sub.in_(subs)))).all()}
+    now = accounts[subs[0]].updated_at
+
+    def changed(sub: str, version: int) -> ProfileChanged:
+        return ProfileChanged(id=f"e{sub}{version}", sub=sub, version=version, changed=["given_name"], channel="support", occurred_at=now)
+
+    async with aiohttp.ClientSession() as http:
+        deliverer = Deliverer(hub.settings, hub.app[DB], hub.app[CIPHER], http, bootstrap=None, idempotent=False, metrics=SyncMetrics())
+        assert deliverer.direct_lease() is None  # not running: nothing is taken
+        deliverer.accepting = True
+        await deliverer._refresh_endpoints(force=True)
+        service_id = next(iter(deliverer.endpoints))
+        lease = deliverer.direct_lease()
+        assert lease is not None
+        lease.room[(service_id, "webhook")] = 2  # room for two of the three
+        async with hub.app[DB].begin() as db:
+            assert await fanout.record(db, [changed(s, 1) for s in subs], echo_suppression=True, lease=lease) == 3
+            jobs = await deliverer.prepare(db, lease.taken)
+        assert len(jobs) == 2 and lease.left == 1 and lease.in_flight == 0
+        assert {j.sub for j in jobs} < set(subs)
+        assert all(f'"sub":"{j.sub}"' in j.body and j.channel == "webhook" for j in jobs)
+
+        # Only the one without room can be claimed; the two taken are leased.
+        [claimed] = await deliverer.claim(10)
+        assert claimed.sub not in {j.sub for j in jobs}
+
+        # A newer change to a person whose delivery is in flight: that row keeps its lease.
+        in_flight = jobs[0]
+        lease = deliverer.direct_lease()
+        assert lease is not None
+        async with hub.app[DB].begin() as db:
+            await fanout.record(db, [changed(in_flight.sub, 2)], echo_suppression=True, lease=lease)
+            assert await deliverer.prepare(db, lease.taken) == []
+        assert lease.in_flight == 1 and lease.left == 0
+
+        # Its outcome leaves the newer version due at once, for a claim.
+        async with hub.app[DB].begin() as db:
+            await deliverer._record(db, [_Result(in_flight, Outcome("ok"), now)])
+        [newer] = await deliverer.claim(10)
+        assert newer.sub == in_flight.sub and newer.message_id != in_flight.message_id
