@@ -9,14 +9,14 @@ from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import links
 from identity.accounts.children import is_child
 from identity.accounts.passwords import PasswordHasher, check_password
 from identity.accounts.store import EmailTaken, create_account
-from identity.db.models import Service
+from identity.db.models import Delivery, Service
 from identity.oidc import scopes
 from identity.oidc.keys import KeyCipher
 from identity.settings import Settings
@@ -248,8 +248,15 @@ async def update_service_sync(
         service.webhook_disabled_at = service.webhook_quarantined_at = service.webhook_failing_since = None
         service.webhook_last_error = None
         await resume(db, [service.id])
+    dropped = ["webhook"] if remove_webhook else []
     if kafka_topic is not None:
+        if service.topic_enabled and not kafka_topic:
+            dropped.append("topic")
         service.topic_enabled = kafka_topic
+    if dropped:
+        # What was queued for a channel that is gone would wait forever: it is dropped, with what
+        # was delivered through it (a channel added back later starts afresh; a resync fills it).
+        await db.execute(delete(Delivery).where(Delivery.service_id == service.id, Delivery.channel.in_(dropped)))
     await db.flush()
     return ServiceSync(
         client_id=service.client_id,

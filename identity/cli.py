@@ -552,11 +552,11 @@ def parser() -> argparse.ArgumentParser:
     update_service.add_argument("--client-id", required=True)
     hook = update_service.add_mutually_exclusive_group()
     hook.add_argument("--webhook-url", help="a new webhook URL (gets a new secret if it had none; re-enables a disabled one)")
-    hook.add_argument("--remove-webhook", action="store_true", help="stop webhook deliveries")
+    hook.add_argument("--remove-webhook", action="store_true", help="stop webhook deliveries (what was queued for the webhook is dropped)")
     update_service.add_argument("--rotate-webhook-secret", action="store_true", help="make a new webhook secret (printed once)")
     topic = update_service.add_mutually_exclusive_group()
     topic.add_argument("--kafka-topic", dest="kafka_topic", action="store_true", default=None, help="deliver to the service's topic")
-    topic.add_argument("--no-kafka-topic", dest="kafka_topic", action="store_false", help="stop topic deliveries")
+    topic.add_argument("--no-kafka-topic", dest="kafka_topic", action="store_false", help="stop topic deliveries (what was queued for the topic is dropped)")
     _cancellation_arguments(update_service, clearable=True)
     update_service.set_defaults(func=cmd_services_update)
 

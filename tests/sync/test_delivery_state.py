@@ -9,7 +9,8 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from identity.db.models import Account, Delivery, Service
+from identity import admin
+from identity.db.models import Account, Delivery, Service, utcnow
 from identity.web.appkeys import CIPHER, DB
 from schemas.events import LinkCreated, ProfileChanged
 from sync import fanout
@@ -143,3 +144,26 @@ async def test_deliveries_taken_as_they_are_recorded_are_leased_within_the_room_
             await deliverer._record(db, [_Result(in_flight, Outcome("ok"), now)])
         [newer] = await deliverer.claim(10)
         assert newer.sub == in_flight.sub and newer.message_id != in_flight.message_id
+
+
+async def test_removing_a_channel_drops_what_was_queued_for_it(hub: Hub, receivers: Receivers) -> None:
+    store = await add_member(hub, receivers, "store")
+    async with hub.app[DB].begin() as db:
+        await admin.update_service_sync(db, hub.app[CIPHER], store.rp.client_id, kafka_topic=True)
+    subs = await add_people(hub, 2)
+    await link_directly(hub, subs, store.rp.client_id)
+    async with hub.app[DB].begin() as db:
+        now = utcnow()
+        await fanout.record(db, [ProfileChanged(id=f"e{s}", sub=s, version=2, changed=["name"], channel="support", occurred_at=now) for s in subs], echo_suppression=True)
+
+    async def queued() -> list[str]:
+        async with hub.app[DB]() as db:
+            return sorted((await db.scalars(select(Delivery.channel))).all())
+
+    assert await queued() == ["topic", "topic", "webhook", "webhook"]
+    async with hub.app[DB].begin() as db:
+        await admin.update_service_sync(db, hub.app[CIPHER], store.rp.client_id, remove_webhook=True)
+    assert await queued() == ["topic", "topic"]  # nothing left waiting for a webhook that is gone
+    async with hub.app[DB].begin() as db:
+        await admin.update_service_sync(db, hub.app[CIPHER], store.rp.client_id, kafka_topic=False)
+    assert await queued() == []
