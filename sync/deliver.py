@@ -34,7 +34,6 @@ from sqlalchemy import (
     not_,
     or_,
     select,
-    tuple_,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -83,7 +82,8 @@ def message_id(delivery_id: int, generation: int, version: int) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, f"{delivery_id}:{generation}:{version}"))
 
 
-_ACCOUNT_COLUMNS = [Account.__table__.c[name] for name in (
+#: What building a delivery needs of an account (plain rows: read by attribute name like the model).
+ACCOUNT_COLUMNS = [Account.__table__.c[name] for name in (
     "id", "sub", "status", "version", "updated_at", "email", "email_verified", "name", "given_name", "family_name",
     "birthdate", "locale", "zoneinfo", "phone_number", "address", "marketing_news", "marketing_competitions", "marketing_offers",
 )]
@@ -116,6 +116,10 @@ def seal_secret(cipher: KeyCipher, secret: str, client_id: str) -> str:
 
 def open_secret(cipher: KeyCipher, sealed: str, client_id: str) -> str:
     return str(cipher.open(sealed, purpose=f"webhook-secret:{client_id}")["webhook_secret"])
+
+
+async def read_accounts(db: AsyncSession, ids: set[int]) -> dict[int, Any]:
+    return {a.id: a for a in await db.execute(select(*ACCOUNT_COLUMNS).where(Account.id.in_(ids)))}
 
 
 async def load_endpoints(db: AsyncSession, cipher: KeyCipher) -> dict[int, Endpoint]:
@@ -156,6 +160,8 @@ class DirectLease:
     left: int = 0
     in_flight: int = 0
     jobs: list[Any] = field(default_factory=list)  # what ``taken`` became (``Deliverer.prepare``)
+    accounts: dict[int, Any] = field(default_factory=dict)  # ACCOUNT_COLUMNS rows the recording read
+    scopes: dict[tuple[int, int], str] = field(default_factory=dict)  # active links' scopes it read
 
 
 @dataclass
@@ -235,9 +241,10 @@ class Deliverer:
                 room[(sid, "topic")] = min(budget, cap - self.inflight[(sid, "topic")])
         return DirectLease(until=utcnow() + dt.timedelta(seconds=self.settings.sync_lease), room=room)
 
-    async def prepare(self, db: AsyncSession, leased: list[Any]) -> list[_Job]:
-        """The jobs for rows leased to this worker, built in the transaction that leased them."""
-        return await self._build(db, leased) if leased else []
+    async def prepare(self, db: AsyncSession, lease: DirectLease) -> list[_Job]:
+        """The jobs for rows leased to this worker, built in the transaction that leased them
+        (from the accounts and scopes the recording read)."""
+        return await self._build(db, lease.taken, lease.accounts, lease.scopes) if lease.taken else []
 
     def start(self, jobs: list[_Job]) -> None:
         """Send ``jobs`` (once the transaction that leased them has committed)."""
@@ -403,21 +410,32 @@ class Deliverer:
                 self._endpoints_at = asyncio.get_running_loop().time()
             return await self._build(db, claimed)
 
-    async def _build(self, db: AsyncSession, claimed: list[Any]) -> list[_Job]:
-        account_ids = {r.account_id for r in claimed}
-        # Plain rows, not ORM objects: the claims are read by attribute name all the same.
-        accounts = {a.id: a for a in (await db.execute(select(*_ACCOUNT_COLUMNS).where(Account.id.in_(account_ids))))}
-        pairs = {(r.account_id, r.service_id) for r in claimed}
-        scopes = {
-            (a, s): scope
-            for a, s, scope in (
-                await db.execute(
-                    select(Link.account_id, Link.service_id, Link.scope).where(
-                        tuple_(Link.account_id, Link.service_id).in_(list(pairs)), Link.status == "active"
+    async def _build(
+        self,
+        db: AsyncSession,
+        claimed: list[Any],
+        accounts: dict[int, Any] | None = None,
+        scopes: dict[tuple[int, int], str] | None = None,
+    ) -> list[_Job]:
+        """Jobs for ``claimed`` rows, from the accounts (``ACCOUNT_COLUMNS`` rows by id) and the
+        active links' scopes (by account and service), read here unless the caller has them."""
+        if accounts is None:
+            accounts = await read_accounts(db, {r.account_id for r in claimed})
+        if scopes is None:
+            pairs = {(r.account_id, r.service_id) for r in claimed}
+            scopes = {
+                (a, s): scope
+                for a, s, scope in (
+                    await db.execute(
+                        select(Link.account_id, Link.service_id, Link.scope).where(
+                            Link.account_id.in_({a for a, _ in pairs}),
+                            Link.service_id.in_({s for _, s in pairs}),
+                            Link.status == "active",
+                        )
                     )
                 )
-            )
-        }
+                if (a, s) in pairs
+            }
         stamp = _timestamp(utcnow())
         jobs, dropped = [], []
         profiles: dict[tuple[int, str], dict[str, Any]] = {}  # services granted the same scopes see the same

@@ -26,7 +26,7 @@ from identity.db.upsert import insert_for
 from identity.settings import Settings
 from schemas.events import PROFILE_TOPIC, LinkCreated, ProfileChanged, hub_event
 from sync import kafka, projection
-from sync.deliver import CLAIMED_COLUMNS, Deliverer, DirectLease
+from sync.deliver import ACCOUNT_COLUMNS, CLAIMED_COLUMNS, Deliverer, DirectLease
 from sync.metrics import SyncMetrics
 
 log = logging.getLogger(__name__)
@@ -63,19 +63,27 @@ async def record(
         return 0
     # An erased account (gone) or one restricted (a child without a guardian's consent) is
     # shared with nobody: its events call for no delivery.
-    accounts = dict(
-        (await db.execute(select(Account.sub, Account.id).where(Account.sub.in_(subs), Account.status == "active"))).all()
-    )
+    if lease is None:
+        accounts = dict(
+            (await db.execute(select(Account.sub, Account.id).where(Account.sub.in_(subs), Account.status == "active"))).all()
+        )
+    else:
+        # The deliverer builds what it takes from these very rows.
+        rows = (await db.execute(select(*ACCOUNT_COLUMNS).where(Account.sub.in_(subs), Account.status == "active"))).all()
+        lease.accounts = {a.id: a for a in rows}
+        accounts = {a.sub: a.id for a in rows}
     if not accounts:
         return 0
     # Only the columns needed: a whole Service per link would decode its JSON columns each time.
-    rows = await db.execute(
+    links = await db.execute(
         select(Link.account_id, Link.service_id, Link.scope, Service.client_id, Service.webhook_url, Service.topic_enabled)
         .join(Service, Service.id == Link.service_id)
         .where(Link.account_id.in_(accounts.values()), Link.status == "active")
     )
     targets: dict[int, list[_Target]] = {}
-    for account_id, service_id, scope, client_id, webhook_url, topic_enabled in rows:
+    for account_id, service_id, scope, client_id, webhook_url, topic_enabled in links:
+        if lease is not None:
+            lease.scopes[(account_id, service_id)] = scope
         channels = channels_of(webhook_url, topic_enabled)
         if channels:
             targets.setdefault(account_id, []).append(_Target(account_id, service_id, client_id, scope, channels))
@@ -301,7 +309,7 @@ class FanOut:
                 async with self.sessions.begin() as db:
                     await record(db, events, echo_suppression=self.settings.sync_echo_suppression, lease=lease)
                     if lease is not None and self.deliverer is not None:
-                        lease.jobs = await self.deliverer.prepare(db, lease.taken)
+                        lease.jobs = await self.deliverer.prepare(db, lease)
                     if consumed:
                         await db.execute(update(OutboxEvent).where(OutboxEvent.id.in_(consumed)).values(consumed_at=utcnow()))
                 return lease
