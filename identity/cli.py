@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import getpass
 import json
 import logging
@@ -296,8 +297,17 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     return asyncio.run(run())
 
 
+#: The cyclic garbage collector's thresholds for long-running processes: a young-generation
+#: collection every 50,000 net allocations instead of 700. Requests, deliveries and statements
+#: allocate many short-lived objects that reference counting frees anyway; collecting every 700
+#: cost the sync worker about a tenth of its CPU (bench/bench_sync.py).
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
 def _event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where it is available (it roughly halves the event loop's own cost)."""
+    """uvloop where it is available (it roughly halves the event loop's own cost). Also tunes
+    the garbage collector for the long-running process about to use it."""
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         import uvloop
     except ImportError:
