@@ -300,7 +300,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
 #: The cyclic garbage collector's thresholds for long-running processes: a young-generation
 #: collection every 50,000 net allocations instead of 700. Requests, deliveries and statements
 #: allocate many short-lived objects that reference counting frees anyway; collecting every 700
-#: cost the sync worker about a tenth of its CPU (bench/bench_sync.py).
+#: cost the sync processes a tenth to a third of their CPU per delivery (bench/bench_sync.py).
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
