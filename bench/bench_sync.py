@@ -21,6 +21,11 @@ Two scenarios:
   stopped, then the relay started: webhook deliveries per second at the receivers, from the
   first to the last (--burst-mode live queues them with the pipeline running instead).
 
+The hub is seeded as it stands after people linked: each link's snapshot delivered, and (on
+Postgres) planner statistics up to date, as autovacuum keeps them. --cold seeds links only, as
+on a hub whose first changes arrive all at once: every delivery row is new, and the statistics
+describe the tables as they were before the seeding.
+
     python bench/bench_sync.py
     python bench/bench_sync.py --database postgresql+asyncpg://postgres@127.0.0.1:5432/test
     python bench/bench_sync.py --json --profile /tmp/sync-profile   # py-spy the sync processes
@@ -83,8 +88,10 @@ def receiver_main(argv: list[str]) -> None:
     POST /hooks/<name>  a delivery: verified (1 in K), recorded as (time, name, sub, version)
     GET  /count         {"count": n}
     GET  /stats         {"received": [[t, name, sub, version], ...], "verified": n, "rejected": n}
-    POST /reached       {"targets": {sub: version}, "services": [name]}: how many (service, sub)
-                        pairs hold that version or a later one
+    POST /expect        {"targets": {sub: version}, "services": [name]}: what to count from now on
+    GET  /reached       {"reached": n, "of": m, "count": n}: how many expected (service, sub) pairs
+                        hold their target version or a later one (kept as deliveries come, so
+                        polling costs the receiver nothing while it is being measured)
     POST /reset         forget what was received
     """
     from aiohttp import web
@@ -98,6 +105,7 @@ def receiver_main(argv: list[str]) -> None:
     every = max(1, args.verify_every)
     state: dict[str, Any] = {"received": [], "seen": 0, "verified": 0, "rejected": 0, "unreadable": 0}
     latest: dict[tuple[str, str], int] = {}
+    expected: dict[str, Any] = {"targets": {}, "services": set(), "reached": 0}
 
     async def hook(request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -116,8 +124,12 @@ def receiver_main(argv: list[str]) -> None:
             data = payload["data"]
             sub, version = data["sub"], data["version"]
             state["received"].append((at, name, sub, version))
-            if version > latest.get((name, sub), 0):
+            before = latest.get((name, sub), 0)
+            if version > before:
                 latest[(name, sub)] = version
+                target = expected["targets"].get(sub)
+                if target is not None and name in expected["services"] and before < target <= version:
+                    expected["reached"] += 1
         except WebhookVerificationError:
             state["rejected"] += 1
             return web.Response(status=401)
@@ -132,22 +144,29 @@ def receiver_main(argv: list[str]) -> None:
     async def stats(request: web.Request) -> web.Response:
         return web.json_response({k: v for k, v in state.items() if k != "seen"})
 
-    async def reached(request: web.Request) -> web.Response:
+    async def expect(request: web.Request) -> web.Response:
         wanted = await request.json()
-        targets, names = wanted["targets"], wanted["services"]
+        targets, names = wanted["targets"], set(wanted["services"])
         done = sum(1 for name in names for sub, version in targets.items() if latest.get((name, sub), 0) >= version)
-        return web.json_response({"reached": done, "of": len(names) * len(targets), "count": len(state["received"])})
+        expected.update(targets=targets, services=names, reached=done)
+        return await reached(request)
+
+    async def reached(request: web.Request) -> web.Response:
+        of = len(expected["services"]) * len(expected["targets"])
+        return web.json_response({"reached": expected["reached"], "of": of, "count": len(state["received"])})
 
     async def reset(request: web.Request) -> web.Response:
         state.update(received=[], seen=0, verified=0, rejected=0, unreadable=0)
         latest.clear()
+        expected.update(targets={}, services=set(), reached=0)
         return web.json_response({"count": 0})
 
     app = web.Application(client_max_size=1024**2)
     app.router.add_post("/hooks/{name}", hook)
     app.router.add_get("/count", count)
     app.router.add_get("/stats", stats)
-    app.router.add_post("/reached", reached)
+    app.router.add_post("/expect", expect)
+    app.router.add_get("/reached", reached)
     app.router.add_post("/reset", reset)
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None, loop=_new_loop(), backlog=1024)
 
@@ -427,14 +446,15 @@ async def drop_scratch_database(url: str, name: str) -> None:
         await engine.dispose()
 
 
-async def seed(sessions: Any, cipher: Any, services: int, people: int, receiver_port: int) -> tuple[dict[str, str], list[Any]]:
+async def seed(sessions: Any, cipher: Any, services: int, people: int, receiver_port: int, *, cold: bool = False) -> tuple[dict[str, str], list[Any]]:
     """``services`` services with webhooks at the receivers and ``people`` accounts linked to
-    every one of them (Link rows written directly: the OAuth flow is not what is measured)."""
-    from sqlalchemy import insert, select
+    every one of them (Link rows written directly: the OAuth flow is not what is measured), each
+    link's snapshot delivered unless ``cold``."""
+    from sqlalchemy import insert, select, text
 
     from identity import admin
     from identity.accounts.store import create_account
-    from identity.db.models import Link, Service, utcnow
+    from identity.db.models import Delivery, Link, Service, utcnow
 
     hooks: dict[str, str] = {}
     service_ids = []
@@ -465,7 +485,27 @@ async def seed(sessions: Any, cipher: Any, services: int, people: int, receiver_
                     for sid in service_ids
                 ],
             )
+            if cold:
+                accounts.extend(chunk)
+                continue
+            # Each link's snapshot, delivered: the state of a hub whose people linked earlier.
+            await db.execute(
+                insert(Delivery),
+                [
+                    {
+                        "service_id": sid, "account_id": a.id, "channel": "webhook", "wanted_version": a.version,
+                        "delivered_version": a.version, "origin": "person", "next_attempt_at": now, "delivered_at": now,
+                    }
+                    for a in chunk
+                    for sid in service_ids
+                ],
+            )
             accounts.extend(chunk)
+    async with sessions.begin() as db:
+        if db.bind.dialect.name == "postgresql" and not cold:
+            # Planner statistics as autovacuum keeps them on a live hub, where people, links and
+            # deliveries accumulate over days, not in the seconds of this seeding.
+            await db.execute(text("ANALYZE"))
     return hooks, accounts
 
 
@@ -552,9 +592,11 @@ class Receivers:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last, last_change = -1, loop.time()
+        async with self.http.post(self.base + "/expect", json={"targets": targets, "services": services}) as r:
+            r.raise_for_status()
         while loop.time() < deadline:
             sync.check()
-            async with self.http.post(self.base + "/reached", json={"targets": targets, "services": services}) as r:
+            async with self.http.get(self.base + "/reached") as r:
                 progress = await r.json()
             if progress["reached"] >= progress["of"]:
                 return True
@@ -830,7 +872,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         people = max(args.people, args.burst)
         say(f"seeding {args.services} services and {people} people, each linked to every service ...")
         t = time.monotonic()
-        hooks, accounts = await seed(sessions, KeyCipher(secret_key), args.services, people, receiver_port)
+        hooks, accounts = await seed(sessions, KeyCipher(secret_key), args.services, people, receiver_port, cold=args.cold)
         seed_s = time.monotonic() - t
 
         receiver = spawn(
@@ -869,6 +911,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "services": args.services,
                 "people": args.people,
                 "people_seeded": people,
+                "seeded": "links only (cold)" if args.cold else "links with their snapshots delivered",
                 "scope": SCOPE,
                 "relay_processes": 1,
                 "worker_processes": args.workers,
@@ -914,7 +957,7 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"machine: {m['cpus']} CPUs ({m['cpus_usable']} usable), load average at start {' '.join(map(str, m['load_average_at_start']))}, Python {m['python']}")
     print(
         f"settings: database {s['database']}, broker {s['broker']}, {s['services']} services, {s['people']} people "
-        f"({s['people_seeded']} seeded) linked to every service with scope '{s['scope']}'"
+        f"({s['people_seeded']} seeded) linked to every service with scope '{s['scope']}'; seeded: {s['seeded']}"
     )
     print(
         f"  1 relay + {s['worker_processes']} worker process(es); receivers verify 1 delivery in {s['verify_every']}; "
@@ -1009,6 +1052,7 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=1000, help="people the latency scenario changes, round-robin (default 1000)")
     parser.add_argument("--rate", type=float, default=200.0, help="latency: changes per second (default 200)")
     parser.add_argument("--seconds", type=float, default=20.0, help="latency: how long (default 20)")
+    parser.add_argument("--cold", action="store_true", help="seed links only: no delivered snapshots, statistics from before the seeding (see above)")
     parser.add_argument("--burst", type=int, default=3000, help="throughput: changes in the burst, to distinct people (default 3000)")
     parser.add_argument("--burst-mode", choices=["backlog", "live"], default="backlog", help="throughput: queue the burst with the relay stopped (default) or the pipeline running")
     parser.add_argument("--workers", type=int, default=1, help="`onesignin worker` processes (default 1; one `onesignin relay` runs too)")

@@ -40,6 +40,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from identity.db.models import (
+    ACTIVE,
+    PENDING,
     Account,
     DeadLetter,
     Delivery,
@@ -372,7 +374,7 @@ class Deliverer:
         due = (
             select(d.id, d.service_id, d.channel, d.next_attempt_at)
             .where(
-                d.state == "active",
+                d.state == ACTIVE,
                 d.wanted_version > d.delivered_version,
                 d.next_attempt_at <= now,
                 not_(and_(d.channel == "webhook", d.service_id.in_(no_webhook))),
@@ -659,7 +661,7 @@ class Deliverer:
             # Slowed: nothing more to this endpoint before the next probe.
             await db.execute(
                 update(Delivery.__table__)
-                .where(d.service_id == job.service_id, d.channel == "webhook", d.state == "active", d.next_attempt_at < probe)
+                .where(d.service_id == job.service_id, d.channel == "webhook", d.state == ACTIVE, d.next_attempt_at < probe)
                 .values(next_attempt_at=probe)
             )
 
@@ -670,13 +672,13 @@ async def resume(db: AsyncSession, service_ids: list[int]) -> None:
     d = Delivery.__table__.c
     await db.execute(
         update(Delivery.__table__)
-        .where(d.service_id.in_(service_ids), d.channel == "webhook", d.state == "active", d.attempts > 0)
+        .where(d.service_id.in_(service_ids), d.channel == "webhook", d.state == ACTIVE, d.attempts > 0)
         .values(attempts=0, failing_since=None, next_attempt_at=utcnow())
     )
     n = Notice.__table__.c
     await db.execute(
         update(Notice.__table__)
-        .where(n.service_id.in_(service_ids), n.channel == "webhook", n.state == "pending", n.attempts > 0)
+        .where(n.service_id.in_(service_ids), n.channel == "webhook", n.state == PENDING, n.attempts > 0)
         .values(attempts=0, failing_since=None, next_attempt_at=utcnow())
     )
 

@@ -26,7 +26,7 @@ import aiohttp
 from sqlalchemy import and_, func, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from identity.db.models import Notice, Service, utcnow
+from identity.db.models import PENDING, Notice, Service, utcnow
 from identity.db.units import whole
 from identity.oidc.keys import KeyCipher
 from identity.settings import Settings
@@ -166,14 +166,14 @@ class NoticeDeliverer:
         picked = (
             select(n.id)
             .where(
-                n.state == "pending",
+                n.state == PENDING,
                 n.next_attempt_at <= now,
                 n.service_id.in_(known),
                 not_(and_(n.channel == "webhook", n.service_id.in_(no_webhook))),
                 not_(and_(n.channel == "topic", n.service_id.in_(no_topic))),
                 ~select(e.id)
                 .where(
-                    e.state == "pending",
+                    e.state == PENDING,
                     e.service_id == n.service_id,
                     e.channel == n.channel,
                     e.key == n.key,

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from identity.db.models import (
+    ACTIVE,
     Account,
     DeadLetter,
     Delivery,
@@ -75,7 +76,7 @@ async def service_status(
         for channel, count, oldest, failing in (
             await db.execute(
                 select(d.channel, func.count(), func.min(d.first_pending_at), func.count(d.failing_since))
-                .where(d.service_id == service.id, d.state == "active", pending)
+                .where(d.service_id == service.id, d.state == ACTIVE, pending)
                 .group_by(d.channel)
             )
         )
@@ -119,7 +120,7 @@ async def resync(db: AsyncSession, service: Service, *, rate: float, now: dt.dat
     paced_until = await db.scalar(
         select(func.max(Delivery.next_attempt_at)).where(
             Delivery.service_id == service.id,
-            Delivery.state == "active",
+            Delivery.state == ACTIVE,
             Delivery.wanted_version > Delivery.delivered_version,
             Delivery.snapshot.is_(True),
             Delivery.attempts == 0,
@@ -285,7 +286,7 @@ async def refresh_gauges(db: AsyncSession, metrics: SyncMetrics) -> None:
     metrics.outbox_lag.set(max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
     d = Delivery.__table__.c
     metrics.backlog.set(
-        await db.scalar(select(func.count()).select_from(Delivery.__table__).where(d.state == "active", d.wanted_version > d.delivered_version))
+        await db.scalar(select(func.count()).select_from(Delivery.__table__).where(d.state == ACTIVE, d.wanted_version > d.delivered_version))
         or 0
     )
     metrics.dead_letters.set(await db.scalar(select(func.count()).select_from(DeadLetter).where(open_dead_letter())) or 0)

@@ -21,6 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     func,
+    literal_column,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -378,6 +379,14 @@ class OutboxEvent(Base):
     # When the sync worker recorded what the event calls for (an embedded, memory-only broker
     # loses what was published but not consumed; those events are published again).
     consumed_at: Mapped[dt.datetime | None]
+
+
+#: Row states as SQL literals, not bound parameters. A query filtering on them is matched to the
+#: partial indexes below (``ix_deliveries_due``, ``ix_notices_due``) in every plan, including the
+#: generic plans Postgres keeps for prepared statements: with ``state = $1`` such a plan cannot
+#: use the index and scans and sorts the whole table instead.
+ACTIVE = literal_column("'active'")
+PENDING = literal_column("'pending'")
 
 
 class Delivery(Base):
