@@ -26,6 +26,8 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import (
+    BigInteger,
+    Integer,
     and_,
     bindparam,
     case,
@@ -36,9 +38,11 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
+from identity.db.engine import plan_for_now
 from identity.db.models import (
     ACTIVE,
     PENDING,
@@ -48,6 +52,7 @@ from identity.db.models import (
     Link,
     Notice,
     Service,
+    UTCDateTime,
     utcnow,
 )
 from identity.db.units import whole
@@ -396,6 +401,7 @@ class Deliverer:
         cap = case(room, value=ranked.c.service_id, else_=self.settings.sync_service_concurrency) if room else self.settings.sync_service_concurrency
         picked = select(ranked.c.id).where(ranked.c.n <= cap).limit(limit)
         async with self.sessions.begin() as db:
+            await plan_for_now(db)
             claimed = (
                 await db.execute(
                     update(Delivery.__table__)
@@ -543,6 +549,7 @@ class Deliverer:
             return
         try:
             async with self.sessions.begin() as db:
+                await plan_for_now(db)
                 await self._record(db, results)
         except BaseException:
             self.results[:0] = results
@@ -553,34 +560,13 @@ class Deliverer:
                 self.metrics.delivery_latency.labels(r.job.channel).observe(max(0.0, (r.at - r.job.first_pending_at).total_seconds()))
 
     async def _record(self, db: AsyncSession, results: list[_Result]) -> None:
-        d = Delivery.__table__.c
         s = Service.__table__.c
         # Rows are locked in key order, as the fan-out's upserts do, so the two never deadlock.
         results = sorted(results, key=lambda r: (r.job.service_id, r.job.account_id, r.job.channel))
         ok = [r for r in results if r.outcome.result == "ok"]
         failed = [r for r in results if r.outcome.result != "ok"]
         if ok:
-            # Settled only if no newer request came while it was in flight (same generation);
-            # otherwise the row stays pending and the newer state is sent next.
-            same = d.generation == bindparam("g")
-            await db.execute(
-                update(Delivery.__table__)
-                .where(d.id == bindparam("i"))
-                .values(
-                    delivered_version=case(
-                        (and_(same, d.delivered_version < bindparam("v")), bindparam("v")), else_=d.delivered_version
-                    ),
-                    changed=case((same, 0), else_=d.changed),
-                    snapshot=case((same, False), else_=d.snapshot),
-                    first_pending_at=case((same, None), else_=d.first_pending_at),
-                    attempts=0,
-                    failing_since=None,
-                    last_error=None,
-                    delivered_at=bindparam("t"),
-                    next_attempt_at=bindparam("t"),
-                ),
-                [{"i": r.job.delivery_id, "v": r.job.version, "g": r.job.generation, "t": r.at} for r in ok],
-            )
+            await _settle(db, ok)
             healthy = sorted({r.job.service_id for r in ok if r.job.channel == "webhook"})
             if healthy:
                 recovered = (
@@ -664,6 +650,59 @@ class Deliverer:
                 .where(d.service_id == job.service_id, d.channel == "webhook", d.state == ACTIVE, d.next_attempt_at < probe)
                 .values(next_attempt_at=probe)
             )
+
+
+def _settled_values(i: Any, v: Any, g: Any, t: Any) -> dict[str, Any]:
+    """A delivered row's new values: settled only if no newer request came while it was in
+    flight (same generation); otherwise it stays pending and the newer state is sent next."""
+    d = Delivery.__table__.c
+    same = d.generation == g
+    return {
+        "delivered_version": case((and_(same, d.delivered_version < v), v), else_=d.delivered_version),
+        "changed": case((same, 0), else_=d.changed),
+        "snapshot": case((same, False), else_=d.snapshot),
+        "first_pending_at": case((same, None), else_=d.first_pending_at),
+        "attempts": 0,
+        "failing_since": None,
+        "last_error": None,
+        "delivered_at": t,
+        "next_attempt_at": t,
+    }
+
+
+_SETTLE_ONE = update(Delivery.__table__).where(Delivery.__table__.c.id == bindparam("i")).values(
+    _settled_values(bindparam("i"), bindparam("v"), bindparam("g"), bindparam("t"))
+)
+_SETTLED = func.unnest(
+    bindparam("ids", type_=ARRAY(BigInteger)),
+    bindparam("versions", type_=ARRAY(Integer)),
+    bindparam("generations", type_=ARRAY(Integer)),
+    bindparam("ats", type_=ARRAY(UTCDateTime())),
+).table_valued("i", "v", "g", "t").render_derived(name="o", with_types=False)
+_SETTLE_MANY = update(Delivery.__table__).where(Delivery.__table__.c.id == _SETTLED.c.i).values(
+    _settled_values(_SETTLED.c.i, _SETTLED.c.v, _SETTLED.c.g, _SETTLED.c.t)
+)
+_LOCK_IN_ORDER = (
+    select(Delivery.__table__.c.id)
+    .where(Delivery.__table__.c.id == func.any(bindparam("ids", type_=ARRAY(BigInteger))))
+    .order_by(Delivery.__table__.c.service_id, Delivery.__table__.c.account_id, Delivery.__table__.c.channel)
+    .with_for_update()
+)
+
+
+async def _settle(db: AsyncSession, ok: list[_Result]) -> None:
+    """Record deliveries that succeeded (``ok`` in key order). On Postgres in one statement, its
+    rows first locked in key order, as the fan-out's upserts lock them (so the two never
+    deadlock); elsewhere row by row, in that order."""
+    if db.bind.dialect.name != "postgresql":
+        await db.execute(_SETTLE_ONE, [{"i": r.job.delivery_id, "v": r.job.version, "g": r.job.generation, "t": r.at} for r in ok])
+        return
+    ids = [r.job.delivery_id for r in ok]
+    await db.execute(_LOCK_IN_ORDER, {"ids": ids})
+    await db.execute(
+        _SETTLE_MANY,
+        {"ids": ids, "versions": [r.job.version for r in ok], "generations": [r.job.generation for r in ok], "ats": [r.at for r in ok]},
+    )
 
 
 async def resume(db: AsyncSession, service_ids: list[int]) -> None:

@@ -26,6 +26,7 @@ import aiohttp
 from sqlalchemy import and_, func, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from identity.db.engine import plan_for_now
 from identity.db.models import PENDING, Notice, Service, utcnow
 from identity.db.units import whole
 from identity.oidc.keys import KeyCipher
@@ -187,6 +188,7 @@ class NoticeDeliverer:
             .correlate(None)  # not to the UPDATE of the same table around it
         )
         async with self.sessions.begin() as db:
+            await plan_for_now(db)
             rows = (
                 await db.execute(
                     update(Notice.__table__)
