@@ -36,6 +36,8 @@ class Endpoint:
     fail_with: int | None = None
     retry_after: str | None = None
     failures_answered: int = 0
+    #: The type of each delivery answered with ``fail_with`` (read from its body, unverified).
+    failed_types: list[str] = field(default_factory=list)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     #: Cleared, deliveries are held unanswered (in flight at the sender) until it is set again.
     gate: asyncio.Event = field(default_factory=lambda: _opened(asyncio.Event()))
@@ -76,6 +78,10 @@ class Receivers:
         await endpoint.gate.wait()
         if endpoint.fail_with is not None:
             endpoint.failures_answered += 1
+            try:
+                endpoint.failed_types.append(str(json.loads(await request.text())["type"]))
+            except (ValueError, KeyError, TypeError):
+                endpoint.failed_types.append("?")
             headers = {"Retry-After": endpoint.retry_after} if endpoint.retry_after else {}
             return web.Response(status=endpoint.fail_with, headers=headers)
         body = await request.text()
