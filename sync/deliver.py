@@ -373,35 +373,36 @@ class Deliverer:
         """Take up to ``limit`` due deliveries (a lease: their next attempt moves ahead)."""
         if limit <= 0:
             return []
-        now = utcnow()
-        no_webhook, no_topic = self._excluded()
-        d = Delivery.__table__.c
-        due = (
-            select(d.id, d.service_id, d.channel, d.next_attempt_at)
-            .where(
-                d.state == ACTIVE,
-                d.wanted_version > d.delivered_version,
-                d.next_attempt_at <= now,
-                not_(and_(d.channel == "webhook", d.service_id.in_(no_webhook))),
-                not_(and_(d.channel == "topic", d.service_id.in_(no_topic))),
-            )
-            .order_by(d.next_attempt_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .cte("due")
-        )
-        ranked = select(
-            due.c.id,
-            due.c.service_id,
-            func.row_number().over(partition_by=(due.c.service_id, due.c.channel), order_by=due.c.next_attempt_at).label("n"),
-        ).subquery()
-        # What each service may still take: its cap less what is in flight; one at a time while
-        # its webhook is quarantined.
-        room = self._room()
-        cap = case(room, value=ranked.c.service_id, else_=self.settings.sync_service_concurrency) if room else self.settings.sync_service_concurrency
-        picked = select(ranked.c.id).where(ranked.c.n <= cap).limit(limit)
         async with self.sessions.begin() as db:
             await plan_for_now(db)
+            await db.connection()
+            now = utcnow()  # the lease runs from here, not from before a wait for a connection
+            no_webhook, no_topic = self._excluded()
+            d = Delivery.__table__.c
+            due = (
+                select(d.id, d.service_id, d.channel, d.next_attempt_at)
+                .where(
+                    d.state == ACTIVE,
+                    d.wanted_version > d.delivered_version,
+                    d.next_attempt_at <= now,
+                    not_(and_(d.channel == "webhook", d.service_id.in_(no_webhook))),
+                    not_(and_(d.channel == "topic", d.service_id.in_(no_topic))),
+                )
+                .order_by(d.next_attempt_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+                .cte("due")
+            )
+            ranked = select(
+                due.c.id,
+                due.c.service_id,
+                func.row_number().over(partition_by=(due.c.service_id, due.c.channel), order_by=due.c.next_attempt_at).label("n"),
+            ).subquery()
+            # What each service may still take: its cap less what is in flight; one at a time while
+            # its webhook is quarantined.
+            room = self._room()
+            cap = case(room, value=ranked.c.service_id, else_=self.settings.sync_service_concurrency) if room else self.settings.sync_service_concurrency
+            picked = select(ranked.c.id).where(ranked.c.n <= cap).limit(limit)
             claimed = (
                 await db.execute(
                     update(Delivery.__table__)

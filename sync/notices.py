@@ -6,7 +6,9 @@ with its ``message_id`` as the ``webhook-id`` on every attempt. One person's not
 service reach each channel in the order they were written: a notice is claimed only when it is
 the oldest pending one of its (service, person, channel), and a claimed notice is leased (its
 ``next_attempt_at`` pushed ``sync_lease`` ahead), so at most one of them is in flight, across
-every worker. On Postgres claims take ``FOR UPDATE SKIP LOCKED``.
+every worker. On Postgres claims take ``FOR UPDATE SKIP LOCKED``. A worker that stalls past its
+lease may see the notice taken and tried again; its own outcome then counts only if no later
+attempt has been recorded first.
 
 Failures follow the profile deliveries' rules: retried on ``sync_retry_schedule`` (never sooner
 than a ``Retry-After``), ``dead`` after failing for ``sync_give_up_after``; a ``410`` disables the
@@ -158,37 +160,38 @@ class NoticeDeliverer:
     async def claim(self, limit: int) -> list[_Job]:
         """Lease up to ``limit`` due notices, each the oldest pending one of its (service,
         person, channel)."""
-        now = utcnow()
-        n = Notice.__table__.c
-        earlier = Notice.__table__.alias("earlier")
-        e = earlier.c
-        no_webhook, no_topic = self._closed()
-        known = list(self.endpoints)
-        picked = (
-            select(n.id)
-            .where(
-                n.state == PENDING,
-                n.next_attempt_at <= now,
-                n.service_id.in_(known),
-                not_(and_(n.channel == "webhook", n.service_id.in_(no_webhook))),
-                not_(and_(n.channel == "topic", n.service_id.in_(no_topic))),
-                ~select(e.id)
-                .where(
-                    e.state == PENDING,
-                    e.service_id == n.service_id,
-                    e.channel == n.channel,
-                    e.key == n.key,
-                    e.id < n.id,
-                )
-                .exists(),
-            )
-            .order_by(n.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .correlate(None)  # not to the UPDATE of the same table around it
-        )
         async with self.sessions.begin() as db:
             await plan_for_now(db)
+            await db.connection()
+            now = utcnow()  # the lease runs from here, not from before a wait for a connection
+            n = Notice.__table__.c
+            earlier = Notice.__table__.alias("earlier")
+            e = earlier.c
+            no_webhook, no_topic = self._closed()
+            known = list(self.endpoints)
+            picked = (
+                select(n.id)
+                .where(
+                    n.state == PENDING,
+                    n.next_attempt_at <= now,
+                    n.service_id.in_(known),
+                    not_(and_(n.channel == "webhook", n.service_id.in_(no_webhook))),
+                    not_(and_(n.channel == "topic", n.service_id.in_(no_topic))),
+                    ~select(e.id)
+                    .where(
+                        e.state == PENDING,
+                        e.service_id == n.service_id,
+                        e.channel == n.channel,
+                        e.key == n.key,
+                        e.id < n.id,
+                    )
+                    .exists(),
+                )
+                .order_by(n.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+                .correlate(None)  # not to the UPDATE of the same table around it
+            )
             rows = (
                 await db.execute(
                     update(Notice.__table__)
@@ -272,7 +275,11 @@ class NoticeDeliverer:
     ) -> None:
         n = Notice.__table__.c
         s = Service.__table__.c
-        this = update(Notice.__table__).where(n.id == job.id, n.state == "pending")
+        # Only the attempt the row last counted: when a lease ran out and another attempt has
+        # been recorded since, this late outcome is dropped rather than counted over it.
+        this = update(Notice.__table__).where(
+            n.id == job.id, n.state == "pending", n.attempts == job.attempts
+        )
         attempts = job.attempts + 1
         if outcome.result == "ok":
             await db.execute(

@@ -206,16 +206,17 @@ async def test_a_failing_webhook_gets_the_notice_again_with_the_same_id(
     receivers["store"].fail_with = 500
     await _unlink(browser, store)
     for _ in range(400):
-        if receivers["store"].failures_answered >= 2:
+        async with hub.app[DB]() as db:
+            waiting = await db.scalar(select(Notice))
+        # Tried twice, and (a stalled attempt's outcome may come later) a failure recorded.
+        if receivers["store"].failures_answered >= 2 and waiting and waiting.attempts:
             break
         await asyncio.sleep(0.05)
     assert receivers["store"].failures_answered >= 2
-    async with hub.app[DB]() as db:
-        waiting = await db.scalar(select(Notice))
-        assert (
-            waiting is not None and waiting.state == "pending" and waiting.attempts >= 1
-        )
-        assert waiting.last_error == "HTTP 500" and waiting.failing_since is not None
+    assert (
+        waiting is not None and waiting.state == "pending" and waiting.attempts >= 1
+    )
+    assert waiting.last_error == "HTTP 500" and waiting.failing_since is not None
     status = (
         await _call(hub, "GET", "/api/v1/sync/status", await service_token(store))
     ).json()
@@ -228,54 +229,61 @@ async def test_a_failing_webhook_gets_the_notice_again_with_the_same_id(
     assert rows[0].state == "delivered" and rows[0].attempts >= 2
 
 
-async def test_retry_after_is_honoured_and_410_disables_the_webhook(
-    hub: Hub, browser: Browser, receivers: Receivers
-) -> None:
-    store = await add_member(hub, receivers, "store")
-    await hub.add_user(verified=True)
-    await link(store, browser)
-    ann = await _sub(hub)
-    await receivers.wait_for("store", ann, 1)
+class TestRetryAfter:
+    @pytest.fixture
+    def settings_overrides(self, settings_overrides: dict[str, Any]) -> dict[str, Any]:
+        # The notice must be tried once: a lease longer than any stall of a loaded test machine
+        # (with the short test lease, a late outcome lets the notice be taken and sent again).
+        return settings_overrides | {"sync_lease": 30.0}
 
-    receivers["store"].fail_with, receivers["store"].retry_after = 503, "60"
-    await _unlink(browser, store)
-    for _ in range(200):
-        async with hub.app[DB]() as db:
-            row = await db.scalar(select(Notice))
-        if row is not None and row.attempts:
-            break
-        await asyncio.sleep(0.05)
-    assert row is not None and row.attempts == 1 and row.failing_since is not None
-    # Not before the minute the receiver asked for, although the schedule says 0.2 s.
-    assert row.next_attempt_at - row.failing_since >= dt.timedelta(seconds=59)
-    # The notice was tried once. (A snapshot sent again at least once may also meet the failing
-    # endpoint: a redelivered Kafka batch requests it anew.)
-    assert receivers["store"].failed_types.count("link.revoked") == 1
+    async def test_retry_after_is_honoured_and_410_disables_the_webhook(
+        self, hub: Hub, browser: Browser, receivers: Receivers
+    ) -> None:
+        store = await add_member(hub, receivers, "store")
+        await hub.add_user(verified=True)
+        await link(store, browser)
+        ann = await _sub(hub)
+        await receivers.wait_for("store", ann, 1)
 
-    # Due again now; this time the endpoint says it is gone for good.
-    receivers["store"].fail_with, receivers["store"].retry_after = 410, None
-    async with hub.app[DB].begin() as db:
-        row = await db.get(Notice, row.id)
-        assert row is not None
-        row.next_attempt_at = row.failing_since
-    notices.wake(hub.app)
-    for _ in range(200):
-        async with hub.app[DB]() as db:
-            disabled = await db.scalar(
-                select(Service.webhook_disabled_at).where(
-                    Service.client_id == store.rp.client_id
+        receivers["store"].fail_with, receivers["store"].retry_after = 503, "60"
+        await _unlink(browser, store)
+        for _ in range(200):
+            async with hub.app[DB]() as db:
+                row = await db.scalar(select(Notice))
+            if row is not None and row.attempts:
+                break
+            await asyncio.sleep(0.05)
+        assert row is not None and row.attempts == 1 and row.failing_since is not None
+        # Not before the minute the receiver asked for, although the schedule says 0.2 s.
+        assert row.next_attempt_at - row.failing_since >= dt.timedelta(seconds=59)
+        # The notice was tried once. (A snapshot sent again at least once may also meet the failing
+        # endpoint: a redelivered Kafka batch requests it anew.)
+        assert receivers["store"].failed_types.count("link.revoked") == 1
+
+        # Due again now; this time the endpoint says it is gone for good.
+        receivers["store"].fail_with, receivers["store"].retry_after = 410, None
+        async with hub.app[DB].begin() as db:
+            row = await db.get(Notice, row.id)
+            assert row is not None
+            row.next_attempt_at = row.failing_since
+        notices.wake(hub.app)
+        for _ in range(200):
+            async with hub.app[DB]() as db:
+                disabled = await db.scalar(
+                    select(Service.webhook_disabled_at).where(
+                        Service.client_id == store.rp.client_id
+                    )
                 )
-            )
-        if disabled is not None:
-            break
-        await asyncio.sleep(0.05)
-    assert disabled is not None
-    status = (
-        await _call(hub, "GET", "/api/v1/sync/status", await service_token(store))
-    ).json()
-    assert (
-        status["webhook"]["state"] == "disabled" and status["notices"]["pending"] == 1
-    )
+            if disabled is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert disabled is not None
+        status = (
+            await _call(hub, "GET", "/api/v1/sync/status", await service_token(store))
+        ).json()
+        assert (
+            status["webhook"]["state"] == "disabled" and status["notices"]["pending"] == 1
+        )
 
 
 async def test_a_notice_to_a_disabled_webhook_waits_and_is_sent_once_it_is_enabled(
@@ -384,18 +392,19 @@ async def test_one_persons_notices_arrive_in_order_on_the_webhook_and_the_topic(
             ids.append(event.id)
     notices.wake(hub.app)
     for _ in range(400):
-        if receivers["store"].failures_answered >= 2:
+        async with hub.app[DB]() as db:
+            tried = (
+                await db.scalars(
+                    select(Notice.message_id).where(
+                        Notice.channel == "webhook", Notice.attempts > 0
+                    )
+                )
+            ).all()
+        if receivers["store"].failures_answered >= 2 and tried:
             break
         await asyncio.sleep(0.05)
     # One at a time: only the first was tried, however often.
-    async with hub.app[DB]() as db:
-        tried = (
-            await db.scalars(
-                select(Notice.message_id).where(
-                    Notice.channel == "webhook", Notice.attempts > 0
-                )
-            )
-        ).all()
+    assert receivers["store"].failures_answered >= 2
     assert tried == [ids[0]]
     receivers["store"].fail_with = None
     await _settled(hub, 10)
