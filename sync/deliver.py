@@ -601,13 +601,16 @@ class Deliverer:
             return
         failing_since = job.failing_since or now
         attempts = job.attempts + 1
+        # Not if the version this attempt carried has been delivered meanwhile: an attempt that
+        # stalled past its lease, while another took the row and succeeded, comes too late.
+        this = update(Delivery.__table__).where(d.id == job.delivery_id, d.delivered_version < job.version)
         if (now - failing_since).total_seconds() >= settings.sync_give_up_after:
-            await db.execute(
-                update(Delivery.__table__)
-                .where(d.id == job.delivery_id)
-                .values(state="dead", attempts=attempts, last_error=error, failing_since=failing_since, next_attempt_at=now)
-            )
-            row = (await db.execute(select(d.account_id).where(d.id == job.delivery_id))).first()
+            row = (
+                await db.execute(
+                    this.values(state="dead", attempts=attempts, last_error=error, failing_since=failing_since, next_attempt_at=now)
+                    .returning(d.account_id)
+                )
+            ).first()
             if row is not None:
                 await db.execute(
                     insert(DeadLetter).values(
@@ -615,19 +618,15 @@ class Deliverer:
                         version=job.version, attempts=attempts, last_error=error, failing_since=failing_since, gave_up_at=now,
                     )
                 )
-            log.warning("sync: gave up delivering version %s to service %s (%s)", job.version, job.service_id, job.channel)
+                log.warning("sync: gave up delivering version %s to service %s (%s)", job.version, job.service_id, job.channel)
             return
         schedule = settings.sync_retry_schedule
         delay = schedule[min(attempts - 1, len(schedule) - 1)]
         if outcome.retry_after is not None:
             delay = max(delay, outcome.retry_after)
         next_at = now + dt.timedelta(seconds=delay)
-        await db.execute(
-            update(Delivery.__table__)
-            .where(d.id == job.delivery_id)
-            .values(attempts=attempts, last_error=error, failing_since=failing_since, next_attempt_at=next_at)
-        )
-        if job.channel != "webhook":
+        recorded = await db.execute(this.values(attempts=attempts, last_error=error, failing_since=failing_since, next_attempt_at=next_at))
+        if job.channel != "webhook" or not recorded.rowcount:
             return
         await db.execute(
             update(Service.__table__)

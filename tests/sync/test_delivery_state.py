@@ -3,14 +3,15 @@ that arrives while a delivery is in flight is never settled by that delivery."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import aiohttp
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from identity import admin
-from identity.db.models import Account, Delivery, Service, utcnow
+from identity.db.models import Account, DeadLetter, Delivery, Service, utcnow
 from identity.web.appkeys import CIPHER, DB
 from schemas.events import LinkCreated, ProfileChanged
 from sync import fanout
@@ -167,3 +168,43 @@ async def test_removing_a_channel_drops_what_was_queued_for_it(hub: Hub, receive
     async with hub.app[DB].begin() as db:
         await admin.update_service_sync(db, hub.app[CIPHER], store.rp.client_id, kafka_topic=False)
     assert await queued() == []
+
+
+async def test_a_failure_that_comes_after_another_attempt_delivered_is_not_recorded(hub: Hub, receivers: Receivers) -> None:
+    """An attempt that stalls past its lease while another takes the row and delivers it: the
+    stalled attempt's failure, recorded last, must neither mark the delivered row failing nor
+    give it up to the dead letters."""
+    store = await add_member(hub, receivers, "store")
+    sub = (await add_people(hub, 1))[0]
+    await link_directly(hub, [sub], store.rp.client_id)
+    async with hub.app[DB]() as db:
+        account = await db.scalar(select(Account).where(Account.sub == sub))
+        assert account is not None
+    async with hub.app[DB].begin() as db:
+        await fanout.record(db, [ProfileChanged(id="e1", sub=sub, version=1, changed=["name"], channel="support", occurred_at=account.updated_at)], echo_suppression=True)
+    settings = hub.settings.model_copy(update={"sync_retry_schedule": [0.0001], "sync_give_up_after": 0.5})
+    async with aiohttp.ClientSession() as http:
+        deliverer = Deliverer(settings, hub.app[DB], hub.app[CIPHER], http, bootstrap=None, idempotent=False, metrics=SyncMetrics())
+        await deliverer._refresh_endpoints(force=True)
+        [first] = await deliverer.claim(10)
+        async with hub.app[DB].begin() as db:
+            await deliverer._record(db, [_Result(first, Outcome("retry", "HTTP 503"), utcnow())])
+        # Failing for a while: the next failure recorded would be the last (given up).
+        [stalled] = await deliverer.claim(10)
+        assert stalled.failing_since is not None
+        async with hub.app[DB].begin() as db:  # its lease runs out
+            await db.execute(update(Delivery).where(Delivery.id == stalled.delivery_id).values(next_attempt_at=utcnow()))
+        [taken] = await deliverer.claim(10)
+        assert taken.delivery_id == stalled.delivery_id
+        async with hub.app[DB].begin() as db:
+            await deliverer._record(db, [_Result(taken, Outcome("ok"), utcnow())])
+        async with hub.app[DB].begin() as db:
+            await deliverer._record(db, [_Result(stalled, Outcome("retry", "HTTP 500"), utcnow() + dt.timedelta(seconds=1))])
+
+    row = await _row(hub)
+    assert row.state == "active" and row.delivered_version == row.wanted_version == 1
+    assert row.attempts == 0 and row.failing_since is None and row.last_error is None
+    async with hub.app[DB]() as db:
+        assert await db.scalar(select(func.count()).select_from(DeadLetter)) == 0
+        failing = await db.scalar(select(Service.webhook_failing_since).where(Service.client_id == store.rp.client_id))
+    assert failing is None
