@@ -51,12 +51,13 @@ async def sync_status(request: web.Request) -> web.StreamResponse:
     tag="sync",
     auth="service",
     responses={202: ResyncResponse, 409: None, 429: None},
-    headers={429: {"Retry-After": "Seconds until the previous resync has been replayed."}},
+    headers={429: {"Retry-After": "Seconds until the snapshots queued earlier have been sent."}},
 )
 async def resync(request: web.Request) -> web.StreamResponse:
     """Queues a snapshot of each linked person's current profile to the calling service, paced
-    at ``rate_per_second``. One resync at a time: while the previous one is still being paced
-    out, the answer is 429 with ``Retry-After``."""
+    at ``rate_per_second``. One resync at a time: while snapshots queued earlier (the previous
+    resync's, or a new link's in flight) are still being sent, the answer is 429 with
+    ``Retry-After``."""
     rate = request.config_dict[SETTINGS].sync_resync_rate
     async with request.config_dict[DB].begin() as db:
         try:
@@ -74,7 +75,8 @@ async def resync(request: web.Request) -> web.StreamResponse:
             response = problem(
                 429,
                 "resync_in_progress",
-                f"The previous resync is still being replayed; it should be done in about {wait} s.",
+                "Snapshots queued earlier for this service (a previous resync, or new links) are "
+                f"still being sent; try again in about {wait} s.",
             )
             response.headers["Retry-After"] = str(wait)
             return response
