@@ -20,7 +20,7 @@ import json
 import logging
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -218,6 +218,7 @@ class Deliverer:
         self.endpoints: dict[int, Endpoint] = {}
         self.timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout)
         self._endpoints_at = -1e9
+        self._gone: set[int] = set()  # webhooks that answered 410, until that is committed
         self.inflight: dict[tuple[int, str], int] = defaultdict(int)
         self.total_inflight = 0
         self.slot_free = asyncio.Event()
@@ -347,6 +348,25 @@ class Deliverer:
             async with self.sessions() as db:
                 self.endpoints = await load_endpoints(db, self.cipher)
             self._endpoints_at = now
+            for service_id in self._gone:  # read before the disabling was committed
+                self._disable(service_id)
+
+    def webhook_gone(self, service_id: int) -> None:
+        """A service's webhook answered 410 (to a delivery or a notice): send it nothing more,
+        from now on, not only once the disabling is committed and the endpoints read again."""
+        self._gone.add(service_id)
+        self._disable(service_id)
+
+    def webhook_gone_recorded(self, service_ids: set[int]) -> None:
+        """The disabling of those webhooks is committed: read the endpoints again."""
+        if service_ids:
+            self._gone -= service_ids
+            self._endpoints_at = -1e9
+
+    def _disable(self, service_id: int) -> None:
+        endpoint = self.endpoints.get(service_id)
+        if endpoint is not None and not endpoint.disabled:
+            self.endpoints[service_id] = replace(endpoint, disabled=True)
 
     def _excluded(self) -> tuple[list[int], list[int]]:
         """Services whose webhook or topic must not be claimed now."""
@@ -500,6 +520,8 @@ class Deliverer:
             log.warning("sync: delivery %s to service %s failed: %s: %s", job.delivery_id, job.service_id, type(exc).__name__, exc)
             outcome = webhooks.Outcome("retry", f"could not send: {type(exc).__name__}")
         self.metrics.deliveries.labels(job.channel, outcome.result).inc()
+        if outcome.result == "gone":
+            self.webhook_gone(job.service_id)
         self.results.append(_Result(job, outcome, utcnow()))
         self.results_ready.set()
 
@@ -556,6 +578,7 @@ class Deliverer:
             self.results[:0] = results
             self.results_ready.set()
             raise
+        self.webhook_gone_recorded({r.job.service_id for r in results if r.outcome.result == "gone"})
         for r in results:
             if r.outcome.result == "ok" and r.job.first_pending_at is not None:
                 self.metrics.delivery_latency.labels(r.job.channel).observe(max(0.0, (r.at - r.job.first_pending_at).total_seconds()))
@@ -597,13 +620,13 @@ class Deliverer:
             )
             await db.execute(update(Delivery.__table__).where(d.id == job.delivery_id).values(next_attempt_at=now, last_error=error))
             log.warning("sync: the webhook of service %s answered 410 Gone and is disabled", job.service_id)
-            self._endpoints_at = -1e9
             return
         failing_since = job.failing_since or now
         attempts = job.attempts + 1
-        # Not if the version this attempt carried has been delivered meanwhile: an attempt that
-        # stalled past its lease, while another took the row and succeeded, comes too late.
-        this = update(Delivery.__table__).where(d.id == job.delivery_id, d.delivered_version < job.version)
+        # Not if the version this attempt carried has been delivered meanwhile, nor once the row
+        # was given up: an attempt that stalled past its lease, while another took the row and
+        # succeeded or gave up, comes too late.
+        this = update(Delivery.__table__).where(d.id == job.delivery_id, d.state == ACTIVE, d.delivered_version < job.version)
         if (now - failing_since).total_seconds() >= settings.sync_give_up_after:
             row = (
                 await db.execute(

@@ -22,7 +22,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 from sqlalchemy import and_, func, not_, or_, select, update
@@ -135,6 +135,11 @@ class NoticeDeliverer:
                 self.endpoints = await load_endpoints(db, self.cipher)
             self._endpoints_at = now
 
+    def _disable(self, service_id: int) -> None:
+        endpoint = self.endpoints.get(service_id)
+        if endpoint is not None and not endpoint.disabled:
+            self.endpoints[service_id] = replace(endpoint, disabled=True)
+
     def _closed(self) -> tuple[list[int], list[int]]:
         """Services whose webhook or topic takes no notice now: none, disabled, or at its cap of
         notices in flight (one while the webhook is quarantined). The cap is checked before a
@@ -217,9 +222,16 @@ class NoticeDeliverer:
     async def _deliver(self, job: _Job) -> None:
         outcome = await self._send(job)
         self.metrics.notices.labels(job.channel, outcome.result).inc()
+        if outcome.result == "gone":
+            # Nothing more to that webhook from this worker, profile deliveries included.
+            self.publisher.webhook_gone(job.service_id)
+            self._disable(job.service_id)
         for attempt in range(3):
             try:
                 await whole(self._record_now(job, outcome))
+                if outcome.result == "gone":
+                    self.publisher.webhook_gone_recorded({job.service_id})
+                    self._endpoints_at = -1e9
                 return
             except asyncio.CancelledError:
                 raise
@@ -331,7 +343,6 @@ class NoticeDeliverer:
                 "sync: the webhook of service %s answered 410 Gone and is disabled",
                 job.service_id,
             )
-            self._endpoints_at = -1e9
             return
         failing_since = job.failing_since or now
         if (now - failing_since).total_seconds() >= self.settings.sync_give_up_after:

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from identity import outbox
 from identity.accounts.store import find_by_sub, update_details
-from identity.db.models import Account, Link, Service, utcnow
+from identity.db.models import Account, Delivery, Link, Service, utcnow
 from identity.web.appkeys import DB
 from schemas.events import LinkCreated
 from tests.conftest import free_port
@@ -50,6 +50,27 @@ async def change(hub: Hub, sub: str, **changes: Any) -> int:
         assert account is not None
         await update_details(db, account, changes, channel="support", actor="agent@example.com")
         return account.version
+
+
+async def recorded(hub: Hub, client_id: str, sub: str, version: int, timeout: float = 30.0) -> None:
+    """Wait until the worker has recorded that ``version`` reached the service on every channel.
+    (A receiver has a delivery a moment before its outcome is committed; a change made in that
+    moment is coalesced with the delivery still in flight.)"""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        async with hub.app[DB]() as db:
+            rows = (
+                await db.execute(
+                    select(Delivery.delivered_version)
+                    .join(Service, Service.id == Delivery.service_id)
+                    .join(Account, Account.id == Delivery.account_id)
+                    .where(Service.client_id == client_id, Account.sub == sub)
+                )
+            ).scalars().all()
+        if rows and all(v >= version for v in rows):
+            return
+        assert asyncio.get_running_loop().time() < deadline, (client_id, sub, version, rows)
+        await asyncio.sleep(0.05)
 
 
 class SyncProcess:

@@ -169,7 +169,7 @@ async def test_service_topic_carries_the_same_deliveries(hub: Hub, receivers: Re
     latest: dict[str, dict] = {}
     try:
         deadline = asyncio.get_running_loop().time() + 30
-        while latest.get(subs[1], {}).get("version", 0) < version:
+        while latest.get(subs[1], {}).get("version", 0) < version or set(latest) != set(subs):
             assert asyncio.get_running_loop().time() < deadline, latest
             for messages in (await consumer.getmany(timeout_ms=500)).values():
                 for message in messages:
@@ -228,7 +228,7 @@ async def test_a_delivery_verifies_with_the_standard_webhooks_library(hub: Hub, 
 
 
 async def test_one_resync_at_a_time(hub: Hub, receivers: Receivers, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hub.app[SETTINGS], "sync_resync_rate", 1.0)  # 4 people: paced over 3 s
+    monkeypatch.setattr(hub.app[SETTINGS], "sync_resync_rate", 0.5)  # 4 people: paced over 6 s
     store = await add_member(hub, receivers, "store")
     subs = await add_people(hub, 4)
     await link_directly(hub, subs, store.rp.client_id)
@@ -245,11 +245,11 @@ async def test_one_resync_at_a_time(hub: Hub, receivers: Receivers, monkeypatch:
             await asyncio.sleep(0.05)
         assert status["backlog"]["webhook"]["pending"] == 0, status
         first = await http.post("/api/v1/sync/resync", headers={"Authorization": f"Bearer {token}"})
-        assert first.status_code == 202 and first.json() == {"queued": 4, "rate_per_second": 1.0}
+        assert first.status_code == 202 and first.json() == {"queued": 4, "rate_per_second": 0.5}
         again = await http.post("/api/v1/sync/resync", headers={"Authorization": f"Bearer {token}"})
         assert again.status_code == 429, again.text
         assert again.json()["error"] == "resync_in_progress"
-        assert 1 <= int(again.headers["Retry-After"]) <= 4
+        assert 1 <= int(again.headers["Retry-After"]) <= 7
         # Once the last paced snapshot has gone out, the service may ask again.
         for _ in range(20):
             await asyncio.sleep(int(again.headers["Retry-After"]))
@@ -258,7 +258,7 @@ async def test_one_resync_at_a_time(hub: Hub, receivers: Receivers, monkeypatch:
                 break
         assert again.status_code == 202, again.text
     replayed: set[str] = set()
-    for _ in range(300):
+    for _ in range(600):
         replayed = {d["data"]["sub"] for d in receivers["store"].received if d["type"] == "profile.snapshot" and d["data"]["reason"] == "resync"}
         if replayed == set(subs):
             break

@@ -208,3 +208,48 @@ async def test_a_failure_that_comes_after_another_attempt_delivered_is_not_recor
         assert await db.scalar(select(func.count()).select_from(DeadLetter)) == 0
         failing = await db.scalar(select(Service.webhook_failing_since).where(Service.client_id == store.rp.client_id))
     assert failing is None
+
+
+async def test_a_webhook_that_answered_410_gets_nothing_more_from_this_worker(hub: Hub, receivers: Receivers) -> None:
+    """From the 410 on, not only once the disabling is committed and the endpoints are read
+    again: the fan-out's direct sends and the claims leave that webhook out at once, even if the
+    endpoints are read again before the outcome is recorded."""
+    store = await add_member(hub, receivers, "store")
+    sub = (await add_people(hub, 1))[0]
+    await link_directly(hub, [sub], store.rp.client_id)
+    async with hub.app[DB]() as db:
+        account = await db.scalar(select(Account).where(Account.sub == sub))
+        assert account is not None
+    async with hub.app[DB].begin() as db:
+        await fanout.record(db, [ProfileChanged(id="e1", sub=sub, version=1, changed=["name"], channel="support", occurred_at=account.updated_at)], echo_suppression=True)
+    receivers["store"].fail_with = 410
+    async with aiohttp.ClientSession() as http:
+        deliverer = Deliverer(hub.settings, hub.app[DB], hub.app[CIPHER], http, bootstrap=None, idempotent=False, metrics=SyncMetrics())
+        deliverer.accepting = True
+        await deliverer._refresh_endpoints(force=True)
+        service_id = next(iter(deliverer.endpoints))
+        lease = deliverer.direct_lease()
+        assert lease is not None and (service_id, "webhook") in lease.room
+        [job] = await deliverer.claim(10)
+        await deliverer._send(job)
+        assert [r.outcome.result for r in deliverer.results] == ["gone"]
+
+        # Answered, not yet recorded: already closed, and still after the endpoints are read again.
+        for _ in range(2):
+            lease = deliverer.direct_lease()
+            assert lease is not None and (service_id, "webhook") not in lease.room
+            assert service_id in deliverer._excluded()[0]
+            await deliverer._refresh_endpoints(force=True)
+
+        await deliverer._flush()
+        async with hub.app[DB]() as db:
+            assert await db.scalar(select(Service.webhook_disabled_at).where(Service.id == service_id)) is not None
+        await deliverer._refresh_endpoints()  # read again after the commit
+        assert deliverer.endpoints[service_id].disabled
+
+        # Enabled again by the operator: once read, the webhook is open again.
+        async with hub.app[DB].begin() as db:
+            await admin.update_service_sync(db, hub.app[CIPHER], store.rp.client_id, webhook_url=receivers.url("store"))
+        await deliverer._refresh_endpoints(force=True)
+        lease = deliverer.direct_lease()
+        assert lease is not None and (service_id, "webhook") in lease.room

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.support import Browser, Hub
 from tests.sync.conftest import add_member, link, patch_me
+from tests.sync.helpers import recorded
 from tests.sync.receivers import Receivers
 
 
@@ -21,6 +22,8 @@ async def test_change_through_one_service_reaches_the_other_linked_services_only
         # Linking sends the service a snapshot of what it may see.
         snapshot = await receivers.wait_for(member.name, sub, 1)
         assert snapshot["profile"]["given_name"] == "Ann"
+        # Recorded too: a change made while it is in flight would go out as a snapshot.
+        await recorded(hub, member.rp.client_id, sub, 1)
 
     response = await patch_me(hub, token["access_token"], {"given_name": "Anna"})
     assert response.status_code == 200, response.text

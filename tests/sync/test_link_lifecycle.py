@@ -23,6 +23,7 @@ from identity.db.models import Delivery, Notice, Service
 from identity.web.appkeys import CIPHER, DB
 from schemas.events import LinkRevoked, LinkRevokedData, service_event
 from sync import notices as sync_notices
+from sync.runtime import DELIVERER
 from tests.support import Browser, Hub, form
 from tests.sync.conftest import Member, add_member, link, service_token
 from tests.sync.helpers import SyncProcess, change
@@ -105,6 +106,12 @@ async def test_after_a_service_cancels_it_gets_nothing_more_while_others_keep_re
             == 0
         )
 
+    # A retry already in flight when the cancel came still meets the failing endpoint.
+    for _ in range(200):
+        if not hub.app[DELIVERER].inflight[(store_id, "webhook")]:
+            break
+        await asyncio.sleep(0.05)
+    assert not hub.app[DELIVERER].inflight[(store_id, "webhook")]
     receivers["store"].fail_with = None
     received = len(receivers["store"].received)
     v3 = await change(hub, ann, family_name="Sample")
@@ -303,7 +310,7 @@ async def test_a_notice_to_a_disabled_webhook_waits_and_is_sent_once_it_is_enabl
         assert service is not None
         service.webhook_disabled_at = notices.timestamp()
         url = service.webhook_url
-    await asyncio.sleep(sync_notices.ENDPOINTS_REFRESH + 0.5)  # the worker sees it disabled
+    await asyncio.sleep(sync_notices.ENDPOINTS_REFRESH + 2)  # the worker has read it disabled
 
     await _unlink(browser, store)
     async with hub.app[DB]() as db:
@@ -409,7 +416,7 @@ async def test_one_persons_notices_arrive_in_order_on_the_webhook_and_the_topic(
     receivers["store"].fail_with = None
     await _settled(hub, 10)
     got = [e["id"] for e in receivers["store"].received if e["type"] == "link.revoked"]
-    assert got == ids
+    assert list(dict.fromkeys(got)) == ids  # in order (at least once: a copy may come again)
 
     consumer = AIOKafkaConsumer(
         hub.settings.kafka_topic_prefix + (store.topic or ""),
@@ -422,7 +429,7 @@ async def test_one_persons_notices_arrive_in_order_on_the_webhook_and_the_topic(
     on_topic: list[str] = []
     try:
         deadline = asyncio.get_running_loop().time() + 30
-        while len(on_topic) < len(ids):
+        while len(set(on_topic)) < len(ids):
             assert asyncio.get_running_loop().time() < deadline, on_topic
             for messages in (await consumer.getmany(timeout_ms=500)).values():
                 for message in messages:
@@ -435,7 +442,7 @@ async def test_one_persons_notices_arrive_in_order_on_the_webhook_and_the_topic(
                     on_topic.append(event["id"])
     finally:
         await consumer.stop()
-    assert on_topic == ids
+    assert list(dict.fromkeys(on_topic)) == ids
 
 
 class TestStandaloneWorker:
@@ -443,7 +450,8 @@ class TestStandaloneWorker:
 
     @pytest.fixture
     def settings_overrides(self, settings_overrides: dict[str, Any]) -> dict[str, Any]:
-        return settings_overrides | {"sync_in_process": False}
+        # A lease that no stall outlasts: the test counts one delivery.
+        return settings_overrides | {"sync_in_process": False, "sync_lease": 30.0}
 
     async def test_the_worker_process_delivers_the_notice(
         self, hub: Hub, browser: Browser, receivers: Receivers, tmp_path: Path
