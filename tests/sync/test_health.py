@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,11 @@ async def test_healthz_turns_503_when_a_sync_task_stops(database_url: str, tmp_p
             assert (await http.get("/healthz")).json() == {"status": "ok"}
             assert "onesignin_sync_deliveries_total" in (await http.get("/metrics")).text
             app[TASKS]["sync-deliverer"].cancel()
-            for _ in range(50):
+            for _ in range(200):  # it stops once the unit of work in hand is done
                 answer = await http.get("/healthz")
                 if answer.status_code == 503:
                     break
+                await asyncio.sleep(0.05)
             assert answer.status_code == 503
             assert answer.json()["stopped"] == ["sync-deliverer"]
     finally:

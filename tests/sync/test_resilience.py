@@ -116,15 +116,16 @@ class TestRetryAfter:
         await receivers.wait_for("store", subs[0], 1)
         receivers["store"].fail_with, receivers["store"].retry_after = 429, "3"
         version = await change(hub, subs[0], given_name="Later")
-        for _ in range(100):
+        for _ in range(600):
             if receivers["store"].failures_answered:
                 break
             await asyncio.sleep(0.05)
+        assert receivers["store"].failures_answered
         await asyncio.sleep(1.5)
         # The schedule says 0.2 s, the service asked for 3 s: it is not asked again before then.
         assert receivers["store"].failures_answered == 1
         receivers["store"].fail_with = None
-        await receivers.wait_for("store", subs[0], version, timeout=10)
+        await receivers.wait_for("store", subs[0], version, timeout=30)
 
         receivers["store"].fail_with = 410
         await change(hub, subs[0], given_name="Gone")
