@@ -222,16 +222,23 @@ class NoticeDeliverer:
     async def _deliver(self, job: _Job) -> None:
         outcome = await self._send(job)
         self.metrics.notices.labels(job.channel, outcome.result).inc()
-        if outcome.result == "gone":
-            # Nothing more to that webhook from this worker, profile deliveries included.
-            self.publisher.webhook_gone(job.service_id)
-            self._disable(job.service_id)
+        if outcome.result != "gone":
+            await self._record_soon(job, outcome)
+            return
+        # Nothing more to that webhook from this worker, profile deliveries included, until the
+        # disabling is recorded (or could not be: then the database says what holds).
+        self.publisher.webhook_gone(job.service_id)
+        self._disable(job.service_id)
+        try:
+            await self._record_soon(job, outcome)
+        finally:
+            self.publisher.webhook_gone_recorded({job.service_id})
+            self._endpoints_at = -1e9
+
+    async def _record_soon(self, job: _Job, outcome: webhooks.Outcome) -> None:
         for attempt in range(3):
             try:
                 await whole(self._record_now(job, outcome))
-                if outcome.result == "gone":
-                    self.publisher.webhook_gone_recorded({job.service_id})
-                    self._endpoints_at = -1e9
                 return
             except asyncio.CancelledError:
                 raise

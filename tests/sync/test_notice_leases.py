@@ -69,3 +69,51 @@ async def test_a_late_outcome_of_an_attempt_whose_lease_ran_out_is_not_counted(
     assert row.attempts == 1 and row.last_error == "HTTP 503"
     assert row.failing_since is not None
     assert row.next_attempt_at - row.failing_since >= dt.timedelta(seconds=59)
+
+
+async def test_a_410_to_a_notice_closes_the_webhook_to_profile_deliveries_at_once(
+    hub: Hub, receivers: Receivers
+) -> None:
+    store = await add_member(hub, receivers, "store")
+    async with hub.app[DB].begin() as db:
+        service = await db.scalar(select(Service).where(Service.client_id == store.rp.client_id))
+        assert service is not None
+        now = notices.timestamp()
+        notice = LinkRevoked(id=notices.new_notice_id(), timestamp=now, data=LinkRevokedData(sub="someone", revoked_at=now))
+        notices.add(db, service, None, "someone", notice)
+    receivers["store"].fail_with = 410
+
+    async with aiohttp.ClientSession() as http:
+        deliverer = Deliverer(
+            hub.settings, hub.app[DB], hub.app[CIPHER], http, bootstrap=None, idempotent=False, metrics=SyncMetrics()
+        )
+        deliverer.accepting = True
+        await deliverer._refresh_endpoints(force=True)
+        taker = NoticeDeliverer(hub.settings, hub.app[DB], hub.app[CIPHER], http, publisher=deliverer, metrics=SyncMetrics())
+        await taker._refresh_endpoints()
+        lease = deliverer.direct_lease()
+        assert lease is not None and (service.id, "webhook") in lease.room
+        [job] = await taker.claim(10)
+
+        seen_while_recording: list[bool] = []
+        record = taker._record_now
+
+        async def recording(job: Any, outcome: webhooks.Outcome) -> None:
+            lease = deliverer.direct_lease()
+            await deliverer._refresh_endpoints(force=True)  # read before the disabling commits
+            seen_while_recording.append(
+                lease is not None
+                and (service.id, "webhook") not in lease.room
+                and service.id in deliverer._excluded()[0]
+            )
+            await record(job, outcome)
+
+        taker._record_now = recording  # type: ignore[method-assign]
+        await taker._deliver(job)
+        assert seen_while_recording == [True]
+        assert deliverer._gone == set()
+        await deliverer._refresh_endpoints()  # due again: read after the commit
+        assert deliverer.endpoints[service.id].disabled
+
+    async with hub.app[DB]() as db:
+        assert await db.scalar(select(Service.webhook_disabled_at).where(Service.id == service.id)) is not None
