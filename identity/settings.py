@@ -55,6 +55,10 @@ class Settings(BaseSettings):
         [], description='e.g. ["10.0.0.5", "172.16.0.0/12"]: the client address is then read from X-Forwarded-For.'
     )
 
+    # A request's body must arrive within this many seconds (408 otherwise); handlers read it
+    # whole before they touch the database.
+    request_body_timeout: float = Field(10.0, gt=0, le=300)
+
     # Sign-in throttling.
     throttle_account_failures: int = Field(5, ge=1)
     throttle_address_failures: int = Field(30, ge=1)

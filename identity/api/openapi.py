@@ -31,8 +31,9 @@ _REASONS = {
     404: "Not found, or not linked to the calling service: the two cannot be told apart.",
     409: "The request conflicts with the resource's current state.",
     412: "If-Match does not match the current version.",
+    408: "The body did not arrive within the time limit (ONESIGNIN_REQUEST_BODY_TIMEOUT).",
     413: "The body is too large.",
-    415: "The body must be JSON (Content-Type: application/json).",
+    415: "The body must be JSON (Content-Type: application/json); multipart bodies are refused.",
     422: "The body is JSON but not valid; problems lists each field.",
     429: "Not now: try again after the number of seconds in Retry-After.",
 }
@@ -144,7 +145,11 @@ def _operation(method: str, path: str, op: Operation, refs: dict[Any, Any]) -> d
         # A person's token without a scope the operation needs (``openid`` at least): insufficient_scope.
         statuses.setdefault(403, None)
     if op.body is not None:
-        for status in (400, 413, 415, 422):
+        for status in (400, 422):
+            statuses.setdefault(status, None)
+    if method in ("POST", "PATCH", "PUT"):
+        # Every body is read whole, within a time limit, before the handler runs.
+        for status in (408, 413, 415):
             statuses.setdefault(status, None)
     responses: dict[str, Any] = {}
     for status, model in sorted(statuses.items()):

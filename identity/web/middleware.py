@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,8 @@ def is_api(request: web.Request) -> bool:
 
 def _error_page(request: web.Request, status: int, title: str, message: str) -> web.StreamResponse:
     if is_api(request):
-        code = "server_error" if status >= 500 else ("not_found" if status == 404 else "invalid_request")
+        code = {404: "not_found", 408: "request_timeout", 413: "request_too_large", 415: "unsupported_media_type"}.get(status, "invalid_request")
+        code = "server_error" if status >= 500 else code
         return web.json_response({"error": code, "error_description": message}, status=status)
     return aiohttp_jinja2.render_template(
         "message.html", request, {"title": title, "message": message}, status=status
@@ -62,6 +64,47 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error_page(
             request, 500, "Something went wrong", f"Something went wrong on our side. Please try again. (Incident {incident})"
         )
+
+
+#: Methods whose body a handler may read.
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+@web.middleware
+async def whole_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Read the request's whole body before the handler runs, within
+    ``ONESIGNIN_REQUEST_BODY_TIMEOUT`` seconds (the application's ``client_max_size`` bounds its
+    size).
+
+    A handler opens its unit of work only after reading what it needs from the client; reading
+    the body here makes that hold for every route, whatever the handler does: ``request.read()``,
+    ``request.post()`` and ``request.json()`` then answer from memory, so no handler can wait on
+    a slow or stalled client while it holds a database connection. Multipart bodies are refused:
+    the hub takes no uploads, and its forms are URL-encoded."""
+    if request.method not in BODY_METHODS or not request.body_exists:
+        return await handler(request)
+    if request.content_type == "multipart/form-data":
+        return _error_page(
+            request, 415, "Not accepted", "Send forms as application/x-www-form-urlencoded and API bodies as JSON."
+        )
+    if (request.content_length or 0) > request.client_max_size:
+        return _too_large(request)
+    try:
+        async with asyncio.timeout(request.config_dict[SETTINGS].request_body_timeout):
+            await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _too_large(request)
+    except TimeoutError:
+        response = _error_page(request, 408, "Too slow", "The request's body did not arrive in time. Please try again.")
+        response.force_close()
+        return response
+    return await handler(request)
+
+
+def _too_large(request: web.Request) -> web.StreamResponse:
+    response = _error_page(request, 413, "Too large", "The request is too large.")
+    response.force_close()  # the rest of the body is not read
+    return response
 
 
 @web.middleware
