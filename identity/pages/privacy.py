@@ -85,7 +85,7 @@ async def delete(request: web.Request) -> web.StreamResponse:
             "message": "Your One Sign In account and the personal data it held are deleted, and you are signed out everywhere.",
         },
     )
-    browser.clear_cookie(response)
+    browser.clear_cookie(request, response)
     return response
 
 

@@ -139,7 +139,7 @@ async def attempt_sign_in(request: web.Request, email: str, password: str) -> st
 
 def _plain(request: web.Request, attempt: Attempt) -> bool:
     """A success with nothing more to do: no rehash, no earlier session to end."""
-    return not attempt.new_hash and browser.COOKIE not in request.cookies
+    return not attempt.new_hash and browser.SESSION.read(request) is None
 
 
 async def _sign_in_at_once(request: web.Request, attempt: Attempt) -> str:
@@ -212,7 +212,7 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
     if notices:
         await send_notices(request.config_dict[HTTP], notices, settings.backchannel_logout_timeout)
     response = render(request, "message.html", {"title": "You are signed out", "message": "You have signed out of the hub."})
-    browser.clear_cookie(response)
+    browser.clear_cookie(request, response)
     return response
 
 

@@ -13,10 +13,10 @@ import hmac
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from identity.support import session
 from identity.tokens import digest
 from identity.web.appkeys import SECRET
-from identity.web.csrf import FIELD, CsrfError
+from identity.web.cookies import CONSOLE
+from identity.web.csrf import FIELD, CsrfError, same_origin
 
 
 def _token(request: web.Request, secret: str) -> str:
@@ -24,7 +24,7 @@ def _token(request: web.Request, secret: str) -> str:
 
 
 def _secret(request: web.Request) -> str | None:
-    secret = request.cookies.get(session.COOKIE)
+    secret = CONSOLE.read(request)
     return secret if secret and len(secret) <= 100 else None
 
 
@@ -36,10 +36,12 @@ def token_for(request: web.Request) -> str:
 
 async def checked_form(request: web.Request) -> MultiDictProxy[str]:
     """Read a POSTed console form and verify its token against the console session; 403 otherwise."""
+    if not same_origin(request):
+        raise CsrfError()
     form = await request.post()
-    secret = request.cookies.get(session.COOKIE)
+    secret = _secret(request)
     sent = form.get(FIELD)
-    if not secret or len(secret) > 100 or not isinstance(sent, str):
+    if not secret or not isinstance(sent, str):
         raise CsrfError()
     if not hmac.compare_digest(sent.encode(), _token(request, secret).encode()):
         raise CsrfError()

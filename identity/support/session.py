@@ -19,8 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from identity.db.models import Account, ConsoleSession, StaffMember, utcnow
 from identity.tokens import digest, new_secret
 from identity.web.appkeys import SETTINGS
+from identity.web.cookies import CONSOLE
 
-COOKIE = "osi_console"
+COOKIE = CONSOLE.base
 PATH = "/support"
 Role = Literal["agent", "supervisor"]
 _TOUCH_AFTER = dt.timedelta(seconds=30)
@@ -49,7 +50,7 @@ AGENT = web.RequestKey("agent", Agent)
 
 async def current(request: web.Request, db: AsyncSession) -> Agent | None:
     """The console session named by the cookie, if live; refreshes its idle timer."""
-    secret = request.cookies.get(COOKIE)
+    secret = CONSOLE.read(request)
     if not secret or len(secret) > 100:
         return None
     row = (
@@ -94,15 +95,8 @@ def new_session(request: web.Request, staff_id: int, *, stage: str, address: str
 
 
 def set_cookie(request: web.Request, response: web.StreamResponse, secret: str) -> None:
-    response.set_cookie(
-        COOKIE,
-        secret,
-        httponly=True,
-        samesite="Strict",
-        secure=request.config_dict[SETTINGS].secure_cookies,
-        path=PATH,
-    )
+    CONSOLE.set(request, response, secret, path=PATH)
 
 
-def clear_cookie(response: web.StreamResponse) -> None:
-    response.del_cookie(COOKIE, path=PATH)
+def clear_cookie(request: web.Request, response: web.StreamResponse) -> None:
+    CONSOLE.clear(request, response, path=PATH)

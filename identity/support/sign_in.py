@@ -32,11 +32,12 @@ from identity.support import staff as staff_members
 from identity.support.console_client import Pending, SignInFailed
 from identity.support.render import render
 from identity.web.appkeys import CIPHER, DB, PROVIDER, SECRET, SETTINGS
+from identity.web.cookies import CONSOLE_LOGIN
 from identity.web.responses import redirect
 
 log = logging.getLogger(__name__)
 
-PENDING_COOKIE = "osi_console_login"
+PENDING_COOKIE = CONSOLE_LOGIN.base
 HOME = f"{session.PATH}/"
 LOGIN = f"{session.PATH}/login"
 TOTP = f"{session.PATH}/totp"
@@ -66,22 +67,14 @@ async def login(request: web.Request) -> web.StreamResponse:
         await console_client.ensure_client(db, settings, request.config_dict[SECRET])
     pending = Pending.new()
     response = redirect(console_client.authorization_url(settings, pending), 303)
-    response.set_cookie(
-        PENDING_COOKIE,
-        pending.seal(request.config_dict[SECRET]),
-        httponly=True,
-        samesite="Lax",
-        secure=settings.secure_cookies,
-        path=session.PATH,
-        max_age=console_client.PENDING_TTL,
-    )
+    CONSOLE_LOGIN.set(request, response, pending.seal(request.config_dict[SECRET]), path=session.PATH, max_age=console_client.PENDING_TTL)
     return response
 
 
 async def callback(request: web.Request) -> web.StreamResponse:
     settings, hub_secret = request.config_dict[SETTINGS], request.config_dict[SECRET]
     provider, sessions = request.config_dict[PROVIDER], request.config_dict[DB]
-    pending = Pending.unseal(request.cookies.get(PENDING_COOKIE), hub_secret)
+    pending = Pending.unseal(request.cookies.get(CONSOLE_LOGIN.name(request)), hub_secret)
     try:
         code = console_client.check_callback(request.query, settings, pending)
         assert pending is not None
@@ -92,7 +85,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
     except SignInFailed as exc:
         log.info("console sign-in failed: %s", exc.detail)
         response = _notice(request, "Sign-in not completed", exc.public, 400)
-        response.del_cookie(PENDING_COOKIE, path=session.PATH)
+        CONSOLE_LOGIN.clear(request, response, path=session.PATH)
         return response
 
     async with sessions.begin() as db:
@@ -122,7 +115,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
     else:
         response = redirect(TOTP, 303)
         session.set_cookie(request, response, secret)
-    response.del_cookie(PENDING_COOKIE, path=session.PATH)
+    CONSOLE_LOGIN.clear(request, response, path=session.PATH)
     return response
 
 
@@ -148,7 +141,7 @@ async def totp_page(request: web.Request) -> web.StreamResponse:
 
 def _ended(request: web.Request, title: str, message: str) -> web.Response:
     response = _notice(request, title, message, 403)
-    session.clear_cookie(response)
+    session.clear_cookie(request, response)
     return response
 
 
@@ -252,5 +245,5 @@ async def logout(request: web.Request) -> web.StreamResponse:
     response = _notice(
         request, "Signed out of the console", "You have signed out of the support console. Your hub account stays signed in.", 200
     )
-    session.clear_cookie(response)
+    session.clear_cookie(request, response)
     return response

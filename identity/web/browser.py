@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from identity.db.models import Account, BrowserSession, utcnow
 from identity.tokens import digest, new_secret
 from identity.web.appkeys import SETTINGS
+from identity.web.cookies import CSRF, SESSION
 
-COOKIE = "osi_session"
+COOKIE = SESSION.base
 _TOUCH_AFTER = dt.timedelta(minutes=1)
 
 
@@ -34,7 +35,7 @@ class SignedIn:
 
 async def current(request: web.Request, db: AsyncSession) -> SignedIn | None:
     """The signed-in person for this request, or None. Refreshes the idle timer."""
-    secret = request.cookies.get(COOKIE)
+    secret = SESSION.read(request)
     if not secret or len(secret) > 100:
         return None
     row = await db.scalar(select(BrowserSession).where(BrowserSession.secret_hash == digest(secret)))
@@ -77,17 +78,12 @@ async def start(db: AsyncSession, request: web.Request, account_id: int) -> str:
 
 
 def set_cookie(request: web.Request, response: web.StreamResponse, secret: str) -> None:
-    settings = request.config_dict[SETTINGS]
-    response.set_cookie(
-        COOKIE,
-        secret,
-        httponly=True,
-        samesite="Lax",
-        secure=settings.secure_cookies,
-        path="/",
-        max_age=settings.session_ttl,
-    )
+    """Name the new session in the browser; its CSRF nonce is renewed with it, so no form
+    rendered before (for another session, or none) is accepted any more."""
+    SESSION.set(request, response, secret, max_age=request.config_dict[SETTINGS].session_ttl)
+    CSRF.set(request, response, new_secret(24))
 
 
-def clear_cookie(response: web.StreamResponse) -> None:
-    response.del_cookie(COOKIE, path="/")
+def clear_cookie(request: web.Request, response: web.StreamResponse) -> None:
+    SESSION.clear(request, response)
+    CSRF.set(request, response, new_secret(24))

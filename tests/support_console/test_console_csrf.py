@@ -99,3 +99,23 @@ async def test_an_audit_page_before_that_is_not_ascii_digits_is_ignored(hub: Hub
         assert page.status_code == 200 and "Audit trail" in page.text
     finally:
         await supervisor.aclose()
+
+
+async def test_a_console_form_posted_from_another_site_is_refused(hub: Hub) -> None:
+    person = await linked_person(hub)
+    console = await console_for(hub)
+    try:
+        page = await console.get(f"/support/people/{person.sub}")
+        fields = form(page.text, f"/support/people/{person.sub}/reveal").fields
+        data = fields | {"field": "phone_number", "reason": "a page elsewhere asks"}
+        for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}, {"Origin": "https://evil.example"}):
+            forged = await console.http.post(f"/support/people/{person.sub}/reveal", data=data, headers=headers)
+            assert forged.status_code == 403, headers
+        assert await audit_records(hub, action="support.reveal") == []
+        shown = await console.http.post(
+            f"/support/people/{person.sub}/reveal", data=data | {"reason": "caller asked to confirm it"}, headers={"Sec-Fetch-Site": "same-origin"}
+        )
+        assert shown.status_code == 200 and "+447700900456" in shown.text
+    finally:
+        await console.aclose()
+        await person.browser.aclose()

@@ -43,10 +43,11 @@ from identity.pages.common import render
 from identity.tokens import digest, new_secret
 from identity.web import browser
 from identity.web.appkeys import DB, PROVIDER, SETTINGS
+from identity.web.cookies import INTERACTION
 from identity.web.responses import redirect
 from schemas.events import LinkCreated
 
-INTERACTION_COOKIE = "osi_interaction"
+INTERACTION_COOKIE = INTERACTION.base
 
 
 class Decision:
@@ -86,7 +87,7 @@ async def resume(request: web.Request) -> web.StreamResponse:
         response = await _authorize(request, db, oauth_request, signed_in, decision, interaction)
         if response.status == 302 and not response.headers["Location"].startswith(_interaction_path(uid)):
             await db.delete(interaction)
-            response.del_cookie(INTERACTION_COOKIE, path=_interaction_path(uid))
+            INTERACTION.clear(request, response, path=_interaction_path(uid))
         return response
 
 
@@ -278,15 +279,7 @@ async def _interact(
         )
     )
     response = redirect(_interaction_path(uid))
-    response.set_cookie(
-        INTERACTION_COOKIE,
-        binding,
-        httponly=True,
-        samesite="Lax",
-        secure=settings.secure_cookies,
-        path=_interaction_path(uid),
-        max_age=settings.interaction_ttl,
-    )
+    INTERACTION.set(request, response, binding, path=_interaction_path(uid), max_age=settings.interaction_ttl)
     return response
 
 
@@ -295,7 +288,7 @@ async def load_interaction(request: web.Request, db: AsyncSession, uid: str) -> 
     if len(uid) > 64:
         return None
     row = await db.scalar(select(Interaction).where(Interaction.uid_hash == digest(uid)))
-    binding = request.cookies.get(INTERACTION_COOKIE, "")
+    binding = INTERACTION.read(request) or ""
     if row is None or row.expires_at <= utcnow() or not binding or digest(binding) != row.params.get("binding"):
         return None
     return row

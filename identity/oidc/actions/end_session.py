@@ -61,5 +61,5 @@ async def end_session(request: web.Request) -> web.StreamResponse:
         response = aiohttp_jinja2.render_template(
             "message.html", request, {"title": "You are signed out", "message": "You have signed out of the hub."}
         )
-    browser.clear_cookie(response)
+    browser.clear_cookie(request, response)
     return response
