@@ -59,12 +59,25 @@ class Settings(BaseSettings):
     # whole before they touch the database.
     request_body_timeout: float = Field(10.0, gt=0, le=300)
 
-    # Sign-in throttling.
+    # Password checks (sign-in and every confirmation of a password): attempts allowed per typed
+    # address (or known browser) and per client address before each further one waits, doubling
+    # from the base wait up to the longest; a streak ends after a window without attempts.
     throttle_account_failures: int = Field(5, ge=1)
     throttle_address_failures: int = Field(30, ge=1)
     throttle_window: int = Field(900, ge=10)
     throttle_base_lockout: int = Field(30, ge=1)
     throttle_max_lockout: int = Field(3600, ge=1)
+    # Requests that hash a password or send mail for anyone (registration, reset requests,
+    # confirmation and guardian links): per client address and per typed address, per window.
+    throttle_requests_per_address: int = Field(20, ge=1)
+    throttle_requests_per_email: int = Field(5, ge=1)
+    throttle_requests_window: int = Field(3600, ge=60)
+    # Mail the hub sends on a visitor's request, per recipient and window (beyond it, none is sent).
+    mail_per_recipient: int = Field(5, ge=1)
+    mail_per_recipient_window: int = Field(3600, ge=60)
+    # Password hashes waiting for a thread (argon2id, one per core); beyond it the hub answers 503.
+    # Registrations, resets and password changes may fill half of it, so sign-ins keep room.
+    hash_queue: int = Field(32, ge=1, le=10000)
 
     # Mail.
     mail_backend: Literal["file", "smtp"] = "file"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import and_, delete, or_
+from sqlalchemy import and_, delete, func, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.db.models import (
@@ -25,15 +25,14 @@ CODE_GRACE = dt.timedelta(days=1)
 SESSION_GRACE = dt.timedelta(days=1)
 
 
-async def purge_expired(db: AsyncSession, *, throttle_window: int, now: dt.datetime | None = None) -> dict[str, int]:
+async def purge_expired(db: AsyncSession, *, throttle_window: float, now: dt.datetime | None = None) -> dict[str, int]:
     now = now or utcnow()
     statements = {
         "interactions": delete(Interaction).where(Interaction.expires_at < now),
         "authorization_codes": delete(AuthorizationCode).where(AuthorizationCode.expires_at < now - CODE_GRACE),
         "email_tokens": delete(EmailToken).where(EmailToken.expires_at < now),
         "throttles": delete(Throttle).where(
-            Throttle.window_start < now - dt.timedelta(seconds=throttle_window),
-            or_(Throttle.locked_until.is_(None), Throttle.locked_until < now),
+            func.coalesce(Throttle.locked_until, Throttle.window_start) < now - dt.timedelta(seconds=throttle_window)
         ),
         "revoked_service_tokens": delete(RevokedServiceToken).where(RevokedServiceToken.expires_at < now),
         # A rotated refresh token must be remembered until it would have expired (reuse detection).

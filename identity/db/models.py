@@ -344,15 +344,21 @@ class SigningKey(Base):
 
 
 class Throttle(Base):
-    """Failed sign-in counters per account and per client address."""
+    """Attempts counted against one key (``identity.accounts.throttle``): a typed email, a client
+    address, a known browser, the work of registration, resets and mail."""
 
     __tablename__ = "throttles"
 
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    #: Attempts in the current streak.
     failures: Mapped[int] = mapped_column(Integer, default=0)
+    #: When the streak's latest counted attempt was made.
     window_start: Mapped[dt.datetime]
+    #: The next attempt waits until then.
     locked_until: Mapped[dt.datetime | None]
     lockouts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Whether the latest attempt was refused (what the counting statement returns).
+    refused: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class OutboxEvent(Base):

@@ -14,7 +14,8 @@ from identity.accounts.children import ChildPolicy
 from identity.accounts.store import EmailTaken, update_details
 from identity.db.engine import autocommit
 from identity.db.models import Link, Service
-from identity.pages.common import field, render, send_mail, verify_password
+from identity.pages.common import field, render, send_mail
+from identity.pages.sign_in import confirm_password
 from identity.web import browser, csrf
 from identity.web.appkeys import DB, SETTINGS
 from identity.web.responses import redirect
@@ -76,12 +77,16 @@ async def edit_details(request: web.Request) -> web.StreamResponse:
             return redirect("/sign-in?next=/account", 303)
         if update is None:
             return await _page(request, signed_in, db, values=raw | address, errors=problems_found, status=400)
-        old_email = signed_in.account.email
-        if update.email is not None and update.email != old_email:
-            # Changing the address that signs in and receives resets needs the password.
-            current = field(form, "current_password", 1024)
-            if not await verify_password(request, signed_in.account.password_hash, current):
-                errors = {"current_password": "Enter your current password to change your email address."}
+    old_email = signed_in.account.email
+    if update.email is not None and update.email != old_email:
+        # Changing the address that signs in and receives resets needs the password, checked
+        # with no database connection held.
+        confirmed = await confirm_password(request, signed_in, field(form, "current_password", 1024))
+        if confirmed.ended is not None:
+            return confirmed.ended
+        if not confirmed.ok:
+            errors = {"current_password": "Enter your current password to change your email address."}
+            async with autocommit(request.config_dict[DB]) as db:
                 return await _page(request, signed_in, db, values=raw | address, errors=errors, status=400)
     mail = []
     async with request.config_dict[DB].begin() as db:

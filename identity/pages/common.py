@@ -12,9 +12,11 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
+from identity.accounts import throttle
+from identity.db.engine import autocommit
 from identity.mail import MailError
 from identity.web import csrf
-from identity.web.appkeys import HASH_POOL, HASHER, MAIL_TASKS, MAILER, SETTINGS
+from identity.web.appkeys import DB, HASHING, MAIL_TASKS, MAILER, SETTINGS
 from identity.web.errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -29,30 +31,33 @@ def render(request: web.Request, template: str, context: dict[str, Any] | None =
 
 
 async def hash_password(request: web.Request, password: str) -> str:
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(request.config_dict[HASH_POOL], request.config_dict[HASHER].hash, password)
+    """A new hash (raises ``HashQueueFull``, answered 503, when too many wait)."""
+    return await request.config_dict[HASHING].hash(password)
 
 
 async def verify_password(request: web.Request, stored_hash: str | None, password: str) -> bool:
     """Check a password; with no stored hash, spend the same time and answer False."""
-    loop = asyncio.get_running_loop()
-    hasher = request.config_dict[HASHER]
-    if stored_hash is None:
-        await loop.run_in_executor(request.config_dict[HASH_POOL], hasher.dummy_verify, password)
-        return False
-    return await loop.run_in_executor(request.config_dict[HASH_POOL], hasher.verify, stored_hash, password)
+    return await request.config_dict[HASHING].verify(stored_hash, password)
 
 
 async def send_mail(request: web.Request, messages: list[EmailMessage]) -> None:
     """Send mail after the work that produced it committed. By default it goes out in the
     background, so a page answers in the same time whether or not it sent anything (no
-    account enumeration through timing); the application waits for it at shutdown."""
+    account enumeration through timing); the application waits for it at shutdown. A visitor
+    can have the hub send only so much mail to one recipient (``ONESIGNIN_MAIL_PER_RECIPIENT``
+    an hour); beyond it nothing is sent, and the page answers the same."""
     if not messages:
         return
     mailer = request.config_dict[MAILER]
+    sessions, settings = request.config_dict[DB], request.config_dict[SETTINGS]
 
     async def deliver() -> None:
-        for message in messages:
+        async with autocommit(sessions) as db:
+            refused = [(await throttle.take(db, _recipient_key(m), throttle.mail_limit(settings))).refused for m in messages]
+        for message, over in zip(messages, refused, strict=True):
+            if over:
+                log.info("%r not sent: its recipient had the limit of mail for now", message["Subject"])
+                continue
             try:
                 await mailer.send(message)
             except MailError:
@@ -65,6 +70,27 @@ async def send_mail(request: web.Request, messages: list[EmailMessage]) -> None:
     task = asyncio.create_task(deliver())
     tasks.add(task)
     task.add_done_callback(tasks.discard)
+
+
+def _recipient_key(message: EmailMessage) -> str:
+    return throttle.email_key("mail", str(message["To"]))
+
+
+async def too_many_requests(request: web.Request, email: str | None) -> int | None:
+    """Count a request that makes the hub hash a password or send mail for a visitor, per client
+    address and per typed address, before that work is done. Returns the seconds to wait when it
+    is refused, else None."""
+    per_address, per_email = throttle.request_limits(request.config_dict[SETTINGS])
+    counts = [(throttle.address_key("requests", client_address(request)), per_address)]
+    if email:
+        counts.append((throttle.email_key("requests", email), per_email))
+    async with autocommit(request.config_dict[DB]) as db:
+        counted = await throttle.take_all(db, counts)
+    return counted.wait if counted.refused else None
+
+
+def slow_down(wait: int) -> str:
+    return f"Too many requests from here. Try again in {wait} seconds."
 
 
 def client_address(request: web.Request) -> str:

@@ -24,8 +24,10 @@ from identity.pages.common import (
     hash_password,
     render,
     send_mail,
-    verify_password,
+    slow_down,
+    too_many_requests,
 )
+from identity.pages.sign_in import confirm_password
 from identity.web import browser, csrf
 from identity.web.appkeys import DB, HTTP, PROVIDER, SETTINGS
 from identity.web.responses import redirect
@@ -44,6 +46,8 @@ async def reset_request(request: web.Request) -> web.Response:
         email = normalize_email(field(form, "email", 320))
     except ValueError as exc:
         return render(request, "reset_request.html", {"error": str(exc)}, status=400)
+    if wait := await too_many_requests(request, email):
+        return render(request, "reset_request.html", {"error": slow_down(wait)}, status=429)
     async with request.config_dict[DB].begin() as db:
         account = await find_by_email(db, email)
         if account is not None:
@@ -115,7 +119,10 @@ async def change(request: web.Request) -> web.StreamResponse:
     if signed_in is None:
         return redirect("/sign-in?next=/account/password", 303)
     account = signed_in.account
-    if not await verify_password(request, account.password_hash, current_password):
+    confirmed = await confirm_password(request, signed_in, current_password)
+    if confirmed.ended is not None:
+        return confirmed.ended
+    if not confirmed.ok:
         errors = {"current_password": "Your current password is not correct."}
         return render(request, "change_password.html", {"errors": errors}, status=400)
     if reason := check_password(password, context=[account.email, account.given_name or "", account.family_name or ""]):

@@ -15,7 +15,8 @@ from identity.api.export import download
 from identity.db.engine import autocommit
 from identity.db.models import Service
 from identity.oidc.logout import send_notices
-from identity.pages.common import field, render, send_mail, verify_password
+from identity.pages.common import field, render, send_mail, slow_down, too_many_requests
+from identity.pages.sign_in import confirm_password
 from identity.web import browser, csrf
 from identity.web.appkeys import DB, HTTP, PROVIDER, SETTINGS
 from identity.web.responses import redirect
@@ -59,7 +60,10 @@ async def delete(request: web.Request) -> web.StreamResponse:
     if signed_in is None:
         return redirect("/sign-in?next=/account/delete", 303)
     # The password is checked with no database connection held (argon2id takes a while).
-    if not await verify_password(request, signed_in.account.password_hash, password):
+    confirmed = await confirm_password(request, signed_in, password)
+    if confirmed.ended is not None:
+        return confirmed.ended
+    if not confirmed.ok:
         errors = {"current_password": "Your password is not correct."}
         return render(request, "delete_account.html", {"blocking": [], "waiting": [], "errors": errors}, status=400)
     settings = request.config_dict[SETTINGS]
@@ -110,6 +114,8 @@ async def guardian_request(request: web.Request) -> web.StreamResponse:
     typed = field(form, "guardian_email", 400)
     settings = request.config_dict[SETTINGS]
     mail: list[EmailMessage] = []
+    if wait := await too_many_requests(request, typed):
+        return render(request, "message.html", {"title": "Not now", "message": slow_down(wait), "next": "/account"}, status=429)
     async with request.config_dict[DB].begin() as db:
         signed_in = await browser.current(request, db)
         if signed_in is None:

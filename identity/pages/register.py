@@ -21,7 +21,8 @@ from identity.accounts.store import (
     mark_email_verified,
 )
 from identity.db.models import Account, utcnow
-from identity.pages.common import field, hash_password, render, send_mail
+from identity.db.engine import autocommit
+from identity.pages.common import field, hash_password, render, send_mail, slow_down, too_many_requests
 from identity.web import browser, csrf
 from identity.web.appkeys import DB, SETTINGS
 from identity.web.responses import redirect, safe_next
@@ -67,6 +68,10 @@ async def register(request: web.Request) -> web.StreamResponse:
             errors["guardian_email"] = "Enter your parent's or guardian's own email address."
     if errors or details is None:
         return render(request, "register.html", {"values": values, "errors": errors, "next": target}, status=400)
+    # Counted before the password is hashed: a flood of registrations costs its sender, not everyone.
+    if wait := await too_many_requests(request, details.email):
+        context = {"values": values, "errors": {}, "error": slow_down(wait), "next": target}
+        return render(request, "register.html", context, status=429)
 
     password_hash = await hash_password(request, password)
     mail: list[EmailMessage] = []
@@ -128,6 +133,12 @@ async def resend_verification(request: web.Request) -> web.StreamResponse:
     settings = request.config_dict[SETTINGS]
     await csrf.checked_form(request)
     mail = []
+    async with autocommit(request.config_dict[DB]) as db:
+        signed_in = await browser.current(request, db)
+    if signed_in is None:
+        return redirect("/sign-in", 303)
+    if wait := await too_many_requests(request, signed_in.account.email):
+        return render(request, "message.html", {"title": "Not now", "message": slow_down(wait), "next": "/account"}, status=429)
     async with request.config_dict[DB].begin() as db:
         signed_in = await browser.current(request, db)
         if signed_in is None:

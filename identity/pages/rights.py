@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from identity import notices, rights
 from identity.db.engine import autocommit
 from identity.db.models import Account, Link, Service, utcnow
-from identity.pages.common import field, render, verify_password
+from identity.pages.common import field, render
+from identity.pages.sign_in import confirm_password
 from identity.web import browser, csrf
 from identity.web.appkeys import DB
 from identity.web.responses import redirect
@@ -160,7 +161,10 @@ async def open_from_page(request: web.Request) -> web.StreamResponse:
                 request, db, signed_in.account, status=400, values=values, errors=errors
             )
     # The password is checked with no database connection held (argon2id takes a while).
-    if not await verify_password(request, signed_in.account.password_hash, password):
+    confirmed = await confirm_password(request, signed_in, password)
+    if confirmed.ended is not None:
+        return confirmed.ended
+    if not confirmed.ok:
         async with autocommit(request.config_dict[DB]) as db:
             errors = {
                 "current_password": "Your password is not correct. Enter it to confirm the request."

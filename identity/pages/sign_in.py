@@ -11,7 +11,7 @@ from aiohttp import web
 from sqlalchemy import bindparam, delete, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity.accounts import throttle
+from identity.accounts import devices, throttle
 from identity.db.engine import autocommit
 from identity.db.models import (
     Account,
@@ -38,11 +38,14 @@ from identity.pages.common import (
     verify_password,
 )
 from identity.web import browser, csrf
-from identity.web.appkeys import DB, HASHER, HTTP, PROVIDER, SETTINGS
+from identity.web.appkeys import DB, HASHER, HTTP, PROVIDER, SECRET, SETTINGS
+from identity.web.cookies import DEVICE
 from identity.web.responses import redirect, safe_next
 from schemas.account import normalize_email
 
 WRONG = "The email address or password is incorrect."
+#: How long a browser is remembered for the accounts signed in with it.
+DEVICE_COOKIE_DAYS = 365
 
 
 class SignInRefused(Exception):
@@ -54,33 +57,62 @@ class SignInRefused(Exception):
 
 @dataclass
 class Attempt:
-    """A sign-in attempt between its two short transactions (the password is checked
-    between them, so no database connection is held while argon2id runs)."""
+    """A password check between its two short transactions (the password is checked between
+    them, so no database connection is held while argon2id runs)."""
 
     keys: throttle.Keys
     account_id: int | None
     password_hash: str | None
+    #: Seconds the next attempt must wait if this one fails (it reached the limit), or None.
+    wait_if_wrong: int | None
     new_hash: str | None = None
+
+    @property
+    def cleared_key(self) -> str:
+        """The key a success clears: the known browser's, else the typed address's."""
+        return self.keys.device or self.keys.account
+
+    @property
+    def refunded_key(self) -> str | None:
+        """The key a success gives its attempt back to: the client address (a stranger's)."""
+        return None if self.keys.device else self.keys.address
+
+
+@dataclass
+class SignedIn:
+    """A successful sign-in: the new session's cookie secret, and the browser's device cookie
+    when it changed (``identity.accounts.devices``)."""
+
+    secret: str
+    device_cookie: str | None
+
+
+def attempt_keys(request: web.Request, email: str) -> throttle.Keys:
+    address = client_address(request)
+    account_key = throttle.email_key("account", email)
+    device = devices.recognised(request.config_dict[SECRET], DEVICE.read(request), account_key)
+    return throttle.Keys(account_key, throttle.address_key("address", address), device)
 
 
 async def begin_attempt(request: web.Request, db: AsyncSession, email: str) -> Attempt:
-    """Refuse at once while throttled; otherwise count the attempt and find the account the
-    email names (two statements: a read of the account and the address's lock, and the
+    """Count the attempt before the password is checked, refusing it at once while a wait runs,
+    and find the account the email names (two statements: a read of the account and the
     atomic count)."""
-    keys = throttle.Keys.of(email, client_address(request))
+    keys = attempt_keys(request, email)
     try:
         normalized: str | None = normalize_email(email)
     except ValueError:
         normalized = None
-    account_id, password_hash, address_locked_until = (
-        await db.execute(_FIND_ACCOUNT, {"email": normalized, "address_key": keys.address})
-    ).one()
-    wait = throttle.seconds_until(address_locked_until)
-    if wait is None:
-        wait = await throttle.count_attempt(db, keys, request.config_dict[SETTINGS])
-    if wait is not None:
-        raise SignInRefused(f"Too many failed attempts. Try again in {wait} seconds.", 429)
-    return Attempt(keys, account_id, password_hash)
+    account_id, password_hash = (await db.execute(_FIND_ACCOUNT, {"email": normalized})).one()
+    account_limit, address_limit = throttle.sign_in_limits(request.config_dict[SETTINGS])
+    if keys.device:
+        counts = [(keys.device, account_limit)]
+    else:
+        counts = [(keys.account, account_limit), (keys.address, address_limit)]
+    counted = await throttle.take_all(db, counts)
+    if counted.refused:
+        raise SignInRefused(f"Too many failed attempts. Try again in {counted.wait} seconds.", 429)
+    return Attempt(keys, account_id, password_hash, counted.wait)
 
 
 async def check_password(request: web.Request, attempt: Attempt, password: str) -> bool:
@@ -90,28 +122,38 @@ async def check_password(request: web.Request, attempt: Attempt, password: str) 
     return ok
 
 
+def wrong(attempt: Attempt, message: str = WRONG) -> SignInRefused:
+    if attempt.wait_if_wrong is not None:
+        return SignInRefused(f"{message} Too many failed attempts: try again in {attempt.wait_if_wrong} seconds.", 429)
+    return SignInRefused(message, 400)
+
+
+async def settle(db: AsyncSession, attempt: Attempt, ok: bool) -> None:
+    """A success clears the streak (the known browser's, else the typed address's) and gives
+    the client address its attempt back; a failure leaves the counts as they were counted."""
+    if ok:
+        await throttle.clear(db, attempt.cleared_key)
+        if attempt.refunded_key is not None:
+            await throttle.refund(db, attempt.refunded_key)
+        if attempt.new_hash:
+            await db.execute(update(Account).where(Account.id == attempt.account_id).values(password_hash=attempt.new_hash))
+
+
 async def finish_attempt(request: web.Request, db: AsyncSession, attempt: Attempt, ok: bool) -> int | SignInRefused:
     """Record the outcome (throttle counters, sign-in history) and return the account id, or
     the refusal to show. The caller commits either way."""
     event = {"address": client_address(request), "at": utcnow()}
+    await settle(db, attempt, ok)
     if not ok or attempt.account_id is None:
-        await throttle.record_failure(db, attempt.keys, request.config_dict[SETTINGS])
         if attempt.account_id is not None:
             await db.execute(insert(SignInEvent).values(account_id=attempt.account_id, succeeded=False, **event))
-        wait = (await throttle.state(db, attempt.keys)).retry_after
-        if wait is not None:
-            return SignInRefused(f"{WRONG} Too many failed attempts: try again in {wait} seconds.", 429)
-        return SignInRefused(WRONG, 400)
-    await throttle.record_success(db, attempt.keys)
-    if attempt.new_hash:
-        await db.execute(update(Account).where(Account.id == attempt.account_id).values(password_hash=attempt.new_hash))
+        return wrong(attempt)
     await db.execute(insert(SignInEvent).values(account_id=attempt.account_id, succeeded=True, **event))
     return attempt.account_id
 
 
-async def attempt_sign_in(request: web.Request, email: str, password: str) -> str | SignInRefused:
-    """Check credentials under throttling and, when right, start a new hub session.
-    Returns the session cookie's secret, or the refusal to show."""
+async def attempt_sign_in(request: web.Request, email: str, password: str) -> SignedIn | SignInRefused:
+    """Check credentials under throttling and, when right, start a new hub session."""
     sessions = request.config_dict[DB]
     try:
         async with autocommit(sessions) as db:
@@ -119,8 +161,9 @@ async def attempt_sign_in(request: web.Request, email: str, password: str) -> st
     except SignInRefused as refused:
         return refused
     ok = await check_password(request, attempt, password)
+    device = devices.remember(request.config_dict[SECRET], DEVICE.read(request), attempt.keys.account) if ok else None
     if ok and _plain(request, attempt) and sessions.kw["bind"].dialect.name == "postgresql":
-        return await _sign_in_at_once(request, attempt)
+        return SignedIn(await _sign_in_at_once(request, attempt), device)
     notices = []
     async with sessions.begin() as db:
         outcome = await finish_attempt(request, db, attempt, ok)
@@ -134,7 +177,59 @@ async def attempt_sign_in(request: web.Request, email: str, password: str) -> st
         secret = await browser.start(db, request, outcome)
     if notices:
         await send_notices(request.config_dict[HTTP], notices, request.config_dict[SETTINGS].backchannel_logout_timeout)
-    return secret
+    return SignedIn(secret, device)
+
+
+def set_cookies(request: web.Request, response: web.StreamResponse, signed_in: SignedIn) -> None:
+    browser.set_cookie(request, response, signed_in.secret)
+    if signed_in.device_cookie is not None:
+        DEVICE.set(request, response, signed_in.device_cookie, max_age=DEVICE_COOKIE_DAYS * 86400)
+
+
+@dataclass
+class Confirmation:
+    """A signed-in person's password, typed again to confirm a change."""
+
+    ok: bool
+    #: The answer when the person is signed out for too many wrong passwords.
+    ended: web.StreamResponse | None = None
+
+
+async def confirm_password(request: web.Request, signed_in: browser.SignedIn, password: str) -> Confirmation:
+    """Check the signed-in person's password under the same throttle as signing in (the same
+    keys: their address, the client's, their known browser). The wrong password that reaches the
+    limit ends the session: whoever is at the keyboard must sign in again, and waits first."""
+    sessions = request.config_dict[DB]
+    try:
+        async with autocommit(sessions) as db:
+            attempt = await begin_attempt(request, db, signed_in.account.email)
+    except SignInRefused as refused:
+        return Confirmation(False, await _signed_out_for_guessing(request, refused.message))
+    ok = await check_password(request, attempt, password) and attempt.account_id == signed_in.account.id
+    async with sessions.begin() as db:
+        await settle(db, attempt, ok)
+    if not ok and attempt.wait_if_wrong is not None:
+        return Confirmation(False, await _signed_out_for_guessing(request, wrong(attempt, "The password is not correct.").message))
+    return Confirmation(ok)
+
+
+async def _signed_out_for_guessing(request: web.Request, reason: str) -> web.StreamResponse:
+    settings = request.config_dict[SETTINGS]
+    notices = []
+    async with request.config_dict[DB].begin() as db:
+        signed_in = await browser.current(request, db)
+        if signed_in is not None:
+            notices = await end_session(db, request.config_dict[PROVIDER].keys, settings.issuer, signed_in.session)
+    if notices:
+        await send_notices(request.config_dict[HTTP], notices, settings.backchannel_logout_timeout)
+    response = render(
+        request,
+        "message.html",
+        {"title": "You are signed out", "message": f"{reason} For your security you are signed out of the hub; sign in again.", "next": "/sign-in"},
+        status=429,
+    )
+    browser.clear_cookie(request, response)
+    return response
 
 
 def _plain(request: web.Request, attempt: Attempt) -> bool:
@@ -143,12 +238,16 @@ def _plain(request: web.Request, attempt: Attempt) -> bool:
 
 
 async def _sign_in_at_once(request: web.Request, attempt: Attempt) -> str:
-    """The common successful sign-in on Postgres: the throttle count is cleared and the session
-    and the sign-in record are written by one statement (data-modifying CTEs), atomic on its
-    own, in one round trip."""
+    """The common successful sign-in on Postgres: the throttle streak is cleared, the address's
+    attempt given back, and the session and the sign-in record written by one statement
+    (data-modifying CTEs), atomic on its own, in one round trip."""
     assert attempt.account_id is not None
     row, secret = browser.new_session(request, attempt.account_id)
-    params = {f"s_{c}": v for c, v in row.items()} | {"account_key": attempt.keys.account, "address": client_address(request)}
+    params = {f"s_{c}": v for c, v in row.items()} | {
+        "cleared_key": attempt.cleared_key,
+        "refunded_key": attempt.refunded_key or "",
+        "address": client_address(request),
+    }
     async with autocommit(request.config_dict[DB]) as db:
         await db.execute(_signed_in(tuple(row)), params)
     return secret
@@ -159,14 +258,20 @@ async def _sign_in_at_once(request: web.Request, attempt: Attempt) -> str:
 _FIND_ACCOUNT = select(
     select(Account.id).where(Account.email == bindparam("email")).scalar_subquery(),
     select(Account.password_hash).where(Account.email == bindparam("email")).scalar_subquery(),
-    select(Throttle.locked_until).where(Throttle.key == bindparam("address_key")).scalar_subquery(),
 )
 
 
 @functools.cache
 def _signed_in(columns: tuple[str, ...]) -> Any:
     throttles, sessions, events = Throttle.__table__, BrowserSession.__table__, SignInEvent.__table__
-    cleared = delete(throttles).where(throttles.c.key == bindparam("account_key")).returning(throttles.c.key).cte("cleared")
+    cleared = delete(throttles).where(throttles.c.key == bindparam("cleared_key")).returning(throttles.c.key).cte("cleared")
+    refunded = (
+        update(throttles)
+        .where(throttles.c.key == bindparam("refunded_key"), throttles.c.failures > 0)
+        .values(failures=throttles.c.failures - 1)
+        .returning(throttles.c.key)
+        .cte("refunded")
+    )
     session = (
         insert(sessions)
         .values({c: bindparam(f"s_{c}", type_=sessions.c[c].type) for c in columns})
@@ -181,7 +286,7 @@ def _signed_in(columns: tuple[str, ...]) -> Any:
             literal(True),
             bindparam("s_created_at", type_=UTCDateTime()),
         ),
-    ).add_cte(cleared)
+    ).add_cte(cleared).add_cte(refunded)
 
 
 async def sign_in_page(request: web.Request) -> web.Response:
@@ -197,7 +302,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         context = {"next": target, "action": "/sign-in", "email": email, "error": outcome.message}
         return render(request, "sign_in.html", context, status=outcome.status)
     response = redirect(target, 303)
-    browser.set_cookie(request, response, outcome)
+    set_cookies(request, response, outcome)
     return response
 
 
@@ -271,7 +376,7 @@ async def interaction_login(request: web.Request) -> web.StreamResponse:
         }
         return render(request, "sign_in.html", context, status=outcome.status)
     response = redirect(f"/i/{uid}/resume", 303)
-    browser.set_cookie(request, response, outcome)
+    set_cookies(request, response, outcome)
     return response
 
 

@@ -18,6 +18,8 @@ import jinja2
 from aiohttp import web
 
 from identity import purge as retention
+from identity.accounts import throttle
+from identity.accounts.hashing import HashQueue
 from identity.accounts.passwords import PasswordHasher
 from identity.db.cleanup import purge_expired
 from identity.db.engine import create_engine, create_sessionmaker
@@ -134,7 +136,7 @@ def _every(seconds: float, name: str, work: Callable[[web.Application], Awaitabl
 async def _purge(app: web.Application) -> None:
     """Delete protocol records that have expired."""
     async with app[K.DB].begin() as db:
-        counts = await purge_expired(db, throttle_window=app[K.SETTINGS].throttle_window)
+        counts = await purge_expired(db, throttle_window=throttle.longest_window(app[K.SETTINGS]))
     if any(counts.values()):
         log.info("purged expired records: %s", {k: v for k, v in counts.items() if v})
 
@@ -163,7 +165,8 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _hash_pool(app: web.Application) -> AsyncIterator[None]:
-    # argon2id is CPU-bound and releases the GIL: hash on worker threads, one per core.
+    # argon2id is CPU-bound and releases the GIL: hash on worker threads, one per core, with a
+    # bound on what waits (identity.accounts.hashing).
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="argon2") as pool:
-        app[K.HASH_POOL] = pool
+        app[K.HASHING] = HashQueue(app[K.HASHER], pool, app[K.SETTINGS].hash_queue)
         yield

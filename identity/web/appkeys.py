@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import aiohttp
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from identity.accounts.hashing import HashQueue
 from identity.accounts.passwords import PasswordHasher
 from identity.mail import Mailer
 from identity.oidc.keys import KeyCipher
@@ -23,5 +22,5 @@ SECRET = web.AppKey("secret", bytes)
 MAILER = web.AppKey("mailer", Mailer)
 MAIL_TASKS = web.AppKey("mail_tasks", set)
 HASHER = web.AppKey("hasher", PasswordHasher)
-HASH_POOL = web.AppKey("hash_pool", ThreadPoolExecutor)
+HASHING = web.AppKey("hashing", HashQueue)
 HTTP = web.AppKey("http", aiohttp.ClientSession)

@@ -17,7 +17,7 @@ from aiohttp import web
 from identity.web.appkeys import SETTINGS
 
 #: Longest cookie value the hub ever sets; anything longer is not one of its cookies.
-MAX_VALUE = 200
+MAX_VALUE = 400
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ class Cookie:
 
 #: The person's hub session (``identity.web.browser``).
 SESSION = Cookie("osi_session")
+#: The accounts this browser signed in to before (``identity.accounts.devices``), for a year.
+DEVICE = Cookie("osi_device")
 #: The CSRF nonce (``identity.web.csrf``); forms carry its HMAC, bound to the session.
 CSRF = Cookie("osi_csrf")
 #: Binds an authorization request's interaction to the browser, scoped to ``/i/{uid}``.

@@ -11,6 +11,7 @@ import aiohttp_jinja2
 from aiohttp import web
 from sqlalchemy.exc import DataError
 
+from identity.accounts.hashing import HashQueueFull
 from identity.web.appkeys import SETTINGS
 from identity.web.errors import BadInput
 
@@ -30,7 +31,7 @@ def is_api(request: web.Request) -> bool:
 def _error_page(request: web.Request, status: int, title: str, message: str) -> web.StreamResponse:
     if is_api(request):
         code = {404: "not_found", 408: "request_timeout", 413: "request_too_large", 415: "unsupported_media_type"}.get(status, "invalid_request")
-        code = "server_error" if status >= 500 else code
+        code = "temporarily_unavailable" if status == 503 else "server_error" if status >= 500 else code
         return web.json_response({"error": code, "error_description": message}, status=status)
     return aiohttp_jinja2.render_template(
         "message.html", request, {"title": title, "message": message}, status=status
@@ -55,6 +56,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
                 response.headers["Allow"] = exc.headers["Allow"]
             return response
         raise
+    except HashQueueFull as busy:
+        response = _error_page(request, 503, "Busy", busy.public)
+        response.headers["Retry-After"] = str(busy.retry_after)
+        return response
     except (UnicodeDecodeError, DataError, BadInput):
         # Undecodable bytes, or text the database cannot store (a NUL, say): the client's fault.
         return _error_page(request, 400, "Bad request", "The request contains characters that cannot be accepted.")

@@ -158,7 +158,7 @@ async def test_under_an_https_issuer_cookies_carry_the_prefixes_browsers_enforce
         signed_in = await http.post("/sign-in", data=fields, headers={"Cookie": f"__Host-osi_csrf={nonce}"})
         assert signed_in.status_code == 303, signed_in.text[:500]
         cookies = cookies_set(signed_in)
-        assert set(cookies) == {"__Host-osi_session", "__Host-osi_csrf"}
+        assert set(cookies) == {"__Host-osi_session", "__Host-osi_csrf", "__Host-osi_device"}
         for attributes in cookies.values():
             assert {"secure", "path=/", "httponly"} <= set(attributes)
         # The plain name is not read under https: a cookie planted without the prefix opens nothing.
