@@ -31,6 +31,19 @@ from schemas.events import (
 REASON = "child_without_guardian_consent"
 
 
+class OnlyThePerson(Exception):
+    """A member service or support tried to set a date of birth that would make an adult a
+    child. Restricting someone's account everywhere is too much for anyone but the person to set
+    off: it is refused (the caller's transaction writes nothing), and the person can set it on
+    their own account page, where what follows is explained."""
+
+    field = "birthdate"
+    public = (
+        "This date of birth would make the person younger than the age of digital consent. Only the person "
+        "can set such a date, on their own account page at the hub."
+    )
+
+
 @dataclass(frozen=True)
 class ChildPolicy:
     """The configured age of digital consent and grace period (``Settings``)."""
@@ -49,6 +62,14 @@ def age_on(birthdate: dt.date, today: dt.date) -> int:
 
 def is_child(birthdate: dt.date | None, age_of_consent: int, today: dt.date | None = None) -> bool:
     return birthdate is not None and age_on(birthdate, today or dt.date.today()) < age_of_consent
+
+
+def check_proxy_birthdate(account: Account, birthdate: dt.date | None, policy: ChildPolicy, today: dt.date) -> None:
+    """Raise :class:`OnlyThePerson` when someone other than the person sets a date of birth that
+    turns an adult (or a person of unknown age) into a child without a guardian's consent."""
+    if is_child(birthdate, policy.age_of_consent, today) and not is_child(account.birthdate, policy.age_of_consent, today):
+        if account.guardian_consent_at is None:
+            raise OnlyThePerson()
 
 
 async def rectified(db: AsyncSession, account: Account, policy: ChildPolicy, now: dt.datetime) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity import outbox
-from identity.accounts.children import ChildPolicy, rectified
+from identity.accounts.children import ChildPolicy, check_proxy_birthdate, rectified
 from identity.db.models import Account, AccountChange, OutboxEvent, Tombstone, utcnow
 from schemas.events import ProfileChanged
 
@@ -116,13 +116,17 @@ async def update_details(
     The account row is locked and re-read first, so concurrent changes each get their own version.
     A changed date of birth that makes the account a child's without a guardian's consent
     restricts it at once (``identity.accounts.children``; pass the configured ``children``
-    policy, ``ChildPolicy.of(settings)``)."""
+    policy, ``ChildPolicy.of(settings)``). Only the person may set a date of birth that turns
+    an adult into a child: from a service or support it raises ``OnlyThePerson``, before anything
+    is written."""
     await _lock(session, account)
+    now = utcnow()
+    if "birthdate" in changes and channel in ("service", "support"):
+        check_proxy_birthdate(account, changes["birthdate"], children or ChildPolicy(), now.date())
     if "email" in changes and changes["email"] != account.email:
         other = await find_by_email(session, changes["email"])
         if other is not None and other.id != account.id:
             raise EmailTaken(changes["email"])
-    now = utcnow()
     names_given = {"given_name", "family_name"} & changes.keys()
     changed = _apply(account, changes, now)
     if names_given and "name" not in changes and changed:

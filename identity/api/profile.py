@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from identity import notices
-from identity.accounts.children import ChildPolicy
+from identity.accounts.children import ChildPolicy, OnlyThePerson
 from identity.accounts.claims import granted_claims
 from identity.accounts.store import EmailTaken, update_details
 from identity.api.bearer import NO_STORE, Refused, caller, problem
@@ -139,11 +139,8 @@ async def patch_me(request: web.Request) -> web.StreamResponse:
             )
         except EmailTaken:  # pragma: no cover - email changes are refused above
             return _unprocessable([{"field": "email", "message": "That address cannot be used."}])
-    if account.status != "active":
-        # The new date of birth is a child's without a guardian's consent: the account is
-        # restricted and shared no more (the service is sent account.restricted).
-        notices.wake(request.config_dict)
-        return _answer(account, "openid")
+        except OnlyThePerson as refused:
+            return _unprocessable([{"field": refused.field, "message": refused.public}])
     return _answer(account, who.scope)
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from identity import notices, rights
 from identity.accounts import links
-from identity.accounts.children import ChildPolicy
+from identity.accounts.children import ChildPolicy, OnlyThePerson
 from identity.accounts.store import update_details
 from identity.db.models import Link, Service
 from identity.pages.common import field, send_mail
@@ -76,13 +76,18 @@ async def edit(request: web.Request) -> web.StreamResponse:
         # Only what the agent typed is shown back: nothing is read, so nothing is recorded.
         context = {"sub": sub, "values": typed | {"reason": reason}, "errors": errors, "title": "Correct the details"}
         return render(request, "person_edit.html", context, status=400)
-    async with request.config_dict[DB].begin() as db:
-        account = await account_or_404(db, request, acting=True)
-        changed = await update_details(db, account, changes, channel="support", actor=agent.sub, children=ChildPolicy.of(settings))
-        if changed:
-            audit.record(
-                db, actor_kind="agent", actor=agent.sub, action="support.edit", account_sub=account.sub, reason=reason, detail={"fields": changed}
-            )
+    try:
+        async with request.config_dict[DB].begin() as db:
+            account = await account_or_404(db, request, acting=True)
+            changed = await update_details(db, account, changes, channel="support", actor=agent.sub, children=ChildPolicy.of(settings))
+            if changed:
+                audit.record(
+                    db, actor_kind="agent", actor=agent.sub, action="support.edit", account_sub=account.sub, reason=reason, detail={"fields": changed}
+                )
+    except OnlyThePerson as refused:
+        # Rolled back whole: nothing saved, and nothing recorded.
+        context = {"sub": sub, "values": typed | {"reason": reason}, "errors": {refused.field: refused.public}, "title": "Correct the details"}
+        return render(request, "person_edit.html", context, status=400)
     notices.wake(request.config_dict)  # a restriction's notices, if the date of birth made it one
     return redirect(person_path(sub, done="saved" if changed else "nochange"), 303)
 

@@ -10,9 +10,11 @@ import json
 import uuid
 from typing import Any
 
+import httpx2
+import pytest
 from sqlalchemy import select, update
 
-from identity.accounts.children import ChildPolicy
+from identity.accounts.children import ChildPolicy, OnlyThePerson
 from identity.accounts.store import update_details
 from identity.db.models import (
     Account,
@@ -153,3 +155,44 @@ async def test_a_child_registered_without_consent_has_a_deletion_date_until_a_gu
         await guardian.aclose()
     account = await _account(hub)
     assert account.status == "active" and account.delete_after is None and account.guardian_consent_at is not None
+
+
+async def test_a_service_cannot_make_an_adult_a_child(hub: Hub, browser: Browser) -> None:
+    """Restricting someone everywhere is the person's own to set off: a member service's
+    PATCH that would make them a child is refused (422) and changes nothing."""
+    rp, token = await _linked(hub, browser)
+    await _set_birthdate(browser, ADULT)
+    before = await _account(hub)
+    async with httpx2.AsyncClient(base_url=hub.url) as http:
+        answer = await http.patch(
+            "/api/v1/me", json={"birthdate": TWELVE, "given_name": "Anna"}, headers={"Authorization": f"Bearer {token['access_token']}"}
+        )
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["problems"] == [{"field": "birthdate", "message": OnlyThePerson.public}]
+    after = await _account(hub)
+    assert (after.status, after.birthdate, after.given_name, after.version) == ("active", before.birthdate, "Ann", before.version)
+    async with hub.app[DB]() as db:
+        assert (await db.scalars(select(Notice))).all() == []
+    # An adult's date from the service is fine; so is the person's own child's date.
+    async with httpx2.AsyncClient(base_url=hub.url) as http:
+        fine = await http.patch("/api/v1/me", json={"birthdate": "1991-01-01"}, headers={"Authorization": f"Bearer {token['access_token']}"})
+    assert fine.status_code == 200
+    await _set_birthdate(browser, TWELVE)
+    assert (await _account(hub)).status == "pending_guardian"
+
+
+async def test_only_the_person_or_an_operator_may_set_a_childs_date(hub: Hub) -> None:
+    await hub.add_user(verified=True)
+    twelve = dt.date.fromisoformat(TWELVE)
+    for channel in ("service", "support"):
+        async with hub.app[DB].begin() as db:
+            account = await db.scalar(select(Account))
+            assert account is not None
+            with pytest.raises(OnlyThePerson):
+                await update_details(db, account, {"birthdate": twelve}, channel=channel, children=ChildPolicy(16, 30))  # type: ignore[arg-type]
+    assert (await _account(hub)).birthdate is None
+    async with hub.app[DB].begin() as db:
+        account = await db.scalar(select(Account))
+        assert account is not None
+        await update_details(db, account, {"birthdate": twelve}, channel="cli", children=ChildPolicy(16, 30))
+    assert (await _account(hub)).status == "pending_guardian"

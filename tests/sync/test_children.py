@@ -1,5 +1,5 @@
-"""Children, against the real sync pipeline: when a rectified date of birth shows that an account
-is a child's without a guardian's consent, the hub stops sharing it at once, tells every linked
+"""Children, against the real sync pipeline: when a date of birth the person rectified shows that
+an account is a child's without a guardian's consent (a service or support may not set one), the hub stops sharing it at once, tells every linked
 service (``account.restricted``), and asks for a guardian; the guardian's consent lifts it
 (``account.restriction_lifted`` and a fresh snapshot)."""
 
@@ -46,11 +46,21 @@ async def test_a_child_without_consent_stops_being_shared_until_a_guardian_confi
     await receivers.wait_for("store", sub, 1)
     await receivers.wait_for("forum", sub, 1)
 
-    # The store rectifies her date of birth: she is twelve.
+    # A service may not make her a child: restricting her everywhere is hers alone to set off.
+    refused = await patch_me(hub, token["access_token"], {"birthdate": TWELVE})
+    assert refused.status_code == 422, refused.text
+    assert [p["field"] for p in refused.json()["problems"]] == ["birthdate"]
+    async with hub.app[DB]() as db:
+        unchanged = await db.scalar(select(Account).where(Account.sub == sub))
+        assert unchanged is not None and unchanged.status == "active" and unchanged.birthdate is None
+        assert unchanged.version == 1
+
+    # She rectifies her date of birth on her page: she is twelve.
     before = utcnow()
-    answer = await patch_me(hub, token["access_token"], {"birthdate": TWELVE})
-    assert answer.status_code == 200, answer.text
-    assert answer.json()["profile"] == {"sub": sub}  # shared no more, not even with the store
+    page = await browser.go("/account")
+    details = form(page.text, "/account/details")
+    saved = await browser.http.post(details.action, data=details.fields | {"birthdate": TWELVE})
+    assert saved.status_code == 303, saved.text[:500]
     async with hub.app[DB]() as db:
         account = await db.scalar(select(Account).where(Account.sub == sub))
         assert account is not None
