@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         [], description='e.g. ["10.0.0.5", "172.16.0.0/12"]: the client address is then read from X-Forwarded-For.'
     )
 
+    # Outbound calls to services' addresses (webhooks, back-channel logout) reach public internet
+    # addresses only, and these networks (JSON list of CIDRs).
+    outbound_allowed_networks: list[str] = Field(
+        [],
+        description='e.g. ["10.20.0.0/16"]: private networks that webhooks and back-channel logout may reach (loopback, private, link-local... are refused otherwise).',
+    )
+
     # Sign-in throttling.
     throttle_account_failures: int = Field(5, ge=1)
     throttle_address_failures: int = Field(30, ge=1)
@@ -153,7 +160,7 @@ class Settings(BaseSettings):
             raise ValueError("must use https unless it is a loopback address")
         return value.rstrip("/")
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "outbound_allowed_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         for item in value:
@@ -166,6 +173,10 @@ class Settings(BaseSettings):
     @property
     def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(item, strict=False) for item in self.trusted_proxies)
+
+    @property
+    def outbound_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in self.outbound_allowed_networks)
 
     @field_validator("database_url")
     @classmethod
