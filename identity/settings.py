@@ -55,13 +55,6 @@ class Settings(BaseSettings):
         [], description='e.g. ["10.0.0.5", "172.16.0.0/12"]: the client address is then read from X-Forwarded-For.'
     )
 
-    # Outbound calls to services' addresses (webhooks, back-channel logout) reach public internet
-    # addresses only, and these networks (JSON list of CIDRs).
-    outbound_allowed_networks: list[str] = Field(
-        [],
-        description='e.g. ["10.20.0.0/16"]: private networks that webhooks and back-channel logout may reach (loopback, private, link-local... are refused otherwise).',
-    )
-
     # Sign-in throttling.
     throttle_account_failures: int = Field(5, ge=1)
     throttle_address_failures: int = Field(30, ge=1)
@@ -93,6 +86,13 @@ class Settings(BaseSettings):
     argon2_parallelism: int = Field(1, ge=1)
 
     backchannel_logout_timeout: float = Field(5.0, gt=0)
+
+    # Outbound calls to services' addresses (webhooks, back-channel logout) reach public internet
+    # addresses only, and these networks (JSON list of CIDRs).
+    outbound_allowed_networks: list[str] = Field(
+        [],
+        description='e.g. ["10.20.0.0/16"]: private networks that webhooks and back-channel logout may reach (loopback, private, link-local... are refused otherwise).',
+    )
 
     # Kafka. Unset: `serve` starts an embedded, memory-only Kafka-compatible broker itself.
     kafka_bootstrap_servers: str | None = Field(None, description="host:port[,host:port]; unset runs the embedded broker.")
