@@ -861,6 +861,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "ONESIGNIN_KAFKA_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:8]}." if args.kafka else "",
             # The embedded broker (Tansu) has no idempotent producers.
             "ONESIGNIN_KAFKA_ENABLE_IDEMPOTENCE": "true" if args.kafka else "false",
+            # The receivers listen on loopback, which webhooks may reach only when allowed.
+            "ONESIGNIN_OUTBOUND_ALLOWED_NETWORKS": '["127.0.0.0/8"]',
         } | extra
         os.environ.update({k: v for k, v in env.items() if k.startswith("ONESIGNIN_")})
         settings = load_settings()

@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from demo.member import CALLBACK_PATH, WEBHOOK_PATH, MemberConfig, create_member_app
-from identity import admin
+from identity import admin, outbound
 from identity.accounts.passwords import PasswordHasher
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
@@ -118,13 +119,20 @@ class Demo:
             await runner.cleanup()
 
 
+#: Where the demo's services listen, beside the hub: its webhooks may reach them there.
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
+
+
 def demo_settings(settings: Settings, port: int) -> Settings:
     """The hub's settings for the demo: its issuer is ``http://127.0.0.1:<port>`` (what the
-    services discover), and the sync pipeline runs in this process."""
+    services discover), the sync pipeline runs in this process, and its outbound calls may
+    reach loopback, where Store and Forum listen (a hub reaches public addresses only unless
+    ``ONESIGNIN_OUTBOUND_ALLOWED_NETWORKS`` says otherwise; the demo is for development)."""
     issuer = f"http://127.0.0.1:{port}"
     if "issuer" in settings.model_fields_set and settings.issuer != issuer:
         log.warning("The demo's issuer is %s; ONESIGNIN_ISSUER=%s is not used.", issuer, settings.issuer)
-    return settings.model_copy(update={"issuer": issuer, "sync_in_process": True})
+    allowed = settings.outbound_allowed_networks + [n for n in LOOPBACK_NETWORKS if n not in settings.outbound_allowed_networks]
+    return settings.model_copy(update={"issuer": issuer, "sync_in_process": True, "outbound_allowed_networks": allowed})
 
 
 def _check_host(host: str) -> None:
@@ -217,6 +225,8 @@ async def start_services(
     ports = {slug: p for slug, p in (("store", store_port), ("forum", forum_port)) if only in (None, slug)}
     _check_ports(ports)
     sites = _sites(ports, webhook_bases or {}, allow_http_webhooks)
+    for warning in await webhook_warnings(settings, sites):
+        log.warning(warning)
     urls = {"hub": settings.issuer} | {s.slug: s.public_url for s in sites}
     demo = Demo(settings, urls, {}, settings.data_dir / STATE_FILE, sites)
     try:
@@ -239,6 +249,28 @@ async def start_services(
         await demo.stop()
         raise
     return demo
+
+
+async def webhook_warnings(settings: Settings, sites: Sequence[Site]) -> list[str]:
+    """A line for each site whose webhook resolves, here, only to addresses the hub's outbound
+    policy refuses under ``settings`` (the hub's, which its workers share in compose): its
+    deliveries would fail until ``ONESIGNIN_OUTBOUND_ALLOWED_NETWORKS`` allows that network. A name
+    that does not resolve here is left to the workers, which may see other names."""
+    policy = outbound.Policy.of(settings)
+    warnings = []
+    for site in sites:
+        host = urlsplit(site.webhook_url).hostname or ""
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except OSError:
+            continue
+        addresses = sorted({str(info[4][0]) for info in found})
+        if addresses and not any(policy.allows(a) for a in addresses):
+            warnings.append(
+                f"{site.name}'s webhook {site.webhook_url} is at {', '.join(addresses)}, which the hub's workers "
+                "reach only if ONESIGNIN_OUTBOUND_ALLOWED_NETWORKS allows its network (public addresses only otherwise)."
+            )
+    return warnings
 
 
 async def _start_members(demo: Demo, services: dict[str, dict[str, Any]], bootstrap: str, host: str, *, hub_url: str | None) -> None:

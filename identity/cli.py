@@ -507,7 +507,8 @@ def parser() -> argparse.ArgumentParser:
         help="try it out: two member services, Store and Forum, with the hub in one process or against a running hub",
         description="Run the hub (with profile sync and, unless ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS is set, the "
         "embedded broker) on --port, and two member services, Store and Forum, on the next two ports; the "
-        "issuer is http://127.0.0.1:PORT. With --services-only, run only Store and Forum against a hub that "
+        "issuer is http://127.0.0.1:PORT, and the hub's webhooks and back-channel logout may reach loopback "
+        "(development only). With --services-only, run only Store and Forum against a hub that "
         "runs elsewhere: they are registered in its database (ONESIGNIN_DATABASE_URL, with the hub's "
         "ONESIGNIN_SECRET_KEY), read their topics at ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS, call the hub at "
         "--hub-url and send people's browsers to ONESIGNIN_ISSUER. Either way the services and a demo "
@@ -534,7 +535,8 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--allow-http-webhooks", action="store_true",
         help="with --services-only: accept a plain-http webhook base outside loopback, for services on a private "
-        "network with the hub's workers (compose); `onesignin services` keeps requiring https there",
+        "network with the hub's workers (compose), which reach it only if their ONESIGNIN_OUTBOUND_ALLOWED_NETWORKS "
+        "allows that network; `onesignin services` keeps requiring https there",
     )
     demo.set_defaults(func=cmd_demo)
 

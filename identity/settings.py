@@ -104,6 +104,13 @@ class Settings(BaseSettings):
 
     backchannel_logout_timeout: float = Field(5.0, gt=0)
 
+    # Outbound calls to services' addresses (webhooks, back-channel logout) reach public internet
+    # addresses only, and these networks (JSON list of CIDRs).
+    outbound_allowed_networks: list[str] = Field(
+        [],
+        description='e.g. ["10.20.0.0/16"]: private networks that webhooks and back-channel logout may reach (loopback, private, link-local... are refused otherwise).',
+    )
+
     # Kafka. Unset: `serve` starts an embedded, memory-only Kafka-compatible broker itself.
     kafka_bootstrap_servers: str | None = Field(None, description="host:port[,host:port]; unset runs the embedded broker.")
     kafka_enable_idempotence: bool = Field(
@@ -170,7 +177,7 @@ class Settings(BaseSettings):
             raise ValueError("must use https unless it is a loopback address")
         return value.rstrip("/")
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "outbound_allowed_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         for item in value:
@@ -183,6 +190,10 @@ class Settings(BaseSettings):
     @property
     def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(item, strict=False) for item in self.trusted_proxies)
+
+    @property
+    def outbound_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in self.outbound_allowed_networks)
 
     @field_validator("database_url")
     @classmethod

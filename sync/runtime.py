@@ -10,12 +10,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import update
 
-from identity import notices
+from identity import notices, outbound
 from identity.db.models import OutboxEvent
 from identity.oidc.keys import KeyCipher
 from identity.rights.metrics import refresh_overdue
@@ -110,8 +109,10 @@ _relay = _background("outbox-relay", _run_relay)
 async def _worker(app: web.Application) -> AsyncIterator[None]:
     settings = app[K.SETTINGS]
     wake = asyncio.Event()
-    connector = aiohttp.TCPConnector(limit=settings.sync_concurrency, limit_per_host=0, keepalive_timeout=60)
-    async with aiohttp.ClientSession(connector=connector, headers={"User-Agent": "OneSignIn-Webhooks/1"}) as http:
+    # Webhooks go to services' addresses: public ones only, answers read bounded (identity.outbound).
+    async with outbound.client(
+        settings, user_agent="OneSignIn-Webhooks/1", limit=settings.sync_concurrency, keepalive_timeout=60
+    ) as http:
         deliverer = Deliverer(
             settings, app[K.DB], app[K.CIPHER], http,
             bootstrap=app[BOOTSTRAP], idempotent=idempotent(app), metrics=app[METRICS], wake=wake,

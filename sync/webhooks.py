@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import aiohttp
 from standardwebhooks.webhooks import Webhook
 
+from identity import outbound
+
 SECRET_PREFIX = "whsec_"
 MAX_RETRY_AFTER = 86400.0
 
@@ -44,13 +46,22 @@ class Outcome:
     retry_after: float | None = None
 
 
+#: What a service (sync status) and support agents (console) read when the policy refused every
+#: address of the webhook: plainly that, and the setting that changes it; nothing of what is there.
+ADDRESS_NOT_ALLOWED = (
+    "the webhook's address is not allowed: the hub delivers only to public internet addresses "
+    "(the hub's operator can allow a private network with ONESIGNIN_OUTBOUND_ALLOWED_NETWORKS)"
+)
+
+
 async def post(http: aiohttp.ClientSession, url: str, signer: Webhook, message_id: str, body: str, *, timeout: aiohttp.ClientTimeout) -> Outcome:
+    """Sign and POST one delivery through an ``identity.outbound`` session (which refuses
+    non-public addresses and reads a bounded prefix of the answer); what the answer means."""
     headers = signed_headers(signer, message_id, body, dt.datetime.now(dt.UTC))
     try:
-        async with http.post(url, data=body.encode(), headers=headers, timeout=timeout, allow_redirects=False) as response:
-            status = response.status
-            retry_after = parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
-            await response.read()
+        answer = await outbound.post(http, url, data=body.encode(), headers=headers, timeout=timeout)
+    except outbound.AddressNotAllowed:
+        return Outcome("retry", ADDRESS_NOT_ALLOWED)
     except TimeoutError:
         return Outcome("retry", f"no answer within {timeout.total:g} s")
     except aiohttp.ClientError as exc:
@@ -59,10 +70,12 @@ async def post(http: aiohttp.ClientSession, url: str, signer: Webhook, message_i
         raise
     except OSError as exc:
         return Outcome("retry", f"{type(exc).__name__}: {exc}"[:300])
+    status = answer.status
     if 200 <= status < 300:
         return Outcome("ok", status=status)
     if status == 410:
         return Outcome("gone", "410 Gone: the endpoint asked to be disabled", status=status)
+    retry_after = parse_retry_after(answer.headers.get("Retry-After")) if status in (429, 503) else None
     return Outcome("retry", f"HTTP {status}", status=status, retry_after=retry_after)
 
 

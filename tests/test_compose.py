@@ -6,6 +6,8 @@ checks are skipped.)"""
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
 import shlex
 from pathlib import Path
@@ -111,6 +113,20 @@ def test_the_hub_settings_are_real_and_hold_no_secret(services: dict[str, dict[s
         assert re.fullmatch(r"\$\{ONESIGNIN_SECRET_KEY:\?[^}]+\}", env["ONESIGNIN_SECRET_KEY"])
         assert "ONESIGNIN_ISSUER" in env
     assert re.fullmatch(r"\$\{POSTGRES_PASSWORD:\?[^}]+\}", services["postgres"]["environment"]["POSTGRES_PASSWORD"])
+
+
+def test_the_workers_may_reach_the_demo_services_on_the_compose_network_only(services: dict[str, dict[str, Any]]) -> None:
+    yaml = pytest.importorskip("yaml")
+    (subnet,) = (ipaddress.ip_network(c["subnet"]) for c in yaml.safe_load(COMPOSE.read_text())["networks"]["default"]["ipam"]["config"])
+    # Outbound calls (webhooks from the workers, back-channel logout from the hub) reach public
+    # addresses only, and the networks this setting allows: here the compose network, where the
+    # workers deliver to http://store:8101 and http://forum:8102, and nothing wider.
+    for name in ("hub", "worker"):
+        settings = Settings(
+            secret_key="s" * 40,
+            outbound_allowed_networks=json.loads(services[name]["environment"]["ONESIGNIN_OUTBOUND_ALLOWED_NETWORKS"]),
+        )
+        assert settings.outbound_networks == (subnet,), name
 
 
 def test_services_start_in_order(services: dict[str, dict[str, Any]]) -> None:

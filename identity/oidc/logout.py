@@ -13,6 +13,7 @@ from joserfc import jwt
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity import outbound
 from identity.db.models import (
     Account,
     BrowserSession,
@@ -96,22 +97,31 @@ async def revoke_tokens(db: AsyncSession, account_id: int, *, keep_sid: str | No
 
 
 async def send_notices(http: aiohttp.ClientSession, notices: list[LogoutNotice], timeout: float) -> dict[str, bool]:
-    """POST each logout token (concurrently); return which services acknowledged with 200."""
+    """POST each logout token (concurrently) through the hub's ``identity.outbound`` session;
+    return which services acknowledged with 200. A notice to an address the outbound policy
+    refuses is not sent."""
 
     async def one(notice: LogoutNotice) -> bool:
         try:
-            async with http.post(
+            answer = await outbound.post(
+                http,
                 notice.uri,
                 data={"logout_token": notice.logout_token},
                 timeout=aiohttp.ClientTimeout(total=timeout),
-                allow_redirects=False,
-            ) as response:
-                if response.status != 200:
-                    log.warning("back-channel logout to %s answered %s", notice.client_id, response.status)
-                return response.status == 200
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            )
+        except outbound.AddressNotAllowed:
+            log.warning(
+                "back-channel logout to %s not sent: its address is not allowed (public addresses only, "
+                "and ONESIGNIN_OUTBOUND_ALLOWED_NETWORKS)",
+                notice.client_id,
+            )
+            return False
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.warning("back-channel logout to %s failed: %r", notice.client_id, exc)
             return False
+        if answer.status != 200:
+            log.warning("back-channel logout to %s answered %s", notice.client_id, answer.status)
+        return answer.status == 200
 
     results = await asyncio.gather(*(one(n) for n in notices))
     return {n.client_id: ok for n, ok in zip(notices, results, strict=True)}

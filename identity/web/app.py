@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 
-import aiohttp
 import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from identity import outbound
 from identity import purge as retention
 from identity.accounts import throttle
 from identity.accounts.hashing import HashQueue
@@ -159,7 +159,8 @@ async def _mailer(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _http_client(app: web.Application) -> AsyncIterator[None]:
-    async with aiohttp.ClientSession(headers={"User-Agent": "OneSignIn"}) as http:
+    # Back-channel logout goes to services' addresses: public ones only, answers read bounded.
+    async with outbound.client(app[K.SETTINGS], user_agent="OneSignIn") as http:
         app[K.HTTP] = http
         yield
 

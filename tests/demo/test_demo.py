@@ -24,7 +24,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from sqlalchemy import select
 
-from demo.run import STATE_FILE, Demo, DemoError, register, start, start_services
+from demo.run import STATE_FILE, Demo, DemoError, Site, register, start, start_services, webhook_warnings
 from identity.cli import parser
 from identity.db.models import Service
 from identity.settings import Settings
@@ -45,7 +45,8 @@ async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
         data_dir=tmp_path,
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'onesignin.db'}",
         secret_key="d" * 40,
-        **(TEST_SETTINGS | kafka),  # type: ignore[arg-type]
+        # No allowance of the tests' own: the demo lets its hub reach its services on loopback.
+        **(TEST_SETTINGS | kafka | {"outbound_allowed_networks": []}),  # type: ignore[arg-type]
     )
     running = await start(settings, port=free_port(), store_port=free_port(), forum_port=free_port())
     try:
@@ -274,6 +275,20 @@ async def test_the_services_alone_join_a_running_hub(hub: Hub, tmp_path: Path) -
         for forwarder in (proxy, *networks.values()):
             if forwarder.url:
                 await forwarder.close()
+
+
+async def test_the_services_alone_warn_of_a_webhook_the_hubs_workers_may_not_reach(tmp_path: Path) -> None:
+    store = Site("store", 8101, "http://127.0.0.1:8101", "http://127.0.0.2:8101/webhooks/onesignin", plain_http_webhook=True)
+    forum = Site("forum", 8102, "http://127.0.0.1:8102", "http://localhost:8102/webhooks/onesignin", plain_http_webhook=True)
+    nowhere = Site("forum", 8102, "http://127.0.0.1:8102", "https://forum.invalid/webhooks/onesignin")
+    refused = Settings(data_dir=tmp_path, secret_key="d" * 40)
+    warnings = await webhook_warnings(refused, [store, forum, nowhere])
+    assert len(warnings) == 2
+    assert warnings[0].startswith("Store's webhook http://127.0.0.2:8101/webhooks/onesignin is at 127.0.0.2,")
+    assert warnings[1].startswith("Forum's webhook http://localhost:8102/webhooks/onesignin is at ")
+    assert all("ONESIGNIN_OUTBOUND_ALLOWED_NETWORKS" in w for w in warnings)
+    allowed = refused.model_copy(update={"outbound_allowed_networks": ["127.0.0.0/8"]})
+    assert await webhook_warnings(allowed, [store, forum, nowhere]) == []
 
 
 async def test_the_services_alone_refuse_what_cannot_work(tmp_path: Path) -> None:

@@ -94,6 +94,7 @@ class SyncProcess:
             "ONESIGNIN_RELAY_POLL_INTERVAL": str(settings.relay_poll_interval),
             "ONESIGNIN_WEBHOOK_TIMEOUT": str(settings.webhook_timeout),
             "ONESIGNIN_SYNC_LEASE": str(settings.sync_lease),
+            "ONESIGNIN_OUTBOUND_ALLOWED_NETWORKS": json.dumps(settings.outbound_allowed_networks),
         }
         self.process: subprocess.Popen[bytes] | None = None
         self.log = tmp / f"{role}-{self.port}.log"
