@@ -19,6 +19,7 @@ from aiohttp import web
 
 from identity import purge as retention
 from identity.accounts.passwords import PasswordHasher
+from identity.accounts.pwned_api import range_api
 from identity.db.cleanup import purge_expired
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
@@ -70,6 +71,7 @@ def create_app(settings: Settings, *, migrate: bool | None = None, sync: bool | 
     app.cleanup_ctx.append(_every(settings.purge_interval, "retention-purge", _retention_purge))
     app.cleanup_ctx.append(_mailer)
     app.cleanup_ctx.append(_http_client)
+    app.cleanup_ctx.append(_breach_api)
     app.cleanup_ctx.append(_hash_pool)
     routes.add_routes(app)
     app.router.add_static("/static", str(files("identity.pages") / "static"), name="static")
@@ -159,6 +161,13 @@ async def _mailer(app: web.Application) -> AsyncIterator[None]:
 async def _http_client(app: web.Application) -> AsyncIterator[None]:
     async with aiohttp.ClientSession(headers={"User-Agent": "OneSignIn"}) as http:
         app[K.HTTP] = http
+        yield
+
+
+async def _breach_api(app: web.Application) -> AsyncIterator[None]:
+    async with range_api(app[K.SETTINGS]) as api:
+        if api is not None:
+            app[K.BREACH_API] = api
         yield
 
 

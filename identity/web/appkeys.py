@@ -9,6 +9,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from identity.accounts.passwords import PasswordHasher
+from identity.accounts.pwned_api import RangeApi
 from identity.mail import Mailer
 from identity.oidc.keys import KeyCipher
 from identity.oidc.server import Provider
@@ -25,3 +26,5 @@ MAIL_TASKS = web.AppKey("mail_tasks", set)
 HASHER = web.AppKey("hasher", PasswordHasher)
 HASH_POOL = web.AppKey("hash_pool", ThreadPoolExecutor)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
+#: Set only when the operator enabled the Pwned Passwords check (ONESIGNIN_BREACHED_PASSWORD_API).
+BREACH_API = web.AppKey("breach_api", RangeApi)
