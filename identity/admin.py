@@ -168,15 +168,17 @@ async def add_user(
     guardian_email: str | None = None,
     verified: bool = False,
     password_hash: str | None = None,
+    breached: bool = False,
 ) -> NewAccount:
     """Create an account; a child's guardian is asked for consent by mail (sent by the caller).
-    ``password_hash``: ``password`` already hashed by the caller (off the event loop)."""
+    ``password_hash``: ``password`` already hashed by the caller (off the event loop).
+    ``breached``: the Pwned Passwords API, asked by the caller before the transaction, knows it."""
     body = {"email": email, "given_name": given_name, "family_name": family_name, "birthdate": birthdate}
     try:
         details = BasicDetails.model_validate({k: v for k, v in body.items() if v is not None})
     except ValidationError as exc:
         raise InvalidInput("; ".join(f"--{p.field.replace('_', '-')}: {p.message}" for p in problems(exc))) from None
-    if reason := check_password(password, context=[details.email, given_name or "", family_name or ""]):
+    if reason := check_password(password, context=[details.email, given_name or "", family_name or ""], breached=breached):
         raise InvalidInput(f"--password: {reason}")
     child = is_child(details.birthdate, settings.age_of_digital_consent)
     guardian = None

@@ -16,7 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from identity import admin
-from identity.accounts.passwords import PasswordHasher
+from identity.accounts.passwords import PasswordHasher, check_password
+from identity.accounts.pwned_api import range_api
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
 from identity.mail import MailError, mailer_for
@@ -207,9 +208,45 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     return _run_sync_alone(settings, args, relay=False, worker=True)
 
 
+def _password(args: argparse.Namespace) -> str:
+    """The password of ``--password``, or with ``--password-stdin`` the first line of standard input."""
+    if not args.password_stdin:
+        return str(args.password)
+    line = sys.stdin.readline().rstrip("\r\n")
+    if not line:
+        raise UsageError("--password-stdin: standard input held no password (write it as the first line)")
+    return line
+
+
+def _password_arguments(cmd: argparse.ArgumentParser, *, password_help: str) -> None:
+    secret = cmd.add_mutually_exclusive_group(required=True)
+    secret.add_argument(
+        "--password-stdin", action="store_true",
+        help="read the password from the first line of standard input (preferred: it stays out of the process list and shell history)",
+    )
+    secret.add_argument(
+        "--password", metavar="P",
+        help=f"{password_help}; every user of the machine can read it in the process list while the command runs, "
+        "and the shell keeps it in its history: prefer --password-stdin",
+    )
+
+
+def _breached(settings: Settings, password: str) -> bool:
+    """Whether the Pwned Passwords API, when the operator enabled it, knows a new password; asked
+    before any database work, and only about a password the offline policy accepts."""
+    if not settings.breached_password_api or check_password(password) is not None:
+        return False
+
+    async def ask() -> bool:
+        async with range_api(settings) as api:
+            return api is not None and await api.seen(password)
+
+    return asyncio.run(ask())
+
+
 def cmd_users_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    if args.password_stdin:
-        args.password = sys.stdin.readline().rstrip("\r\n")
+    password = _password(args)
+    breached = _breached(settings, password)
     hasher = PasswordHasher(
         memory_cost=settings.argon2_memory_cost, time_cost=settings.argon2_time_cost, parallelism=settings.argon2_parallelism
     )
@@ -220,12 +257,13 @@ def cmd_users_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any
             settings,
             hasher,
             email=args.email,
-            password=args.password,
+            password=password,
             given_name=args.given_name,
             family_name=args.family_name,
             birthdate=args.birthdate,
             guardian_email=args.guardian_email,
             verified=args.verified,
+            breached=breached,
         )
         return {"sub": account.sub, "_mail": account.mail}
 
@@ -398,8 +436,8 @@ def cmd_agents_add(settings: Settings, args: argparse.Namespace) -> dict[str, An
     from identity.support import staff
     from identity.support.audit import record
 
-    if args.password_stdin:
-        args.password = sys.stdin.readline().rstrip("\r\n")
+    password = _password(args)
+    breached = _breached(settings, password)
     hasher = PasswordHasher(
         memory_cost=settings.argon2_memory_cost, time_cost=settings.argon2_time_cost, parallelism=settings.argon2_parallelism
     )
@@ -411,9 +449,10 @@ def cmd_agents_add(settings: Settings, args: argparse.Namespace) -> dict[str, An
             staff.InlinePasswords(hasher),
             KeyCipher(settings.resolved_secret_key()),
             email=args.email,
-            password=args.password,
+            password=password,
             role=args.role,
             created_by=_operator(),
+            breached=breached,
         )
         record(db, actor_kind="cli", actor=_os_user(), action="staff.added", account_sub=added.sub, detail={"role": added.role})
         return {"sub": added.sub, "totp_uri": added.totp_uri}
@@ -593,11 +632,7 @@ def parser() -> argparse.ArgumentParser:
     users_sub = users.add_subparsers(dest="action", required=True, metavar="ACTION")
     add_user = users_sub.add_parser("add", help="create an account", description="Create an account; prints its sub.")
     add_user.add_argument("--email", required=True)
-    secret = add_user.add_mutually_exclusive_group(required=True)
-    secret.add_argument("--password", help="checked against the same policy as the web page")
-    secret.add_argument(
-        "--password-stdin", action="store_true", help="read the password from the first line of standard input (keeps it out of ps and shell history)"
-    )
+    _password_arguments(add_user, password_help="the password, checked against the same policy as the web page")
     add_user.add_argument("--given-name")
     add_user.add_argument("--family-name")
     add_user.add_argument("--birthdate", type=_date, help="YYYY-MM-DD")
@@ -682,9 +717,7 @@ def parser() -> argparse.ArgumentParser:
         "shown once).",
     )
     add_agent.add_argument("--email", required=True)
-    agent_secret = add_agent.add_mutually_exclusive_group(required=True)
-    agent_secret.add_argument("--password", help="the account's password (new accounts: checked against the policy)")
-    agent_secret.add_argument("--password-stdin", action="store_true", help="read the password from the first line of standard input")
+    _password_arguments(add_agent, password_help="the account's password (a new account's is checked against the policy)")
     add_agent.add_argument("--role", required=True, choices=["agent", "supervisor"])
     add_agent.set_defaults(func=cmd_agents_add)
     list_agents = agents_sub.add_parser("list", help="list staff", description="List staff: sub, email, role, when added, by whom, disabled.")

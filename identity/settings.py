@@ -98,6 +98,14 @@ class Settings(BaseSettings):
     # Children: under this age a guardian must consent.
     age_of_digital_consent: int = Field(16, ge=13, le=18)
 
+    # New passwords are also looked up in Have I Been Pwned's Pwned Passwords (k-anonymity: only
+    # five hex digits of the SHA-1 leave the hub); when it cannot answer, only the offline list counts.
+    breached_password_api: bool = Field(False, description="Also check new passwords with the Pwned Passwords range API.")
+    breached_password_api_url: str = Field(
+        "https://api.pwnedpasswords.com/range/", description="The range endpoint; the hash prefix is appended."
+    )
+    breached_password_api_timeout: float = Field(2.0, gt=0, le=10, description="Seconds to wait for its answer before going on without it.")
+
     argon2_memory_cost: int = Field(19456, ge=8192)
     argon2_time_cost: int = Field(2, ge=1)
     argon2_parallelism: int = Field(1, ge=1)
@@ -176,6 +184,16 @@ class Settings(BaseSettings):
         if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("must use https unless it is a loopback address")
         return value.rstrip("/")
+
+    @field_validator("breached_password_api_url")
+    @classmethod
+    def _range_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("must be an absolute http(s) URL without query or fragment, e.g. https://api.pwnedpasswords.com/range/")
+        if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError("must use https unless it is a loopback address")
+        return value.rstrip("/") + "/"
 
     @field_validator("trusted_proxies", "outbound_allowed_networks")
     @classmethod

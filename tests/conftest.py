@@ -25,7 +25,7 @@ from identity.settings import Settings
 from identity.web.app import create_app
 from tests.support import Hub
 
-pytest_plugins = ["tests.watchdog"]
+pytest_plugins = ["tests.watchdog", "tests.pwned_range"]
 
 POSTGRES_URL = os.environ.get("ONESIGNIN_TEST_DATABASE_URL")
 # Cheaper argon2id, mail sent before the response so a test can read it at once, no sync

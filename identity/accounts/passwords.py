@@ -11,6 +11,14 @@ The policy follows NIST SP 800-63B. A password is accepted when it:
   points after NFKC normalisation;
 * is not, ignoring case, a commonly used password;
 * is not, ignoring case, a single dictionary word;
+* has not appeared in a data breach: neither as typed, nor in lower case, nor with only its
+  first letter capitalised, in the offline list of about 4.2 million breached passwords
+  (:mod:`identity.accounts.breached`; about 1 in 87,000 passwords in no breach is refused by
+  chance), nor, when the operator enables it, in Have I Been Pwned's Pwned Passwords
+  (:mod:`identity.accounts.pwned_api`, asked by the caller outside any transaction);
+* is not, ignoring case, a common password or dictionary word with at most
+  ``MAX_AFFIX`` digits or symbols before or after it, also when letters inside it are
+  written as look-alike digits or symbols (``Summer2024!!``, ``P@ssw0rd2024``);
 * is not, ignoring case, the person's email address, its local part or their
   name;
 * is not one character repeated.
@@ -30,7 +38,10 @@ from importlib import resources
 import argon2
 from argon2.exceptions import VerificationError
 
+from identity.accounts.breached import breached_list
+
 __all__ = [
+    "BREACHED",
     "DEFAULT_MEMORY_COST",
     "DEFAULT_PARALLELISM",
     "DEFAULT_TIME_COST",
@@ -55,6 +66,20 @@ REPEATED_CHARACTER = "A single repeated character is easy to guess; use several 
 PERSONAL_DETAILS = "Don't use your email address or name as your password."
 TOO_COMMON = "This password is too common; choose something harder to guess."
 DICTIONARY_WORD = "A single dictionary word is easy to guess; add more words."
+BREACHED = (
+    "This password has appeared in a data breach, so attackers try it early. Choose a different one, "
+    "such as several words that mean something only to you."
+)
+WORD_WITH_AFFIXES = "A common word with a few numbers or symbols added is easy to guess; add more words."
+
+#: Digits and symbols that may be added around a common word or password before the result is
+#: still refused as that word.
+MAX_AFFIX = 6
+#: Look-alike characters read as the letters they stand for, inside a word.
+_LOOK_ALIKES = (
+    str.maketrans({"@": "a", "4": "a", "0": "o", "3": "e", "1": "i", "!": "i", "$": "s", "5": "s", "7": "t", "+": "t"}),
+    str.maketrans({"@": "a", "4": "a", "0": "o", "3": "e", "1": "l", "!": "l", "$": "s", "5": "s", "7": "t", "+": "t"}),
+)
 
 _DATA_PACKAGE = "identity.accounts"
 _COMMON_PASSWORDS_FILE = "data/common-passwords.txt"
@@ -118,12 +143,13 @@ class PasswordHasher:
         self.verify(self._dummy_hash, password)
 
 
-def check_password(password: str, *, context: Iterable[str] = ()) -> str | None:
+def check_password(password: str, *, context: Iterable[str] = (), breached: bool = False) -> str | None:
     """Return why ``password`` is refused, or ``None`` when it is acceptable.
 
     ``context`` holds personal details that must not be used as the password,
     such as the email address and the person's name. For an email address its
-    local part is refused as well.
+    local part is refused as well. ``breached`` says that an outside source (the
+    Pwned Passwords API) knows the password from a data breach.
     """
     normalised = _normalise(password)
     if len(normalised) < MIN_LENGTH:
@@ -139,7 +165,32 @@ def check_password(password: str, *, context: Iterable[str] = ()) -> str | None:
         return TOO_COMMON
     if folded in dictionary_words():
         return DICTIONARY_WORD
+    if breached or _in_breached_list(normalised):
+        return BREACHED
+    if _is_word_with_affixes(folded):
+        return WORD_WITH_AFFIXES
     return None
+
+
+def _in_breached_list(password: str) -> bool:
+    """Whether the password, as typed or in the two usual capitalisations, was breached."""
+    lower = password.lower()
+    known = breached_list()
+    return any(form in known for form in {password, lower, lower.capitalize()})
+
+
+def _is_word_with_affixes(folded: str) -> bool:
+    letters = [i for i, c in enumerate(folded) if c.isalpha()]
+    if not letters:
+        return False
+    core = folded[letters[0] : letters[-1] + 1]
+    if len(folded) - len(core) > MAX_AFFIX:
+        return False
+    for look_alikes in _LOOK_ALIKES:
+        word = core.translate(look_alikes)
+        if word.isalpha() and (word in dictionary_words() or word in common_passwords()):
+            return True
+    return False
 
 
 def _personal_details(context: Iterable[str]) -> set[str]:

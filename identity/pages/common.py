@@ -1,11 +1,12 @@
-"""What every page handler shares: rendering with a CSRF token, password hashing off the
-event loop, sending mail after commit."""
+"""What every page handler shares: rendering with a CSRF token, the policy for new passwords,
+password hashing off the event loop, sending mail after commit."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import logging
+from collections.abc import Iterable
 from email.message import EmailMessage
 from typing import Any
 
@@ -13,10 +14,11 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from identity.accounts import throttle
+from identity.accounts.passwords import BREACHED, check_password
 from identity.db.engine import autocommit
 from identity.mail import MailError
 from identity.web import csrf
-from identity.web.appkeys import DB, HASHING, MAIL_TASKS, MAILER, SETTINGS
+from identity.web.appkeys import BREACH_API, DB, HASHING, MAIL_TASKS, MAILER, SETTINGS
 from identity.web.errors import BadInput
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,17 @@ def render(request: web.Request, template: str, context: dict[str, Any] | None =
     response = aiohttp_jinja2.render_template(template, request, context, status=status)
     csrf.set_cookie(request, response)
     return response
+
+
+async def new_password_problem(request: web.Request, password: str, context: Iterable[str]) -> str | None:
+    """Why a new password is refused, or None: the password policy, then, when the operator
+    enabled it, the Pwned Passwords API. Call it while no database connection is held."""
+    if reason := check_password(password, context=context):
+        return reason
+    api = request.config_dict.get(BREACH_API)
+    if api is not None and await api.seen(password):
+        return BREACHED
+    return None
 
 
 async def hash_password(request: web.Request, password: str) -> str:

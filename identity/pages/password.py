@@ -10,7 +10,6 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import links
-from identity.accounts.passwords import check_password
 from identity.accounts.store import find_by_email
 from identity.db.models import Account, utcnow
 from identity.oidc.logout import (
@@ -22,6 +21,7 @@ from identity.oidc.logout import (
 from identity.pages.common import (
     field,
     hash_password,
+    new_password_problem,
     render,
     send_mail,
     slow_down,
@@ -89,7 +89,7 @@ async def reset_confirm(request: web.Request) -> web.Response:
         account = await db.get(Account, live.account_id) if live else None
     if live is None or account is None:
         return render(request, "message.html", dead, status=400)
-    if reason := check_password(password, context=[account.email, account.given_name or "", account.family_name or ""]):
+    if reason := await new_password_problem(request, password, [account.email, account.given_name or "", account.family_name or ""]):
         return render(request, "reset_confirm.html", {"token": token, "error": reason}, status=400)
     password_hash = await hash_password(request, password)
     async with request.config_dict[DB].begin() as db:
@@ -125,7 +125,7 @@ async def change(request: web.Request) -> web.StreamResponse:
     if not confirmed.ok:
         errors = {"current_password": "Your current password is not correct."}
         return render(request, "change_password.html", {"errors": errors}, status=400)
-    if reason := check_password(password, context=[account.email, account.given_name or "", account.family_name or ""]):
+    if reason := await new_password_problem(request, password, [account.email, account.given_name or "", account.family_name or ""]):
         return render(request, "change_password.html", {"errors": {"password": reason}}, status=400)
     password_hash = await hash_password(request, password)
     async with request.config_dict[DB].begin() as db:

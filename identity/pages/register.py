@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from identity.accounts import children, links
 from identity.accounts.children import is_child
-from identity.accounts.passwords import check_password
 from identity.accounts.store import (
     create_account,
     find_by_email,
@@ -22,7 +21,7 @@ from identity.accounts.store import (
 )
 from identity.db.models import Account, utcnow
 from identity.db.engine import autocommit
-from identity.pages.common import field, hash_password, render, send_mail, slow_down, too_many_requests
+from identity.pages.common import field, hash_password, new_password_problem, render, send_mail, slow_down, too_many_requests
 from identity.web import browser, csrf
 from identity.web.appkeys import DB, SETTINGS
 from identity.web.responses import redirect, safe_next
@@ -53,7 +52,7 @@ async def register(request: web.Request) -> web.StreamResponse:
         errors.update({p.field: p.message for p in problems(exc)})
     if not values["birthdate"]:
         errors["birthdate"] = "Enter your date of birth."
-    if reason := check_password(password, context=[values["email"], values["given_name"], values["family_name"]]):
+    if reason := await new_password_problem(request, password, [values["email"], values["given_name"], values["family_name"]]):
         errors["password"] = reason
     guardian: str | None = None
     child = details is not None and is_child(details.birthdate, settings.age_of_digital_consent)

@@ -109,9 +109,11 @@ async def add_staff(
     password: str,
     role: str,
     created_by: str | None,
+    breached: bool = False,
 ) -> NewStaff:
     """Make the account ``email`` staff with a fresh TOTP secret, creating the account (verified:
-    the operator vouches for the address) under the usual password policy when there is none.
+    the operator vouches for the address) under the usual password policy when there is none
+    (``breached``: the Pwned Passwords API, asked before the transaction, knows the password).
     An existing account's password must be given, and match. A disabled staff member is enabled
     again with a new secret; an enabled one is refused."""
     _role(role)
@@ -121,7 +123,7 @@ async def add_staff(
         raise StaffError(f"--email: {exc}") from None
     account = await find_by_email(db, normalized)
     if account is None:
-        if reason := check_password(password, context=[normalized]):
+        if reason := check_password(password, context=[normalized], breached=breached):
             raise StaffError(f"--password: {reason}")
         created = await admin.add_user(
             db, settings, passwords.hasher, email=normalized, password=password, verified=True, password_hash=await passwords.hash(password)

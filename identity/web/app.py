@@ -21,6 +21,7 @@ from identity import purge as retention
 from identity.accounts import throttle
 from identity.accounts.hashing import HashQueue
 from identity.accounts.passwords import PasswordHasher
+from identity.accounts.pwned_api import range_api
 from identity.db.cleanup import purge_expired
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
@@ -72,6 +73,7 @@ def create_app(settings: Settings, *, migrate: bool | None = None, sync: bool | 
     app.cleanup_ctx.append(_every(settings.purge_interval, "retention-purge", _retention_purge))
     app.cleanup_ctx.append(_mailer)
     app.cleanup_ctx.append(_http_client)
+    app.cleanup_ctx.append(_breach_api)
     app.cleanup_ctx.append(_hash_pool)
     routes.add_routes(app)
     app.router.add_static("/static", str(files("identity.pages") / "static"), name="static")
@@ -162,6 +164,13 @@ async def _http_client(app: web.Application) -> AsyncIterator[None]:
     # Back-channel logout goes to services' addresses: public ones only, answers read bounded.
     async with outbound.client(app[K.SETTINGS], user_agent="OneSignIn") as http:
         app[K.HTTP] = http
+        yield
+
+
+async def _breach_api(app: web.Application) -> AsyncIterator[None]:
+    async with range_api(app[K.SETTINGS]) as api:
+        if api is not None:
+            app[K.BREACH_API] = api
         yield
 
 

@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from identity.accounts.hashing import HashQueue
 from identity.accounts.passwords import PasswordHasher
+from identity.accounts.pwned_api import RangeApi
 from identity.mail import Mailer
 from identity.oidc.keys import KeyCipher
 from identity.oidc.server import Provider
@@ -24,3 +25,5 @@ MAIL_TASKS = web.AppKey("mail_tasks", set)
 HASHER = web.AppKey("hasher", PasswordHasher)
 HASHING = web.AppKey("hashing", HashQueue)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
+#: Set only when the operator enabled the Pwned Passwords check (ONESIGNIN_BREACHED_PASSWORD_API).
+BREACH_API = web.AppKey("breach_api", RangeApi)

@@ -3,6 +3,7 @@ errors on stderr with a non-zero exit, working while ``serve`` runs on the same 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -17,6 +18,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from identity.db.models import Service
+from tests.pwned_range import RangeStandIn, sha1
 
 PASSWORD = "correct horse battery staple"
 
@@ -107,3 +109,71 @@ def test_commands_work_while_serve_runs(env: dict[str, str]) -> None:
         hub.terminate()
         hub.wait(timeout=30)
         hub.stdout.close()  # type: ignore[union-attr]
+
+
+BREACHED = "This password has appeared in a data breach"
+STRONG = "lantern quiver mosaic tundra"
+
+
+def test_users_add_refuses_breached_and_predictable_passwords(env: dict[str, str]) -> None:
+    breached = run(env, "users", "add", "--email", "bob@example.com", "--password-stdin", stdin="Password123!\n")
+    assert breached.returncode == 2 and breached.stdout == ""
+    assert f"onesignin: --password: {BREACHED}" in breached.stderr
+    predictable = run(env, "users", "add", "--email", "bob@example.com", "--password", "Summer2024!!")
+    assert predictable.returncode == 2 and predictable.stdout == ""
+    assert "onesignin: --password: A common word with a few numbers or symbols added" in predictable.stderr
+
+
+@pytest.fixture
+def no_database_env(tmp_path: Path) -> dict[str, str]:
+    """For commands that stop before they open a database."""
+    return os.environ | {"ONESIGNIN_DATA_DIR": str(tmp_path), "ONESIGNIN_SECRET_KEY": "c" * 40}
+
+
+async def test_users_add_asks_the_breached_password_api_when_enabled(env: dict[str, str], pwned_range: RangeStandIn) -> None:
+    pwned_range.breach(STRONG)
+    on = env | {"ONESIGNIN_BREACHED_PASSWORD_API": "true", "ONESIGNIN_BREACHED_PASSWORD_API_URL": pwned_range.url}
+    # The stand-in runs on this test's event loop: the command runs on a thread meanwhile.
+    listed = await asyncio.to_thread(run, on, "users", "add", "--email", "bob@example.com", "--password-stdin", stdin=STRONG + "\n")
+    assert listed.returncode == 2 and listed.stdout == ""
+    assert f"onesignin: --password: {BREACHED}" in listed.stderr
+    assert [r.prefix for r in pwned_range.requests] == [sha1(STRONG)[:5]]
+
+    # Off by default: the same password is then only checked against the offline list.
+    added = await asyncio.to_thread(run, env, "users", "add", "--email", "bob@example.com", "--password-stdin", stdin=STRONG + "\n")
+    assert added.returncode == 0, added.stderr
+    assert len(pwned_range.requests) == 1
+
+    # An API that does not answer in time leaves the offline list alone to decide.
+    pwned_range.behaviour = "hang"
+    hung = on | {"ONESIGNIN_BREACHED_PASSWORD_API_TIMEOUT": "0.3"}
+    added = await asyncio.to_thread(run, hung, "users", "add", "--email", "cy@example.com", "--password-stdin", stdin=STRONG + "\n")
+    assert added.returncode == 0, added.stderr
+    assert "only the offline list was checked: timed out" in added.stderr
+
+
+def test_password_stdin_is_the_preferred_way_in_help(no_database_env: dict[str, str]) -> None:
+    for command in (["users", "add"], ["agents", "add"]):
+        text = " ".join(run(no_database_env, *command, "--help").stdout.split())
+        assert "--password-stdin read the password from the first line of standard input (preferred:" in text
+        assert "in the process list" in text and "prefer --password-stdin" in text
+
+
+def test_password_stdin_needs_a_password_line(no_database_env: dict[str, str]) -> None:
+    for stdin in ("", "\n"):
+        done = run(no_database_env, "users", "add", "--email", "bob@example.com", "--password-stdin", stdin=stdin)
+        assert done.returncode == 2 and done.stdout == ""
+        assert "--password-stdin: standard input held no password" in done.stderr
+
+
+def test_a_password_read_from_stdin_is_not_in_the_process_list(env: dict[str, str]) -> None:
+    command = subprocess.Popen(
+        [sys.executable, "-m", "identity.cli", "users", "add", "--email", "dee@example.com", "--password-stdin"],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    # It cannot finish before it has read its standard input, so its command line is there to read.
+    cmdline = Path(f"/proc/{command.pid}/cmdline").read_bytes().decode()
+    out, err = command.communicate(PASSWORD + "\n", timeout=120)
+    assert command.returncode == 0, err
+    assert "--password-stdin" in cmdline and PASSWORD not in cmdline
+    assert set(json.loads(out)) == {"sub"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,6 +14,8 @@ import pyotp
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.pwned_range import RangeStandIn
 
 PASSWORD = "correct horse battery staple"
 
@@ -97,3 +100,28 @@ def test_agents_help(env: dict[str, str]) -> None:
     for args in (["agents"], ["agents", "add"], ["agents", "list"], ["agents", "role"], ["agents", "disable"]):
         done = run(env, *args, "--help")
         assert done.returncode == 0 and "usage: onesignin agents" in done.stdout
+
+
+BREACHED = "This password has appeared in a data breach"
+STRONG = "lantern quiver mosaic tundra"
+
+
+async def test_agents_add_checks_a_new_accounts_password_for_breaches(env: dict[str, str], pwned_range: RangeStandIn) -> None:
+    offline = await asyncio.to_thread(run, env, "agents", "add", "--email", "bob@example.com", "--password", "Password123!", "--role", "agent")
+    assert offline.returncode == 2 and offline.stdout == "" and f"--password: {BREACHED}" in offline.stderr
+
+    assert (await asyncio.to_thread(run, env, "users", "add", "--email", "ann@example.com", "--password", STRONG)).returncode == 0
+    pwned_range.breach(STRONG)
+    on = env | {"ONESIGNIN_BREACHED_PASSWORD_API": "true", "ONESIGNIN_BREACHED_PASSWORD_API_URL": pwned_range.url}
+    new = await asyncio.to_thread(
+        run, on, "agents", "add", "--email", "cy@example.com", "--password-stdin", "--role", "agent", stdin=STRONG + "\n"
+    )
+    assert new.returncode == 2 and new.stdout == "" and f"--password: {BREACHED}" in new.stderr
+    assert len(pwned_range.requests) == 1
+
+    # An existing account's password is only matched, as before: the policy is for new ones.
+    existing = await asyncio.to_thread(
+        run, on, "agents", "add", "--email", "ann@example.com", "--password-stdin", "--role", "agent", stdin=STRONG + "\n"
+    )
+    assert existing.returncode == 0, existing.stderr
+    assert set(json.loads(existing.stdout)) == {"sub", "totp_uri"}

@@ -15,6 +15,11 @@ TOO_COMMON = "This password is too common; choose something harder to guess."
 DICTIONARY_WORD = "A single dictionary word is easy to guess; add more words."
 PERSONAL_DETAILS = "Don't use your email address or name as your password."
 REPEATED_CHARACTER = "A single repeated character is easy to guess; use several words instead."
+BREACHED = (
+    "This password has appeared in a data breach, so attackers try it early. Choose a different one, "
+    "such as several words that mean something only to you."
+)
+WORD_WITH_AFFIXES = "A common word with a few numbers or symbols added is easy to guess; add more words."
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +178,57 @@ class TestCheckPassword:
     @pytest.mark.parametrize("password", ["aaaaaaaaaaaa", "            ", "ééééééééééé"])
     def test_refuses_a_single_repeated_character(self, password: str) -> None:
         assert check_password(password) == REPEATED_CHARACTER
+
+
+class TestBreachedPasswords:
+    @pytest.mark.parametrize(
+        "password",
+        ["Password123!", "Monkey123456", "letmein12345", "qwerty123456!", "P@ssw0rd123", "Passw0rd123!", "Elizabeth1985"],
+    )
+    def test_refuses_passwords_known_from_breaches(self, password: str) -> None:
+        assert check_password(password) == BREACHED
+
+    @pytest.mark.parametrize("password", ["PASSWORD123!", "password123!", "pASSWORD123!"])
+    def test_refuses_them_in_other_capitalisations(self, password: str) -> None:
+        assert check_password(password) == BREACHED
+
+    @pytest.mark.parametrize(
+        "password", ["Summer2024!!", "Winter2023!!", "Welcome2024!", "Football2024!", "P@ssw0rd2024", "iloveyou2024", "!!Summer2024"]
+    )
+    def test_refuses_a_common_word_with_a_few_numbers_or_symbols(self, password: str) -> None:
+        assert check_password(password) == WORD_WITH_AFFIXES
+
+    def test_the_outside_verdict_refuses_an_otherwise_good_password(self) -> None:
+        assert check_password("lantern quiver mosaic tundra") is None
+        assert check_password("lantern quiver mosaic tundra", breached=True) == BREACHED
+
+    @pytest.mark.parametrize(
+        "password",
+        [
+            "lantern quiver mosaic tundra",
+            "Velvet-Orbit-Pickle-Harbor-42",
+            "my cat eats 3 lemons at dawn",
+            "Summer2024!! in the hills of Kent",
+            "Strawberry-2024-quokka",
+        ],
+    )
+    def test_accepts_strong_passphrases(self, password: str) -> None:
+        assert check_password(password) is None
+
+    def test_the_list_holds_millions_of_entries_mapped_once(self) -> None:
+        from identity.accounts.breached import breached_list
+
+        known = breached_list()
+        assert len(known) >= 4_000_000
+        assert "Password123!" in known and "lantern quiver mosaic tundra" not in known
+        assert breached_list() is known
+
+    @pytest.mark.parametrize("data", [b"", b"not a list at all", b"OSIBRP01" + b"\0" * 10])
+    def test_a_damaged_list_is_refused(self, data: bytes) -> None:
+        from identity.accounts.breached import BreachedList
+
+        with pytest.raises(ValueError):
+            BreachedList(data)
 
 
 class TestWordLists:

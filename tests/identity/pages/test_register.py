@@ -17,6 +17,10 @@ from tests.support import PASSWORD, Browser, Hub, form
 
 NEW_PASSWORD = "purple elephant dancing quietly"
 WRONG = "The email address or password is incorrect."
+BREACHED = (
+    "This password has appeared in a data breach, so attackers try it early. Choose a different one, "
+    "such as several words that mean something only to you."
+)
 
 
 def outbox(hub: Hub) -> list[EmailMessage]:
@@ -78,6 +82,11 @@ async def sign_in_status(hub: Hub, email: str, password: str) -> int:
         ("strawberries", "A single dictionary word is easy to guess; add more words."),
         ("new@example.com", "Don&#39;t use your email address or name as your password."),
         ("aaaaaaaaaaaa", "A single repeated character is easy to guess; use several words instead."),
+        ("Password123!", BREACHED),
+        ("Monkey123456", BREACHED),
+        ("qwerty123456!", BREACHED),
+        ("Summer2024!!", "A common word with a few numbers or symbols added is easy to guess; add more words."),
+        ("P@ssw0rd2024", "A common word with a few numbers or symbols added is easy to guess; add more words."),
     ],
 )
 async def test_weak_password_is_refused(hub: Hub, browser: Browser, password: str, message: str) -> None:
