@@ -57,7 +57,7 @@ from identity.db.models import (
 from identity.db.units import whole
 from identity.oidc.keys import KeyCipher
 from identity.settings import Settings
-from schemas.events import ProfileSnapshot, ProfileUpdated, service_topic
+from schemas.events import ProfileSnapshot, ProfileUpdated
 from sync import projection, webhooks
 from sync.metrics import SyncMetrics
 from sync.service_topics import ServiceTopics

@@ -92,6 +92,7 @@ class ServiceTopics:
     async def publish(self, client_id: str, key: str, body: str, mid: str) -> webhooks.Outcome:
         """Produce ``body`` to the service's topic, keyed by ``key``, with a ``webhook-id``."""
         topic = self.topic(client_id)
+        producer: AIOKafkaProducer | None = None
         try:
             if topic not in self.ready and topic not in self.wrong:
                 async with self._lock:
@@ -116,7 +117,8 @@ class ServiceTopics:
             # Nothing known of the broker outlives an error: the topic is checked again before
             # the next send to it, and that send gets a new producer.
             self.ready.discard(topic)
-            self._renew = True
+            if producer is None or producer is self.producer:  # not one already replaced
+                self._renew = True
             # The service may read this error: its type only, no broker addresses.
             log.warning("sync: producing to %s failed: %s: %s", topic, type(exc).__name__, exc)
             return webhooks.Outcome("retry", f"Kafka: {type(exc).__name__}")
