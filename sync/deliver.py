@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaProducer
 from sqlalchemy import (
     BigInteger,
     Integer,
@@ -58,9 +57,10 @@ from identity.db.models import (
 from identity.db.units import whole
 from identity.oidc.keys import KeyCipher
 from identity.settings import Settings
-from schemas.events import ProfileSnapshot, ProfileUpdated, service_topic
-from sync import kafka, projection, webhooks
+from schemas.events import ProfileSnapshot, ProfileUpdated
+from sync import projection, webhooks
 from sync.metrics import SyncMetrics
+from sync.service_topics import ServiceTopics
 
 log = logging.getLogger(__name__)
 
@@ -225,9 +225,10 @@ class Deliverer:
         self.results: list[_Result] = []
         self.results_ready = asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.producer: AIOKafkaProducer | None = None
-        self.producer_lock = asyncio.Lock()
-        self.topics_ready: set[str] = set()
+        # Services' own topics (one producer for this worker, shared with its notices).
+        self.service_topics = (
+            ServiceTopics(settings, sessions, bootstrap, idempotent=idempotent, metrics=metrics) if bootstrap is not None else None
+        )
         self.accepting = False  # takes deliveries from the fan-out while it runs
         self.recheck = False  # a delivery in flight was superseded: look for due rows after recording
 
@@ -263,24 +264,27 @@ class Deliverer:
 
     async def run(self) -> None:
         flusher = asyncio.create_task(self._flush_forever(), name="sync-results")
+        watcher = asyncio.create_task(self._watch_topics_forever(), name="sync-topics")
         self.accepting = True
         try:
             await self._claim_forever()
         finally:
             self.accepting = False
+            watcher.cancel()
             for task in list(self.tasks):
                 task.cancel()
             await asyncio.gather(*self.tasks, return_exceptions=True)
             flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            for task in (flusher, watcher):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             try:
                 await self._flush()  # outcomes already known are recorded, not retried
             except Exception as exc:
                 # They keep their lease and are sent again when it runs out: at least once.
                 log.warning("sync deliverer: could not record the last outcomes: %s: %s", type(exc).__name__, exc)
-            if self.producer is not None:
-                await self.producer.stop()
+            if self.service_topics is not None:
+                await self.service_topics.close()
 
     async def _claim_forever(self) -> None:
         backoff = 0.5
@@ -530,38 +534,24 @@ class Deliverer:
 
     async def publish(self, client_id: str, key: str, body: str, mid: str) -> webhooks.Outcome:
         """Produce ``body`` to the service's own topic, keyed by ``key`` with a ``webhook-id``
-        header (the producer and topic are made on first use). Also used for notices."""
-        topic = self.settings.kafka_topic_prefix + service_topic(client_id)
-        try:
-            async with self.producer_lock:
-                if self.producer is None:
-                    producer = kafka.producer(self.settings, self.bootstrap or "", idempotent=self.idempotent)
-                    try:
-                        await producer.start()
-                    except BaseException:
-                        await producer.stop()
-                        raise
-                    self.producer = producer
-            if topic not in self.topics_ready:
-                await kafka.ensure_topics(self.settings, self.bootstrap or "", {topic: self.settings.kafka_service_partitions})
-                self.topics_ready.add(topic)
-            await asyncio.wait_for(
-                self.producer.send_and_wait(
-                    topic,
-                    value=body.encode(),
-                    key=key.encode(),
-                    headers=[("webhook-id", mid.encode()), ("content-type", b"application/json")],
-                ),
-                self.settings.webhook_timeout,
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.topics_ready.discard(topic)
-            # The service may read this error: its type only, no broker addresses.
-            log.warning("sync: producing to %s failed: %s: %s", topic, type(exc).__name__, exc)
-            return webhooks.Outcome("retry", f"Kafka: {type(exc).__name__}")
-        return webhooks.Outcome("ok")
+        header (see ``sync.service_topics``). Also used for notices."""
+        if self.service_topics is None:
+            return webhooks.Outcome("retry", "Kafka is not configured")
+        return await self.service_topics.publish(client_id, key, body, mid)
+
+    async def _watch_topics_forever(self) -> None:
+        """Every few seconds, the services' topics are checked on the broker (a broker that
+        came back empty, a topic made with another partition count)."""
+        if self.service_topics is None:
+            return
+        while True:
+            await asyncio.sleep(self.service_topics.interval())
+            try:
+                await self.service_topics.watch(ep.client_id for ep in self.endpoints.values() if ep.topic_enabled)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("sync: checking the services' topics: %s: %s", type(exc).__name__, exc)
 
     # -- recording ------------------------------------------------------------------------
 

@@ -23,6 +23,25 @@ class SyncMetrics:
         self.relay_latency = Histogram(
             "onesignin_outbox_publish_latency_seconds", "From the change's commit to its event acknowledged by Kafka.", buckets=LATENCY_BUCKETS, registry=r
         )
+        self.kafka_topic_layout_errors = Counter(
+            "onesignin_kafka_topic_layout_errors",
+            "Checks that found one of the hub's topics with another partition count than configured, on a cluster the hub "
+            "does not change: nothing is published to it until it is fixed (the log gives the kafka-topics command).",
+            registry=r,
+        )
+        self.kafka_topics_recreated = Counter(
+            "onesignin_kafka_topics_recreated",
+            "Topics created again with their configured partition count on the memory-only embedded broker.",
+            registry=r,
+        )
+        self.kafka_broker_changes = Counter(
+            "onesignin_kafka_broker_changes",
+            "Times the broker turned out to be another one (a new cluster id): the embedded broker restarted empty.",
+            registry=r,
+        )
+        self.embedded_broker_restarts = Counter(
+            "onesignin_embedded_broker_restarts", "Times the embedded broker exited on its own and was started again.", registry=r
+        )
         self.outbox_lag = Gauge("onesignin_outbox_lag_seconds", "Age of the oldest unpublished outbox event (0 when none).", registry=r)
         self.outbox_pending = Gauge("onesignin_outbox_pending", "Unpublished outbox events.", registry=r)
         self.events_consumed = Counter("onesignin_sync_events_consumed", "Hub events consumed by the sync worker.", ["type"], registry=r)

@@ -5,7 +5,14 @@ holding an advisory lock (released if the process dies); on SQLite a lease row w
 does the same. A batch is marked published only after the broker acknowledged every message
 (acks=all), so while Kafka is down rows wait and the relay retries with backoff. A crash between
 the acknowledgement and the commit republishes that batch: delivery is at least once, and the
-consumers are idempotent (state-based deliveries keyed by version)."""
+consumers are idempotent (state-based deliveries keyed by version).
+
+Before publishing, and every few seconds after, the relay checks the profile topic
+(``kafka.Topics``): created when missing, re-created on the embedded broker when its partition
+count is wrong, refused on a cluster (nothing is published until an operator fixes it). When
+what was published may be gone (the broker is another one, the topic was just made, or the
+producer was publishing to partitions the broker no longer has) the producer is made again and
+every event published but not yet consumed is published again."""
 
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from identity.db.models import Lease, OutboxEvent, utcnow
@@ -44,6 +52,18 @@ class LeaseRunningOut(Exception):
     """The broker was too slow to acknowledge a batch within the relay's SQLite lease."""
 
 
+async def unpublish_unconsumed(db: AsyncSession, *, since: dt.datetime | None = None, before: dt.datetime | None = None) -> int:
+    """Make events published (after ``since``, before ``before``) but never consumed
+    unpublished again, for the relay to publish them again; return how many. For a broker that
+    lost them (the memory-only broker restarted, a topic re-created); consumers are idempotent."""
+    conditions = [OutboxEvent.published_at.is_not(None), OutboxEvent.consumed_at.is_(None)]
+    if since is not None:
+        conditions.append(OutboxEvent.published_at > since)
+    if before is not None:
+        conditions.append(OutboxEvent.published_at < before)
+    return (await db.execute(update(OutboxEvent).where(*conditions).values(published_at=None))).rowcount
+
+
 class Relay:
     def __init__(
         self,
@@ -66,7 +86,8 @@ class Relay:
         # held, and it even acknowledges messages for a topic that it no longer has.
         self.republish_unconsumed = not idempotent
         self._last_republish_check = 0.0
-        self._topics_ready = False
+        self.topics = kafka.Topics(settings, bootstrap, metrics)
+        self._checked_at = -1e9  # when the topic was last checked (loop time)
         self._last_cleanup = 0.0
         self._lease_until = dt.datetime.min.replace(tzinfo=dt.UTC)
 
@@ -87,18 +108,26 @@ class Relay:
                     raise
                 except Exception as exc:
                     self.metrics.relay_errors.inc()
-                    log.warning("outbox relay: %s; retrying in %.1f s", _describe(exc), backoff)
-                    self._topics_ready = False
+                    if not isinstance(exc, kafka.TopicLayoutError):  # logged with its fix by the check
+                        log.warning("outbox relay: %s; retrying in %.1f s", _describe(exc), backoff)
+                    # Nothing cached outlives an error: the topic is checked again, and a broker
+                    # error gets a new producer (new connections, metadata read afresh).
+                    self._checked_at = -1e9
+                    if not isinstance(exc, SQLAlchemyError):
+                        await self._disconnect()
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF)
         finally:
             await self._disconnect()
+            await self.topics.close()
             try:
                 await self._release()
             except Exception as exc:
                 log.warning("outbox relay: could not release its lease: %s", _describe(exc))
 
     async def _connect(self) -> None:
+        if asyncio.get_running_loop().time() - self._checked_at >= self.topics.interval():
+            await self.check_topic()
         if self.producer is None:
             producer = kafka.producer(self.settings, self.bootstrap, idempotent=self.idempotent)
             try:
@@ -107,15 +136,39 @@ class Relay:
                 await producer.stop()
                 raise
             self.producer = producer
-        if not self._topics_ready:
-            topic = self.settings.kafka_topic_prefix + PROFILE_TOPIC
-            await kafka.ensure_topics(self.settings, self.bootstrap, {topic: self.settings.kafka_profile_partitions})
-            self._topics_ready = True
+
+    async def check_topic(self) -> None:
+        """Check the profile topic (see the module's docstring); raises ``TopicLayoutError``
+        while it has the wrong partition count on a cluster."""
+        topic = self.settings.kafka_topic_prefix + PROFILE_TOPIC
+        checked = await self.topics.check({topic: self.settings.kafka_profile_partitions})
+        if topic in checked.wrong:
+            raise checked.wrong[topic]
+        believed = kafka.believed_partitions(self.producer, topic)
+        stale = believed is not None and believed != checked.partitions.get(topic)
+        # The embedded broker acknowledges messages for partitions it does not have: with a
+        # stale producer, those are lost too. (A cluster refuses them, and they are retried.)
+        lost = checked.lost(topic) or (stale and checked.memory_only)
+        if stale or checked.new_broker or lost:
+            await self._disconnect()
+        if lost:
+            again = await whole(self._unpublish_all_unconsumed())
+            if again:
+                self.metrics.relay_republished.inc(again)
+                log.warning("outbox relay: %s events published but not consumed may be lost with the broker's topic; publishing them again", again)
+        self._checked_at = asyncio.get_running_loop().time()
+
+    async def _unpublish_all_unconsumed(self) -> int:
+        async with self.sessions.begin() as db:
+            return await unpublish_unconsumed(db)
 
     async def _disconnect(self) -> None:
         producer, self.producer = self.producer, None
         if producer is not None:
-            await producer.stop()
+            try:
+                await producer.stop()
+            except Exception as exc:
+                log.warning("outbox relay: closing the producer: %s", _describe(exc))
 
     async def publish_batch(self) -> int:
         """Publish the oldest unpublished rows; return how many."""
@@ -238,12 +291,7 @@ class Relay:
 
     async def _unpublish_unconsumed(self, since: dt.datetime, before: dt.datetime) -> int:
         async with self.sessions.begin() as db:
-            result = await db.execute(
-                update(OutboxEvent)
-                .where(OutboxEvent.published_at > since, OutboxEvent.published_at < before, OutboxEvent.consumed_at.is_(None))
-                .values(published_at=None)
-            )
-            return result.rowcount
+            return await unpublish_unconsumed(db, since=since, before=before)
 
     async def _delete_published_before(self, cutoff: dt.datetime) -> int:
         async with self.sessions.begin() as db:

@@ -12,10 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import update
 
 from identity import notices, outbound
-from identity.db.models import OutboxEvent
 from identity.oidc.keys import KeyCipher
 from identity.rights.metrics import refresh_overdue
 from identity.settings import Settings
@@ -25,7 +23,7 @@ from sync.deliver import Deliverer
 from sync.fanout import FanOut
 from sync.metrics import SyncMetrics
 from sync.notices import NoticeDeliverer
-from sync.relay import Relay
+from sync.relay import Relay, unpublish_unconsumed
 from sync.status import refresh_gauges
 
 log = logging.getLogger(__name__)
@@ -66,18 +64,13 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     # A memory-only broker starts empty: events an earlier one took but nobody consumed are
-    # published again (the outbox is the source of truth).
+    # published again (the outbox is the source of truth). If it dies, it is started again on
+    # the same port, empty: the relay sees the new cluster id and does the same.
     async with app[K.DB].begin() as db:
-        requeued = (
-            await db.execute(
-                update(OutboxEvent)
-                .where(OutboxEvent.published_at.is_not(None), OutboxEvent.consumed_at.is_(None))
-                .values(published_at=None)
-            )
-        ).rowcount
+        requeued = await unpublish_unconsumed(db)
     if requeued:
         log.info("embedded broker: %s events published before but not consumed are published again", requeued)
-    broker = EmbeddedBroker()
+    broker = EmbeddedBroker(on_restart=app[METRICS].embedded_broker_restarts.inc)
     await broker.start()
     app[EMBEDDED] = broker
     app[BOOTSTRAP] = broker.bootstrap

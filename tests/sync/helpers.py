@@ -90,6 +90,7 @@ class SyncProcess:
             "ONESIGNIN_KAFKA_TOPIC_PREFIX": settings.kafka_topic_prefix,
             "ONESIGNIN_KAFKA_ENABLE_IDEMPOTENCE": "true" if settings.kafka_enable_idempotence else "false",
             "ONESIGNIN_KAFKA_PROFILE_PARTITIONS": str(settings.kafka_profile_partitions),
+            "ONESIGNIN_KAFKA_SERVICE_PARTITIONS": str(settings.kafka_service_partitions),
             "ONESIGNIN_SYNC_RETRY_SCHEDULE": json.dumps(settings.sync_retry_schedule),
             "ONESIGNIN_RELAY_POLL_INTERVAL": str(settings.relay_poll_interval),
             "ONESIGNIN_WEBHOOK_TIMEOUT": str(settings.webhook_timeout),

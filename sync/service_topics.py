@@ -1,0 +1,204 @@
+"""Services' own topics, as a worker publishes to them: one producer per worker process, and
+each topic checked on the broker (``kafka.Topics``) before it is first used, after a failed
+send, and every few seconds.
+
+What a worker knows of the broker is forgotten as soon as it may be wrong: after a failed send
+the producer is made again (new connections, metadata read afresh), and when the broker turns
+out to be another one (a new cluster id), a topic had to be created or re-created, or the
+producer believed another partition count than the topic has, the producer is replaced before
+anything else is sent. On the memory-only embedded broker, that also means messages it
+acknowledged may be gone (restarted, it acknowledges messages for topics and partitions it no
+longer has): every delivery already made to those topics is queued again, as a snapshot of the
+person's current state, so each service's topic ends up holding everyone's latest version.
+A service's consumer that keeps the highest version per ``sub`` ignores what it already had.
+
+On any other cluster, a topic with the wrong partition count is left alone and nothing is
+published to it: its deliveries are retried on the schedule while the log (and the
+``onesignin_kafka_topic_layout_errors`` counter) say how to fix it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from identity.db.models import ACTIVE, Delivery, Service, utcnow
+from identity.db.units import whole
+from identity.settings import Settings
+from schemas.events import service_topic
+from sync import kafka, webhooks
+from sync.metrics import SyncMetrics
+
+log = logging.getLogger(__name__)
+
+
+async def resend_topic_deliveries(db: AsyncSession, client_ids: Iterable[str] | None, now: dt.datetime) -> int:
+    """Queue again, due now, every delivery already made to these services' topics (every
+    service's when ``client_ids`` is None), as a snapshot of the person's current state; return
+    how many. For a broker that lost what it held. A send of one of them in flight now does not
+    settle it (its generation is older)."""
+    d = Delivery.__table__.c
+    statement = update(Delivery.__table__).where(d.channel == "topic", d.state == ACTIVE, d.delivered_version > 0)
+    if client_ids is not None:
+        statement = statement.where(d.service_id.in_(select(Service.id).where(Service.client_id.in_(list(client_ids)))))
+    result = await db.execute(
+        statement.values(
+            delivered_version=0,
+            snapshot=True,
+            attempts=0,
+            failing_since=None,
+            first_pending_at=func.coalesce(d.first_pending_at, now),
+            next_attempt_at=now,
+            generation=d.generation + 1,
+        )
+    )
+    return result.rowcount
+
+
+class ServiceTopics:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        bootstrap: str,
+        *,
+        idempotent: bool,
+        metrics: SyncMetrics,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.bootstrap = bootstrap
+        self.idempotent = idempotent
+        self.topics = kafka.Topics(settings, bootstrap, metrics)
+        self.producer: AIOKafkaProducer | None = None
+        self.ready: set[str] = set()  # checked on the current broker, with the configured layout
+        self.wrong: dict[str, kafka.TopicLayoutError] = {}
+        self.client_ids: dict[str, str] = {}  # topic to the service it belongs to
+        self._renew = False  # a send failed: the next one makes a new producer
+        self._lock = asyncio.Lock()  # one check at a time; producers made one at a time
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def topic(self, client_id: str) -> str:
+        name = self.settings.kafka_topic_prefix + service_topic(client_id)
+        self.client_ids[name] = client_id
+        return name
+
+    async def publish(self, client_id: str, key: str, body: str, mid: str) -> webhooks.Outcome:
+        """Produce ``body`` to the service's topic, keyed by ``key``, with a ``webhook-id``."""
+        topic = self.topic(client_id)
+        producer: AIOKafkaProducer | None = None
+        try:
+            if topic not in self.ready and topic not in self.wrong:
+                async with self._lock:
+                    if topic not in self.ready:
+                        await self._check([topic])
+            if topic in self.wrong:
+                return webhooks.Outcome("retry", kafka.TopicLayoutError.public)
+            # Taken after the check, which may have replaced it.
+            producer = await self._producer()
+            await asyncio.wait_for(
+                producer.send_and_wait(
+                    topic,
+                    value=body.encode(),
+                    key=key.encode(),
+                    headers=[("webhook-id", mid.encode()), ("content-type", b"application/json")],
+                ),
+                self.settings.webhook_timeout,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Nothing known of the broker outlives an error: the topic is checked again before
+            # the next send to it, and that send gets a new producer.
+            self.ready.discard(topic)
+            if producer is None or producer is self.producer:  # not one already replaced
+                self._renew = True
+            # The service may read this error: its type only, no broker addresses.
+            log.warning("sync: producing to %s failed: %s: %s", topic, type(exc).__name__, exc)
+            return webhooks.Outcome("retry", f"Kafka: {type(exc).__name__}")
+        return webhooks.Outcome("ok")
+
+    async def watch(self, client_ids: Iterable[str]) -> None:
+        """Check the topics of these services, and those already in use (the periodic check)."""
+        async with self._lock:
+            await self._check([self.topic(c) for c in client_ids])
+
+    def interval(self) -> float:
+        return self.topics.interval()
+
+    async def _check(self, topics: list[str]) -> None:
+        wanted = dict.fromkeys([*self.ready, *self.wrong, *topics], self.settings.kafka_service_partitions)
+        try:
+            checked = await self.topics.check(wanted)
+        except BaseException:
+            self.ready.clear()
+            raise
+        stale = {t for t, n in checked.partitions.items() if kafka.believed_partitions(self.producer, t) not in (None, n)}
+        if checked.new_broker or checked.recreated or stale:
+            # Before anything is queued again: no send after this uses what it believed.
+            self._replace_producer()
+        if checked.memory_only:
+            if checked.new_broker:
+                lost: set[str] | None = None  # every service's topic is gone with the old broker
+            else:
+                lost = {t for t in wanted if checked.lost(t)} | stale
+            if lost is None or lost:
+                clients = None if lost is None else {self.client_ids[t] for t in lost}
+                again = await whole(self._resend(clients))
+                if again:
+                    log.warning(
+                        "sync: %s deliveries to %s may be lost with the embedded broker's topics; sending them again",
+                        again, "every service's topic" if clients is None else ", ".join(sorted(lost or ())),
+                    )
+        self.wrong = checked.wrong
+        self.ready = set(wanted) - set(checked.wrong)
+
+    async def _resend(self, client_ids: set[str] | None) -> int:
+        async with self.sessions.begin() as db:
+            return await resend_topic_deliveries(db, client_ids, utcnow())
+
+    async def _producer(self) -> AIOKafkaProducer:
+        if self._renew:
+            self._renew = False
+            self._replace_producer()
+        producer = self.producer
+        if producer is not None:
+            return producer
+        async with self._lock:
+            if self.producer is None:
+                producer = kafka.producer(self.settings, self.bootstrap, idempotent=self.idempotent)
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()
+                    raise
+                self.producer = producer
+            return self.producer
+
+    def _replace_producer(self) -> None:
+        """The next send makes a new producer; the old one finishes what it has in hand."""
+        old, self.producer = self.producer, None
+        if old is not None:
+            task = asyncio.create_task(self._stop(old))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _stop(producer: AIOKafkaProducer) -> None:
+        try:
+            await producer.stop()
+        except Exception as exc:
+            log.debug("sync: closing a replaced producer: %s", exc)
+
+    async def close(self) -> None:
+        self._replace_producer()
+        for task in list(self._closing):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.topics.close()
