@@ -27,6 +27,7 @@ from identity.settings import (
     development_warnings,
     load_settings,
 )
+from schemas.text import check_multiline
 from sync.broker import BrokerError
 
 
@@ -147,6 +148,12 @@ def cmd_rights_list(settings: Settings, args: argparse.Namespace) -> dict[str, A
 
 def cmd_rights_status(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from identity.rights import NotFound, RightsError, operators
+
+    if args.reason is not None:
+        try:
+            args.reason = check_multiline(args.reason)
+        except ValueError as exc:
+            raise UsageError(f"--reason: {exc}") from None
 
     async def work(db: Any) -> dict[str, Any]:
         try:
