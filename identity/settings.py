@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from identity.private_files import create_once, private_dir, private_file
+
 log = logging.getLogger(__name__)
 
 
@@ -218,17 +220,12 @@ class Settings(BaseSettings):
         if self.secret_key:
             return self.secret_key
         path = self.data_dir / "secret.key"
-        if path.exists():
-            return path.read_text().strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(48)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(key)
-        tmp.chmod(0o600)
-        try:
-            tmp.rename(path) if not path.exists() else tmp.unlink()
-        except FileExistsError:  # pragma: no cover - another process won the race
-            tmp.unlink(missing_ok=True)
+        if not path.exists():
+            # Written whole with mode 0600 before it has its name; of processes starting
+            # together, the first to link it wins and the others read that one.
+            create_once(private_dir(self.data_dir) / "secret.key", secrets.token_urlsafe(48).encode())
+        else:
+            private_file(path)  # a key left readable by an older version
         return path.read_text().strip()
 
 
