@@ -139,6 +139,12 @@ class Settings(BaseSettings):
     )
     purge_interval: float = Field(3600, gt=0, description="Seconds between purges run by `serve`.")
 
+    # Prometheus metrics of `serve`: on a port of their own, never on the public one.
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address `serve` answers /metrics on (loopback: only this machine can scrape it)."
+    )
+    metrics_port: int = Field(9102, ge=0, le=65535, description="Port `serve` answers /metrics on (0: any free port).")
+
     # Support console.
     console_idle_ttl: int = Field(900, ge=60, le=86400, description="Seconds of inactivity that end a console session.")
     console_session_ttl: int = Field(8 * 3600, ge=300, le=7 * 86400, description="Longest life of a console session.")

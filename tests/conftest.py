@@ -28,13 +28,15 @@ from tests.support import Hub
 pytest_plugins = ["tests.watchdog"]
 
 POSTGRES_URL = os.environ.get("ONESIGNIN_TEST_DATABASE_URL")
-# Cheaper argon2id, mail sent before the response so a test can read it at once, and no sync
-# pipeline (tests/sync turn it on, with a real broker).
+# Cheaper argon2id, mail sent before the response so a test can read it at once, no sync
+# pipeline (tests/sync turn it on, with a real broker), and metrics on a free loopback port
+# (``app[sync.runtime.METRICS_URL]`` says which).
 TEST_SETTINGS = {
     "argon2_memory_cost": 8192,
     "argon2_time_cost": 1,
     "mail_in_background": False,
     "sync_in_process": False,
+    "metrics_port": 0,
 }
 
 

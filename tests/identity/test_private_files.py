@@ -41,7 +41,7 @@ def serving(data_dir: Path, *, umask: int) -> Iterator[str]:
         "ONESIGNIN_ARGON2_TIME_COST": "1",
     }
     hub = subprocess.Popen(
-        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port), "--no-sync"],
+        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port), "--metrics-port", "0", "--no-sync"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: os.umask(umask),  # noqa: PLW1509 - the child's umask only
     )
