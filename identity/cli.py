@@ -352,7 +352,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             "status": "starting",
             "url": f"http://{args.host}:{args.port}",
             "issuer": settings.issuer,
-            "metrics": f"http://{settings.metrics_host}:{settings.metrics_port}/metrics",
+            "metrics": f"http://{settings.metrics_host}:{settings.metrics_port}/metrics" if settings.metrics_port else "a free port (logged)",
         }
     )
     try:

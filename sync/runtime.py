@@ -185,6 +185,7 @@ async def metrics_server(app: web.Application) -> AsyncIterator[None]:
         await site.start()
         host, port = runner.addresses[0][:2]
         app[METRICS_URL] = f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+        log.info("metrics at %s", app[METRICS_URL])
         yield
     finally:
         await runner.cleanup()

@@ -88,6 +88,7 @@ def test_controls_and_invisible_characters_are_refused_by_name(text: str, said: 
 
 def test_several_lines_take_line_feeds_only() -> None:
     assert check_multiline("Flat 2\r\n1 High Street") == "Flat 2\n1 High Street"
+    assert check_multiline("Flat 2\n\nZoë Road\n") == "Flat 2\n\nZoë Road\n"
     with pytest.raises(ValueError, match=r"U\+000D \(CARRIAGE RETURN\) at character 7: the text may have several lines"):
         check_multiline("Flat 2\r1 High Street")
     with pytest.raises(ValueError, match=r"U\+202E .* at character 9"):
