@@ -219,7 +219,7 @@ async def main() -> None:
         cli(env, "users", "add", "--email", f"p{i}@example.com", "--password", PASSWORD, "--given-name", "P", "--verified")
 
     hub = subprocess.Popen(
-        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port)], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port), "--metrics-port", "0"], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
     )
     results: dict[str, float] = {}
     scripts = Path(tempfile.mkdtemp(prefix="onesignin-wrk-"))

@@ -43,6 +43,7 @@ from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
 from identity.db.models import Account, Service
 from identity.oidc.keys import KeyCipher
+from identity.private_files import private_dir
 from identity.settings import Settings
 from identity.web import appkeys as K
 from identity.web.app import create_app
@@ -422,7 +423,7 @@ async def registration_lock(settings: Settings) -> AsyncIterator[None]:
     must see the other's registration and the same demo person. The lock goes with the file's
     descriptor, also when the process dies."""
     path = settings.data_dir / STATE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         while fcntl is not None:
@@ -449,7 +450,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 def _save(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` readable by its owner only (it holds client and webhook secrets)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:

@@ -28,6 +28,7 @@ from identity.settings import (
     development_warnings,
     load_settings,
 )
+from schemas.text import check_multiline
 from sync.broker import BrokerError
 
 
@@ -148,6 +149,12 @@ def cmd_rights_list(settings: Settings, args: argparse.Namespace) -> dict[str, A
 
 def cmd_rights_status(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from identity.rights import NotFound, RightsError, operators
+
+    if args.reason is not None:
+        try:
+            args.reason = check_multiline(args.reason)
+        except ValueError as exc:
+            raise UsageError(f"--reason: {exc}") from None
 
     async def work(db: Any) -> dict[str, Any]:
         try:
@@ -359,6 +366,15 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from identity.web.app import create_app
 
     log = logging.getLogger("onesignin")
+    if args.metrics_host is not None or args.metrics_port is not None:
+        settings = settings.model_copy(
+            update={
+                "metrics_host": settings.metrics_host if args.metrics_host is None else args.metrics_host,
+                "metrics_port": settings.metrics_port if args.metrics_port is None else args.metrics_port,
+            }
+        )
+    if settings.metrics_port == args.port:
+        raise UsageError("--metrics-port must differ from --port: the public port does not serve /metrics")
     for warning in development_warnings(settings):
         log.warning(warning)
     issuer_port = urlsplit(settings.issuer).port or (443 if settings.issuer.startswith("https") else 80)
@@ -369,8 +385,18 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             settings.issuer, args.port, args.host, args.port,
         )
     app = create_app(settings, sync=settings.sync_in_process and not args.no_sync)
-    _emit({"status": "starting", "url": f"http://{args.host}:{args.port}", "issuer": settings.issuer})
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True, loop=_event_loop())
+    _emit(
+        {
+            "status": "starting",
+            "url": f"http://{args.host}:{args.port}",
+            "issuer": settings.issuer,
+            "metrics": f"http://{settings.metrics_host}:{settings.metrics_port}/metrics" if settings.metrics_port else "a free port (logged)",
+        }
+    )
+    try:
+        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True, loop=_event_loop())
+    except OSError as exc:
+        raise UsageError(f"cannot listen: {exc.strerror or exc} (is another process using the port or the metrics port?)") from None
     return {"status": "stopped"}
 
 
@@ -527,6 +553,12 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the hub (provider, pages) in this process", description="Run the hub.")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument(
+        "--metrics-host", help="address for /metrics, which the public port does not serve (default: ONESIGNIN_METRICS_HOST, 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--metrics-port", type=int, help="port for /metrics (default: ONESIGNIN_METRICS_PORT, 9102; 0: any free port)"
+    )
     serve.add_argument(
         "--no-sync", action="store_true", help="do not run the outbox relay and sync worker here (run `relay` and `worker` instead)"
     )

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import aiosmtplib
 
+from identity.private_files import private_dir
+
 if TYPE_CHECKING:
     from identity.settings import Settings
 
@@ -98,8 +100,9 @@ class FileMailer:
             raise MailError("The email could not be written to the outbox.") from exc
 
     def _write(self, data: bytes) -> None:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dir(self.directory)
         path = self.directory / _outbox_name()
+        # mkstemp creates the file 0600: a message (with its links) is its owner's alone.
         descriptor, temporary = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
         try:
             with os.fdopen(descriptor, "wb") as file:
@@ -188,4 +191,4 @@ def mailer_for(settings: Settings) -> Mailer:
             start_tls=settings.smtp_starttls,
             use_tls=settings.smtp_tls,
         )
-    return FileMailer(settings.data_dir / "mail")
+    return FileMailer(private_dir(settings.data_dir) / "mail")

@@ -19,10 +19,11 @@ tombstone and audit record). ``onesignin purge`` runs it once; ``serve`` every
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from identity.accounts.erase import erase
@@ -66,8 +67,27 @@ async def notices(db: AsyncSession, settings: Settings, now: dt.datetime) -> int
 
 
 async def audit_records(db: AsyncSession, settings: Settings, now: dt.datetime) -> int:
+    """Audit records older than the period. The database refuses every other UPDATE or DELETE
+    of ``audit_records`` (migration 0005): this transaction alone opens the way, and closes it
+    again before it commits."""
     cutoff = _before(now, settings.audit_retention_days)
-    return (await db.execute(delete(AuditRecord).where(AuditRecord.at < cutoff))).rowcount or 0
+    async with _audit_purge(db):
+        return (await db.execute(delete(AuditRecord).where(AuditRecord.at < cutoff))).rowcount or 0
+
+
+@asynccontextmanager
+async def _audit_purge(db: AsyncSession) -> AsyncIterator[None]:
+    """Let this transaction delete audit records: on Postgres a transaction-local setting the
+    trigger reads; on SQLite the one-row gate the trigger reads, open only inside this
+    transaction (SQLite's other connections see committed rows, where it is closed)."""
+    if db.bind.dialect.name == "postgresql":
+        await db.execute(text("SELECT set_config('onesignin.audit_purge', 'on', true)"))
+        yield
+        await db.execute(text("SELECT set_config('onesignin.audit_purge', 'off', true)"))
+        return
+    await db.execute(text("UPDATE audit_purge_gate SET open = 1 WHERE id = 1"))
+    yield
+    await db.execute(text("UPDATE audit_purge_gate SET open = 0 WHERE id = 1"))
 
 
 async def rights_requests(db: AsyncSession, settings: Settings, now: dt.datetime) -> int:

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from identity.private_files import create_once, private_dir, private_file
+
 log = logging.getLogger(__name__)
 
 
@@ -169,6 +171,12 @@ class Settings(BaseSettings):
     )
     purge_interval: float = Field(3600, gt=0, description="Seconds between purges run by `serve`.")
 
+    # Prometheus metrics of `serve`: on a port of their own, never on the public one.
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address `serve` answers /metrics on (loopback: only this machine can scrape it)."
+    )
+    metrics_port: int = Field(9102, ge=0, le=65535, description="Port `serve` answers /metrics on (0: any free port).")
+
     # Support console.
     console_idle_ttl: int = Field(900, ge=60, le=86400, description="Seconds of inactivity that end a console session.")
     console_session_ttl: int = Field(8 * 3600, ge=300, le=7 * 86400, description="Longest life of a console session.")
@@ -264,17 +272,12 @@ class Settings(BaseSettings):
         if self.secret_key:
             return self.secret_key
         path = self.data_dir / "secret.key"
-        if path.exists():
-            return path.read_text().strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(48)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(key)
-        tmp.chmod(0o600)
-        try:
-            tmp.rename(path) if not path.exists() else tmp.unlink()
-        except FileExistsError:  # pragma: no cover - another process won the race
-            tmp.unlink(missing_ok=True)
+        if not path.exists():
+            # Written whole with mode 0600 before it has its name; of processes starting
+            # together, the first to link it wins and the others read that one.
+            create_once(private_dir(self.data_dir) / "secret.key", secrets.token_urlsafe(48).encode())
+        else:
+            private_file(path)  # a key left readable by an older version
         return path.read_text().strip()
 
 

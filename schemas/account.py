@@ -18,12 +18,18 @@ from pydantic import (
     model_serializer,
 )
 
-EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s.\x00-\x1f\x7f]{2,}$")
-LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
-PHONE_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")
+from schemas.text import MULTILINE, SINGLE_LINE, check_single_line
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Line = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
+EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s.\x00-\x1f\x7f]{2,}$")
+LOCALE_RE = re.compile(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*")
+PHONE_RE = re.compile(r"\+[1-9][0-9]{6,14}")
+
+# Free text is checked by schemas.text: no control or invisible formatting characters.
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), SINGLE_LINE]
+FullName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=400), SINGLE_LINE]
+Line = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200), SINGLE_LINE]
+#: OIDC Core 5.1.1: ``formatted`` and ``street_address`` may hold several lines.
+Lines = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500), MULTILINE]
 
 
 @cache
@@ -35,6 +41,7 @@ def normalize_email(value: str) -> str:
     value = value.strip()
     if len(value) > 254 or not EMAIL_RE.match(value):
         raise ValueError("Enter an email address like name@example.com.")
+    check_single_line(value)
     local, _, domain = value.rpartition("@")
     return f"{local}@{domain.lower()}".lower()
 
@@ -48,11 +55,11 @@ class Address(BaseModel):
     def _without_empty(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         return {k: v for k, v in handler(self).items() if v is not None}
 
-    formatted: Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000)] | None = None
-    street_address: Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None = None
+    formatted: Annotated[str, StringConstraints(strip_whitespace=True, max_length=1000), MULTILINE] | None = None
+    street_address: Lines | None = None
     locality: Line | None = None
     region: Line | None = None
-    postal_code: Annotated[str, StringConstraints(strip_whitespace=True, max_length=20)] | None = None
+    postal_code: Annotated[str, StringConstraints(strip_whitespace=True, max_length=20), SINGLE_LINE] | None = None
     country: Line | None = None
 
 
@@ -64,7 +71,7 @@ class BasicDetailsUpdate(BaseModel):
     email: str | None = None
     given_name: Name | None = None
     family_name: Name | None = None
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=400)] | None = None
+    name: FullName | None = None
     birthdate: dt.date | None = None
     locale: str | None = None
     zoneinfo: str | None = None
@@ -96,7 +103,7 @@ class BasicDetailsUpdate(BaseModel):
         if value is None:
             return None
         value = value.strip()
-        if not LOCALE_RE.match(value) or len(value) > 35:
+        if not LOCALE_RE.fullmatch(value) or len(value) > 35:
             raise ValueError("Use a language tag such as en-GB or fr.")
         return value.replace("_", "-")
 
@@ -116,7 +123,7 @@ class BasicDetailsUpdate(BaseModel):
         if value is None:
             return None
         compact = re.sub(r"[\s().-]", "", value)
-        if not PHONE_RE.match(compact):
+        if not PHONE_RE.fullmatch(compact):
             raise ValueError("Use the international format, e.g. +447700900123.")
         return compact
 
@@ -149,3 +156,25 @@ def problems(exc: ValidationError) -> list[ValidationProblem]:
         message = message.removeprefix("Value error, ")
         out.append(ValidationProblem(field=field, message=message))
     return out
+
+
+#: How the forms label the parts of an address.
+ADDRESS_PARTS = {
+    "formatted": "Address",
+    "street_address": "Street",
+    "locality": "Town or city",
+    "region": "Region",
+    "postal_code": "Postcode",
+    "country": "Country",
+}
+
+
+def form_errors(exc: ValidationError) -> dict[str, str]:
+    """The problems keyed by the form field that shows them: a problem with a part of the
+    address is shown under the address, named by its label, beside the other parts' problems."""
+    found: dict[str, str] = {}
+    for problem in problems(exc):
+        key, _, part = problem.field.partition(".")
+        message = f"{ADDRESS_PARTS.get(part, part)}: {problem.message}" if part else problem.message
+        found[key] = f"{found[key]} {message}" if key in found else message
+    return found

@@ -5,16 +5,20 @@ their history as the person and the service see them."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from schemas.events import RightsType
+from schemas.text import MULTILINE
 
 Status = Literal["received", "acknowledged", "extended", "completed", "refused"]
 Step = Literal["acknowledged", "extended", "completed", "refused"]
 Actor = Literal["person", "service", "support", "hub"]
 MAX_TEXT = 4000
+#: What a person or a service writes for the other to read: several lines of free text, without
+#: control or invisible formatting characters (schemas.text).
+Text = Annotated[str, Field(max_length=MAX_TEXT), MULTILINE]
 
 
 def _no_nul(value: str | None) -> str | None:
@@ -36,11 +40,11 @@ class RightsRequestCreate(BaseModel):
         description="null: the hub itself (One Sign In's own data); otherwise the calling "
         "service's own client_id. Requests to the person's other services are opened at the hub.",
     )
-    details: str | None = Field(
-        None, max_length=MAX_TEXT, description="What the person wants, in their words."
+    details: Text | None = Field(
+        None, description="What the person wants, in their words (several lines allowed)."
     )
 
-    _checked = field_validator("service", "details")(_no_nul)
+    _checked = field_validator("service")(_no_nul)
 
 
 class RightsStatusChange(BaseModel):
@@ -51,9 +55,8 @@ class RightsStatusChange(BaseModel):
     status: Step = Field(
         description="acknowledged, extended (once, with a reason), completed, or refused (with a reason)."
     )
-    reason: str | None = Field(
+    reason: Text | None = Field(
         None,
-        max_length=MAX_TEXT,
         validate_default=True,
         description="Shown to the person. Required to extend or refuse.",
     )
@@ -61,7 +64,6 @@ class RightsStatusChange(BaseModel):
     @field_validator("reason")
     @classmethod
     def _reason(cls, value: str | None, info: ValidationInfo) -> str | None:
-        _no_nul(value)
         if (
             info.data.get("status") in ("extended", "refused")
             and not (value or "").strip()

@@ -24,10 +24,11 @@ import uuid
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from identity.db.locks import AdvisoryLock, try_take
 from identity.db.models import Lease, OutboxEvent, utcnow
 from identity.db.units import whole
 from identity.settings import Settings
@@ -37,7 +38,6 @@ from sync.metrics import SyncMetrics
 
 log = logging.getLogger(__name__)
 
-_ADVISORY_LOCK = 0x05162  # one relay at a time on Postgres
 LEASE_NAME = "outbox-relay"
 LEASE_SECONDS = 30
 LEASE_MARGIN = 2.0  # seconds of the lease kept for marking a batch published
@@ -175,7 +175,7 @@ class Relay:
         if self.sessions.kw["bind"].dialect.name == "postgresql":
             # The advisory lock lives as long as this transaction: read, publish, mark.
             async with self.sessions.begin() as db:
-                if not await db.scalar(text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": _ADVISORY_LOCK}):
+                if not await db.scalar(try_take(AdvisoryLock.OUTBOX_RELAY)):
                     return 0
                 rows = await self._unpublished(db)
                 if rows:

@@ -1,7 +1,8 @@
 """Running the sync pipeline inside an aiohttp application, as ``cleanup_ctx`` entries: the
 embedded broker (when no Kafka is configured), the outbox relay, the fan-out consumer and the
 deliverer. ``serve`` runs them beside the hub; ``relay`` and ``worker`` run them alone, with
-only ``/metrics`` and ``/healthz``."""
+only ``/metrics`` and ``/healthz``. The metrics name every service's ``client_id``, so the hub
+serves its ``/metrics`` on a port of its own (:func:`metrics_server`), never on the public one."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ TASKS = web.AppKey("sync_tasks", dict)
 EMBEDDED = web.AppKey("embedded_broker", EmbeddedBroker)
 METRICS = web.AppKey("sync_metrics", SyncMetrics)
 DELIVERER = web.AppKey("sync_deliverer", Deliverer)
+#: Where the hub's metrics server answers (``http://host:port/metrics``), once it listens.
+METRICS_URL = web.AppKey("metrics_url", str)
 
 GAUGE_SECONDS = 5.0
 
@@ -159,6 +162,27 @@ def standalone_app(settings: Settings, database: Callable[[web.Application], Asy
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", health)
     return app
+
+
+async def metrics_server(app: web.Application) -> AsyncIterator[None]:
+    """The hub's ``/metrics`` on its own listener (``ONESIGNIN_METRICS_HOST`` and
+    ``ONESIGNIN_METRICS_PORT``, loopback by default), like a relay's or a worker's: scraped by
+    the operator's Prometheus, out of reach of the public port and its proxy."""
+    settings = app[K.SETTINGS]
+    side = web.Application()
+    side[METRICS] = app[METRICS]
+    side.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(side, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        app[METRICS_URL] = f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+        log.info("metrics at %s", app[METRICS_URL])
+        yield
+    finally:
+        await runner.cleanup()
 
 
 async def health(request: web.Request) -> web.Response:

@@ -29,14 +29,16 @@ pytest_plugins = ["tests.watchdog", "tests.pwned_range"]
 
 POSTGRES_URL = os.environ.get("ONESIGNIN_TEST_DATABASE_URL")
 # Cheaper argon2id, mail sent before the response so a test can read it at once, no sync
-# pipeline (tests/sync turn it on, with a real broker), and webhooks and back-channel logout
-# allowed to reach loopback, where the tests' receivers listen (public addresses only otherwise).
+# pipeline (tests/sync turn it on, with a real broker), webhooks and back-channel logout
+# allowed to reach loopback, where the tests' receivers listen (public addresses only otherwise),
+# and metrics on a free loopback port (``app[sync.runtime.METRICS_URL]`` says which).
 TEST_SETTINGS = {
     "argon2_memory_cost": 8192,
     "argon2_time_cost": 1,
     "mail_in_background": False,
     "sync_in_process": False,
     "outbound_allowed_networks": ["127.0.0.0/8"],
+    "metrics_port": 0,
 }
 
 

@@ -72,6 +72,20 @@ def test_every_onesignin_service_runs_a_real_command(services: dict[str, dict[st
         assert f"127.0.0.1:{commands[name].port}/healthz" in check, (name, check)
 
 
+def test_metrics_stay_on_the_private_network(services: dict[str, dict[str, Any]]) -> None:
+    """Every process's /metrics (they name every service's client_id) is on a port of its own,
+    reachable on the compose network and published nowhere; the proxy forwards only the hub's
+    public port."""
+    hub = parser().parse_args(services["hub"]["command"])
+    assert (hub.metrics_host, hub.metrics_port) == ("0.0.0.0", 9102) and hub.metrics_port != hub.port
+    metrics_ports = {str(hub.metrics_port), "9100", "9101"}
+    for name, service in services.items():
+        published = {str(p).rsplit(":", 1)[-1] for p in service.get("ports", [])}
+        assert not published & metrics_ports, name
+    proxy = shlex.split(" ".join(services["proxy"]["command"]))
+    assert proxy[proxy.index("--to") + 1] == f"hub:{hub.port}"
+
+
 def test_the_demo_services_run_against_the_topology(services: dict[str, dict[str, Any]]) -> None:
     proxy = shlex.split(" ".join(services["proxy"]["command"]))
     proxy_port = proxy[proxy.index("--from") + 1].rsplit(":", 1)[1]

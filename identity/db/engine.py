@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -14,13 +15,18 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from identity.private_files import private_dir, private_file
 from identity.settings import Settings
 
 
 def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if settings.database_url is None:
+            private_dir(settings.data_dir)
+        if (path := make_url(url).database) and path != ":memory:" and not path.startswith("file:"):
+            # Created 0600 before SQLite opens it; SQLite gives its -wal and -shm the same mode.
+            private_file(Path(path))
         kwargs.setdefault("pool_size", 1)
         kwargs.setdefault("max_overflow", 0)
         engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True, **kwargs)

@@ -6,11 +6,10 @@ from importlib.resources import files
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-_LOCK_ID = 0x05161  # Postgres advisory lock serialising concurrent migrators
+from identity.db.locks import AdvisoryLock, take
 
 
 def alembic_config(connection: Connection) -> Config:
@@ -22,7 +21,7 @@ def alembic_config(connection: Connection) -> Config:
 
 def _upgrade(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
+        connection.execute(take(AdvisoryLock.MIGRATIONS))  # one migrator at a time
     command.upgrade(alembic_config(connection), "head")
 
 

@@ -12,6 +12,7 @@ from authlib.oauth2.rfc6749 import grants
 from authlib.oauth2.rfc6749.errors import InvalidRequestError, InvalidScopeError
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import OpenIDCode, UserInfo
+from authlib.oidc.core.errors import RequestNotSupportedError, RequestURINotSupportedError
 from sqlalchemy import select
 
 from identity.db.models import Account, AuthorizationCode, utcnow
@@ -52,6 +53,26 @@ class S256Required(CodeChallenge):
 
     def get_authorization_code_challenge_method(self, authorization_code: IssuedCode) -> str:
         return authorization_code.row.code_challenge_method
+
+
+class NoRequestObjects:
+    """OIDC Core 6.1 and 6.2: the hub supports neither ``request`` nor ``request_uri``
+    (discovery says so). An authorization request using either is refused with
+    ``request_not_supported`` / ``request_uri_not_supported`` once the client and its redirect
+    URI are known to be valid, so the error goes back to the service, and before any parameter
+    is checked: one that was sent only inside the request object (PKCE's, say) would otherwise
+    be reported missing."""
+
+    def __call__(self, grant: Any) -> None:
+        grant.register_hook("before_validate_authorization_request_payload", self.refuse)
+
+    @staticmethod
+    def refuse(grant: Any, redirect_uri: str) -> None:
+        data = grant.request.payload.data
+        if "request" in data:
+            raise RequestNotSupportedError("Request objects are not supported.")
+        if "request_uri" in data:
+            raise RequestURINotSupportedError("request_uri is not supported.")
 
 
 class HubOpenIDCode(OpenIDCode):

@@ -20,9 +20,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc.jwk import ECKey, KeySet, RSAKey
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.db.locks import AdvisoryLock, take
 from identity.db.models import SigningKey, utcnow
 from identity.tokens import new_secret
 
@@ -98,7 +99,7 @@ async def ensure_keys(
     ``publish_lead`` of retiring. The caller commits."""
     now = now or utcnow()
     if session.bind.dialect.name == "postgresql":
-        await session.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": 0x05162})
+        await session.execute(take(AdvisoryLock.SIGNING_KEYS))
     rows = (await session.scalars(select(SigningKey))).all()
     for alg in ALGORITHMS:
         mine = sorted((k for k in rows if k.alg == alg), key=lambda k: k.signs_from)

@@ -37,6 +37,7 @@ from identity.oidc.grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
     HubOpenIDCode,
+    NoRequestObjects,
     RefreshTokenGrant,
     S256Required,
 )
@@ -69,7 +70,7 @@ class Provider(AuthorizationServer):
         self._clients: dict[str, tuple[float, ServiceClient | None]] = {}
         self._client_ids: dict[int, str] = {}
         self.register_token_generator("default", self._generate_token)
-        self.register_grant(AuthorizationCodeGrant, [S256Required(required=True), HubOpenIDCode(self)])
+        self.register_grant(AuthorizationCodeGrant, [NoRequestObjects(), S256Required(required=True), HubOpenIDCode(self)])
         self.register_grant(RefreshTokenGrant)
         self.register_grant(ClientCredentialsGrant)
         self.register_endpoint(Revocation)

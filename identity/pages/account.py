@@ -19,7 +19,7 @@ from identity.pages.sign_in import confirm_password
 from identity.web import browser, csrf
 from identity.web.appkeys import DB, SETTINGS
 from identity.web.responses import redirect
-from schemas.account import BasicDetailsUpdate, problems
+from schemas.account import BasicDetailsUpdate, form_errors
 
 TEXT_FIELDS = ("given_name", "family_name", "email", "birthdate", "phone_number", "locale", "zoneinfo")
 ADDRESS_FIELDS = ("street_address", "locality", "region", "postal_code", "country")
@@ -70,7 +70,7 @@ async def edit_details(request: web.Request) -> web.StreamResponse:
         problems_found: dict[str, str] = {}
     except ValidationError as exc:
         update = None
-        problems_found = {p.field.split(".")[0]: p.message for p in problems(exc)}
+        problems_found = form_errors(exc)
     async with autocommit(request.config_dict[DB]) as db:
         signed_in = await browser.current(request, db)
         if signed_in is None:

@@ -20,6 +20,7 @@ from identity.web import browser, csrf
 from identity.web.appkeys import DB
 from identity.web.responses import redirect
 from schemas.events import RightsType
+from schemas.text import check_multiline
 
 PATH = "/account/rights"
 SIGN_IN = f"/sign-in?next={PATH}"
@@ -145,6 +146,11 @@ def _read(form: Any) -> tuple[dict[str, str], dict[str, str]]:
         errors["type"] = "Choose which right you want to exercise."
     if len(values["details"]) > MAX_DETAILS:
         errors["details"] = f"Keep the details to {MAX_DETAILS} characters or fewer."
+    else:
+        try:
+            values["details"] = check_multiline(values["details"])
+        except ValueError as exc:
+            errors["details"] = str(exc)
     return values, errors
 
 

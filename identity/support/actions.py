@@ -31,7 +31,8 @@ from identity.support.render import render
 from identity.support.session import AGENT
 from identity.web.appkeys import DB, SETTINGS
 from identity.web.responses import redirect
-from schemas.account import BasicDetailsUpdate, problems
+from schemas.account import BasicDetailsUpdate, form_errors
+from schemas.text import check_multiline
 from sync import status
 
 #: Prefilled in the edit form: an empty value clears the field.
@@ -71,7 +72,7 @@ async def edit(request: web.Request) -> web.StreamResponse:
         changes = BasicDetailsUpdate.model_validate(body).changes()
     except ValidationError as exc:
         changes = {}
-        errors |= {p.field.split(".")[0]: p.message for p in problems(exc)}
+        errors |= form_errors(exc)
     if errors:
         # Only what the agent typed is shown back: nothing is read, so nothing is recorded.
         context = {"sub": sub, "values": typed | {"reason": reason}, "errors": errors, "title": "Correct the details"}
@@ -119,6 +120,10 @@ async def open_rights_request(request: web.Request) -> web.StreamResponse:
         return redirect(person_path(sub, error="type"), 303)
     if len(details) > MAX_DETAILS:
         return redirect(person_path(sub, error="details"), 303)
+    try:
+        details = check_multiline(details)
+    except ValueError:
+        return redirect(person_path(sub, error="details_text"), 303)
     async with request.config_dict[DB].begin() as db:
         account = await account_or_404(db, request, acting=True)
         try:

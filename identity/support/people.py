@@ -54,6 +54,7 @@ ERRORS = {
     "verified": "The address is already confirmed: no link was sent.",
     "type": "Choose which right the person wants to exercise.",
     "details": "Keep the details to 4000 characters or fewer.",
+    "details_text": "Remove the control or invisible formatting characters from the details: they can disguise what the text says.",
     "target": "The person never linked that service: send the request to the hub or a service they linked.",
     "not_linked": "The person has no active link to that service, so it gets nothing about them.",
     "no_channel": "That service has no webhook or topic to resync to.",

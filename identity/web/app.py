@@ -35,7 +35,7 @@ from identity.support import routes as console_routes
 from identity.support.app import create_console
 from identity.web import appkeys as K
 from identity.web import middleware, routes
-from sync.runtime import add_sync
+from sync.runtime import add_sync, metrics_server
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ def create_app(settings: Settings, *, migrate: bool | None = None, sync: bool | 
     app.cleanup_ctx.append(database(settings.is_embedded if migrate is None else migrate))
     in_process = settings.sync_in_process if sync is None else sync
     add_sync(app, relay=in_process, worker=in_process)
+    app.cleanup_ctx.append(metrics_server)
     app.cleanup_ctx.append(_every(KEY_REFRESH_SECONDS, "signing-keys", _refresh_keys, first=True))
     app.cleanup_ctx.append(_every(PURGE_SECONDS, "purge-expired", _purge))
     app.cleanup_ctx.append(_every(settings.purge_interval, "retention-purge", _retention_purge))

@@ -19,7 +19,6 @@ from identity.pages import (
 )
 from identity.pages import rights as rights_pages
 from identity.web.responses import redirect
-from sync.runtime import metrics
 
 
 async def home(request: web.Request) -> web.StreamResponse:
@@ -61,7 +60,6 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/schemas/{name}.json", docs.schema)
     r.add_get("/asyncapi.json", docs.asyncapi)
     r.add_get("/api/openapi.json", openapi.openapi)
-    r.add_get("/metrics", metrics)
     # Interactions of an authorization request
     r.add_get("/i/{uid}", sign_in.interaction_page)
     r.add_post("/i/{uid}/login", sign_in.interaction_login)

@@ -89,7 +89,7 @@ def test_commands_work_while_serve_runs(env: dict[str, str]) -> None:
     env = env | {"ONESIGNIN_ISSUER": f"http://127.0.0.1:{port}"}
     assert run(env, "migrate").returncode == 0
     hub = subprocess.Popen(
-        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port), "--metrics-port", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
     try:
         assert json.loads(hub.stdout.readline())["status"] == "starting"  # type: ignore[union-attr]

@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import uuid
 
+import httpx2
 import pytest
 from sqlalchemy import select
 
@@ -17,6 +18,7 @@ from identity.accounts.store import find_by_sub
 from identity.db.models import Link, Notice, RightsRequest, Service, utcnow
 from identity.web.appkeys import DB
 from schemas.events import RightsRequested
+from sync.runtime import METRICS_URL
 from tests.rights_support import (
     Linked,
     add_and_link,
@@ -456,7 +458,8 @@ async def test_overdue_requests_are_listed_and_counted(
     # The gauge (refreshed from the database every few seconds) counts them per target.
     expected = {"hub": 1.0, forum.client_id: 1.0, store.client_id: 0.0}
     for _ in range(40):
-        text = (await call(hub, "GET", "/metrics", None)).text
+        async with httpx2.AsyncClient() as http:
+            text = (await http.get(hub.app[METRICS_URL])).text
         found = {
             line.split('target="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()

@@ -89,6 +89,35 @@ async def test_a_failed_edit_changes_nothing_and_leaves_no_record(hub: Hub) -> N
     assert await audit_records(hub, account_sub=person.sub, action="support.edit") == []
 
 
+async def test_a_correction_with_control_or_invisible_characters_is_refused_by_field(hub: Hub) -> None:
+    """What a caller dictates cannot smuggle bidi overrides, zero-width characters or controls
+    into the profile every service and agent then sees; each field says which character."""
+    person = await linked_person(hub)
+    console = await console_for(hub)
+    path = f"/support/people/{person.sub}"
+    try:
+        page = await console.get(path)
+        before = await _account(hub, person.sub)
+        bad = await console.submit(
+            page, f"{path}/edit", given_name="Ann\u202enimda", locality="Ox\u200bford", region="Oxon\x1b[2J", reason="Caller asked"
+        )
+        rights = await console.submit(page, f"{path}/rights-requests", type="erasure", target="hub", details="Delete \u2066it all\u2069")
+    finally:
+        await console.aclose()
+        await person.browser.aclose()
+    assert bad.status_code == 400
+    assert "Remove the invisible character U+202E (RIGHT-TO-LEFT OVERRIDE) at character 4" in bad.text
+    assert "U+200B (ZERO WIDTH SPACE)" in bad.text
+    assert "U+001B" in bad.text
+    after = await _account(hub, person.sub)
+    assert (after.version, after.given_name, after.address) == (before.version, before.given_name, before.address)
+    assert await audit_records(hub, account_sub=person.sub, action="support.edit") == []
+    assert "Remove the control or invisible formatting characters from the details" in rights.text
+    async with hub.app[DB].begin() as db:
+        assert (await db.scalars(select(RightsRequest))).all() == []
+    assert await audit_records(hub, account_sub=person.sub, action="support.rights_request") == []
+
+
 async def test_a_date_of_birth_making_the_person_a_child_is_the_persons_own_to_set(hub: Hub) -> None:
     person = await linked_person(hub)
     console = await console_for(hub)

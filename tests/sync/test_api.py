@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer
 from standardwebhooks.webhooks import Webhook
 
 from identity.web.appkeys import SETTINGS
+from sync.runtime import METRICS_URL
 from tests.support import Browser, Hub
 from tests.sync.conftest import add_member, link, patch_me, service_token
 from tests.sync.helpers import add_people, change, link_directly
@@ -197,7 +198,9 @@ async def test_schemas_asyncapi_and_metrics_are_published(hub: Hub, receivers: R
     assert doc["channels"]["serviceTopic"]["address"] == "onesignin.service.{client_id}.v1"
     assert "ProfileUpdated" in doc["components"]["schemas"]
 
-    metrics = (await _get(hub, "/metrics")).text
+    assert (await _get(hub, "/metrics")).status_code == 404  # not on the public port
+    async with httpx2.AsyncClient() as http:
+        metrics = (await http.get(hub.app[METRICS_URL])).text
     for name in (
         "onesignin_outbox_lag_seconds",
         "onesignin_sync_deliveries_total",

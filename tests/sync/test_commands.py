@@ -90,9 +90,12 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
 @pytest.mark.parametrize("how", ["interrupt", "kill"])
 def test_serve_starts_the_embedded_broker_and_takes_it_along_when_it_stops(env: dict[str, str], how: str) -> None:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = env | {"ONESIGNIN_ISSUER": f"http://127.0.0.1:{port}"}
-    hub = subprocess.Popen([sys.executable, "-m", "identity.cli", "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port), "--metrics-port", str(metrics_port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
     try:
         for _ in range(300):  # bounded wait until it listens
             try:
@@ -102,7 +105,7 @@ def test_serve_starts_the_embedded_broker_and_takes_it_along_when_it_stops(env: 
                 time.sleep(0.05)
         brokers = [p for p in _children(hub.pid) if "tansu" in Path(f"/proc/{p}/cmdline").read_text()]
         assert len(brokers) == 1
-        metrics = httpx2.get(f"http://127.0.0.1:{port}/metrics").text
+        metrics = httpx2.get(f"http://127.0.0.1:{metrics_port}/metrics").text
         assert "onesignin_outbox_lag_seconds" in metrics
     finally:
         hub.send_signal(signal.SIGINT if how == "interrupt" else signal.SIGKILL)

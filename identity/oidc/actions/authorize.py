@@ -1,7 +1,7 @@
 """The authorization endpoint (OIDC Core 3.1.2), as an ordered list of steps:
 
-1. validate the request with authlib (client, exact redirect URI, response type, scope,
-   S256 PKCE); errors go back to a trusted redirect URI, else to an error page;
+1. validate the request with authlib (client, exact redirect URI, response type, no request
+   object, scope, S256 PKCE); errors go back to a trusted redirect URI, else to an error page;
 2. decide whether the person must sign in (no session, ``prompt=login``, ``max_age``);
 3. decide whether they must consent (nothing remembered covers the scopes, ``prompt=consent``);
 4. with ``prompt=none``, answer ``login_required`` / ``consent_required`` instead of asking;
@@ -116,10 +116,6 @@ async def _authorize(
     def fail(error: str, description: str) -> web.StreamResponse:
         return redirect_error(request, redirect_uri, error, description, data.get("state"))
 
-    if "request" in data:
-        return fail("request_not_supported", "Request objects are not supported.")
-    if "request_uri" in data:
-        return fail("request_uri_not_supported", "request_uri is not supported.")
     if data.get("response_mode", "query") != "query":
         return fail("invalid_request", "Only response_mode=query is supported.")
     if not scopes.split(oauth_request.scope):

@@ -8,6 +8,7 @@ import base64
 import datetime as dt
 import hashlib
 import html
+import json
 import re
 import secrets
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -746,6 +747,49 @@ async def test_unsupported_request_features_are_refused(
     params = location_params(response)
     assert params["error"] == error
     assert params["state"] == kept["state"]
+
+
+def request_object(claims: dict[str, str]) -> str:
+    """An unsigned request object (OIDC Core 6.1), as a service that puts its parameters there
+    would send it."""
+    def part(value: dict[str, str]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none'})}.{part(claims)}."
+
+
+@pytest.mark.parametrize("signed_in", [False, True])
+@pytest.mark.parametrize(
+    ("parameter", "error"), [("request", "request_not_supported"), ("request_uri", "request_uri_not_supported")]
+)
+async def test_a_request_object_is_refused_as_such_even_when_pkce_and_scope_are_only_inside_it(
+    hub: Hub, rp: RelyingParty, browser: Browser, parameter: str, error: str, signed_in: bool
+) -> None:
+    """OIDC Core 6.1: the hub supports no request objects, so it says that, to the service's
+    redirect URI, rather than reporting the parameters it could not see as missing."""
+    if signed_in:
+        await browser.sign_in()
+    _, challenge = pkce()
+    inside = {
+        "iss": rp.client_id, "aud": hub.url, "client_id": rp.client_id, "response_type": "code", "redirect_uri": rp.redirect_uri,
+        "scope": "openid profile", "code_challenge": challenge, "code_challenge_method": "S256", "nonce": "n-0S6",
+    }
+    value = request_object(inside) if parameter == "request" else "https://store.example/request-objects/1"
+    url, kept = authorize_url(rp, omit=("code_challenge", "code_challenge_method", "scope"), **{parameter: value})
+    response = await browser.go(url)
+    assert response.status_code == 302
+    assert response.headers["location"].startswith(rp.redirect_uri + "?")
+    params = location_params(response)
+    assert params["error"] == error
+    assert params["state"] == kept["state"] and params["iss"] == hub.url
+    async with hub.app[DB]() as db:
+        assert (await db.scalars(select(Interaction))).all() == [] and (await db.scalars(select(Link))).all() == []
+
+
+async def test_a_request_object_with_an_unregistered_redirect_uri_gets_the_error_page(rp: RelyingParty, browser: Browser) -> None:
+    url, _ = authorize_url(rp, redirect_uri="https://evil.example/cb", request=request_object({"client_id": rp.client_id}))
+    response = await browser.go(url)
+    assert is_error_page(response, "invalid_request")
 
 
 async def test_an_unconfirmed_address_is_not_linked_until_confirmed(hub: Hub, rp: RelyingParty, browser: Browser) -> None:

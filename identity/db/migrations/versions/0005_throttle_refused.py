@@ -1,12 +1,12 @@
 """throttles: whether the latest attempt was refused
 
-Revision ID: 0005_throttle
+Revision ID: 0005
 Revises: 0004
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_throttle"
+revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
