@@ -689,8 +689,9 @@ def parser() -> argparse.ArgumentParser:
         description="Delete what is past its retention period, each kind in one transaction: sign-in history "
         "(ONESIGNIN_SIGN_IN_RETENTION_DAYS), change history (ONESIGNIN_CHANGE_RETENTION_DAYS), delivered or given-up "
         "service notices (ONESIGNIN_NOTICE_RETENTION_DAYS), audit records (ONESIGNIN_AUDIT_RETENTION_DAYS), closed "
-        "rights requests (ONESIGNIN_RIGHTS_REQUEST_RETENTION_DAYS), and children's accounts past their grace without "
-        "a guardian's consent (ONESIGNIN_CHILD_GRACE_DAYS). `serve` also does it every ONESIGNIN_PURGE_INTERVAL "
+        "rights requests (ONESIGNIN_RIGHTS_REQUEST_RETENTION_DAYS), children's accounts past their grace without "
+        "a guardian's consent (ONESIGNIN_CHILD_GRACE_DAYS), and accounts whose address was never confirmed, unused "
+        "for ONESIGNIN_UNVERIFIED_RETENTION_DAYS and never linked to a service. `serve` also does it every ONESIGNIN_PURGE_INTERVAL "
         "seconds. Prints the count per kind.",
     )
     purge.set_defaults(func=cmd_purge)

@@ -9,11 +9,13 @@ kind                      what goes                                             
 ``audit_records``         audit records older than the period                         ``AUDIT_RETENTION_DAYS``
 ``rights_requests``       rights requests closed before the period (with history)     ``RIGHTS_REQUEST_RETENTION_DAYS``
 ``children``              children's accounts past their grace without a guardian     ``CHILD_GRACE_DAYS``
+``unverified``            accounts whose address was never confirmed, unused for the  ``UNVERIFIED_RETENTION_DAYS``
+                          period, holding nothing of the person's (see below)
 ========================  ==========================================================  ==============================
 
 Each kind is deleted in its own transaction (:func:`run`); the functions per kind take the
-caller's session. A child's account is erased as any account is (``identity.accounts.erase``:
-tombstone and audit record). ``onesignin purge`` runs it once; ``serve`` every
+caller's session. A child's account, and an unconfirmed one, is erased as any account is
+(``identity.accounts.erase``: tombstone and audit record). ``onesignin purge`` runs it once; ``serve`` every
 ``ONESIGNIN_PURGE_INTERVAL`` seconds."""
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, text
+from sqlalchemy import and_, delete, exists, false, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from identity.accounts.erase import erase
@@ -31,9 +33,13 @@ from identity.db.models import (
     Account,
     AccountChange,
     AuditRecord,
+    Consent,
+    EmailToken,
+    Link,
     Notice,
     RightsRequest,
     SignInEvent,
+    StaffMember,
     utcnow,
 )
 from identity.settings import Settings
@@ -133,6 +139,54 @@ async def children(db: AsyncSession, settings: Settings, now: dt.datetime) -> in
     return erased
 
 
+def _unverified_and_idle(settings: Settings, now: dt.datetime) -> list[Any]:
+    cutoff = _before(now, settings.unverified_retention_days)
+    of_account = Account.id
+
+    def none_of(table: Any, *more: Any) -> Any:
+        return ~exists().where(table.account_id == of_account, *more)
+
+    return [
+        Account.email_verified == false(),
+        Account.created_at < cutoff,
+        Account.status == "active",
+        Account.guardian_consent_at.is_(None),
+        none_of(Link),
+        none_of(Consent),
+        none_of(RightsRequest),
+        none_of(StaffMember),
+        none_of(SignInEvent, SignInEvent.succeeded.is_(True), SignInEvent.at >= cutoff),
+        none_of(EmailToken, EmailToken.used_at.is_(None), EmailToken.expires_at > now),
+    ]
+
+
+async def unverified(db: AsyncSession, settings: Settings, now: dt.datetime) -> int:
+    """Accounts whose address was never confirmed, left unused: registered more than
+    ``unverified_retention_days`` ago, nobody signed in to them since then, and no mailed link
+    of theirs is still live (a confirmation asked for again gets its two days). An account that
+    holds anything of the person's is never one of them: one ever linked to a service or that
+    consented to one (whatever the link's status now), one with a rights request (open or
+    closed), a support staff member, a child's (the ``children`` kind decides those) or one a
+    guardian consented to.
+
+    Each is locked and read again before it is erased, as children's accounts are: one
+    confirmed, signed in to or linked since the list was made is skipped."""
+    due = (await db.scalars(select(Account.id).where(*_unverified_and_idle(settings, now)).order_by(Account.id))).all()
+    erased = 0
+    for account_id in due:
+        account = await db.scalar(
+            select(Account)
+            .where(Account.id == account_id, *_unverified_and_idle(settings, now))
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        if account is None:
+            continue
+        await erase(db, account, keys=None, issuer=settings.issuer, actor_kind="hub", actor="purge", reason="unconfirmed_address", now=now)
+        erased += 1
+    return erased
+
+
 KINDS: dict[str, Purge] = {
     "sign_ins": sign_ins,
     "changes": changes,
@@ -140,12 +194,13 @@ KINDS: dict[str, Purge] = {
     "audit_records": audit_records,
     "rights_requests": rights_requests,
     "children": children,
+    "unverified": unverified,
 }
 
 
 async def run(sessions: async_sessionmaker[AsyncSession], settings: Settings, *, now: dt.datetime | None = None) -> dict[str, int]:
     """Purge every kind, each in its own transaction; return how many rows (accounts, for
-    ``children``) each removed."""
+    ``children`` and ``unverified``) each removed."""
     now = now or utcnow()
     counts = {}
     for kind, purge in KINDS.items():

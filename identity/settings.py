@@ -169,6 +169,12 @@ class Settings(BaseSettings):
     child_grace_days: int = Field(
         30, ge=1, description="Days a child's account without a guardian's consent is kept, restricted, before it is deleted."
     )
+    unverified_retention_days: int = Field(
+        30,
+        ge=1,
+        description="Days an account whose address was never confirmed is kept without use (no sign-in, no live "
+        "mailed link) before it is deleted; never one linked to a service or holding anything else of the person's.",
+    )
     purge_interval: float = Field(3600, gt=0, description="Seconds between purges run by `serve`.")
 
     # Prometheus metrics of `serve`: on a port of their own, never on the public one.

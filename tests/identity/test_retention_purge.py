@@ -13,20 +13,25 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from identity import purge
 from identity.accounts import children
 from identity.accounts.erase import erase
+from identity.accounts import links
 from identity.db.models import (
     Account,
     AccountChange,
     AuditRecord,
+    Consent,
+    EmailToken,
+    Link,
     Notice,
     RightsRequest,
     RightsRequestEvent,
     Service,
     SignInEvent,
+    StaffMember,
     Tombstone,
     utcnow,
 )
@@ -94,7 +99,7 @@ async def test_purge_removes_exactly_what_is_past_retention(hub: Hub) -> None:
                 setattr(child, name, value)
 
     counts = await purge.run(hub.app[DB], s, now=now)
-    assert counts == {"sign_ins": 1, "changes": 1, "notices": 2, "audit_records": 1, "rights_requests": 1, "children": 2}
+    assert counts == {"sign_ins": 1, "changes": 1, "notices": 2, "audit_records": 1, "rights_requests": 1, "children": 2, "unverified": 0}
 
     async with hub.app[DB]() as db:
         assert [e.address for e in (await db.scalars(select(SignInEvent))).all()] == ["in"]
@@ -115,6 +120,64 @@ async def test_purge_removes_exactly_what_is_past_retention(hub: Hub) -> None:
 
     # Nothing more is past its period.
     assert set((await purge.run(hub.app[DB], s, now=now)).values()) == {0}
+
+
+async def test_unconfirmed_accounts_left_unused_are_erased_and_nothing_a_person_holds(hub: Hub) -> None:
+    """An account whose address was never confirmed goes once the period has passed since it was
+    registered and since anyone signed in to it, with no mailed link of it still live; never one
+    linked to a service (whatever the link's status), that consented to one, with a rights
+    request, a staff member, a child's, or one a guardian consented to."""
+    s = hub.settings
+    now = utcnow()
+    period = days(s.unverified_retention_days)
+    await hub.add_service()
+    subs: dict[str, str] = {}
+    for name in (
+        "abandoned", "signed_in_long_ago", "inside_period", "signed_in_lately", "confirmed", "unlinked", "consented",
+        "asked_rights", "staff", "child", "guardian_agreed", "live_link",
+    ):
+        subs[name] = await hub.add_user(email=f"{name}@example.com", verified=name == "confirmed")
+    async with hub.app[DB].begin() as db:
+        service = await db.scalar(select(Service))
+        assert service is not None
+        accounts = {name: await db.scalar(select(Account).where(Account.sub == sub)) for name, sub in subs.items()}
+        ids = {name: a.id for name, a in accounts.items() if a is not None}
+        for name, account in accounts.items():
+            assert account is not None
+            account.created_at = now - period - MINUTE
+        accounts["inside_period"].created_at = now - period + MINUTE  # type: ignore[union-attr]
+        db.add(SignInEvent(account_id=ids["signed_in_long_ago"], at=now - period - MINUTE, address="a", succeeded=True))
+        db.add(SignInEvent(account_id=ids["abandoned"], at=now - MINUTE, address="a", succeeded=False))  # a failed try is no use
+        db.add(SignInEvent(account_id=ids["signed_in_lately"], at=now - period + MINUTE, address="a", succeeded=True))
+        db.add(Link(account_id=ids["unlinked"], service_id=service.id, status="revoked", scope="openid", ended_at=now - period * 2))
+        db.add(Consent(account_id=ids["consented"], service_id=service.id, scope="openid", revoked_at=now - period * 2))
+        db.add(
+            RightsRequest(
+                public_id="closed", account_id=ids["asked_rights"], type="access", status="completed", opened_by="person",
+                received_at=now - period * 2, due_at=now - period, closed_at=now - period, updated_at=now - period,
+            )
+        )
+        db.add(StaffMember(account_id=ids["staff"], role="agent", totp_secret="sealed", created_at=now - period * 2))
+        accounts["child"].status = "pending_guardian"  # type: ignore[union-attr]
+        accounts["child"].delete_after = now + MINUTE  # type: ignore[union-attr]
+        accounts["guardian_agreed"].guardian_consent_at = now - period * 2  # type: ignore[union-attr]
+        await links.issue(db, accounts["live_link"], "verify_email", "live_link@example.com")  # type: ignore[arg-type]
+        # A link that expired, or was used, keeps nothing alive.
+        await links.issue(db, accounts["abandoned"], "verify_email", "abandoned@example.com")  # type: ignore[arg-type]
+        await db.execute(update(EmailToken).where(EmailToken.account_id == ids["abandoned"]).values(expires_at=now - MINUTE))
+
+    counts = await purge.run(hub.app[DB], s, now=now)
+    assert counts["unverified"] == 2 and counts["children"] == 0
+
+    gone = {subs["abandoned"], subs["signed_in_long_ago"]}
+    async with hub.app[DB]() as db:
+        assert set((await db.scalars(select(Account.sub))).all()) == set(subs.values()) - gone
+        assert {t.sub for t in (await db.scalars(select(Tombstone))).all()} == gone
+        erased = (await db.scalars(select(AuditRecord).where(AuditRecord.action == "account.erased"))).all()
+        assert {(a.account_sub, a.actor_kind, a.actor, a.reason) for a in erased} == {
+            (sub, "hub", "purge", "unconfirmed_address") for sub in gone
+        }
+    assert (await purge.run(hub.app[DB], s, now=now))["unverified"] == 0
 
 
 async def _wait_until_blocked(hub: Hub) -> None:
