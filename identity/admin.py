@@ -207,7 +207,7 @@ async def add_user(
         # Deleted after the grace period unless the guardian consents (the retention purge).
         account.delete_after = account.created_at + dt.timedelta(days=settings.child_grace_days)
         secret = await links.issue(db, account, "guardian_consent", guardian)
-        mail.append(links.guardian_message(settings, guardian, account.name or account.email, secret))
+        mail.append(links.guardian_message(settings, guardian, account.birthdate, account.delete_after, secret))
     return NewAccount(account.sub, mail)
 
 

@@ -162,7 +162,10 @@ class AuthorizationCodePart(_Part):
 
 
 class MailedLinkPart(_Part):
-    """A single-use link the hub mailed (address confirmation, password reset, guardian consent)."""
+    """A single-use link the hub mailed (``verify_email``: address confirmation,
+    ``reset_password``, ``guardian_consent``, ``change_email``: a new sign-in address, pending
+    until this link is opened). ``used_at`` is also set when the link was cancelled (replaced by a
+    newer one, or made stale by a change of address or password)."""
 
     purpose: str
     sent_to: str

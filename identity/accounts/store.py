@@ -1,7 +1,8 @@
 """Accounts and their basic details. Every change goes through :func:`update_details` (or
 :func:`mark_email_verified`), which bumps the account's ``version``, records what changed, when
 and through which channel, and queues a ``profile.changed`` event in the outbox, all in the
-caller's transaction."""
+caller's transaction. A changed address also ends the mailed links that acted for the old one
+(``identity.accounts.links``), whichever channel changed it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity import outbox
+from identity.accounts import links
 from identity.accounts.children import ChildPolicy, check_proxy_birthdate, rectified
 from identity.db.models import Account, AccountChange, OutboxEvent, Tombstone, utcnow
 from schemas.events import ProfileChanged
@@ -110,9 +112,12 @@ async def update_details(
     actor: str | None = None,
     client_id: str | None = None,
     children: ChildPolicy | None = None,
+    email_confirmed: bool = False,
 ) -> list[str]:
     """Apply ``changes`` (claim name to new value); return the names that really changed.
     ``client_id`` names the member service that made the change (channel "service").
+    A new ``email`` is unconfirmed unless ``email_confirmed`` (the person just opened a link
+    mailed to it); either way the reset and confirmation links of the old address stop working.
     The account row is locked and re-read first, so concurrent changes each get their own version.
     A changed date of birth that makes the account a child's without a guardian's consent
     restricts it at once (``identity.accounts.children``; pass the configured ``children``
@@ -137,7 +142,9 @@ async def update_details(
     if not changed:
         return []
     if "email" in changed:
+        account.email_verified = email_confirmed
         changed.append("email_verified")
+        await links.cancel(session, account.id, links.ADDRESS_BOUND, now=now)
     await _record(session, account, changed, now, channel=channel, actor=actor, client_id=client_id)
     if "birthdate" in changed:
         await rectified(session, account, children or ChildPolicy(), now)

@@ -1,4 +1,5 @@
-"""The person's own account page: basic details, editing them, and linked services."""
+"""The person's own account page: basic details, editing them (a new sign-in address waits for
+its confirmation: ``identity.accounts.email_change``), and linked services."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from identity import notices
-from identity.accounts import links
+from identity.accounts import email_change
 from identity.accounts.children import ChildPolicy
-from identity.accounts.store import EmailTaken, update_details
+from identity.accounts.store import update_details
 from identity.db.engine import autocommit
 from identity.db.models import Link, Service
 from identity.pages.common import field, render, send_mail
@@ -37,6 +38,7 @@ async def _page(request: web.Request, signed_in: browser.SignedIn, db: Any, **ex
     values["birthdate"] = account.birthdate.isoformat() if account.birthdate else ""
     context = {
         "account": account,
+        "pending_email": await email_change.pending(db, account.id),
         "values": extra.pop("values", values),
         "links": [
             {"name": name, "client_id": client_id, "status": link.status, "scope": link.scope, "since": link.created_at, "ended": link.ended_at}
@@ -52,7 +54,14 @@ async def account_page(request: web.Request) -> web.StreamResponse:
         signed_in = await browser.current(request, db)
         if signed_in is None:
             return redirect("/sign-in?next=/account")
-        return await _page(request, signed_in, db, saved=request.query.get("saved") == "1", unlinked=request.query.get("unlinked") == "1")
+        return await _page(
+            request,
+            signed_in,
+            db,
+            saved=request.query.get("saved") == "1",
+            unlinked=request.query.get("unlinked") == "1",
+            email_notice=request.query.get("email", ""),
+        )
 
 
 async def edit_details(request: web.Request) -> web.StreamResponse:
@@ -77,8 +86,8 @@ async def edit_details(request: web.Request) -> web.StreamResponse:
             return redirect("/sign-in?next=/account", 303)
         if update is None:
             return await _page(request, signed_in, db, values=raw | address, errors=problems_found, status=400)
-    old_email = signed_in.account.email
-    if update.email is not None and update.email != old_email:
+    new_email = update.email if update.email != signed_in.account.email else None
+    if new_email is not None:
         # Changing the address that signs in and receives resets needs the password, checked
         # with no database connection held.
         confirmed = await confirm_password(request, signed_in, field(form, "current_password", 1024))
@@ -88,22 +97,19 @@ async def edit_details(request: web.Request) -> web.StreamResponse:
             errors = {"current_password": "Enter your current password to change your email address."}
             async with autocommit(request.config_dict[DB]) as db:
                 return await _page(request, signed_in, db, values=raw | address, errors=errors, status=400)
+    changes = update.changes()
+    changes.pop("email", None)
     mail = []
     async with request.config_dict[DB].begin() as db:
         signed_in = await browser.current(request, db)
         if signed_in is None:
             return redirect("/sign-in?next=/account", 303)
         account = signed_in.account
-        try:
-            changed = await update_details(
-                db, account, update.changes(), channel="person", actor=account.sub, children=ChildPolicy.of(settings)
-            )
-        except EmailTaken:
-            errors = {"email": "That address cannot be used. Choose another one."}
-            return await _page(request, signed_in, db, values=raw | address, errors=errors, status=400)
-        if "email" in changed:
-            mail.append(await links.verification(db, settings, account))
-            mail.append(links.address_changed_message(settings, old_email, account.email))
+        await update_details(db, account, changes, channel="person", actor=account.sub, children=ChildPolicy.of(settings))
+        if new_email is not None and new_email != account.email:
+            # Pending until the link mailed to the new address is opened (the same answer
+            # whether or not another account uses it: its owner is told instead).
+            mail = await email_change.request(db, settings, account, new_email)
     notices.wake(request.config_dict)  # a restriction's notices, if the date of birth made it one
     await send_mail(request, mail)
-    return redirect("/account?saved=1", 303)
+    return redirect("/account?saved=1&email=sent" if mail else "/account?saved=1", 303)

@@ -1,7 +1,10 @@
 """Resetting a forgotten password (by mail) and changing a known one.
 
-The reset request answers the same whether or not the address has an account. Completing a
-reset or a change ends every other hub session of the account."""
+The reset request answers the same whether or not the address has an account, and in the same
+time: the answer is given before the address is even looked up (the lookup, the link and the
+mail run after it, :func:`~identity.pages.common.after_response`). Completing a reset or a
+change ends every other hub session of the account, and every reset link and pending change of
+the sign-in address still out."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import links
 from identity.accounts.store import find_by_email
-from identity.db.models import Account, utcnow
+from identity.db.models import Account
 from identity.oidc.logout import (
     LogoutNotice,
     end_sessions_of,
@@ -19,11 +22,12 @@ from identity.oidc.logout import (
     send_notices,
 )
 from identity.pages.common import (
+    after_response,
+    deliver_mail,
     field,
     hash_password,
     new_password_problem,
     render,
-    send_mail,
     slow_down,
     too_many_requests,
 )
@@ -39,21 +43,25 @@ async def reset_page(request: web.Request) -> web.Response:
 
 
 async def reset_request(request: web.Request) -> web.Response:
-    settings = request.config_dict[SETTINGS]
     form = await csrf.checked_form(request)
-    mail = []
     try:
         email = normalize_email(field(form, "email", 320))
     except ValueError as exc:
         return render(request, "reset_request.html", {"error": str(exc)}, status=400)
     if wait := await too_many_requests(request, email):
         return render(request, "reset_request.html", {"error": slow_down(wait)}, status=429)
-    async with request.config_dict[DB].begin() as db:
-        account = await find_by_email(db, email)
-        if account is not None:
+    app = request.config_dict
+
+    async def send_link() -> None:
+        async with app[DB].begin() as db:
+            account = await find_by_email(db, email)
+            if account is None:
+                return
             secret = await links.issue(db, account, "reset_password", account.email)
-            mail.append(links.reset_message(settings, account.email, secret))
-    await send_mail(request, mail)
+            message = links.reset_message(app[SETTINGS], account.email, secret)
+        await deliver_mail(app, [message])
+
+    await after_response(request, send_link, "password reset link")
     return render(
         request,
         "message.html",
@@ -93,13 +101,13 @@ async def reset_confirm(request: web.Request) -> web.Response:
         return render(request, "reset_confirm.html", {"token": token, "error": reason}, status=400)
     password_hash = await hash_password(request, password)
     async with request.config_dict[DB].begin() as db:
-        live = await links.find(db, token, "reset_password")
-        if live is None:
+        used = await links.consume(db, token, "reset_password")
+        if used is None:
             return render(request, "message.html", dead, status=400)
-        live.used_at = utcnow()
-        await db.execute(update(Account).where(Account.id == live.account_id).values(password_hash=password_hash))
-        notices = await _end_sessions(request, db, live.account_id)
-        await revoke_tokens(db, live.account_id)
+        await db.execute(update(Account).where(Account.id == used.account_id).values(password_hash=password_hash))
+        await links.cancel(db, used.account_id, links.PASSWORD_BOUND)
+        notices = await _end_sessions(request, db, used.account_id)
+        await revoke_tokens(db, used.account_id)
     await _notify(request, notices)
     return render(request, "message.html", {"title": "Password changed", "message": "Your new password is set. Sign in with it.", "next": "/sign-in"})
 
@@ -130,6 +138,7 @@ async def change(request: web.Request) -> web.StreamResponse:
     password_hash = await hash_password(request, password)
     async with request.config_dict[DB].begin() as db:
         await db.execute(update(Account).where(Account.id == account.id).values(password_hash=password_hash))
+        await links.cancel(db, account.id, links.PASSWORD_BOUND)
         notices = await _end_sessions(request, db, account.id, keep=signed_in.session.id)
         await revoke_tokens(db, account.id, keep_sid=signed_in.session.sid)
     await _notify(request, notices)

@@ -133,7 +133,7 @@ async def guardian_request(request: web.Request) -> web.StreamResponse:
             return render(request, "guardian_request.html", context | _age(request), status=400)
         account.guardian_email = guardian
         secret = await links.issue(db, account, "guardian_consent", guardian)
-        mail.append(links.guardian_message(settings, guardian, account.name or account.email, secret))
+        mail.append(links.guardian_message(settings, guardian, account.birthdate, account.delete_after, secret))
     await send_mail(request, mail)
     return render(
         request,

@@ -92,7 +92,7 @@ async def register(request: web.Request) -> web.StreamResponse:
                 # Deleted after the grace period unless the guardian consents (the retention purge).
                 account.delete_after = account.created_at + dt.timedelta(days=settings.child_grace_days)
                 guardian_secret = await links.issue(db, account, "guardian_consent", guardian)
-                mail.append(links.guardian_message(settings, guardian, account.name or account.email, guardian_secret))
+                mail.append(links.guardian_message(settings, guardian, account.birthdate, account.delete_after, guardian_secret))
     await send_mail(request, mail)
     return render(request, "message.html", CHECK_MAIL | {"next": target})
 
@@ -117,12 +117,11 @@ async def verify_email_page(request: web.Request) -> web.Response:
 async def verify_email(request: web.Request) -> web.Response:
     form = await csrf.checked_form(request)
     async with request.config_dict[DB].begin() as db:
-        live = await links.find(db, field(form, "token", 100), "verify_email")
-        if live is None:
+        used = await links.consume(db, field(form, "token", 100), "verify_email")
+        if used is None:
             return render(request, "message.html", _dead_link(), status=400)
-        live.used_at = utcnow()
-        account = await db.get(Account, live.account_id)
-        if account is not None and account.email == live.email:
+        account = await db.get(Account, used.account_id)
+        if account is not None:  # the link was for its current address (links.consume)
             await mark_email_verified(db, account)
     return render(request, "message.html", {"title": "Address confirmed", "message": "Thank you: your email address is confirmed.", "next": "/account"})
 
@@ -162,12 +161,11 @@ async def guardian_page(request: web.Request) -> web.Response:
 async def guardian_confirm(request: web.Request) -> web.Response:
     form = await csrf.checked_form(request)
     async with request.config_dict[DB].begin() as db:
-        live = await links.find(db, field(form, "token", 100), "guardian_consent")
-        if live is None:
-            return render(request, "message.html", _dead_link(), status=400)
         now = utcnow()
-        live.used_at = now
-        account = await db.get(Account, live.account_id, with_for_update=True)
+        used = await links.consume(db, field(form, "token", 100), "guardian_consent", now=now)
+        if used is None:
+            return render(request, "message.html", _dead_link(), status=400)
+        account = await db.get(Account, used.account_id, with_for_update=True)
         if account is not None and account.status == "pending_guardian":
             await children.lift(db, account, now, by_guardian=True)
     return render(

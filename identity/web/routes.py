@@ -11,6 +11,7 @@ from identity.api import sync as sync_api
 from identity.oidc.actions import authorize, discovery, end_session, token, userinfo
 from identity.pages import (
     account,
+    email_change,
     linked_services,
     password,
     privacy,
@@ -84,6 +85,10 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/reset-password/confirm", password.reset_confirm)
     r.add_get("/account", account.account_page)
     r.add_post("/account/details", account.edit_details)
+    r.add_get("/account/email/confirm", email_change.confirm_page)
+    r.add_post("/account/email/confirm", email_change.confirm)
+    r.add_post("/account/email/resend", email_change.resend)
+    r.add_post("/account/email/cancel", email_change.cancel)
     r.add_get("/account/export", privacy.export_download)
     r.add_get("/account/delete", privacy.delete_page)
     r.add_post("/account/delete", privacy.delete)

@@ -24,6 +24,7 @@ from identity.db.models import (
     OutboxEvent,
     utcnow,
 )
+from identity.mail import read_outbox
 from identity.web.appkeys import DB
 from schemas.events import LinkCreated, service_event
 from sync import fanout
@@ -196,3 +197,19 @@ async def test_only_the_person_or_an_operator_may_set_a_childs_date(hub: Hub) ->
         assert account is not None
         await update_details(db, account, {"birthdate": twelve}, channel="cli", children=ChildPolicy(16, 30))
     assert (await _account(hub)).status == "pending_guardian"
+
+
+async def test_the_guardian_named_later_is_mailed_nothing_the_child_typed(hub: Hub, browser: Browser) -> None:
+    await hub.add_user(verified=True, given_name="Cheap pills at", family_name="pills.example")
+    await browser.sign_in()
+    await _set_birthdate(browser, TWELVE)
+    page = await browser.go("/account/guardian")
+    asked = await browser.submit(page, "/account/guardian", guardian_email="parent@example.com")
+    assert "We asked your parent or guardian" in asked.text
+    (mail,) = [m for m in read_outbox(hub.settings.data_dir / "mail") if m["To"] == "parent@example.com"]
+    content = mail.get_content()
+    assert "pills" not in content and "ann@example.com" not in content
+    born = dt.date.fromisoformat(TWELVE)
+    assert f"gave their date of birth as {born.day} {born:%B %Y}" in content
+    account = await _account(hub)
+    assert account.delete_after is not None and f"deleted on {account.delete_after.day} {account.delete_after:%B %Y}" in content

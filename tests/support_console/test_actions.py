@@ -12,6 +12,7 @@ from identity.db.models import (
     Account,
     AccountChange,
     Delivery,
+    EmailToken,
     OutboxEvent,
     RightsRequest,
     Service,
@@ -116,6 +117,26 @@ async def test_a_correction_with_control_or_invisible_characters_is_refused_by_f
     async with hub.app[DB].begin() as db:
         assert (await db.scalars(select(RightsRequest))).all() == []
     assert await audit_records(hub, account_sub=person.sub, action="support.rights_request") == []
+
+
+async def test_an_agent_cannot_change_the_sign_in_address(hub: Hub) -> None:
+    """The sign-in address is the person's own to change (with their password, confirmed by a
+    link to the new address): an address posted with an edit is ignored, and no link is mailed."""
+    person = await linked_person(hub)
+    console = await console_for(hub)
+    path = f"/support/people/{person.sub}"
+    try:
+        page = await console.get(path)
+        done = await console.submit(page, f"{path}/edit", email="agent.choice@example.com", family_name="Exemplar", reason="Caller asked for it")
+    finally:
+        await console.aclose()
+        await person.browser.aclose()
+    assert done.status_code == 200 and "The details are saved" in done.text
+    after = await _account(hub, person.sub)
+    assert (after.email, after.email_verified, after.family_name) == ("ann@example.com", True, "Exemplar")
+    async with hub.app[DB]() as db:
+        assert (await db.scalars(select(EmailToken).where(EmailToken.account_id == after.id))).all() == []
+    assert [m for m in read_outbox(hub.settings.data_dir / "mail") if m["To"] == "agent.choice@example.com"] == []
 
 
 async def test_a_date_of_birth_making_the_person_a_child_is_the_persons_own_to_set(hub: Hub) -> None:

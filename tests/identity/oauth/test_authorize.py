@@ -560,6 +560,8 @@ async def test_child_created_by_an_operator_waits_for_the_mailed_guardian_consen
     assert location_params(response)["error"] == "access_denied"
 
     (mail,) = [m for m in read_outbox(hub.settings.data_dir / "mail") if m["To"] == "parent@example.com"]
+    assert "Ann" not in mail.get_content() and "kid@" not in mail.get_content()  # nothing the account holder typed
+    assert f"date of birth as 1 January {birthdate.year}" in mail.get_content()
     link = next(w for w in mail.get_content().split() if "/guardian/confirm?token=" in w)
     guardian = Browser(hub)
     try:

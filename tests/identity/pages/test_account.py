@@ -1,5 +1,5 @@
 """The person's account page: editing basic details (versioned, recorded), validation, linked
-services and marketing preferences."""
+services and marketing preferences. Changing the sign-in address: test_email_change.py."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import pytest
 from sqlalchemy import select
 
 from identity.db.models import Account, AccountChange
-from identity.mail import read_outbox
 from identity.web.appkeys import DB
-from tests.support import PASSWORD, Browser, Hub, RelyingParty, form, sign_in_through
+from tests.support import Browser, Hub, RelyingParty, form, sign_in_through
 
 
 @pytest.fixture
@@ -139,39 +138,6 @@ async def test_invalid_locale_and_future_birthdate_are_refused(hub: Hub, signed_
     assert "A date of birth cannot be in the future." in page
     after, _ = await load(hub)
     assert after.version == 1 and after.locale is None and after.birthdate is None
-
-
-async def test_email_of_another_account_cannot_be_taken(hub: Hub, signed_in: str, browser: Browser) -> None:
-    await hub.add_user("bob@example.com", given_name="Bob")
-    status, _, page = await save(browser, email="bob@example.com", current_password=PASSWORD)
-    assert status == 400
-    assert "That address cannot be used. Choose another one." in page
-    after, _ = await load(hub)
-    assert after.email == "ann@example.com" and after.version == 1
-
-
-async def test_changing_email_needs_the_password(hub: Hub, signed_in: str, browser: Browser) -> None:
-    for password in ("", "not my password at all"):
-        status, _, page = await save(browser, email="ann.new@example.com", current_password=password)
-        assert status == 400
-        assert "Enter your current password to change your email address." in page
-    after, _ = await load(hub)
-    assert after.email == "ann@example.com" and after.version == 1
-
-
-async def test_changing_email_needs_verification_again(hub: Hub, signed_in: str, browser: Browser) -> None:
-    status, _, page = await save(browser, email="ann.new@example.com", current_password=PASSWORD)
-    assert status == 303
-    assert "Your email address is not confirmed yet" in page
-    after, changes = await load(hub)
-    assert after.email == "ann.new@example.com"
-    assert after.email_verified is False
-    assert changes[-1].fields == ["email", "email_verified"]
-    mails = read_outbox(hub.settings.data_dir / "mail")
-    assert sorted((m["To"], m["Subject"]) for m in mails) == [
-        ("ann.new@example.com", "Confirm your email address"),
-        ("ann@example.com", "Your sign-in email address was changed"),
-    ]
 
 
 async def test_linked_services_are_listed_after_authorization(hub: Hub, browser: Browser) -> None:

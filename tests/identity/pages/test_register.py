@@ -203,10 +203,17 @@ async def test_child_cannot_name_themself_as_guardian(hub: Hub, browser: Browser
 
 
 async def test_child_with_guardian_is_pending_and_guardian_is_mailed(hub: Hub, browser: Browser) -> None:
-    page = await register(browser, birthdate=years_ago(12), guardian_email="Parent@Example.com")
+    page = await register(
+        browser,
+        email="win.a.prize@example.com",
+        given_name="Claim your prize at",
+        family_name="prizes.example",
+        birthdate=years_ago(12),
+        guardian_email="Parent@Example.com",
+    )
     assert page.status_code == 200
     assert "Check your email" in page.text
-    child = await account(hub, "new@example.com")
+    child = await account(hub, "win.a.prize@example.com")
     assert child is not None
     assert child.status == "pending_guardian"
     assert child.guardian_email == "parent@example.com"
@@ -214,14 +221,19 @@ async def test_child_with_guardian_is_pending_and_guardian_is_mailed(hub: Hub, b
 
     mails = outbox(hub)
     assert sorted((m["To"], m["Subject"]) for m in mails) == [
-        ("new@example.com", "Confirm your email address"),
         ("parent@example.com", "Your consent is needed for a child's account"),
+        ("win.a.prize@example.com", "Confirm your email address"),
     ]
     guardian_mail = next(m for m in mails if m["To"] == "parent@example.com")
-    assert "Nia Newcomer (under 16)" in guardian_mail.get_content()
+    # Nothing the child typed as text reaches the guardian: only the date of birth they gave.
+    content = guardian_mail.get_content()
+    assert "prize" not in content.lower() and "Claim" not in content and "win.a" not in content
+    born = dt.date.fromisoformat(years_ago(12))
+    assert f"gave their date of birth as {born.day} {born:%B %Y}" in content
+    assert child.delete_after is not None and f"deleted on {child.delete_after.day} {child.delete_after:%B %Y}" in content
 
     # The child sees that their account is waiting.
-    await browser.sign_in("new@example.com")
+    await browser.sign_in("win.a.prize@example.com")
     page = await browser.go("/account")
     assert "Your parent or guardian has not yet agreed to your account." in page.text
 
@@ -237,7 +249,7 @@ async def test_child_with_guardian_is_pending_and_guardian_is_mailed(hub: Hub, b
         assert again.status_code == 400
     finally:
         await guardian.aclose()
-    child = await account(hub, "new@example.com")
+    child = await account(hub, "win.a.prize@example.com")
     assert child is not None and child.status == "active" and child.guardian_consent_at is not None
 
 

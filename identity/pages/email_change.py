@@ -1,0 +1,72 @@
+"""A change of the sign-in address (``identity.accounts.email_change``): the link mailed to the
+new address, and the account page's buttons to send it again or cancel the change."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy.exc import IntegrityError
+
+from identity.accounts import email_change, links
+from identity.pages.common import field, render, send_mail
+from identity.web import browser, csrf
+from identity.web.appkeys import DB, SETTINGS
+from identity.web.responses import redirect
+
+DEAD = {
+    "title": "This link no longer works",
+    "message": "The link has expired, was already used, or the change was cancelled. Ask for the change again on your account page.",
+    "next": "/account",
+}
+TAKEN = {
+    "title": "That address is taken",
+    "message": "Another One Sign In account started using that address after you asked for the change, so your "
+    "sign-in address stays as it was. Choose another address on your account page.",
+    "next": "/account",
+}
+
+
+async def confirm_page(request: web.Request) -> web.Response:
+    token = request.query.get("token", "")
+    async with request.config_dict[DB]() as db:
+        live = await links.find(db, token, email_change.PURPOSE)
+    if live is None:
+        return render(request, "message.html", DEAD, status=400)
+    context = {"title": "Confirm your new sign-in address", "button": "Make it my sign-in address", "action": "/account/email/confirm", "token": token}
+    return render(request, "confirm.html", context)
+
+
+async def confirm(request: web.Request) -> web.Response:
+    form = await csrf.checked_form(request)
+    try:
+        async with request.config_dict[DB].begin() as db:
+            outcome = await email_change.confirm(db, request.config_dict[SETTINGS], field(form, "token", 100))
+    except IntegrityError:  # another account took the address in a concurrent transaction
+        return render(request, "message.html", TAKEN, status=409)
+    if outcome.result == "dead":
+        return render(request, "message.html", DEAD, status=400)
+    if outcome.result == "taken":
+        return render(request, "message.html", TAKEN, status=409)
+    await send_mail(request, outcome.mail)
+    message = f"Your sign-in address is now {outcome.email}, and it is confirmed. Your linked services are being told."
+    return render(request, "message.html", {"title": "Address changed", "message": message, "next": "/account"})
+
+
+async def resend(request: web.Request) -> web.StreamResponse:
+    await csrf.checked_form(request)
+    async with request.config_dict[DB].begin() as db:
+        signed_in = await browser.current(request, db)
+        if signed_in is None:
+            return redirect("/sign-in?next=/account", 303)
+        mail = await email_change.resend(db, request.config_dict[SETTINGS], signed_in.account)
+    await send_mail(request, mail)
+    return redirect("/account?email=sent" if mail else "/account", 303)
+
+
+async def cancel(request: web.Request) -> web.StreamResponse:
+    await csrf.checked_form(request)
+    async with request.config_dict[DB].begin() as db:
+        signed_in = await browser.current(request, db)
+        if signed_in is None:
+            return redirect("/sign-in?next=/account", 303)
+        cancelled = await email_change.cancel(db, signed_in.account)
+    return redirect("/account?email=cancelled" if cancelled else "/account", 303)
