@@ -85,7 +85,9 @@ class Settings(BaseSettings):
     mail_backend: Literal["file", "smtp"] = "file"
     mail_from: str = "OneSignIn <no-reply@onesignin.invalid>"
     mail_in_background: bool = Field(
-        True, description="Send mail after the response, so its timing reveals nothing (off: before it)."
+        True,
+        description="Send mail, and do the work a password reset request needs (the lookup, the link), after the "
+        "response, so its timing reveals nothing (off: before it).",
     )
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(25, ge=1, le=65535)
