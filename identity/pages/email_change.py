@@ -7,7 +7,8 @@ from aiohttp import web
 from sqlalchemy.exc import IntegrityError
 
 from identity.accounts import email_change, links
-from identity.pages.common import field, render, send_mail
+from identity.db.engine import autocommit
+from identity.pages.common import field, render, send_mail, slow_down, too_many_requests
 from identity.web import browser, csrf
 from identity.web.appkeys import DB, SETTINGS
 from identity.web.responses import redirect
@@ -53,6 +54,13 @@ async def confirm(request: web.Request) -> web.Response:
 
 async def resend(request: web.Request) -> web.StreamResponse:
     await csrf.checked_form(request)
+    async with autocommit(request.config_dict[DB]) as db:
+        signed_in = await browser.current(request, db)
+        waiting = await email_change.pending(db, signed_in.account.id) if signed_in else None
+    if signed_in is None:
+        return redirect("/sign-in?next=/account", 303)
+    if waiting is not None and (wait := await too_many_requests(request, waiting.email)):
+        return render(request, "message.html", {"title": "Not now", "message": slow_down(wait), "next": "/account"}, status=429)
     async with request.config_dict[DB].begin() as db:
         signed_in = await browser.current(request, db)
         if signed_in is None:
