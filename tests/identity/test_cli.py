@@ -171,8 +171,13 @@ def test_a_password_read_from_stdin_is_not_in_the_process_list(env: dict[str, st
         [sys.executable, "-m", "identity.cli", "users", "add", "--email", "dee@example.com", "--password-stdin"],
         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    # It cannot finish before it has read its standard input, so its command line is there to read.
-    cmdline = Path(f"/proc/{command.pid}/cmdline").read_bytes().decode()
+    # It cannot finish before it has read its standard input, so its command line is there to
+    # read, once the new program has replaced the forked one (until then it is empty).
+    cmdline = ""
+    deadline = time.monotonic() + 60
+    while "identity.cli" not in cmdline and time.monotonic() < deadline:
+        cmdline = Path(f"/proc/{command.pid}/cmdline").read_bytes().decode()
+        time.sleep(0.005)
     out, err = command.communicate(PASSWORD + "\n", timeout=120)
     assert command.returncode == 0, err
     assert "--password-stdin" in cmdline and PASSWORD not in cmdline
