@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     mail_per_recipient_window: int = Field(3600, ge=60)
     # Password hashes waiting for a thread (argon2id, one per core); beyond it the hub answers 503.
     # Registrations, resets and password changes may fill half of it, so sign-ins keep room.
-    hash_queue: int = Field(32, ge=1, le=10000)
+    hash_queue: int = Field(64, ge=1, le=10000)
 
     # Mail.
     mail_backend: Literal["file", "smtp"] = "file"

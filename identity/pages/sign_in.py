@@ -213,7 +213,8 @@ async def confirm_password(request: web.Request, signed_in: browser.SignedIn, pa
     return Confirmation(ok)
 
 
-async def _signed_out_for_guessing(request: web.Request, reason: str) -> web.StreamResponse:
+async def end_current_session(request: web.Request) -> None:
+    """End this browser's hub session, if any; its services hear of it by back-channel logout."""
     settings = request.config_dict[SETTINGS]
     notices = []
     async with request.config_dict[DB].begin() as db:
@@ -222,6 +223,10 @@ async def _signed_out_for_guessing(request: web.Request, reason: str) -> web.Str
             notices = await end_session(db, request.config_dict[PROVIDER].keys, settings.issuer, signed_in.session)
     if notices:
         await send_notices(request.config_dict[HTTP], notices, settings.backchannel_logout_timeout)
+
+
+async def _signed_out_for_guessing(request: web.Request, reason: str) -> web.StreamResponse:
+    await end_current_session(request)
     response = render(
         request,
         "message.html",
@@ -308,14 +313,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
 
 async def sign_out(request: web.Request) -> web.StreamResponse:
     await csrf.checked_form(request)
-    settings = request.config_dict[SETTINGS]
-    notices = []
-    async with request.config_dict[DB].begin() as db:
-        signed_in = await browser.current(request, db)
-        if signed_in is not None:
-            notices = await end_session(db, request.config_dict[PROVIDER].keys, settings.issuer, signed_in.session)
-    if notices:
-        await send_notices(request.config_dict[HTTP], notices, settings.backchannel_logout_timeout)
+    await end_current_session(request)
     response = render(request, "message.html", {"title": "You are signed out", "message": "You have signed out of the hub."})
     browser.clear_cookie(request, response)
     return response

@@ -95,8 +95,11 @@ async def whole_body(request: web.Request, handler: Handler) -> web.StreamRespon
     if (request.content_length or 0) > request.client_max_size:
         return _too_large(request)
     try:
-        async with asyncio.timeout(request.config_dict[SETTINGS].request_body_timeout):
-            await request.read()
+        if request.content.is_eof():
+            await request.read()  # all here already (the common case): nothing to wait for
+        else:
+            async with asyncio.timeout(request.config_dict[SETTINGS].request_body_timeout):
+                await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _too_large(request)
     except TimeoutError:
