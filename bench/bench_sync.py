@@ -825,7 +825,7 @@ def sync_settings_view(settings: Any) -> dict[str, Any]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from identity.db.engine import create_engine, create_sessionmaker
     from identity.db.migrate import upgrade
-    from identity.oidc.keys import KeyCipher
+    from identity.sealing import KeyCipher
     from identity.settings import load_settings
     from sync.broker import EmbeddedBroker
 

@@ -42,15 +42,14 @@ from identity.accounts.passwords import PasswordHasher
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
 from identity.db.models import Account, Service
-from identity.oidc.keys import KeyCipher
 from identity.private_files import private_dir
+from identity.sealing import KeyCipher, new_webhook_secret, seal_webhook_secret
 from identity.settings import Settings
 from identity.web import appkeys as K
 from identity.web.app import create_app
 from schemas.events import service_topic
-from sync import kafka, webhooks
+from sync import kafka
 from sync.broker import BrokerError
-from sync.deliver import seal_secret
 from sync.runtime import BOOTSTRAP
 
 try:
@@ -393,8 +392,8 @@ def _private_network_webhook(row: Service, cipher: KeyCipher, url: str) -> str |
     secret = None
     row.webhook_url = url
     if not row.webhook_secret:
-        secret = webhooks.new_secret()
-        row.webhook_secret = seal_secret(cipher, secret, row.client_id)
+        secret = new_webhook_secret()
+        row.webhook_secret = seal_webhook_secret(cipher, secret, row.client_id)
     row.webhook_disabled_at = row.webhook_quarantined_at = row.webhook_failing_since = None
     row.webhook_last_error = None
     row.topic_enabled = True

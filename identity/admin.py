@@ -17,14 +17,13 @@ from identity.accounts.children import is_child
 from identity.accounts.passwords import PasswordHasher, check_password
 from identity.accounts.store import EmailTaken, create_account
 from identity.db.models import Delivery, Service
+from identity.deliveries import resume
 from identity.oidc import scopes
-from identity.oidc.keys import KeyCipher
+from identity.sealing import KeyCipher, new_webhook_secret, seal_webhook_secret
 from identity.settings import Settings
 from identity.tokens import digest, new_client_id, new_secret
 from schemas.account import BasicDetails, normalize_email, problems
 from schemas.events import service_topic
-from sync import webhooks
-from sync.deliver import resume, seal_secret
 
 DEFAULT_SERVICE_SCOPE = "openid profile email phone address marketing offline_access"
 DEFAULT_GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials"]
@@ -94,7 +93,7 @@ async def add_service(
     webhook = check_uri(webhook_url, "--webhook-url") if webhook_url else None
     cancel_url, cancel_text = check_cancellation(cancellation_url, cancellation_instructions)
     client_id = new_client_id()
-    webhook_secret = webhooks.new_secret() if webhook else None
+    webhook_secret = new_webhook_secret() if webhook else None
     if webhook_secret is not None and cipher is None:
         raise ValueError("a webhook secret needs the hub's key cipher")
     service = NewService(
@@ -115,7 +114,7 @@ async def add_service(
             grant_types=DEFAULT_GRANT_TYPES,
             id_token_signed_response_alg=id_token_alg,
             webhook_url=webhook,
-            webhook_secret=seal_secret(cipher, webhook_secret, client_id) if cipher and webhook_secret else None,
+            webhook_secret=seal_webhook_secret(cipher, webhook_secret, client_id) if cipher and webhook_secret else None,
             topic_enabled=kafka_topic,
             cancellation_url=cancel_url,
             cancellation_instructions=cancel_text,
@@ -244,8 +243,8 @@ async def update_service_sync(
     if rotate_secret:
         if not service.webhook_url:
             raise InvalidInput("the service has no webhook: give --webhook-url")
-        secret = webhooks.new_secret()
-        service.webhook_secret = seal_secret(cipher, secret, service.client_id)
+        secret = new_webhook_secret()
+        service.webhook_secret = seal_webhook_secret(cipher, secret, service.client_id)
     if remove_webhook or webhook_url is not None or rotate_secret:
         service.webhook_disabled_at = service.webhook_quarantined_at = service.webhook_failing_since = None
         service.webhook_last_error = None

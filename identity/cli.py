@@ -21,7 +21,7 @@ from identity.accounts.pwned_api import range_api
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
 from identity.mail import MailError, mailer_for
-from identity.oidc.keys import KeyCipher
+from identity.sealing import KeyCipher
 from identity.settings import (
     ConfigurationError,
     Settings,
@@ -105,7 +105,8 @@ def cmd_services_update(settings: Settings, args: argparse.Namespace) -> dict[st
 
 
 def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    from sync import notices, status
+    from identity import deliveries as status
+    from identity import notices
 
     async def work(db: Any) -> dict[str, Any]:
         return {
@@ -117,7 +118,8 @@ def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> dict[str, 
 
 
 def cmd_redeliver(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    from sync import notices, status
+    from identity import deliveries as status
+    from identity import notices
 
     if not args.client_id and not args.id and not args.all and not args.notice:
         raise UsageError("say what to redeliver: --client-id, --id (repeatable), --notice (repeatable) or --all")

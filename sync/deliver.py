@@ -44,18 +44,17 @@ from standardwebhooks.webhooks import Webhook
 from identity.db.engine import plan_for_now
 from identity.db.models import (
     ACTIVE,
-    PENDING,
     Account,
     DeadLetter,
     Delivery,
     Link,
-    Notice,
     Service,
     UTCDateTime,
     utcnow,
 )
 from identity.db.units import whole
-from identity.oidc.keys import KeyCipher
+from identity.deliveries import resume
+from identity.sealing import KeyCipher, open_webhook_secret
 from identity.settings import Settings
 from schemas.events import ProfileSnapshot, ProfileUpdated
 from sync import projection, webhooks
@@ -116,15 +115,6 @@ def _timestamp(now: dt.datetime) -> str:
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def seal_secret(cipher: KeyCipher, secret: str, client_id: str) -> str:
-    """A service's webhook secret as stored: sealed for that service only."""
-    return cipher.seal({"webhook_secret": secret}, purpose=f"webhook-secret:{client_id}")
-
-
-def open_secret(cipher: KeyCipher, sealed: str, client_id: str) -> str:
-    return str(cipher.open(sealed, purpose=f"webhook-secret:{client_id}")["webhook_secret"])
-
-
 async def read_accounts(db: AsyncSession, ids: set[int]) -> dict[int, Any]:
     return {a.id: a for a in await db.execute(select(*ACCOUNT_COLUMNS).where(Account.id.in_(ids)))}
 
@@ -134,7 +124,7 @@ async def load_endpoints(db: AsyncSession, cipher: KeyCipher) -> dict[int, Endpo
     out = {}
     for s in rows:
         try:
-            signer = Webhook(open_secret(cipher, s.webhook_secret, s.client_id)) if s.webhook_url and s.webhook_secret else None
+            signer = Webhook(open_webhook_secret(cipher, s.webhook_secret, s.client_id)) if s.webhook_url and s.webhook_secret else None
         except Exception:
             # Sealed under another secret key, say: this service's webhook waits, the others go on.
             log.error("sync: the webhook secret of service %s cannot be read with this hub's secret key", s.client_id)
@@ -715,23 +705,6 @@ async def _settle(db: AsyncSession, ok: list[_Result]) -> None:
     await db.execute(
         _SETTLE_MANY,
         {"ids": ids, "versions": [r.job.version for r in ok], "generations": [r.job.generation for r in ok], "ats": [r.at for r in ok]},
-    )
-
-
-async def resume(db: AsyncSession, service_ids: list[int]) -> None:
-    """An endpoint works again (or was fixed): its backlog is due now, with fresh retry clocks,
-    instead of waiting out schedules that were set while it failed. Its notices too."""
-    d = Delivery.__table__.c
-    await db.execute(
-        update(Delivery.__table__)
-        .where(d.service_id.in_(service_ids), d.channel == "webhook", d.state == ACTIVE, d.attempts > 0)
-        .values(attempts=0, failing_since=None, next_attempt_at=utcnow())
-    )
-    n = Notice.__table__.c
-    await db.execute(
-        update(Notice.__table__)
-        .where(n.service_id.in_(service_ids), n.channel == "webhook", n.state == PENDING, n.attempts > 0)
-        .values(attempts=0, failing_since=None, next_attempt_at=utcnow())
     )
 
 

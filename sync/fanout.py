@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from identity.db.models import Account, Delivery, Link, OutboxEvent, Service, utcnow
 from identity.db.units import whole
 from identity.db.upsert import insert_for
+from identity.deliveries import channels_of
 from identity.settings import Settings
 from schemas.events import PROFILE_TOPIC, LinkCreated, ProfileChanged, hub_event
 from sync import kafka, projection
@@ -44,13 +45,6 @@ class _Target:
     client_id: str
     scope: str
     channels: tuple[str, ...]
-
-
-def channels_of(webhook_url: str | None, topic_enabled: bool) -> tuple[str, ...]:
-    """The channels a service is delivered to."""
-    if webhook_url:
-        return ("webhook", "topic") if topic_enabled else ("webhook",)
-    return ("topic",) if topic_enabled else ()
 
 
 async def record(

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from identity.db.engine import plan_for_now
 from identity.db.models import PENDING, Notice, Service, utcnow
 from identity.db.units import whole
-from identity.oidc.keys import KeyCipher
+from identity.sealing import KeyCipher
 from identity.settings import Settings
 from sync import webhooks
 from sync.deliver import Deliverer, Endpoint, load_endpoints, resume
@@ -390,72 +390,3 @@ class NoticeDeliverer:
                     webhook_last_error=error,
                 )
             )
-
-
-async def counts(db: AsyncSession, service_id: int) -> dict[str, int]:
-    """A service's notices waiting (``pending``) and given up (``dead``)."""
-    n = Notice.__table__.c
-    found = dict(
-        (
-            await db.execute(
-                select(n.state, func.count())
-                .where(n.service_id == service_id, n.state.in_(("pending", "dead")))
-                .group_by(n.state)
-            )
-        ).all()
-    )
-    return {"pending": found.get("pending", 0), "dead": found.get("dead", 0)}
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-async def dead(
-    db: AsyncSession, *, client_id: str | None = None, limit: int = 100
-) -> list[dict[str, object]]:
-    """Notices that gave up, oldest first (what they are about, not their bodies)."""
-    q = (
-        select(Notice, Service.client_id)
-        .join(Service, Service.id == Notice.service_id)
-        .where(Notice.state == "dead")
-        .order_by(Notice.id)
-        .limit(limit)
-    )
-    if client_id:
-        q = q.where(Service.client_id == client_id)
-    return [
-        {
-            "id": n.id,
-            "client_id": cid,
-            "sub": n.key,
-            "type": n.event_type,
-            "channel": n.channel,
-            "message_id": n.message_id,
-            "attempts": n.attempts,
-            "failing_since": _iso(n.failing_since),
-            "last_error": n.last_error,
-        }
-        for n, cid in await db.execute(q)
-    ]
-
-
-async def revive(
-    db: AsyncSession, *, client_id: str | None = None, ids: list[int] | None = None
-) -> int:
-    """Queue dead notices again (the same event, with the same id). Returns how many."""
-    q = update(Notice).where(Notice.state == "dead")
-    if client_id:
-        q = q.where(
-            Notice.service_id.in_(
-                select(Service.id).where(Service.client_id == client_id)
-            )
-        )
-    if ids:
-        q = q.where(Notice.id.in_(ids))
-    result = await db.execute(
-        q.values(
-            state="pending", attempts=0, failing_since=None, next_attempt_at=utcnow()
-        )
-    )
-    return int(result.rowcount or 0)

@@ -15,17 +15,17 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from identity import notices, outbound
-from identity.oidc.keys import KeyCipher
 from identity.rights.metrics import refresh_overdue
+from identity.sealing import KeyCipher
 from identity.settings import Settings
 from identity.web import appkeys as K
 from sync.broker import EmbeddedBroker
 from sync.deliver import Deliverer
 from sync.fanout import FanOut
+from sync.gauges import refresh_gauges
 from sync.metrics import SyncMetrics
 from sync.notices import NoticeDeliverer
 from sync.relay import Relay, unpublish_unconsumed
-from sync.status import refresh_gauges
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,8 @@ library, the same one receivers verify with."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import email.utils
-import secrets
 from dataclasses import dataclass
 
 import aiohttp
@@ -17,13 +15,7 @@ from standardwebhooks.webhooks import Webhook
 
 from identity import outbound
 
-SECRET_PREFIX = "whsec_"
 MAX_RETRY_AFTER = 86400.0
-
-
-def new_secret() -> str:
-    """A fresh endpoint secret: ``whsec_`` and 32 random bytes in base64."""
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def signed_headers(signer: Webhook, message_id: str, body: str, now: dt.datetime) -> dict[str, str]:

@@ -16,7 +16,6 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from identity import notices
 from identity.accounts.children import ChildPolicy, OnlyThePerson
 from identity.accounts.claims import granted_claims
 from identity.accounts.store import EmailTaken, update_details

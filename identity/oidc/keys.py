@@ -9,44 +9,20 @@ key derived from the hub's secret key.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from joserfc.jwk import ECKey, KeySet, RSAKey
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.db.locks import AdvisoryLock, take
 from identity.db.models import SigningKey, utcnow
+from identity.sealing import KeyCipher
 from identity.tokens import new_secret
 
 ALGORITHMS = ("RS256", "ES256")
-
-
-class KeyCipher:
-    """Encrypts secrets at rest (private JWKs, webhook secrets, TOTP secrets) with AES-GCM under a
-    key derived from the hub's secret key. ``purpose`` is the associated data: a value sealed for
-    one purpose (and row) cannot be opened as another, so sealed columns cannot be swapped."""
-
-    def __init__(self, secret_key: str) -> None:
-        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"onesignin signing keys v1")
-        self._aead = AESGCM(hkdf.derive(secret_key.encode()))
-
-    def seal(self, data: dict[str, Any], purpose: str = "jwk") -> str:
-        nonce = os.urandom(12)
-        sealed = self._aead.encrypt(nonce, json.dumps(data).encode(), purpose.encode())
-        return base64.urlsafe_b64encode(nonce + sealed).decode()
-
-    def open(self, sealed: str, purpose: str = "jwk") -> dict[str, Any]:
-        raw = base64.urlsafe_b64decode(sealed.encode())
-        return json.loads(self._aead.decrypt(raw[:12], raw[12:], purpose.encode()))
 
 
 def _generate(alg: str, kid: str) -> RSAKey | ECKey:

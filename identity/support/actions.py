@@ -12,6 +12,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from identity import deliveries as status
 from identity import notices, rights
 from identity.accounts import links
 from identity.accounts.children import ChildPolicy, OnlyThePerson
@@ -33,7 +34,6 @@ from identity.web.appkeys import DB, SETTINGS
 from identity.web.responses import redirect
 from schemas.account import BasicDetailsUpdate, form_errors
 from schemas.text import check_multiline
-from sync import status
 
 #: Prefilled in the edit form: an empty value clears the field.
 PLAIN = ("given_name", "family_name", "locale", "zoneinfo")

@@ -25,6 +25,7 @@ from identity.db.models import (
     StaffMember,
     utcnow,
 )
+from identity.deliveries import open_dead_letter
 from identity.pages.common import field
 from identity.pages.rights import STATUS_TEXT, TYPES
 from identity.support import audit, forms, masking, trail
@@ -32,7 +33,6 @@ from identity.support.render import render
 from identity.support.session import AGENT, Agent
 from identity.web.appkeys import DB
 from identity.web.responses import redirect
-from sync.status import open_dead_letter
 
 MAX_REASON = 500
 #: An agent's reason for a reveal must say something; a supervisor's may be short.

@@ -23,7 +23,7 @@ from identity import admin
 from identity.accounts.passwords import PasswordHasher, check_password
 from identity.accounts.store import find_by_email, find_by_sub
 from identity.db.models import Account, ConsoleSession, StaffMember, utcnow
-from identity.oidc.keys import KeyCipher
+from identity.sealing import KeyCipher
 from identity.settings import Settings
 from identity.support.session import Role
 from schemas.account import normalize_email

@@ -30,6 +30,7 @@ from identity.mail import mailer_for
 from identity.oidc import keys as signing_keys
 from identity.oidc.server import Provider
 from identity.oidc.service_tokens import ServiceTokenCodec
+from identity.sealing import KeyCipher
 from identity.settings import Settings
 from identity.support import routes as console_routes
 from identity.support.app import create_console
@@ -51,7 +52,7 @@ def create_app(settings: Settings, *, migrate: bool | None = None, sync: bool | 
     app[K.SETTINGS] = settings
     secret = settings.resolved_secret_key()
     app[K.SECRET] = secret.encode()
-    app[K.CIPHER] = signing_keys.KeyCipher(secret)
+    app[K.CIPHER] = KeyCipher(secret)
     app[K.HASHER] = PasswordHasher(
         memory_cost=settings.argon2_memory_cost,
         time_cost=settings.argon2_time_cost,

@@ -10,8 +10,8 @@ from identity.accounts.hashing import HashQueue
 from identity.accounts.passwords import PasswordHasher
 from identity.accounts.pwned_api import RangeApi
 from identity.mail import Mailer
-from identity.oidc.keys import KeyCipher
 from identity.oidc.server import Provider
+from identity.sealing import KeyCipher
 from identity.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)

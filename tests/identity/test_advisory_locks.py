@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from identity.db.locks import AdvisoryLock, try_take
 from identity.db.models import SigningKey
-from identity.oidc.keys import ALGORITHMS, KeyCipher, ensure_keys
+from identity.oidc.keys import ALGORITHMS, ensure_keys
+from identity.sealing import KeyCipher
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from identity.oidc.keys import KeyCipher
+from identity.sealing import KeyCipher
+from identity.sealing import open_webhook_secret as open_secret
+from identity.sealing import seal_webhook_secret as seal_secret
 from identity.support.staff import open_totp, seal_totp
-from sync.deliver import open_secret, seal_secret
 
 CIPHER = KeyCipher("k" * 40)
 

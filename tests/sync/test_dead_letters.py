@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from identity import deliveries as status
 from identity.accounts.store import find_by_sub
 from identity.db.models import DeadLetter, Delivery, Service, utcnow
 from identity.web.appkeys import DB
 from schemas.events import LinkCreated, ProfileChanged
-from sync import fanout, status
+from sync import fanout
 from tests.support import Hub
 from tests.sync.helpers import link_directly
 

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from identity import admin, notices
+from identity import notices as identity_notices
 from identity.accounts.store import find_by_sub
 from identity.db.models import Delivery, Notice, Service
 from identity.web.appkeys import CIPHER, DB
@@ -357,13 +358,13 @@ class TestGivingUp:
 
         # Listed for the operator, and sent again (the same event) once the webhook works.
         async with hub.app[DB]() as db:
-            listed = await sync_notices.dead(db, client_id=store.rp.client_id)
+            listed = await identity_notices.dead(db, client_id=store.rp.client_id)
         assert [(d["sub"], d["type"], d["last_error"]) for d in listed] == [
             (ann, "link.revoked", "HTTP 500")
         ]
         receivers["store"].fail_with = None
         async with hub.app[DB].begin() as db:
-            assert await sync_notices.revive(db, ids=[listed[0]["id"]]) == 1
+            assert await identity_notices.revive(db, ids=[listed[0]["id"]]) == 1
         notices.wake(hub.app)
         event = await receivers.wait_for_event("store", "link.revoked", ann)
         assert event["id"] == listed[0]["message_id"]

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from identity import deliveries as status
 from identity.db.models import DeadLetter, Delivery, OutboxEvent, Service
 from identity.web.appkeys import DB
-from sync import status
 from sync.broker import EmbeddedBroker
 from tests.support import Hub
 from tests.sync.conftest import EXTERNAL_KAFKA, add_member

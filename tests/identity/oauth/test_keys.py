@@ -13,7 +13,8 @@ from joserfc.jwk import KeySet
 from sqlalchemy import select
 
 from identity.db.models import SigningKey
-from identity.oidc.keys import KeyCipher, ensure_keys, load_keys
+from identity.oidc.keys import ensure_keys, load_keys
+from identity.sealing import KeyCipher
 from identity.web.appkeys import CIPHER, DB
 from tests.support import Browser, Hub, RelyingParty, sign_in_through
 

@@ -1,5 +1,7 @@
-"""Reading and steering the sync state: a service's own status, resync, dead letters, and the
-figures behind the metrics. Functions take the caller's session and never commit."""
+"""The state of deliveries to member services, as the hub's data: which channels a service has, a
+service's own sync status, resync, dead letters and redelivery, and an endpoint's backlog made
+due again once it works. The sync worker (``sync/``) moves this state; the API, the console and
+the commands read and steer it here. Functions take the caller's session and never commit."""
 
 from __future__ import annotations
 
@@ -10,21 +12,20 @@ from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from identity import notices
 from identity.db.models import (
     ACTIVE,
+    PENDING,
     Account,
     DeadLetter,
     Delivery,
     Link,
-    OutboxEvent,
+    Notice,
     Service,
     utcnow,
 )
 from identity.db.upsert import insert_for
 from schemas.events import service_topic
-from sync import notices
-from sync.fanout import channels_of
-from sync.metrics import SyncMetrics
 
 RESYNC_CHUNK = 1000
 
@@ -277,18 +278,25 @@ async def redeliver(db: AsyncSession, *, client_id: str | None = None, ids: list
     return len(rows)
 
 
-async def refresh_gauges(db: AsyncSession, metrics: SyncMetrics) -> None:
-    now = utcnow()
-    pending, oldest = (
-        await db.execute(select(func.count(), func.min(OutboxEvent.created_at)).where(OutboxEvent.published_at.is_(None)))
-    ).one()
-    metrics.outbox_pending.set(pending)
-    metrics.outbox_lag.set(max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
+def channels_of(webhook_url: str | None, topic_enabled: bool) -> tuple[str, ...]:
+    """The channels a service is delivered to."""
+    if webhook_url:
+        return ("webhook", "topic") if topic_enabled else ("webhook",)
+    return ("topic",) if topic_enabled else ()
+
+
+async def resume(db: AsyncSession, service_ids: list[int]) -> None:
+    """An endpoint works again (or was fixed): its backlog is due now, with fresh retry clocks,
+    instead of waiting out schedules that were set while it failed. Its notices too."""
     d = Delivery.__table__.c
-    metrics.backlog.set(
-        await db.scalar(select(func.count()).select_from(Delivery.__table__).where(d.state == ACTIVE, d.wanted_version > d.delivered_version))
-        or 0
+    await db.execute(
+        update(Delivery.__table__)
+        .where(d.service_id.in_(service_ids), d.channel == "webhook", d.state == ACTIVE, d.attempts > 0)
+        .values(attempts=0, failing_since=None, next_attempt_at=utcnow())
     )
-    metrics.dead_letters.set(await db.scalar(select(func.count()).select_from(DeadLetter).where(open_dead_letter())) or 0)
-    metrics.quarantined.set(await db.scalar(select(func.count()).select_from(Service).where(Service.webhook_quarantined_at.is_not(None))) or 0)
-    metrics.disabled.set(await db.scalar(select(func.count()).select_from(Service).where(Service.webhook_disabled_at.is_not(None))) or 0)
+    n = Notice.__table__.c
+    await db.execute(
+        update(Notice.__table__)
+        .where(n.service_id.in_(service_ids), n.channel == "webhook", n.state == PENDING, n.attempts > 0)
+        .values(attempts=0, failing_since=None, next_attempt_at=utcnow())
+    )
