@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from prometheus_client import Gauge
 from pydantic import ValidationError
 from sqlalchemy import and_, bindparam, case, select, true, update
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -236,16 +237,19 @@ def parse(value: bytes | None) -> ProfileChanged | LinkCreated | None:
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    """Partitions are only given up once the batch in hand is recorded and committed."""
+    """Partitions are only given up once the batch in hand is recorded and committed; how many
+    this worker holds is a gauge (a group whose workers all hold some has settled)."""
 
-    def __init__(self, busy: asyncio.Lock) -> None:
+    def __init__(self, busy: asyncio.Lock, assigned: Gauge) -> None:
         self.busy = busy
+        self.assigned = assigned
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.busy:
-            pass
+            self.assigned.set(0)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.assigned.set(len(assigned))
         if assigned:
             log.info("sync worker: assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)))
 
@@ -279,7 +283,7 @@ class FanOut:
                 prefix = self.settings.kafka_topic_prefix
                 await kafka.ensure_topics(self.settings, self.bootstrap, {prefix + PROFILE_TOPIC: self.settings.kafka_profile_partitions})
                 consumer = kafka.consumer(self.settings, self.bootstrap, prefix + GROUP_ID)
-                consumer.subscribe([prefix + PROFILE_TOPIC], listener=_Rebalance(self.busy))
+                consumer.subscribe([prefix + PROFILE_TOPIC], listener=_Rebalance(self.busy, self.metrics.partitions_assigned))
                 await consumer.start()
                 backoff = 0.5
                 await self._consume(consumer)
@@ -292,6 +296,7 @@ class FanOut:
             finally:
                 if consumer is not None:
                     await consumer.stop()
+                    self.metrics.partitions_assigned.set(0)
 
     async def _record(self, events: list[ProfileChanged | LinkCreated], consumed: list[int]) -> DirectLease | None:
         """Record a batch in one transaction, retried a few times on a transient conflict

@@ -59,6 +59,11 @@ class SyncMetrics:
             "onesignin_sync_notices", "Notice delivery attempts (unlinks, rights requests, restrictions) by channel and result.",
             ["channel", "result"], registry=r,
         )
+        self.partitions_assigned = Gauge(
+            "onesignin_sync_partitions_assigned",
+            "Partitions of the hub's event topic this worker consumes (0 while its group rebalances).",
+            registry=r,
+        )
         self.backlog = Gauge("onesignin_sync_backlog", "Deliveries waiting (due or scheduled for retry).", registry=r)
         self.dead_letters = Gauge("onesignin_sync_dead_letters", "Deliveries that gave up and were not redelivered.", registry=r)
         self.quarantined = Gauge("onesignin_sync_quarantined_endpoints", "Webhook endpoints in quarantine.", registry=r)

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from identity import deliveries as status
 from identity.db.models import DeadLetter, Delivery, OutboxEvent, Service
-from identity.web.appkeys import DB
+from identity.web.appkeys import DB, SETTINGS
 from sync.broker import EmbeddedBroker
 from tests.support import Hub
 from tests.sync.conftest import EXTERNAL_KAFKA, add_member
@@ -239,6 +239,14 @@ class TestSeparateProcesses:
             await p.start()
         try:
             await _all_at(receivers, names, dict.fromkeys(subs, 1), timeout=90)
+            # The group has settled (each worker holds some of the partitions) before the changes.
+            partitions = hub.app[SETTINGS].kafka_profile_partitions
+            for _ in range(600):
+                assigned = [await w.metric("onesignin_sync_partitions_assigned") for w in workers]
+                if all(a > 0 for a in assigned) and sum(assigned) == partitions:
+                    break
+                await asyncio.sleep(0.1)
+            assert all(a > 0 for a in assigned) and sum(assigned) == partitions, assigned
             final = {}
             for round_ in range(3):
                 for sub in subs:
