@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""The hub beside node-oidc-provider (OpenID Certified; pinned in bench/peer/package.json): the
+``client_credentials`` grant and the introspection of a service token, per second, each server
+driven by the same load generator with the same flags, the two alternated in every round.
+
+The peer runs as one Node process with its in-memory storage and opaque access tokens (its
+cheapest configuration, bench/peer/peer.mjs); the hub as one ``onesignin serve`` process on the
+database given. Both answer on loopback; load comes from ``wrk`` (one thread).
+
+    apt-get install wrk nodejs npm      # once
+    python bench/bench_peer.py --database postgresql+asyncpg://postgres@127.0.0.1:5432/test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_hub import REDIRECT, Wrk, cli, free_port  # noqa: E402
+
+PEER = Path(__file__).resolve().parent / "peer"
+FIGURES = ("client_credentials", "introspection")
+
+
+async def _wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            if process.poll() is not None:
+                sys.exit(f"{url}: the server exited ({process.returncode})")
+            try:
+                async with http.get(url) as r:
+                    if r.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    sys.exit(f"{url}: the server did not come up")
+
+
+async def _token_and_check(base: str, token_path: str, introspection_path: str, auth: str, scope: str) -> str:
+    """A service token from ``base``, checked active at its introspection endpoint (what every
+    measured request then does)."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(base + token_path, data={"grant_type": "client_credentials", "scope": scope}, headers={"Authorization": auth}) as r:
+            body = await r.json()
+            if r.status != 200:
+                sys.exit(f"{base}: client_credentials answered {r.status}: {body}")
+        token = body["access_token"]
+        async with http.post(base + introspection_path, data={"token": token}, headers={"Authorization": auth}) as r:
+            seen = await r.json()
+            if r.status != 200 or seen.get("active") is not True:
+                sys.exit(f"{base}: introspection answered {r.status}: {seen}")
+    return token
+
+
+class Target:
+    """One server under test: where its endpoints are and how to call them."""
+
+    def __init__(self, name: str, base: str, token_path: str, introspection_path: str, auth: str, scope: str) -> None:
+        self.name, self.base, self.token_path, self.introspection_path = name, base, token_path, introspection_path
+        self.auth, self.scope, self.token = auth, scope, ""
+
+    def lua(self, figure: str) -> tuple[str, str]:
+        if figure == "client_credentials":
+            body = f"grant_type=client_credentials&scope={self.scope}"
+            path = self.token_path
+        else:
+            body = f"token={self.token}"
+            path = self.introspection_path
+        return path, (
+            'wrk.method = "POST"\n'
+            f'wrk.body = "{body}"\n'
+            'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n'
+            f'wrk.headers["Authorization"] = "{self.auth}"\n'
+        )
+
+
+@contextmanager
+def hub_process(database: str) -> Iterator[tuple[Target, subprocess.Popen[bytes]]]:
+    data_dir = Path(tempfile.mkdtemp(prefix="onesignin-bench-"))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = os.environ | {"ONESIGNIN_DATA_DIR": str(data_dir), "ONESIGNIN_ISSUER": base, "ONESIGNIN_SECRET_KEY": secrets.token_urlsafe(48)}
+    scratch_db = None
+    if database != "sqlite":
+        scratch_db = f"osi_bench_{uuid.uuid4().hex[:8]}"
+        subprocess.run(["psql", database.replace("+asyncpg", ""), "-qc", f'CREATE DATABASE "{scratch_db}"'], check=True)
+        env["ONESIGNIN_DATABASE_URL"] = database.rsplit("/", 1)[0] + "/" + scratch_db
+        cli(env, "migrate")
+    service = cli(env, "services", "add", "--name", "Bench", "--redirect-uri", REDIRECT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port), "--metrics-port", "0"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        auth = aiohttp.encode_basic_auth(service["client_id"], service["client_secret"])
+        yield Target("hub", base, "/token", "/introspect", auth, "openid"), process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        if scratch_db:
+            subprocess.run(["psql", database.replace("+asyncpg", ""), "-qc", f'DROP DATABASE "{scratch_db}" WITH (FORCE)'], check=False)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextmanager
+def peer_process() -> Iterator[tuple[Target, subprocess.Popen[bytes]]]:
+    if not shutil.which("node") or not shutil.which("npm"):
+        sys.exit("bench_peer needs Node.js and npm (Debian: apt-get install nodejs npm)")
+    if not (PEER / "node_modules" / "oidc-provider").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=PEER, check=True, stdout=subprocess.DEVNULL)
+    port = free_port()
+    client_id, client_secret = "bench", secrets.token_urlsafe(32)
+    process = subprocess.Popen(
+        ["node", "peer.mjs"], cwd=PEER, env=os.environ | {"PORT": str(port), "CLIENT_ID": client_id, "CLIENT_SECRET": client_secret},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        auth = aiohttp.encode_basic_auth(client_id, client_secret)
+        yield Target("node-oidc-provider", f"http://127.0.0.1:{port}", "/token", "/token/introspection", auth, "api"), process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database", default="sqlite", help="the hub's database: 'sqlite' (embedded) or a Postgres URL the bench may create databases in")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement (default 10)")
+    parser.add_argument("--connections", type=int, default=20, help="requests in flight (default 20)")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated rounds (default 3)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("bench_peer needs wrk (Debian: apt-get install wrk)")
+
+    scripts = Path(tempfile.mkdtemp(prefix="onesignin-wrk-"))
+    runs: dict[str, dict[str, list[float]]] = {figure: {"hub": [], "peer": []} for figure in FIGURES}
+    try:
+        with hub_process(args.database) as (hub, hub_proc), peer_process() as (peer, peer_proc):
+            await _wait_until_up(hub.base + "/healthz", hub_proc)
+            await _wait_until_up(peer.base + "/.well-known/openid-configuration", peer_proc)
+            for target in (hub, peer):
+                target.token = await _token_and_check(target.base, target.token_path, target.introspection_path, target.auth, target.scope)
+            for round_ in range(args.rounds):
+                # Each round alternates who goes first, so neither always meets a warmer machine.
+                order = [(hub, "hub"), (peer, "peer")] if round_ % 2 == 0 else [(peer, "peer"), (hub, "hub")]
+                for figure in FIGURES:
+                    for target, key in order:
+                        path, lua = target.lua(figure)
+                        wrk = Wrk(target.base, scripts, args.seconds, args.connections)
+                        rate = wrk.run(path, lua)
+                        runs[figure][key].append(rate)
+                        if not args.json:
+                            print(f"  round {round_ + 1}: {target.name:20s} {figure:20s} {rate:9.0f}/s", flush=True)
+    finally:
+        shutil.rmtree(scripts, ignore_errors=True)
+
+    results = {
+        figure: {
+            "hub_per_s": runs[figure]["hub"],
+            "peer_per_s": runs[figure]["peer"],
+            "ratios": [h / p for h, p in zip(runs[figure]["hub"], runs[figure]["peer"], strict=True)],
+        }
+        for figure in FIGURES
+    }
+    if args.json:
+        print(json.dumps({"database": args.database.split(":")[0], "connections": args.connections, "seconds": args.seconds, **results}, indent=2))
+        return
+    print(f"hub on {'SQLite (embedded)' if args.database == 'sqlite' else 'Postgres'}; {os.cpu_count()} cores; {args.connections} connections, {args.seconds:.0f} s per run")
+    print(f"  {'figure':20s} {'hub (median)':>14s} {'peer (median)':>14s}  ratio per round")
+    for figure, r in results.items():
+        ratios = " ".join(f"{x:.2f}" for x in r["ratios"])
+        print(f"  {figure:20s} {statistics.median(r['hub_per_s']):14.0f} {statistics.median(r['peer_per_s']):14.0f}  {ratios}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
