@@ -80,7 +80,6 @@ def test_a_webhook_is_quarantined_once_it_has_failed_for_the_quarantine_time() -
     assert quarantine_probe(naive, NOW, SETTINGS) == NOW + dt.timedelta(seconds=300)
 
 
-
 def test_backoff_doubles_up_to_its_ceiling_and_starts_again_after_a_success() -> None:
     backoff = Backoff(0.5, 3.0)
     assert [backoff.failed() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
