@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -28,7 +30,10 @@ from identity.deliveries import channels_of
 from identity.settings import Settings
 from schemas.events import PROFILE_TOPIC, LinkCreated, ProfileChanged, hub_event
 from sync import kafka, projection
-from sync.deliver import ACCOUNT_COLUMNS, CLAIMED_COLUMNS, Deliverer, DirectLease
+from sync.backoff import Backoff
+from sync.deliver import ACCOUNT_COLUMNS, CLAIMED_COLUMNS
+from sync.endpoints import Room
+from sync.engine import Engine
 from sync.metrics import SyncMetrics
 
 log = logging.getLogger(__name__)
@@ -48,27 +53,52 @@ class _Target:
     channels: tuple[str, ...]
 
 
-async def record(
-    db: AsyncSession, events: list[ProfileChanged | LinkCreated], *, echo_suppression: bool, lease: DirectLease | None = None
-) -> int:
-    """Record the deliveries ``events`` call for; return how many rows were touched. With a
-    ``lease``, rows within its room are leased to the caller as they are recorded."""
+@dataclass(frozen=True)
+class Taken:
+    """What a recording given :class:`sync.endpoints.Room` took: the rows it leased to the
+    worker (``CLAIMED_COLUMNS``), to be sent once its transaction commits, with the accounts
+    (``ACCOUNT_COLUMNS`` rows by id) and active links' scopes (by account and service) it read,
+    from which their jobs are built. ``count``: the rows touched; ``left``: rows recorded due
+    but not taken (for the claims); ``in_flight``: rows superseded while being sent."""
+
+    count: int = 0
+    rows: tuple[Any, ...] = ()
+    left: int = 0
+    in_flight: int = 0
+    accounts: Mapping[int, Any] = field(default_factory=lambda: MappingProxyType({}))
+    scopes: Mapping[tuple[int, int], str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+async def record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], *, echo_suppression: bool) -> int:
+    """Record the deliveries ``events`` call for; return how many rows were touched."""
+    return (await _record(db, events, echo_suppression=echo_suppression, room=None)).count
+
+
+async def record_taking(db: AsyncSession, events: list[ProfileChanged | LinkCreated], *, echo_suppression: bool, room: Room) -> Taken:
+    """Record the deliveries ``events`` call for, and lease the rows within ``room`` to the
+    caller as they are recorded (no claim in between): what was taken."""
+    return await _record(db, events, echo_suppression=echo_suppression, room=room)
+
+
+async def _record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], *, echo_suppression: bool, room: Room | None) -> Taken:
     subs = {e.sub for e in events}
     if not subs:
-        return 0
+        return Taken()
     # An erased account (gone) or one restricted (a child without a guardian's consent) is
     # shared with nobody: its events call for no delivery.
-    if lease is None:
+    read: dict[int, Any] = {}
+    scopes: dict[tuple[int, int], str] = {}
+    if room is None:
         accounts = dict(
             (await db.execute(select(Account.sub, Account.id).where(Account.sub.in_(subs), Account.status == "active"))).all()
         )
     else:
         # The deliverer builds what it takes from these very rows.
         rows = (await db.execute(select(*ACCOUNT_COLUMNS).where(Account.sub.in_(subs), Account.status == "active"))).all()
-        lease.accounts = {a.id: a for a in rows}
+        read = {a.id: a for a in rows}
         accounts = {a.sub: a.id for a in rows}
     if not accounts:
-        return 0
+        return Taken()
     # Only the columns needed: a whole Service per link would decode its JSON columns each time.
     links = await db.execute(
         select(Link.account_id, Link.service_id, Link.scope, Service.client_id, Service.webhook_url, Service.topic_enabled)
@@ -77,8 +107,8 @@ async def record(
     )
     targets: dict[int, list[_Target]] = {}
     for account_id, service_id, scope, client_id, webhook_url, topic_enabled in links:
-        if lease is not None:
-            lease.scopes[(account_id, service_id)] = scope
+        if room is not None:
+            scopes[(account_id, service_id)] = scope
         channels = channels_of(webhook_url, topic_enabled)
         if channels:
             targets.setdefault(account_id, []).append(_Target(account_id, service_id, client_id, scope, channels))
@@ -132,29 +162,32 @@ async def record(
                     row["first_pending_at"] = min(row["first_pending_at"], event.occurred_at)
     # Rows are locked in key order, as the deliverer's updates do, so the two never deadlock.
     values = [wanted[key] for key in sorted(wanted)]
-    if lease is None:
+    taken: list[Any] = []
+    left = in_flight = 0
+    if room is None:
         statement = _upsert(db)
         for start in range(0, len(values), UPSERT_CHUNK):
             await db.execute(statement, values[start : start + UPSERT_CHUNK])
     else:
+        free = dict(room.room)
         for row in values:
             key = (row["service_id"], row["channel"])
-            if lease.room.get(key, 0) > 0:
-                lease.room[key] -= 1
-                row["next_attempt_at"] = lease.until
+            if free.get(key, 0) > 0:
+                free[key] -= 1
+                row["next_attempt_at"] = room.until
         statement = _upsert(db, returning=True)
         for start in range(0, len(values), UPSERT_CHUNK):
             for row in await db.execute(statement, values[start : start + UPSERT_CHUNK]):
                 # Leased by this recording, not an earlier pending row's schedule (kept as it was).
-                if row.next_attempt_at == lease.until:
-                    lease.taken.append(row)
+                if row.next_attempt_at == room.until:
+                    taken.append(row)
                 elif row.next_attempt_at <= now:
-                    lease.left += 1
+                    left += 1
                 else:
-                    lease.in_flight += 1
+                    in_flight += 1
     if known:
         await _note_known(db, known)
-    return len(values)
+    return Taken(len(values), tuple(taken), left, in_flight, MappingProxyType(read), MappingProxyType(scopes))
 
 
 _UPSERTS: dict[tuple[str, bool], Any] = {}
@@ -263,7 +296,7 @@ class FanOut:
         *,
         metrics: SyncMetrics,
         wake: asyncio.Event | None = None,
-        deliverer: Deliverer | None = None,
+        deliverer: Engine | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
@@ -276,7 +309,7 @@ class FanOut:
         self.busy = asyncio.Lock()
 
     async def run(self) -> None:
-        backoff = 0.5
+        backoff = Backoff(ceiling=MAX_BACKOFF)
         while True:
             consumer: AIOKafkaConsumer | None = None
             try:
@@ -285,33 +318,38 @@ class FanOut:
                 consumer = kafka.consumer(self.settings, self.bootstrap, prefix + GROUP_ID)
                 consumer.subscribe([prefix + PROFILE_TOPIC], listener=_Rebalance(self.busy, self.metrics.partitions_assigned))
                 await consumer.start()
-                backoff = 0.5
+                backoff.succeeded()
                 await self._consume(consumer)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("sync worker: %s: %s; reconnecting in %.1f s", type(exc).__name__, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                delay = backoff.failed()
+                log.warning("sync worker: %s: %s; reconnecting in %.1f s", type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
             finally:
                 if consumer is not None:
                     await consumer.stop()
                     self.metrics.partitions_assigned.set(0)
 
-    async def _record(self, events: list[ProfileChanged | LinkCreated], consumed: list[int]) -> DirectLease | None:
+    async def _record(self, events: list[ProfileChanged | LinkCreated], consumed: list[int]) -> tuple[Taken | None, list[Any]]:
         """Record a batch in one transaction, retried a few times on a transient conflict
-        (a deadlock or a busy database) before the consumer gives up and reconnects. Returns the
-        lease of what the worker's deliverer took (its jobs in ``taken``), if it took part."""
+        (a deadlock or a busy database) before the consumer gives up and reconnects. Returns what
+        the worker's deliverer took, if it took part, and the jobs built for it."""
         for attempt in range(1, 6):
             try:
-                lease = self.deliverer.direct_lease() if self.deliverer is not None else None
+                room = self.deliverer.room() if self.deliverer is not None else None
+                taken: Taken | None = None
+                jobs: list[Any] = []
                 async with self.sessions.begin() as db:
-                    await record(db, events, echo_suppression=self.settings.sync_echo_suppression, lease=lease)
-                    if lease is not None and self.deliverer is not None:
-                        lease.jobs = await self.deliverer.prepare(db, lease)
+                    echo = self.settings.sync_echo_suppression
+                    if room is None or self.deliverer is None:
+                        await record(db, events, echo_suppression=echo)
+                    else:
+                        taken = await record_taking(db, events, echo_suppression=echo, room=room)
+                        jobs = await self.deliverer.jobs_for(db, taken)
                     if consumed:
                         await db.execute(update(OutboxEvent).where(OutboxEvent.id.in_(consumed)).values(consumed_at=utcnow()))
-                return lease
+                return taken, jobs
             except (OperationalError, DBAPIError) as exc:
                 if attempt == 5 or getattr(exc, "connection_invalidated", False):
                     raise
@@ -350,13 +388,12 @@ class FanOut:
                         events.append(event)
                         self.metrics.events_consumed.labels(event.type).inc()
                     offsets[tp] = messages[-1].offset + 1
-                lease = None
+                taken: Taken | None = None
                 if events or consumed:
-                    lease = await whole(self._record(events, consumed))
-                if lease is not None and self.deliverer is not None:
-                    self.deliverer.start(lease.jobs)
-                    self.deliverer.recheck = self.deliverer.recheck or lease.in_flight > 0
+                    taken, jobs = await whole(self._record(events, consumed))
+                    if taken is not None and self.deliverer is not None:
+                        self.deliverer.start(jobs, superseded=taken.in_flight)
                 # Only now is the work durable: commit the offsets.
                 await consumer.commit(offsets)
-            if self.wake is not None and (lease is None or lease.left):
+            if self.wake is not None and (taken is None or taken.left):
                 self.wake.set()  # rows are due that this worker did not take: the deliverer claims them

@@ -34,6 +34,7 @@ from identity.db.units import whole
 from identity.settings import Settings
 from schemas.events import PROFILE_TOPIC
 from sync import kafka
+from sync.backoff import Backoff
 from sync.metrics import SyncMetrics
 
 log = logging.getLogger(__name__)
@@ -93,13 +94,13 @@ class Relay:
 
     async def run(self) -> None:
         """Publish forever; survives Kafka and database outages."""
-        backoff = 0.5
+        backoff = Backoff(ceiling=MAX_BACKOFF)
         try:
             while True:
                 try:
                     await self._connect()
                     published = await self.publish_batch()
-                    backoff = 0.5
+                    backoff.succeeded()
                     await self._cleanup_now_and_then()
                     await self._republish_now_and_then()
                     if published < self.settings.relay_batch_size:
@@ -108,15 +109,15 @@ class Relay:
                     raise
                 except Exception as exc:
                     self.metrics.relay_errors.inc()
+                    delay = backoff.failed()
                     if not isinstance(exc, kafka.TopicLayoutError):  # logged with its fix by the check
-                        log.warning("outbox relay: %s; retrying in %.1f s", _describe(exc), backoff)
+                        log.warning("outbox relay: %s; retrying in %.1f s", _describe(exc), delay)
                     # Nothing cached outlives an error: the topic is checked again, and a broker
                     # error gets a new producer (new connections, metadata read afresh).
                     self._checked_at = -1e9
                     if not isinstance(exc, SQLAlchemyError):
                         await self._disconnect()
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    await asyncio.sleep(delay)
         finally:
             await self._disconnect()
             await self.topics.close()

@@ -20,12 +20,15 @@ from identity.sealing import KeyCipher
 from identity.settings import Settings
 from identity.web import appkeys as K
 from sync.broker import EmbeddedBroker
-from sync.deliver import Deliverer
+from sync.deliver import Deliveries
+from sync.endpoints import Endpoints
+from sync.engine import Engine, Sender
 from sync.fanout import FanOut
 from sync.gauges import refresh_gauges
 from sync.metrics import SyncMetrics
-from sync.notices import NoticeDeliverer
+from sync.notices import Notices
 from sync.relay import Relay, unpublish_unconsumed
+from sync.service_topics import ServiceTopics
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ BOOTSTRAP = web.AppKey("kafka_bootstrap", str)
 TASKS = web.AppKey("sync_tasks", dict)
 EMBEDDED = web.AppKey("embedded_broker", EmbeddedBroker)
 METRICS = web.AppKey("sync_metrics", SyncMetrics)
-DELIVERER = web.AppKey("sync_deliverer", Deliverer)
+DELIVERER = web.AppKey("sync_deliverer", Engine)
 #: Where the hub's metrics server answers (``http://host:port/metrics``), once it listens.
 METRICS_URL = web.AppKey("metrics_url", str)
 
@@ -109,31 +112,37 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
     async with outbound.client(
         settings, user_agent="OneSignIn-Webhooks/1", limit=settings.sync_concurrency, keepalive_timeout=60
     ) as http:
-        deliverer = Deliverer(
-            settings, app[K.DB], app[K.CIPHER], http,
-            bootstrap=app[BOOTSTRAP], idempotent=idempotent(app), metrics=app[METRICS], wake=wake,
+        bootstrap = app[BOOTSTRAP]
+        # One registry of endpoints and one sender (one Kafka producer) for both kinds: a 410 to
+        # a notice closes the webhook to deliveries at once, and the other way round.
+        endpoints = Endpoints(settings, app[K.DB], app[K.CIPHER], topics=True)
+        sender = Sender(
+            settings, http, ServiceTopics(settings, app[K.DB], bootstrap, idempotent=idempotent(app), metrics=app[METRICS])
         )
+        deliverer = Engine(Deliveries(settings), settings, app[K.DB], endpoints, sender, metrics=app[METRICS], wake=wake)
         app[DELIVERER] = deliverer
-        fanout = FanOut(settings, app[K.DB], app[BOOTSTRAP], metrics=app[METRICS], wake=wake, deliverer=deliverer)
-        # Notices go through the deliverer's Kafka producer, so they stop first.
-        notice_deliverer = NoticeDeliverer(
-            settings, app[K.DB], app[K.CIPHER], http, publisher=deliverer, metrics=app[METRICS], wake=app[notices.WAKE]
-        )
+        fanout = FanOut(settings, app[K.DB], bootstrap, metrics=app[METRICS], wake=wake, deliverer=deliverer)
+        notice_deliverer = Engine(Notices(settings), settings, app[K.DB], endpoints, sender, metrics=app[METRICS], wake=app[notices.WAKE])
+        watcher = asyncio.create_task(sender.watch_topics_forever(endpoints), name="sync-topics")
         tasks = [
             asyncio.create_task(notice_deliverer.run(), name="sync-notices"),
             asyncio.create_task(fanout.run(), name="sync-fanout"),
             asyncio.create_task(deliverer.run(), name="sync-deliverer"),
         ]
         app[TASKS].update({t.get_name(): t for t in tasks})
-        yield
-        tasks[0].cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await tasks[0]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
+        try:
+            yield
+        finally:
+            # Notices stop first, then the fan-out and the deliverer; the producer they share last.
+            tasks[0].cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await tasks[0]
+            for task in [*tasks, watcher]:
+                task.cancel()
+            for task in [*tasks, watcher]:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await sender.close()
 
 
 async def _refresh(app: web.Application) -> None:

@@ -13,15 +13,35 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from sqlalchemy import select
 
 from identity import outbox
 from identity.accounts.store import find_by_sub, update_details
 from identity.db.models import Account, Delivery, Link, Service, utcnow
-from identity.web.appkeys import DB
+from identity.settings import Settings
+from identity.web.appkeys import CIPHER, DB
 from schemas.events import LinkCreated
+from sync.deliver import Deliveries
+from sync.endpoints import Endpoints
+from sync.engine import Engine, Sender
+from sync.metrics import SyncMetrics
+from sync.notices import Notices
 from tests.conftest import free_port
 from tests.support import Hub
+
+
+def engines(hub: Hub, http: aiohttp.ClientSession, settings: Settings | None = None) -> tuple[Engine, Engine]:
+    """A worker's two engines (profile deliveries, notices) sharing one endpoint registry, as
+    ``sync.runtime`` wires them, without Kafka, for a test that plays the worker step by step."""
+    settings = settings or hub.settings
+    endpoints = Endpoints(settings, hub.app[DB], hub.app[CIPHER], topics=False)
+    sender = Sender(settings, http, None)
+    metrics = SyncMetrics()
+    return (
+        Engine(Deliveries(settings), settings, hub.app[DB], endpoints, sender, metrics=metrics),
+        Engine(Notices(settings), settings, hub.app[DB], endpoints, sender, metrics=metrics),
+    )
 
 
 async def link_directly(hub: Hub, subs: list[str], client_id: str, scope: str = "openid profile email") -> None:

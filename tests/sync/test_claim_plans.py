@@ -12,12 +12,10 @@ import aiohttp
 import pytest
 from sqlalchemy import event
 
-from identity.web.appkeys import CIPHER, DB, ENGINE
-from sync.deliver import Deliverer
-from sync.metrics import SyncMetrics
-from sync.notices import NoticeDeliverer
+from identity.web.appkeys import ENGINE
 from tests.support import Hub
 from tests.sync.conftest import add_member
+from tests.sync.helpers import engines
 from tests.sync.receivers import Receivers
 
 
@@ -67,11 +65,9 @@ async def test_claims_use_the_due_indexes_in_generic_plans(hub: Hub, receivers: 
     event.listen(engine, "before_cursor_execute", capture)
     try:
         async with aiohttp.ClientSession() as http:
-            deliverer = Deliverer(hub.settings, hub.app[DB], hub.app[CIPHER], http, bootstrap=None, idempotent=False, metrics=SyncMetrics())
-            await deliverer._refresh_endpoints(force=True)
+            deliverer, notices = engines(hub, http)
+            await deliverer.endpoints.refresh(force=True)
             await deliverer.claim(10)
-            notices = NoticeDeliverer(hub.settings, hub.app[DB], hub.app[CIPHER], http, publisher=deliverer, metrics=SyncMetrics())
-            await notices._refresh_endpoints()
             await notices.claim(10)
     finally:
         event.remove(engine, "before_cursor_execute", capture)

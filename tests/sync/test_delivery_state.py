@@ -15,12 +15,12 @@ from identity.db.models import Account, DeadLetter, Delivery, Service, utcnow
 from identity.web.appkeys import CIPHER, DB
 from schemas.events import LinkCreated, ProfileChanged
 from sync import fanout
-from sync.deliver import Deliverer, _Result
-from sync.metrics import SyncMetrics
+from sync.endpoints import Room
+from sync.engine import Result
 from sync.webhooks import Outcome
 from tests.support import Hub
 from tests.sync.conftest import add_member
-from tests.sync.helpers import add_people, link_directly
+from tests.sync.helpers import add_people, engines, link_directly
 from tests.sync.receivers import Receivers
 
 
@@ -51,8 +51,8 @@ async def test_a_relink_during_an_in_flight_delivery_still_gets_its_snapshot(hub
         await fanout.record(db, [ProfileChanged(id="e1", sub=sub, version=1, changed=["given_name"], channel="support", occurred_at=now)], echo_suppression=True)
 
     async with aiohttp.ClientSession() as http:
-        deliverer = Deliverer(hub.settings, hub.app[DB], hub.app[CIPHER], http, bootstrap=None, idempotent=False, metrics=SyncMetrics())
-        await deliverer._refresh_endpoints(force=True)
+        deliverer = engines(hub, http)[0]
+        await deliverer.endpoints.refresh(force=True)
         [job] = await deliverer.claim(10)
         first_id = job.message_id
 
@@ -62,7 +62,7 @@ async def test_a_relink_during_an_in_flight_delivery_still_gets_its_snapshot(hub
 
         # The in-flight delivery succeeds: it must not settle the newer request.
         async with hub.app[DB].begin() as db:
-            await deliverer._record(db, [_Result(job, Outcome("ok"), now)])
+            await deliverer.record(db, [Result(job, Outcome("ok"), now)])
         row = await _row(hub)
         assert row.snapshot and row.wanted_version > row.delivered_version
 
@@ -71,7 +71,7 @@ async def test_a_relink_during_an_in_flight_delivery_still_gets_its_snapshot(hub
         assert '"type":"profile.snapshot"' in again.body
         assert again.message_id != first_id
         async with hub.app[DB].begin() as db:
-            await deliverer._record(db, [_Result(again, Outcome("ok"), now)])
+            await deliverer.record(db, [Result(again, Outcome("ok"), now)])
         row = await _row(hub)
         assert not row.snapshot and row.delivered_version == row.wanted_version
         assert await deliverer.claim(10) == []  # settled
@@ -88,11 +88,11 @@ async def test_a_retry_keeps_its_message_id(hub: Hub, receivers: Receivers) -> N
         await fanout.record(db, [ProfileChanged(id="e1", sub=sub, version=1, changed=["name"], channel="support", occurred_at=account.updated_at)], echo_suppression=True)
     settings = hub.settings.model_copy(update={"sync_retry_schedule": [0.0001]})
     async with aiohttp.ClientSession() as http:
-        deliverer = Deliverer(settings, hub.app[DB], hub.app[CIPHER], http, bootstrap=None, idempotent=False, metrics=SyncMetrics())
-        await deliverer._refresh_endpoints(force=True)
+        deliverer = engines(hub, http, settings)[0]
+        await deliverer.endpoints.refresh(force=True)
         [job] = await deliverer.claim(10)
         async with hub.app[DB].begin() as db:
-            await deliverer._record(db, [_Result(job, Outcome("retry", "HTTP 503"), account.updated_at)])
+            await deliverer.record(db, [Result(job, Outcome("retry", "HTTP 503"), account.updated_at)])
         [retry] = await deliverer.claim(10)
         assert retry.message_id == job.message_id and retry.attempts == 1
 
@@ -112,18 +112,20 @@ async def test_deliveries_taken_as_they_are_recorded_are_leased_within_the_room_
         return ProfileChanged(id=f"e{sub}{version}", sub=sub, version=version, changed=["given_name"], channel="support", occurred_at=now)
 
     async with aiohttp.ClientSession() as http:
-        deliverer = Deliverer(hub.settings, hub.app[DB], hub.app[CIPHER], http, bootstrap=None, idempotent=False, metrics=SyncMetrics())
-        assert deliverer.direct_lease() is None  # not running: nothing is taken
+        deliverer = engines(hub, http)[0]
+        assert deliverer.room() is None  # not running: nothing is taken
         deliverer.accepting = True
-        await deliverer._refresh_endpoints(force=True)
-        service_id = next(iter(deliverer.endpoints))
-        lease = deliverer.direct_lease()
-        assert lease is not None
-        lease.room[(service_id, "webhook")] = 2  # room for two of the three
+        await deliverer.endpoints.refresh(force=True)
+        service_id = next(iter(deliverer.endpoints.by_id))
+        room = deliverer.room()
+        assert room is not None
+        room = Room(until=room.until, room={(service_id, "webhook"): 2})  # room for two of the three
         async with hub.app[DB].begin() as db:
-            assert await fanout.record(db, [changed(s, 1) for s in subs], echo_suppression=True, lease=lease) == 3
-            jobs = await deliverer.prepare(db, lease)
-        assert len(jobs) == 2 and lease.left == 1 and lease.in_flight == 0
+            taken = await fanout.record_taking(db, [changed(s, 1) for s in subs], echo_suppression=True, room=room)
+            assert taken.count == 3
+            jobs = await deliverer.jobs_for(db, taken)
+        assert len(jobs) == 2 and taken.left == 1 and taken.in_flight == 0
+        assert room.room == {(service_id, "webhook"): 2}  # the room handed over is not written to
         assert {j.sub for j in jobs} < set(subs)
         assert all(f'"sub":"{j.sub}"' in j.body and j.channel == "webhook" for j in jobs)
 
@@ -133,16 +135,16 @@ async def test_deliveries_taken_as_they_are_recorded_are_leased_within_the_room_
 
         # A newer change to a person whose delivery is in flight: that row keeps its lease.
         in_flight = jobs[0]
-        lease = deliverer.direct_lease()
-        assert lease is not None
+        room = deliverer.room()
+        assert room is not None
         async with hub.app[DB].begin() as db:
-            await fanout.record(db, [changed(in_flight.sub, 2)], echo_suppression=True, lease=lease)
-            assert await deliverer.prepare(db, lease) == []
-        assert lease.in_flight == 1 and lease.left == 0
+            taken = await fanout.record_taking(db, [changed(in_flight.sub, 2)], echo_suppression=True, room=room)
+            assert await deliverer.jobs_for(db, taken) == []
+        assert taken.in_flight == 1 and taken.left == 0
 
         # Its outcome leaves the newer version due at once, for a claim.
         async with hub.app[DB].begin() as db:
-            await deliverer._record(db, [_Result(in_flight, Outcome("ok"), now)])
+            await deliverer.record(db, [Result(in_flight, Outcome("ok"), now)])
         [newer] = await deliverer.claim(10)
         assert newer.sub == in_flight.sub and newer.message_id != in_flight.message_id
 
@@ -184,11 +186,11 @@ async def test_a_failure_that_comes_after_another_attempt_delivered_is_not_recor
         await fanout.record(db, [ProfileChanged(id="e1", sub=sub, version=1, changed=["name"], channel="support", occurred_at=account.updated_at)], echo_suppression=True)
     settings = hub.settings.model_copy(update={"sync_retry_schedule": [0.0001], "sync_give_up_after": 0.5})
     async with aiohttp.ClientSession() as http:
-        deliverer = Deliverer(settings, hub.app[DB], hub.app[CIPHER], http, bootstrap=None, idempotent=False, metrics=SyncMetrics())
-        await deliverer._refresh_endpoints(force=True)
+        deliverer = engines(hub, http, settings)[0]
+        await deliverer.endpoints.refresh(force=True)
         [first] = await deliverer.claim(10)
         async with hub.app[DB].begin() as db:
-            await deliverer._record(db, [_Result(first, Outcome("retry", "HTTP 503"), utcnow())])
+            await deliverer.record(db, [Result(first, Outcome("retry", "HTTP 503"), utcnow())])
         # Failing for a while: the next failure recorded would be the last (given up).
         [stalled] = await deliverer.claim(10)
         assert stalled.failing_since is not None
@@ -197,9 +199,9 @@ async def test_a_failure_that_comes_after_another_attempt_delivered_is_not_recor
         [taken] = await deliverer.claim(10)
         assert taken.delivery_id == stalled.delivery_id
         async with hub.app[DB].begin() as db:
-            await deliverer._record(db, [_Result(taken, Outcome("ok"), utcnow())])
+            await deliverer.record(db, [Result(taken, Outcome("ok"), utcnow())])
         async with hub.app[DB].begin() as db:
-            await deliverer._record(db, [_Result(stalled, Outcome("retry", "HTTP 500"), utcnow() + dt.timedelta(seconds=1))])
+            await deliverer.record(db, [Result(stalled, Outcome("retry", "HTTP 500"), utcnow() + dt.timedelta(seconds=1))])
 
     row = await _row(hub)
     assert row.state == "active" and row.delivered_version == row.wanted_version == 1
@@ -224,32 +226,33 @@ async def test_a_webhook_that_answered_410_gets_nothing_more_from_this_worker(hu
         await fanout.record(db, [ProfileChanged(id="e1", sub=sub, version=1, changed=["name"], channel="support", occurred_at=account.updated_at)], echo_suppression=True)
     receivers["store"].fail_with = 410
     async with aiohttp.ClientSession() as http:
-        deliverer = Deliverer(hub.settings, hub.app[DB], hub.app[CIPHER], http, bootstrap=None, idempotent=False, metrics=SyncMetrics())
+        deliverer = engines(hub, http)[0]
         deliverer.accepting = True
-        await deliverer._refresh_endpoints(force=True)
-        service_id = next(iter(deliverer.endpoints))
-        lease = deliverer.direct_lease()
-        assert lease is not None and (service_id, "webhook") in lease.room
+        await deliverer.endpoints.refresh(force=True)
+        service_id = next(iter(deliverer.endpoints.by_id))
+        room = deliverer.room()
+        assert room is not None and (service_id, "webhook") in room.room
         [job] = await deliverer.claim(10)
-        await deliverer._send(job)
+        await deliverer.send(job)
         assert [r.outcome.result for r in deliverer.results] == ["gone"]
 
         # Answered, not yet recorded: already closed, and still after the endpoints are read again.
         for _ in range(2):
-            lease = deliverer.direct_lease()
-            assert lease is not None and (service_id, "webhook") not in lease.room
-            assert service_id in deliverer._excluded()[0]
-            await deliverer._refresh_endpoints(force=True)
+            room = deliverer.room()
+            assert room is not None and (service_id, "webhook") not in room.room
+            assert service_id in deliverer.endpoints.closed(deliverer.inflight)[0]
+            await deliverer.endpoints.refresh(force=True)
 
-        await deliverer._flush()
+        await deliverer.flush()
         async with hub.app[DB]() as db:
             assert await db.scalar(select(Service.webhook_disabled_at).where(Service.id == service_id)) is not None
-        await deliverer._refresh_endpoints()  # read again after the commit
-        assert deliverer.endpoints[service_id].disabled
+        await deliverer.endpoints.refresh()  # read again after the commit
+        endpoint = deliverer.endpoints.get(service_id)
+        assert endpoint is not None and endpoint.disabled
 
         # Enabled again by the operator: once read, the webhook is open again.
         async with hub.app[DB].begin() as db:
             await admin.update_service_sync(db, hub.app[CIPHER], store.rp.client_id, webhook_url=receivers.url("store"))
-        await deliverer._refresh_endpoints(force=True)
-        lease = deliverer.direct_lease()
-        assert lease is not None and (service_id, "webhook") in lease.room
+        await deliverer.endpoints.refresh(force=True)
+        room = deliverer.room()
+        assert room is not None and (service_id, "webhook") in room.room

@@ -23,7 +23,7 @@ from identity.accounts.store import find_by_sub
 from identity.db.models import Delivery, Notice, Service
 from identity.web.appkeys import CIPHER, DB
 from schemas.events import LinkRevoked, LinkRevokedData, service_event
-from sync import notices as sync_notices
+from sync import endpoints as sync_endpoints
 from sync.runtime import DELIVERER
 from tests.support import Browser, Hub, form
 from tests.sync.conftest import Member, add_member, link, service_token
@@ -311,7 +311,7 @@ async def test_a_notice_to_a_disabled_webhook_waits_and_is_sent_once_it_is_enabl
         assert service is not None
         service.webhook_disabled_at = notices.timestamp()
         url = service.webhook_url
-    await asyncio.sleep(sync_notices.ENDPOINTS_REFRESH + 2)  # the worker has read it disabled
+    await asyncio.sleep(sync_endpoints.REFRESH + 2)  # the worker has read it disabled
 
     await _unlink(browser, store)
     async with hub.app[DB]() as db:

@@ -13,14 +13,13 @@ from sqlalchemy import select, update
 
 from identity import notices
 from identity.db.models import Notice, Service, utcnow
-from identity.web.appkeys import CIPHER, DB
+from identity.web.appkeys import DB
 from schemas.events import LinkRevoked, LinkRevokedData
 from sync import webhooks
-from sync.deliver import Deliverer
-from sync.metrics import SyncMetrics
-from sync.notices import NoticeDeliverer
+from sync.engine import Result
 from tests.support import Hub
 from tests.sync.conftest import add_member
+from tests.sync.helpers import engines
 from tests.sync.receivers import Receivers
 
 
@@ -46,11 +45,8 @@ async def test_a_late_outcome_of_an_attempt_whose_lease_ran_out_is_not_counted(
         notices.add(db, service, None, "someone", notice)
 
     async with aiohttp.ClientSession() as http:
-        deliverer = Deliverer(
-            hub.settings, hub.app[DB], hub.app[CIPHER], http, bootstrap=None, idempotent=False, metrics=SyncMetrics()
-        )
-        taker = NoticeDeliverer(hub.settings, hub.app[DB], hub.app[CIPHER], http, publisher=deliverer, metrics=SyncMetrics())
-        await taker._refresh_endpoints()
+        _, taker = engines(hub, http)
+        await taker.endpoints.refresh()
         [first] = await taker.claim(10)
         assert await taker.claim(10) == []  # leased: nobody else takes it meanwhile
 
@@ -60,8 +56,10 @@ async def test_a_late_outcome_of_an_attempt_whose_lease_ran_out_is_not_counted(
             await db.execute(update(Notice).where(Notice.id == first.id).values(next_attempt_at=utcnow()))
         [second] = await taker.claim(10)
         assert second.id == first.id and second.attempts == first.attempts == 0
-        await taker._record_now(second, webhooks.Outcome("retry", "HTTP 503", status=503, retry_after=60))
-        await taker._record_now(first, webhooks.Outcome("retry", "HTTP 500", status=500))
+        async with hub.app[DB].begin() as db:
+            await taker.record(db, [Result(second, webhooks.Outcome("retry", "HTTP 503", status=503, retry_after=60), utcnow())])
+        async with hub.app[DB].begin() as db:
+            await taker.record(db, [Result(first, webhooks.Outcome("retry", "HTTP 500", status=500), utcnow())])
 
     async with hub.app[DB]() as db:
         row = await db.get(Notice, first.id)
@@ -84,36 +82,66 @@ async def test_a_410_to_a_notice_closes_the_webhook_to_profile_deliveries_at_onc
     receivers["store"].fail_with = 410
 
     async with aiohttp.ClientSession() as http:
-        deliverer = Deliverer(
-            hub.settings, hub.app[DB], hub.app[CIPHER], http, bootstrap=None, idempotent=False, metrics=SyncMetrics()
-        )
+        deliverer, taker = engines(hub, http)
         deliverer.accepting = True
-        await deliverer._refresh_endpoints(force=True)
-        taker = NoticeDeliverer(hub.settings, hub.app[DB], hub.app[CIPHER], http, publisher=deliverer, metrics=SyncMetrics())
-        await taker._refresh_endpoints()
-        lease = deliverer.direct_lease()
-        assert lease is not None and (service.id, "webhook") in lease.room
+        await deliverer.endpoints.refresh(force=True)
+        room = deliverer.room()
+        assert room is not None and (service.id, "webhook") in room.room
         [job] = await taker.claim(10)
 
-        seen_while_recording: list[bool] = []
-        record = taker._record_now
+        await taker.send(job)  # answered 410, not yet recorded
+        assert [r.outcome.result for r in taker.results] == ["gone"]
+        for _ in range(2):  # closed to profile deliveries at once, even once the endpoints are read again
+            room = deliverer.room()
+            assert room is not None and (service.id, "webhook") not in room.room
+            assert service.id in deliverer.endpoints.closed(deliverer.inflight)[0]
+            await deliverer.endpoints.refresh(force=True)  # read before the disabling commits
 
-        async def recording(job: Any, outcome: webhooks.Outcome) -> None:
-            lease = deliverer.direct_lease()
-            await deliverer._refresh_endpoints(force=True)  # read before the disabling commits
-            seen_while_recording.append(
-                lease is not None
-                and (service.id, "webhook") not in lease.room
-                and service.id in deliverer._excluded()[0]
-            )
-            await record(job, outcome)
-
-        taker._record_now = recording  # type: ignore[method-assign]
-        await taker._deliver(job)
-        assert seen_while_recording == [True]
-        assert deliverer._gone == set()
-        await deliverer._refresh_endpoints()  # due again: read after the commit
-        assert deliverer.endpoints[service.id].disabled
+        await taker.flush()
+        await deliverer.endpoints.refresh()  # due again: read after the commit
+        endpoint = deliverer.endpoints.get(service.id)
+        assert endpoint is not None and endpoint.disabled
 
     async with hub.app[DB]() as db:
         assert await db.scalar(select(Service.webhook_disabled_at).where(Service.id == service.id)) is not None
+
+
+async def test_a_notice_failing_counts_toward_the_webhooks_quarantine_and_a_notice_accepted_ends_it(
+    hub: Hub, receivers: Receivers
+) -> None:
+    """A failing webhook is the same webhook whatever is sent to it: a notice's failure, once the
+    webhook has failed for ``sync_quarantine_after``, quarantines it (nothing more before the
+    next probe, notices included), as a delivery's does; a notice it accepts brings it back."""
+    store = await add_member(hub, receivers, "store")
+    async with hub.app[DB].begin() as db:
+        service = await db.scalar(select(Service).where(Service.client_id == store.rp.client_id))
+        assert service is not None
+        now = notices.timestamp()
+        for key in ("someone", "another"):
+            notice = LinkRevoked(id=notices.new_notice_id(), timestamp=now, data=LinkRevokedData(sub=key, revoked_at=now))
+            notices.add(db, service, None, key, notice)
+        # Failing for longer than sync_quarantine_after already (its deliveries failed, say).
+        service.webhook_failing_since = utcnow() - dt.timedelta(seconds=hub.settings.sync_quarantine_after + 1)
+
+    async with aiohttp.ClientSession() as http:
+        _, taker = engines(hub, http)
+        await taker.endpoints.refresh()
+        failed, accepted = await taker.claim(10)
+        at = utcnow()
+        async with hub.app[DB].begin() as db:
+            await taker.record(db, [Result(failed, webhooks.Outcome("retry", "HTTP 500", status=500), at)])
+        async with hub.app[DB]() as db:
+            service = await db.get(Service, failed.service_id)
+            other = await db.get(Notice, accepted.id)
+        assert service is not None and service.webhook_quarantined_at is not None
+        assert other is not None  # held until the next probe
+        probe = at + dt.timedelta(seconds=hub.settings.sync_quarantine_probe)
+        assert other.next_attempt_at.replace(tzinfo=dt.UTC) >= probe.replace(tzinfo=dt.UTC)
+
+        async with hub.app[DB].begin() as db:
+            await taker.record(db, [Result(accepted, webhooks.Outcome("ok"), utcnow())])
+        async with hub.app[DB]() as db:
+            service = await db.get(Service, failed.service_id)
+            retried = await db.get(Notice, failed.id)
+        assert service is not None and service.webhook_quarantined_at is None and service.webhook_failing_since is None
+        assert retried is not None and retried.state == "pending" and retried.attempts == 0  # due again at once

@@ -1,0 +1,172 @@
+"""The services a worker sends to, as it knows them: one registry per worker process, shared by
+its profile deliveries and its notices.
+
+Read from the database every ``REFRESH`` seconds, and at once after this worker changed an
+endpoint (quarantined it, brought it back). A webhook that answered ``410`` to either kind is
+closed to both from that answer on (:meth:`Endpoints.gone`), not only once the disabling is
+committed and the services read again (:meth:`Endpoints.gone_recorded`).
+
+What a (service, channel) may take now is the registry's too: its cap
+(``sync_service_concurrency``) less what the asking loop has in flight, one at a time while the
+webhook is quarantined, nothing while it is disabled or absent."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from standardwebhooks.webhooks import Webhook
+
+from identity.db.models import Service
+from identity.sealing import KeyCipher, open_webhook_secret
+from identity.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REFRESH = 5.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A service as the sender needs it."""
+
+    service_id: int
+    client_id: str
+    webhook_url: str | None
+    signer: Webhook | None
+    topic_enabled: bool
+    disabled: bool
+    quarantined: bool
+
+    @property
+    def webhook_open(self) -> bool:
+        return self.webhook_url is not None and self.signer is not None and not self.disabled
+
+
+@dataclass(frozen=True)
+class Room:
+    """What each (service, channel) may take now, for rows leased until ``until``: handed to
+    the fan-out, which leases that many of the rows it records to this worker."""
+
+    until: dt.datetime
+    room: Mapping[tuple[int, str], int]
+
+
+async def load_endpoints(db: AsyncSession, cipher: KeyCipher) -> dict[int, Endpoint]:
+    rows = (await db.execute(select(Service).where(or_(Service.webhook_url.is_not(None), Service.topic_enabled)))).scalars()
+    out = {}
+    for s in rows:
+        try:
+            signer = Webhook(open_webhook_secret(cipher, s.webhook_secret, s.client_id)) if s.webhook_url and s.webhook_secret else None
+        except Exception:
+            # Sealed under another secret key, say: this service's webhook waits, the others go on.
+            log.error("sync: the webhook secret of service %s cannot be read with this hub's secret key", s.client_id)
+            signer = None
+        out[s.id] = Endpoint(
+            service_id=s.id,
+            client_id=s.client_id,
+            webhook_url=s.webhook_url,
+            signer=signer,
+            topic_enabled=s.topic_enabled,
+            disabled=s.webhook_disabled_at is not None,
+            quarantined=s.webhook_quarantined_at is not None,
+        )
+    return out
+
+
+class Endpoints:
+    """The registry. ``topics``: whether this worker can produce to services' topics at all."""
+
+    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession], cipher: KeyCipher, *, topics: bool) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.cipher = cipher
+        self.topics = topics
+        self.by_id: dict[int, Endpoint] = {}
+        self._read_at = -1e9
+        self._gone: set[int] = set()  # webhooks that answered 410, until that is committed
+
+    def get(self, service_id: int) -> Endpoint | None:
+        return self.by_id.get(service_id)
+
+    async def refresh(self, force: bool = False) -> None:
+        """Read the services again if ``REFRESH`` seconds went by (or ``force``, or stale)."""
+        now = asyncio.get_running_loop().time()
+        if force or now - self._read_at > REFRESH:
+            async with self.sessions() as db:
+                await self.load(db)
+
+    async def load(self, db: AsyncSession) -> None:
+        """Read the services in ``db`` (a claim that met a service registered since the last read)."""
+        self.by_id = await load_endpoints(db, self.cipher)
+        self._read_at = asyncio.get_running_loop().time()
+        for service_id in self._gone:  # read before the disabling was committed
+            self._disable(service_id)
+
+    def stale(self) -> None:
+        """This worker changed an endpoint: read them again before the next claim."""
+        self._read_at = -1e9
+
+    def gone(self, service_id: int) -> None:
+        """A service's webhook answered 410 (to a delivery or a notice): send it nothing more,
+        from now on, not only once the disabling is committed and the endpoints read again."""
+        self._gone.add(service_id)
+        self._disable(service_id)
+
+    def gone_recorded(self, service_ids: set[int]) -> None:
+        """The disabling of those webhooks is committed: read the endpoints again."""
+        if service_ids:
+            self._gone -= service_ids
+            self.stale()
+
+    def _disable(self, service_id: int) -> None:
+        endpoint = self.by_id.get(service_id)
+        if endpoint is not None and not endpoint.disabled:
+            self.by_id[service_id] = replace(endpoint, disabled=True)
+
+    # -- what may be taken ------------------------------------------------------------------
+
+    def cap(self, endpoint: Endpoint) -> int:
+        """In flight at once to one service's channel, from one loop: one while quarantined."""
+        return 1 if endpoint.quarantined else self.settings.sync_service_concurrency
+
+    def closed(self, inflight: Mapping[tuple[int, str], int]) -> tuple[list[int], list[int]]:
+        """Services whose webhook, and whose topic, take nothing now: none, disabled, or at
+        their cap of rows in flight (``inflight``, by service and channel)."""
+        cap = self.settings.sync_service_concurrency
+        webhook, topic = [], []
+        for sid, ep in self.by_id.items():
+            if not ep.webhook_open or inflight.get((sid, "webhook"), 0) >= self.cap(ep):
+                webhook.append(sid)
+            if not ep.topic_enabled or not self.topics or inflight.get((sid, "topic"), 0) >= cap:
+                topic.append(sid)
+        return webhook, topic
+
+    def claim_room(self, inflight: Mapping[tuple[int, str], int]) -> dict[int, int]:
+        """Per service, how many more rows one claim may take where that is less than the cap
+        (some in flight, or quarantined); services not named may take the whole cap."""
+        room = {}
+        for sid, ep in self.by_id.items():
+            busy = max(inflight.get((sid, "webhook"), 0), inflight.get((sid, "topic"), 0))
+            if busy or ep.quarantined:
+                room[sid] = max(0, self.cap(ep) - busy)
+        return room
+
+    def room(self, inflight: Mapping[tuple[int, str], int], budget: int, until: dt.datetime) -> Room:
+        """Room for rows the fan-out records to be sent at once: each open endpoint's cap less
+        what is in flight, within ``budget``. Quarantined, disabled or unknown endpoints get none
+        (their rows stay for the claims)."""
+        cap = self.settings.sync_service_concurrency
+        room: dict[tuple[int, str], int] = {}
+        for sid, ep in self.by_id.items():
+            if ep.webhook_open and not ep.quarantined:
+                room[(sid, "webhook")] = min(budget, cap - inflight.get((sid, "webhook"), 0))
+            if ep.topic_enabled and self.topics:
+                room[(sid, "topic")] = min(budget, cap - inflight.get((sid, "topic"), 0))
+        return Room(until=until, room=MappingProxyType(room))

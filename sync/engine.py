@@ -1,0 +1,419 @@
+"""The one engine that sends what the hub owes member services: profile deliveries
+(``sync.deliver``) and notices (``sync.notices``) alike.
+
+An :class:`Engine` runs one *kind* of row (a :class:`Kind`: the table's claim, its rows'
+recording). It claims due rows by leasing them (pushing their ``next_attempt_at`` a lease
+ahead, on Postgres under ``FOR UPDATE SKIP LOCKED``, so several workers never claim the same
+row), sends them concurrently within per-service caps, and records the outcomes in batches, as
+:mod:`sync.outcomes` decides them. Both engines of a worker share one :class:`Sender` (its HTTP
+session and its one Kafka producer for services' topics) and one
+:class:`sync.endpoints.Endpoints` registry (a 410 to either closes the webhook to both).
+
+Where the kinds differ, the :class:`Kind` says so in a named attribute, with its reason:
+
+- ``due_after_recording``: notices are ordered per (service, person, channel), so recording one
+  makes the next one of its key claimable: the claims look again at once. Deliveries are state,
+  coalesced per (service, person, channel): recording one makes nothing else due, except a row
+  superseded while in flight, which the fan-out reports (:meth:`Engine.start`).
+- The claims themselves (``Kind.claim``): deliveries are taken in order of due time, several
+  per service up to its room; notices only when the oldest pending of their key.
+
+Outcomes count toward the webhook's state whatever the kind (see :mod:`sync.outcomes`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import aiohttp
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from identity.db.engine import plan_for_now
+from identity.db.models import ACTIVE, PENDING, Delivery, Notice, Service, utcnow
+from identity.db.units import whole
+from identity.deliveries import resume
+from identity.settings import Settings
+from sync import webhooks
+from sync.backoff import Backoff
+from sync.endpoints import Endpoint, Endpoints, Room
+from sync.metrics import SyncMetrics
+from sync.outcomes import GONE, SETTLE, Decision, decide, quarantine_probe
+from sync.service_topics import ServiceTopics
+
+if TYPE_CHECKING:
+    from sync.fanout import Taken
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 0.02
+POLL_SECONDS = 0.25
+
+
+class Job(Protocol):
+    """What the engine needs of a row it sends."""
+
+    @property
+    def service_id(self) -> int: ...
+    @property
+    def channel(self) -> str: ...
+    @property
+    def key(self) -> str: ...  # the topic message's key
+    @property
+    def body(self) -> str: ...
+    @property
+    def message_id(self) -> str: ...
+    @property
+    def attempts(self) -> int: ...
+    @property
+    def failing_since(self) -> dt.datetime | None: ...
+
+
+@dataclass(frozen=True)
+class Result:
+    job: Any
+    outcome: webhooks.Outcome
+    at: dt.datetime
+
+
+class Kind(Protocol):
+    """One table of rows to send (see the module's docstring for where kinds differ)."""
+
+    name: str  # in logs
+    claim_batch: int
+    due_after_recording: bool
+
+    async def claim(
+        self, db: AsyncSession, limit: int, now: dt.datetime, endpoints: Endpoints, inflight: Mapping[tuple[int, str], int]
+    ) -> list[Any]:
+        """Lease up to ``limit`` due rows in ``db`` and return their jobs."""
+        ...
+
+    def lock_order(self, job: Any) -> tuple[Any, ...]:
+        """Outcomes are recorded in this order (the order others lock the same rows in)."""
+        ...
+
+    async def settle(self, db: AsyncSession, settled: list[tuple[Result, Decision]]) -> None: ...
+
+    async def record(self, db: AsyncSession, result: Result, decision: Decision) -> bool:
+        """Record a decision other than settle on the row; whether the row took it (a late
+        outcome, of an attempt whose lease ran out while another was recorded, is dropped)."""
+        ...
+
+    def count(self, metrics: SyncMetrics, channel: str, result: str) -> None: ...
+
+    def observe(self, metrics: SyncMetrics, results: list[Result]) -> None:
+        """Outcomes recorded (committed)."""
+        ...
+
+    async def jobs_for(self, db: AsyncSession, endpoints: Endpoints, taken: Taken) -> list[Any]:
+        """Jobs for rows the fan-out leased to this worker as it recorded them."""
+        ...
+
+
+class Sender:
+    """The channels of one worker: its HTTP session for webhooks and its one producer for
+    services' own topics (``None`` without Kafka)."""
+
+    def __init__(self, settings: Settings, http: aiohttp.ClientSession, topics: ServiceTopics | None) -> None:
+        self.http = http
+        self.topics = topics
+        self.timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout)
+
+    async def send(self, endpoint: Endpoint | None, job: Job) -> webhooks.Outcome:
+        if endpoint is None:
+            return webhooks.Outcome("retry", "the service has no delivery channel")
+        if job.channel == "webhook":
+            if endpoint.webhook_url is None or endpoint.signer is None:
+                return webhooks.Outcome("retry", "the service has no webhook now")
+            return await webhooks.post(self.http, endpoint.webhook_url, endpoint.signer, job.message_id, job.body, timeout=self.timeout)
+        if not endpoint.topic_enabled:
+            return webhooks.Outcome("retry", "the service has no topic now")
+        if self.topics is None:
+            return webhooks.Outcome("retry", "Kafka is not configured")
+        return await self.topics.publish(endpoint.client_id, job.key, job.body, job.message_id)
+
+    async def watch_topics_forever(self, endpoints: Endpoints) -> None:
+        """Every few seconds, the services' topics are checked on the broker (a broker that
+        came back empty, a topic made with another partition count)."""
+        if self.topics is None:
+            return
+        while True:
+            await asyncio.sleep(self.topics.interval())
+            try:
+                await self.topics.watch(ep.client_id for ep in endpoints.by_id.values() if ep.topic_enabled)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("sync: checking the services' topics: %s: %s", type(exc).__name__, exc)
+
+    async def close(self) -> None:
+        if self.topics is not None:
+            await self.topics.close()
+
+
+class Engine:
+    def __init__(
+        self,
+        kind: Kind,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        endpoints: Endpoints,
+        sender: Sender,
+        *,
+        metrics: SyncMetrics,
+        wake: asyncio.Event | None = None,
+    ) -> None:
+        self.kind = kind
+        self.settings = settings
+        self.sessions = sessions
+        self.endpoints = endpoints
+        self.sender = sender
+        self.metrics = metrics
+        self.wake = wake or asyncio.Event()
+        self.inflight: dict[tuple[int, str], int] = defaultdict(int)
+        self.total_inflight = 0
+        self.slot_free = asyncio.Event()
+        self.results: list[Result] = []
+        self.results_ready = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.accepting = False  # takes rows from the fan-out while it runs
+        self.recheck = False  # a row in flight was superseded: look for due rows after recording
+
+    # -- rows taken as the fan-out records them ---------------------------------------------
+
+    def room(self) -> Room | None:
+        """What the fan-out may lease to this engine as it records rows: within the worker's
+        cap (``sync_concurrency``) less what is in flight; ``None`` when it is not running."""
+        budget = self.settings.sync_concurrency - self.total_inflight
+        if not self.accepting or budget <= 0:
+            return None
+        return self.endpoints.room(self.inflight, budget, utcnow() + dt.timedelta(seconds=self.settings.sync_lease))
+
+    async def jobs_for(self, db: AsyncSession, taken: Taken) -> list[Any]:
+        """The jobs for rows leased to this worker, built in the transaction that leased them."""
+        return await self.kind.jobs_for(db, self.endpoints, taken) if taken.rows else []
+
+    def start(self, jobs: list[Any], *, superseded: int = 0) -> None:
+        """Send ``jobs`` (once the transaction that leased them has committed). ``superseded``:
+        rows in flight that the same transaction made due again, claimed once recorded."""
+        for job in jobs:
+            self._start(job)
+        if superseded:
+            self.recheck = True
+
+    # -- the loops ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        flusher = asyncio.create_task(self._flush_forever(), name=f"sync-{self.kind.name}-results")
+        self.accepting = True
+        try:
+            await self._claim_forever()
+        finally:
+            self.accepting = False
+            for task in list(self.tasks):
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            try:
+                await self.flush()  # outcomes already known are recorded, not retried
+            except Exception as exc:
+                # They keep their lease and are sent again when it runs out: at least once.
+                log.warning("sync %s: could not record the last outcomes: %s: %s", self.kind.name, type(exc).__name__, exc)
+
+    async def _claim_forever(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                if self.total_inflight >= self.settings.sync_concurrency:
+                    self.slot_free.clear()
+                    await self.slot_free.wait()
+                    continue
+                await self.endpoints.refresh()
+                # Cleared before looking, so a wake-up during the claim is not lost.
+                self.wake.clear()
+                jobs = await whole(self.claim(min(self.kind.claim_batch, self.settings.sync_concurrency - self.total_inflight)))
+                backoff.succeeded()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = backoff.failed()
+                log.warning("sync %s: %s: %s; retrying in %.1f s", self.kind.name, type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            for job in jobs:
+                self._start(job)
+            if not jobs:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
+
+    async def claim(self, limit: int) -> list[Any]:
+        """Lease up to ``limit`` due rows (their next attempt moves a lease ahead)."""
+        if limit <= 0:
+            return []
+        async with self.sessions.begin() as db:
+            await plan_for_now(db)
+            await db.connection()
+            now = utcnow()  # the lease runs from here, not from before a wait for a connection
+            return await self.kind.claim(db, limit, now, self.endpoints, self.inflight)
+
+    def _start(self, job: Any) -> None:
+        key = (job.service_id, job.channel)
+        self.inflight[key] += 1
+        self.total_inflight += 1
+        task = asyncio.create_task(self.send(job))
+        self.tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self.tasks.discard(t)
+            self.inflight[key] -= 1
+            self.total_inflight -= 1
+            self.slot_free.set()
+
+        task.add_done_callback(done)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self.results_ready.wait()
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                await whole(self.flush())
+                if self.recheck or self.kind.due_after_recording:
+                    # Rows recorded may have left others due: claim them now.
+                    self.recheck = False
+                    self.wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The rows keep their lease; they are tried again when it runs out.
+                log.warning("sync %s: could not record outcomes: %s: %s", self.kind.name, type(exc).__name__, exc)
+                await asyncio.sleep(1)
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def send(self, job: Any) -> None:
+        """Send one job and keep its outcome for the next recording."""
+        try:
+            outcome = await self.sender.send(self.endpoints.get(job.service_id), job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Whatever went wrong is recorded and retried on the schedule, never lost silently.
+            log.warning("sync %s: sending to service %s failed: %s: %s", self.kind.name, job.service_id, type(exc).__name__, exc)
+            outcome = webhooks.Outcome("retry", f"could not send: {type(exc).__name__}")
+        self.kind.count(self.metrics, job.channel, outcome.result)
+        if outcome.result == "gone":
+            self.endpoints.gone(job.service_id)
+        self.results.append(Result(job, outcome, utcnow()))
+        self.results_ready.set()
+
+    # -- recording ------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Record the outcomes kept so far, in one transaction."""
+        self.results_ready.clear()
+        results, self.results = self.results, []
+        if not results:
+            return
+        try:
+            async with self.sessions.begin() as db:
+                await plan_for_now(db)
+                await self.record(db, results)
+        except BaseException:
+            self.results[:0] = results
+            self.results_ready.set()
+            raise
+        self.endpoints.gone_recorded({r.job.service_id for r in results if r.outcome.result == "gone"})
+        self.kind.observe(self.metrics, results)
+
+    async def record(self, db: AsyncSession, results: list[Result]) -> None:
+        """Record ``results`` in the caller's transaction: each row as the outcome policy
+        decides, then what it means for each webhook."""
+        # Rows are locked in the kind's order (the fan-out's, for deliveries): no deadlock.
+        decided = [
+            (r, decide(r.outcome, attempts=r.job.attempts, failing_since=r.job.failing_since, now=r.at, channel=r.job.channel, settings=self.settings))
+            for r in sorted(results, key=lambda r: self.kind.lock_order(r.job))
+        ]
+        settled = [(r, d) for r, d in decided if d.action == SETTLE]
+        if settled:
+            await self.kind.settle(db, settled)
+            await self._recover(db, sorted({r.job.service_id for r, d in settled if d.endpoint == "recover"}))
+        for r, d in decided:
+            if d.action == SETTLE:
+                continue
+            if d.action == GONE:
+                await _disable(db, r.job.service_id, r.at, d.error)
+            took = await self.kind.record(db, r, d)
+            if took and d.endpoint == "failing":
+                await self._failing(db, r.job.service_id, r.at, d.error)
+
+    async def _recover(self, db: AsyncSession, healthy: list[int]) -> None:
+        """Webhooks that accepted something are healthy: out of failing and quarantine, and
+        their backlog (deliveries and notices) due at once."""
+        if not healthy:
+            return
+        s = Service.__table__.c
+        recovered = (
+            await db.execute(
+                update(Service.__table__)
+                .where(s.id.in_(healthy), or_(s.webhook_failing_since.is_not(None), s.webhook_quarantined_at.is_not(None)))
+                .values(webhook_failing_since=None, webhook_quarantined_at=None, webhook_last_error=None)
+                .returning(s.id)
+            )
+        ).scalars().all()
+        if recovered:
+            await resume(db, list(recovered))
+            log.info("sync: the webhook(s) of service(s) %s recovered", sorted(recovered))
+            self.endpoints.stale()
+
+    async def _failing(self, db: AsyncSession, service_id: int, now: dt.datetime, error: str | None) -> None:
+        """A webhook failed at ``now``: failing from then on (if not already), and quarantined
+        once it has failed for ``sync_quarantine_after``."""
+        s = Service.__table__.c
+        await db.execute(
+            update(Service.__table__)
+            .where(s.id == service_id)
+            .values(webhook_failing_since=func.coalesce(s.webhook_failing_since, now), webhook_last_error=error)
+        )
+        failing_since = await db.scalar(select(s.webhook_failing_since).where(s.id == service_id))
+        probe = quarantine_probe(failing_since, now, self.settings)
+        if probe is None:
+            return
+        quarantined = await db.execute(
+            update(Service.__table__).where(s.id == service_id, s.webhook_quarantined_at.is_(None)).values(webhook_quarantined_at=now)
+        )
+        if quarantined.rowcount:
+            log.warning("sync: the webhook of service %s has failed since %s and is quarantined", service_id, failing_since)
+            self.endpoints.stale()
+        await _hold(db, service_id, probe)
+
+
+async def _disable(db: AsyncSession, service_id: int, now: dt.datetime, error: str | None) -> None:
+    s = Service.__table__.c
+    await db.execute(update(Service.__table__).where(s.id == service_id).values(webhook_disabled_at=now, webhook_last_error=error))
+    log.warning("sync: the webhook of service %s answered 410 Gone and is disabled", service_id)
+
+
+async def _hold(db: AsyncSession, service_id: int, until: dt.datetime) -> None:
+    """Slowed: nothing more to a quarantined webhook before its next probe, deliveries and
+    notices alike (``identity.deliveries.resume`` makes them due again when it recovers)."""
+    d = Delivery.__table__.c
+    await db.execute(
+        update(Delivery.__table__)
+        .where(d.service_id == service_id, d.channel == "webhook", d.state == ACTIVE, d.next_attempt_at < until)
+        .values(next_attempt_at=until)
+    )
+    n = Notice.__table__.c
+    await db.execute(
+        update(Notice.__table__)
+        .where(n.service_id == service_id, n.channel == "webhook", n.state == PENDING, n.next_attempt_at < until)
+        .values(next_attempt_at=until)
+    )
