@@ -4,23 +4,28 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import random
 import shutil
 import socket
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp.test_utils import TestServer
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from identity.db.engine import create_engine
+from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
+from identity.oidc.keys import ensure_keys
+from identity.sealing import KeyCipher
 from identity.settings import Settings
 from identity.web.app import create_app
 from tests.support import Hub
@@ -72,18 +77,53 @@ def bound_socket() -> socket.socket:
     return s
 
 
+#: The secret key of the hub fixture; the keyed templates' private keys are sealed under it.
+HUB_SECRET_KEY = "s" * 40
+
+
+async def add_signing_keys(engine: AsyncEngine) -> None:
+    """The signing keys a hub creates when it first starts (``identity.web.app._refresh_keys``),
+    created once per session so that each test's database starts with them."""
+    settings = Settings(secret_key=HUB_SECRET_KEY)
+    async with create_sessionmaker(engine).begin() as db:
+        await ensure_keys(
+            db,
+            KeyCipher(settings.resolved_secret_key()),
+            rotation=dt.timedelta(days=settings.key_rotation_days),
+            publish_lead=dt.timedelta(seconds=settings.key_publish_lead),
+            keep_after=dt.timedelta(seconds=max(settings.id_token_ttl, settings.access_token_ttl) + 3600),
+        )
+
+
+@dataclass(frozen=True)
+class SqliteTemplates:
+    bare: Path
+    keyed: Path
+
+
 @pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("template")
-    settings = Settings(data_dir=directory, secret_key="t" * 40)
+def sqlite_templates(tmp_path_factory: pytest.TempPathFactory) -> SqliteTemplates:
+    """A migrated SQLite database, and a copy that also holds the hub's signing keys."""
+    bare = tmp_path_factory.mktemp("template")
+    keyed = tmp_path_factory.mktemp("keyed-template")
 
     async def build() -> None:
-        engine = create_engine(settings)
+        engine = create_engine(Settings(data_dir=bare, secret_key="t" * 40))
         await upgrade(engine)
+        await engine.dispose()
+        shutil.copy(bare / "onesignin.db", keyed / "onesignin.db")
+        engine = create_engine(Settings(data_dir=keyed, secret_key="t" * 40))
+        await add_signing_keys(engine)
         await engine.dispose()
 
     run_blocking(build)
-    return directory / "onesignin.db"
+    return SqliteTemplates(bare / "onesignin.db", keyed / "onesignin.db")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(sqlite_templates: SqliteTemplates) -> Path:
+    """The migrated SQLite database that holds the hub's signing keys."""
+    return sqlite_templates.keyed
 
 
 def _pg_admin_url() -> str:
@@ -92,54 +132,104 @@ def _pg_admin_url() -> str:
     return url
 
 
+def _pg_dsn(name: str | None = None) -> str:
+    """The admin URL as asyncpg takes it (optionally naming another database)."""
+    dsn = _pg_admin_url().replace("postgresql+asyncpg://", "postgresql://", 1)
+    return dsn if name is None else dsn.rsplit("/", 1)[0] + "/" + name
+
+
+@dataclass(frozen=True)
+class PostgresTemplates:
+    bare: str
+    keyed: str
+
+
+class Dropper:
+    """Drops the tests' scratch databases in a thread of its own: DROP DATABASE waits for a
+    checkpoint, which need not hold up the next test. The session waits for every drop."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(2, thread_name_prefix="drop-database")
+        self.pending: list[Future[None]] = []
+
+    def drop(self, name: str) -> None:
+        async def drop() -> None:
+            conn = await asyncpg.connect(_pg_dsn())
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                await conn.close()
+
+        self.pending.append(self.pool.submit(lambda: asyncio.run(drop())))
+
+    def close(self) -> None:
+        for future in self.pending:
+            future.result()
+        self.pool.shutdown()
+
+
 @pytest.fixture(scope="session")
-def postgres_template() -> Iterator[str]:
+def postgres_templates() -> Iterator[PostgresTemplates]:
     if not POSTGRES_URL:
         pytest.skip("set ONESIGNIN_TEST_DATABASE_URL to run the Postgres variant")
-    name = f"osi_template_{uuid.uuid4().hex[:8]}"
+    tag = uuid.uuid4().hex[:8]
+    names = PostgresTemplates(f"osi_template_{tag}", f"osi_template_{tag}_keyed")
     admin = _pg_admin_url()
 
     async def create() -> None:
         engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
         async with engine.connect() as conn:
-            await conn.execute(text(f'CREATE DATABASE "{name}"'))
+            await conn.execute(text(f'CREATE DATABASE "{names.bare}"'))
         await engine.dispose()
-        migrated = create_async_engine(admin.rsplit("/", 1)[0] + "/" + name)
+        migrated = create_async_engine(admin.rsplit("/", 1)[0] + "/" + names.bare)
         await upgrade(migrated)
         await migrated.dispose()
-
-    run_blocking(create)
-    yield name
-
-    async def drop() -> None:
         engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
         async with engine.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            await conn.execute(text(f'CREATE DATABASE "{names.keyed}" TEMPLATE "{names.bare}"'))
         await engine.dispose()
+        keyed = create_async_engine(admin.rsplit("/", 1)[0] + "/" + names.keyed)
+        await add_signing_keys(keyed)
+        await keyed.dispose()
 
-    run_blocking(drop)
+    run_blocking(create)
+    dropper = Dropper()
+    yield names
+    for name in names.bare, names.keyed:
+        dropper.drop(name)
+    dropper.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_dropper() -> Iterator[Dropper]:
+    dropper = Dropper()
+    yield dropper
+    dropper.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def database_url(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[str]:
-    """A fresh, migrated database for one test."""
+    """A fresh, migrated database for one test. For a test served by the ``hub`` fixture it
+    already holds the signing keys the hub would create on its first start (sealed under
+    ``HUB_SECRET_KEY``); for any other test it holds no key, as a new installation's."""
+    keyed = "hub" in request.fixturenames
     if request.param == "sqlite":
-        template = request.getfixturevalue("sqlite_template")
-        shutil.copy(template, tmp_path / "onesignin.db")
+        templates = request.getfixturevalue("sqlite_templates")
+        shutil.copy(templates.keyed if keyed else templates.bare, tmp_path / "onesignin.db")
         yield f"sqlite+aiosqlite:///{tmp_path / 'onesignin.db'}"
         return
-    template = request.getfixturevalue("postgres_template")
-    admin = _pg_admin_url()
+    templates = request.getfixturevalue("postgres_templates")
+    dropper = request.getfixturevalue("postgres_dropper")
     name = f"osi_t_{uuid.uuid4().hex[:12]}"
-    engine = create_async_engine(admin, isolation_level="AUTOCOMMIT")
-    async with engine.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    yield admin.rsplit("/", 1)[0] + "/" + name
-    async with engine.connect() as conn:
-        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    await engine.dispose()
+    conn = await asyncpg.connect(_pg_dsn())
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{templates.keyed if keyed else templates.bare}"')
+    finally:
+        await conn.close()
+    yield _pg_admin_url().rsplit("/", 1)[0] + "/" + name
+    dropper.drop(name)
 
 
 @pytest.fixture
@@ -159,7 +249,7 @@ async def hub(
         data_dir=tmp_path,
         database_url=database_url,
         issuer=f"http://127.0.0.1:{port}",
-        secret_key="s" * 40,
+        secret_key=HUB_SECRET_KEY,
         **(TEST_SETTINGS | settings_overrides),  # type: ignore[arg-type]
     )
     app = create_app(settings, migrate=False)

@@ -103,6 +103,21 @@ async def ensure_keys(
     await session.flush()
 
 
+#: Private keys already imported, by their sealed form: importing an RSA private key validates it
+#: (about 0.4 s of CPU), and the keys are read again every few minutes. Opening the sealed form
+#: stays on every read, so a hub with another secret key still cannot use them.
+_imported: dict[str, RSAKey | ECKey] = {}
+
+
+def _import_private(alg: str, sealed: str, cipher: KeyCipher) -> RSAKey | ECKey:
+    opened = cipher.open(sealed)
+    if sealed not in _imported:
+        if len(_imported) >= 64:
+            _imported.clear()
+        _imported[sealed] = (RSAKey if alg == "RS256" else ECKey).import_key(opened)
+    return _imported[sealed]
+
+
 async def load_keys(session: AsyncSession, cipher: KeyCipher, now: dt.datetime | None = None) -> KeyRing:
     now = now or utcnow()
     rows = (
@@ -113,8 +128,7 @@ async def load_keys(session: AsyncSession, cipher: KeyCipher, now: dt.datetime |
         ring.published.append(row.public_jwk)
         if row.signs_until <= now:
             continue
-        key_cls = RSAKey if row.alg == "RS256" else ECKey
-        key = key_cls.import_key(cipher.open(row.private_jwk))
+        key = _import_private(row.alg, row.private_jwk, cipher)
         if row.signs_from <= now:
             ring.signing[row.alg] = key
         else:

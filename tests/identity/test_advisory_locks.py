@@ -47,7 +47,9 @@ async def test_key_rotation_goes_ahead_while_the_relay_holds_its_lock(database_u
                     )
 
             rotation = asyncio.create_task(rotate())
-            waiting = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            # pg_locks lists the whole cluster's locks: only this database's count here.
+            here = "database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            waiting = text(f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND {here}")
             # Until the rotation is done: it must never be found waiting on an advisory lock.
             while not rotation.done():
                 if await watcher.scalar(waiting):
@@ -58,7 +60,7 @@ async def test_key_rotation_goes_ahead_while_the_relay_holds_its_lock(database_u
             async with async_sessionmaker(engine)() as db:
                 assert await db.scalar(select(func.count()).select_from(SigningKey)) == len(ALGORITHMS)
             # The relay's lock was never taken from it.
-            held = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = :id")
+            held = text(f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = :id AND {here}")
             assert await watcher.scalar(held, {"id": int(AdvisoryLock.OUTBOX_RELAY)}) == 1
             await relay.rollback()
     finally:
