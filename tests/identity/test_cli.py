@@ -18,15 +18,14 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from identity.db.models import Service
+from tests.cli import onesignin
 from tests.pwned_range import RangeStandIn, sha1
 
 PASSWORD = "correct horse battery staple"
 
 
 def run(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "identity.cli", *args], env=env, input=stdin, capture_output=True, text=True, timeout=120
-    )
+    return onesignin(env, *args, stdin=stdin)
 
 
 @pytest.fixture

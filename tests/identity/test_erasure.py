@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from identity.db.models import (
 from identity.web.appkeys import DB
 from schemas.events import LinkCreated, LinkRevoked, LinkRevokedData, ProfileChanged
 from sync import fanout
+from tests.cli import onesignin
 from tests.identity.oauth import test_logout
 from tests.identity.oauth.test_logout import Receiver
 from tests.identity.test_export import SECTIONS
@@ -119,9 +119,7 @@ async def test_erasure_waits_for_open_requests_to_services(hub: Hub, browser: Br
 
     # The operators' command says the same.
     env = os.environ | {"ONESIGNIN_DATA_DIR": str(hub.settings.data_dir), "ONESIGNIN_DATABASE_URL": hub.settings.database_url, "ONESIGNIN_SECRET_KEY": "c" * 40}
-    done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "identity.cli", "users", "erase", "--sub", sub], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    done = await asyncio.to_thread(onesignin, env, "users", "erase", "--sub", sub)
     assert done.returncode == 2, done.stderr
     assert waiting_id in done.stderr and "still open" in done.stderr and answered_id not in done.stderr
     assert await _count(hub, "accounts") == 1
@@ -219,7 +217,7 @@ def test_operators_erase_with_the_same_rule(database_url: str, tmp_path: Path) -
     }
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "identity.cli", *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+        return onesignin(env, *args)
 
     sub = json.loads(cli("users", "add", "--email", "ann@example.com", "--password", PASSWORD).stdout)["sub"]
     assert cli("users", "erase", "--sub", "nobody").returncode == 2

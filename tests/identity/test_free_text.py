@@ -8,8 +8,6 @@ changes nothing."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from sqlalchemy import func, select
 from identity.db.models import Account, RightsRequest
 from identity.web.appkeys import DB
 from schemas.text import check_multiline, check_single_line
+from tests.cli import onesignin
 from tests.rights_support import add_and_link, call, move, open_request, service_token
 from tests.support import PASSWORD, Browser, Hub, RelyingParty, form, sign_in_through
 
@@ -233,9 +232,9 @@ def test_the_cli_refuses_spoofing_characters_in_a_name(database_url: str, tmp_pa
         "ONESIGNIN_ARGON2_TIME_COST": "1",
     }
     args = ["users", "add", "--email", "ann@example.com", "--password", PASSWORD, "--given-name", f"Ann{RLO}nimda"]
-    done = subprocess.run([sys.executable, "-m", "identity.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+    done = onesignin(env, *args)
     assert done.returncode != 0 and done.stdout == ""
     assert "--given-name: Remove the invisible character U+202E (RIGHT-TO-LEFT OVERRIDE) at character 4" in done.stderr
     reason = ["rights", "status", "--id", "00000000-0000-0000-0000-000000000000", "--status", "refused", "--reason", f"No{RLO}"]
-    done = subprocess.run([sys.executable, "-m", "identity.cli", *reason], env=env, capture_output=True, text=True, timeout=120)
+    done = onesignin(env, *reason)
     assert done.returncode != 0 and "--reason: Remove the invisible character U+202E" in done.stderr

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from sqlalchemy import func, select
 from identity.db.models import Consent, Delivery, Link, Notice, Service, Token, utcnow
 from identity.web.appkeys import DB
 from schemas.events import service_notice
+from tests.cli import onesignin
 from tests.support import (
     Browser,
     Hub,
@@ -437,14 +437,7 @@ def test_services_add_and_update_record_the_cancellation_route(
     }
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "identity.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return onesignin(env, *args)
 
     added = run(
         "services",

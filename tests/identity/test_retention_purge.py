@@ -7,8 +7,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -36,6 +34,7 @@ from identity.db.models import (
     utcnow,
 )
 from identity.web.appkeys import DB
+from tests.cli import onesignin
 from tests.support import Hub
 
 MINUTE = dt.timedelta(minutes=1)
@@ -236,10 +235,10 @@ def test_purge_command_prints_the_counts(database_url: str, tmp_path: Path) -> N
         "ONESIGNIN_DATABASE_URL": database_url,
         "ONESIGNIN_SECRET_KEY": "c" * 40,
     }
-    done = subprocess.run([sys.executable, "-m", "identity.cli", "purge"], env=env, capture_output=True, text=True, timeout=120, check=False)
+    done = onesignin(env, "purge")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"purged": {kind: 0 for kind in purge.KINDS}}
-    helped = subprocess.run([sys.executable, "-m", "identity.cli", "purge", "--help"], env=env, capture_output=True, text=True, timeout=120, check=False)
+    helped = onesignin(env, "purge", "--help")
     assert helped.returncode == 0 and "ONESIGNIN_SIGN_IN_RETENTION_DAYS" in helped.stdout
 
 

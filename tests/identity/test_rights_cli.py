@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,14 @@ from identity import rights
 from identity.accounts.store import find_by_sub
 from identity.db.models import Link, Service, utcnow
 from identity.web.appkeys import DB
+from tests.cli import onesignin as run_command
 from tests.support import Hub
 
 
 async def onesignin(
     env: dict[str, str], *args: str
 ) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "identity.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return await asyncio.to_thread(run_command, env, *args)
 
 
 async def ok(env: dict[str, str], *args: str) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,15 +14,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.cli import onesignin
 from tests.pwned_range import RangeStandIn
 
 PASSWORD = "correct horse battery staple"
 
 
 def run(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "identity.cli", *args], check=False, env=env, input=stdin, capture_output=True, text=True, timeout=120
-    )
+    return onesignin(env, *args, stdin=stdin)
 
 
 @pytest.fixture

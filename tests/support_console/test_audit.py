@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx2
 
+from tests.cli import onesignin
 from tests.support import Hub
 from tests.support_console.console import audit_records, console_for, linked_person
 from tests.support_console.helpers import COOKIE
@@ -113,7 +113,7 @@ async def test_audit_list_prints_the_accounts_records_as_a_json_array(hub: Hub, 
     }
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "identity.cli", "audit", "list", *args], check=False, env=env, capture_output=True, text=True, timeout=120)
+        return onesignin(env, "audit", "list", *args)
 
     done = run("--account", person.sub)
     assert done.returncode == 0, done.stderr

@@ -16,11 +16,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.cli import onesignin
 from tests.conftest import free_port
 
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "identity.cli", *args], env=env, capture_output=True, text=True, timeout=120, check=False)
+    return onesignin(env, *args)
 
 
 @pytest.fixture
