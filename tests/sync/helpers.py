@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from identity import outbox
 from identity.accounts.store import find_by_sub, update_details
-from identity.db.models import Account, Delivery, Link, Service, utcnow
+from identity.db.models import Account, Delivery, Link, Notice, OutboxEvent, Service, utcnow
 from identity.settings import Settings
 from identity.web.appkeys import CIPHER, DB
 from schemas.events import LinkCreated
@@ -166,3 +166,26 @@ class SyncProcess:
         except TimeoutError:
             self.process.kill()
             self.process.wait()
+
+
+async def settled(hub: Hub, client_id: str, timeout: float = 30.0) -> None:
+    """Wait until nothing more can reach the service ``client_id`` unless something new happens:
+    every committed event consumed by the fan-out (which records the deliveries and notices an
+    event calls for in the transaction that marks it consumed), and none of the service's
+    deliveries or notices still due or in flight (one in flight is settled once its outcome is
+    recorded). What the service received by then is all it will receive."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        async with hub.app[DB]() as db:
+            unconsumed = await db.scalar(select(func.count()).select_from(OutboxEvent).where(OutboxEvent.consumed_at.is_(None)))
+            service_id = await db.scalar(select(Service.id).where(Service.client_id == client_id))
+            due = await db.scalar(
+                select(func.count())
+                .select_from(Delivery)
+                .where(Delivery.service_id == service_id, Delivery.state == "active", Delivery.wanted_version > Delivery.delivered_version)
+            )
+            pending = await db.scalar(select(func.count()).select_from(Notice).where(Notice.service_id == service_id, Notice.state == "pending"))
+        if not (unconsumed or due or pending):
+            return
+        assert asyncio.get_running_loop().time() < deadline, (client_id, unconsumed, due, pending)
+        await asyncio.sleep(0.05)

@@ -27,7 +27,7 @@ from sync import endpoints as sync_endpoints
 from sync.runtime import DELIVERER
 from tests.support import Browser, Hub, form
 from tests.sync.conftest import Member, add_member, link, service_token
-from tests.sync.helpers import SyncProcess, change
+from tests.sync.helpers import SyncProcess, change, settled
 from tests.sync.receivers import Receivers, body_of
 
 
@@ -121,8 +121,9 @@ async def test_after_a_service_cancels_it_gets_nothing_more_while_others_keep_re
         "family_name"
     ] == "Sample"
     assert v3 < v4
-    # The forum got the later changes; give the store every chance to get something too.
-    await asyncio.sleep(1.0)
+    # The forum got the later changes; once everything they called for is settled, the store
+    # got nothing.
+    await settled(hub, store.rp.client_id)
     assert len(receivers["store"].received) == received
     assert receivers["store"].version(ann) == 1
     # No notice goes to a service that cancelled: it knows.
@@ -168,7 +169,7 @@ async def test_unlinking_stops_sync_and_the_service_gets_a_signed_link_revoked(
     received = len(receivers["store"].received)
     v2 = await change(hub, ann, given_name="Anne")
     await receivers.wait_for("forum", ann, v2)
-    await asyncio.sleep(1.0)
+    await settled(hub, store.rp.client_id)
     assert len(receivers["store"].received) == received
     assert receivers["forum"].profile(ann)["given_name"] == "Anne"
 
@@ -184,7 +185,7 @@ async def test_signing_in_again_resumes_sync_with_a_fresh_snapshot(
     await _unlink(browser, store)
     await receivers.wait_for_event("store", "link.revoked", ann, timeout=30)
     v2 = await change(hub, ann, given_name="Anne")
-    await asyncio.sleep(0.5)
+    await settled(hub, store.rp.client_id)
     assert receivers["store"].version(ann) == 1
 
     await link(store, browser)  # asks for consent again, then links
