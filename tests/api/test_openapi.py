@@ -36,6 +36,8 @@ from identity.web.app import create_app
 from tests.conftest import TEST_SETTINGS, bound_socket
 from tests.support import Browser, Hub, RelyingParty, sign_in_through
 
+pytestmark = pytest.mark.e2e
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -34,6 +34,8 @@ from tests.conftest import TEST_SETTINGS, free_port
 from tests.support import Hub, form
 from tests.sync.conftest import FAST_SYNC
 
+pytestmark = pytest.mark.e2e
+
 EXTERNAL_KAFKA = os.environ.get("ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS")
 SYNC_WAIT = 20.0
 

@@ -21,6 +21,8 @@ from identity.db.models import Service
 from tests.cli import onesignin
 from tests.pwned_range import RangeStandIn, sha1
 
+pytestmark = pytest.mark.e2e
+
 PASSWORD = "correct horse battery staple"
 
 

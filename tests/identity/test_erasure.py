@@ -91,6 +91,7 @@ async def test_erasure_is_refused_while_a_link_is_active(hub: Hub, browser: Brow
     assert await _count(hub, "tombstones") == 0
 
 
+@pytest.mark.e2e
 async def test_erasure_waits_for_open_requests_to_services(hub: Hub, browser: Browser) -> None:
     """Erasing the account would delete the person's requests to services with it: refused,
     listing them, while one is open; a closed one, or one to the hub, does not block."""
@@ -207,6 +208,7 @@ async def test_nothing_stale_brings_an_erased_account_back(hub: Hub, browser: Br
         assert account.sub != sub
 
 
+@pytest.mark.e2e
 def test_operators_erase_with_the_same_rule(database_url: str, tmp_path: Path) -> None:
     env = os.environ | {
         "ONESIGNIN_DATA_DIR": str(tmp_path),

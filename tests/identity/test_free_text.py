@@ -223,6 +223,7 @@ async def test_the_rights_page_refuses_spoofing_characters_in_the_details(hub: H
 # The CLI.
 
 
+@pytest.mark.e2e
 def test_the_cli_refuses_spoofing_characters_in_a_name(database_url: str, tmp_path: Path) -> None:
     env = os.environ | {
         "ONESIGNIN_DATA_DIR": str(tmp_path),

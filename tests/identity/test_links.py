@@ -427,6 +427,7 @@ async def test_the_cancel_page_shows_each_services_own_route(
     )
 
 
+@pytest.mark.e2e
 def test_services_add_and_update_record_the_cancellation_route(
     database_url: str, tmp_path: Path
 ) -> None:

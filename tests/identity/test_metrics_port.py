@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx2
+import pytest
 
 from sync.runtime import METRICS_URL
 from tests.conftest import free_port
@@ -32,6 +33,7 @@ async def test_the_public_port_has_no_metrics_and_the_metrics_port_has_them(hub:
     assert where.hostname == "127.0.0.1" and where.port != urlsplit(hub.url).port
 
 
+@pytest.mark.e2e
 def test_serve_answers_metrics_on_its_metrics_port_only(tmp_path: Path) -> None:
     port, metrics_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONESIGNIN_")} | {

@@ -21,7 +21,7 @@ from identity.private_files import create_once
 from tests.conftest import free_port
 from tests.support import PASSWORD, form
 
-pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")]
 
 
 def mode(path: Path) -> int:

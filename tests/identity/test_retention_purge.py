@@ -14,9 +14,8 @@ import pytest
 from sqlalchemy import select, text, update
 
 from identity import purge
-from identity.accounts import children
+from identity.accounts import children, links
 from identity.accounts.erase import erase
-from identity.accounts import links
 from identity.db.models import (
     Account,
     AccountChange,
@@ -229,6 +228,7 @@ async def test_the_child_purge_rereads_each_account_under_its_lock(hub: Hub, rac
         assert left == set() and tombstones == {first, second}
 
 
+@pytest.mark.e2e
 def test_purge_command_prints_the_counts(database_url: str, tmp_path: Path) -> None:
     env = os.environ | {
         "ONESIGNIN_DATA_DIR": str(tmp_path),

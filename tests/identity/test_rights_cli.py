@@ -21,6 +21,8 @@ from identity.web.appkeys import DB
 from tests.cli import onesignin as run_command
 from tests.support import Hub
 
+pytestmark = pytest.mark.e2e
+
 
 async def onesignin(
     env: dict[str, str], *args: str

@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from tests.cli import onesignin
 from tests.pwned_range import RangeStandIn
 
+pytestmark = pytest.mark.e2e
+
 PASSWORD = "correct horse battery staple"
 
 

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import httpx2
+import pytest
 
 from tests.cli import onesignin
 from tests.support import Hub
@@ -96,6 +97,7 @@ async def test_the_persons_export_lists_the_agents_who_viewed_the_account(hub: H
     assert audit[0]["at"]
 
 
+@pytest.mark.e2e
 async def test_audit_list_prints_the_accounts_records_as_a_json_array(hub: Hub, database_url: str, tmp_path: Path) -> None:
     person = await linked_person(hub)
     console = await console_for(hub)

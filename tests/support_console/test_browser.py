@@ -35,9 +35,12 @@ CHROMIUM = "/usr/bin/chromium"
 
 # Skipped only outside CI, where Chromium may be missing; CI installs it, and there a missing
 # browser is a failure, not a skip.
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason=f"{CHROMIUM} is missing: apt-get install -y chromium"
-)
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason=f"{CHROMIUM} is missing: apt-get install -y chromium"
+    ),
+]
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ from tests.sync.conftest import EXTERNAL_KAFKA, add_member
 from tests.sync.helpers import SyncProcess, add_people, change, link_directly
 from tests.sync.receivers import Receivers
 
-pytestmark = pytest.mark.skipif(bool(EXTERNAL_KAFKA), reason="kills and restarts the embedded broker")
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(EXTERNAL_KAFKA), reason="kills and restarts the embedded broker")]
 
 PROFILE_PARTITIONS = Settings.model_fields["kafka_profile_partitions"].default  # 12
 SERVICE_PARTITIONS = Settings.model_fields["kafka_service_partitions"].default  # 3

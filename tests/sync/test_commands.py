@@ -19,6 +19,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from tests.cli import onesignin
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.e2e
+
 
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return onesignin(env, *args)

@@ -447,6 +447,7 @@ async def test_one_persons_notices_arrive_in_order_on_the_webhook_and_the_topic(
     assert list(dict.fromkeys(on_topic)) == ids
 
 
+@pytest.mark.e2e
 class TestStandaloneWorker:
     """``onesignin worker`` in its own process delivers notices the hub wrote."""
 

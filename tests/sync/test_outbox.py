@@ -149,6 +149,7 @@ async def test_events_a_memory_only_broker_took_with_it_are_published_again(data
         await server.close()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_stalled_broker_makes_the_sqlite_relay_give_its_batch_up_before_its_lease_ends(
     hub: Hub, monkeypatch: pytest.MonkeyPatch

@@ -34,6 +34,7 @@ async def _all_at(receivers: Receivers, names: tuple[str, ...], final: dict[str,
             await receivers.wait_for(name, sub, version, timeout=timeout)
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(bool(EXTERNAL_KAFKA), reason="stops and restarts the embedded broker")
 async def test_broker_down_during_200_changes_then_back_delivers_all(
     hub: Hub, receivers: Receivers, broker: EmbeddedBroker
@@ -190,6 +191,7 @@ class TestGivingUp:
         assert quarantined is None  # out of quarantine after a delivery succeeded
 
 
+@pytest.mark.e2e
 class TestSeparateProcesses:
     """The production topology: the hub without sync, and `onesignin relay` / `onesignin worker`
     processes beside it."""
