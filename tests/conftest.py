@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import os
 import random
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpcore2
 import pytest
 from aiohttp.test_utils import TestServer
 from sqlalchemy import text
@@ -31,6 +33,10 @@ from identity.web.app import create_app
 from tests.support import Hub
 
 pytest_plugins = ["tests.watchdog", "tests.pwned_range"]
+
+# Each HTTP client loads the system's CA bundle into a new TLS context (about 70 ms of CPU), and
+# the tests open thousands of clients: within one test process they share one default context.
+httpcore2.default_ssl_context = functools.cache(httpcore2.default_ssl_context)
 
 POSTGRES_URL = os.environ.get("ONESIGNIN_TEST_DATABASE_URL")
 # Cheaper argon2id, mail sent before the response so a test can read it at once, no sync
