@@ -4,6 +4,7 @@ two workers sharing the work."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -122,13 +123,15 @@ class TestRetryAfter:
         await receivers.wait_for("store", subs[0], 1)
         receivers["store"].fail_with, receivers["store"].retry_after = 429, "3"
         version = await change(hub, subs[0], given_name="Later")
-        for _ in range(600):
-            if receivers["store"].failures_answered:
+        for _ in range(600):  # until the failure is recorded, with the next attempt it scheduled
+            async with hub.app[DB]() as db:
+                row = await db.scalar(select(Delivery).join(Service).where(Service.name == "store", Delivery.wanted_version == version))
+            if row is not None and row.failing_since is not None:
                 break
             await asyncio.sleep(0.05)
-        assert receivers["store"].failures_answered
-        await asyncio.sleep(1.5)
+        assert row is not None and row.attempts == 1 and row.failing_since is not None
         # The schedule says 0.2 s, the service asked for 3 s: it is not asked again before then.
+        assert row.next_attempt_at - row.failing_since >= dt.timedelta(seconds=2.9)
         assert receivers["store"].failures_answered == 1
         receivers["store"].fail_with = None
         await receivers.wait_for("store", subs[0], version, timeout=30)
