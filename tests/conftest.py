@@ -53,6 +53,12 @@ TEST_SETTINGS = {
 }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end tests first: they are the longest, and if they started last, a parallel
+    run would end with one worker busy and the others idle."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+
+
 def run_blocking(make: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run a coroutine to completion on its own loop in a thread (session fixtures may be
     first requested from inside a running test loop)."""
