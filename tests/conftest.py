@@ -54,9 +54,11 @@ TEST_SETTINGS = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The end-to-end tests first: they are the longest, and if they started last, a parallel
-    run would end with one worker busy and the others idle."""
-    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
+    """The end-to-end tests first, then the other sync tests (each waits for a broker's consumer
+    groups): the longest tests start early, or a parallel run would end with one worker busy and
+    the others idle."""
+    sync = Path(__file__).parent / "sync"
+    items.sort(key=lambda item: (item.get_closest_marker("e2e") is None, not item.path.is_relative_to(sync)))
 
 
 def run_blocking(make: Callable[[], Coroutine[Any, Any, None]]) -> None:
