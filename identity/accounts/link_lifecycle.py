@@ -35,9 +35,9 @@ from identity.db.models import (
     Token,
     utcnow,
 )
+from identity.errors import storable
 from identity.oidc.keys import KeyRing
 from identity.oidc.logout import LogoutNotice, logout_token
-from identity.web.errors import storable
 from schemas.events import LinkRevoked, LinkRevokedData
 
 Ended = Literal["revoked", "cancelled"]

@@ -10,10 +10,10 @@ from aiohttp import web
 from authlib.oauth2 import OAuth2Error
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.appkeys import PROVIDER, SETTINGS
 from identity.db.models import Account
 from identity.oidc.adapter import bearer_error, read_request
 from identity.oidc.client import ServiceClient
-from identity.web.appkeys import PROVIDER, SETTINGS
 
 NO_STORE = {"Cache-Control": "no-store"}
 

@@ -13,10 +13,10 @@ from sqlalchemy import select
 from identity.accounts import link_lifecycle
 from identity.api.bearer import NO_STORE, Refused, caller, problem
 from identity.api.spec import operation
+from identity.appkeys import DB, HTTP, PROVIDER, SETTINGS
 from identity.db.engine import autocommit
 from identity.db.models import Link, Service
 from identity.oidc.logout import send_notices
-from identity.web.appkeys import DB, HTTP, PROVIDER, SETTINGS
 from schemas.api import LinkResponse
 
 

@@ -21,10 +21,10 @@ from identity.accounts.claims import granted_claims
 from identity.accounts.store import EmailTaken, update_details
 from identity.api.bearer import NO_STORE, Refused, caller, problem
 from identity.api.spec import operation
+from identity.appkeys import DB, SETTINGS
 from identity.db.engine import autocommit
 from identity.db.models import Account
 from identity.oidc.scopes import SCOPE_CLAIMS, split
-from identity.web.appkeys import DB, SETTINGS
 from schemas.account import BasicDetailsUpdate, problems
 from schemas.api import ProfileResponse
 

@@ -24,9 +24,9 @@ from pydantic import BaseModel, ValidationError
 from identity import notices, rights
 from identity.api.bearer import NO_STORE, Caller, Refused, caller, problem
 from identity.api.spec import operation
+from identity.appkeys import DB
 from identity.db.engine import autocommit
 from identity.db.models import Account, utcnow
-from identity.web.appkeys import DB
 from schemas.account import problems
 from schemas.rights import (
     RightsRequestCreate,

@@ -13,12 +13,12 @@ from identity import notices
 from identity.accounts import email_change
 from identity.accounts.children import ChildPolicy
 from identity.accounts.store import update_details
+from identity.appkeys import DB, SETTINGS
 from identity.db.engine import autocommit
 from identity.db.models import Link, Service
 from identity.pages.common import field, render, send_mail
 from identity.pages.sign_in import confirm_password
 from identity.web import browser, csrf
-from identity.web.appkeys import DB, SETTINGS
 from identity.web.responses import redirect
 from schemas.account import BasicDetailsUpdate, form_errors
 

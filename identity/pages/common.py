@@ -15,11 +15,11 @@ from aiohttp import web
 
 from identity.accounts import throttle
 from identity.accounts.passwords import BREACHED, check_password
+from identity.appkeys import BREACH_API, DB, HASHING, MAIL_TASKS, MAILER, SETTINGS
 from identity.db.engine import autocommit
+from identity.errors import BadInput
 from identity.mail import MailError
 from identity.web import csrf
-from identity.web.appkeys import BREACH_API, DB, HASHING, MAIL_TASKS, MAILER, SETTINGS
-from identity.web.errors import BadInput
 
 log = logging.getLogger(__name__)
 

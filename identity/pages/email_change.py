@@ -7,10 +7,10 @@ from aiohttp import web
 from sqlalchemy.exc import IntegrityError
 
 from identity.accounts import email_change, links
+from identity.appkeys import DB, SETTINGS
 from identity.db.engine import autocommit
 from identity.pages.common import field, render, send_mail, slow_down, too_many_requests
 from identity.web import browser, csrf
-from identity.web.appkeys import DB, SETTINGS
 from identity.web.responses import redirect
 
 DEAD = {

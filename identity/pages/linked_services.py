@@ -12,12 +12,12 @@ from sqlalchemy import select
 
 from identity import notices
 from identity.accounts import link_lifecycle
+from identity.appkeys import DB, HTTP, PROVIDER, SETTINGS
 from identity.db.engine import autocommit
 from identity.db.models import Link, Service
 from identity.oidc.logout import send_notices
 from identity.pages.common import render
 from identity.web import browser, csrf
-from identity.web.appkeys import DB, HTTP, PROVIDER, SETTINGS
 from identity.web.responses import redirect
 
 MAX_CLIENT_ID = 64

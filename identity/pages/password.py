@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import links
 from identity.accounts.store import find_by_email
+from identity.appkeys import DB, HTTP, PROVIDER, SETTINGS
 from identity.db.models import Account
 from identity.oidc.logout import (
     LogoutNotice,
@@ -33,7 +34,6 @@ from identity.pages.common import (
 )
 from identity.pages.sign_in import confirm_password
 from identity.web import browser, csrf
-from identity.web.appkeys import DB, HTTP, PROVIDER, SETTINGS
 from identity.web.responses import redirect
 from schemas.account import normalize_email
 

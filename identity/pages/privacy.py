@@ -12,13 +12,13 @@ from aiohttp import web
 from identity import notices
 from identity.accounts import erase, export, links
 from identity.api.export import download
+from identity.appkeys import DB, HTTP, PROVIDER, SETTINGS
 from identity.db.engine import autocommit
 from identity.db.models import Service
 from identity.oidc.logout import send_notices
 from identity.pages.common import field, render, send_mail, slow_down, too_many_requests
 from identity.pages.sign_in import confirm_password
 from identity.web import browser, csrf
-from identity.web.appkeys import DB, HTTP, PROVIDER, SETTINGS
 from identity.web.responses import redirect
 from schemas.account import normalize_email
 

@@ -19,11 +19,11 @@ from identity.accounts.store import (
     find_by_email,
     mark_email_verified,
 )
-from identity.db.models import Account, utcnow
+from identity.appkeys import DB, SETTINGS
 from identity.db.engine import autocommit
+from identity.db.models import Account, utcnow
 from identity.pages.common import field, hash_password, new_password_problem, render, send_mail, slow_down, too_many_requests
 from identity.web import browser, csrf
-from identity.web.appkeys import DB, SETTINGS
 from identity.web.responses import redirect, safe_next
 from schemas.account import BasicDetails, normalize_email, problems
 

@@ -12,12 +12,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity import notices, rights
+from identity.appkeys import DB
 from identity.db.engine import autocommit
 from identity.db.models import Account, Link, Service, utcnow
 from identity.pages.common import field, render
 from identity.pages.sign_in import confirm_password
 from identity.web import browser, csrf
-from identity.web.appkeys import DB
 from identity.web.responses import redirect
 from schemas.events import RightsType
 from schemas.text import check_multiline

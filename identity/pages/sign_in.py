@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, delete, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import devices, throttle
+from identity.appkeys import DB, HASHER, HTTP, PROVIDER, SECRET, SETTINGS
 from identity.db.engine import autocommit
 from identity.db.models import (
     Account,
@@ -38,7 +39,6 @@ from identity.pages.common import (
     verify_password,
 )
 from identity.web import browser, csrf
-from identity.web.appkeys import DB, HASHER, HTTP, PROVIDER, SECRET, SETTINGS
 from identity.web.cookies import DEVICE
 from identity.web.responses import redirect, safe_next
 from schemas.account import normalize_email

@@ -17,6 +17,7 @@ from identity import notices, rights
 from identity.accounts import links
 from identity.accounts.children import ChildPolicy, OnlyThePerson
 from identity.accounts.store import update_details
+from identity.appkeys import DB, SETTINGS
 from identity.db.models import Link, Service
 from identity.pages.common import field, send_mail
 from identity.pages.rights import MAX_DETAILS, TYPES
@@ -30,7 +31,6 @@ from identity.support.people import (
 )
 from identity.support.render import render
 from identity.support.session import AGENT
-from identity.web.appkeys import DB, SETTINGS
 from identity.web.responses import redirect
 from schemas.account import BasicDetailsUpdate, form_errors
 from schemas.text import check_multiline

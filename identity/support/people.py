@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity import rights
 from identity.accounts.store import find_by_sub
+from identity.appkeys import DB
 from identity.db.models import (
     Account,
     AccountChange,
@@ -31,7 +32,6 @@ from identity.pages.rights import STATUS_TEXT, TYPES
 from identity.support import audit, forms, masking, trail
 from identity.support.render import render
 from identity.support.session import AGENT, Agent
-from identity.web.appkeys import DB
 from identity.web.responses import redirect
 
 MAX_REASON = 500

@@ -25,13 +25,13 @@ from aiohttp import web
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.appkeys import CIPHER, DB, PROVIDER, SECRET, SETTINGS
 from identity.db.models import Account, ConsoleSession, StaffMember, utcnow
 from identity.pages.common import client_address, field
 from identity.support import audit, console_client, forms, session
 from identity.support import staff as staff_members
 from identity.support.console_client import Pending, SignInFailed
 from identity.support.render import render
-from identity.web.appkeys import CIPHER, DB, PROVIDER, SECRET, SETTINGS
 from identity.web.cookies import CONSOLE_LOGIN
 from identity.web.responses import redirect
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from identity.appkeys import DB
 from identity.db.models import Account, RightsRequest
-from identity.web.appkeys import DB
 from schemas.text import check_multiline, check_single_line
 from tests.rights_support import add_and_link, call, move, open_request, service_token
 from tests.support import PASSWORD, Browser, Hub, RelyingParty, form, sign_in_through

@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import select, text, update
 
 from identity import purge
-from identity.accounts import children
+from identity.accounts import children, links
 from identity.accounts.erase import erase
-from identity.accounts import links
+from identity.appkeys import DB
 from identity.db.models import (
     Account,
     AccountChange,
@@ -35,7 +35,6 @@ from identity.db.models import (
     Tombstone,
     utcnow,
 )
-from identity.web.appkeys import DB
 from tests.support import Hub
 
 MINUTE = dt.timedelta(minutes=1)

@@ -25,6 +25,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity import outbox
+from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.models import (
     Account,
     Consent,
@@ -42,7 +43,6 @@ from identity.oidc.client import ServiceClient
 from identity.pages.common import render
 from identity.tokens import digest, new_secret
 from identity.web import browser
-from identity.web.appkeys import DB, PROVIDER, SETTINGS
 from identity.web.cookies import INTERACTION
 from identity.web.responses import redirect
 from schemas.events import LinkCreated

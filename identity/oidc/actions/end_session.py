@@ -10,12 +10,12 @@ import aiohttp_jinja2
 from aiohttp import web
 from authlib.oauth2 import OAuth2Error
 
+from identity.appkeys import DB, HTTP, PROVIDER, SETTINGS
 from identity.oidc.adapter import read_request
 from identity.oidc.logout import end_session as end_browser_session
 from identity.oidc.logout import send_notices
 from identity.pages.common import render
 from identity.web import browser, csrf
-from identity.web.appkeys import DB, HTTP, PROVIDER, SETTINGS
 from identity.web.responses import redirect
 
 

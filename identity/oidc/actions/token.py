@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.engine import autocommit
 from identity.oidc.adapter import read_request
-from identity.web.appkeys import DB, PROVIDER, SETTINGS
 
 
 def _form_only(request: web.Request) -> web.Response | None:

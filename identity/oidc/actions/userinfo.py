@@ -8,9 +8,9 @@ from aiohttp import web
 from authlib.oauth2 import OAuth2Error
 
 from identity.accounts.claims import user_claims
+from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.engine import autocommit
 from identity.oidc.adapter import bearer_error, read_request
-from identity.web.appkeys import DB, PROVIDER, SETTINGS
 
 
 async def userinfo(request: web.Request) -> web.StreamResponse:
