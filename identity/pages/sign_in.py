@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, delete, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import devices, throttle
-from identity.appkeys import DB, HASHER, HTTP, PROVIDER, SECRET, SETTINGS
+from identity.appkeys import DB, HASHER, PROVIDER, SECRET, SETTINGS
 from identity.db.engine import autocommit
 from identity.db.models import (
     Account,
@@ -23,6 +23,7 @@ from identity.db.models import (
     UTCDateTime,
     utcnow,
 )
+from identity.db.units import unit
 from identity.oidc import scopes
 from identity.oidc.actions.authorize import (
     Decision,
@@ -30,7 +31,7 @@ from identity.oidc.actions.authorize import (
     load_interaction,
     needs_sign_in,
 )
-from identity.oidc.logout import end_session, send_notices
+from identity.oidc.logout import end_session
 from identity.pages.common import (
     client_address,
     field,
@@ -38,7 +39,7 @@ from identity.pages.common import (
     render,
     verify_password,
 )
-from identity.web import browser, csrf
+from identity.web import after_commit, browser, csrf
 from identity.web.cookies import DEVICE
 from identity.web.responses import redirect, safe_next
 from schemas.account import normalize_email
@@ -164,8 +165,7 @@ async def attempt_sign_in(request: web.Request, email: str, password: str) -> Si
     device = devices.remember(request.config_dict[SECRET], DEVICE.read(request), attempt.keys.account) if ok else None
     if ok and _plain(request, attempt) and sessions.kw["bind"].dialect.name == "postgresql":
         return SignedIn(await _sign_in_at_once(request, attempt), device)
-    notices = []
-    async with sessions.begin() as db:
+    async with unit(sessions) as db:
         outcome = await finish_attempt(request, db, attempt, ok)
         if isinstance(outcome, SignInRefused):
             return outcome
@@ -173,10 +173,8 @@ async def attempt_sign_in(request: web.Request, email: str, password: str) -> Si
         if previous is not None:
             # The browser's earlier session ends here; its services hear of it as at sign-out.
             settings = request.config_dict[SETTINGS]
-            notices = await end_session(db, request.config_dict[PROVIDER].keys, settings.issuer, previous.session)
+            after_commit.logout(db, request, await end_session(db, request.config_dict[PROVIDER].keys, settings.issuer, previous.session))
         secret = await browser.start(db, request, outcome)
-    if notices:
-        await send_notices(request.config_dict[HTTP], notices, request.config_dict[SETTINGS].backchannel_logout_timeout)
     return SignedIn(secret, device)
 
 
@@ -216,13 +214,10 @@ async def confirm_password(request: web.Request, signed_in: browser.SignedIn, pa
 async def end_current_session(request: web.Request) -> None:
     """End this browser's hub session, if any; its services hear of it by back-channel logout."""
     settings = request.config_dict[SETTINGS]
-    notices = []
-    async with request.config_dict[DB].begin() as db:
+    async with unit(request.config_dict[DB]) as db:
         signed_in = await browser.current(request, db)
         if signed_in is not None:
-            notices = await end_session(db, request.config_dict[PROVIDER].keys, settings.issuer, signed_in.session)
-    if notices:
-        await send_notices(request.config_dict[HTTP], notices, settings.backchannel_logout_timeout)
+            after_commit.logout(db, request, await end_session(db, request.config_dict[PROVIDER].keys, settings.issuer, signed_in.session))
 
 
 async def _signed_out_for_guessing(request: web.Request, reason: str) -> web.StreamResponse:
