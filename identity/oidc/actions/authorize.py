@@ -5,7 +5,8 @@
 2. decide whether the person must sign in (no session, ``prompt=login``, ``max_age``);
 3. decide whether they must consent (nothing remembered covers the scopes, ``prompt=consent``);
 4. with ``prompt=none``, answer ``login_required`` / ``consent_required`` instead of asking;
-5. otherwise issue the code, link the service to the person and record it in the session.
+5. otherwise issue the code, link the service to the person (``accounts.link_lifecycle.link``)
+   and record it in the session.
 
 Steps 2 and 3 hand over to an *interaction* (``/i/{uid}``): a stored copy of the request
 bound to this browser by a cookie scoped to that interaction's path.
@@ -21,18 +22,14 @@ import aiohttp_jinja2
 from aiohttp import web
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity import outbox
+from identity.accounts import link_lifecycle
 from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.models import (
-    Account,
     Consent,
     Interaction,
-    Link,
-    Notice,
-    Service,
     SessionService,
     utcnow,
 )
@@ -45,7 +42,6 @@ from identity.tokens import digest, new_secret
 from identity.web import browser
 from identity.web.cookies import INTERACTION
 from identity.web.responses import redirect
-from schemas.events import LinkCreated
 
 INTERACTION_COOKIE = INTERACTION.base
 
@@ -177,7 +173,7 @@ async def _authorize(
         kept = set(scopes.split(consent.scope)) if consent.revoked_at is None else set()
         consent.scope, consent.granted_at, consent.revoked_at = scopes.join(kept | requested), now, None
 
-    await _link(db, account.id, client.id, oauth_request.scope, now)
+    await link_lifecycle.link(db, account_id=account.id, service_id=client.id, scope=oauth_request.scope, now=now)
     await _remember_service(db, signed_in.session.id, client.id)
     oauth_request.hub = {"auth_time": signed_in.auth_time, "sid": signed_in.session.sid}
     response = await provider.run(
@@ -199,45 +195,6 @@ def needs_sign_in(
         if age > int(max_age) and not fresh:
             return True
     return False
-
-
-async def _link(db: AsyncSession, account_id: int, service_id: int, scope: str, now: dt.datetime) -> None:
-    """The first authorization to a service links it; later ones widen the granted scopes."""
-    created = await ensure_row(
-        db, Link, account_id=account_id, service_id=service_id, status="active", scope=scope, created_at=now, updated_at=now
-    )
-    link = await db.scalar(
-        select(Link)
-        .where(Link.account_id == account_id, Link.service_id == service_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    assert link is not None
-    # A link that ended (unlinked or cancelled) starts again from what was granted now: its
-    # consent was revoked with it.
-    kept = set(scopes.split(link.scope)) if link.status == "active" else set()
-    widened = scopes.join(kept | set(scopes.split(scope)))
-    if created or link.status != "active" or widened != link.scope:
-        # A new link, a relink or wider scopes: the service gets a snapshot of what it may now see.
-        if not created and link.status != "active":
-            # A relink: a ``link.revoked`` still waiting to be sent would reach the service after
-            # the relink and undo it there. It is withdrawn in this transaction.
-            await db.execute(
-                delete(Notice).where(
-                    Notice.service_id == service_id,
-                    Notice.account_id == account_id,
-                    Notice.event_type == "link.revoked",
-                    Notice.state == "pending",
-                )
-            )
-        link.status, link.scope, link.updated_at = "active", widened, now
-        account = await db.get(Account, account_id)
-        service = await db.get(Service, service_id)
-        assert account is not None and service is not None
-        outbox.add(
-            db,
-            LinkCreated(id=outbox.new_event_id(), sub=account.sub, client_id=service.client_id, version=account.version, occurred_at=now),
-        )
 
 
 async def _remember_service(db: AsyncSession, session_id: int, service_id: int) -> None:
