@@ -32,6 +32,7 @@ from identity.accounts.erase import erase
 from identity.db.models import (
     Account,
     AccountChange,
+    AccountStatus,
     AuditRecord,
     Consent,
     EmailToken,
@@ -106,7 +107,7 @@ async def rights_requests(db: AsyncSession, settings: Settings, now: dt.datetime
 
 def _past_grace(settings: Settings, now: dt.datetime) -> list[Any]:
     return [
-        Account.status == "pending_guardian",
+        Account.status == AccountStatus.PENDING_GUARDIAN,
         Account.guardian_consent_at.is_(None),
         or_(
             Account.delete_after < now,
@@ -149,7 +150,7 @@ def _unverified_and_idle(settings: Settings, now: dt.datetime) -> list[Any]:
     return [
         Account.email_verified == false(),
         Account.created_at < cutoff,
-        Account.status == "active",
+        Account.status == AccountStatus.ACTIVE,
         Account.guardian_consent_at.is_(None),
         none_of(Link),
         none_of(Consent),

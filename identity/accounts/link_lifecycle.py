@@ -31,6 +31,7 @@ from identity.db.models import (
     Consent,
     Delivery,
     Link,
+    LinkStatus,
     Notice,
     Service,
     SessionService,
@@ -44,7 +45,7 @@ from identity.oidc.keys import KeyRing
 from identity.oidc.logout import LogoutNotice, logout_token
 from schemas.events import LinkCreated, LinkRevoked, LinkRevokedData
 
-Ended = Literal["revoked", "cancelled"]
+Ended = Literal[LinkStatus.REVOKED, LinkStatus.CANCELLED]
 MAX_SUB = 64
 
 
@@ -66,7 +67,7 @@ async def link(db: AsyncSession, *, account_id: int, service_id: int, scope: str
     or wider scopes sends the service a snapshot of what it may now see (``link.created`` in the
     outbox)."""
     created = await ensure_row(
-        db, Link, account_id=account_id, service_id=service_id, status="active", scope=scope, created_at=now, updated_at=now
+        db, Link, account_id=account_id, service_id=service_id, status=LinkStatus.ACTIVE, scope=scope, created_at=now, updated_at=now
     )
     link = await db.scalar(
         select(Link)
@@ -77,11 +78,11 @@ async def link(db: AsyncSession, *, account_id: int, service_id: int, scope: str
     assert link is not None
     # A link that ended (unlinked or cancelled) starts again from what was granted now: its
     # consent was revoked with it.
-    kept = set(scopes.split(link.scope)) if link.status == "active" else set()
+    kept = set(scopes.split(link.scope)) if link.is_active else set()
     widened = scopes.join(kept | set(scopes.split(scope)))
-    if created or link.status != "active" or widened != link.scope:
+    if created or not link.is_active or widened != link.scope:
         # A new link, a relink or wider scopes: the service gets a snapshot of what it may now see.
-        if not created and link.status != "active":
+        if not created and not link.is_active:
             # A relink: a ``link.revoked`` still waiting to be sent would reach the service after
             # the relink and undo it there. It is withdrawn in this transaction.
             await db.execute(
@@ -92,7 +93,7 @@ async def link(db: AsyncSession, *, account_id: int, service_id: int, scope: str
                     Notice.state == "pending",
                 )
             )
-        link.status, link.scope, link.updated_at = "active", widened, now
+        link.status, link.scope, link.updated_at = LinkStatus.ACTIVE, widened, now
         account = await db.get(Account, account_id)
         service = await db.get(Service, service_id)
         assert account is not None and service is not None
@@ -134,7 +135,7 @@ async def end(
     """End ``link`` with ``status``; stop everything that flowed through it. Idempotent.
     Returns the back-channel logout notices to send after the caller commits."""
     now = now or utcnow()
-    if link.status == "active":
+    if link.is_active:
         link.ended_at = now
     if link.status != status:
         link.status, link.updated_at = status, now
@@ -214,7 +215,7 @@ async def cancel(
     if found is None:
         return None
     link, account = found
-    return link, await end(db, keys, issuer, link, account, service, "cancelled")
+    return link, await end(db, keys, issuer, link, account, service, LinkStatus.CANCELLED)
 
 
 async def unlink(
@@ -231,11 +232,11 @@ async def unlink(
             .execution_options(populate_existing=True)
         )
     ).first()
-    if row is None or row[0].status != "active":
+    if row is None or not row[0].is_active:
         return None
     link, service = row
     now = utcnow()
-    logouts = await end(db, keys, issuer, link, account, service, "revoked", now=now)
+    logouts = await end(db, keys, issuer, link, account, service, LinkStatus.REVOKED, now=now)
     notice = LinkRevoked(
         id=notices.new_notice_id(),
         timestamp=notices.timestamp(now),

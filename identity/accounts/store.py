@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from identity import outbox
 from identity.accounts import links
 from identity.accounts.children import ChildPolicy, check_proxy_birthdate, rectified
-from identity.db.models import Account, AccountChange, OutboxEvent, Tombstone, utcnow
+from identity.db.models import Account, AccountChange, AccountStatus, OutboxEvent, Tombstone, utcnow
 from schemas.events import ProfileChanged
 
 Channel = Literal["person", "service", "support", "cli"]
@@ -57,7 +57,7 @@ async def create_account(
     details: dict[str, Any],
     channel: Channel,
     actor: str | None = None,
-    status: str = "active",
+    status: AccountStatus = AccountStatus.ACTIVE,
     guardian_email: str | None = None,
 ) -> Account:
     if await find_by_email(session, email) is not None:

@@ -122,7 +122,7 @@ async def patch_me(request: web.Request) -> web.StreamResponse:
         account = await db.scalar(
             select(Account).where(Account.id == who.account.id).with_for_update().execution_options(populate_existing=True)
         )
-        if account is None or account.status != "active":
+        if account is None or not account.may_be_shared:
             return problem(401, "invalid_token", "The access token is not valid for this person.")
         if expected is not None and expected != account.version:
             response = problem(

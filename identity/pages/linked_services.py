@@ -13,7 +13,7 @@ from sqlalchemy import select
 from identity.accounts import link_lifecycle
 from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.engine import autocommit
-from identity.db.models import Link, Service
+from identity.db.models import Link, LinkStatus, Service
 from identity.db.units import unit
 from identity.pages.common import render
 from identity.web import after_commit, browser, csrf
@@ -48,7 +48,7 @@ async def unlink_page(request: web.Request) -> web.StreamResponse:
             .where(
                 Service.client_id == client_id,
                 Link.account_id == signed_in.account.id,
-                Link.status == "active",
+                Link.is_active,
             )
         )
     if service is None:
@@ -90,7 +90,7 @@ async def cancel_page(request: web.Request) -> web.StreamResponse:
         request,
         "cancel_accounts.html",
         {
-            "holding": [h for h in held if h.status != "cancelled"],
-            "cancelled": [h for h in held if h.status == "cancelled"],
+            "holding": [h for h in held if h.status != LinkStatus.CANCELLED],
+            "cancelled": [h for h in held if h.status == LinkStatus.CANCELLED],
         },
     )

@@ -13,7 +13,7 @@ from identity.accounts import erase, export, links
 from identity.api.export import download
 from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.engine import autocommit
-from identity.db.models import Service
+from identity.db.models import AccountStatus, Service
 from identity.db.units import unit
 from identity.pages.common import field, render, slow_down, too_many_requests
 from identity.pages.sign_in import confirm_password
@@ -96,7 +96,7 @@ async def guardian_page(request: web.Request) -> web.StreamResponse:
         signed_in = await browser.current(request, db)
     if signed_in is None:
         return redirect("/sign-in?next=/account/guardian")
-    if signed_in.account.status != "pending_guardian":
+    if signed_in.account.status != AccountStatus.PENDING_GUARDIAN:
         return redirect("/account")
     context = {"account": signed_in.account, "values": {"guardian_email": signed_in.account.guardian_email or ""}}
     return render(request, "guardian_request.html", context | _age(request))
@@ -119,7 +119,7 @@ async def guardian_request(request: web.Request) -> web.StreamResponse:
         if signed_in is None:
             return redirect("/sign-in?next=/account/guardian", 303)
         account = signed_in.account
-        if account.status != "pending_guardian":
+        if account.status != AccountStatus.PENDING_GUARDIAN:
             return redirect("/account", 303)
         try:
             guardian = normalize_email(typed)

@@ -21,7 +21,7 @@ from identity.accounts.store import (
 )
 from identity.appkeys import DB, SETTINGS
 from identity.db.engine import autocommit
-from identity.db.models import Account, utcnow
+from identity.db.models import Account, AccountStatus, utcnow
 from identity.db.units import unit
 from identity.pages.common import field, hash_password, new_password_problem, render, slow_down, too_many_requests
 from identity.web import after_commit, browser, csrf
@@ -85,7 +85,7 @@ async def register(request: web.Request) -> web.StreamResponse:
                 password_hash=password_hash,
                 details=details.changes(),
                 channel="person",
-                status="pending_guardian" if child else "active",
+                status=AccountStatus.PENDING_GUARDIAN if child else AccountStatus.ACTIVE,
                 guardian_email=guardian,
             )
             mail.append(await links.verification(db, settings, account))
@@ -167,7 +167,7 @@ async def guardian_confirm(request: web.Request) -> web.Response:
         if used is None:
             return render(request, "message.html", _dead_link(), status=400)
         account = await db.get(Account, used.account_id, with_for_update=True)
-        if account is not None and account.status == "pending_guardian":
+        if account is not None and account.status == AccountStatus.PENDING_GUARDIAN:
             await children.lift(db, account, now, by_guardian=True)
     return render(
         request,

@@ -157,7 +157,7 @@ async def resync(request: web.Request) -> web.StreamResponse:
         service = await db.scalar(
             select(Service)
             .join(Link, Link.service_id == Service.id)
-            .where(Service.client_id == client_id, Link.account_id == account.id, Link.status == "active")
+            .where(Service.client_id == client_id, Link.account_id == account.id, Link.is_active)
         )
         if service is None:
             return redirect(person_path(sub, error="not_linked"), 303)

@@ -21,6 +21,7 @@ from identity.db.models import (
     DeadLetter,
     Delivery,
     Link,
+    LinkStatus,
     Service,
     SignInEvent,
     StaffMember,
@@ -182,7 +183,7 @@ async def _links(db: AsyncSession, account: Account) -> list[dict[str, Any]]:
                 "channels": channels,
                 "deliveries": deliveries.get(r.service_id, []),
                 "dead_letters": dead.get(r.service_id, []),
-                "can_resync": r.status == "active" and bool(channels),
+                "can_resync": r.status == LinkStatus.ACTIVE and bool(channels),
             }
         )
     return out

@@ -26,7 +26,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.appkeys import CIPHER, DB, PROVIDER, SECRET, SETTINGS
-from identity.db.models import Account, ConsoleSession, StaffMember, utcnow
+from identity.db.models import Account, AccountStatus, ConsoleSession, StaffMember, utcnow
 from identity.pages.common import client_address, field
 from identity.support import audit, console_client, forms, session
 from identity.support import staff as staff_members
@@ -97,7 +97,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
             await db.execute(
                 select(StaffMember, Account.email)
                 .join(Account, Account.id == StaffMember.account_id)
-                .where(Account.sub == sub, Account.status == "active", StaffMember.disabled_at.is_(None))
+                .where(Account.sub == sub, Account.status == AccountStatus.ACTIVE, StaffMember.disabled_at.is_(None))
                 .with_for_update(of=StaffMember)
             )
         ).first()

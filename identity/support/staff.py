@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from identity import admin
 from identity.accounts.passwords import PasswordHasher, check_password
 from identity.accounts.store import find_by_email, find_by_sub
-from identity.db.models import Account, ConsoleSession, StaffMember, utcnow
+from identity.db.models import Account, AccountStatus, ConsoleSession, StaffMember, utcnow
 from identity.sealing import KeyCipher
 from identity.settings import Settings
 from identity.support import audit
@@ -134,7 +134,7 @@ async def add_staff(
         assert account is not None
     elif not await passwords.verify(account.password_hash, password):
         raise StaffError("--password does not match the existing account's password")
-    elif account.status != "active":
+    elif account.status != AccountStatus.ACTIVE:
         raise StaffError("the account is not active")
     staff = await db.scalar(select(StaffMember).where(StaffMember.account_id == account.id).with_for_update())
     if staff is not None and staff.disabled_at is None:
@@ -179,7 +179,7 @@ async def grant_role(db: AsyncSession, cipher: KeyCipher, *, email: str, role: s
     except ValueError as exc:
         raise StaffError(f"email: {exc}") from None
     account = await find_by_email(db, normalized)
-    if account is None or account.status != "active":
+    if account is None or account.status != AccountStatus.ACTIVE:
         raise StaffError(f"no active hub account has the address {normalized}: the person registers at the hub first")
     staff = await db.scalar(select(StaffMember).where(StaffMember.account_id == account.id).with_for_update())
     if staff is not None and staff.disabled_at is None:

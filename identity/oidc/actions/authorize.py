@@ -128,7 +128,7 @@ async def _authorize(
         return await _interact(request, db, oauth_request, interaction)
     assert signed_in is not None and account is not None
 
-    if account.status != "active":
+    if not account.may_be_shared:
         return fail("access_denied", "The account is waiting for a guardian's consent.")
 
     if not account.email_verified and request.config_dict[SETTINGS].require_verified_email:

@@ -21,7 +21,7 @@ async def userinfo(request: web.Request) -> web.StreamResponse:
         def claims() -> dict[str, Any]:
             token = provider.resource.validate_request(["openid"], oauth_request)
             account = token.get_user()
-            if account is None or account.status != "active":
+            if account is None or not account.may_be_shared:
                 raise _InvalidToken()
             return user_claims(account, token.get_scope())
 
