@@ -29,6 +29,7 @@ from sqlalchemy import and_, delete, exists, false, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from identity.accounts.erase import erase
+from identity.db import dialect
 from identity.db.models import (
     Account,
     AccountChange,
@@ -87,7 +88,7 @@ async def _audit_purge(db: AsyncSession) -> AsyncIterator[None]:
     """Let this transaction delete audit records: on Postgres a transaction-local setting the
     trigger reads; on SQLite the one-row gate the trigger reads, open only inside this
     transaction (SQLite's other connections see committed rows, where it is closed)."""
-    if db.bind.dialect.name == "postgresql":
+    if dialect.is_postgres(db):
         await db.execute(text("SELECT set_config('onesignin.audit_purge', 'on', true)"))
         yield
         await db.execute(text("SELECT set_config('onesignin.audit_purge', 'off', true)"))

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import devices, throttle
 from identity.appkeys import DB, HASHER, PROVIDER, SECRET, SETTINGS
+from identity.db import dialect
 from identity.db.engine import autocommit
 from identity.db.models import (
     Account,
@@ -163,7 +164,7 @@ async def attempt_sign_in(request: web.Request, email: str, password: str) -> Si
         return refused
     ok = await check_password(request, attempt, password)
     device = devices.remember(request.config_dict[SECRET], DEVICE.read(request), attempt.keys.account) if ok else None
-    if ok and _plain(request, attempt) and sessions.kw["bind"].dialect.name == "postgresql":
+    if ok and _plain(request, attempt) and dialect.opens_postgres(sessions):
         return SignedIn(await _sign_in_at_once(request, attempt), device)
     async with unit(sessions) as db:
         outcome = await finish_attempt(request, db, attempt, ok)
