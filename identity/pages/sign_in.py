@@ -25,13 +25,7 @@ from identity.db.models import (
     utcnow,
 )
 from identity.db.units import unit
-from identity.oidc import scopes
-from identity.oidc.actions.authorize import (
-    Decision,
-    expired_interaction,
-    load_interaction,
-    needs_sign_in,
-)
+from identity.oidc import interactions, scopes
 from identity.oidc.logout import end_session
 from identity.pages.common import (
     client_address,
@@ -41,8 +35,8 @@ from identity.pages.common import (
     verify_password,
 )
 from identity.web import after_commit, browser, csrf
-from identity.web.cookies import DEVICE
-from identity.web.responses import redirect, safe_next
+from identity.web.cookies import DEVICE, INTERACTION
+from identity.web.responses import expired_interaction, redirect, safe_next
 from schemas.account import normalize_email
 
 WRONG = "The email address or password is incorrect."
@@ -323,21 +317,21 @@ async def _service_name(db: AsyncSession, client_id: str) -> str:
 async def interaction_page(request: web.Request) -> web.StreamResponse:
     uid = request.match_info["uid"]
     async with request.config_dict[DB].begin() as db:
-        interaction = await load_interaction(request, db, uid)
+        interaction = await interactions.find(db, uid, INTERACTION.read(request))
         if interaction is None:
             return expired_interaction(request)
         signed_in = await browser.current(request, db)
-        service = await _service_name(db, interaction.params["client_id"])
-        query = dict(interaction.params["query"])
-        prompts = set(query.get("prompt", "").split())
-        if needs_sign_in(signed_in, prompts, query.get("max_age"), Decision(fresh_since=interaction.created_at)):
+        details = interactions.details(interaction)
+        service = await _service_name(db, details.client_id)
+        fresh = interactions.Decision(fresh_since=details.started_at)
+        if interactions.needs_sign_in(signed_in.auth_time if signed_in else None, details.prompts, details.max_age, fresh):
             return render(
                 request,
                 "sign_in.html",
                 {"action": f"/i/{uid}/login", "service": service, "register_next": f"/i/{uid}"},
             )
         assert signed_in is not None
-        requested = scopes.split(interaction.params["scope"])
+        requested = scopes.split(details.scope)
         return render(
             request,
             "consent.html",
@@ -355,10 +349,10 @@ async def interaction_login(request: web.Request) -> web.StreamResponse:
     form = await csrf.checked_form(request)
     email, password = field(form, "email", 320), field(form, "password", 1024)
     async with request.config_dict[DB].begin() as db:
-        interaction = await load_interaction(request, db, uid)
+        interaction = await interactions.find(db, uid, INTERACTION.read(request))
         if interaction is None:
             return expired_interaction(request)
-        service = await _service_name(db, interaction.params["client_id"])
+        service = await _service_name(db, interactions.details(interaction).client_id)
     outcome = await attempt_sign_in(request, email, password)
     if isinstance(outcome, SignInRefused):
         context = {
@@ -378,11 +372,10 @@ async def interaction_consent(request: web.Request) -> web.StreamResponse:
     uid = request.match_info["uid"]
     form = await csrf.checked_form(request)
     async with request.config_dict[DB].begin() as db:
-        interaction = await load_interaction(request, db, uid)
+        interaction = await interactions.find(db, uid, INTERACTION.read(request))
         if interaction is None:
             return expired_interaction(request)
         if await browser.current(request, db) is None:
             return redirect(f"/i/{uid}", 303)
-        allowed = form.get("decision") == "allow"
-        interaction.params = {**interaction.params, "consented": allowed, "denied": not allowed}
+        interactions.finish_consent(interaction, allowed=form.get("decision") == "allow")
     return redirect(f"/i/{uid}/resume", 303)
