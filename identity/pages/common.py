@@ -46,11 +46,6 @@ async def hash_password(request: web.Request, password: str) -> str:
     return await request.config_dict[HASHING].hash(password)
 
 
-async def verify_password(request: web.Request, stored_hash: str | None, password: str) -> bool:
-    """Check a password; with no stored hash, spend the same time and answer False."""
-    return await request.config_dict[HASHING].verify(stored_hash, password)
-
-
 async def too_many_requests(request: web.Request, email: str | None) -> int | None:
     """Count a request that makes the hub hash a password or send mail for a visitor, per client
     address and per typed address, before that work is done. Returns the seconds to wait when it
