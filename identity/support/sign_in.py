@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from identity.appkeys import CIPHER, DB, PROVIDER, SECRET, SETTINGS
 from identity.db.models import Account, AccountStatus, ConsoleSession, StaffMember, utcnow
 from identity.pages.common import client_address, field
-from identity.support import audit, console_client, forms, session
+from identity.support import console_client, forms, session
 from identity.support import staff as staff_members
 from identity.support.console_client import Pending, SignInFailed
 from identity.support.render import render
@@ -184,9 +184,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     async with request.config_dict[DB].begin() as db:
         agent = await session.current(request, db)
         if agent is not None:
-            await db.execute(update(ConsoleSession).where(ConsoleSession.id == agent.session_id).values(ended_at=utcnow()))
-            if agent.stage == "active":
-                audit.record(db, actor_kind="agent", actor=agent.sub, action="console.signed_out")
+            await staff_members.sign_out(db, session_id=agent.session_id, sub=agent.sub, signed_in=agent.stage == "active", now=utcnow())
     response = _notice(
         request, "Signed out of the console", "You have signed out of the support console. Your hub account stays signed in.", 200
     )

@@ -315,7 +315,7 @@ async def check_code(
         .returning(ConsoleSession.totp_failures)
     )
     if tried is None:
-        await _end_attempt(db, session_id, now)
+        await _end_console_session(db, session_id, now)
         return CodeChecked("ended")
     failures = await db.scalar(
         update(StaffMember)
@@ -328,7 +328,7 @@ async def check_code(
         .returning(StaffMember.totp_failures)
     )
     if failures is None:
-        await _end_attempt(db, session_id, now)
+        await _end_console_session(db, session_id, now)
         audit.record(db, actor_kind="agent", actor=sub, action="console.totp_locked", detail={"refused": True})
         return CodeChecked("locked")
     staff = await db.get(StaffMember, staff_id, populate_existing=True)
@@ -352,7 +352,7 @@ async def check_code(
         await db.execute(update(StaffMember).where(StaffMember.id == staff.id).values(totp_locked_until=until))
         audit.record(db, actor_kind="agent", actor=sub, action="console.totp_locked", detail={"failures": failures, "until": until.isoformat()})
     if lock is not None or tried >= MAX_TOTP_FAILURES:
-        await _end_attempt(db, session_id, now)
+        await _end_console_session(db, session_id, now)
         return CodeChecked("locked" if lock is not None else "ended")
     return CodeChecked("wrong", staff)
 
@@ -378,5 +378,13 @@ async def _accept(db: AsyncSession, staff: StaffMember, *, session_id: int, sub:
     return CodeChecked("accepted", staff)
 
 
-async def _end_attempt(db: AsyncSession, session_id: int, now: dt.datetime) -> None:
+async def sign_out(db: AsyncSession, *, session_id: int, sub: str, signed_in: bool, now: dt.datetime) -> None:
+    """End the console session ``session_id`` of the staff member ``sub``; the end of a session
+    past its second factor (``signed_in``) is recorded in the audit trail."""
+    await _end_console_session(db, session_id, now)
+    if signed_in:
+        audit.record(db, actor_kind="agent", actor=sub, action="console.signed_out")
+
+
+async def _end_console_session(db: AsyncSession, session_id: int, now: dt.datetime) -> None:
     await db.execute(update(ConsoleSession).where(ConsoleSession.id == session_id).values(ended_at=now))
