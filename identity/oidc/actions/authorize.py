@@ -5,8 +5,8 @@
 2. decide whether the person must sign in (no session, ``prompt=login``, ``max_age``);
 3. decide whether they must consent (nothing remembered covers the scopes, ``prompt=consent``);
 4. with ``prompt=none``, answer ``login_required`` / ``consent_required`` instead of asking;
-5. otherwise issue the code, link the service to the person (``accounts.link_lifecycle.link``)
-   and record it in the session.
+5. otherwise record the consent (``oidc.consents``), issue the code, link the service to the
+   person (``accounts.link_lifecycle.link``) and record it in the session.
 
 Steps 2 and 3 hand over to an *interaction* (``/i/{uid}``, ``identity.oidc.interactions``): a
 stored copy of the request bound to this browser by a cookie scoped to that interaction's path.
@@ -23,19 +23,17 @@ import aiohttp_jinja2
 from aiohttp import web
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import link_lifecycle
 from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.models import (
-    Consent,
     Interaction,
     SessionService,
     utcnow,
 )
 from identity.db.upsert import ensure_row
-from identity.oidc import interactions, scopes
+from identity.oidc import consents, interactions, scopes
 from identity.oidc.adapter import HubOAuth2Request, read_request
 from identity.oidc.client import ServiceClient
 from identity.pages.common import render
@@ -145,10 +143,7 @@ async def _authorize(
             await provider.run(db, lambda: provider.create_authorization_response(oauth_request, grant_user=account, grant=grant))
         )
     requested = set(scopes.split(oauth_request.scope))
-    consent = await db.scalar(
-        select(Consent).where(Consent.account_id == account.id, Consent.service_id == client.id)
-    )
-    remembered = set(scopes.split(consent.scope)) if consent and consent.revoked_at is None else set()
+    remembered = await consents.remembered(db, account.id, client.id)
     if not decision.consented and ("consent" in prompts or not requested <= remembered):
         if "none" in prompts:
             return fail("consent_required", "The person must approve this service.")
@@ -156,17 +151,7 @@ async def _authorize(
 
     now = utcnow()
     if decision.consented:
-        # Two tabs may consent at once: create the row if missing, then widen it under a lock.
-        await ensure_row(db, Consent, account_id=account.id, service_id=client.id, scope="", granted_at=now)
-        consent = await db.scalar(
-            select(Consent)
-            .where(Consent.account_id == account.id, Consent.service_id == client.id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-        assert consent is not None
-        kept = set(scopes.split(consent.scope)) if consent.revoked_at is None else set()
-        consent.scope, consent.granted_at, consent.revoked_at = scopes.join(kept | requested), now, None
+        await consents.grant(db, account.id, client.id, requested, now)
 
     await link_lifecycle.link(db, account_id=account.id, service_id=client.id, scope=oauth_request.scope, now=now)
     await _remember_service(db, signed_in.session.id, client.id)
