@@ -38,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from demo.member import CALLBACK_PATH, WEBHOOK_PATH, MemberConfig, create_member_app
 from identity import admin, outbound
+from identity import appkeys as K
 from identity.accounts.passwords import PasswordHasher
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
@@ -45,7 +46,6 @@ from identity.db.models import Account, Service
 from identity.private_files import private_dir
 from identity.sealing import KeyCipher, new_webhook_secret, seal_webhook_secret
 from identity.settings import Settings
-from identity.web import appkeys as K
 from identity.web.app import create_app
 from schemas.events import service_topic
 from sync import kafka

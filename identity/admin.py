@@ -16,7 +16,7 @@ from identity.accounts import links
 from identity.accounts.children import is_child
 from identity.accounts.passwords import PasswordHasher, check_password
 from identity.accounts.store import EmailTaken, create_account
-from identity.db.models import Delivery, Service
+from identity.db.models import AccountStatus, Delivery, Service
 from identity.deliveries import resume
 from identity.oidc import scopes
 from identity.sealing import KeyCipher, new_webhook_secret, seal_webhook_secret
@@ -195,7 +195,7 @@ async def add_user(
             password_hash=password_hash or hasher.hash(password),
             details=details.changes(),
             channel="cli",
-            status="pending_guardian" if child else "active",
+            status=AccountStatus.PENDING_GUARDIAN if child else AccountStatus.ACTIVE,
             guardian_email=guardian,
         )
     except EmailTaken:

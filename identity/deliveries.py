@@ -53,7 +53,7 @@ async def service_status(
             await db.execute(
                 select(Account.id, Account.version)
                 .join(Link, Link.account_id == Account.id)
-                .where(Account.sub == sub, Link.service_id == service.id, Link.status == "active")
+                .where(Account.sub == sub, Link.service_id == service.id, Link.is_active)
             )
         ).first()
         if row is None:
@@ -134,7 +134,7 @@ async def resync(db: AsyncSession, service: Service, *, rate: float, now: dt.dat
         await db.execute(
             select(Account.id, Account.version)
             .join(Link, Link.account_id == Account.id)
-            .where(Link.service_id == service.id, Link.status == "active")
+            .where(Link.service_id == service.id, Link.is_active)
             .order_by(Account.id)
         )
     ).all()
@@ -169,7 +169,7 @@ async def resync_person(db: AsyncSession, service: Service, account_id: int, *, 
     version = await db.scalar(
         select(Account.version)
         .join(Link, Link.account_id == Account.id)
-        .where(Account.id == account_id, Link.service_id == service.id, Link.status == "active")
+        .where(Account.id == account_id, Link.service_id == service.id, Link.is_active)
     )
     channels = channels_of(service.webhook_url, service.topic_enabled)
     if version is None or not channels:

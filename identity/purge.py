@@ -29,9 +29,11 @@ from sqlalchemy import and_, delete, exists, false, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from identity.accounts.erase import erase
+from identity.db import dialect
 from identity.db.models import (
     Account,
     AccountChange,
+    AccountStatus,
     AuditRecord,
     Consent,
     EmailToken,
@@ -86,7 +88,7 @@ async def _audit_purge(db: AsyncSession) -> AsyncIterator[None]:
     """Let this transaction delete audit records: on Postgres a transaction-local setting the
     trigger reads; on SQLite the one-row gate the trigger reads, open only inside this
     transaction (SQLite's other connections see committed rows, where it is closed)."""
-    if db.bind.dialect.name == "postgresql":
+    if dialect.is_postgres(db):
         await db.execute(text("SELECT set_config('onesignin.audit_purge', 'on', true)"))
         yield
         await db.execute(text("SELECT set_config('onesignin.audit_purge', 'off', true)"))
@@ -106,7 +108,7 @@ async def rights_requests(db: AsyncSession, settings: Settings, now: dt.datetime
 
 def _past_grace(settings: Settings, now: dt.datetime) -> list[Any]:
     return [
-        Account.status == "pending_guardian",
+        Account.status == AccountStatus.PENDING_GUARDIAN,
         Account.guardian_consent_at.is_(None),
         or_(
             Account.delete_after < now,
@@ -149,7 +151,7 @@ def _unverified_and_idle(settings: Settings, now: dt.datetime) -> list[Any]:
     return [
         Account.email_verified == false(),
         Account.created_at < cutoff,
-        Account.status == "active",
+        Account.status == AccountStatus.ACTIVE,
         Account.guardian_consent_at.is_(None),
         none_of(Link),
         none_of(Consent),

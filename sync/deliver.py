@@ -35,9 +35,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.db import dialect
 from identity.db.models import (
     ACTIVE,
     Account,
+    AccountStatus,
     DeadLetter,
     Delivery,
     Link,
@@ -212,7 +214,7 @@ class Deliveries:
                         select(Link.account_id, Link.service_id, Link.scope).where(
                             Link.account_id.in_({a for a, _ in pairs}),
                             Link.service_id.in_({s for _, s in pairs}),
-                            Link.status == "active",
+                            Link.is_active,
                         )
                     )
                 )
@@ -225,7 +227,7 @@ class Deliveries:
             account = accounts.get(r.account_id)
             scope = scopes.get((r.account_id, r.service_id))
             endpoint = endpoints.get(r.service_id)
-            if account is None or scope is None or endpoint is None or account.status not in ("active",):
+            if account is None or scope is None or endpoint is None or account.status != AccountStatus.ACTIVE:
                 dropped.append(r.id)  # unlinked or gone: nothing more is sent
                 continue
             profile = profiles.get((r.account_id, scope))
@@ -337,7 +339,7 @@ async def _settle(db: AsyncSession, ok: list[Result]) -> None:
     """Record deliveries that succeeded (``ok`` in key order). On Postgres in one statement, its
     rows first locked in key order, as the fan-out's upserts lock them (so the two never
     deadlock); elsewhere row by row, in that order."""
-    if db.bind.dialect.name != "postgresql":
+    if not dialect.is_postgres(db):
         await db.execute(_SETTLE_ONE, [{"i": r.job.delivery_id, "v": r.job.version, "g": r.job.generation, "t": r.at} for r in ok])
         return
     ids = [r.job.delivery_id for r in ok]

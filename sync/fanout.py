@@ -23,6 +23,7 @@ from sqlalchemy import and_, bindparam, case, select, true, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from identity.db import dialect
 from identity.db.models import Account, Delivery, Link, OutboxEvent, Service, utcnow
 from identity.db.units import whole
 from identity.db.upsert import insert_for
@@ -90,11 +91,11 @@ async def _record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], 
     scopes: dict[tuple[int, int], str] = {}
     if room is None:
         accounts = dict(
-            (await db.execute(select(Account.sub, Account.id).where(Account.sub.in_(subs), Account.status == "active"))).all()
+            (await db.execute(select(Account.sub, Account.id).where(Account.sub.in_(subs), Account.may_be_shared))).all()
         )
     else:
         # The deliverer builds what it takes from these very rows.
-        rows = (await db.execute(select(*ACCOUNT_COLUMNS).where(Account.sub.in_(subs), Account.status == "active"))).all()
+        rows = (await db.execute(select(*ACCOUNT_COLUMNS).where(Account.sub.in_(subs), Account.may_be_shared))).all()
         read = {a.id: a for a in rows}
         accounts = {a.sub: a.id for a in rows}
     if not accounts:
@@ -103,7 +104,7 @@ async def _record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], 
     links = await db.execute(
         select(Link.account_id, Link.service_id, Link.scope, Service.client_id, Service.webhook_url, Service.topic_enabled)
         .join(Service, Service.id == Link.service_id)
-        .where(Link.account_id.in_(accounts.values()), Link.status == "active")
+        .where(Link.account_id.in_(accounts.values()), Link.is_active)
     )
     targets: dict[int, list[_Target]] = {}
     for account_id, service_id, scope, client_id, webhook_url, topic_enabled in links:
@@ -197,7 +198,7 @@ def _upsert(db: AsyncSession, *, returning: bool = False) -> Any:
     """Insert the wanted deliveries, or coalesce them into the pending ones. Built once per
     dialect and run with many parameter sets (compiling it per batch would cost more than the
     database work). ``returning``: with what the deliverer needs to send the rows."""
-    key = (db.bind.dialect.name, returning)
+    key = (dialect.name(db), returning)
     if key not in _UPSERTS:
         statement = _build_upsert(db)
         if returning:

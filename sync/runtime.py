@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from identity import appkeys as K
 from identity import notices, outbound
 from identity.rights.metrics import refresh_overdue
 from identity.sealing import KeyCipher
 from identity.settings import Settings
-from identity.web import appkeys as K
 from sync.broker import EmbeddedBroker
 from sync.deliver import Deliveries
 from sync.endpoints import Endpoints

@@ -18,8 +18,8 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from identity import admin
+from identity.appkeys import CIPHER, DB, HASHER, MAILER
 from identity.settings import Settings
-from identity.web.appkeys import CIPHER, DB, HASHER, MAILER
 
 PASSWORD = "correct horse battery staple"
 

@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity import notices, outbox
-from identity.db.models import Account, AuditRecord, Delivery, Link, Service
+from identity.db.models import Account, AccountStatus, AuditRecord, Delivery, Link, Service
 from identity.settings import Settings
 from schemas.events import (
     AccountRestricted,
@@ -78,7 +78,7 @@ async def rectified(db: AsyncSession, account: Account, policy: ChildPolicy, now
     if is_child(account.birthdate, policy.age_of_consent, now.date()):
         if account.guardian_consent_at is None and account.restricted_at is None:
             await restrict(db, account, policy, now)
-    elif account.status == "pending_guardian":
+    elif account.status == AccountStatus.PENDING_GUARDIAN:
         await lift(db, account, now, by_guardian=False)
 
 
@@ -88,7 +88,7 @@ async def _linked_services(db: AsyncSession, account_id: int) -> list[Service]:
             await db.scalars(
                 select(Service)
                 .join(Link, Link.service_id == Service.id)
-                .where(Link.account_id == account_id, Link.status == "active")
+                .where(Link.account_id == account_id, Link.is_active)
                 .order_by(Service.id)
             )
         ).all()
@@ -97,7 +97,7 @@ async def _linked_services(db: AsyncSession, account_id: int) -> list[Service]:
 
 async def restrict(db: AsyncSession, account: Account, policy: ChildPolicy, now: dt.datetime) -> None:
     """Stop sharing the account, tell every linked service, start the grace period."""
-    account.status = "pending_guardian"
+    account.status = AccountStatus.PENDING_GUARDIAN
     account.restricted_at = now
     account.delete_after = now + dt.timedelta(days=policy.grace_days)
     d = Delivery.__table__.c
@@ -123,7 +123,7 @@ async def lift(db: AsyncSession, account: Account, now: dt.datetime, *, by_guard
     """A guardian consented (or the corrected date of birth is an adult's): the account is shared
     again. Services that were told of a restriction hear that it ended and get a fresh snapshot."""
     was_restricted = account.restricted_at is not None
-    account.status = "active"
+    account.status = AccountStatus.ACTIVE
     if by_guardian:
         account.guardian_consent_at = now
     account.restricted_at = None

@@ -82,7 +82,7 @@ async def blocking_services(db: AsyncSession, account_id: int) -> list[Service]:
             await db.scalars(
                 select(Service)
                 .join(Link, Link.service_id == Service.id)
-                .where(Link.account_id == account_id, Link.status == "active")
+                .where(Link.account_id == account_id, Link.is_active)
                 .order_by(Service.name, Service.id)
             )
         ).all()

@@ -1,4 +1,5 @@
-"""The life of a link between a person and a member service, after the first sign-in made it.
+"""The life of a link between a person and a member service: made by the first sign-in to the
+service (:func:`link`, which also widens it and makes an ended link active again), and ended.
 
 Linking does not change who controls the service's account: the service does. So a link ends
 in one of two ways, and neither cancels anything at the service:
@@ -22,7 +23,7 @@ from typing import Literal
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity import notices
+from identity import notices, outbox
 from identity.db.models import (
     Account,
     AuthorizationCode,
@@ -30,17 +31,21 @@ from identity.db.models import (
     Consent,
     Delivery,
     Link,
+    LinkStatus,
+    Notice,
     Service,
     SessionService,
     Token,
     utcnow,
 )
+from identity.db.upsert import ensure_row
+from identity.errors import storable
+from identity.oidc import scopes
 from identity.oidc.keys import KeyRing
 from identity.oidc.logout import LogoutNotice, logout_token
-from identity.web.errors import storable
-from schemas.events import LinkRevoked, LinkRevokedData
+from schemas.events import LinkCreated, LinkRevoked, LinkRevokedData
 
-Ended = Literal["revoked", "cancelled"]
+Ended = Literal[LinkStatus.REVOKED, LinkStatus.CANCELLED]
 MAX_SUB = 64
 
 
@@ -53,6 +58,49 @@ class HeldAccount:
     status: str
     cancellation_url: str | None
     cancellation_instructions: str | None
+
+
+async def link(db: AsyncSession, *, account_id: int, service_id: int, scope: str, now: dt.datetime) -> None:
+    """Link the service to the person, as they authorize it to sign them in with ``scope``: the
+    first authorization links it; later ones widen the granted scopes; one after the link ended
+    (unlinked or cancelled) makes it active again from what was granted now. A new link, a relink
+    or wider scopes sends the service a snapshot of what it may now see (``link.created`` in the
+    outbox)."""
+    created = await ensure_row(
+        db, Link, account_id=account_id, service_id=service_id, status=LinkStatus.ACTIVE, scope=scope, created_at=now, updated_at=now
+    )
+    link = await db.scalar(
+        select(Link)
+        .where(Link.account_id == account_id, Link.service_id == service_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    assert link is not None
+    # A link that ended (unlinked or cancelled) starts again from what was granted now: its
+    # consent was revoked with it.
+    kept = set(scopes.split(link.scope)) if link.is_active else set()
+    widened = scopes.join(kept | set(scopes.split(scope)))
+    if created or not link.is_active or widened != link.scope:
+        # A new link, a relink or wider scopes: the service gets a snapshot of what it may now see.
+        if not created and not link.is_active:
+            # A relink: a ``link.revoked`` still waiting to be sent would reach the service after
+            # the relink and undo it there. It is withdrawn in this transaction.
+            await db.execute(
+                delete(Notice).where(
+                    Notice.service_id == service_id,
+                    Notice.account_id == account_id,
+                    Notice.event_type == "link.revoked",
+                    Notice.state == "pending",
+                )
+            )
+        link.status, link.scope, link.updated_at = LinkStatus.ACTIVE, widened, now
+        account = await db.get(Account, account_id)
+        service = await db.get(Service, service_id)
+        assert account is not None and service is not None
+        outbox.add(
+            db,
+            LinkCreated(id=outbox.new_event_id(), sub=account.sub, client_id=service.client_id, version=account.version, occurred_at=now),
+        )
 
 
 async def link_of(
@@ -87,7 +135,7 @@ async def end(
     """End ``link`` with ``status``; stop everything that flowed through it. Idempotent.
     Returns the back-channel logout notices to send after the caller commits."""
     now = now or utcnow()
-    if link.status == "active":
+    if link.is_active:
         link.ended_at = now
     if link.status != status:
         link.status, link.updated_at = status, now
@@ -167,7 +215,7 @@ async def cancel(
     if found is None:
         return None
     link, account = found
-    return link, await end(db, keys, issuer, link, account, service, "cancelled")
+    return link, await end(db, keys, issuer, link, account, service, LinkStatus.CANCELLED)
 
 
 async def unlink(
@@ -184,11 +232,11 @@ async def unlink(
             .execution_options(populate_existing=True)
         )
     ).first()
-    if row is None or row[0].status != "active":
+    if row is None or not row[0].is_active:
         return None
     link, service = row
     now = utcnow()
-    logouts = await end(db, keys, issuer, link, account, service, "revoked", now=now)
+    logouts = await end(db, keys, issuer, link, account, service, LinkStatus.REVOKED, now=now)
     notice = LinkRevoked(
         id=notices.new_notice_id(),
         timestamp=notices.timestamp(now),

@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from identity import outbox
 from identity.accounts import links
 from identity.accounts.children import ChildPolicy, check_proxy_birthdate, rectified
-from identity.db.models import Account, AccountChange, OutboxEvent, Tombstone, utcnow
+from identity.db import dialect
+from identity.db.models import Account, AccountChange, AccountStatus, OutboxEvent, Tombstone, utcnow
 from schemas.events import ProfileChanged
 
 Channel = Literal["person", "service", "support", "cli"]
@@ -57,7 +58,7 @@ async def create_account(
     details: dict[str, Any],
     channel: Channel,
     actor: str | None = None,
-    status: str = "active",
+    status: AccountStatus = AccountStatus.ACTIVE,
     guardian_email: str | None = None,
 ) -> Account:
     if await find_by_email(session, email) is not None:
@@ -190,12 +191,12 @@ async def _record(
     )
     history = {"account_id": account.id, "version": account.version, "fields": changed, "channel": channel, "actor": actor, "at": now}
     params = {f"h_{k}": v for k, v in history.items()} | {f"e_{k}": v for k, v in outbox.row(event).items()}
-    for statement in _history_and_event(session.bind.dialect.name):
+    for statement in _history_and_event(dialect.name(session)):
         await session.execute(statement, params)
 
 
 @functools.cache
-def _history_and_event(dialect: str) -> tuple[Any, ...]:
+def _history_and_event(dialect_name: str) -> tuple[Any, ...]:
     """The change's history row and its event, as plain INSERTs built once with bound parameters
     (one statement on Postgres): the hot path of every change needs no ORM objects for them."""
 
@@ -205,7 +206,7 @@ def _history_and_event(dialect: str) -> tuple[Any, ...]:
 
     history = values(AccountChange.__table__, "h_")
     event = values(OutboxEvent.__table__, "e_")
-    if dialect == "postgresql":
+    if dialect_name == dialect.POSTGRES:
         return (event.add_cte(history.cte("history")),)
     return (history, event)
 

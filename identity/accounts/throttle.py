@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.db import dialect
 from identity.db.models import Throttle, UTCDateTime, utcnow
 from identity.settings import Settings
 from identity.tokens import digest
@@ -161,7 +162,7 @@ def steps(limit: Limit) -> int:
 
 
 @functools.cache
-def counting(dialect: str, steps: int, prefix: str = "") -> Any:
+def counting(dialect_name: str, steps: int, prefix: str = "") -> Any:
     """``INSERT … ON CONFLICT DO UPDATE … RETURNING refused, locked_until`` counting one attempt
     against one key (built once per shape; :func:`params` gives its values). A row whose wait is
     still running is left as it is and the attempt refused."""
@@ -182,7 +183,7 @@ def counting(dialect: str, steps: int, prefix: str = "") -> Any:
         *waits,
         else_=p(f"until{steps - 1}", UTCDateTime()),
     )
-    insert = (pg_insert if dialect == "postgresql" else sqlite_insert)(t).values(
+    insert = (pg_insert if dialect_name == dialect.POSTGRES else sqlite_insert)(t).values(
         key=p("key"), failures=1, window_start=now, locked_until=p("first_lock", UTCDateTime()), lockouts=0, refused=False
     )
     return insert.on_conflict_do_update(
@@ -203,7 +204,7 @@ def outcome(refused: bool, locked_until: dt.datetime | None, now: dt.datetime) -
 async def take(db: AsyncSession, key: str, limit: Limit, now: dt.datetime | None = None) -> Count:
     """Count one attempt against ``key`` (before the work it guards)."""
     now = now or utcnow()
-    statement = counting(db.bind.dialect.name, steps(limit))
+    statement = counting(dialect.name(db), steps(limit))
     refused, locked_until = (await db.execute(statement, params(key, limit, now))).one()
     return outcome(refused, locked_until, now)
 
@@ -212,7 +213,7 @@ async def take_all(db: AsyncSession, counts: list[tuple[str, Limit]], now: dt.da
     """Count one attempt against each key; refused when any is, waiting as long as the longest.
     On Postgres it is one statement (one round trip), each key's count a data-modifying CTE."""
     now = now or utcnow()
-    if db.bind.dialect.name == "postgresql" and len(counts) > 1:
+    if dialect.is_postgres(db) and len(counts) > 1:
         statement = _counting_together(tuple(steps(limit) for _, limit in counts))
         values: dict[str, Any] = {}
         for i, (key, limit) in enumerate(counts):
@@ -227,7 +228,7 @@ async def take_all(db: AsyncSession, counts: list[tuple[str, Limit]], now: dt.da
 
 @functools.cache
 def _counting_together(shapes: tuple[int, ...]) -> Any:
-    ctes = [counting("postgresql", n, f"k{i}_").cte(f"k{i}") for i, n in enumerate(shapes)]
+    ctes = [counting(dialect.POSTGRES, n, f"k{i}_").cte(f"k{i}") for i, n in enumerate(shapes)]
     joined: Any = ctes[0]
     for cte in ctes[1:]:
         joined = joined.join(cte, true())  # one row each

@@ -10,10 +10,10 @@ from aiohttp import web
 from authlib.oauth2 import OAuth2Error
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.appkeys import PROVIDER, SETTINGS
 from identity.db.models import Account
 from identity.oidc.adapter import bearer_error, read_request
 from identity.oidc.client import ServiceClient
-from identity.web.appkeys import PROVIDER, SETTINGS
 
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -49,7 +49,7 @@ async def caller(request: web.Request, db: AsyncSession, *, person: bool) -> Cal
         found = await provider.run(db, validate)
     except OAuth2Error as error:
         raise Refused(bearer_error(error)) from None
-    if person and (found.account is None or found.account.status != "active"):
+    if person and (found.account is None or not found.account.may_be_shared):
         raise Refused(_invalid("The access token is not valid for this person."))
     if not person and found.account is not None:
         raise Refused(_invalid("Use a client_credentials token of the service, not a person's token."))

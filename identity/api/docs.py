@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from identity.web.appkeys import SETTINGS
+from identity.appkeys import SETTINGS
 from schemas.asyncapi import document
 from schemas.events import json_schemas
 from schemas.export import AccountExport

@@ -14,8 +14,8 @@ from aiohttp import web
 from identity.accounts import export
 from identity.api.bearer import NO_STORE, Refused, caller, problem
 from identity.api.spec import operation
+from identity.appkeys import DB
 from identity.oidc.scopes import split
-from identity.web.appkeys import DB
 from schemas.export import AccountExport
 
 SCOPE = "export"

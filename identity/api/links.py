@@ -13,10 +13,11 @@ from sqlalchemy import select
 from identity.accounts import link_lifecycle
 from identity.api.bearer import NO_STORE, Refused, caller, problem
 from identity.api.spec import operation
+from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.engine import autocommit
 from identity.db.models import Link, Service
-from identity.oidc.logout import send_notices
-from identity.web.appkeys import DB, HTTP, PROVIDER, SETTINGS
+from identity.db.units import unit
+from identity.web import after_commit
 from schemas.api import LinkResponse
 
 
@@ -75,7 +76,7 @@ async def cancel_link(request: web.Request) -> web.StreamResponse:
     links it anew."""
     sub = request.match_info["sub"]
     settings = request.config_dict[SETTINGS]
-    async with request.config_dict[DB].begin() as db:
+    async with unit(request.config_dict[DB]) as db:
         try:
             who = await caller(request, db, person=False)
         except Refused as refused:
@@ -85,11 +86,9 @@ async def cancel_link(request: web.Request) -> web.StreamResponse:
         done = await link_lifecycle.cancel(
             db, request.config_dict[PROVIDER].keys, settings.issuer, service, sub
         )
+        if done is not None:
+            after_commit.logout(db, request, done[1])
     if done is None:
         return _not_linked()
-    link, logouts = done
-    if logouts:
-        await send_notices(
-            request.config_dict[HTTP], logouts, settings.backchannel_logout_timeout
-        )
+    link, _ = done
     return _body(link, sub)

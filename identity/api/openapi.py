@@ -13,8 +13,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from identity.api.spec import Operation, described
+from identity.appkeys import SETTINGS
 from identity.oidc.scopes import SUPPORTED_SCOPES
-from identity.web.appkeys import SETTINGS
 from schemas.api import Problem
 
 REF = "#/components/schemas/{model}"

@@ -21,10 +21,10 @@ from identity.accounts.claims import granted_claims
 from identity.accounts.store import EmailTaken, update_details
 from identity.api.bearer import NO_STORE, Refused, caller, problem
 from identity.api.spec import operation
+from identity.appkeys import DB, SETTINGS
 from identity.db.engine import autocommit
 from identity.db.models import Account
 from identity.oidc.scopes import SCOPE_CLAIMS, split
-from identity.web.appkeys import DB, SETTINGS
 from schemas.account import BasicDetailsUpdate, problems
 from schemas.api import ProfileResponse
 
@@ -122,7 +122,7 @@ async def patch_me(request: web.Request) -> web.StreamResponse:
         account = await db.scalar(
             select(Account).where(Account.id == who.account.id).with_for_update().execution_options(populate_existing=True)
         )
-        if account is None or account.status != "active":
+        if account is None or not account.may_be_shared:
             return problem(401, "invalid_token", "The access token is not valid for this person.")
         if expected is not None and expected != account.version:
             response = problem(

@@ -21,12 +21,14 @@ from typing import TypeVar, cast
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from identity import notices, rights
+from identity import rights
 from identity.api.bearer import NO_STORE, Caller, Refused, caller, problem
 from identity.api.spec import operation
+from identity.appkeys import DB
 from identity.db.engine import autocommit
 from identity.db.models import Account, utcnow
-from identity.web.appkeys import DB
+from identity.db.units import unit
+from identity.web import after_commit
 from schemas.account import problems
 from schemas.rights import (
     RightsRequestCreate,
@@ -177,7 +179,7 @@ async def open_mine(request: web.Request) -> web.StreamResponse:
     if body.service is not None and body.service != who.client.client_id:
         return _unknown_target()  # another service: not this caller's to know of
     now = utcnow()
-    async with request.config_dict[DB].begin() as db:
+    async with unit(request.config_dict[DB]) as db:
         account = await db.get(Account, cast(Account, who.account).id)
         if account is None:
             return problem(
@@ -202,8 +204,8 @@ async def open_mine(request: web.Request) -> web.StreamResponse:
             )
             return _unknown_target()
         view = await rights.view(db, opened)
-    if body.service is not None:
-        notices.wake(request.config_dict)
+        if body.service is not None:
+            after_commit.wake(db, request)
     return _json(person_view(view, now), 201, Location=_location(opened.public_id))
 
 

@@ -13,9 +13,9 @@ from sqlalchemy import select
 from identity import deliveries as status
 from identity.api.bearer import NO_STORE, Refused, caller, problem
 from identity.api.spec import operation
+from identity.appkeys import DB, SETTINGS
 from identity.db.engine import autocommit
 from identity.db.models import Service, utcnow
-from identity.web.appkeys import DB, SETTINGS
 from schemas.api import ResyncResponse, SyncStatusResponse
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from identity.db import dialect
 from identity.private_files import private_dir, private_file
 from identity.settings import Settings
 
@@ -57,7 +58,7 @@ async def plan_for_now(db: AsyncSession) -> None:
     hundred times the rows of a deliveries table between two autovacuum analyses, and a plan made
     while it was small reads it whole for every row. Planning each statement of a batch costs far
     less than that (and nothing on SQLite, which plans each statement anyway)."""
-    if db.bind.dialect.name == "postgresql":
+    if dialect.is_postgres(db):
         await db.execute(_CUSTOM_PLANS)
 
 

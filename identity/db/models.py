@@ -4,6 +4,7 @@ owns the unit of work. Relationships are ``lazy="raise"``; load what you need ex
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -24,7 +25,26 @@ from sqlalchemy import (
     literal_column,
     text,
 )
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class AccountStatus(StrEnum):
+    """Where an account stands (stored as these strings)."""
+
+    ACTIVE = "active"
+    #: A child's account whose guardian has not consented yet: shared with no service meanwhile.
+    PENDING_GUARDIAN = "pending_guardian"
+
+
+class LinkStatus(StrEnum):
+    """Where a link between a person and a service stands (stored as these strings)."""
+
+    ACTIVE = "active"
+    #: The person unlinked the service at the hub (the service keeps its account).
+    REVOKED = "revoked"
+    #: The service reported that it cancelled its own account for the person.
+    CANCELLED = "cancelled"
 
 
 def utcnow() -> dt.datetime:
@@ -82,9 +102,17 @@ class Account(Base):
     marketing_competitions_at: Mapped[dt.datetime | None]
     marketing_offers: Mapped[bool] = mapped_column(Boolean, default=False)
     marketing_offers_at: Mapped[dt.datetime | None]
-    # "active", or "pending_guardian" for a child whose guardian has not yet consented (the
-    # account is not shared with any service meanwhile; see ``restricted_at``).
-    status: Mapped[str] = mapped_column(String(32), default="active")
+    # An AccountStatus: "active", or "pending_guardian" for a child whose guardian has not yet
+    # consented (the account is not shared with any service meanwhile; see ``restricted_at``).
+    status: Mapped[str] = mapped_column(String(32), default=AccountStatus.ACTIVE.value)
+
+    @hybrid_property
+    def may_be_shared(self) -> bool:
+        """Whether services may have the account: sign the person in, receive their claims and
+        changes. Not while a child waits for a guardian's consent. Also a query condition
+        (``where(Account.may_be_shared)``)."""
+        return self.status == AccountStatus.ACTIVE.value
+
     guardian_email: Mapped[str | None] = mapped_column(String(320))
     guardian_consent_at: Mapped[dt.datetime | None]
     # When sharing with services stopped because the account turned out to be a child's
@@ -232,7 +260,14 @@ class Link(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"))
     service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    status: Mapped[str] = mapped_column(String(16), default=LinkStatus.ACTIVE.value)  # a LinkStatus
+
+    @hybrid_property
+    def is_active(self) -> bool:
+        """Whether the link is live (neither revoked nor cancelled): the service hears of the
+        person. Also a query condition (``where(Link.is_active)``)."""
+        return self.status == LinkStatus.ACTIVE.value
+
     scope: Mapped[str] = mapped_column(String(500))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

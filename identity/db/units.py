@@ -1,10 +1,15 @@
-"""Units of work that a shutdown does not cut in half."""
+"""Units of work: what runs once one commits (:func:`unit`, :func:`on_commit`), and units
+that a shutdown does not cut in half (:func:`whole`)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 T = TypeVar("T")
 
@@ -27,3 +32,36 @@ async def whole(unit: Awaitable[T]) -> T:
         if not task.cancelled():
             task.exception()  # retrieved: the cancellation is what the caller hears of
         raise
+
+
+#: Where a session keeps what must run once its transaction commits (see :func:`on_commit`).
+_AFTER_COMMIT = "onesignin.after_commit"
+
+AfterCommit = Callable[[], Awaitable[None] | None]
+
+
+def on_commit(db: AsyncSession, work: AfterCommit) -> None:
+    """Run ``work`` once the transaction ``db`` is in has committed: mail, back-channel logout,
+    waking the notice sender. Nothing runs when it rolls back. Only :func:`unit` runs it: a
+    session opened otherwise must not be given any."""
+    db.info.setdefault(_AFTER_COMMIT, []).append(work)
+
+
+@asynccontextmanager
+async def unit(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """One unit of work, as ``sessions.begin()``: committed when the block ends (a ``return``
+    inside it included), rolled back when it raises. Then, and only after a commit, what the
+    block asked for with :func:`on_commit` runs, in the order asked, once, before the caller goes
+    on. A failure of one of those is the caller's, as if it had called it after the block."""
+    async with sessions() as db:
+        try:
+            async with db.begin():
+                yield db
+        except BaseException:
+            db.info.pop(_AFTER_COMMIT, None)
+            raise
+        work = db.info.pop(_AFTER_COMMIT, [])
+    for step in work:
+        result = step()
+        if inspect.isawaitable(result):
+            await result

@@ -9,9 +9,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.db import dialect
+
 
 def insert_for(db: AsyncSession, model: Any) -> Any:
-    if db.bind.dialect.name == "postgresql":
+    if dialect.is_postgres(db):
         return pg_insert(model)
     return sqlite_insert(model)
 

@@ -18,7 +18,7 @@ from authlib.oauth2.rfc6749.errors import (
 from authlib.oauth2.rfc6750.errors import InsufficientScopeError
 from multidict import MultiDict
 
-from identity.web.errors import BadInput
+from identity.errors import BadInput
 
 
 class _Payload(OAuth2Payload):

@@ -168,7 +168,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     def authenticate_user(self, authorization_code: IssuedCode) -> Account | None:
         account = db().get(Account, authorization_code.row.account_id)
-        if account is None or account.status != "active":
+        if account is None or not account.may_be_shared:
             return None
         return account
 
@@ -198,7 +198,7 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
 
     def authenticate_user(self, refresh_token: IssuedToken) -> Account | None:
         account = refresh_token.get_user()
-        if account is None or account.status != "active":
+        if account is None or not account.may_be_shared:
             return None
         return account
 

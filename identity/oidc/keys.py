@@ -17,6 +17,7 @@ from joserfc.jwk import ECKey, KeySet, RSAKey
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.db import dialect
 from identity.db.locks import AdvisoryLock, take
 from identity.db.models import SigningKey, utcnow
 from identity.sealing import KeyCipher
@@ -74,7 +75,7 @@ async def ensure_keys(
     """Create a first key per algorithm, and a successor once the current key is within
     ``publish_lead`` of retiring. The caller commits."""
     now = now or utcnow()
-    if session.bind.dialect.name == "postgresql":
+    if dialect.is_postgres(session):
         await session.execute(take(AdvisoryLock.SIGNING_KEYS))
     rows = (await session.scalars(select(SigningKey))).all()
     for alg in ALGORITHMS:

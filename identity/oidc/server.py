@@ -289,7 +289,7 @@ class Introspection(_AnyHint, IntrospectionEndpoint):
     def introspect_token(self, token: IssuedToken) -> dict[str, Any]:
         row = token.row
         user = token.get_user()
-        if user is not None and user.status != "active":
+        if user is not None and not user.may_be_shared:
             # A child's account waiting for a guardian is shared with no service: its tokens
             # open nothing, so they are not active either.
             return {"active": False}

@@ -9,16 +9,16 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from identity import notices
 from identity.accounts import email_change
 from identity.accounts.children import ChildPolicy
 from identity.accounts.store import update_details
+from identity.appkeys import DB, SETTINGS
 from identity.db.engine import autocommit
 from identity.db.models import Link, Service
-from identity.pages.common import field, render, send_mail
+from identity.db.units import unit
+from identity.pages.common import field, render
 from identity.pages.sign_in import confirm_password
-from identity.web import browser, csrf
-from identity.web.appkeys import DB, SETTINGS
+from identity.web import after_commit, browser, csrf
 from identity.web.responses import redirect
 from schemas.account import BasicDetailsUpdate, form_errors
 
@@ -100,7 +100,7 @@ async def edit_details(request: web.Request) -> web.StreamResponse:
     changes = update.changes()
     changes.pop("email", None)
     mail = []
-    async with request.config_dict[DB].begin() as db:
+    async with unit(request.config_dict[DB]) as db:
         signed_in = await browser.current(request, db)
         if signed_in is None:
             return redirect("/sign-in?next=/account", 303)
@@ -110,6 +110,6 @@ async def edit_details(request: web.Request) -> web.StreamResponse:
             # Pending until the link mailed to the new address is opened (the same answer
             # whether or not another account uses it: its owner is told instead).
             mail = await email_change.request(db, settings, account, new_email)
-    notices.wake(request.config_dict)  # a restriction's notices, if the date of birth made it one
-    await send_mail(request, mail)
+        after_commit.wake(db, request)  # a restriction's notices, if the date of birth made it one
+        after_commit.mail(db, request, mail)
     return redirect("/account?saved=1&email=sent" if mail else "/account?saved=1", 303)

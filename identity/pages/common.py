@@ -1,13 +1,12 @@
 """What every page handler shares: rendering with a CSRF token, the policy for new passwords,
-password hashing off the event loop, work done after the answer (sending mail after commit)."""
+password hashing off the event loop, throttling, form fields. (Mail is sent after commit through
+``identity.web.after_commit``.)"""
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from email.message import EmailMessage
+from collections.abc import Iterable
 from typing import Any
 
 import aiohttp_jinja2
@@ -15,11 +14,10 @@ from aiohttp import web
 
 from identity.accounts import throttle
 from identity.accounts.passwords import BREACHED, check_password
+from identity.appkeys import BREACH_API, DB, HASHING, SETTINGS
 from identity.db.engine import autocommit
-from identity.mail import MailError
+from identity.errors import BadInput
 from identity.web import csrf
-from identity.web.appkeys import BREACH_API, DB, HASHING, MAIL_TASKS, MAILER, SETTINGS
-from identity.web.errors import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -46,68 +44,6 @@ async def new_password_problem(request: web.Request, password: str, context: Ite
 async def hash_password(request: web.Request, password: str) -> str:
     """A new hash (raises ``HashQueueFull``, answered 503, when too many wait)."""
     return await request.config_dict[HASHING].hash(password)
-
-
-async def verify_password(request: web.Request, stored_hash: str | None, password: str) -> bool:
-    """Check a password; with no stored hash, spend the same time and answer False."""
-    return await request.config_dict[HASHING].verify(stored_hash, password)
-
-
-#: The name of every task :func:`after_response` starts.
-AFTER_RESPONSE = "after-response"
-
-
-async def after_response(request: web.Request, work: Callable[[], Awaitable[None]], what: str) -> None:
-    """Run ``work`` once the answer is on its way, so the answer's timing says nothing about it
-    (``ONESIGNIN_MAIL_IN_BACKGROUND``; otherwise it runs now). A failure is logged, never
-    answered. The application waits for such work at shutdown. ``work`` must not use
-    ``request``: take what it needs from the application first."""
-
-    async def run() -> None:
-        try:
-            await work()
-        except Exception:
-            log.exception("%s failed", what)
-
-    if not request.config_dict[SETTINGS].mail_in_background:
-        await run()
-        return
-    tasks = request.config_dict[MAIL_TASKS]
-    task = asyncio.create_task(run(), name=f"{AFTER_RESPONSE}: {what}")
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
-
-
-async def send_mail(request: web.Request, messages: list[EmailMessage]) -> None:
-    """Send mail after the work that produced it committed. By default it goes out in the
-    background, so a page answers in the same time whether or not it sent anything (no
-    account enumeration through timing); the application waits for it at shutdown."""
-    if not messages:
-        return
-    app = request.config_dict
-    await after_response(request, lambda: deliver_mail(app, messages), "mail")
-
-
-async def deliver_mail(app: Any, messages: list[EmailMessage]) -> None:
-    """Send ``messages`` now (``app``: the application, or a request's ``config_dict``). A
-    visitor can have the hub send only so much mail to one recipient
-    (``ONESIGNIN_MAIL_PER_RECIPIENT`` an hour); beyond it nothing is sent, and the page that
-    caused it answers the same. A message that cannot be sent is logged."""
-    settings = app[SETTINGS]
-    async with autocommit(app[DB]) as db:
-        refused = [(await throttle.take(db, _recipient_key(m), throttle.mail_limit(settings))).refused for m in messages]
-    for message, over in zip(messages, refused, strict=True):
-        if over:
-            log.info("%r not sent: its recipient had the limit of mail for now", message["Subject"])
-            continue
-        try:
-            await app[MAILER].send(message)
-        except MailError:
-            log.exception("sending %r failed", message["Subject"])
-
-
-def _recipient_key(message: EmailMessage) -> str:
-    return throttle.email_key("mail", str(message["To"]))
 
 
 async def too_many_requests(request: web.Request, email: str | None) -> int | None:

@@ -7,10 +7,11 @@ from aiohttp import web
 from sqlalchemy.exc import IntegrityError
 
 from identity.accounts import email_change, links
+from identity.appkeys import DB, SETTINGS
 from identity.db.engine import autocommit
-from identity.pages.common import field, render, send_mail, slow_down, too_many_requests
-from identity.web import browser, csrf
-from identity.web.appkeys import DB, SETTINGS
+from identity.db.units import unit
+from identity.pages.common import field, render, slow_down, too_many_requests
+from identity.web import after_commit, browser, csrf
 from identity.web.responses import redirect
 
 DEAD = {
@@ -39,15 +40,15 @@ async def confirm_page(request: web.Request) -> web.Response:
 async def confirm(request: web.Request) -> web.Response:
     form = await csrf.checked_form(request)
     try:
-        async with request.config_dict[DB].begin() as db:
+        async with unit(request.config_dict[DB]) as db:
             outcome = await email_change.confirm(db, request.config_dict[SETTINGS], field(form, "token", 100))
+            after_commit.mail(db, request, outcome.mail)
     except IntegrityError:  # another account took the address in a concurrent transaction
         return render(request, "message.html", TAKEN, status=409)
     if outcome.result == "dead":
         return render(request, "message.html", DEAD, status=400)
     if outcome.result == "taken":
         return render(request, "message.html", TAKEN, status=409)
-    await send_mail(request, outcome.mail)
     message = f"Your sign-in address is now {outcome.email}, and it is confirmed. Your linked services are being told."
     return render(request, "message.html", {"title": "Address changed", "message": message, "next": "/account"})
 
@@ -61,12 +62,12 @@ async def resend(request: web.Request) -> web.StreamResponse:
         return redirect("/sign-in?next=/account", 303)
     if waiting is not None and (wait := await too_many_requests(request, waiting.email)):
         return render(request, "message.html", {"title": "Not now", "message": slow_down(wait), "next": "/account"}, status=429)
-    async with request.config_dict[DB].begin() as db:
+    async with unit(request.config_dict[DB]) as db:
         signed_in = await browser.current(request, db)
         if signed_in is None:
             return redirect("/sign-in?next=/account", 303)
         mail = await email_change.resend(db, request.config_dict[SETTINGS], signed_in.account)
-    await send_mail(request, mail)
+        after_commit.mail(db, request, mail)
     return redirect("/account?email=sent" if mail else "/account", 303)
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy import select
 
-from identity import notices
 from identity.accounts import link_lifecycle
+from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.engine import autocommit
-from identity.db.models import Link, Service
-from identity.oidc.logout import send_notices
+from identity.db.models import Link, LinkStatus, Service
+from identity.db.units import unit
 from identity.pages.common import render
-from identity.web import browser, csrf
-from identity.web.appkeys import DB, HTTP, PROVIDER, SETTINGS
+from identity.web import after_commit, browser, csrf
 from identity.web.responses import redirect
 
 MAX_CLIENT_ID = 64
@@ -49,7 +48,7 @@ async def unlink_page(request: web.Request) -> web.StreamResponse:
             .where(
                 Service.client_id == client_id,
                 Link.account_id == signed_in.account.id,
-                Link.status == "active",
+                Link.is_active,
             )
         )
     if service is None:
@@ -61,7 +60,7 @@ async def unlink(request: web.Request) -> web.StreamResponse:
     client_id = request.match_info["client_id"][:MAX_CLIENT_ID]
     await csrf.checked_form(request)
     settings = request.config_dict[SETTINGS]
-    async with request.config_dict[DB].begin() as db:
+    async with unit(request.config_dict[DB]) as db:
         signed_in = await browser.current(request, db)
         if signed_in is None:
             return redirect("/sign-in?next=/account", 303)
@@ -72,13 +71,11 @@ async def unlink(request: web.Request) -> web.StreamResponse:
             signed_in.account,
             client_id,
         )
+        if logouts is not None:
+            after_commit.wake(db, request)
+            after_commit.logout(db, request, logouts)
     if logouts is None:
         return _not_found(request)
-    notices.wake(request.config_dict)
-    if logouts:
-        await send_notices(
-            request.config_dict[HTTP], logouts, settings.backchannel_logout_timeout
-        )
     return redirect("/account?unlinked=1", 303)
 
 
@@ -93,7 +90,7 @@ async def cancel_page(request: web.Request) -> web.StreamResponse:
         request,
         "cancel_accounts.html",
         {
-            "holding": [h for h in held if h.status != "cancelled"],
-            "cancelled": [h for h in held if h.status == "cancelled"],
+            "holding": [h for h in held if h.status != LinkStatus.CANCELLED],
+            "cancelled": [h for h in held if h.status == LinkStatus.CANCELLED],
         },
     )

@@ -2,7 +2,7 @@
 
 The reset request answers the same whether or not the address has an account, and in the same
 time: the answer is given before the address is even looked up (the lookup, the link and the
-mail run after it, :func:`~identity.pages.common.after_response`). Completing a reset or a
+mail run after it, :func:`~identity.web.after_commit.after_response`). Completing a reset or a
 change ends every other hub session of the account, and every reset link and pending change of
 the sign-in address still out."""
 
@@ -14,16 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import links
 from identity.accounts.store import find_by_email
+from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.models import Account
+from identity.db.units import unit
 from identity.oidc.logout import (
     LogoutNotice,
     end_sessions_of,
     revoke_tokens,
-    send_notices,
 )
 from identity.pages.common import (
-    after_response,
-    deliver_mail,
     field,
     hash_password,
     new_password_problem,
@@ -32,8 +31,8 @@ from identity.pages.common import (
     too_many_requests,
 )
 from identity.pages.sign_in import confirm_password
-from identity.web import browser, csrf
-from identity.web.appkeys import DB, HTTP, PROVIDER, SETTINGS
+from identity.web import after_commit, browser, csrf
+from identity.web.after_commit import after_response, deliver_mail
 from identity.web.responses import redirect
 from schemas.account import normalize_email
 
@@ -83,11 +82,6 @@ async def _end_sessions(request: web.Request, db: AsyncSession, account_id: int,
     return await end_sessions_of(db, request.config_dict[PROVIDER].keys, settings.issuer, account_id, keep=keep)
 
 
-async def _notify(request: web.Request, notices: list[LogoutNotice]) -> None:
-    if notices:
-        await send_notices(request.config_dict[HTTP], notices, request.config_dict[SETTINGS].backchannel_logout_timeout)
-
-
 async def reset_confirm(request: web.Request) -> web.Response:
     form = await csrf.checked_form(request)
     token, password = field(form, "token", 100), field(form, "password", 1024)
@@ -100,15 +94,14 @@ async def reset_confirm(request: web.Request) -> web.Response:
     if reason := await new_password_problem(request, password, [account.email, account.given_name or "", account.family_name or ""]):
         return render(request, "reset_confirm.html", {"token": token, "error": reason}, status=400)
     password_hash = await hash_password(request, password)
-    async with request.config_dict[DB].begin() as db:
+    async with unit(request.config_dict[DB]) as db:
         used = await links.consume(db, token, "reset_password")
         if used is None:
             return render(request, "message.html", dead, status=400)
         await db.execute(update(Account).where(Account.id == used.account_id).values(password_hash=password_hash))
         await links.cancel(db, used.account_id, links.PASSWORD_BOUND)
-        notices = await _end_sessions(request, db, used.account_id)
+        after_commit.logout(db, request, await _end_sessions(request, db, used.account_id))
         await revoke_tokens(db, used.account_id)
-    await _notify(request, notices)
     return render(request, "message.html", {"title": "Password changed", "message": "Your new password is set. Sign in with it.", "next": "/sign-in"})
 
 
@@ -136,10 +129,9 @@ async def change(request: web.Request) -> web.StreamResponse:
     if reason := await new_password_problem(request, password, [account.email, account.given_name or "", account.family_name or ""]):
         return render(request, "change_password.html", {"errors": {"password": reason}}, status=400)
     password_hash = await hash_password(request, password)
-    async with request.config_dict[DB].begin() as db:
+    async with unit(request.config_dict[DB]) as db:
         await db.execute(update(Account).where(Account.id == account.id).values(password_hash=password_hash))
         await links.cancel(db, account.id, links.PASSWORD_BOUND)
-        notices = await _end_sessions(request, db, account.id, keep=signed_in.session.id)
+        after_commit.logout(db, request, await _end_sessions(request, db, account.id, keep=signed_in.session.id))
         await revoke_tokens(db, account.id, keep_sid=signed_in.session.sid)
-    await _notify(request, notices)
     return render(request, "message.html", {"title": "Password changed", "message": "Your new password is set.", "next": "/account"})

@@ -9,16 +9,15 @@ from email.message import EmailMessage
 
 from aiohttp import web
 
-from identity import notices
 from identity.accounts import erase, export, links
 from identity.api.export import download
+from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.engine import autocommit
-from identity.db.models import Service
-from identity.oidc.logout import send_notices
-from identity.pages.common import field, render, send_mail, slow_down, too_many_requests
+from identity.db.models import AccountStatus, Service
+from identity.db.units import unit
+from identity.pages.common import field, render, slow_down, too_many_requests
 from identity.pages.sign_in import confirm_password
-from identity.web import browser, csrf
-from identity.web.appkeys import DB, HTTP, PROVIDER, SETTINGS
+from identity.web import after_commit, browser, csrf
 from identity.web.responses import redirect
 from schemas.account import normalize_email
 
@@ -67,7 +66,7 @@ async def delete(request: web.Request) -> web.StreamResponse:
         errors = {"current_password": "Your password is not correct."}
         return render(request, "delete_account.html", {"blocking": [], "waiting": [], "errors": errors}, status=400)
     settings = request.config_dict[SETTINGS]
-    async with request.config_dict[DB].begin() as db:
+    async with unit(request.config_dict[DB]) as db:
         signed_in = await browser.current(request, db)
         if signed_in is None:
             return redirect("/sign-in?next=/account/delete", 303)
@@ -78,9 +77,8 @@ async def delete(request: web.Request) -> web.StreamResponse:
         except erase.LinksStillActive as refused:
             context = {"blocking": _routes(refused.services), "waiting": refused.requests}
             return render(request, "delete_account.html", context, status=409)
-    notices.wake(request.config_dict)
-    if logouts:
-        await send_notices(request.config_dict[HTTP], logouts, settings.backchannel_logout_timeout)
+        after_commit.wake(db, request)
+        after_commit.logout(db, request, logouts)
     response = render(
         request,
         "message.html",
@@ -98,7 +96,7 @@ async def guardian_page(request: web.Request) -> web.StreamResponse:
         signed_in = await browser.current(request, db)
     if signed_in is None:
         return redirect("/sign-in?next=/account/guardian")
-    if signed_in.account.status != "pending_guardian":
+    if signed_in.account.status != AccountStatus.PENDING_GUARDIAN:
         return redirect("/account")
     context = {"account": signed_in.account, "values": {"guardian_email": signed_in.account.guardian_email or ""}}
     return render(request, "guardian_request.html", context | _age(request))
@@ -116,12 +114,12 @@ async def guardian_request(request: web.Request) -> web.StreamResponse:
     mail: list[EmailMessage] = []
     if wait := await too_many_requests(request, typed):
         return render(request, "message.html", {"title": "Not now", "message": slow_down(wait), "next": "/account"}, status=429)
-    async with request.config_dict[DB].begin() as db:
+    async with unit(request.config_dict[DB]) as db:
         signed_in = await browser.current(request, db)
         if signed_in is None:
             return redirect("/sign-in?next=/account/guardian", 303)
         account = signed_in.account
-        if account.status != "pending_guardian":
+        if account.status != AccountStatus.PENDING_GUARDIAN:
             return redirect("/account", 303)
         try:
             guardian = normalize_email(typed)
@@ -134,7 +132,7 @@ async def guardian_request(request: web.Request) -> web.StreamResponse:
         account.guardian_email = guardian
         secret = await links.issue(db, account, "guardian_consent", guardian)
         mail.append(links.guardian_message(settings, guardian, account.birthdate, account.delete_after, secret))
-    await send_mail(request, mail)
+        after_commit.mail(db, request, mail)
     return render(
         request,
         "message.html",

@@ -19,11 +19,12 @@ from identity.accounts.store import (
     find_by_email,
     mark_email_verified,
 )
-from identity.db.models import Account, utcnow
+from identity.appkeys import DB, SETTINGS
 from identity.db.engine import autocommit
-from identity.pages.common import field, hash_password, new_password_problem, render, send_mail, slow_down, too_many_requests
-from identity.web import browser, csrf
-from identity.web.appkeys import DB, SETTINGS
+from identity.db.models import Account, AccountStatus, utcnow
+from identity.db.units import unit
+from identity.pages.common import field, hash_password, new_password_problem, render, slow_down, too_many_requests
+from identity.web import after_commit, browser, csrf
 from identity.web.responses import redirect, safe_next
 from schemas.account import BasicDetails, normalize_email, problems
 
@@ -74,7 +75,7 @@ async def register(request: web.Request) -> web.StreamResponse:
 
     password_hash = await hash_password(request, password)
     mail: list[EmailMessage] = []
-    async with request.config_dict[DB].begin() as db:
+    async with unit(request.config_dict[DB]) as db:
         if await find_by_email(db, details.email) is not None:
             mail.append(links.already_registered_message(settings, details.email))
         else:
@@ -84,7 +85,7 @@ async def register(request: web.Request) -> web.StreamResponse:
                 password_hash=password_hash,
                 details=details.changes(),
                 channel="person",
-                status="pending_guardian" if child else "active",
+                status=AccountStatus.PENDING_GUARDIAN if child else AccountStatus.ACTIVE,
                 guardian_email=guardian,
             )
             mail.append(await links.verification(db, settings, account))
@@ -93,7 +94,7 @@ async def register(request: web.Request) -> web.StreamResponse:
                 account.delete_after = account.created_at + dt.timedelta(days=settings.child_grace_days)
                 guardian_secret = await links.issue(db, account, "guardian_consent", guardian)
                 mail.append(links.guardian_message(settings, guardian, account.birthdate, account.delete_after, guardian_secret))
-    await send_mail(request, mail)
+        after_commit.mail(db, request, mail)
     return render(request, "message.html", CHECK_MAIL | {"next": target})
 
 
@@ -137,14 +138,14 @@ async def resend_verification(request: web.Request) -> web.StreamResponse:
         return redirect("/sign-in", 303)
     if wait := await too_many_requests(request, signed_in.account.email):
         return render(request, "message.html", {"title": "Not now", "message": slow_down(wait), "next": "/account"}, status=429)
-    async with request.config_dict[DB].begin() as db:
+    async with unit(request.config_dict[DB]) as db:
         signed_in = await browser.current(request, db)
         if signed_in is None:
             return redirect("/sign-in", 303)
         account = signed_in.account
         if not account.email_verified:
             mail.append(await links.verification(db, settings, account))
-    await send_mail(request, mail)
+        after_commit.mail(db, request, mail)
     return render(
         request,
         "message.html",
@@ -166,7 +167,7 @@ async def guardian_confirm(request: web.Request) -> web.Response:
         if used is None:
             return render(request, "message.html", _dead_link(), status=400)
         account = await db.get(Account, used.account_id, with_for_update=True)
-        if account is not None and account.status == "pending_guardian":
+        if account is not None and account.status == AccountStatus.PENDING_GUARDIAN:
             await children.lift(db, account, now, by_guardian=True)
     return render(
         request,

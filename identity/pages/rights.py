@@ -11,13 +11,14 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity import notices, rights
+from identity import rights
+from identity.appkeys import DB
 from identity.db.engine import autocommit
 from identity.db.models import Account, Link, Service, utcnow
+from identity.db.units import unit
 from identity.pages.common import field, render
 from identity.pages.sign_in import confirm_password
-from identity.web import browser, csrf
-from identity.web.appkeys import DB
+from identity.web import after_commit, browser, csrf
 from identity.web.responses import redirect
 from schemas.events import RightsType
 from schemas.text import check_multiline
@@ -179,7 +180,7 @@ async def open_from_page(request: web.Request) -> web.StreamResponse:
                 request, db, signed_in.account, status=400, values=values, errors=errors
             )
     client_id = None if values["target"] == HUB else values["target"]
-    async with request.config_dict[DB].begin() as db:
+    async with unit(request.config_dict[DB]) as db:
         signed_in = await browser.current(request, db)
         if signed_in is None:
             return redirect(SIGN_IN, 303)
@@ -197,6 +198,6 @@ async def open_from_page(request: web.Request) -> web.StreamResponse:
             return await _page(
                 request, db, signed_in.account, status=400, values=values, errors=errors
             )
-    if client_id is not None:
-        notices.wake(request.config_dict)
+        if client_id is not None:
+            after_commit.wake(db, request)
     return redirect(f"{PATH}?opened={opened.public_id}", 303)

@@ -13,12 +13,14 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from identity import deliveries as status
-from identity import notices, rights
+from identity import rights
 from identity.accounts import links
 from identity.accounts.children import ChildPolicy, OnlyThePerson
 from identity.accounts.store import update_details
+from identity.appkeys import DB, SETTINGS
 from identity.db.models import Link, Service
-from identity.pages.common import field, send_mail
+from identity.db.units import unit
+from identity.pages.common import field
 from identity.pages.rights import MAX_DETAILS, TYPES
 from identity.support import audit, forms
 from identity.support.people import (
@@ -30,7 +32,7 @@ from identity.support.people import (
 )
 from identity.support.render import render
 from identity.support.session import AGENT
-from identity.web.appkeys import DB, SETTINGS
+from identity.web import after_commit
 from identity.web.responses import redirect
 from schemas.account import BasicDetailsUpdate, form_errors
 from schemas.text import check_multiline
@@ -78,18 +80,18 @@ async def edit(request: web.Request) -> web.StreamResponse:
         context = {"sub": sub, "values": typed | {"reason": reason}, "errors": errors, "title": "Correct the details"}
         return render(request, "person_edit.html", context, status=400)
     try:
-        async with request.config_dict[DB].begin() as db:
+        async with unit(request.config_dict[DB]) as db:
             account = await account_or_404(db, request, acting=True)
             changed = await update_details(db, account, changes, channel="support", actor=agent.sub, children=ChildPolicy.of(settings))
             if changed:
                 audit.record(
                     db, actor_kind="agent", actor=agent.sub, action="support.edit", account_sub=account.sub, reason=reason, detail={"fields": changed}
                 )
+            after_commit.wake(db, request)  # a restriction's notices, if the date of birth made it one
     except OnlyThePerson as refused:
         # Rolled back whole: nothing saved, and nothing recorded.
         context = {"sub": sub, "values": typed | {"reason": reason}, "errors": {refused.field: refused.public}, "title": "Correct the details"}
         return render(request, "person_edit.html", context, status=400)
-    notices.wake(request.config_dict)  # a restriction's notices, if the date of birth made it one
     return redirect(person_path(sub, done="saved" if changed else "nochange"), 303)
 
 
@@ -97,7 +99,7 @@ async def resend_verification(request: web.Request) -> web.StreamResponse:
     agent = request[AGENT]
     form = await forms.checked_form(request)
     sub = request.match_info["sub"]
-    async with request.config_dict[DB].begin() as db:
+    async with unit(request.config_dict[DB]) as db:
         account = await account_or_404(db, request, acting=True)
         if account.email_verified:
             return redirect(person_path(sub, error="verified"), 303)
@@ -105,7 +107,7 @@ async def resend_verification(request: web.Request) -> web.StreamResponse:
         audit.record(
             db, actor_kind="agent", actor=agent.sub, action="support.resend_verification", account_sub=account.sub, reason=read_reason(form) or None
         )
-    await send_mail(request, [message])
+        after_commit.mail(db, request, [message])
     return redirect(person_path(sub, done="verification_sent"), 303)
 
 
@@ -124,7 +126,7 @@ async def open_rights_request(request: web.Request) -> web.StreamResponse:
         details = check_multiline(details)
     except ValueError:
         return redirect(person_path(sub, error="details_text"), 303)
-    async with request.config_dict[DB].begin() as db:
+    async with unit(request.config_dict[DB]) as db:
         account = await account_or_404(db, request, acting=True)
         try:
             opened = await rights.open_for_support(
@@ -141,7 +143,7 @@ async def open_rights_request(request: web.Request) -> web.StreamResponse:
             reason=read_reason(form) or None,
             detail={"type": kind, "target": target, "request": opened.public_id},
         )
-    notices.wake(request.config_dict)
+        after_commit.wake(db, request)
     return redirect(person_path(sub, done="rights_opened"), 303)
 
 
@@ -155,7 +157,7 @@ async def resync(request: web.Request) -> web.StreamResponse:
         service = await db.scalar(
             select(Service)
             .join(Link, Link.service_id == Service.id)
-            .where(Service.client_id == client_id, Link.account_id == account.id, Link.status == "active")
+            .where(Service.client_id == client_id, Link.account_id == account.id, Link.is_active)
         )
         if service is None:
             return redirect(person_path(sub, error="not_linked"), 303)

@@ -10,13 +10,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from identity import admin
+from identity.appkeys import CIPHER, DB
 from identity.pages.common import field
 from identity.support import audit, forms
 from identity.support import staff as staff_members
 from identity.support.app import require_supervisor
 from identity.support.render import render
 from identity.support.session import Agent
-from identity.web.appkeys import CIPHER, DB
 from identity.web.responses import redirect
 
 PAGE = "/support/agents"

@@ -15,9 +15,9 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from identity.appkeys import DB
 from identity.support import session
 from identity.support.session import AGENT, Agent
-from identity.web.appkeys import DB
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

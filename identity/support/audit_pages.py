@@ -7,10 +7,10 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from identity.appkeys import DB
 from identity.support import audit, trail
 from identity.support.app import require_supervisor
 from identity.support.render import render
-from identity.web.appkeys import DB
 
 PAGE = 50
 

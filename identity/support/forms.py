@@ -13,8 +13,8 @@ import hmac
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from identity.appkeys import SECRET
 from identity.tokens import digest
-from identity.web.appkeys import SECRET
 from identity.web.cookies import CONSOLE
 from identity.web.csrf import FIELD, CsrfError, same_origin
 

@@ -14,12 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity import rights
 from identity.accounts.store import find_by_sub
+from identity.appkeys import DB
 from identity.db.models import (
     Account,
     AccountChange,
     DeadLetter,
     Delivery,
     Link,
+    LinkStatus,
     Service,
     SignInEvent,
     StaffMember,
@@ -31,7 +33,6 @@ from identity.pages.rights import STATUS_TEXT, TYPES
 from identity.support import audit, forms, masking, trail
 from identity.support.render import render
 from identity.support.session import AGENT, Agent
-from identity.web.appkeys import DB
 from identity.web.responses import redirect
 
 MAX_REASON = 500
@@ -182,7 +183,7 @@ async def _links(db: AsyncSession, account: Account) -> list[dict[str, Any]]:
                 "channels": channels,
                 "deliveries": deliveries.get(r.service_id, []),
                 "dead_letters": dead.get(r.service_id, []),
-                "can_resync": r.status == "active" and bool(channels),
+                "can_resync": r.status == LinkStatus.ACTIVE and bool(channels),
             }
         )
     return out

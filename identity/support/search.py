@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.visitors import InternalTraversal
 
+from identity.db import dialect
 from identity.db.models import Account
 from schemas.account import normalize_email
 
@@ -92,7 +93,7 @@ async def find(db: AsyncSession, query: str, *, limit: int = 25) -> SearchResult
     text = " ".join(_CONTROL.sub(" ", query).split())
     if not text:
         return SearchResult("empty", [])
-    postgres = db.get_bind().dialect.name == "postgresql"
+    postgres = dialect.is_postgres(db)
     if _UUID.match(text.lower()):
         return SearchResult("sub", await _rows(db, [Account.sub == text.lower()], [], 1))
     if "@" in text:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from identity.appkeys import DB
 from identity.support import audit, search
 from identity.support.render import render
 from identity.support.session import AGENT
-from identity.web.appkeys import DB
 
 LIMIT = 25
 

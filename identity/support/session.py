@@ -16,9 +16,9 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.appkeys import SETTINGS
 from identity.db.models import Account, ConsoleSession, StaffMember, utcnow
 from identity.tokens import digest, new_secret
-from identity.web.appkeys import SETTINGS
 from identity.web.cookies import CONSOLE
 
 COOKIE = CONSOLE.base

@@ -5,8 +5,8 @@
 2. the hub's own sign-in page asks for the password (``prompt=login``);
 3. ``GET /callback``: check ``state`` and ``iss``, redeem the code, validate the ID token, find
    the staff member (anyone else gets one plain 403 page), open a session in stage ``totp``;
-4. ``GET/POST /totp``: a six-digit code, each accepted once. Wrong codes are counted before a
-   code is checked, atomically (parallel submissions cannot get past the count): five end the
+4. ``GET/POST /totp``: a six-digit code, each accepted once (``staff.check_code``). Wrong codes
+   are counted before a code is checked, atomically (parallel submissions cannot get past the count): five end the
    session, and five in a row across sessions lock the staff member's codes for 15 minutes,
    doubling with each further wrong one; a right code resets the count. The right one replaces
    the session by a new ``active`` one (no fixation). A staff member who has not enrolled TOTP
@@ -22,16 +22,16 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity.db.models import Account, ConsoleSession, StaffMember, utcnow
+from identity.appkeys import CIPHER, DB, PROVIDER, SECRET, SETTINGS
+from identity.db.models import Account, AccountStatus, ConsoleSession, StaffMember, utcnow
 from identity.pages.common import client_address, field
-from identity.support import audit, console_client, forms, session
+from identity.support import console_client, forms, session
 from identity.support import staff as staff_members
 from identity.support.console_client import Pending, SignInFailed
 from identity.support.render import render
-from identity.web.appkeys import CIPHER, DB, PROVIDER, SECRET, SETTINGS
 from identity.web.cookies import CONSOLE_LOGIN
 from identity.web.responses import redirect
 
@@ -97,7 +97,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
             await db.execute(
                 select(StaffMember, Account.email)
                 .join(Account, Account.id == StaffMember.account_id)
-                .where(Account.sub == sub, Account.status == "active", StaffMember.disabled_at.is_(None))
+                .where(Account.sub == sub, Account.status == AccountStatus.ACTIVE, StaffMember.disabled_at.is_(None))
                 .with_for_update(of=StaffMember)
             )
         ).first()
@@ -152,86 +152,31 @@ async def totp_submit(request: web.Request) -> web.StreamResponse:
         agent = await session.current(request, db)
         if agent is None or agent.stage != "totp":
             return redirect(LOGIN, 303)
-        now = utcnow()
-        # Counted before the code is checked, in one statement each: of any number of parallel
-        # submissions, at most MAX_TOTP_FAILURES per session get a code checked, and none while
-        # the staff member is locked out (the row locks queue them; each re-reads the count).
-        tried = await db.scalar(
-            update(ConsoleSession)
-            .where(
-                ConsoleSession.id == agent.session_id,
-                ConsoleSession.stage == "totp",
-                ConsoleSession.ended_at.is_(None),
-                ConsoleSession.totp_failures < staff_members.MAX_TOTP_FAILURES,
-            )
-            .values(totp_failures=ConsoleSession.totp_failures + 1)
-            .returning(ConsoleSession.totp_failures)
+        checked = await staff_members.check_code(
+            db,
+            request.config_dict[CIPHER],
+            session_id=agent.session_id,
+            staff_id=agent.staff_id,
+            sub=agent.sub,
+            role=agent.role,
+            code=code,
+            now=utcnow(),
         )
-        if tried is None:
-            await db.execute(update(ConsoleSession).where(ConsoleSession.id == agent.session_id).values(ended_at=now))
-            return _ended(request, "Too many wrong codes", "This sign-in has ended. Sign in again.")
-        failures = await db.scalar(
-            update(StaffMember)
-            .where(
-                StaffMember.id == agent.staff_id,
-                StaffMember.disabled_at.is_(None),
-                or_(StaffMember.totp_locked_until.is_(None), StaffMember.totp_locked_until <= now),
-            )
-            .values(totp_failures=StaffMember.totp_failures + 1)
-            .returning(StaffMember.totp_failures)
-        )
-        if failures is None:
-            await db.execute(update(ConsoleSession).where(ConsoleSession.id == agent.session_id).values(ended_at=now))
-            audit.record(db, actor_kind="agent", actor=agent.sub, action="console.totp_locked", detail={"refused": True})
-            return _ended(request, "Too many wrong codes", LOCKED)
-        staff = await db.get(StaffMember, agent.staff_id, populate_existing=True)
-        assert staff is not None
-        step = staff_members.accepted_step(request.config_dict[CIPHER], staff, code)
-        if step is not None:
-            # Taken atomically: of two requests with one code, only one moves the step on.
-            taken = await db.execute(
-                update(StaffMember)
-                .where(StaffMember.id == staff.id, or_(StaffMember.totp_last_step.is_(None), StaffMember.totp_last_step < step))
-                .values(totp_last_step=step)
-            )
-            step = step if taken.rowcount == 1 else None
-        if step is not None:
-            # The attempt becomes a session only if it is still live; nothing else may end it now.
-            promoted = await db.execute(
-                update(ConsoleSession)
-                .where(ConsoleSession.id == agent.session_id, ConsoleSession.stage == "totp", ConsoleSession.ended_at.is_(None))
-                .values(ended_at=now, totp_failures=0)
-            )
-            if promoted.rowcount != 1:
-                return redirect(LOGIN, 303)
-            enrolled = staff.totp_confirmed_at is None
-            await db.execute(
-                update(StaffMember)
-                .where(StaffMember.id == staff.id)
-                .values(totp_failures=0, totp_locked_until=None, **({"totp_confirmed_at": now} if enrolled else {}))
-            )
+        if checked.result == "accepted":
             row, secret = session.new_session(request, agent.staff_id, stage="active", address=client_address(request))
             db.add(row)
-            if enrolled:
-                audit.record(db, actor_kind="agent", actor=agent.sub, action="console.totp_enrolled")
-            audit.record(db, actor_kind="agent", actor=agent.sub, action="console.signed_in", detail={"role": agent.role})
             response = redirect(HOME, 303)
             session.set_cookie(request, response, secret)
             return response
-        # A wrong (or spent) code: the counts stand.
-        audit.record(db, actor_kind="agent", actor=agent.sub, action="console.totp_failed", detail={"failures": failures})
-        lock = staff_members.lock_for(failures)
-        if lock is not None:
-            until = now + lock
-            await db.execute(update(StaffMember).where(StaffMember.id == staff.id).values(totp_locked_until=until))
-            audit.record(
-                db, actor_kind="agent", actor=agent.sub, action="console.totp_locked", detail={"failures": failures, "until": until.isoformat()}
-            )
-        if lock is not None or tried >= staff_members.MAX_TOTP_FAILURES:
-            await db.execute(update(ConsoleSession).where(ConsoleSession.id == agent.session_id).values(ended_at=now))
-            return _ended(request, "Too many wrong codes", LOCKED if lock is not None else "This sign-in has ended. Sign in again.")
+        if checked.result == "gone":
+            return redirect(LOGIN, 303)
+        if checked.result == "ended":
+            return _ended(request, "Too many wrong codes", "This sign-in has ended. Sign in again.")
+        if checked.result == "locked":
+            return _ended(request, "Too many wrong codes", LOCKED)
+        assert checked.staff is not None
         error = "That code is wrong or was already used. Enter the next code from your app."
-        return await _code_page(request, db, staff, agent.email, error=error, status=400)
+        return await _code_page(request, db, checked.staff, agent.email, error=error, status=400)
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
@@ -239,9 +184,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
     async with request.config_dict[DB].begin() as db:
         agent = await session.current(request, db)
         if agent is not None:
-            await db.execute(update(ConsoleSession).where(ConsoleSession.id == agent.session_id).values(ended_at=utcnow()))
-            if agent.stage == "active":
-                audit.record(db, actor_kind="agent", actor=agent.sub, action="console.signed_out")
+            await staff_members.sign_out(db, session_id=agent.session_id, sub=agent.sub, signed_in=agent.stage == "active", now=utcnow())
     response = _notice(
         request, "Signed out of the console", "You have signed out of the support console. Your hub account stays signed in.", 200
     )

@@ -4,8 +4,9 @@ A staff member is a hub account with a role and a TOTP secret (RFC 6238), encryp
 hub's key cipher. The secret leaves the hub as an ``otpauth://`` URI, for the staff member's
 authenticator app: printed by ``onesignin agents add`` (the operator hands it over), or, for a
 role granted in the console, shown to the staff member alone at their first console sign-in,
-after their password (a supervisor never holds both factors). These functions take the caller's
-session and never commit."""
+after their password (a supervisor never holds both factors). A code sent at a console sign-in
+is checked by :func:`check_code`, which counts, locks out and records it in the audit trail.
+These functions take the caller's session and never commit."""
 
 from __future__ import annotations
 
@@ -13,18 +14,19 @@ import datetime as dt
 import hmac
 import re
 from dataclasses import dataclass
-from typing import Any, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import pyotp
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity import admin
 from identity.accounts.passwords import PasswordHasher, check_password
 from identity.accounts.store import find_by_email, find_by_sub
-from identity.db.models import Account, ConsoleSession, StaffMember, utcnow
+from identity.db.models import Account, AccountStatus, ConsoleSession, StaffMember, utcnow
 from identity.sealing import KeyCipher
 from identity.settings import Settings
+from identity.support import audit
 from identity.support.session import Role
 from schemas.account import normalize_email
 
@@ -132,7 +134,7 @@ async def add_staff(
         assert account is not None
     elif not await passwords.verify(account.password_hash, password):
         raise StaffError("--password does not match the existing account's password")
-    elif account.status != "active":
+    elif account.status != AccountStatus.ACTIVE:
         raise StaffError("the account is not active")
     staff = await db.scalar(select(StaffMember).where(StaffMember.account_id == account.id).with_for_update())
     if staff is not None and staff.disabled_at is None:
@@ -177,7 +179,7 @@ async def grant_role(db: AsyncSession, cipher: KeyCipher, *, email: str, role: s
     except ValueError as exc:
         raise StaffError(f"email: {exc}") from None
     account = await find_by_email(db, normalized)
-    if account is None or account.status != "active":
+    if account is None or account.status != AccountStatus.ACTIVE:
         raise StaffError(f"no active hub account has the address {normalized}: the person registers at the hub first")
     staff = await db.scalar(select(StaffMember).where(StaffMember.account_id == account.id).with_for_update())
     if staff is not None and staff.disabled_at is None:
@@ -275,3 +277,114 @@ def accepted_step(cipher: KeyCipher, staff: StaffMember, code: str, now: dt.date
         if hmac.compare_digest(totp.generate_otp(step), code) and (staff.totp_last_step is None or step > staff.totp_last_step):
             return step
     return None
+
+
+#: What a code sent at a console sign-in's second step did: ``accepted`` (the attempt ended, to
+#: be replaced by an active session), ``wrong`` (the counts stand; ask again), ``ended`` (this
+#: attempt had its wrong codes), ``locked`` (the staff member's codes are refused for a while,
+#: the attempt ended), ``gone`` (the attempt ended meanwhile: sign in again).
+CodeResult = Literal["accepted", "wrong", "ended", "locked", "gone"]
+
+
+@dataclass(frozen=True)
+class CodeChecked:
+    result: CodeResult
+    #: The staff member as the check left them (``accepted`` and ``wrong``).
+    staff: StaffMember | None = None
+
+
+async def check_code(
+    db: AsyncSession, cipher: KeyCipher, *, session_id: int, staff_id: int, sub: str, role: str, code: str, now: dt.datetime
+) -> CodeChecked:
+    """Check a code sent by the half-signed-in console session ``session_id`` of the staff member
+    ``staff_id`` (``sub``, ``role``), and record what it did in the audit trail. Every code sent
+    counts as wrong before it is checked, one statement each: of any number of parallel
+    submissions, at most MAX_TOTP_FAILURES per session get a code checked, and none while the
+    staff member is locked out (the row locks queue them; each re-reads the count). A right
+    code, taken once, resets the counts, confirms an enrolment and ends the attempt: the caller
+    adds the active session that replaces it (no fixation)."""
+    tried = await db.scalar(
+        update(ConsoleSession)
+        .where(
+            ConsoleSession.id == session_id,
+            ConsoleSession.stage == "totp",
+            ConsoleSession.ended_at.is_(None),
+            ConsoleSession.totp_failures < MAX_TOTP_FAILURES,
+        )
+        .values(totp_failures=ConsoleSession.totp_failures + 1)
+        .returning(ConsoleSession.totp_failures)
+    )
+    if tried is None:
+        await _end_console_session(db, session_id, now)
+        return CodeChecked("ended")
+    failures = await db.scalar(
+        update(StaffMember)
+        .where(
+            StaffMember.id == staff_id,
+            StaffMember.disabled_at.is_(None),
+            or_(StaffMember.totp_locked_until.is_(None), StaffMember.totp_locked_until <= now),
+        )
+        .values(totp_failures=StaffMember.totp_failures + 1)
+        .returning(StaffMember.totp_failures)
+    )
+    if failures is None:
+        await _end_console_session(db, session_id, now)
+        audit.record(db, actor_kind="agent", actor=sub, action="console.totp_locked", detail={"refused": True})
+        return CodeChecked("locked")
+    staff = await db.get(StaffMember, staff_id, populate_existing=True)
+    assert staff is not None
+    step = accepted_step(cipher, staff, code)
+    if step is not None:
+        # Taken atomically: of two requests with one code, only one moves the step on.
+        taken = await db.execute(
+            update(StaffMember)
+            .where(StaffMember.id == staff.id, or_(StaffMember.totp_last_step.is_(None), StaffMember.totp_last_step < step))
+            .values(totp_last_step=step)
+        )
+        step = step if taken.rowcount == 1 else None
+    if step is not None:
+        return await _accept(db, staff, session_id=session_id, sub=sub, role=role, now=now)
+    # A wrong (or spent) code: the counts stand.
+    audit.record(db, actor_kind="agent", actor=sub, action="console.totp_failed", detail={"failures": failures})
+    lock = lock_for(failures)
+    if lock is not None:
+        until = now + lock
+        await db.execute(update(StaffMember).where(StaffMember.id == staff.id).values(totp_locked_until=until))
+        audit.record(db, actor_kind="agent", actor=sub, action="console.totp_locked", detail={"failures": failures, "until": until.isoformat()})
+    if lock is not None or tried >= MAX_TOTP_FAILURES:
+        await _end_console_session(db, session_id, now)
+        return CodeChecked("locked" if lock is not None else "ended")
+    return CodeChecked("wrong", staff)
+
+
+async def _accept(db: AsyncSession, staff: StaffMember, *, session_id: int, sub: str, role: str, now: dt.datetime) -> CodeChecked:
+    # The attempt becomes a session only if it is still live; nothing else may end it now.
+    promoted = await db.execute(
+        update(ConsoleSession)
+        .where(ConsoleSession.id == session_id, ConsoleSession.stage == "totp", ConsoleSession.ended_at.is_(None))
+        .values(ended_at=now, totp_failures=0)
+    )
+    if promoted.rowcount != 1:
+        return CodeChecked("gone")
+    enrolled = staff.totp_confirmed_at is None
+    await db.execute(
+        update(StaffMember)
+        .where(StaffMember.id == staff.id)
+        .values(totp_failures=0, totp_locked_until=None, **({"totp_confirmed_at": now} if enrolled else {}))
+    )
+    if enrolled:
+        audit.record(db, actor_kind="agent", actor=sub, action="console.totp_enrolled")
+    audit.record(db, actor_kind="agent", actor=sub, action="console.signed_in", detail={"role": role})
+    return CodeChecked("accepted", staff)
+
+
+async def sign_out(db: AsyncSession, *, session_id: int, sub: str, signed_in: bool, now: dt.datetime) -> None:
+    """End the console session ``session_id`` of the staff member ``sub``; the end of a session
+    past its second factor (``signed_in``) is recorded in the audit trail."""
+    await _end_console_session(db, session_id, now)
+    if signed_in:
+        audit.record(db, actor_kind="agent", actor=sub, action="console.signed_out")
+
+
+async def _end_console_session(db: AsyncSession, session_id: int, now: dt.datetime) -> None:
+    await db.execute(update(ConsoleSession).where(ConsoleSession.id == session_id).values(ended_at=now))

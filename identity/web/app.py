@@ -16,26 +16,29 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from identity import appkeys as K
 from identity import outbound
 from identity import purge as retention
 from identity.accounts import throttle
 from identity.accounts.hashing import HashQueue
 from identity.accounts.passwords import PasswordHasher
 from identity.accounts.pwned_api import range_api
+from identity.api import routes as api_routes
 from identity.db.cleanup import purge_expired
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
 from identity.db.units import whole
 from identity.mail import mailer_for
 from identity.oidc import keys as signing_keys
+from identity.oidc.actions import routes as provider_routes
 from identity.oidc.server import Provider
 from identity.oidc.service_tokens import ServiceTokenCodec
+from identity.pages import routes as page_routes
 from identity.sealing import KeyCipher
 from identity.settings import Settings
 from identity.support import routes as console_routes
 from identity.support.app import create_console
-from identity.web import appkeys as K
-from identity.web import middleware, routes
+from identity.web import middleware
 from sync.runtime import add_sync, metrics_server
 
 log = logging.getLogger(__name__)
@@ -77,10 +80,18 @@ def create_app(settings: Settings, *, migrate: bool | None = None, sync: bool | 
     app.cleanup_ctx.append(_http_client)
     app.cleanup_ctx.append(_breach_api)
     app.cleanup_ctx.append(_hash_pool)
-    routes.add_routes(app)
+    # Every URL the hub serves: each handler package lists its own; only this factory adds them.
+    provider_routes.add_routes(app)
+    api_routes.add_routes(app)
+    page_routes.add_routes(app)
+    app.router.add_get("/healthz", health)
     app.router.add_static("/static", str(files("identity.pages") / "static"), name="static")
     app.add_subapp("/support", create_console(console_routes.add_routes))
     return app
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
 
 
 def database(migrate: bool):  # type: ignore[no-untyped-def]

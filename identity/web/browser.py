@@ -14,9 +14,9 @@ from aiohttp import web
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.appkeys import SETTINGS
 from identity.db.models import Account, BrowserSession, utcnow
 from identity.tokens import digest, new_secret
-from identity.web.appkeys import SETTINGS
 from identity.web.cookies import CSRF, SESSION
 
 COOKIE = SESSION.base

@@ -14,7 +14,7 @@ from typing import Literal
 
 from aiohttp import web
 
-from identity.web.appkeys import SETTINGS
+from identity.appkeys import SETTINGS
 
 #: Longest cookie value the hub ever sets; anything longer is not one of its cookies.
 MAX_VALUE = 400

@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from identity.appkeys import SECRET, SETTINGS
 from identity.tokens import digest
-from identity.web.appkeys import SECRET, SETTINGS
 from identity.web.cookies import CSRF as NONCE
 from identity.web.cookies import SESSION
 

@@ -12,8 +12,8 @@ from aiohttp import web
 from sqlalchemy.exc import DataError
 
 from identity.accounts.hashing import HashQueueFull
-from identity.web.appkeys import SETTINGS
-from identity.web.errors import BadInput
+from identity.appkeys import SETTINGS
+from identity.errors import BadInput
 
 log = logging.getLogger(__name__)
 

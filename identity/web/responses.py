@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+import aiohttp_jinja2
 from aiohttp import web
 
 
@@ -21,3 +22,16 @@ def safe_next(value: str | None, default: str = "/account") -> str:
     if parts.scheme or parts.netloc:
         return default
     return value
+
+
+def expired_interaction(request: web.Request) -> web.StreamResponse:
+    """The page for an interaction (``/i/{uid}``) that is over, expired or not this browser's."""
+    return aiohttp_jinja2.render_template(
+        "message.html",
+        request,
+        {
+            "title": "This sign-in has expired",
+            "message": "The sign-in request is no longer valid in this browser. Go back to the service and start again.",
+        },
+        status=400,
+    )

@@ -25,10 +25,10 @@ from multidict import CIMultiDict
 from sqlalchemy import select
 
 from demo.run import STATE_FILE, Demo, DemoError, Site, register, start, start_services, webhook_warnings
+from identity import appkeys as K
 from identity.cli import parser
 from identity.db.models import Service
 from identity.settings import Settings
-from identity.web import appkeys as K
 from sync.broker import EmbeddedBroker
 from tests.conftest import TEST_SETTINGS, free_port
 from tests.support import Hub, form

@@ -12,9 +12,9 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from identity import purge
+from identity.appkeys import DB
 from identity.db.models import AuditRecord, utcnow
 from identity.support import audit
-from identity.web.appkeys import DB
 from tests.support import Hub
 
 

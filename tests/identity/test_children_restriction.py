@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 
 from identity.accounts.children import ChildPolicy, OnlyThePerson
 from identity.accounts.store import update_details
+from identity.appkeys import DB
 from identity.db.models import (
     Account,
     AuditRecord,
@@ -25,7 +26,6 @@ from identity.db.models import (
     utcnow,
 )
 from identity.mail import read_outbox
-from identity.web.appkeys import DB
 from schemas.events import LinkCreated, service_event
 from sync import fanout
 from tests.support import (

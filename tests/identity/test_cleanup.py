@@ -6,6 +6,7 @@ import datetime as dt
 
 from sqlalchemy import func, select, update
 
+from identity.appkeys import DB
 from identity.db.cleanup import purge_expired
 from identity.db.models import (
     AuthorizationCode,
@@ -14,7 +15,6 @@ from identity.db.models import (
     Token,
     utcnow,
 )
-from identity.web.appkeys import DB
 from tests.support import Browser, Hub, RelyingParty, sign_in_through
 
 

@@ -10,9 +10,9 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict
 
+from identity.appkeys import SETTINGS
 from identity.pages.common import client_address
 from identity.settings import ConfigurationError, Settings, load_settings
-from identity.web.appkeys import SETTINGS
 
 
 def _address(peer: str, forwarded: list[str], trusted: list[str]) -> str:

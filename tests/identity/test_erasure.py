@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from identity import notices, rights
 from identity.accounts import store
 from identity.accounts.store import create_account
+from identity.appkeys import DB
 from identity.db.models import (
     Account,
     AuditRecord,
@@ -30,7 +31,6 @@ from identity.db.models import (
     Tombstone,
     utcnow,
 )
-from identity.web.appkeys import DB
 from schemas.events import LinkCreated, LinkRevoked, LinkRevokedData, ProfileChanged
 from sync import fanout
 from tests.cli import onesignin

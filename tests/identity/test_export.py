@@ -13,6 +13,7 @@ import jsonschema
 from sqlalchemy import select
 
 from identity import notices
+from identity.appkeys import CIPHER, DB
 from identity.db.models import (
     Account,
     AuditRecord,
@@ -31,7 +32,6 @@ from identity.db.models import (
     utcnow,
 )
 from identity.support.staff import seal_totp
-from identity.web.appkeys import CIPHER, DB
 from schemas.events import LinkCreated, LinkRevoked, LinkRevokedData
 from schemas.export import AccountExport
 from sync import fanout

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from identity.appkeys import DB
 from identity.db.models import Account, RightsRequest
-from identity.web.appkeys import DB
 from schemas.text import check_multiline, check_single_line
 from tests.cli import onesignin
 from tests.rights_support import add_and_link, call, move, open_request, service_token

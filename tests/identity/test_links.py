@@ -21,8 +21,8 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 from sqlalchemy import func, select
 
+from identity.appkeys import DB
 from identity.db.models import Consent, Delivery, Link, Notice, Service, Token, utcnow
-from identity.web.appkeys import DB
 from schemas.events import service_notice
 from tests.cli import onesignin
 from tests.support import (

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from identity.appkeys import ENGINE, MAIL_TASKS
 from identity.db.models import Account
 from identity.mail import read_outbox
-from identity.pages.common import AFTER_RESPONSE
-from identity.web.appkeys import ENGINE, MAIL_TASKS
+from identity.web.after_commit import AFTER_RESPONSE
 from tests.support import PASSWORD, Browser, Hub
 
 

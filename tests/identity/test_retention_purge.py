@@ -16,6 +16,7 @@ from sqlalchemy import select, text, update
 from identity import purge
 from identity.accounts import children, links
 from identity.accounts.erase import erase
+from identity.appkeys import DB
 from identity.db.models import (
     Account,
     AccountChange,
@@ -32,7 +33,6 @@ from identity.db.models import (
     Tombstone,
     utcnow,
 )
-from identity.web.appkeys import DB
 from tests.cli import onesignin
 from tests.support import Hub
 

@@ -15,8 +15,8 @@ from sqlalchemy import select
 
 from identity import rights
 from identity.accounts.store import find_by_sub
+from identity.appkeys import DB
 from identity.db.models import Link, Notice, RightsRequest, Service, utcnow
-from identity.web.appkeys import DB
 from schemas.events import RightsRequested
 from sync.runtime import METRICS_URL
 from tests.rights_support import (

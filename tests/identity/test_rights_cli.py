@@ -16,8 +16,8 @@ from sqlalchemy import select
 
 from identity import rights
 from identity.accounts.store import find_by_sub
+from identity.appkeys import DB
 from identity.db.models import Link, Service, utcnow
-from identity.web.appkeys import DB
 from tests.cli import onesignin as run_command
 from tests.support import Hub
 

@@ -14,10 +14,10 @@ from sqlalchemy import select, text
 
 from identity.accounts import links
 from identity.accounts.store import find_by_sub, update_details
+from identity.appkeys import DB
 from identity.db.models import EmailToken
 from identity.mail import read_outbox
 from identity.tokens import digest
-from identity.web.appkeys import DB
 from tests.support import PASSWORD, Browser, Hub, form
 
 NEW_PASSWORD = "purple elephant dancing quietly"

@@ -10,8 +10,8 @@ import httpx2
 from sqlalchemy import select
 
 from identity.accounts.store import find_by_sub, update_details
+from identity.appkeys import DB
 from identity.db.models import AuditRecord
-from identity.web.appkeys import DB
 from tests.support import Browser, Hub, RelyingParty, form, sign_in_through
 from tests.support_console.helpers import COOKIE, staff_session
 

@@ -8,12 +8,12 @@ import datetime as dt
 
 import pyotp
 
+from identity.appkeys import CIPHER, DB
 from identity.db.models import Account, ConsoleSession, StaffMember, utcnow
 from identity.support import session
 from identity.support.session import Role
 from identity.support.staff import seal_totp
 from identity.tokens import digest, new_secret
-from identity.web.appkeys import CIPHER, DB
 from tests.support import Hub
 
 

@@ -7,9 +7,9 @@ import pyotp
 from httpx2 import Response
 from sqlalchemy import select
 
+from identity.appkeys import CIPHER, DB, HASHER
 from identity.db.models import Account, AuditRecord
 from identity.support import staff
-from identity.web.appkeys import CIPHER, DB, HASHER
 from tests.support import PASSWORD, Browser, Hub, form
 
 

@@ -8,6 +8,7 @@ import datetime as dt
 
 from sqlalchemy import select
 
+from identity.appkeys import DB
 from identity.db.models import (
     Account,
     AccountChange,
@@ -18,7 +19,6 @@ from identity.db.models import (
     Service,
 )
 from identity.mail import read_outbox
-from identity.web.appkeys import DB
 from tests.support import Hub
 from tests.support_console.console import audit_records, console_for, linked_person
 

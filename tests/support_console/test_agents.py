@@ -11,8 +11,8 @@ import pytest
 from httpx2 import Response
 from sqlalchemy import select
 
+from identity.appkeys import DB
 from identity.db.models import Account, AuditRecord, ConsoleSession, StaffMember
-from identity.web.appkeys import DB
 from tests.support import Browser, Hub, forms
 from tests.support_console.helpers import COOKIE, staff_session
 from tests.support_console.signing_in import add_staff, password_step, totp_step

@@ -17,8 +17,8 @@ from playwright.async_api import Browser as Chromium
 from playwright.async_api import Page, async_playwright, expect
 from sqlalchemy import select
 
+from identity.appkeys import DB
 from identity.db.models import AuditRecord
-from identity.web.appkeys import DB
 from tests.support import PASSWORD, Browser, Hub
 from tests.support_console.signing_in import add_staff
 from tests.sync.conftest import (  # noqa: F401

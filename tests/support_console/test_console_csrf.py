@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from identity.appkeys import DB
 from identity.db.models import ConsoleSession
 from identity.web import csrf
-from identity.web.appkeys import DB
 from tests.support import Browser, Hub, form
 from tests.support_console.console import audit_records, console_for, linked_person
 from tests.support_console.signing_in import add_staff, password_step, totp_step

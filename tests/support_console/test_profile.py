@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy import select, update
 
+from identity.appkeys import DB
 from identity.db.models import Account, Delivery, Service, StaffMember
-from identity.web.appkeys import DB
 from tests.support import Hub
 from tests.support_console.console import audit_records, console_for, linked_person
 

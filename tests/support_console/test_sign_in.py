@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import func, select, update
 
+from identity.appkeys import DB
 from identity.db.models import (
     Consent,
     ConsoleSession,
@@ -18,7 +19,6 @@ from identity.db.models import (
     utcnow,
 )
 from identity.support import console_client, session, staff
-from identity.web.appkeys import DB
 from tests.support import PASSWORD, Browser, Hub, form
 from tests.support_console.signing_in import (
     add_staff,

@@ -11,8 +11,8 @@ import json
 from httpx2 import Response
 from sqlalchemy import select, update
 
+from identity.appkeys import DB
 from identity.db.models import AuditRecord, ConsoleSession, StaffMember, utcnow
-from identity.web.appkeys import DB
 from tests.support import Browser, Hub, form
 from tests.support_console.signing_in import add_staff, password_step, totp_step
 

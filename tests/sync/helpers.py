@@ -18,9 +18,9 @@ from sqlalchemy import func, select
 
 from identity import outbox
 from identity.accounts.store import find_by_sub, update_details
+from identity.appkeys import CIPHER, DB
 from identity.db.models import Account, Delivery, Link, Notice, OutboxEvent, Service, utcnow
 from identity.settings import Settings
-from identity.web.appkeys import CIPHER, DB
 from schemas.events import LinkCreated
 from sync.deliver import Deliveries
 from sync.endpoints import Endpoints

@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from standardwebhooks.webhooks import Webhook
 
-from identity.web.appkeys import SETTINGS
+from identity.appkeys import SETTINGS
 from sync.runtime import METRICS_URL
 from tests.support import Browser, Hub
 from tests.sync.conftest import add_member, link, patch_me, service_token

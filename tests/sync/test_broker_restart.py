@@ -24,9 +24,9 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import func, select
 
+from identity.appkeys import DB
 from identity.db.models import OutboxEvent
 from identity.settings import Settings
-from identity.web.appkeys import DB
 from schemas.events import PROFILE_TOPIC, service_topic
 from sync import kafka
 from sync.broker import EmbeddedBroker, broker_binary, free_port, memory_only

@@ -12,8 +12,8 @@ import httpx2
 from sqlalchemy import select
 
 from identity.accounts.store import find_by_email
+from identity.appkeys import DB
 from identity.db.models import Account, OutboxEvent, utcnow
-from identity.web.appkeys import DB
 from tests.support import Browser, Hub, confirm_mailed_link, form
 from tests.sync.conftest import add_member, link, patch_me
 from tests.sync.helpers import settled

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from sqlalchemy import event
 
-from identity.web.appkeys import ENGINE
+from identity.appkeys import ENGINE
 from tests.support import Hub
 from tests.sync.conftest import add_member
 from tests.sync.helpers import engines

@@ -13,8 +13,8 @@ from sqlalchemy import select, update
 
 from identity import deliveries as status
 from identity.accounts.store import find_by_sub
+from identity.appkeys import DB
 from identity.db.models import DeadLetter, Delivery, Service, utcnow
-from identity.web.appkeys import DB
 from schemas.events import LinkCreated, ProfileChanged
 from sync import fanout
 from tests.support import Hub

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import func, select, update
 
 from identity import admin
+from identity.appkeys import CIPHER, DB
 from identity.db.models import Account, DeadLetter, Delivery, Service, utcnow
-from identity.web.appkeys import CIPHER, DB
 from schemas.events import LinkCreated, ProfileChanged
 from sync import fanout
 from sync.endpoints import Room

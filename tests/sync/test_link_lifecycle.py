@@ -20,8 +20,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from identity import admin, notices
 from identity import notices as identity_notices
 from identity.accounts.store import find_by_sub
+from identity.appkeys import CIPHER, DB
 from identity.db.models import Delivery, Notice, Service
-from identity.web.appkeys import CIPHER, DB
 from schemas.events import LinkRevoked, LinkRevokedData, service_event
 from sync.runtime import DELIVERER
 from tests.support import Browser, Hub, form

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from identity.appkeys import DB
 from identity.db.models import Account, AccountChange, utcnow
-from identity.web.appkeys import DB
 from tests.support import Browser, Hub, form
 from tests.sync.conftest import add_member, link
 from tests.sync.helpers import recorded

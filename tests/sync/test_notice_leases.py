@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select, update
 
 from identity import notices
+from identity.appkeys import DB
 from identity.db.models import Notice, Service, utcnow
-from identity.web.appkeys import DB
 from schemas.events import LinkRevoked, LinkRevokedData
 from sync import webhooks
 from sync.engine import Result

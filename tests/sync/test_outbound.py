@@ -16,8 +16,8 @@ from sqlalchemy import select
 
 from identity import notices
 from identity.accounts.store import find_by_sub
+from identity.appkeys import DB
 from identity.db.models import Notice, Service
-from identity.web.appkeys import DB
 from schemas.events import LinkRevoked, LinkRevokedData
 from sync import webhooks
 from sync.runtime import TASKS

@@ -16,11 +16,11 @@ from aiokafka import AIOKafkaConsumer
 from sqlalchemy import func, select, update
 
 from identity.accounts.store import create_account, update_details
+from identity.appkeys import DB
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.models import Account, OutboxEvent, utcnow
 from identity.settings import Settings
 from identity.web.app import create_app
-from identity.web.appkeys import DB
 from sync.metrics import SyncMetrics
 from sync.relay import Relay
 from sync.runtime import EMBEDDED

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import func, select
 
 from identity import deliveries as status
+from identity.appkeys import DB, SETTINGS
 from identity.db.models import DeadLetter, Delivery, OutboxEvent, Service
-from identity.web.appkeys import DB, SETTINGS
 from sync.broker import EmbeddedBroker
 from tests.support import Hub
 from tests.sync.conftest import EXTERNAL_KAFKA, add_member

@@ -12,8 +12,8 @@ from aiokafka import AIOKafkaConsumer
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
+from identity.appkeys import DB
 from identity.db.models import Notice, Service
-from identity.web.appkeys import DB
 from schemas.events import RightsRequested
 from tests.rights_support import call, move, open_request
 from tests.rights_support import service_token as client_credentials

@@ -5,65 +5,59 @@
 2. decide whether the person must sign in (no session, ``prompt=login``, ``max_age``);
 3. decide whether they must consent (nothing remembered covers the scopes, ``prompt=consent``);
 4. with ``prompt=none``, answer ``login_required`` / ``consent_required`` instead of asking;
-5. otherwise issue the code, link the service to the person and record it in the session.
+5. otherwise record the consent (``oidc.consents``), issue the code, link the service to the
+   person (``accounts.link_lifecycle.link``) and record it in the session.
 
-Steps 2 and 3 hand over to an *interaction* (``/i/{uid}``): a stored copy of the request
-bound to this browser by a cookie scoped to that interaction's path.
+Steps 2 and 3 hand over to an *interaction* (``/i/{uid}``, ``identity.oidc.interactions``): a
+stored copy of the request bound to this browser by a cookie scoped to that interaction's path.
+The request resumes from it once the person acted; it ends once the request is answered with a
+redirect to the service (a code or an error).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import re
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
-from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity import outbox
+from identity.accounts import link_lifecycle
+from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.models import (
-    Account,
-    Consent,
     Interaction,
-    Link,
-    Notice,
-    Service,
     SessionService,
     utcnow,
 )
 from identity.db.upsert import ensure_row
-from identity.oidc import scopes
+from identity.oidc import consents, interactions, scopes
 from identity.oidc.adapter import HubOAuth2Request, read_request
 from identity.oidc.client import ServiceClient
 from identity.pages.common import render
-from identity.tokens import digest, new_secret
 from identity.web import browser
-from identity.web.appkeys import DB, PROVIDER, SETTINGS
 from identity.web.cookies import INTERACTION
-from identity.web.responses import redirect
-from schemas.events import LinkCreated
+from identity.web.responses import expired_interaction, redirect
 
 INTERACTION_COOKIE = INTERACTION.base
 
 
-class Decision:
-    """What the person decided in an interaction, if anything."""
+@dataclass(frozen=True)
+class Answer:
+    """The endpoint's answer, and whether it answers the request (a redirect to the service with
+    a code or an error) rather than asking the person or showing a page."""
 
-    def __init__(self, *, fresh_since: dt.datetime | None = None, consented: bool = False, denied: bool = False) -> None:
-        self.fresh_since = fresh_since
-        self.consented = consented
-        self.denied = denied
+    response: web.StreamResponse
+    final: bool = False
 
 
 async def authorize(request: web.Request) -> web.StreamResponse:
     oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
     async with request.config_dict[DB].begin() as db:
         signed_in = await browser.current(request, db)
-        return await _authorize(request, db, oauth_request, signed_in, Decision())
+        return (await _authorize(request, db, oauth_request, signed_in, interactions.Decision())).response
 
 
 async def resume(request: web.Request) -> web.StreamResponse:
@@ -71,24 +65,16 @@ async def resume(request: web.Request) -> web.StreamResponse:
     uid = request.match_info["uid"]
     settings = request.config_dict[SETTINGS]
     async with request.config_dict[DB].begin() as db:
-        interaction = await load_interaction(request, db, uid)
+        interaction = await interactions.find(db, uid, INTERACTION.read(request))
         if interaction is None:
             return expired_interaction(request)
-        params = interaction.params
-        oauth_request = HubOAuth2Request(
-            "GET", settings.issuer + "/authorize", request.headers, query=[tuple(p) for p in params["query"]]
-        )
-        decision = Decision(
-            fresh_since=interaction.created_at,
-            consented=params.get("consented", False),
-            denied=params.get("denied", False),
-        )
+        oauth_request = HubOAuth2Request("GET", settings.issuer + "/authorize", request.headers, query=interactions.query(interaction))
         signed_in = await browser.current(request, db)
-        response = await _authorize(request, db, oauth_request, signed_in, decision, interaction)
-        if response.status == 302 and not response.headers["Location"].startswith(_interaction_path(uid)):
-            await db.delete(interaction)
-            INTERACTION.clear(request, response, path=_interaction_path(uid))
-        return response
+        answer = await _authorize(request, db, oauth_request, signed_in, interactions.decision(interaction), interaction)
+        if answer.final:
+            await interactions.finish(db, interaction)
+            INTERACTION.clear(request, answer.response, path=interactions.path(uid))
+        return answer.response
 
 
 async def _authorize(
@@ -96,25 +82,26 @@ async def _authorize(
     db: AsyncSession,
     oauth_request: HubOAuth2Request,
     signed_in: browser.SignedIn | None,
-    decision: Decision,
+    decision: interactions.Decision,
     interaction: Interaction | None = None,
-) -> web.StreamResponse:
+) -> Answer:
     provider = request.config_dict[PROVIDER]
     account = signed_in.account if signed_in else None
     try:
         grant = await provider.run(db, lambda: provider.get_consent_grant(oauth_request, end_user=account))
     except OAuth2Error as error:
-        return error_response(request, error, oauth_request)
+        # Final when it goes back to a redirect URI validated for the client.
+        return Answer(error_response(request, error, oauth_request), final=bool(error.redirect_uri))
     except ValueError:
-        return error_page(request, "invalid_request", "The sign-in request is malformed.")
+        return Answer(error_page(request, "invalid_request", "The sign-in request is malformed."))
 
     redirect_uri = grant.redirect_uri
     client: ServiceClient = oauth_request.client
     data = oauth_request.payload.data
     prompts = set((data.get("prompt") or "").split())
 
-    def fail(error: str, description: str) -> web.StreamResponse:
-        return redirect_error(request, redirect_uri, error, description, data.get("state"))
+    def fail(error: str, description: str) -> Answer:
+        return Answer(redirect_error(request, redirect_uri, error, description, data.get("state")), final=True)
 
     if data.get("response_mode", "query") != "query":
         return fail("invalid_request", "Only response_mode=query is supported.")
@@ -126,38 +113,37 @@ async def _authorize(
     if decision.denied:
         return fail("access_denied", "The person declined the request.")
 
-    if needs_sign_in(signed_in, prompts, data.get("max_age"), decision):
+    if interactions.needs_sign_in(signed_in.auth_time if signed_in else None, prompts, data.get("max_age"), decision):
         if "none" in prompts:
             return fail("login_required", "The person must sign in.")
         return await _interact(request, db, oauth_request, interaction)
     assert signed_in is not None and account is not None
 
-    if account.status != "active":
+    if not account.may_be_shared:
         return fail("access_denied", "The account is waiting for a guardian's consent.")
 
     if not account.email_verified and request.config_dict[SETTINGS].require_verified_email:
         # No service is linked to an address nobody has proved they own (no pre-account takeover).
         if "none" in prompts:
             return fail("interaction_required", "The person must confirm their email address first.")
-        return render(
-            request,
-            "verify_first.html",
-            {"email": account.email, "service": client.name, "retry": str(request.rel_url)},
-            status=403,
+        return Answer(
+            render(
+                request,
+                "verify_first.html",
+                {"email": account.email, "service": client.name, "retry": str(request.rel_url)},
+                status=403,
+            )
         )
 
     if client.first_party:
         # The hub's own client (the support console): the person is using the hub itself, so
         # there is nothing to consent to, and no member service to link.
         oauth_request.hub = {"auth_time": signed_in.auth_time, "sid": signed_in.session.sid}
-        return await provider.run(
-            db, lambda: provider.create_authorization_response(oauth_request, grant_user=account, grant=grant)
+        return _answered(
+            await provider.run(db, lambda: provider.create_authorization_response(oauth_request, grant_user=account, grant=grant))
         )
     requested = set(scopes.split(oauth_request.scope))
-    consent = await db.scalar(
-        select(Consent).where(Consent.account_id == account.id, Consent.service_id == client.id)
-    )
-    remembered = set(scopes.split(consent.scope)) if consent and consent.revoked_at is None else set()
+    remembered = await consents.remembered(db, account.id, client.id)
     if not decision.consented and ("consent" in prompts or not requested <= remembered):
         if "none" in prompts:
             return fail("consent_required", "The person must approve this service.")
@@ -165,141 +151,44 @@ async def _authorize(
 
     now = utcnow()
     if decision.consented:
-        # Two tabs may consent at once: create the row if missing, then widen it under a lock.
-        await ensure_row(db, Consent, account_id=account.id, service_id=client.id, scope="", granted_at=now)
-        consent = await db.scalar(
-            select(Consent)
-            .where(Consent.account_id == account.id, Consent.service_id == client.id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
-        assert consent is not None
-        kept = set(scopes.split(consent.scope)) if consent.revoked_at is None else set()
-        consent.scope, consent.granted_at, consent.revoked_at = scopes.join(kept | requested), now, None
+        await consents.grant(db, account.id, client.id, requested, now)
 
-    await _link(db, account.id, client.id, oauth_request.scope, now)
+    await link_lifecycle.link(db, account_id=account.id, service_id=client.id, scope=oauth_request.scope, now=now)
     await _remember_service(db, signed_in.session.id, client.id)
     oauth_request.hub = {"auth_time": signed_in.auth_time, "sid": signed_in.session.sid}
     response = await provider.run(
         db, lambda: provider.create_authorization_response(oauth_request, grant_user=account, grant=grant)
     )
-    return response
+    return _answered(response)
 
 
-def needs_sign_in(
-    signed_in: browser.SignedIn | None, prompts: set[str], max_age: str | None, decision: Decision
-) -> bool:
-    if signed_in is None:
-        return True
-    fresh = decision.fresh_since is not None and signed_in.auth_time >= decision.fresh_since
-    if "login" in prompts and not fresh:
-        return True
-    if max_age is not None and re.fullmatch(r"[0-9]{1,10}", max_age):
-        age = (utcnow() - signed_in.auth_time).total_seconds()
-        if age > int(max_age) and not fresh:
-            return True
-    return False
-
-
-async def _link(db: AsyncSession, account_id: int, service_id: int, scope: str, now: dt.datetime) -> None:
-    """The first authorization to a service links it; later ones widen the granted scopes."""
-    created = await ensure_row(
-        db, Link, account_id=account_id, service_id=service_id, status="active", scope=scope, created_at=now, updated_at=now
-    )
-    link = await db.scalar(
-        select(Link)
-        .where(Link.account_id == account_id, Link.service_id == service_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    assert link is not None
-    # A link that ended (unlinked or cancelled) starts again from what was granted now: its
-    # consent was revoked with it.
-    kept = set(scopes.split(link.scope)) if link.status == "active" else set()
-    widened = scopes.join(kept | set(scopes.split(scope)))
-    if created or link.status != "active" or widened != link.scope:
-        # A new link, a relink or wider scopes: the service gets a snapshot of what it may now see.
-        if not created and link.status != "active":
-            # A relink: a ``link.revoked`` still waiting to be sent would reach the service after
-            # the relink and undo it there. It is withdrawn in this transaction.
-            await db.execute(
-                delete(Notice).where(
-                    Notice.service_id == service_id,
-                    Notice.account_id == account_id,
-                    Notice.event_type == "link.revoked",
-                    Notice.state == "pending",
-                )
-            )
-        link.status, link.scope, link.updated_at = "active", widened, now
-        account = await db.get(Account, account_id)
-        service = await db.get(Service, service_id)
-        assert account is not None and service is not None
-        outbox.add(
-            db,
-            LinkCreated(id=outbox.new_event_id(), sub=account.sub, client_id=service.client_id, version=account.version, occurred_at=now),
-        )
+def _answered(response: web.StreamResponse) -> Answer:
+    """authlib's answer to a request it completed: final when it redirects to the service."""
+    return Answer(response, final=response.status == 302)
 
 
 async def _remember_service(db: AsyncSession, session_id: int, service_id: int) -> None:
     await ensure_row(db, SessionService, session_id=session_id, service_id=service_id)
 
 
-def _interaction_path(uid: str) -> str:
-    return f"/i/{uid}"
-
-
 async def _interact(
     request: web.Request, db: AsyncSession, oauth_request: HubOAuth2Request, interaction: Interaction | None
-) -> web.StreamResponse:
+) -> Answer:
+    """Hand over to the person: to the interaction already under way, or to a new one."""
     if interaction is not None:
-        uid = interaction.params["uid"]
-        interaction.params = {**interaction.params, "consented": False}
-        return redirect(_interaction_path(uid))
+        return Answer(redirect(interactions.path(interactions.ask_again(interaction))))
     settings = request.config_dict[SETTINGS]
-    uid = new_secret(16)
-    binding = new_secret()
-    now = utcnow()
-    db.add(
-        Interaction(
-            uid_hash=digest(uid),
-            params={
-                "uid": uid,
-                "binding": digest(binding),
-                # The request's parameters, whether it came as GET (query) or POST (form).
-                "query": [list(p) for p in [*oauth_request.args.items(), *oauth_request.form.items()]],
-                "client_id": oauth_request.client.client_id,
-                "scope": oauth_request.scope,
-            },
-            created_at=now,
-            expires_at=now + dt.timedelta(seconds=settings.interaction_ttl),
-        )
+    uid, binding = interactions.start(
+        db,
+        # The request's parameters, whether it came as GET (query) or POST (form).
+        query=[list(p) for p in [*oauth_request.args.items(), *oauth_request.form.items()]],
+        client_id=oauth_request.client.client_id,
+        scope=oauth_request.scope,
+        ttl=settings.interaction_ttl,
     )
-    response = redirect(_interaction_path(uid))
-    INTERACTION.set(request, response, binding, path=_interaction_path(uid), max_age=settings.interaction_ttl)
-    return response
-
-
-async def load_interaction(request: web.Request, db: AsyncSession, uid: str) -> Interaction | None:
-    """The interaction named by ``uid``, if it is live and bound to this browser."""
-    if len(uid) > 64:
-        return None
-    row = await db.scalar(select(Interaction).where(Interaction.uid_hash == digest(uid)))
-    binding = INTERACTION.read(request) or ""
-    if row is None or row.expires_at <= utcnow() or not binding or digest(binding) != row.params.get("binding"):
-        return None
-    return row
-
-
-def expired_interaction(request: web.Request) -> web.StreamResponse:
-    return aiohttp_jinja2.render_template(
-        "message.html",
-        request,
-        {
-            "title": "This sign-in has expired",
-            "message": "The sign-in request is no longer valid in this browser. Go back to the service and start again.",
-        },
-        status=400,
-    )
+    response = redirect(interactions.path(uid))
+    INTERACTION.set(request, response, binding, path=interactions.path(uid), max_age=settings.interaction_ttl)
+    return Answer(response)
 
 
 def redirect_error(

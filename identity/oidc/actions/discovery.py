@@ -6,9 +6,9 @@ from typing import Any
 
 from aiohttp import web
 
+from identity.appkeys import PROVIDER, SETTINGS
 from identity.oidc import scopes
 from identity.oidc.keys import ALGORITHMS
-from identity.web.appkeys import PROVIDER, SETTINGS
 
 
 def metadata(issuer: str) -> dict[str, Any]:

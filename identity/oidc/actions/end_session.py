@@ -10,12 +10,12 @@ import aiohttp_jinja2
 from aiohttp import web
 from authlib.oauth2 import OAuth2Error
 
+from identity.appkeys import DB, PROVIDER, SETTINGS
+from identity.db.units import unit
 from identity.oidc.adapter import read_request
 from identity.oidc.logout import end_session as end_browser_session
-from identity.oidc.logout import send_notices
 from identity.pages.common import render
-from identity.web import browser, csrf
-from identity.web.appkeys import DB, HTTP, PROVIDER, SETTINGS
+from identity.web import after_commit, browser, csrf
 from identity.web.responses import redirect
 
 
@@ -27,7 +27,7 @@ async def end_session(request: web.Request) -> web.StreamResponse:
         await csrf.checked_form(request)
         confirmed = True
     oauth_request = await read_request(request, settings.issuer)
-    async with request.config_dict[DB].begin() as db:
+    async with unit(request.config_dict[DB]) as db:
         try:
             validated = await provider.run(db, lambda: provider.validate_endpoint_request("end_session", oauth_request))
         except OAuth2Error as error:
@@ -43,7 +43,6 @@ async def end_session(request: web.Request) -> web.StreamResponse:
                 status=400,
             )
         signed_in = await browser.current(request, db)
-        notices = []
         if signed_in is not None:
             claims = validated.id_token_claims or {}
             hinted = claims.get("sid") == signed_in.session.sid or claims.get("sub") == signed_in.account.sub
@@ -51,9 +50,7 @@ async def end_session(request: web.Request) -> web.StreamResponse:
                 fields = [(k, v) for k, v in oauth_request.payload.data.items() if k != csrf.FIELD]
                 client = validated.client
                 return render(request, "logout_confirm.html", {"fields": fields, "service": client.name if client else None})
-            notices = await end_browser_session(db, provider.keys, settings.issuer, signed_in.session)
-    if notices:
-        await send_notices(request.config_dict[HTTP], notices, settings.backchannel_logout_timeout)
+            after_commit.logout(db, request, await end_browser_session(db, provider.keys, settings.issuer, signed_in.session))
     response: web.StreamResponse
     if validated.redirect_uri:
         response = redirect(validated.redirect_uri)

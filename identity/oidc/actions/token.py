@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from identity.appkeys import DB, PROVIDER, SETTINGS
+from identity.db import dialect
 from identity.db.engine import autocommit
 from identity.oidc.adapter import read_request
-from identity.web.appkeys import DB, PROVIDER, SETTINGS
 
 
 def _form_only(request: web.Request) -> web.Response | None:
@@ -27,7 +28,7 @@ async def token(request: web.Request) -> web.StreamResponse:
     provider = request.config_dict[PROVIDER]
     sessions = request.config_dict[DB]
     oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
-    if oauth_request.payload.grant_type == "refresh_token" and sessions.kw["bind"].dialect.name == "postgresql":
+    if oauth_request.payload.grant_type == "refresh_token" and dialect.opens_postgres(sessions):
         # Refresh on Postgres: every write is one self-contained statement (the rotation is a
         # single data-modifying CTE), so no transaction round trips are needed.
         oauth_request.hub["atomic_rotation"] = True

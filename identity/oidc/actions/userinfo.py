@@ -8,9 +8,9 @@ from aiohttp import web
 from authlib.oauth2 import OAuth2Error
 
 from identity.accounts.claims import user_claims
+from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.engine import autocommit
 from identity.oidc.adapter import bearer_error, read_request
-from identity.web.appkeys import DB, PROVIDER, SETTINGS
 
 
 async def userinfo(request: web.Request) -> web.StreamResponse:
@@ -21,7 +21,7 @@ async def userinfo(request: web.Request) -> web.StreamResponse:
         def claims() -> dict[str, Any]:
             token = provider.resource.validate_request(["openid"], oauth_request)
             account = token.get_user()
-            if account is None or account.status != "active":
+            if account is None or not account.may_be_shared:
                 raise _InvalidToken()
             return user_claims(account, token.get_scope())
 

@@ -19,9 +19,9 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 from sqlalchemy import select
 
+from identity.appkeys import DB
 from identity.db.models import Account, Interaction, Link, Service
 from identity.mail import read_outbox
-from identity.web.appkeys import DB
 from tests.support import (
     PASSWORD,
     Browser,

@@ -8,8 +8,8 @@ import pytest
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 from sqlalchemy import update
 
+from identity.appkeys import DB
 from identity.db.models import Service
-from identity.web.appkeys import DB
 from tests.support import Hub, RelyingParty
 
 

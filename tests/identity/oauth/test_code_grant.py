@@ -10,9 +10,9 @@ import httpx2
 import pytest
 from sqlalchemy import update
 
+from identity.appkeys import DB
 from identity.db.models import AuthorizationCode, utcnow
 from identity.tokens import digest
-from identity.web.appkeys import DB
 from tests.support import Browser, Hub, RelyingParty, authorize_through, query_params
 
 CALLBACK = "http://127.0.0.1:9/callback"

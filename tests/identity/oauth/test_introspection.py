@@ -9,9 +9,9 @@ import httpx2
 import pytest
 from sqlalchemy import update
 
+from identity.appkeys import DB
 from identity.db.models import Token, utcnow
 from identity.tokens import digest
-from identity.web.appkeys import DB
 from tests.support import Browser, Hub, RelyingParty, sign_in_through
 
 FULL_SCOPE = "openid profile email offline_access"

@@ -12,10 +12,10 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy import select
 
+from identity.appkeys import CIPHER, DB
 from identity.db.models import SigningKey
 from identity.oidc.keys import ensure_keys, load_keys
 from identity.sealing import KeyCipher
-from identity.web.appkeys import CIPHER, DB
 from tests.support import Browser, Hub, RelyingParty, sign_in_through
 
 PRIVATE_MEMBERS = {"d", "p", "q", "dp", "dq", "qi"}

@@ -17,8 +17,8 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 from sqlalchemy import select
 
+from identity.appkeys import DB
 from identity.db.models import BrowserSession
-from identity.web.appkeys import DB
 from tests.support import (
     PASSWORD,
     Browser,

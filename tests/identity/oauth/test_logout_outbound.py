@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 import pytest
 
+from identity.appkeys import HTTP
 from identity.oidc.logout import LogoutNotice, send_notices
-from identity.web.appkeys import HTTP
 from tests.hostile import IN_FLIGHT_BOUND, HostileEndpoint, Listener
 from tests.support import Browser, Hub, RelyingParty, sign_in_through
 

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import update
 
 from identity.accounts.store import find_by_sub, update_details
+from identity.appkeys import DB
 from identity.db.models import Account, Token, utcnow
 from identity.tokens import digest
-from identity.web.appkeys import DB
 from tests.support import Browser, Hub, RelyingParty, sign_in_through
 
 ADDRESS = {"street_address": "1 Example Road", "locality": "Exampleton", "postal_code": "EX1 2MP", "country": "GB"}

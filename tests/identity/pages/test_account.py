@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from identity.appkeys import DB
 from identity.db.models import Account, AccountChange
-from identity.web.appkeys import DB
 from tests.support import Browser, Hub, RelyingParty, form, sign_in_through
 
 

@@ -13,10 +13,10 @@ from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 
 from identity import admin
+from identity.appkeys import DB, HASHER
 from identity.db.models import Account
 from identity.settings import Settings
 from identity.web.app import create_app
-from identity.web.appkeys import DB, HASHER
 from tests.conftest import TEST_SETTINGS
 from tests.support import PASSWORD, Browser, Hub, form
 

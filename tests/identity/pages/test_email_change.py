@@ -10,9 +10,9 @@ from email.message import EmailMessage
 import httpx2
 from sqlalchemy import select
 
+from identity.appkeys import DB
 from identity.db.models import Account, AccountChange, OutboxEvent
 from identity.mail import read_outbox
-from identity.web.appkeys import DB
 from tests.support import PASSWORD, Browser, Hub, form
 
 NEW = "ann.new@example.com"

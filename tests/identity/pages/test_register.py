@@ -10,9 +10,9 @@ import httpx2
 import pytest
 from sqlalchemy import select
 
+from identity.appkeys import DB
 from identity.db.models import Account
 from identity.mail import read_outbox
-from identity.web.appkeys import DB
 from tests.support import PASSWORD, Browser, Hub, form
 
 NEW_PASSWORD = "purple elephant dancing quietly"

@@ -7,9 +7,9 @@ import html
 
 from sqlalchemy import func, select
 
+from identity.appkeys import DB
 from identity.db.models import Notice, RightsRequest, utcnow
 from identity.rights import due_at, extended_due_at
-from identity.web.appkeys import DB
 from tests.rights_support import add_and_link, call, move, service_token
 from tests.support import PASSWORD, Browser, Hub, form
 

@@ -10,8 +10,8 @@ import httpx2
 import pytest
 from sqlalchemy import select
 
+from identity.appkeys import DB
 from identity.db.models import Account, BrowserSession
-from identity.web.appkeys import DB
 from tests.support import PASSWORD, Browser, Hub, RelyingParty, form
 
 WRONG = "The email address or password is incorrect."

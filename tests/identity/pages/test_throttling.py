@@ -16,9 +16,9 @@ from sqlalchemy import func, select, update
 
 from identity.accounts import throttle
 from identity.accounts.hashing import HashQueue
+from identity.appkeys import DB, HASHING
 from identity.db.models import Account, BrowserSession, Throttle, utcnow
 from identity.mail import read_outbox
-from identity.web.appkeys import DB, HASHING
 from tests.support import PASSWORD, Browser, Hub, form
 
 WRONG = "The email address or password is incorrect."
