@@ -17,7 +17,7 @@ from identity.db.models import DeadLetter, Delivery, OutboxEvent, Service
 from sync.broker import EmbeddedBroker
 from tests.support import Hub
 from tests.sync.conftest import EXTERNAL_KAFKA, add_member
-from tests.sync.helpers import SyncProcess, add_people, change, link_directly, recorded
+from tests.sync.helpers import SyncProcess, add_people, change, link_directly, recorded, settled
 from tests.sync.receivers import Receivers
 
 
@@ -101,13 +101,11 @@ async def test_receiver_down_for_a_while_gets_retries_then_the_latest_state(hub:
     # Only the latest state travelled after the outage: no replay of each intermediate change.
     after = [d for d in receivers["forum"].received if d["data"]["version"] > 1]
     assert len(after) <= len(subs) * 2
-    # The endpoint recovers by itself once a delivery succeeds (outcomes are recorded just after).
-    for _ in range(100):
-        async with hub.app[DB]() as db:
-            failing = await db.scalar(select(Service.webhook_failing_since).where(Service.name == "forum"))
-        if failing is None:
-            break
-        await asyncio.sleep(0.05)
+    # The endpoint recovers by itself once a delivery succeeds (in the transaction that records
+    # the outcome, a moment after the receiver answered).
+    await settled(hub, service.client_id)
+    async with hub.app[DB]() as db:
+        failing = await db.scalar(select(Service.webhook_failing_since).where(Service.name == "forum"))
     assert failing is None
 
 
@@ -189,12 +187,9 @@ class TestGivingUp:
         async with hub.app[DB]() as db:
             assert await status.dead_letters(db) == []
             assert await db.scalar(select(func.count()).select_from(DeadLetter)) == 1  # kept, marked redelivered
-        for _ in range(100):
-            async with hub.app[DB]() as db:
-                quarantined = await db.scalar(select(Service.webhook_quarantined_at).where(Service.name == "store"))
-            if quarantined is None:
-                break
-            await asyncio.sleep(0.05)
+        await settled(hub, letters[0]["client_id"])  # the redelivery's outcome recorded
+        async with hub.app[DB]() as db:
+            quarantined = await db.scalar(select(Service.webhook_quarantined_at).where(Service.name == "store"))
         assert quarantined is None  # out of quarantine after a delivery succeeded
 
 
