@@ -3,11 +3,13 @@ and a relying party built on authlib's own OAuth client."""
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx2
@@ -26,6 +28,22 @@ PASSWORD = "correct horse battery staple"
 _INPUT = re.compile(r"<input\b[^>]*>", re.IGNORECASE)
 _ATTR = re.compile(r'(\w+)="([^"]*)"')
 _FORM = re.compile(r"<form\b([^>]*)>(.*?)</form>", re.IGNORECASE | re.DOTALL)
+
+
+
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float = 30.0, what: str = "the condition") -> T:
+    """Ask ``probe`` again, a moment apart, until what it returns is true (a row settled, a
+    metric reached), and return that; fail with the last answer if ``timeout`` seconds pass."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = await probe()
+        if found:
+            return found
+        assert asyncio.get_running_loop().time() < deadline, f"{what} did not happen within {timeout:.0f} s (last: {found!r})"
+        await asyncio.sleep(0.05)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from sync.engine import Engine, Sender
 from sync.metrics import SyncMetrics
 from sync.notices import Notices
 from tests.conftest import free_port
-from tests.support import Hub
+from tests.support import Hub, eventually
 
 
 def engines(hub: Hub, http: aiohttp.ClientSession, settings: Settings | None = None) -> tuple[Engine, Engine]:
@@ -174,8 +174,8 @@ async def settled(hub: Hub, client_id: str, timeout: float = 30.0) -> None:
     event calls for in the transaction that marks it consumed), and none of the service's
     deliveries or notices still due or in flight (one in flight is settled once its outcome is
     recorded). What the service received by then is all it will receive."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+
+    async def nothing_left() -> bool:
         async with hub.app[DB]() as db:
             unconsumed = await db.scalar(select(func.count()).select_from(OutboxEvent).where(OutboxEvent.consumed_at.is_(None)))
             service_id = await db.scalar(select(Service.id).where(Service.client_id == client_id))
@@ -185,7 +185,6 @@ async def settled(hub: Hub, client_id: str, timeout: float = 30.0) -> None:
                 .where(Delivery.service_id == service_id, Delivery.state == "active", Delivery.wanted_version > Delivery.delivered_version)
             )
             pending = await db.scalar(select(func.count()).select_from(Notice).where(Notice.service_id == service_id, Notice.state == "pending"))
-        if not (unconsumed or due or pending):
-            return
-        assert asyncio.get_running_loop().time() < deadline, (client_id, unconsumed, due, pending)
-        await asyncio.sleep(0.05)
+        return not (unconsumed or due or pending)
+
+    await eventually(nothing_left, timeout=timeout, what=f"{client_id} settled")

@@ -24,7 +24,7 @@ from identity.appkeys import CIPHER, DB
 from identity.db.models import Delivery, Notice, Service
 from schemas.events import LinkRevoked, LinkRevokedData, service_event
 from sync.runtime import DELIVERER
-from tests.support import Browser, Hub, form
+from tests.support import Browser, Hub, eventually, form
 from tests.sync.conftest import Member, add_member, link, service_token
 from tests.sync.helpers import SyncProcess, change, settled
 from tests.sync.receivers import Receivers, body_of
@@ -310,15 +310,13 @@ async def test_a_notice_to_a_disabled_webhook_waits_and_is_sent_once_it_is_enabl
     # Disabled as a 410 disables it: the worker closes the webhook at that answer.
     receivers["store"].fail_with = 410
     await change(hub, ann, given_name="Anne")
-    for _ in range(600):
+
+    async def disabled() -> Service | None:
         async with hub.app[DB]() as db:
-            service = await db.scalar(
-                select(Service).where(Service.client_id == store.rp.client_id)
-            )
-        if service is not None and service.webhook_disabled_at is not None:
-            break
-        await asyncio.sleep(0.05)
-    assert service is not None and service.webhook_disabled_at is not None
+            service = await db.scalar(select(Service).where(Service.client_id == store.rp.client_id))
+        return service if service is not None and service.webhook_disabled_at is not None else None
+
+    service = await eventually(disabled, what="the store's webhook disabled")
     url = service.webhook_url
     receivers["store"].fail_with = None
 

@@ -15,7 +15,7 @@ from identity import deliveries as status
 from identity.appkeys import DB, SETTINGS
 from identity.db.models import DeadLetter, Delivery, OutboxEvent, Service
 from sync.broker import EmbeddedBroker
-from tests.support import Hub
+from tests.support import Hub, eventually
 from tests.sync.conftest import EXTERNAL_KAFKA, add_member
 from tests.sync.helpers import SyncProcess, add_people, change, link_directly, recorded, settled
 from tests.sync.receivers import Receivers
@@ -79,14 +79,12 @@ async def test_receiver_down_for_a_while_gets_retries_then_the_latest_state(hub:
     # The healthy service is not held up by the failing one.
     await _all_at(receivers, ("store",), final)
     # Retried, on the schedule, and the failures recorded (a moment after they were answered).
-    for _ in range(600):
+    async def failing_recorded() -> Service | None:
         async with hub.app[DB]() as db:
             service = await db.scalar(select(Service).where(Service.name == "forum"))
-        if receivers["forum"].failures_answered >= 2 and service is not None and service.webhook_failing_since is not None:
-            break
-        await asyncio.sleep(0.05)
-    assert receivers["forum"].failures_answered >= 2
-    assert service is not None and service.webhook_failing_since is not None
+        return service if receivers["forum"].failures_answered >= 2 and service is not None and service.webhook_failing_since is not None else None
+
+    service = await eventually(failing_recorded, what="forum's failures recorded")
     async with hub.app[DB]() as db:
         pending = await db.scalar(
             select(func.count()).select_from(Delivery).where(Delivery.service_id == service.id, Delivery.wanted_version > Delivery.delivered_version)
@@ -250,12 +248,11 @@ class TestSeparateProcesses:
             await _all_at(receivers, names, dict.fromkeys(subs, 1), timeout=90)
             # The group has settled (each worker holds some of the partitions) before the changes.
             partitions = hub.app[SETTINGS].kafka_profile_partitions
-            for _ in range(600):
+            async def balanced() -> list[float] | None:
                 assigned = [await w.metric("onesignin_sync_partitions_assigned") for w in workers]
-                if all(a > 0 for a in assigned) and sum(assigned) == partitions:
-                    break
-                await asyncio.sleep(0.1)
-            assert all(a > 0 for a in assigned) and sum(assigned) == partitions, assigned
+                return assigned if all(a > 0 for a in assigned) and sum(assigned) == partitions else None
+
+            await eventually(balanced, timeout=60, what="both workers holding partitions")
             final = {}
             for round_ in range(3):
                 for sub in subs:

@@ -28,13 +28,11 @@ async def token(request: web.Request) -> web.StreamResponse:
     provider = request.config_dict[PROVIDER]
     sessions = request.config_dict[DB]
     oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
-    if oauth_request.payload.grant_type == "refresh_token" and dialect.opens_postgres(sessions):
-        # Refresh on Postgres: every write is one self-contained statement (the rotation is a
-        # single data-modifying CTE), so no transaction round trips are needed.
-        oauth_request.hub["atomic_rotation"] = True
-        async with autocommit(sessions) as db:
-            return await provider.run(db, lambda: provider.create_token_response(oauth_request))
-    async with sessions.begin() as db:
+    # Refresh on Postgres: every write is one self-contained statement (the rotation is a single
+    # data-modifying CTE), so no transaction round trips are needed.
+    alone = oauth_request.payload.grant_type == "refresh_token" and dialect.opens_postgres(sessions)
+    oauth_request.hub["atomic_rotation"] = alone
+    async with autocommit(sessions) if alone else sessions.begin() as db:
         return await provider.run(db, lambda: provider.create_token_response(oauth_request))
 
 
@@ -53,10 +51,7 @@ async def introspect(request: web.Request) -> web.StreamResponse:
     provider = request.config_dict[PROVIDER]
     sessions = request.config_dict[DB]
     oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
-    if dialect.opens_postgres(sessions):
-        # Introspection only reads (the client, the token, its revocation): on Postgres each read
-        # stands alone, sparing a transaction's BEGIN and COMMIT round trips.
-        async with autocommit(sessions) as db:
-            return await provider.run(db, lambda: provider.create_endpoint_response("introspection", oauth_request))
-    async with sessions.begin() as db:
+    # Introspection only reads (the client, the token, its revocation): on Postgres each read
+    # stands alone, sparing a transaction's BEGIN and COMMIT round trips.
+    async with autocommit(sessions) if dialect.opens_postgres(sessions) else sessions.begin() as db:
         return await provider.run(db, lambda: provider.create_endpoint_response("introspection", oauth_request))
