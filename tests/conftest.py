@@ -214,11 +214,148 @@ def postgres_templates() -> Iterator[PostgresTemplates]:
     dropper.close()
 
 
+#: What a database's schema is: its relations, columns and triggers. A test that changed it
+#: (a migration run backwards, a table dropped) leaves a database that is not used again.
+SCHEMA_FINGERPRINT = """
+select md5(coalesce((select string_agg(c.relname || ':' || c.relkind::text || ':' || coalesce(a.attname, '') || ':'
+                                       || coalesce(format_type(a.atttypid, a.atttypmod), ''), ',' order by c.relname, a.attnum)
+                     from pg_class c join pg_namespace n on n.oid = c.relnamespace
+                     left join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+                     where n.nspname = 'public'), '')
+           || coalesce((select string_agg(tgname, ',' order by tgname) from pg_trigger where not tgisinternal), ''))
+"""
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What a template database holds: its schema's fingerprint, its tables' and indexes' size
+    figures for the planner, each table's rows, each sequence's position."""
+
+    fingerprint: str
+    sizes: list[tuple[str, int, float, int]]
+    rows: dict[str, tuple[tuple[str, ...], list[tuple[Any, ...]]]]
+    sequences: dict[str, tuple[int, bool]]
+
+    @classmethod
+    async def read(cls, conn: asyncpg.Connection) -> Contents:
+        tables = tuple(r[0] for r in await conn.fetch("select tablename from pg_tables where schemaname = 'public'"))
+        rows = {}
+        for table in tables:
+            records = await conn.fetch(f'select * from "{table}"')
+            if records:
+                rows[table] = (tuple(records[0].keys()), [tuple(r.values()) for r in records])
+        sequences = {
+            r[0]: (r[1], r[2])
+            for r in await conn.fetch(
+                "select sequencename, coalesce(last_value, start_value), last_value is not null"
+                " from pg_sequences where schemaname = 'public'"
+            )
+        }
+        sizes = [
+            tuple(r)
+            for r in await conn.fetch(
+                "select quote_ident(c.relname), c.relpages, c.reltuples, c.relallvisible from pg_class c"
+                " join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relkind in ('r', 'i')"
+            )
+        ]
+        return cls(await conn.fetchval(SCHEMA_FINGERPRINT), sizes, rows, sequences)
+
+    async def restore(self, conn: asyncpg.Connection) -> None:
+        """Make a database of the same schema hold exactly what the template holds."""
+        async with conn.transaction():
+            # Without triggers: the audit records are append-only, enforced by a trigger.
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            # TRUNCATE, not DELETE: a table emptied by DELETE keeps its pages, and the planner
+            # plans for them (a fresh database's tables have none, and no statistics).
+            written = [
+                r[0]
+                for r in await conn.fetch(
+                    "select quote_ident(c.relname) from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+                    " where n.nspname = 'public' and c.relkind = 'r' and pg_relation_size(c.oid) > 0"
+                )
+            ]
+            if written:
+                await conn.execute(f"TRUNCATE {', '.join(written)} CASCADE")
+            # The planner's size figures as the template has them (TRUNCATE leaves indexes
+            # counted unknown, where a migration's CREATE INDEX counted them empty, and a plan
+            # can differ on that alone). Changing pg_class takes a superuser; without one the
+            # database is dropped instead of used again.
+            await conn.execute(
+                "update pg_class c set relpages = v.relpages, reltuples = v.reltuples, relallvisible = v.relallvisible"
+                " from unnest($1::text[], $2::int[], $3::real[], $4::int[]) as v(name, relpages, reltuples, relallvisible)"
+                " where c.oid = v.name::regclass",
+                *zip(*self.sizes, strict=True),
+            )
+            for table, (columns, records) in self.rows.items():
+                await conn.copy_records_to_table(table, records=records, columns=columns)
+            for sequence, (value, called) in self.sequences.items():
+                await conn.execute("select setval($1::text::regclass, $2, $3)", f'"{sequence}"', value, called)
+
+
+class PostgresPool:
+    """The tests' scratch databases, used again: a database a test is done with is emptied and
+    given its template's rows again (tens of milliseconds) instead of being dropped (a checkpoint each,
+    which under a parallel run queues up for a minute at the end). A database whose schema the
+    test changed is dropped instead. Each xdist worker has its own pool."""
+
+    def __init__(self, templates: PostgresTemplates) -> None:
+        self.templates = templates
+        self.contents: dict[str, Contents] = {}
+        self.free: dict[str, list[str]] = {templates.bare: [], templates.keyed: []}
+        self.made: list[str] = []
+        self.dropper = Dropper()
+
+    async def take(self, template: str) -> str:
+        if self.free[template]:
+            return self.free[template].pop()
+        if template not in self.contents:
+            conn = await asyncpg.connect(_pg_dsn(template))
+            try:
+                self.contents[template] = await Contents.read(conn)
+            finally:
+                await conn.close()
+        name = f"osi_t_{uuid.uuid4().hex[:12]}"
+        conn = await asyncpg.connect(_pg_dsn())
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        finally:
+            await conn.close()
+        self.made.append(name)
+        return name
+
+    async def give_back(self, template: str, name: str) -> None:
+        contents = self.contents[template]
+        try:
+            conn = await asyncpg.connect(_pg_dsn(name))
+            try:
+                # Whatever the test left connected (a hub's pool, a killed process's session)
+                # goes, as DROP DATABASE ... WITH (FORCE) would make it.
+                await conn.execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity"
+                    " where datname = current_database() and pid <> pg_backend_pid()"
+                )
+                if await conn.fetchval(SCHEMA_FINGERPRINT) != contents.fingerprint:
+                    raise LookupError("the test changed the schema")
+                await contents.restore(conn)
+            finally:
+                await conn.close()
+        except (LookupError, asyncpg.PostgresError, OSError):
+            self.made.remove(name)
+            self.dropper.drop(name)
+            return
+        self.free[template].append(name)
+
+    def close(self) -> None:
+        for name in self.made:
+            self.dropper.drop(name)
+        self.dropper.close()
+
+
 @pytest.fixture(scope="session")
-def postgres_dropper() -> Iterator[Dropper]:
-    dropper = Dropper()
-    yield dropper
-    dropper.close()
+def postgres_pool(postgres_templates: PostgresTemplates) -> Iterator[PostgresPool]:
+    pool = PostgresPool(postgres_templates)
+    yield pool
+    pool.close()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -234,16 +371,11 @@ async def database_url(
         shutil.copy(templates.keyed if keyed else templates.bare, tmp_path / "onesignin.db")
         yield f"sqlite+aiosqlite:///{tmp_path / 'onesignin.db'}"
         return
-    templates = request.getfixturevalue("postgres_templates")
-    dropper = request.getfixturevalue("postgres_dropper")
-    name = f"osi_t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(_pg_dsn())
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{templates.keyed if keyed else templates.bare}"')
-    finally:
-        await conn.close()
+    pool: PostgresPool = request.getfixturevalue("postgres_pool")
+    template = pool.templates.keyed if keyed else pool.templates.bare
+    name = await pool.take(template)
     yield _pg_admin_url().rsplit("/", 1)[0] + "/" + name
-    dropper.drop(name)
+    await pool.give_back(template, name)
 
 
 @pytest.fixture

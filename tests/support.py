@@ -166,6 +166,7 @@ class RelyingParty:
 
     def client(self, **kwargs: Any) -> AsyncOAuth2Client:
         kwargs.setdefault("scope", self.scope)
+        kwargs.setdefault("timeout", 30)  # a loaded machine is slow, not broken
         return AsyncOAuth2Client(
             client_id=self.client_id,
             client_secret=self.client_secret,
@@ -175,7 +176,7 @@ class RelyingParty:
         )
 
     async def discover(self) -> dict[str, Any]:
-        async with httpx2.AsyncClient() as http:
+        async with httpx2.AsyncClient(timeout=30) as http:
             self.metadata = (await http.get(f"{self.hub.url}/.well-known/openid-configuration")).json()
         return self.metadata
 
@@ -234,7 +235,7 @@ class RelyingParty:
         return await self.post("/token", {k: v for k, v in data.items() if v is not None}, auth=auth)
 
     async def validate_id_token(self, token: dict[str, Any], nonce: str) -> CodeIDToken:
-        async with httpx2.AsyncClient() as http:
+        async with httpx2.AsyncClient(timeout=30) as http:
             jwks = (await http.get(self.metadata["jwks_uri"])).json()
         decoded = jwt.decode(token["id_token"], KeySet.import_key_set(jwks), algorithms=["RS256", "ES256"])
         claims = CodeIDToken(

@@ -8,7 +8,7 @@ from tests.support import PASSWORD, Browser, Hub, RelyingParty, form, sign_in_th
 
 
 async def test_basic_auth_that_is_not_utf8(hub: Hub) -> None:
-    async with httpx2.AsyncClient(base_url=hub.url) as http:
+    async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as http:
         for path in ("/token", "/revoke", "/introspect"):
             response = await http.post(
                 path, content=b"grant_type=client_credentials&token=x", headers={

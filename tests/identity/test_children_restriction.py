@@ -164,7 +164,7 @@ async def test_a_service_cannot_make_an_adult_a_child(hub: Hub, browser: Browser
     rp, token = await _linked(hub, browser)
     await _set_birthdate(browser, ADULT)
     before = await _account(hub)
-    async with httpx2.AsyncClient(base_url=hub.url) as http:
+    async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as http:
         answer = await http.patch(
             "/api/v1/me", json={"birthdate": TWELVE, "given_name": "Anna"}, headers={"Authorization": f"Bearer {token['access_token']}"}
         )
@@ -175,7 +175,7 @@ async def test_a_service_cannot_make_an_adult_a_child(hub: Hub, browser: Browser
     async with hub.app[DB]() as db:
         assert (await db.scalars(select(Notice))).all() == []
     # An adult's date from the service is fine; so is the person's own child's date.
-    async with httpx2.AsyncClient(base_url=hub.url) as http:
+    async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as http:
         fine = await http.patch("/api/v1/me", json={"birthdate": "1991-01-01"}, headers={"Authorization": f"Bearer {token['access_token']}"})
     assert fine.status_code == 200
     await _set_birthdate(browser, TWELVE)

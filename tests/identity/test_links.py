@@ -179,7 +179,7 @@ async def test_cancelling_revokes_tokens_consent_and_logs_the_service_out(
 
     # The store's session for Ann got a signed back-channel logout token.
     assert len(logouts.tokens) == 1
-    async with httpx2.AsyncClient() as http:
+    async with httpx2.AsyncClient(timeout=30) as http:
         jwks = KeySet.import_key_set((await http.get(f"{hub.url}/jwks")).json())
     claims = jwt.decode(logouts.tokens[0], jwks).claims
     assert (
@@ -419,7 +419,7 @@ async def test_the_cancel_page_shows_each_services_own_route(
     assert "Write to Forum Ltd, 1 Example Street." in page.text
     assert "Contact Quiet directly." in page.text
 
-    anonymous = httpx2.AsyncClient(base_url=hub.url)
+    anonymous = httpx2.AsyncClient(base_url=hub.url, timeout=30)
     async with anonymous:
         response = await anonymous.get("/account/cancel")
     assert response.status_code == 302 and response.headers["location"].startswith(

@@ -21,7 +21,7 @@ from tests.support import Hub
 
 
 async def test_the_public_port_has_no_metrics_and_the_metrics_port_has_them(hub: Hub) -> None:
-    async with httpx2.AsyncClient() as http:
+    async with httpx2.AsyncClient(timeout=30) as http:
         public = await http.get(f"{hub.url}/metrics")
         assert public.status_code == 404
         assert "onesignin_" not in public.text

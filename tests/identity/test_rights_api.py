@@ -458,7 +458,7 @@ async def test_overdue_requests_are_listed_and_counted(
     # The gauge (refreshed from the database every few seconds) counts them per target.
     expected = {"hub": 1.0, forum.client_id: 1.0, store.client_id: 0.0}
     for _ in range(40):
-        async with httpx2.AsyncClient() as http:
+        async with httpx2.AsyncClient(timeout=30) as http:
             text = (await http.get(hub.app[METRICS_URL])).text
         found = {
             line.split('target="', 1)[1].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])

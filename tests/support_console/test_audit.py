@@ -71,7 +71,7 @@ async def test_a_person_with_only_a_customer_session_gets_nothing(hub: Hub) -> N
         pages = [await customer.get(path) for path in ("/support/", f"/support/people/{person.sub}", "/support/audit")]
         action = await customer.post(f"/support/people/{person.sub}/edit", data={"family_name": "X", "reason": "mine"})
         # The customer session's own secret does not open a console session either.
-        async with httpx2.AsyncClient(base_url=hub.url, cookies={COOKIE: customer_secret}) as http:
+        async with httpx2.AsyncClient(base_url=hub.url, cookies={COOKIE: customer_secret}, timeout=30) as http:
             borrowed = await http.get(f"/support/people/{person.sub}")
     finally:
         await person.browser.aclose()

@@ -50,7 +50,7 @@ async def test_search_lists_people_linking_to_their_profiles_and_is_audited_with
 async def test_search_needs_a_console_session(hub: Hub) -> None:
     import httpx2
 
-    async with httpx2.AsyncClient(base_url=hub.url) as http:
+    async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as http:
         page = await http.get("/support/", params={"q": "ann@example.com"})
     assert page.status_code == 303 and page.headers["location"] == "/support/login"
     assert await audit_records(hub) == []

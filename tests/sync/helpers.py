@@ -131,7 +131,7 @@ class SyncProcess:
         # Ready when /healthz answers (the app's cleanup contexts have started).
         import httpx2
 
-        async with httpx2.AsyncClient() as http:
+        async with httpx2.AsyncClient(timeout=30) as http:
             for _ in range(300):
                 if self.process.poll() is not None:
                     raise AssertionError(f"{self.role} exited: {self.log.read_text()[-2000:]}")
@@ -147,7 +147,7 @@ class SyncProcess:
         """The sum of a metric's samples on this process's /metrics."""
         import httpx2
 
-        async with httpx2.AsyncClient() as http:
+        async with httpx2.AsyncClient(timeout=30) as http:
             text = (await http.get(f"http://127.0.0.1:{self.port}/metrics")).text
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name) and not line.startswith("#"))
 

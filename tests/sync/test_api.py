@@ -74,7 +74,7 @@ async def test_profile_changes_are_validated_field_by_field_and_need_the_scope(h
     email = await patch_me(hub, token, {"email": "other@example.com"})
     assert email.status_code == 422 and email.json()["problems"][0]["field"] == "email"
 
-    async with httpx2.AsyncClient(base_url=hub.url) as http:
+    async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as http:
         headers = {"Authorization": f"Bearer {token}"}
         assert (await http.patch("/api/v1/me", content=b"{not json", headers=headers | {"Content-Type": "application/json"})).status_code == 400
         assert (await http.patch("/api/v1/me", content=b"[]", headers=headers | {"Content-Type": "application/json"})).status_code == 400
@@ -123,7 +123,7 @@ async def test_sync_status_and_resync_for_the_service_itself(hub: Hub, receivers
     assert unlinked.json() == unknown.json()
 
     before = len(receivers["store"].received)
-    async with httpx2.AsyncClient(base_url=hub.url) as http:
+    async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as http:
         replay = await http.post("/api/v1/sync/resync", headers={"Authorization": f"Bearer {token}"})
     assert replay.status_code == 202 and replay.json()["queued"] == 3
     for sub in subs:
@@ -190,7 +190,7 @@ async def test_schemas_asyncapi_and_metrics_are_published(hub: Hub, receivers: R
     assert "ProfileUpdated" in doc["components"]["schemas"]
 
     assert (await _get(hub, "/metrics")).status_code == 404  # not on the public port
-    async with httpx2.AsyncClient() as http:
+    async with httpx2.AsyncClient(timeout=30) as http:
         metrics = (await http.get(hub.app[METRICS_URL])).text
     for name in (
         "onesignin_outbox_lag_seconds",
@@ -232,7 +232,7 @@ async def test_one_resync_at_a_time(hub: Hub, receivers: Receivers, monkeypatch:
     # The link snapshots count as a resync in flight until their outcomes are recorded, a
     # moment after the receiver has them: the service's status says when.
     await settled(hub, store.rp.client_id)
-    async with httpx2.AsyncClient(base_url=hub.url) as http:
+    async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as http:
         status = (await http.get("/api/v1/sync/status", headers={"Authorization": f"Bearer {token}"})).json()
         assert status["backlog"]["webhook"]["pending"] == 0, status
         first = await http.post("/api/v1/sync/resync", headers={"Authorization": f"Bearer {token}"})

@@ -122,5 +122,5 @@ async def test_a_guardian_cannot_be_the_child_and_the_page_is_only_for_children(
     refused = await browser.submit(asked, "/account/guardian", guardian_email="ann@example.com")
     assert refused.status_code == 400
     assert "own email address" in refused.text
-    async with httpx2.AsyncClient(base_url=hub.url) as http:
+    async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as http:
         assert (await http.post("/account/guardian", data={"guardian_email": "p@example.com"})).status_code == 403

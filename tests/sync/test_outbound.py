@@ -76,7 +76,7 @@ async def _notice_row(hub: Hub, message_id: str, settled: Any, timeout: float = 
 
 async def _status(hub: Hub, rp: RelyingParty, **params: str) -> dict[str, Any]:
     token = (await rp.post("/token", {"grant_type": "client_credentials", "scope": "openid"})).json()["access_token"]
-    async with httpx2.AsyncClient(base_url=hub.url) as http:
+    async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as http:
         response = await http.get("/api/v1/sync/status", params=params, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200, response.text
     return response.json()

@@ -76,7 +76,7 @@ def is_error_page(response: httpx2.Response, error: str) -> bool:
 
 
 async def decode_id_token(hub: Hub, token: dict[str, str]) -> tuple[dict[str, object], dict[str, object]]:
-    async with httpx2.AsyncClient() as http:
+    async with httpx2.AsyncClient(timeout=30) as http:
         jwks = (await http.get(f"{hub.url}/jwks")).json()
     decoded = jwt.decode(token["id_token"], KeySet.import_key_set(jwks), algorithms=["RS256", "ES256"])
     return dict(decoded.header), dict(decoded.claims)

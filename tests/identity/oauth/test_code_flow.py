@@ -46,5 +46,5 @@ async def test_unknown_client_gets_an_error_page_not_a_redirect(hub: Hub, browse
     page = await browser.go("/authorize?response_type=code&client_id=nope&redirect_uri=http://127.0.0.1:9/callback&scope=openid")
     assert page.status_code == 400
     assert "invalid_client" in page.text
-    async with httpx2.AsyncClient() as http:
+    async with httpx2.AsyncClient(timeout=30) as http:
         assert (await http.get(f"{hub.url}/healthz")).json() == {"status": "ok"}

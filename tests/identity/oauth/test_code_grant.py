@@ -198,7 +198,7 @@ async def test_implicit_style_grant_type_is_unsupported(hub: Hub, rp: RelyingPar
 
 async def test_json_body_is_invalid_request(hub: Hub, rp: RelyingParty, browser: Browser) -> None:
     callback, kept = await authorize_through(rp, browser)
-    async with httpx2.AsyncClient(base_url=hub.url) as http:
+    async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as http:
         response = await http.post(
             "/token",
             json={
@@ -217,7 +217,7 @@ async def test_json_body_is_invalid_request(hub: Hub, rp: RelyingParty, browser:
 
 
 async def test_token_endpoint_takes_only_post(hub: Hub, rp: RelyingParty) -> None:
-    async with httpx2.AsyncClient(base_url=hub.url) as http:
+    async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as http:
         response = await http.get("/token", params={"grant_type": "client_credentials"})
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"

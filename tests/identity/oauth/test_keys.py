@@ -25,7 +25,7 @@ KEEP = dt.timedelta(hours=2)
 
 
 async def get_json(url: str) -> tuple[httpx2.Response, dict]:  # type: ignore[type-arg]
-    async with httpx2.AsyncClient() as http:
+    async with httpx2.AsyncClient(timeout=30) as http:
         response = await http.get(url)
     return response, response.json()
 

@@ -79,7 +79,7 @@ async def rp(hub: Hub, receiver: Receiver) -> RelyingParty:
 
 
 async def jwks(hub: Hub) -> KeySet:
-    async with httpx2.AsyncClient() as http:
+    async with httpx2.AsyncClient(timeout=30) as http:
         return KeySet.import_key_set((await http.get(f"{hub.url}/jwks")).json())
 
 
@@ -127,7 +127,7 @@ async def test_logout_with_hint_redirects_ends_session_and_notifies(
     # The session is over: silent authorization needs a sign-in again, even with the old cookie.
     params = await prompt_none(rp, browser)
     assert params["error"] == "login_required"
-    async with httpx2.AsyncClient(base_url=hub.url, cookies={"osi_session": secret}) as replay:
+    async with httpx2.AsyncClient(base_url=hub.url, cookies={"osi_session": secret}, timeout=30) as replay:
         assert (await replay.get("/account")).status_code == 302
 
     assert len(receiver.posts) == 1

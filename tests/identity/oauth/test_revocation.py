@@ -143,7 +143,7 @@ async def test_wrong_secret_is_invalid_client(hub: Hub, rp: RelyingParty, tokens
 
 
 async def test_json_body_is_invalid_request(hub: Hub, rp: RelyingParty, tokens: dict[str, Any]) -> None:
-    async with httpx2.AsyncClient(base_url=hub.url) as http:
+    async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as http:
         response = await http.post(
             "/revoke", json={"token": tokens["access_token"]}, auth=httpx2.BasicAuth(rp.client_id, rp.client_secret)
         )

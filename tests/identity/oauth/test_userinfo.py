@@ -161,7 +161,7 @@ async def test_no_token_is_401_with_a_bare_bearer_challenge(hub: Hub) -> None:
 
 
 async def test_other_authorization_scheme_is_401_with_a_bearer_challenge(hub: Hub) -> None:
-    async with httpx2.AsyncClient(base_url=hub.url) as http:
+    async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as http:
         response = await http.get("/userinfo", headers={"Authorization": "Basic YW5uOnNlY3JldA=="})
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"

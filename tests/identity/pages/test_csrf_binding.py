@@ -146,7 +146,7 @@ def cookies_set(response: httpx2.Response) -> dict[str, list[str]]:
 
 
 async def test_under_an_https_issuer_cookies_carry_the_prefixes_browsers_enforce(https_hub: str) -> None:
-    async with httpx2.AsyncClient(base_url=https_hub) as http:
+    async with httpx2.AsyncClient(base_url=https_hub, timeout=30) as http:
         page = await http.get("/sign-in")
         cookies = cookies_set(page)
         assert set(cookies) == {"__Host-osi_csrf"}

@@ -113,7 +113,7 @@ async def test_token_from_another_browser_is_refused(hub: Hub, ann: str, browser
 async def test_token_without_its_cookie_is_refused(hub: Hub, ann: str) -> None:
     browser = Browser(hub)
     token = await csrf_token(browser)
-    async with httpx2.AsyncClient(base_url=hub.url) as bare:
+    async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as bare:
         response = await bare.post("/sign-in", data={"csrf_token": token, "email": "ann@example.com", "password": PASSWORD})
     await browser.aclose()
     assert_forbidden(response)
@@ -314,7 +314,7 @@ async def test_sign_out_ends_the_session(hub: Hub, ann: str, browser: Browser) -
     assert after.headers["location"] == "/sign-in?next=/account"
 
     # The old cookie value is dead on the server too, not just forgotten by the browser.
-    async with httpx2.AsyncClient(base_url=hub.url, cookies={"osi_session": secret}) as replay:
+    async with httpx2.AsyncClient(base_url=hub.url, cookies={"osi_session": secret}, timeout=30) as replay:
         replayed = await replay.get("/account")
     assert replayed.status_code == 302
     assert replayed.headers["location"] == "/sign-in?next=/account"
