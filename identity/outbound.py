@@ -1,6 +1,6 @@
 """Outbound HTTP: the one client policy for every request the hub and its sync workers make to
 an address a member service registered (profile deliveries and notices to its webhook,
-back-channel logout). Such an address is chosen by someone outside, so the hub treats both
+back-channel logout, the JWK Set at its jwks_uri). Such an address is chosen by someone outside, so the hub treats both
 where it leads and what comes back as hostile.
 
 * **Public addresses only.** Every connection is checked after name resolution: the resolver
@@ -21,7 +21,8 @@ where it leads and what comes back as hostile.
 * **No redirects, no proxies from the environment.** A redirect would be an answer's choice of
   where the hub goes next.
 
-``client`` makes the session; :func:`post` is the one way to send through it.
+``client`` makes the session; :func:`post` is the one way to send through it, and :func:`get`
+the one way to fetch (with a limit of the caller's, for a body that is used: a JWK Set).
 """
 
 from __future__ import annotations
