@@ -88,6 +88,7 @@ async def add_service(
     application_type: str = "web",
     jwks: dict[str, Any] | None = None,
     jwks_uri: str | None = None,
+    require_par: bool = False,
 ) -> NewService:
     """Register a member service. A webhook secret is encrypted with ``cipher`` (the hub's
     key cipher), which is needed when ``webhook_url`` is given. A service authenticating with
@@ -147,6 +148,7 @@ async def add_service(
             application_type=application_type,
             jwks=keys,
             jwks_uri=keys_uri,
+            require_par=require_par,
         )
     )
     await db.flush()

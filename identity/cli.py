@@ -73,6 +73,7 @@ def cmd_services_add(settings: Settings, args: argparse.Namespace) -> dict[str, 
             application_type=args.application_type,
             jwks=_jwks_argument(args),
             jwks_uri=args.jwks_uri,
+            require_par=args.require_par,
         )
         out: dict[str, Any] = {"client_id": service.client_id}
         if service.client_secret is not None:
@@ -673,6 +674,10 @@ def parser() -> argparse.ArgumentParser:
     keys.add_argument("--jwks", metavar="JSON", help="private_key_jwt: the service's public keys, a JWK Set as JSON")
     keys.add_argument("--jwks-file", metavar="PATH", help="private_key_jwt: a file holding the service's JWK Set")
     keys.add_argument("--jwks-uri", metavar="URL", help="private_key_jwt: where the service publishes its JWK Set (https)")
+    add_service.add_argument(
+        "--require-par", action="store_true",
+        help="accept this service's authorization requests only when pushed first (RFC 9126, POST ISSUER/par)",
+    )
     add_service.set_defaults(func=cmd_services_add)
 
     update_service = services_sub.add_parser(

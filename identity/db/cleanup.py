@@ -15,6 +15,7 @@ from identity.db.models import (
     ClientAssertion,
     EmailToken,
     Interaction,
+    PushedRequest,
     RevokedServiceToken,
     Throttle,
     Token,
@@ -38,6 +39,7 @@ async def purge_expired(db: AsyncSession, *, throttle_window: float, now: dt.dat
         "revoked_service_tokens": delete(RevokedServiceToken).where(RevokedServiceToken.expires_at < now),
         # A used client assertion is remembered until it expires (single use of its jti).
         "client_assertions": delete(ClientAssertion).where(ClientAssertion.expires_at < now),
+        "pushed_requests": delete(PushedRequest).where(PushedRequest.expires_at < now),
         # A rotated refresh token must be remembered until it would have expired (reuse detection).
         "tokens": delete(Token).where(
             Token.access_expires_at < now, or_(Token.refresh_expires_at.is_(None), Token.refresh_expires_at < now)

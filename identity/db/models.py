@@ -241,6 +241,22 @@ class Service(Base):
     application_type: Mapped[str] = mapped_column(String(16), default="web", server_default="web")
     jwks: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     jwks_uri: Mapped[str | None] = mapped_column(String(2000))
+    #: Authorization requests must be pushed first (RFC 9126 section 6).
+    require_par: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class PushedRequest(Base):
+    """An authorization request a service pushed (RFC 9126), until /authorize uses it (once)
+    or it expires."""
+
+    __tablename__ = "pushed_requests"
+
+    #: SHA-256 of the random part of its request_uri.
+    request_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), index=True)
+    #: The authorization request's parameters, as [name, value] pairs.
+    params: Mapped[list[list[str]]] = mapped_column(JSON)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
 
 
 class ClientAssertion(Base):

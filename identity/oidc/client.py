@@ -54,6 +54,8 @@ class ServiceClient(ClientMixin):
     #: private_key_jwt: the service's public keys, inline or where to fetch them.
     jwks: dict[str, Any] | None = None
     jwks_uri: str | None = None
+    #: Authorization requests only through PAR (RFC 9126 section 6).
+    require_par: bool = False
 
     @classmethod
     def from_row(cls, row: Service) -> ServiceClient:
@@ -73,6 +75,7 @@ class ServiceClient(ClientMixin):
             application_type=row.application_type,
             jwks=row.jwks,
             jwks_uri=row.jwks_uri,
+            require_par=bool(row.require_par),
         )
 
     @property

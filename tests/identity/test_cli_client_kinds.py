@@ -107,6 +107,12 @@ async def test_secret_methods_print_a_secret(hub: Hub, env: dict[str, str]) -> N
     assert set(default) == {"client_id", "client_secret"}
 
 
+async def test_require_par(hub: Hub, env: dict[str, str]) -> None:
+    out = printed(add(env, "--redirect-uri", "https://app.example/cb", "--require-par"))
+    assert (await stored(hub, out["client_id"])).require_par is True
+    assert (await stored(hub, printed(add(env, "--redirect-uri", "https://app.example/cb"))["client_id"])).require_par is False
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -131,5 +137,5 @@ def test_refusals(env: dict[str, str], args: list[str], says: str) -> None:
 def test_help_names_every_method(env: dict[str, str]) -> None:
     done = onesignin(env, "services", "add", "--help")
     assert done.returncode == 0
-    for word in ("--token-endpoint-auth-method", "private_key_jwt", "--jwks-file", "--jwks-uri", "--application-type"):
+    for word in ("--token-endpoint-auth-method", "private_key_jwt", "--jwks-file", "--jwks-uri", "--application-type", "--require-par"):
         assert word in done.stdout

@@ -33,7 +33,7 @@ from identity.db.models import (
     utcnow,
 )
 from identity.db.upsert import ensure_row
-from identity.oidc import consents, interactions, scopes
+from identity.oidc import consents, interactions, pushed, scopes
 from identity.oidc.adapter import HubOAuth2Request, read_request
 from identity.oidc.client import ServiceClient
 from identity.pages.common import render
@@ -54,10 +54,28 @@ class Answer:
 
 
 async def authorize(request: web.Request) -> web.StreamResponse:
-    oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
+    issuer = request.config_dict[SETTINGS].issuer
+    oauth_request = await read_request(request, issuer)
+    data = oauth_request.payload.data
     async with request.config_dict[DB].begin() as db:
+        if pushed.is_pushed(data.get("request_uri")):
+            # RFC 9126 section 4: the pushed request's parameters, and nothing sent beside them.
+            params = await pushed.take(db, data["request_uri"], data.get("client_id"))
+            if params is None:
+                return error_page(request, "invalid_request_uri", "The pushed request is unknown, expired or already used.")
+            oauth_request = HubOAuth2Request("GET", issuer + "/authorize", request.headers, query=params)
+        elif await _must_push(request, db, data.get("client_id")):
+            return error_page(request, "invalid_request", "This service must push its authorization requests (PAR).")
         signed_in = await browser.current(request, db)
         return (await _authorize(request, db, oauth_request, signed_in, interactions.Decision())).response
+
+
+async def _must_push(request: web.Request, db: AsyncSession, client_id: str | None) -> bool:
+    if not client_id:
+        return False
+    provider = request.config_dict[PROVIDER]
+    client = await provider.run(db, lambda: provider.query_client(client_id))
+    return client is not None and client.require_par
 
 
 async def resume(request: web.Request) -> web.StreamResponse:

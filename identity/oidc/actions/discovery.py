@@ -24,6 +24,9 @@ def metadata(issuer: str) -> dict[str, Any]:
         "revocation_endpoint": f"{issuer}/revoke",
         "introspection_endpoint": f"{issuer}/introspect",
         "end_session_endpoint": f"{issuer}/end-session",
+        "pushed_authorization_request_endpoint": f"{issuer}/par",
+        # Each service may be made to push its requests (services add --require-par).
+        "require_pushed_authorization_requests": False,
         "scopes_supported": list(scopes.SUPPORTED_SCOPES),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
