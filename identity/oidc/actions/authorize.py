@@ -3,7 +3,8 @@
 1. validate the request with authlib (client, exact redirect URI, response type, no request
    object, scope, S256 PKCE); errors go back to a trusted redirect URI, else to an error page;
 2. decide whether the person must sign in (no session, ``prompt=login``, ``max_age``);
-3. decide whether they must consent (nothing remembered covers the scopes, ``prompt=consent``);
+3. decide whether they must consent (nothing remembered covers the scopes, ``prompt=consent``,
+   or a public client whose redirect URI cannot prove who it is: RFC 8252 section 8.6);
 4. with ``prompt=none``, answer ``login_required`` / ``consent_required`` instead of asking;
 5. otherwise record the consent (``oidc.consents``), issue the code, link the service to the
    person (``accounts.link_lifecycle.link``) and record it in the session.
@@ -162,7 +163,10 @@ async def _authorize(
         )
     requested = set(scopes.split(oauth_request.scope))
     remembered = await consents.remembered(db, account.id, client.id)
-    if not decision.consented and ("consent" in prompts or not requested <= remembered):
+    # RFC 8252 section 8.6: any app on the device can use a public client's client_id with a
+    # loopback or private-use redirect URI, so such a request is never granted without the person.
+    unassured = client.public and not redirect_uri.startswith("https://")
+    if not decision.consented and (unassured or "consent" in prompts or not requested <= remembered):
         if "none" in prompts:
             return fail("consent_required", "The person must approve this service.")
         return await _interact(request, db, oauth_request, interaction)

@@ -216,3 +216,23 @@ async def test_discovery_lists_none(hub: Hub) -> None:
     assert "none" in metadata["token_endpoint_auth_methods_supported"]
     assert "none" in metadata["revocation_endpoint_auth_methods_supported"]
     assert "none" not in metadata["introspection_endpoint_auth_methods_supported"]
+
+
+async def test_a_native_app_is_never_granted_without_the_person(hub: Hub, browser: Browser) -> None:
+    """RFC 8252 section 8.6: another app on the device could use the same client_id and a
+    loopback or private-use redirect URI, so a remembered consent does not skip the question."""
+    rp = await public_rp(hub, "com.example.app:/callback")
+    await authorize_through(rp, browser)  # signed in, consented once
+    url, _ = await rp.start()
+    again = await browser.go(url)
+    assert again.status_code == 200 and "/consent" in again.text
+    silent, _ = await rp.start(prompt="none")
+    assert query_params((await browser.go(silent)).headers["location"])["error"] == "consent_required"
+
+
+async def test_a_public_web_app_on_https_keeps_its_remembered_consent(hub: Hub, browser: Browser) -> None:
+    rp = await public_rp(hub, "https://spa.example/cb", application_type="web")
+    await authorize_through(rp, browser)
+    url, _ = await rp.start()
+    again = await browser.go(url)
+    assert again.status_code == 302 and "code=" in again.headers["location"]
