@@ -100,6 +100,9 @@ class ClientKeys:
         self.refetch_interval = refetch_interval
         self._held: dict[str, _Held] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        #: Services known to publish no jwks_uri (inline keys, another method, or none at all),
+        #: and since when: their assertions need no read before authlib runs.
+        self._no_uri: dict[str, float] = {}
 
     def keys_for(self, client: Any) -> KeySet | None:
         """The keys an assertion of ``client`` is verified with (None: none are known)."""
@@ -110,9 +113,16 @@ class ClientKeys:
             return None
         return held.keys
 
+    def has_no_uri(self, client_id: str) -> None:
+        if len(self._no_uri) > 10_000:
+            self._no_uri.clear()
+        self._no_uri[client_id] = time.monotonic()
+
     def needs_fetch(self, client_id: str, kid: str | None, uri: str | None = None) -> bool:
         held = self._held.get(client_id)
         now = time.monotonic()
+        if uri is None and held is None and now - self._no_uri.get(client_id, -self.ttl - 1) < self.ttl:
+            return False
         if held is None or (uri is not None and held.uri != uri) or now - held.fetched_at >= self.ttl:
             return True
         return kid is not None and kid not in held.kids and now - held.fetched_at >= self.refetch_interval
@@ -171,3 +181,5 @@ async def prepare(keys: ClientKeys, sessions: async_sessionmaker[AsyncSession], 
         uri = await db.scalar(select(Service.jwks_uri).where(Service.client_id == client_id))
     if uri:
         await keys.refresh(client_id, uri, kid, fetch)
+    else:
+        keys.has_no_uri(client_id)
