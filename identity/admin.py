@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Any
 from email.message import EmailMessage
 from urllib.parse import urlsplit
 
@@ -18,7 +19,9 @@ from identity.accounts.passwords import PasswordHasher, check_password
 from identity.accounts.store import EmailTaken, create_account
 from identity.db.models import AccountStatus, Delivery, Service
 from identity.deliveries import resume
-from identity.oidc import scopes
+from identity.oidc import redirects, scopes
+from identity.oidc.client import AuthMethod
+from identity.oidc.client_keys import BadKeys, check_jwks
 from identity.sealing import KeyCipher, new_webhook_secret, seal_webhook_secret
 from identity.settings import Settings
 from identity.tokens import digest, new_client_id, new_secret
@@ -27,6 +30,11 @@ from schemas.events import service_topic
 
 DEFAULT_SERVICE_SCOPE = "openid profile email phone address marketing offline_access"
 DEFAULT_GRANT_TYPES = ["authorization_code", "refresh_token", "client_credentials"]
+#: A public client has no credential, so it gets no client_credentials grant.
+PUBLIC_GRANT_TYPES = ["authorization_code", "refresh_token"]
+APPLICATION_TYPES = ("web", "native")
+#: The most of a --jwks-file that is read.
+MAX_JWKS_FILE = 64 * 1024
 
 
 class InvalidInput(Exception):
@@ -43,7 +51,8 @@ class NewAccount:
 @dataclass(frozen=True)
 class NewService:
     client_id: str
-    client_secret: str
+    #: Shown once; None for a service that holds no secret (``none``, ``private_key_jwt``).
+    client_secret: str | None
     #: Standard Webhooks secret (``whsec_...``), shown once, when a webhook was registered.
     webhook_secret: str | None = None
     #: The service's own Kafka topic, when it subscribes to one.
@@ -75,14 +84,31 @@ async def add_service(
     cipher: KeyCipher | None = None,
     cancellation_url: str | None = None,
     cancellation_instructions: str | None = None,
+    token_endpoint_auth_method: str = AuthMethod.CLIENT_SECRET_BASIC,
+    application_type: str = "web",
+    jwks: dict[str, Any] | None = None,
+    jwks_uri: str | None = None,
+    require_par: bool = False,
 ) -> NewService:
     """Register a member service. A webhook secret is encrypted with ``cipher`` (the hub's
-    key cipher), which is needed when ``webhook_url`` is given."""
+    key cipher), which is needed when ``webhook_url`` is given. A service authenticating with
+    ``private_key_jwt`` gives its public keys (``jwks``) or where to fetch them (``jwks_uri``);
+    ``none`` makes a public client (no secret, no client_credentials grant)."""
     if not name.strip():
         raise InvalidInput("--name must not be empty")
     if not redirect_uris:
         raise InvalidInput("give at least one --redirect-uri")
-    redirect_uris = [check_uri(u, "--redirect-uri") for u in redirect_uris]
+    try:
+        method = AuthMethod(token_endpoint_auth_method)
+    except ValueError:
+        raise InvalidInput(f"--token-endpoint-auth-method must be one of: {', '.join(m.value for m in AuthMethod)}") from None
+    if application_type not in APPLICATION_TYPES:
+        raise InvalidInput("--application-type must be web or native")
+    keys, keys_uri = _client_keys(method, jwks, jwks_uri)
+    try:
+        redirect_uris = [redirects.check(u, native=application_type == "native") for u in redirect_uris]
+    except redirects.BadRedirectURI as exc:
+        raise InvalidInput(str(exc)) from None
     post_logout = [check_uri(u, "--post-logout-redirect-uri") for u in post_logout_redirect_uris or []]
     backchannel = check_uri(backchannel_logout_uri, "--backchannel-logout-uri") if backchannel_logout_uri else None
     wanted = scopes.split(scope)
@@ -98,7 +124,7 @@ async def add_service(
         raise ValueError("a webhook secret needs the hub's key cipher")
     service = NewService(
         client_id=client_id,
-        client_secret=new_secret(32),
+        client_secret=new_secret(32) if method.has_secret else None,
         webhook_secret=webhook_secret,
         topic=service_topic(client_id) if kafka_topic else None,
     )
@@ -106,22 +132,46 @@ async def add_service(
         Service(
             client_id=service.client_id,
             name=name.strip(),
-            secret_hash=digest(service.client_secret),
+            secret_hash=digest(service.client_secret) if service.client_secret else None,
             redirect_uris=redirect_uris,
             post_logout_redirect_uris=post_logout,
             backchannel_logout_uri=backchannel,
             scope=scopes.join(wanted),
-            grant_types=DEFAULT_GRANT_TYPES,
+            grant_types=PUBLIC_GRANT_TYPES if method is AuthMethod.NONE else DEFAULT_GRANT_TYPES,
             id_token_signed_response_alg=id_token_alg,
             webhook_url=webhook,
             webhook_secret=seal_webhook_secret(cipher, webhook_secret, client_id) if cipher and webhook_secret else None,
             topic_enabled=kafka_topic,
             cancellation_url=cancel_url,
             cancellation_instructions=cancel_text,
+            token_endpoint_auth_method=method.value,
+            application_type=application_type,
+            jwks=keys,
+            jwks_uri=keys_uri,
+            require_par=require_par,
         )
     )
     await db.flush()
     return service
+
+
+def _client_keys(method: AuthMethod, jwks: dict[str, Any] | None, jwks_uri: str | None) -> tuple[dict[str, Any] | None, str | None]:
+    """A private_key_jwt service's public keys: exactly one of a JWK Set or its URL."""
+    if method is not AuthMethod.PRIVATE_KEY_JWT:
+        if jwks is not None or jwks_uri:
+            raise InvalidInput("--jwks, --jwks-file and --jwks-uri go with --token-endpoint-auth-method private_key_jwt")
+        return None, None
+    if (jwks is None) == (not jwks_uri):
+        raise InvalidInput("private_key_jwt needs the service's public keys: one of --jwks, --jwks-file or --jwks-uri")
+    if jwks_uri:
+        uri = check_uri(jwks_uri, "--jwks-uri")
+        if len(uri) > 2000:
+            raise InvalidInput("--jwks-uri must be at most 2000 characters")
+        return None, uri
+    try:
+        return check_jwks(jwks), None
+    except BadKeys as exc:
+        raise InvalidInput(f"--jwks: {exc}") from None
 
 
 MAX_INSTRUCTIONS = 2000

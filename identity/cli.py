@@ -69,14 +69,43 @@ def cmd_services_add(settings: Settings, args: argparse.Namespace) -> dict[str, 
             cipher=KeyCipher(settings.resolved_secret_key()),
             cancellation_url=args.cancellation_url,
             cancellation_instructions=args.cancellation_instructions,
+            token_endpoint_auth_method=args.token_endpoint_auth_method,
+            application_type=args.application_type,
+            jwks=_jwks_argument(args),
+            jwks_uri=args.jwks_uri,
+            require_par=args.require_par,
         )
-        out: dict[str, Any] = {"client_id": service.client_id, "client_secret": service.client_secret}
+        out: dict[str, Any] = {"client_id": service.client_id}
+        if service.client_secret is not None:
+            out["client_secret"] = service.client_secret
         if args.webhook_url or args.kafka_topic:
             out["webhook_secret"] = service.webhook_secret
             out["topic"] = service.topic
         return out
 
     return asyncio.run(_with_db(settings, work))
+
+
+def _jwks_argument(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The JWK Set given inline (--jwks JSON) or in a file (--jwks-file PATH)."""
+    if args.jwks is not None:
+        text, where = args.jwks, "--jwks"
+    elif args.jwks_file is not None:
+        try:
+            with open(args.jwks_file, encoding="utf-8") as f:
+                text = f.read(admin.MAX_JWKS_FILE + 1)
+        except OSError as exc:
+            raise UsageError(f"--jwks-file: cannot read {args.jwks_file}: {exc.strerror}") from None
+        where = "--jwks-file"
+    else:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise UsageError(f"{where} must be a JSON JWK Set") from None
+    if not isinstance(value, dict):
+        raise UsageError(f'{where} must be a JSON JWK Set ({{"keys": [...]}})')
+    return value
 
 
 def cmd_services_update(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -618,7 +647,7 @@ def parser() -> argparse.ArgumentParser:
 
     services = sub.add_parser("services", help="manage member services (OAuth clients)", description="Manage member services.")
     services_sub = services.add_subparsers(dest="action", required=True, metavar="ACTION")
-    add_service = services_sub.add_parser("add", help="register a member service", description="Register a member service; prints its client_id and client_secret (shown once).")
+    add_service = services_sub.add_parser("add", help="register a member service", description="Register a member service; prints its client_id and, for a service authenticating with a secret, its client_secret (shown once).")
     add_service.add_argument("--name", required=True, help="the service's name, shown to people")
     add_service.add_argument("--redirect-uri", action="append", required=True, help="an exact redirect URI (repeatable)")
     add_service.add_argument("--post-logout-redirect-uri", action="append", help="where RP-initiated logout may return (repeatable)")
@@ -628,6 +657,27 @@ def parser() -> argparse.ArgumentParser:
     add_service.add_argument("--webhook-url", help="receive profile changes here (Standard Webhooks; prints webhook_secret once)")
     add_service.add_argument("--kafka-topic", action="store_true", help="also receive profile changes on the service's own Kafka topic")
     _cancellation_arguments(add_service)
+    add_service.add_argument(
+        "--token-endpoint-auth-method",
+        choices=["none", "client_secret_basic", "client_secret_post", "private_key_jwt"],
+        default="client_secret_basic",
+        help="how the service authenticates to the token, revocation and introspection endpoints: a secret "
+        "(default; printed once), private_key_jwt (signed assertions; give its keys), or none (a public client: "
+        "a native or browser app that can keep no secret)",
+    )
+    add_service.add_argument(
+        "--application-type", choices=["web", "native"], default="web",
+        help="native: an app on the person's device (RFC 8252): loopback redirect URIs match on any port, "
+        "private-use schemes (com.example.app:/callback) are allowed",
+    )
+    keys = add_service.add_mutually_exclusive_group()
+    keys.add_argument("--jwks", metavar="JSON", help="private_key_jwt: the service's public keys, a JWK Set as JSON")
+    keys.add_argument("--jwks-file", metavar="PATH", help="private_key_jwt: a file holding the service's JWK Set")
+    keys.add_argument("--jwks-uri", metavar="URL", help="private_key_jwt: where the service publishes its JWK Set (https)")
+    add_service.add_argument(
+        "--require-par", action="store_true",
+        help="accept this service's authorization requests only when pushed first (RFC 9126, POST ISSUER/par)",
+    )
     add_service.set_defaults(func=cmd_services_add)
 
     update_service = services_sub.add_parser(

@@ -1,6 +1,6 @@
 """Outbound HTTP: the one client policy for every request the hub and its sync workers make to
 an address a member service registered (profile deliveries and notices to its webhook,
-back-channel logout). Such an address is chosen by someone outside, so the hub treats both
+back-channel logout, the JWK Set at its jwks_uri). Such an address is chosen by someone outside, so the hub treats both
 where it leads and what comes back as hostile.
 
 * **Public addresses only.** Every connection is checked after name resolution: the resolver
@@ -21,7 +21,8 @@ where it leads and what comes back as hostile.
 * **No redirects, no proxies from the environment.** A redirect would be an answer's choice of
   where the hub goes next.
 
-``client`` makes the session; :func:`post` is the one way to send through it.
+``client`` makes the session; :func:`post` is the one way to send through it, and :func:`get`
+the one way to fetch (with a limit of the caller's, for a body that is used: a JWK Set).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from multidict import CIMultiDictProxy
 
 from identity.settings import Settings
 
-__all__ = ["MAX_ANSWER_BYTES", "AddressNotAllowed", "Answer", "Policy", "client", "is_public", "post"]
+__all__ = ["MAX_ANSWER_BYTES", "AddressNotAllowed", "Answer", "Fetched", "Policy", "client", "get", "is_public", "post"]
 
 #: The most of an answer's body that is read (it is only ever looked at for a log line).
 MAX_ANSWER_BYTES = 4096
@@ -228,3 +229,29 @@ def _refused(exc: aiohttp.ClientConnectorError) -> bool:
     """Whether the connector failed because the policy refused the address (aiohttp wraps what
     the resolver or the socket factory raised)."""
     return isinstance(exc.os_error, AddressNotAllowed) or isinstance(exc.__cause__, AddressNotAllowed)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A GET's status and body, read whole up to the caller's limit (``complete`` says whether
+    it fit)."""
+
+    status: int
+    body: bytes
+    complete: bool
+
+
+async def get(http: aiohttp.ClientSession, url: str, *, timeout: aiohttp.ClientTimeout, limit: int) -> Fetched:
+    """GET ``url`` through a :func:`client` session, reading at most ``limit`` bytes of the
+    body; never follows a redirect. Raises like :func:`post`."""
+    try:
+        async with http.get(url, timeout=timeout, allow_redirects=False) as response:
+            body = await _prefix(response.content, limit)
+            complete = response.content.at_eof() or not await response.content.read(1)
+            if not complete:
+                response.close()
+            return Fetched(response.status, body, complete)
+    except aiohttp.ClientConnectorError as exc:
+        if _refused(exc):
+            raise AddressNotAllowed() from None
+        raise

@@ -116,6 +116,15 @@ class Settings(BaseSettings):
 
     backchannel_logout_timeout: float = Field(5.0, gt=0)
 
+    # private_key_jwt services that publish their keys at a jwks_uri: fetched through the
+    # outbound policy, kept this long, and fetched again sooner for an unknown key id (at most
+    # once per refetch interval per service).
+    jwks_uri_timeout: float = Field(5.0, gt=0, le=30, description="Seconds to wait for a service's jwks_uri.")
+    jwks_uri_cache_ttl: int = Field(300, ge=0, description="Seconds a service's fetched JWK Set is used before it is fetched again.")
+    jwks_uri_refetch_interval: float = Field(
+        10.0, ge=0, description="Least seconds between two fetches of one service's jwks_uri for an unknown key id."
+    )
+
     # Outbound calls to services' addresses (webhooks, back-channel logout) reach public internet
     # addresses only, and these networks (JSON list of CIDRs).
     outbound_allowed_networks: list[str] = Field(

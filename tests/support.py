@@ -159,7 +159,8 @@ class RelyingParty:
 
     hub: Hub
     client_id: str
-    client_secret: str
+    #: None for a public client (it sends its client_id alone).
+    client_secret: str | None
     redirect_uri: str = "http://127.0.0.1:9/callback"
     scope: str = "openid profile email offline_access"
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -207,14 +208,16 @@ class RelyingParty:
         self, path: str, data: dict[str, str] | None = None, *, auth: str | None = "client_secret_basic"
     ) -> httpx2.Response:
         """A raw form POST to one of the hub's endpoints (``/token``, ``/revoke``, ``/introspect``),
-        authenticated as this client with ``client_secret_basic``, ``client_secret_post``, or
-        (``auth=None``) not at all."""
+        authenticated as this client with ``client_secret_basic``, ``client_secret_post``, as a
+        public client (``auth="none"``: its client_id alone), or (``auth=None``) not at all."""
         data = dict(data or {})
         basic = None
         if auth == "client_secret_basic":
-            basic = httpx2.BasicAuth(self.client_id, self.client_secret)
+            basic = httpx2.BasicAuth(self.client_id, self.client_secret or "")
         elif auth == "client_secret_post":
             data |= {"client_id": self.client_id, "client_secret": self.client_secret}
+        elif auth == "none":
+            data |= {"client_id": self.client_id}
         elif auth is not None:
             raise ValueError(auth)
         async with httpx2.AsyncClient(base_url=self.hub.url, timeout=30) as http:
@@ -269,3 +272,28 @@ async def authorize_through(rp: RelyingParty, browser: Browser, **params: str) -
     callback = page.headers["location"]
     assert callback.startswith(rp.redirect_uri), callback
     return callback, kept
+
+
+class LocalServer:
+    """A small real HTTP server on a loopback address and a port the kernel chose (a native
+    app's redirect listener, a service's jwks_uri)."""
+
+    def __init__(self, app: web.Application, host: str = "127.0.0.1") -> None:
+        self.app = app
+        self.host = host
+        self.port = 0
+
+    async def __aenter__(self) -> LocalServer:
+        self.runner = web.AppRunner(self.app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, self.host, 0).start()
+        self.port = self.runner.addresses[0][1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"

@@ -1,5 +1,5 @@
 """Removal of protocol records nobody can use any more: expired interactions, codes, mailed
-links, throttle counters, tokens and sessions. Run periodically by ``serve``; the caller
+links, throttle counters, used client assertions, tokens and sessions. Run periodically by ``serve``; the caller
 commits. (Retention of personal history is a separate, configurable policy.)"""
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from identity.db.models import (
     AuthorizationCode,
     BrowserSession,
+    ClientAssertion,
     EmailToken,
     Interaction,
+    PushedRequest,
     RevokedServiceToken,
     Throttle,
     Token,
@@ -35,6 +37,9 @@ async def purge_expired(db: AsyncSession, *, throttle_window: float, now: dt.dat
             func.coalesce(Throttle.locked_until, Throttle.window_start) < now - dt.timedelta(seconds=throttle_window)
         ),
         "revoked_service_tokens": delete(RevokedServiceToken).where(RevokedServiceToken.expires_at < now),
+        # A used client assertion is remembered until it expires (single use of its jti).
+        "client_assertions": delete(ClientAssertion).where(ClientAssertion.expires_at < now),
+        "pushed_requests": delete(PushedRequest).where(PushedRequest.expires_at < now),
         # A rotated refresh token must be remembered until it would have expired (reuse detection).
         "tokens": delete(Token).where(
             Token.access_expires_at < now, or_(Token.refresh_expires_at.is_(None), Token.refresh_expires_at < now)

@@ -208,7 +208,8 @@ class Service(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     client_id: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
-    secret_hash: Mapped[str] = mapped_column(String(128))
+    #: None for a service that holds no secret (a public client, or one using private_key_jwt).
+    secret_hash: Mapped[str | None] = mapped_column(String(128))
     redirect_uris: Mapped[list[str]] = mapped_column(JSON)
     post_logout_redirect_uris: Mapped[list[str]] = mapped_column(JSON, default=list)
     backchannel_logout_uri: Mapped[str | None] = mapped_column(String(2000))
@@ -231,6 +232,43 @@ class Service(Base):
     # How a person cancels their account at this service (the hub never does it for them).
     cancellation_url: Mapped[str | None] = mapped_column(String(2000))
     cancellation_instructions: Mapped[str | None] = mapped_column(Text)
+    # How the service authenticates to the token, revocation and introspection endpoints
+    # (``identity.oidc.client.AuthMethod``), what kind of client it is (``web`` or ``native``,
+    # RFC 8252), and for private_key_jwt its public keys: a JWK Set or where to fetch one.
+    token_endpoint_auth_method: Mapped[str] = mapped_column(
+        String(32), default="client_secret_basic", server_default="client_secret_basic"
+    )
+    application_type: Mapped[str] = mapped_column(String(16), default="web", server_default="web")
+    jwks: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    jwks_uri: Mapped[str | None] = mapped_column(String(2000))
+    #: Authorization requests must be pushed first (RFC 9126 section 6).
+    require_par: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class PushedRequest(Base):
+    """An authorization request a service pushed (RFC 9126), until /authorize uses it (once)
+    or it expires."""
+
+    __tablename__ = "pushed_requests"
+
+    #: SHA-256 of the random part of its request_uri.
+    request_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), index=True)
+    #: The authorization request's parameters, as [name, value] pairs.
+    params: Mapped[list[list[str]]] = mapped_column(JSON)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class ClientAssertion(Base):
+    """A client assertion (RFC 7523) already used, remembered until it expires so that it is
+    accepted once, by whichever hub process sees it first."""
+
+    __tablename__ = "client_assertions"
+
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), primary_key=True)
+    #: SHA-256 of the assertion's ``jti`` (any length and characters the client chose).
+    jti_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
 
 
 class Consent(Base):

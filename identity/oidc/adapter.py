@@ -100,7 +100,7 @@ def to_response(status: int, body: Any, headers: list[tuple[str, str]]) -> web.R
     response = web.Response(status=status, text=text, headers=response_headers)
     if content_type:
         response.content_type = content_type.split(";")[0]
-    if status in (200, 400, 401) and content_type and content_type.startswith("application/json"):
+    if status in (200, 201, 400, 401) and content_type and content_type.startswith("application/json"):
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("Pragma", "no-cache")
     return response

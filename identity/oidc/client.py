@@ -1,14 +1,37 @@
-"""A member service as authlib sees it: a confidential OAuth 2 client."""
+"""A member service as authlib sees it: an OAuth 2 client, confidential (a secret, or
+private_key_jwt) or public (``none``: a native app or a browser app, which can keep no secret)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
 
 from authlib.oauth2.rfc6749 import ClientMixin
 
 from identity.db.models import Service
+from identity.oidc import redirects
 from identity.oidc import scopes as scope_names
 from identity.tokens import matches
+
+
+class AuthMethod(StrEnum):
+    """How a service authenticates to the token, revocation and introspection endpoints (the
+    names of RFC 7591 and OIDC Core 9; stored as these strings)."""
+
+    NONE = "none"
+    CLIENT_SECRET_BASIC = "client_secret_basic"
+    CLIENT_SECRET_POST = "client_secret_post"
+    PRIVATE_KEY_JWT = "private_key_jwt"
+
+    @property
+    def has_secret(self) -> bool:
+        return self in (AuthMethod.CLIENT_SECRET_BASIC, AuthMethod.CLIENT_SECRET_POST)
+
+
+#: The two ways of sending a secret are interchangeable: services registered before the method
+#: was recorded used either, and which one carries the secret changes nothing about its strength.
+SECRET_METHODS = frozenset({AuthMethod.CLIENT_SECRET_BASIC, AuthMethod.CLIENT_SECRET_POST})
 
 
 @dataclass(frozen=True)
@@ -16,7 +39,7 @@ class ServiceClient(ClientMixin):
     id: int
     client_id: str
     name: str
-    secret_hash: str
+    secret_hash: str | None
     redirect_uris: tuple[str, ...]
     post_logout_redirect_uris: tuple[str, ...]
     backchannel_logout_uri: str | None
@@ -25,6 +48,14 @@ class ServiceClient(ClientMixin):
     id_token_signed_response_alg: str
     #: Run by the hub's operators (the support console): no consent screen, no link.
     first_party: bool = False
+    token_endpoint_auth_method: AuthMethod = AuthMethod.CLIENT_SECRET_BASIC
+    #: ``web`` or ``native`` (RFC 8252: loopback redirect URIs match on any port).
+    application_type: str = "web"
+    #: private_key_jwt: the service's public keys, inline or where to fetch them.
+    jwks: dict[str, Any] | None = None
+    jwks_uri: str | None = None
+    #: Authorization requests only through PAR (RFC 9126 section 6).
+    require_par: bool = False
 
     @classmethod
     def from_row(cls, row: Service) -> ServiceClient:
@@ -40,7 +71,17 @@ class ServiceClient(ClientMixin):
             grant_types=tuple(row.grant_types),
             id_token_signed_response_alg=row.id_token_signed_response_alg,
             first_party=bool(row.first_party),
+            token_endpoint_auth_method=AuthMethod(row.token_endpoint_auth_method),
+            application_type=row.application_type,
+            jwks=row.jwks,
+            jwks_uri=row.jwks_uri,
+            require_par=bool(row.require_par),
         )
+
+    @property
+    def public(self) -> bool:
+        """A public client (RFC 6749 section 2.1): it holds no credential at all."""
+        return self.token_endpoint_auth_method is AuthMethod.NONE
 
     @property
     def client_metadata(self) -> dict[str, object]:
@@ -63,14 +104,19 @@ class ServiceClient(ClientMixin):
         return scope_names.join([s for s in scope_names.split(scope) if s in allowed])
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        # Exact string comparison (RFC 9700 section 2.1).
-        return redirect_uri in self.redirect_uris
+        # Exact string comparison (RFC 9700 section 2.1), but for a native app's loopback port.
+        native = self.application_type == "native"
+        return any(redirects.matches(r, redirect_uri, native=native) for r in self.redirect_uris)
 
     def check_client_secret(self, client_secret: str) -> bool:
-        return matches(client_secret, self.secret_hash)
+        return self.secret_hash is not None and matches(client_secret, self.secret_hash)
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        return method in ("client_secret_basic", "client_secret_post")
+        # Each endpoint lists the methods it takes (introspection takes no "none"); a service
+        # authenticates only with its own.
+        if self.token_endpoint_auth_method in SECRET_METHODS:
+            return method in SECRET_METHODS
+        return method == self.token_endpoint_auth_method
 
     def check_response_type(self, response_type: str) -> bool:
         return response_type == "code"

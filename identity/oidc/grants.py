@@ -31,7 +31,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+#: Client authentication at the token and revocation endpoints: a public client identifies
+#: itself with its client_id alone ("none"), and may revoke its own tokens (RFC 7009 section 5).
+#: A failed private_key_jwt assertion is refused at once, before any other method is tried.
+CLIENT_AUTH_METHODS = ["private_key_jwt", "client_secret_basic", "client_secret_post", "none"]
+#: Introspection (RFC 7662 section 2.1) is for clients that can authenticate: no "none".
+INTROSPECTION_AUTH_METHODS = ["private_key_jwt", "client_secret_basic", "client_secret_post"]
 
 
 class S256Required(CodeChallenge):

@@ -32,8 +32,11 @@ from identity.db.models import RevokedServiceToken, Service, Token, utcnow
 from identity.oidc import scopes
 from identity.oidc.adapter import HubOAuth2Request, to_response
 from identity.oidc.client import ServiceClient
+from identity.oidc.client_auth import PrivateKeyJWT
+from identity.oidc.client_keys import ClientKeys
 from identity.oidc.grants import (
     CLIENT_AUTH_METHODS,
+    INTROSPECTION_AUTH_METHODS,
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
     HubOpenIDCode,
@@ -74,6 +77,8 @@ class Provider(AuthorizationServer):
         self.service_tokens = service_tokens
         self._clients: dict[str, tuple[float, ServiceClient | None]] = {}
         self._client_ids: dict[int, str] = {}
+        self.client_keys = ClientKeys(ttl=settings.jwks_uri_cache_ttl, refetch_interval=settings.jwks_uri_refetch_interval)
+        self.register_client_auth_method(PrivateKeyJWT.CLIENT_AUTH_METHOD, PrivateKeyJWT(self))
         self.register_token_generator("default", self._generate_token)
         self.register_grant(AuthorizationCodeGrant, [NoRequestObjects(), S256Required(required=True), HubOpenIDCode(self)])
         self.register_grant(RefreshTokenGrant)
@@ -282,7 +287,7 @@ class Revocation(_AnyHint, RevocationEndpoint):
 
 
 class Introspection(_AnyHint, IntrospectionEndpoint):
-    CLIENT_AUTH_METHODS = CLIENT_AUTH_METHODS
+    CLIENT_AUTH_METHODS = INTROSPECTION_AUTH_METHODS
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> IssuedToken | None:
         return self.server.find_token(token_string, token_type_hint)

@@ -3,7 +3,8 @@
 1. validate the request with authlib (client, exact redirect URI, response type, no request
    object, scope, S256 PKCE); errors go back to a trusted redirect URI, else to an error page;
 2. decide whether the person must sign in (no session, ``prompt=login``, ``max_age``);
-3. decide whether they must consent (nothing remembered covers the scopes, ``prompt=consent``);
+3. decide whether they must consent (nothing remembered covers the scopes, ``prompt=consent``,
+   or a public client whose redirect URI cannot prove who it is: RFC 8252 section 8.6);
 4. with ``prompt=none``, answer ``login_required`` / ``consent_required`` instead of asking;
 5. otherwise record the consent (``oidc.consents``), issue the code, link the service to the
    person (``accounts.link_lifecycle.link``) and record it in the session.
@@ -33,7 +34,7 @@ from identity.db.models import (
     utcnow,
 )
 from identity.db.upsert import ensure_row
-from identity.oidc import consents, interactions, scopes
+from identity.oidc import consents, interactions, pushed, scopes
 from identity.oidc.adapter import HubOAuth2Request, read_request
 from identity.oidc.client import ServiceClient
 from identity.pages.common import render
@@ -54,10 +55,28 @@ class Answer:
 
 
 async def authorize(request: web.Request) -> web.StreamResponse:
-    oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
+    issuer = request.config_dict[SETTINGS].issuer
+    oauth_request = await read_request(request, issuer)
+    data = oauth_request.payload.data
     async with request.config_dict[DB].begin() as db:
+        if pushed.is_pushed(data.get("request_uri")):
+            # RFC 9126 section 4: the pushed request's parameters, and nothing sent beside them.
+            params = await pushed.take(db, data["request_uri"], data.get("client_id"))
+            if params is None:
+                return error_page(request, "invalid_request_uri", "The pushed request is unknown, expired or already used.")
+            oauth_request = HubOAuth2Request("GET", issuer + "/authorize", request.headers, query=params)
+        elif await _must_push(request, db, data.get("client_id")):
+            return error_page(request, "invalid_request", "This service must push its authorization requests (PAR).")
         signed_in = await browser.current(request, db)
         return (await _authorize(request, db, oauth_request, signed_in, interactions.Decision())).response
+
+
+async def _must_push(request: web.Request, db: AsyncSession, client_id: str | None) -> bool:
+    if not client_id:
+        return False
+    provider = request.config_dict[PROVIDER]
+    client = await provider.run(db, lambda: provider.query_client(client_id))
+    return client is not None and client.require_par
 
 
 async def resume(request: web.Request) -> web.StreamResponse:
@@ -144,7 +163,10 @@ async def _authorize(
         )
     requested = set(scopes.split(oauth_request.scope))
     remembered = await consents.remembered(db, account.id, client.id)
-    if not decision.consented and ("consent" in prompts or not requested <= remembered):
+    # RFC 8252 section 8.6: any app on the device can use a public client's client_id with a
+    # loopback or private-use redirect URI, so such a request is never granted without the person.
+    unassured = client.public and not redirect_uri.startswith("https://")
+    if not decision.consented and (unassured or "consent" in prompts or not requested <= remembered):
         if "none" in prompts:
             return fail("consent_required", "The person must approve this service.")
         return await _interact(request, db, oauth_request, interaction)

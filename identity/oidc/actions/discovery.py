@@ -8,6 +8,8 @@ from aiohttp import web
 
 from identity.appkeys import PROVIDER, SETTINGS
 from identity.oidc import scopes
+from identity.oidc.client_auth import SIGNING_ALGORITHMS
+from identity.oidc.grants import CLIENT_AUTH_METHODS, INTROSPECTION_AUTH_METHODS
 from identity.oidc.keys import ALGORITHMS
 
 
@@ -22,15 +24,21 @@ def metadata(issuer: str) -> dict[str, Any]:
         "revocation_endpoint": f"{issuer}/revoke",
         "introspection_endpoint": f"{issuer}/introspect",
         "end_session_endpoint": f"{issuer}/end-session",
+        "pushed_authorization_request_endpoint": f"{issuer}/par",
+        # Each service may be made to push its requests (services add --require-par).
+        "require_pushed_authorization_requests": False,
         "scopes_supported": list(scopes.SUPPORTED_SCOPES),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": list(ALGORITHMS),
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
+        "token_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGORITHMS),
+        "revocation_endpoint_auth_methods_supported": list(CLIENT_AUTH_METHODS),
+        "revocation_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGORITHMS),
+        "introspection_endpoint_auth_methods_supported": list(INTROSPECTION_AUTH_METHODS),
+        "introspection_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGORITHMS),
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": claims,
         "claims_parameter_supported": False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from identity.oidc.actions import authorize, discovery, end_session, token, userinfo
+from identity.oidc.actions import authorize, discovery, end_session, par, token, userinfo
 
 
 def add_routes(app: web.Application) -> None:
@@ -14,6 +14,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/authorize", authorize.authorize)
     r.add_post("/authorize", authorize.authorize)
     r.add_post("/token", token.token)
+    r.add_post("/par", par.pushed_authorization_request)
     r.add_post("/revoke", token.revoke)
     r.add_post("/introspect", token.introspect)
     r.add_get("/userinfo", userinfo.userinfo)

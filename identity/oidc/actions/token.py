@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from identity.appkeys import DB, PROVIDER, SETTINGS
+from identity.appkeys import DB, HTTP, PROVIDER, SETTINGS
 from identity.db import dialect
 from identity.db.engine import autocommit
-from identity.oidc.adapter import read_request
+from identity.oidc import client_keys
+from identity.oidc.adapter import HubOAuth2Request, read_request
 
 
-def _form_only(request: web.Request) -> web.Response | None:
+def form_only(request: web.Request) -> web.Response | None:
     if request.content_type != "application/x-www-form-urlencoded":
         return web.json_response(
             {"error": "invalid_request", "error_description": "Send the parameters as application/x-www-form-urlencoded."},
@@ -22,12 +23,20 @@ def _form_only(request: web.Request) -> web.Response | None:
     return None
 
 
+async def client_keys_ready(request: web.Request, oauth_request: HubOAuth2Request) -> None:
+    """A private_key_jwt service's published keys, fetched if needed, before authlib runs."""
+    provider = request.config_dict[PROVIDER]
+    fetch = client_keys.fetcher(request.config_dict[HTTP], request.config_dict[SETTINGS].jwks_uri_timeout)
+    await client_keys.prepare(provider.client_keys, request.config_dict[DB], oauth_request.form, fetch)
+
+
 async def token(request: web.Request) -> web.StreamResponse:
-    if (bad := _form_only(request)) is not None:
+    if (bad := form_only(request)) is not None:
         return bad
     provider = request.config_dict[PROVIDER]
     sessions = request.config_dict[DB]
     oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
+    await client_keys_ready(request, oauth_request)
     # Refresh on Postgres: every write is one self-contained statement (the rotation is a single
     # data-modifying CTE), so no transaction round trips are needed.
     alone = oauth_request.payload.grant_type == "refresh_token" and dialect.opens_postgres(sessions)
@@ -37,20 +46,22 @@ async def token(request: web.Request) -> web.StreamResponse:
 
 
 async def revoke(request: web.Request) -> web.StreamResponse:
-    if (bad := _form_only(request)) is not None:
+    if (bad := form_only(request)) is not None:
         return bad
     provider = request.config_dict[PROVIDER]
     oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
+    await client_keys_ready(request, oauth_request)
     async with request.config_dict[DB].begin() as db:
         return await provider.run(db, lambda: provider.create_endpoint_response("revocation", oauth_request))
 
 
 async def introspect(request: web.Request) -> web.StreamResponse:
-    if (bad := _form_only(request)) is not None:
+    if (bad := form_only(request)) is not None:
         return bad
     provider = request.config_dict[PROVIDER]
     sessions = request.config_dict[DB]
     oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
+    await client_keys_ready(request, oauth_request)
     # Introspection only reads (the client, the token, its revocation): on Postgres each read
     # stands alone, sparing a transaction's BEGIN and COMMIT round trips.
     async with autocommit(sessions) if dialect.opens_postgres(sessions) else sessions.begin() as db:
