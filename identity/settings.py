@@ -147,6 +147,14 @@ class Settings(BaseSettings):
     kafka_replication_factor: int = Field(1, ge=1, le=10, description="Replicas of topics the hub creates (3 on a production cluster).")
     kafka_profile_partitions: int = Field(12, ge=1, le=1000, description="Partitions of onesignin.profile.v1 when the hub creates it.")
     kafka_service_partitions: int = Field(3, ge=1, le=1000, description="Partitions of each service's own topic.")
+    kafka_session_timeout: float = Field(
+        10.0,
+        ge=1.0,
+        le=300.0,
+        description="Seconds a sync worker may go without a heartbeat before its group hands its partitions to the others "
+        "(heartbeats every fifth of it). Apache Kafka refuses less than its group.min.session.timeout.ms (6 s by default); "
+        "the embedded broker holds a joining member for half of it, so a shorter one starts a worker sooner.",
+    )
 
     # Profile sync.
     sync_in_process: bool = Field(True, description="`serve` also runs the outbox relay and the sync worker.")

@@ -84,8 +84,8 @@ def consumer(settings: Settings, bootstrap: str, group_id: str) -> AIOKafkaConsu
         max_poll_records=500,
         # A change should not wait half a second at each hop for a fuller fetch.
         fetch_max_wait_ms=50,
-        session_timeout_ms=10000,
-        heartbeat_interval_ms=2000,
+        session_timeout_ms=int(settings.kafka_session_timeout * 1000),
+        heartbeat_interval_ms=int(settings.kafka_session_timeout * 200),
         # A topic that reappears (a memory-only broker restarted, an operator re-created it) is
         # seen within seconds, not after the default five minutes with nothing assigned.
         metadata_max_age_ms=METADATA_MAX_AGE_MS,

@@ -93,6 +93,14 @@ async def recorded(hub: Hub, client_id: str, sub: str, version: int, timeout: fl
         await asyncio.sleep(0.05)
 
 
+def group_timeouts(settings: Settings) -> dict[str, int]:
+    """A test's own group consumer joins as fast as the hub's workers (see ``kafka_session_timeout``)."""
+    return {
+        "session_timeout_ms": int(settings.kafka_session_timeout * 1000),
+        "heartbeat_interval_ms": int(settings.kafka_session_timeout * 200),
+    }
+
+
 class SyncProcess:
     """``onesignin relay`` or ``onesignin worker`` as a child process, sharing the hub's
     database and broker."""
@@ -111,6 +119,7 @@ class SyncProcess:
             "ONESIGNIN_KAFKA_ENABLE_IDEMPOTENCE": "true" if settings.kafka_enable_idempotence else "false",
             "ONESIGNIN_KAFKA_PROFILE_PARTITIONS": str(settings.kafka_profile_partitions),
             "ONESIGNIN_KAFKA_SERVICE_PARTITIONS": str(settings.kafka_service_partitions),
+            "ONESIGNIN_KAFKA_SESSION_TIMEOUT": str(settings.kafka_session_timeout),
             "ONESIGNIN_SYNC_RETRY_SCHEDULE": json.dumps(settings.sync_retry_schedule),
             "ONESIGNIN_RELAY_POLL_INTERVAL": str(settings.relay_poll_interval),
             "ONESIGNIN_WEBHOOK_TIMEOUT": str(settings.webhook_timeout),

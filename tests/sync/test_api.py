@@ -15,7 +15,7 @@ from identity.appkeys import SETTINGS
 from sync.runtime import METRICS_URL
 from tests.support import Browser, Hub
 from tests.sync.conftest import add_member, link, patch_me, service_token
-from tests.sync.helpers import add_people, change, link_directly, settled
+from tests.sync.helpers import group_timeouts, add_people, change, link_directly, settled
 from tests.sync.receivers import Receivers
 
 
@@ -156,6 +156,7 @@ async def test_service_topic_carries_the_same_deliveries(hub: Hub, receivers: Re
         group_id="store-reader",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **group_timeouts(hub.settings),
     )
     await consumer.start()
     latest: dict[str, dict] = {}

@@ -26,7 +26,7 @@ from schemas.events import LinkRevoked, LinkRevokedData, service_event
 from sync.runtime import DELIVERER
 from tests.support import Browser, Hub, eventually, form
 from tests.sync.conftest import Member, add_member, link, service_token
-from tests.sync.helpers import SyncProcess, change, settled
+from tests.sync.helpers import group_timeouts, SyncProcess, change, settled
 from tests.sync.receivers import Receivers, body_of
 
 
@@ -435,6 +435,7 @@ async def test_one_persons_notices_arrive_in_order_on_the_webhook_and_the_topic(
         group_id="store-notices",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **group_timeouts(hub.settings),
     )
     await consumer.start()
     on_topic: list[str] = []

@@ -25,6 +25,7 @@ from sync.metrics import SyncMetrics
 from sync.relay import Relay
 from sync.runtime import EMBEDDED
 from tests.conftest import TEST_SETTINGS, free_port
+from tests.sync.helpers import group_timeouts
 from tests.support import Hub
 from tests.sync.conftest import FAST_SYNC
 
@@ -101,6 +102,7 @@ async def test_the_relay_publishes_each_row_once_in_order_and_cleans_up(hub: Hub
         group_id=f"check-{dt.datetime.now().timestamp()}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **group_timeouts(settings),
     )
     await consumer.start()
     try:

@@ -17,6 +17,7 @@ from identity.db.models import Notice, Service
 from schemas.events import RightsRequested
 from tests.rights_support import call, move, open_request
 from tests.rights_support import service_token as client_credentials
+from tests.sync.helpers import group_timeouts
 from tests.support import Browser, Hub
 from tests.sync.conftest import add_member, link
 from tests.sync.receivers import Receivers
@@ -32,6 +33,7 @@ async def read_topic(
         group_id="forum-rights-reader",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **group_timeouts(hub.settings),
     )
     await consumer.start()
     try:
