@@ -16,7 +16,9 @@ from identity.appkeys import DB, SETTINGS
 from identity.db.engine import autocommit
 from identity.db.models import Link, Service
 from identity.db.units import unit
+from identity.oidc import scopes
 from identity.pages.common import field, render
+from identity.pages.register import RESEND
 from identity.pages.sign_in import confirm_password
 from identity.web import after_commit, browser, csrf
 from identity.web.responses import redirect
@@ -38,10 +40,18 @@ async def _page(request: web.Request, signed_in: browser.SignedIn, db: Any, **ex
     values["birthdate"] = account.birthdate.isoformat() if account.birthdate else ""
     context = {
         "account": account,
+        "signed_in": True,
         "pending_email": await email_change.pending(db, account.id),
         "values": extra.pop("values", values),
         "links": [
-            {"name": name, "client_id": client_id, "status": link.status, "scope": link.scope, "since": link.created_at, "ended": link.ended_at}
+            {
+                "name": name,
+                "client_id": client_id,
+                "status": link.status,
+                "shares": scopes.described(link.scope),
+                "since": link.created_at,
+                "ended": link.ended_at,
+            }
             for link, name, client_id in rows
         ],
         **extra,
@@ -61,6 +71,7 @@ async def account_page(request: web.Request) -> web.StreamResponse:
             saved=request.query.get("saved") == "1",
             unlinked=request.query.get("unlinked") == "1",
             email_notice=request.query.get("email", ""),
+            resend=RESEND,
         )
 
 

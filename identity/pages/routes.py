@@ -9,6 +9,7 @@ from identity.pages import (
     email_change,
     linked_services,
     password,
+    policy,
     privacy,
     register,
     sign_in,
@@ -29,6 +30,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/i/{uid}/consent", sign_in.interaction_consent)
     # Pages
     r.add_get("/", home)
+    r.add_get("/privacy", policy.privacy_page)
     r.add_get("/sign-in", sign_in.sign_in_page)
     r.add_post("/sign-in", sign_in.sign_in)
     r.add_post("/sign-out", sign_in.sign_out)

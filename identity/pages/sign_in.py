@@ -211,7 +211,7 @@ async def interaction_page(request: web.Request) -> web.StreamResponse:
                 "uid": uid,
                 "service": service,
                 "email": signed_in.account.email,
-                "scopes": [(s, scopes.SCOPE_DESCRIPTIONS.get(s, s)) for s in requested],
+                "scopes": scopes.described(requested),
             },
         )
 
