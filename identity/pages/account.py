@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from identity.accounts import email_change
+from identity.accounts import email_change, second_factor
 from identity.accounts.children import ChildPolicy
 from identity.accounts.store import update_details
 from identity.appkeys import DB, SETTINGS
@@ -41,6 +41,7 @@ async def _page(request: web.Request, signed_in: browser.SignedIn, db: Any, **ex
     context = {
         "account": account,
         "signed_in": True,
+        "two_step": await second_factor.enrolled(db, account.id),
         "pending_email": await email_change.pending(db, account.id),
         "values": extra.pop("values", values),
         "links": [
@@ -72,6 +73,7 @@ async def account_page(request: web.Request) -> web.StreamResponse:
             unlinked=request.query.get("unlinked") == "1",
             email_notice=request.query.get("email", ""),
             resend=RESEND,
+            two_step_notice=request.query.get("two_step", ""),
         )
 
 

@@ -5,10 +5,12 @@ written to the test's directory (and to ``$ONESIGNIN_SCREENSHOTS`` when set) for
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pyotp
 import pytest
 from playwright.async_api import Browser as Chromium
 from playwright.async_api import async_playwright, expect
@@ -108,3 +110,44 @@ async def test_the_not_confirmed_banner_sends_a_new_link(hub: Hub, browser: Brow
 
     await eventually(two, what="a second confirmation mail")
     await page.close()
+
+
+async def test_setting_up_two_step_sign_in_and_signing_in_with_it(hub: Hub, chromium: Chromium, tmp_path: Path) -> None:
+    await hub.add_user(verified=True)
+    context = await chromium.new_context(viewport={"width": 390, "height": 844})
+    page = await context.new_page()
+    await page.goto(hub.url + "/sign-in?next=/account")
+    await page.get_by_label("Email address").fill("ann@example.com")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.get_by_role("link", name="Set up two-step sign-in").click()
+    await expect(page.get_by_role("heading", name="Two-step sign-in")).to_be_visible()
+    qr = page.locator("figure.qr svg")
+    await expect(qr).to_be_visible()
+    box = await qr.bounding_box()
+    assert box is not None and box["width"] >= 120 and box["x"] + box["width"] <= 390
+    measured = await page.evaluate(OVERFLOW)
+    assert measured["scroll"] <= measured["width"] and measured["wide"] == [], measured
+    for place in _shots(tmp_path):
+        await page.screenshot(path=str(place / "two-step-390.png"), full_page=True)
+
+    totp = pyotp.TOTP((await page.locator("#totp-secret").inner_text()).replace(" ", ""))
+    await expect(page.get_by_label("Code from your app")).to_have_attribute("autocomplete", "one-time-code")
+    await page.get_by_label("Code from your app").fill(totp.now())
+    await page.get_by_role("button", name="Turn on two-step sign-in").click()
+    await expect(page.get_by_role("heading", name="Two-step sign-in is on")).to_be_visible()
+    await expect(page.locator("#recovery-codes li")).to_have_count(10)
+    await page.get_by_role("link", name="I have saved them").click()
+    await page.get_by_role("button", name="Sign out").click()
+
+    await page.goto(hub.url + "/sign-in?next=/account")
+    await page.get_by_label("Email address").fill("ann@example.com")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", name="Enter your code")).to_be_visible()
+    later = totp.at(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30))
+    await page.get_by_label("Code").fill(later)
+    await page.get_by_role("button", name="Continue").click()
+    await expect(page.get_by_role("heading", name="Your account")).to_be_visible()
+    await expect(page.locator("#two-step")).to_contain_text("Two-step sign-in is on")
+    await context.close()

@@ -1,0 +1,37 @@
+"""people's second factor (TOTP and recovery codes); how each browser session was authenticated
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-05 21:45:00
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "second_factors",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column("account_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("totp_secret", sa.Text(), nullable=False),
+        sa.Column("last_step", sa.BigInteger(), nullable=True),
+        sa.Column("recovery_codes", sa.JSON(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("confirmed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("account_id"),
+    )
+    with op.batch_alter_table("browser_sessions") as batch_op:
+        batch_op.add_column(sa.Column("amr", sa.String(length=32), server_default="pwd", nullable=False))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("browser_sessions") as batch_op:
+        batch_op.drop_column("amr")
+    op.drop_table("second_factors")
