@@ -61,21 +61,33 @@ def totp_uri(secret: str, email: str) -> str:
     return pyotp.TOTP(secret).provisioning_uri(name=email, issuer_name=ISSUER_NAME)
 
 
-def pending(cipher: KeyCipher, account_id: int, now: dt.datetime | None = None) -> str:
-    """A right password waiting for the second factor, sealed (the browser keeps it)."""
-    return cipher.seal({"account": account_id, "at": int((now or utcnow()).timestamp())}, purpose="second-factor-due")
+@dataclass(frozen=True)
+class Pending:
+    """A right password waiting for its second factor: whose, and whether the browser's session
+    stays (``step_up``: a service asked for two steps of a password-only session) or a new one
+    starts."""
+
+    account_id: int
+    step_up: bool = False
 
 
-def pending_account(cipher: KeyCipher, sealed: str | None, now: dt.datetime | None = None) -> int | None:
-    """The account whose password was right, while the wait for its second factor runs."""
+def pending(cipher: KeyCipher, account_id: int, *, step_up: bool = False, now: dt.datetime | None = None) -> str:
+    """The wait for the second factor, sealed (the browser keeps it)."""
+    value = {"account": account_id, "at": int((now or utcnow()).timestamp()), "step_up": step_up}
+    return cipher.seal(value, purpose="second-factor-due")
+
+
+def pending_account(cipher: KeyCipher, sealed: str | None, now: dt.datetime | None = None) -> Pending | None:
+    """The wait for a second factor, while it runs."""
     if not sealed:
         return None
     try:
         opened = cipher.open(sealed, purpose="second-factor-due")
+        age = (now or utcnow()).timestamp() - int(opened["at"])
+        found = Pending(int(opened["account"]), bool(opened.get("step_up")))
     except (InvalidTag, ValueError, KeyError, TypeError):  # tampered, truncated or sealed under another key
         return None
-    age = (now or utcnow()).timestamp() - int(opened["at"])
-    return int(opened["account"]) if 0 <= age <= PENDING_SECONDS else None
+    return found if 0 <= age <= PENDING_SECONDS else None
 
 
 def _recovery_code() -> str:

@@ -351,6 +351,8 @@ class AuthorizationCode(Base):
     code_challenge_method: Mapped[str] = mapped_column(String(8))
     auth_time: Mapped[dt.datetime]
     sid: Mapped[str | None] = mapped_column(String(64))
+    #: The session's methods when the code was issued (``BrowserSession.amr``), for the ID token.
+    amr: Mapped[str] = mapped_column(String(32), default="pwd", server_default="pwd")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
     used_at: Mapped[dt.datetime | None]

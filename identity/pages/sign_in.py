@@ -28,7 +28,7 @@ from identity.db import dialect
 from identity.db.engine import autocommit
 from identity.db.models import Service
 from identity.db.units import unit
-from identity.oidc import interactions, scopes
+from identity.oidc import assurance, interactions, scopes
 from identity.oidc.logout import end_session
 from identity.pages.common import client_address, field, render
 from identity.web import after_commit, browser, csrf
@@ -234,6 +234,8 @@ async def interaction_page(request: web.Request) -> web.StreamResponse:
                 {"action": f"/i/{uid}/login", "service": service, "register_next": f"/i/{uid}"},
             )
         assert signed_in is not None
+        if assurance.needs_second_factor(details.acr_values, signed_in.session.amr):
+            return await _step_up(request, db, uid, service, signed_in)
         requested = scopes.split(details.scope)
         return render(
             request,
@@ -245,6 +247,25 @@ async def interaction_page(request: web.Request) -> web.StreamResponse:
                 "scopes": scopes.described(requested),
             },
         )
+
+
+async def _step_up(request: web.Request, db: AsyncSession, uid: str, service: str, signed_in: browser.SignedIn) -> web.StreamResponse:
+    """The service asked for two steps and this session had one: the code, or how to set it up."""
+    if not await second_factor.enrolled(db, signed_in.account.id):
+        context = {
+            "title": "Set up two-step sign-in first",
+            "message": f"{service} asks you to sign in with two steps: your password and a code from an authenticator "
+            "app. Set up two-step sign-in on your account page, then come back here to continue.",
+            "next": "/account/two-step",
+            "next_label": "Set up two-step sign-in",
+            "also": {"href": f"/i/{uid}", "label": f"I have set it up: continue to {service}"},
+        }
+        return render(request, "message.html", context, status=403)
+    context = {"next": f"/i/{uid}/resume", "service": service, "step_up": True}
+    response = render(request, "sign_in_code.html", context)
+    sealed = second_factor.pending(request.config_dict[CIPHER], signed_in.account.id, step_up=True)
+    SECOND_FACTOR.set(request, response, sealed, max_age=second_factor.PENDING_SECONDS)
+    return response
 
 
 async def interaction_login(request: web.Request) -> web.StreamResponse:

@@ -17,6 +17,7 @@ from identity.appkeys import CIPHER, DB, SECRET, SETTINGS
 from identity.db.engine import autocommit
 from identity.db.models import Account
 from identity.db.units import unit
+from identity.oidc import assurance
 from identity.pages.common import client_address, field, render
 from identity.pages.sign_in import (
     SignedIn,
@@ -57,9 +58,10 @@ async def code(request: web.Request) -> web.StreamResponse:
     form = await csrf.checked_form(request)
     target = safe_next(field(form, "next"))
     typed = field(form, "code", 40)
-    account_id = second_factor.pending_account(request.config_dict[CIPHER], SECOND_FACTOR.read(request))
-    if account_id is None:
+    waiting = second_factor.pending_account(request.config_dict[CIPHER], SECOND_FACTOR.read(request))
+    if waiting is None:
         return render(request, "message.html", EXPIRED, status=400)
+    account_id = waiting.account_id
     async with autocommit(request.config_dict[DB]) as db:
         account = await db.get(Account, account_id)
         if account is None:
@@ -74,7 +76,11 @@ async def code(request: web.Request) -> web.StreamResponse:
         if used is not None:
             await throttle.clear(db, keys[0][0])
             await throttle.refund(db, keys[1][0])
-            secret = await start_session(request, db, account_id, "pwd otp")
+            current = await browser.current(request, db) if waiting.step_up else None
+            if current is not None and current.account.id == account_id:
+                secret = await browser.step_up(db, current.session, assurance.WITH_CODE)
+            else:
+                secret = await start_session(request, db, account_id, assurance.WITH_CODE)
     if used is None:
         error = WRONG_CODE + (f" Too many wrong codes: try again in {counted.wait} seconds." if counted.wait else "")
         return render(request, "sign_in_code.html", {"next": target, "error": error}, status=429 if counted.wait else 400)

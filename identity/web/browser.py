@@ -79,6 +79,15 @@ async def start(db: AsyncSession, request: web.Request, account_id: int, amr: st
     return secret
 
 
+async def step_up(db: AsyncSession, session: BrowserSession, amr: str) -> str:
+    """The session, now also proved by ``amr`` (a second factor given for a service that asked
+    for it): kept, with its ``sid`` and services, under a new cookie secret. Returns the secret."""
+    secret = new_secret()
+    session.secret_hash, session.amr = digest(secret), amr
+    await db.flush()
+    return secret
+
+
 def set_cookie(request: web.Request, response: web.StreamResponse, secret: str) -> None:
     """Name the new session in the browser; its CSRF nonce is renewed with it, so no form
     rendered before (for another session, or none) is accepted any more."""

@@ -5,7 +5,10 @@ wrong codes throttled like passwords, recovery codes, and turning it off behind 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
+import os
 import re
 
 import httpx2
@@ -14,7 +17,8 @@ import pytest
 from sqlalchemy import select
 
 from identity.appkeys import DB
-from identity.db.models import BrowserSession, SecondFactor
+from identity.db.models import Account, AuditRecord, BrowserSession, SecondFactor
+from tests.cli import onesignin
 from tests.support import PASSWORD, Browser, Hub, RelyingParty, form
 
 WRONG = "That code is not right, or was already used."
@@ -210,3 +214,20 @@ async def test_a_service_sign_in_asks_for_the_code_too(hub: Hub, browser: Browse
         assert token["access_token"]
     finally:
         await fresh.aclose()
+
+
+@pytest.mark.e2e
+async def test_an_operator_can_remove_a_lost_factor(hub: Hub, browser: Browser, enrolled: tuple[pyotp.TOTP, list[str]]) -> None:
+    async with hub.app[DB]() as db:
+        sub = await db.scalar(select(Account.sub))
+    env = os.environ | {"ONESIGNIN_DATA_DIR": str(hub.settings.data_dir), "ONESIGNIN_DATABASE_URL": hub.settings.database_url, "ONESIGNIN_SECRET_KEY": "c" * 40}
+    done = await asyncio.to_thread(onesignin, env, "users", "remove-second-factor", "--sub", sub, "--operator", "ops@example.com", "--reason", "ticket 9")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"sub": sub, "second_factor": "removed"}
+    again = await asyncio.to_thread(onesignin, env, "users", "remove-second-factor", "--sub", sub)
+    assert again.returncode == 2 and "has no second factor" in again.stderr
+    direct = await password_step(browser)
+    assert direct.status_code == 303 and direct.headers["location"] == "/account"
+    async with hub.app[DB]() as db:
+        record = await db.scalar(select(AuditRecord).where(AuditRecord.action == "account.second_factor_removed"))
+    assert record is not None and (record.actor, record.account_sub, record.reason) == ("ops@example.com", sub, "ticket 9")

@@ -1,4 +1,4 @@
-"""people's second factor (TOTP and recovery codes); how each browser session was authenticated
+"""people's second factor (TOTP and recovery codes); how each session and code was authenticated
 
 Revision ID: 0008
 Revises: 0007
@@ -29,9 +29,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("browser_sessions") as batch_op:
         batch_op.add_column(sa.Column("amr", sa.String(length=32), server_default="pwd", nullable=False))
+    with op.batch_alter_table("authorization_codes") as batch_op:
+        batch_op.add_column(sa.Column("amr", sa.String(length=32), server_default="pwd", nullable=False))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("authorization_codes") as batch_op:
+        batch_op.drop_column("amr")
     with op.batch_alter_table("browser_sessions") as batch_op:
         batch_op.drop_column("amr")
     op.drop_table("second_factors")
