@@ -138,6 +138,7 @@ class SessionPart(_Part):
     expires_at: dt.datetime
     ended_at: dt.datetime | None
     amr: list[str] = Field(default_factory=list, description="How you proved who you are (RFC 8176): pwd, otp.")
+    user_agent: str | None = Field(None, description="The browser's User-Agent when the session started.")
     services: list[ServiceRef]
 
 

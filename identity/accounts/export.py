@@ -171,6 +171,7 @@ async def build(db: AsyncSession, account: Account) -> AccountExport:
                 expires_at=s.expires_at,
                 ended_at=s.ended_at,
                 amr=s.amr.split(),
+                user_agent=s.user_agent,
                 services=session_services[s.id],
             )
             for s in sessions

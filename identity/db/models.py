@@ -293,6 +293,9 @@ class BrowserSession(Base):
     #: How the person proved who they are (RFC 8176 values, space-separated): ``pwd``, or
     #: ``pwd otp`` once the second factor was given too.
     amr: Mapped[str] = mapped_column(String(32), default="pwd", server_default="pwd")
+    #: The browser's User-Agent at sign-in (cut to 300 characters), to name it in the person's
+    #: list of where they are signed in.
+    user_agent: Mapped[str | None] = mapped_column(String(300))
 
 
 class SecondFactor(Base):

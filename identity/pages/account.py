@@ -17,6 +17,7 @@ from identity.db.engine import autocommit
 from identity.db.models import Link, Service
 from identity.db.units import unit
 from identity.oidc import scopes
+from identity.pages import sessions
 from identity.pages.common import field, render
 from identity.pages.register import RESEND
 from identity.pages.sign_in import confirm_password
@@ -42,6 +43,7 @@ async def _page(request: web.Request, signed_in: browser.SignedIn, db: Any, **ex
         "account": account,
         "signed_in": True,
         "two_step": await second_factor.enrolled(db, account.id),
+        "sessions": await sessions.listed(db, request, signed_in),
         "pending_email": await email_change.pending(db, account.id),
         "values": extra.pop("values", values),
         "links": [
@@ -74,6 +76,7 @@ async def account_page(request: web.Request) -> web.StreamResponse:
             email_notice=request.query.get("email", ""),
             resend=RESEND,
             two_step_notice=request.query.get("two_step", ""),
+            session_ended=request.query.get("session") == "ended",
         )
 
 

@@ -12,6 +12,7 @@ from identity.pages import (
     policy,
     privacy,
     register,
+    sessions,
     sign_in,
     two_step,
 )
@@ -68,5 +69,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/account/two-step", two_step.enrol)
     r.add_post("/account/two-step/recovery-codes", two_step.new_recovery_codes)
     r.add_post("/account/two-step/remove", two_step.remove)
+    r.add_post("/account/sessions/end", sessions.end_one)
+    r.add_post("/account/sessions/end-all", sessions.end_all)
     r.add_get("/account/rights", rights_pages.rights_page)
     r.add_post("/account/rights", rights_pages.open_from_page)

@@ -67,6 +67,7 @@ def new_session(request: web.Request, account_id: int, amr: str = "pwd") -> tupl
         "last_seen_at": now,
         "expires_at": now + dt.timedelta(seconds=settings.session_ttl),
         "amr": amr,
+        "user_agent": request.headers.get("User-Agent", "")[:300] or None,
     }
     return row, secret
 

@@ -138,7 +138,7 @@ async def test_setting_up_two_step_sign_in_and_signing_in_with_it(hub: Hub, chro
     await expect(page.get_by_role("heading", name="Two-step sign-in is on")).to_be_visible()
     await expect(page.locator("#recovery-codes li")).to_have_count(10)
     await page.get_by_role("link", name="I have saved them").click()
-    await page.get_by_role("button", name="Sign out").click()
+    await page.get_by_role("button", name="Sign out", exact=True).click()
 
     await page.goto(hub.url + "/sign-in?next=/account")
     await page.get_by_label("Email address").fill("ann@example.com")

@@ -1,4 +1,4 @@
-"""people's second factor (TOTP and recovery codes); how each session and code was authenticated
+"""people's second factor (TOTP and recovery codes); how each session and code was authenticated, and the session's browser
 
 Revision ID: 0008
 Revises: 0007
@@ -29,6 +29,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("browser_sessions") as batch_op:
         batch_op.add_column(sa.Column("amr", sa.String(length=32), server_default="pwd", nullable=False))
+        batch_op.add_column(sa.Column("user_agent", sa.String(length=300), nullable=True))
     with op.batch_alter_table("authorization_codes") as batch_op:
         batch_op.add_column(sa.Column("amr", sa.String(length=32), server_default="pwd", nullable=False))
 
@@ -37,5 +38,6 @@ def downgrade() -> None:
     with op.batch_alter_table("authorization_codes") as batch_op:
         batch_op.drop_column("amr")
     with op.batch_alter_table("browser_sessions") as batch_op:
+        batch_op.drop_column("user_agent")
         batch_op.drop_column("amr")
     op.drop_table("second_factors")
