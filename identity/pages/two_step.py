@@ -76,8 +76,11 @@ async def code(request: web.Request) -> web.StreamResponse:
         if used is not None:
             await throttle.clear(db, keys[0][0])
             await throttle.refund(db, keys[1][0])
-            current = await browser.current(request, db) if waiting.step_up else None
-            if current is not None and current.account.id == account_id:
+            if waiting.step_up:
+                # Only the session that asked: a code alone never starts one without the password.
+                current = await browser.current(request, db)
+                if current is None or current.account.id != account_id:
+                    return render(request, "message.html", EXPIRED, status=400)
                 secret = await browser.step_up(db, current.session, assurance.WITH_CODE)
             else:
                 secret = await start_session(request, db, account_id, assurance.WITH_CODE)

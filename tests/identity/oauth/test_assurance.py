@@ -160,3 +160,22 @@ async def test_userinfo_carries_no_factors(hub: Hub, rp: RelyingParty, browser: 
     info = (await hub.userinfo(token["access_token"])).json()
     assert info["email"] == "ann@example.com"
     assert not {"acr", "amr", "otp", "second_factor"} & set(info)
+
+
+async def test_a_step_up_code_never_starts_a_session_without_the_password(hub: Hub, rp: RelyingParty, browser: Browser) -> None:
+    await hub.add_user(verified=True)
+    await browser.sign_in()
+    totp, recovery = await enrol(browser)
+    page, _ = await flow(rp, browser, acr_values=MFA)
+    assert "asks for two-step sign-in" in page.text
+    # The session ends (signed out everywhere from another browser) while the code page is open.
+    other = Browser(hub)
+    try:
+        await password_step(other)
+        await code_step(other, recovery[0])
+        await other.submit(await other.go("/account"), "/account/sessions/end-all")
+    finally:
+        await other.aclose()
+    refused = await browser.submit(page, "/sign-in/code", code=later(totp))
+    assert refused.status_code == 400 and "Sign in again" in refused.text
+    assert (await browser.go("/account")).url.path == "/sign-in"
