@@ -160,6 +160,11 @@ async def test_userinfo_carries_no_factors(hub: Hub, rp: RelyingParty, browser: 
     info = (await hub.userinfo(token["access_token"])).json()
     assert info["email"] == "ann@example.com"
     assert not {"acr", "amr", "otp", "second_factor"} & set(info)
+    # Nor does the profile that the API and sync give services.
+    async with httpx2.AsyncClient(base_url=hub.url) as http:
+        me = (await http.get("/api/v1/me", headers={"Authorization": f"Bearer {token['access_token']}"})).json()
+    assert me["profile"]["email"] == "ann@example.com"
+    assert not {"acr", "amr", "otp", "second_factor"} & (set(me) | set(me["profile"]))
 
 
 async def test_a_step_up_code_never_starts_a_session_without_the_password(hub: Hub, rp: RelyingParty, browser: Browser) -> None:

@@ -151,3 +151,31 @@ async def test_setting_up_two_step_sign_in_and_signing_in_with_it(hub: Hub, chro
     await expect(page.get_by_role("heading", name="Your account")).to_be_visible()
     await expect(page.locator("#two-step")).to_contain_text("Two-step sign-in is on")
     await context.close()
+
+
+async def test_a_service_asking_for_two_steps_steps_the_session_up(hub: Hub, chromium: Chromium) -> None:
+    """Step-up in the browser: a session signed in with the password before two-step sign-in was
+    set up; a service sends acr_values for mfa; the code page names the service; then consent."""
+    await hub.add_user(verified=True)
+    service = await hub.add_service(name="Garden Centre")
+    rp = RelyingParty(hub, service.client_id, service.client_secret)
+    url, _ = await rp.start(acr_values="urn:onesignin:acr:mfa")
+
+    context = await chromium.new_context(viewport={"width": 390, "height": 844})
+    page = await context.new_page()
+    await page.goto(hub.url + "/sign-in?next=/account/two-step")
+    await page.get_by_label("Email address").fill("ann@example.com")
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    totp = pyotp.TOTP((await page.locator("#totp-secret").inner_text()).replace(" ", ""))
+    await page.get_by_label("Code from your app").fill(totp.now())
+    await page.get_by_role("button", name="Turn on two-step sign-in").click()
+    await expect(page.get_by_role("heading", name="Two-step sign-in is on")).to_be_visible()
+
+    await page.goto(url)
+    await expect(page.get_by_role("heading", name="Enter your code")).to_be_visible()
+    await expect(page.get_by_text("Garden Centre asks for two-step sign-in.")).to_be_visible()
+    await page.get_by_label("Code").fill(totp.at(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)))
+    await page.get_by_role("button", name="Continue").click()
+    await expect(page.get_by_role("heading", name="Allow Garden Centre to use your account?")).to_be_visible()
+    await context.close()
