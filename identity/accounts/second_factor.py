@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+from email.message import EmailMessage
 import re
 import secrets
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.db.models import SecondFactor, utcnow
+from identity.mail import build_message
 from identity.sealing import KeyCipher
+from identity.settings import Settings
 from identity.tokens import digest
 
 ISSUER_NAME = "One Sign In"
@@ -195,3 +198,23 @@ async def recovery_left(db: AsyncSession, account_id: int) -> int:
 async def remove(db: AsyncSession, account_id: int) -> bool:
     removed = await db.execute(delete(SecondFactor).where(SecondFactor.account_id == account_id))
     return bool(removed.rowcount)  # type: ignore[attr-defined]
+
+
+#: What a notice says happened, by change.
+CHANGES = {
+    "on": ("Two-step sign-in is on", "Two-step sign-in was turned on for your One Sign In account: signing in now also asks for a code from your authenticator app."),
+    "off": ("Two-step sign-in is off", "Two-step sign-in was turned off for your One Sign In account: signing in now needs only your password."),
+    "recovery": ("New recovery codes", "New recovery codes were made for your One Sign In account; the earlier ones no longer work."),
+}
+
+
+def notice(settings: Settings, to: str, change: str) -> EmailMessage:
+    """A change to the second factor, told to the account's own address (it carries nothing typed)."""
+    subject, said = CHANGES[change]
+    return build_message(
+        sender=settings.mail_from,
+        to=to,
+        subject=subject,
+        text=f"{said}\n\nIf this was not you, reset your password at {settings.issuer}/reset-password and "
+        f"check your account at {settings.issuer}/account.\n",
+    )

@@ -25,7 +25,7 @@ from identity.pages.sign_in import (
     set_cookies,
     start_session,
 )
-from identity.web import browser, csrf
+from identity.web import after_commit, browser, csrf
 from identity.web.cookies import DEVICE, SECOND_FACTOR
 from identity.web.responses import redirect, safe_next
 
@@ -133,6 +133,8 @@ async def enrol(request: web.Request) -> web.StreamResponse:
         codes = await second_factor.confirm_enrolment(db, request.config_dict[CIPHER], account.id, field(form, "code", 40))
         if codes is None:
             setup = await second_factor.start_enrolment(db, request.config_dict[CIPHER], account.id, account.email)
+        else:
+            after_commit.mail(db, request, [second_factor.notice(request.config_dict[SETTINGS], account.email, "on")])
     if codes is None:
         if setup is None:
             return redirect("/account/two-step", 303)
@@ -162,6 +164,8 @@ async def new_recovery_codes(request: web.Request) -> web.StreamResponse:
         return refused
     async with unit(request.config_dict[DB]) as db:
         codes = await second_factor.new_recovery(db, signed_in.account.id)
+        if codes is not None:
+            after_commit.mail(db, request, [second_factor.notice(request.config_dict[SETTINGS], signed_in.account.email, "recovery")])
     if codes is None:
         return redirect("/account/two-step", 303)
     return render(request, "recovery_codes.html", {"codes": codes, "first": False})
@@ -174,5 +178,6 @@ async def remove(request: web.Request) -> web.StreamResponse:
         assert refused is not None
         return refused
     async with unit(request.config_dict[DB]) as db:
-        await second_factor.remove(db, signed_in.account.id)
+        if await second_factor.remove(db, signed_in.account.id):
+            after_commit.mail(db, request, [second_factor.notice(request.config_dict[SETTINGS], signed_in.account.email, "off")])
     return redirect("/account?two_step=off", 303)

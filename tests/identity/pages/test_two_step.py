@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from identity.appkeys import DB
 from identity.db.models import Account, AuditRecord, BrowserSession, SecondFactor
+from identity.mail import read_outbox
 from tests.cli import onesignin
 from tests.support import PASSWORD, Browser, Hub, RelyingParty, form
 
@@ -231,3 +232,13 @@ async def test_an_operator_can_remove_a_lost_factor(hub: Hub, browser: Browser, 
     async with hub.app[DB]() as db:
         record = await db.scalar(select(AuditRecord).where(AuditRecord.action == "account.second_factor_removed"))
     assert record is not None and (record.actor, record.account_sub, record.reason) == ("ops@example.com", sub, "ticket 9")
+
+
+async def test_each_change_is_mailed_to_the_account(hub: Hub, browser: Browser, enrolled: tuple[pyotp.TOTP, list[str]]) -> None:
+    page = await browser.go("/account/two-step")
+    await browser.submit(page, "/account/two-step/recovery-codes", current_password=PASSWORD)
+    page = await browser.go("/account/two-step")
+    await browser.submit(page, "/account/two-step/remove", current_password=PASSWORD)
+    mails = [m for m in read_outbox(hub.settings.data_dir / "mail") if m["To"] == "ann@example.com"]
+    assert [m["Subject"] for m in mails] == ["Two-step sign-in is on", "New recovery codes", "Two-step sign-in is off"]
+    assert f"{hub.url}/reset-password" in mails[-1].get_content()
