@@ -362,6 +362,23 @@ def cmd_users_erase(settings: Settings, args: argparse.Namespace) -> dict[str, A
     return asyncio.run(_with_db(settings, work))
 
 
+def cmd_users_remove_second_factor(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from identity.accounts import second_factor
+    from identity.accounts.store import find_by_sub
+    from identity.support import audit
+
+    async def work(db: Any) -> dict[str, Any]:
+        account = await find_by_sub(db, args.sub)
+        if account is None:
+            raise UsageError(f"no account with sub {args.sub!r}")
+        if not await second_factor.remove(db, account.id):
+            raise UsageError(f"the account {args.sub} has no second factor")
+        audit.record(db, actor_kind="cli", actor=args.operator, action="account.second_factor_removed", account_sub=account.sub, reason=args.reason)
+        return {"sub": args.sub, "second_factor": "removed"}
+
+    return asyncio.run(_with_db(settings, work))
+
+
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         engine = create_engine(settings)
@@ -734,6 +751,17 @@ def parser() -> argparse.ArgumentParser:
     erase_user.add_argument("--operator", help="who is erasing it, for the audit record")
     erase_user.add_argument("--reason", help="why (e.g. a rights request id), for the audit record; no personal data")
     erase_user.set_defaults(func=cmd_users_erase)
+    remove_factor = users_sub.add_parser(
+        "remove-second-factor",
+        help="turn a person's two-step sign-in off (they lost their phone and recovery codes)",
+        description="Turn off two-step sign-in for a person who lost both their authenticator and their recovery codes, "
+        "once support has checked it is them; they sign in with the password alone and may set it up again. Audited. "
+        "Prints the sub.",
+    )
+    remove_factor.add_argument("--sub", required=True, help="the account's sub")
+    remove_factor.add_argument("--operator", help="who is removing it, for the audit record")
+    remove_factor.add_argument("--reason", help="why (e.g. a support ticket id), for the audit record; no personal data")
+    remove_factor.set_defaults(func=cmd_users_remove_second_factor)
 
     purge = sub.add_parser(
         "purge",

@@ -137,6 +137,8 @@ class SessionPart(_Part):
     last_seen_at: dt.datetime
     expires_at: dt.datetime
     ended_at: dt.datetime | None
+    amr: list[str] = Field(default_factory=list, description="How you proved who you are (RFC 8176): pwd, otp.")
+    user_agent: str | None = Field(None, description="The browser's User-Agent when the session started.")
     services: list[ServiceRef]
 
 
@@ -235,6 +237,14 @@ class StaffPart(_Part):
     console_sessions: list[ConsoleSessionPart]
 
 
+class SecondFactorPart(_Part):
+    """Two-step sign-in with an authenticator app (never its key or the recovery codes)."""
+
+    created_at: dt.datetime
+    confirmed_at: dt.datetime | None = Field(description="When it was turned on; null while still being set up.")
+    recovery_codes_left: int
+
+
 class AccountExport(_Part):
     """Everything One Sign In holds about the person, for their own use (access and portability)."""
 
@@ -256,3 +266,4 @@ class AccountExport(_Part):
     notices: list[NoticePart]
     audit: list[AuditPart] = Field(description="Actions recorded on the account, e.g. a support agent viewing it.")
     staff: StaffPart | None = Field(None, description="For a support agent or supervisor: their role and console sessions.")
+    second_factor: SecondFactorPart | None = Field(None, description="Two-step sign-in, when set up.")

@@ -27,6 +27,7 @@ from identity.db.models import (
     Service,
     SessionService,
     SignInEvent,
+    SecondFactor,
     StaffMember,
     Token,
     utcnow,
@@ -53,6 +54,7 @@ from schemas.export import (
     ServiceRef,
     SessionPart,
     SignInPart,
+    SecondFactorPart,
     StaffPart,
 )
 
@@ -168,6 +170,8 @@ async def build(db: AsyncSession, account: Account) -> AccountExport:
                 last_seen_at=s.last_seen_at,
                 expires_at=s.expires_at,
                 ended_at=s.ended_at,
+                amr=s.amr.split(),
+                user_agent=s.user_agent,
                 services=session_services[s.id],
             )
             for s in sessions
@@ -212,7 +216,15 @@ async def build(db: AsyncSession, account: Account) -> AccountExport:
         ],
         audit=[AuditPart(at=a.at, actor_kind=a.actor_kind, actor=a.actor, action=a.action, reason=a.reason) for a in audit],
         staff=await _staff(db, account),
+        second_factor=await _second_factor(db, account),
     )
+
+
+async def _second_factor(db: AsyncSession, account: Account) -> SecondFactorPart | None:
+    factor = await db.scalar(select(SecondFactor).where(SecondFactor.account_id == account.id))
+    if factor is None:
+        return None
+    return SecondFactorPart(created_at=factor.created_at, confirmed_at=factor.confirmed_at, recovery_codes_left=len(factor.recovery_codes))
 
 
 async def _staff(db: AsyncSession, account: Account) -> StaffPart | None:

@@ -328,6 +328,30 @@ class BrowserSession(Base):
     last_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime]
     ended_at: Mapped[dt.datetime | None]
+    #: How the person proved who they are (RFC 8176 values, space-separated): ``pwd``, or
+    #: ``pwd otp`` once the second factor was given too.
+    amr: Mapped[str] = mapped_column(String(32), default="pwd", server_default="pwd")
+    #: The browser's User-Agent at sign-in (cut to 300 characters), to name it in the person's
+    #: list of where they are signed in.
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+
+
+class SecondFactor(Base):
+    """A person's TOTP second factor (RFC 6238; staff have theirs in ``staff``). The secret is
+    sealed for this account; ``confirmed_at`` is unset while the person is still setting it up
+    (until a first right code), and only a confirmed factor is asked for at sign-in.
+    ``last_step`` refuses a code already used in its window. ``recovery_codes`` holds the
+    digests of the single-use recovery codes not yet used (JSON list)."""
+
+    __tablename__ = "second_factors"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), unique=True)
+    totp_secret: Mapped[str] = mapped_column(Text)
+    last_step: Mapped[int | None] = mapped_column(BigInteger)
+    recovery_codes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    confirmed_at: Mapped[dt.datetime | None]
 
 
 class SessionService(Base):
@@ -368,6 +392,8 @@ class AuthorizationCode(Base):
     code_challenge_method: Mapped[str] = mapped_column(String(8))
     auth_time: Mapped[dt.datetime]
     sid: Mapped[str | None] = mapped_column(String(64))
+    #: The session's methods when the code was issued (``BrowserSession.amr``), for the ID token.
+    amr: Mapped[str] = mapped_column(String(32), default="pwd", server_default="pwd")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
     used_at: Mapped[dt.datetime | None]

@@ -145,6 +145,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                 code_challenge_method=data.get("code_challenge_method", "S256"),
                 auth_time=hub["auth_time"],
                 sid=hub.get("sid"),
+                amr=hub.get("amr", "pwd"),
                 created_at=now,
                 expires_at=now + dt.timedelta(seconds=self.server.settings.authorization_code_ttl),
             )

@@ -41,6 +41,7 @@ class Details:
     prompts: frozenset[str]
     max_age: str | None
     started_at: dt.datetime
+    acr_values: str | None = None
 
 
 def path(uid: str) -> str:
@@ -100,6 +101,7 @@ def details(interaction: Interaction) -> Details:
         prompts=frozenset(query.get("prompt", "").split()),
         max_age=query.get("max_age"),
         started_at=interaction.created_at,
+        acr_values=query.get("acr_values"),
     )
 
 

@@ -96,6 +96,12 @@ async def revoke_tokens(db: AsyncSession, account_id: int, *, keep_sid: str | No
     await db.execute(query.values(revoked_at=utcnow()))
 
 
+async def revoke_session_tokens(db: AsyncSession, account_id: int, sid: str) -> None:
+    """Revoke the tokens issued through one session (offline refresh tokens too): the person
+    signed that session out from their account page."""
+    await db.execute(update(Token).where(Token.account_id == account_id, Token.sid == sid, Token.revoked_at.is_(None)).values(revoked_at=utcnow()))
+
+
 async def send_notices(http: aiohttp.ClientSession, notices: list[LogoutNotice], timeout: float) -> dict[str, bool]:
     """POST each logout token (concurrently) through the hub's ``identity.outbound`` session;
     return which services acknowledged with 200. A notice to an address the outbound policy

@@ -15,6 +15,7 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session
 
 from identity.db.models import Account, AuthorizationCode, Consent, Token, utcnow
+from identity.oidc import assurance
 from identity.oidc.client import ServiceClient
 from identity.tokens import digest
 
@@ -41,11 +42,11 @@ class IssuedCode(AuthorizationCodeMixin):
     def get_auth_time(self) -> int:
         return int(self.row.auth_time.timestamp())
 
-    def get_acr(self) -> None:
-        return None
+    def get_acr(self) -> str:
+        return assurance.acr(self.row.amr)
 
     def get_amr(self) -> list[str]:
-        return ["pwd"]
+        return assurance.amr(self.row.amr)
 
 
 @dataclass

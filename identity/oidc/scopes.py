@@ -31,6 +31,13 @@ SCOPE_DESCRIPTIONS: dict[str, str] = {
 }
 
 
+def described(scope: str | list[str] | None) -> list[tuple[str, str]]:
+    """Each scope with the plain words people read for it: the consent page and the account page
+    both name scopes through this one mapping, so they cannot drift apart."""
+    items = split(scope) if scope is None or isinstance(scope, str) else scope
+    return [(s, SCOPE_DESCRIPTIONS.get(s, s)) for s in items]
+
+
 def split(scope: str | None) -> list[str]:
     seen: list[str] = []
     for item in (scope or "").split():

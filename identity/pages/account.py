@@ -9,14 +9,17 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from identity.accounts import email_change
+from identity.accounts import email_change, second_factor
 from identity.accounts.children import ChildPolicy
 from identity.accounts.store import update_details
 from identity.appkeys import DB, SETTINGS
 from identity.db.engine import autocommit
 from identity.db.models import Link, Service
 from identity.db.units import unit
+from identity.oidc import scopes
+from identity.pages import sessions
 from identity.pages.common import field, render
+from identity.pages.register import RESEND
 from identity.pages.sign_in import confirm_password
 from identity.web import after_commit, browser, csrf
 from identity.web.responses import redirect
@@ -38,10 +41,20 @@ async def _page(request: web.Request, signed_in: browser.SignedIn, db: Any, **ex
     values["birthdate"] = account.birthdate.isoformat() if account.birthdate else ""
     context = {
         "account": account,
+        "signed_in": True,
+        "two_step": await second_factor.enrolled(db, account.id),
+        "sessions": await sessions.listed(db, request, signed_in),
         "pending_email": await email_change.pending(db, account.id),
         "values": extra.pop("values", values),
         "links": [
-            {"name": name, "client_id": client_id, "status": link.status, "scope": link.scope, "since": link.created_at, "ended": link.ended_at}
+            {
+                "name": name,
+                "client_id": client_id,
+                "status": link.status,
+                "shares": scopes.described(link.scope),
+                "since": link.created_at,
+                "ended": link.ended_at,
+            }
             for link, name, client_id in rows
         ],
         **extra,
@@ -61,6 +74,9 @@ async def account_page(request: web.Request) -> web.StreamResponse:
             saved=request.query.get("saved") == "1",
             unlinked=request.query.get("unlinked") == "1",
             email_notice=request.query.get("email", ""),
+            resend=RESEND,
+            two_step_notice=request.query.get("two_step", ""),
+            session_ended=request.query.get("session") == "ended",
         )
 
 

@@ -16,8 +16,11 @@ from identity.web.responses import redirect
 
 DEAD = {
     "title": "This link no longer works",
-    "message": "The link has expired, was already used, or the change was cancelled. Ask for the change again on your account page.",
+    "message": "The link has expired, was already used, or the change was cancelled. Send a new link to your new "
+    "address, or ask for the change again on your account page.",
+    "resend": {"action": "/account/email/resend", "button": "Send a new link to my new address"},
     "next": "/account",
+    "next_label": "Go to your account",
 }
 TAKEN = {
     "title": "That address is taken",

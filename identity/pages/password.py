@@ -68,12 +68,20 @@ async def reset_request(request: web.Request) -> web.Response:
     )
 
 
+DEAD = {
+    "title": "This link no longer works",
+    "message": "The link has expired, was already used, or a newer one was sent. Ask for a new password reset link.",
+    "next": "/reset-password",
+    "next_label": "Ask for a new reset link",
+}
+
+
 async def reset_confirm_page(request: web.Request) -> web.Response:
     token = request.query.get("token", "")
     async with request.config_dict[DB]() as db:
         live = await links.find(db, token, "reset_password")
     if live is None:
-        return render(request, "message.html", {"title": "This link no longer works", "message": "Ask for a new password reset link."}, status=400)
+        return render(request, "message.html", DEAD, status=400)
     return render(request, "reset_confirm.html", {"token": token})
 
 
@@ -85,19 +93,18 @@ async def _end_sessions(request: web.Request, db: AsyncSession, account_id: int,
 async def reset_confirm(request: web.Request) -> web.Response:
     form = await csrf.checked_form(request)
     token, password = field(form, "token", 100), field(form, "password", 1024)
-    dead = {"title": "This link no longer works", "message": "Ask for a new password reset link."}
     async with request.config_dict[DB]() as db:
         live = await links.find(db, token, "reset_password")
         account = await db.get(Account, live.account_id) if live else None
     if live is None or account is None:
-        return render(request, "message.html", dead, status=400)
+        return render(request, "message.html", DEAD, status=400)
     if reason := await new_password_problem(request, password, [account.email, account.given_name or "", account.family_name or ""]):
         return render(request, "reset_confirm.html", {"token": token, "error": reason}, status=400)
     password_hash = await hash_password(request, password)
     async with unit(request.config_dict[DB]) as db:
         used = await links.consume(db, token, "reset_password")
         if used is None:
-            return render(request, "message.html", dead, status=400)
+            return render(request, "message.html", DEAD, status=400)
         await db.execute(update(Account).where(Account.id == used.account_id).values(password_hash=password_hash))
         await links.cancel(db, used.account_id, links.PASSWORD_BOUND)
         after_commit.logout(db, request, await _end_sessions(request, db, used.account_id))

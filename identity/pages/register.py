@@ -25,6 +25,7 @@ from identity.db.models import Account, AccountStatus, utcnow
 from identity.db.units import unit
 from identity.pages.common import field, hash_password, new_password_problem, render, slow_down, too_many_requests
 from identity.web import after_commit, browser, csrf
+from identity.web.after_commit import after_response, deliver_mail
 from identity.web.responses import redirect, safe_next
 from schemas.account import BasicDetails, normalize_email, problems
 
@@ -102,13 +103,35 @@ async def _confirm_page(request: web.Request, purpose: str, title: str, button: 
     token = request.query.get("token", "")
     async with request.config_dict[DB]() as db:
         live = await links.find(db, token, purpose)
+        signed_in = await browser.current(request, db) is not None
     if live is None:
-        return render(request, "message.html", _dead_link(), status=400)
+        return render(request, "message.html", _dead_link(purpose, signed_in), status=400)
     return render(request, "confirm.html", {"title": title, "button": button, "action": action, "token": token})
 
 
-def _dead_link() -> dict[str, str]:
-    return {"title": "This link no longer works", "message": "The link has expired or was already used. Ask for a new one."}
+#: The resend form on a page (``_resend.html``): where it posts and what its button says.
+RESEND = {"action": "/verify-email/resend", "button": "Send me a new confirmation link", "ask_email": True}
+RESENT = {
+    "title": "Check your email",
+    "message": "If an account with that address is waiting for its address to be confirmed, we have sent a new "
+    "link to it. Open it within two days.",
+}
+
+
+def _dead_link(purpose: str, signed_in: bool) -> dict[str, object]:
+    if purpose == "guardian_consent":
+        return {
+            "title": "This link no longer works",
+            "message": "The link has expired or was already used. The child can send you a new request from their "
+            "account page.",
+        }
+    return {
+        "title": "This link no longer works",
+        "message": "The link has expired, was already used, or a newer one was sent. Ask for a new one below; if your "
+        "address is already confirmed, just sign in.",
+        "resend": RESEND,
+        "signed_in": signed_in,
+    }
 
 
 async def verify_email_page(request: web.Request) -> web.Response:
@@ -120,7 +143,8 @@ async def verify_email(request: web.Request) -> web.Response:
     async with request.config_dict[DB].begin() as db:
         used = await links.consume(db, field(form, "token", 100), "verify_email")
         if used is None:
-            return render(request, "message.html", _dead_link(), status=400)
+            signed_in = await browser.current(request, db) is not None
+            return render(request, "message.html", _dead_link("verify_email", signed_in), status=400)
         account = await db.get(Account, used.account_id)
         if account is not None:  # the link was for its current address (links.consume)
             await mark_email_verified(db, account)
@@ -128,29 +152,53 @@ async def verify_email(request: web.Request) -> web.Response:
 
 
 async def resend_verification(request: web.Request) -> web.StreamResponse:
-    """Send the signed-in person a fresh link to confirm their address."""
+    """A fresh link to confirm an address: the signed-in person's own, or, for someone signed
+    out (a dead link's page), the address they type. Counted per client address and per typed
+    address before anything is looked up, and answered the same whether or not an account is
+    waiting for that address, so it can neither mail-bomb anyone nor tell who is registered."""
     settings = request.config_dict[SETTINGS]
-    await csrf.checked_form(request)
-    mail = []
+    form = await csrf.checked_form(request)
     async with autocommit(request.config_dict[DB]) as db:
         signed_in = await browser.current(request, db)
-    if signed_in is None:
-        return redirect("/sign-in", 303)
-    if wait := await too_many_requests(request, signed_in.account.email):
+    if signed_in is not None:
+        email: str | None = signed_in.account.email
+    else:
+        try:
+            email = normalize_email(field(form, "email", 320))
+        except ValueError:
+            email = None
+        if email is None:
+            context = {"title": "Enter your email address", "message": "Enter the address you registered with.", "resend": RESEND}
+            return render(request, "message.html", context, status=400)
+    if wait := await too_many_requests(request, email):
         return render(request, "message.html", {"title": "Not now", "message": slow_down(wait), "next": "/account"}, status=429)
+    if signed_in is None:
+        app = request.config_dict
+        assert email is not None
+
+        async def send_link() -> None:
+            async with app[DB].begin() as db:
+                account = await find_by_email(db, email)
+                if account is None or account.email_verified:
+                    return
+                message = await links.verification(db, settings, account)
+            await deliver_mail(app, [message])
+
+        # Looked up and sent once the answer is on its way: its timing says nothing either.
+        await after_response(request, send_link, "confirmation link")
+        return render(request, "message.html", RESENT)
+    mail = []
     async with unit(request.config_dict[DB]) as db:
-        signed_in = await browser.current(request, db)
-        if signed_in is None:
-            return redirect("/sign-in", 303)
-        account = signed_in.account
-        if not account.email_verified:
-            mail.append(await links.verification(db, settings, account))
+        current = await browser.current(request, db)
+        if current is None:
+            return redirect("/sign-in?next=/account", 303)
+        if not current.account.email_verified:
+            mail.append(await links.verification(db, settings, current.account))
         after_commit.mail(db, request, mail)
-    return render(
-        request,
-        "message.html",
-        {"title": "Check your email", "message": f"We sent a new confirmation link to {account.email}."},
-    )
+    if not mail:
+        return render(request, "message.html", {"title": "Already confirmed", "message": "Your email address is already confirmed.", "next": "/account"})
+    context = {"title": "Check your email", "message": f"We sent a new confirmation link to {current.account.email}.", "next": "/account"}
+    return render(request, "message.html", context)
 
 
 async def guardian_page(request: web.Request) -> web.Response:
@@ -165,7 +213,7 @@ async def guardian_confirm(request: web.Request) -> web.Response:
         now = utcnow()
         used = await links.consume(db, field(form, "token", 100), "guardian_consent", now=now)
         if used is None:
-            return render(request, "message.html", _dead_link(), status=400)
+            return render(request, "message.html", _dead_link("guardian_consent", False), status=400)
         account = await db.get(Account, used.account_id, with_for_update=True)
         if account is not None and account.status == AccountStatus.PENDING_GUARDIAN:
             await children.lift(db, account, now, by_guardian=True)

@@ -9,9 +9,12 @@ from identity.pages import (
     email_change,
     linked_services,
     password,
+    policy,
     privacy,
     register,
+    sessions,
     sign_in,
+    two_step,
 )
 from identity.pages import rights as rights_pages
 from identity.web.responses import redirect
@@ -29,9 +32,12 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/i/{uid}/consent", sign_in.interaction_consent)
     # Pages
     r.add_get("/", home)
+    r.add_get("/privacy", policy.privacy_page)
     r.add_get("/sign-in", sign_in.sign_in_page)
     r.add_post("/sign-in", sign_in.sign_in)
     r.add_post("/sign-out", sign_in.sign_out)
+    r.add_get("/sign-in/code", two_step.code_page)
+    r.add_post("/sign-in/code", two_step.code)
     r.add_get("/register", register.register_page)
     r.add_post("/register", register.register)
     r.add_get("/verify-email", register.verify_email_page)
@@ -59,5 +65,11 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/account/cancel", linked_services.cancel_page)
     r.add_get("/account/password", password.change_page)
     r.add_post("/account/password", password.change)
+    r.add_get("/account/two-step", two_step.settings_page)
+    r.add_post("/account/two-step", two_step.enrol)
+    r.add_post("/account/two-step/recovery-codes", two_step.new_recovery_codes)
+    r.add_post("/account/two-step/remove", two_step.remove)
+    r.add_post("/account/sessions/end", sessions.end_one)
+    r.add_post("/account/sessions/end-all", sessions.end_all)
     r.add_get("/account/rights", rights_pages.rights_page)
     r.add_post("/account/rights", rights_pages.open_from_page)

@@ -6,12 +6,13 @@ address, the known-browser cookie) and starts the browser's session."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity.accounts import devices, throttle
+from identity.accounts import devices, second_factor, throttle
 from identity.accounts.sign_in import (
     Attempt,
     SignInRefused,
@@ -22,16 +23,16 @@ from identity.accounts.sign_in import (
     sign_in_at_once,
     wrong,
 )
-from identity.appkeys import DB, HASHER, HASHING, PROVIDER, SECRET, SETTINGS
+from identity.appkeys import CIPHER, DB, HASHER, HASHING, PROVIDER, SECRET, SETTINGS
 from identity.db import dialect
 from identity.db.engine import autocommit
 from identity.db.models import Service
 from identity.db.units import unit
-from identity.oidc import interactions, scopes
+from identity.oidc import assurance, interactions, scopes
 from identity.oidc.logout import end_session
 from identity.pages.common import client_address, field, render
 from identity.web import after_commit, browser, csrf
-from identity.web.cookies import DEVICE, INTERACTION
+from identity.web.cookies import DEVICE, INTERACTION, SECOND_FACTOR
 from identity.web.responses import expired_interaction, redirect, safe_next
 
 #: How long a browser is remembered for the accounts signed in with it.
@@ -45,6 +46,14 @@ class SignedIn:
 
     secret: str
     device_cookie: str | None
+
+
+@dataclass
+class SecondFactorDue:
+    """The password was right and the account has a second factor: no session yet. The sealed
+    cookie value that names the account until the code is given (``identity.pages.two_step``)."""
+
+    pending: str
 
 
 def attempt_keys(request: web.Request, email: str) -> throttle.Keys:
@@ -63,8 +72,9 @@ async def _check(request: web.Request, attempt: Attempt, password: str) -> bool:
     return await check_password(request.config_dict[HASHING], request.config_dict[HASHER], attempt, password)
 
 
-async def attempt_sign_in(request: web.Request, email: str, password: str) -> SignedIn | SignInRefused:
-    """Check credentials under throttling and, when right, start a new hub session."""
+async def attempt_sign_in(request: web.Request, email: str, password: str) -> SignedIn | SecondFactorDue | SignInRefused:
+    """Check credentials under throttling and, when right, start a new hub session, or, for an
+    account with a second factor, ask for it first."""
     sessions = request.config_dict[DB]
     try:
         async with autocommit(sessions) as db:
@@ -72,20 +82,33 @@ async def attempt_sign_in(request: web.Request, email: str, password: str) -> Si
     except SignInRefused as refused:
         return refused
     ok = await _check(request, attempt, password)
-    device = devices.remember(request.config_dict[SECRET], DEVICE.read(request), attempt.keys.account) if ok else None
-    if ok and _plain(request, attempt) and dialect.opens_postgres(sessions):
+    due = ok and attempt.account_id is not None and await _second_factor_due(request, attempt.account_id)
+    device = devices.remember(request.config_dict[SECRET], DEVICE.read(request), attempt.keys.account) if ok and not due else None
+    if ok and not due and _plain(request, attempt) and dialect.opens_postgres(sessions):
         return SignedIn(await _sign_in_at_once(request, attempt), device)
     async with unit(sessions) as db:
         outcome = await finish_attempt(db, attempt, ok, address=client_address(request))
         if isinstance(outcome, SignInRefused):
             return outcome
-        previous = await browser.current(request, db)
-        if previous is not None:
-            # The browser's earlier session ends here; its services hear of it as at sign-out.
-            settings = request.config_dict[SETTINGS]
-            after_commit.logout(db, request, await end_session(db, request.config_dict[PROVIDER].keys, settings.issuer, previous.session))
-        secret = await browser.start(db, request, outcome)
+        if due:
+            return SecondFactorDue(second_factor.pending(request.config_dict[CIPHER], outcome))
+        secret = await start_session(request, db, outcome, "pwd")
     return SignedIn(secret, device)
+
+
+async def _second_factor_due(request: web.Request, account_id: int) -> bool:
+    async with autocommit(request.config_dict[DB]) as db:
+        return await second_factor.enrolled(db, account_id)
+
+
+async def start_session(request: web.Request, db: AsyncSession, account_id: int, amr: str) -> str:
+    """A new hub session for the account; the browser's earlier one ends (its services hear of
+    it as at sign-out)."""
+    previous = await browser.current(request, db)
+    if previous is not None:
+        settings = request.config_dict[SETTINGS]
+        after_commit.logout(db, request, await end_session(db, request.config_dict[PROVIDER].keys, settings.issuer, previous.session))
+    return await browser.start(db, request, account_id, amr)
 
 
 def set_cookies(request: web.Request, response: web.StreamResponse, signed_in: SignedIn) -> None:
@@ -156,6 +179,12 @@ async def _sign_in_at_once(request: web.Request, attempt: Attempt) -> str:
     return secret
 
 
+def ask_second_factor(request: web.Request, due: SecondFactorDue, target: str) -> web.StreamResponse:
+    response = redirect(f"/sign-in/code?next={quote(target, safe='/')}", 303)
+    SECOND_FACTOR.set(request, response, due.pending, max_age=second_factor.PENDING_SECONDS)
+    return response
+
+
 async def sign_in_page(request: web.Request) -> web.Response:
     return render(request, "sign_in.html", {"next": safe_next(request.query.get("next")), "action": "/sign-in"})
 
@@ -168,6 +197,8 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     if isinstance(outcome, SignInRefused):
         context = {"next": target, "action": "/sign-in", "email": email, "error": outcome.message}
         return render(request, "sign_in.html", context, status=outcome.status)
+    if isinstance(outcome, SecondFactorDue):
+        return ask_second_factor(request, outcome, target)
     response = redirect(target, 303)
     set_cookies(request, response, outcome)
     return response
@@ -203,6 +234,8 @@ async def interaction_page(request: web.Request) -> web.StreamResponse:
                 {"action": f"/i/{uid}/login", "service": service, "register_next": f"/i/{uid}"},
             )
         assert signed_in is not None
+        if assurance.needs_second_factor(details.acr_values, signed_in.session.amr):
+            return await _step_up(request, db, uid, service, signed_in)
         requested = scopes.split(details.scope)
         return render(
             request,
@@ -211,9 +244,28 @@ async def interaction_page(request: web.Request) -> web.StreamResponse:
                 "uid": uid,
                 "service": service,
                 "email": signed_in.account.email,
-                "scopes": [(s, scopes.SCOPE_DESCRIPTIONS.get(s, s)) for s in requested],
+                "scopes": scopes.described(requested),
             },
         )
+
+
+async def _step_up(request: web.Request, db: AsyncSession, uid: str, service: str, signed_in: browser.SignedIn) -> web.StreamResponse:
+    """The service asked for two steps and this session had one: the code, or how to set it up."""
+    if not await second_factor.enrolled(db, signed_in.account.id):
+        context = {
+            "title": "Set up two-step sign-in first",
+            "message": f"{service} asks you to sign in with two steps: your password and a code from an authenticator "
+            "app. Set up two-step sign-in on your account page, then come back here to continue.",
+            "next": "/account/two-step",
+            "next_label": "Set up two-step sign-in",
+            "also": {"href": f"/i/{uid}", "label": f"I have set it up: continue to {service}"},
+        }
+        return render(request, "message.html", context, status=403)
+    context = {"next": f"/i/{uid}/resume", "service": service, "step_up": True}
+    response = render(request, "sign_in_code.html", context)
+    sealed = second_factor.pending(request.config_dict[CIPHER], signed_in.account.id, step_up=True)
+    SECOND_FACTOR.set(request, response, sealed, max_age=second_factor.PENDING_SECONDS)
+    return response
 
 
 async def interaction_login(request: web.Request) -> web.StreamResponse:
@@ -235,6 +287,8 @@ async def interaction_login(request: web.Request) -> web.StreamResponse:
             "register_next": f"/i/{uid}",
         }
         return render(request, "sign_in.html", context, status=outcome.status)
+    if isinstance(outcome, SecondFactorDue):
+        return ask_second_factor(request, outcome, f"/i/{uid}/resume")
     response = redirect(f"/i/{uid}/resume", 303)
     set_cookies(request, response, outcome)
     return response

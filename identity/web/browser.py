@@ -53,7 +53,7 @@ async def current(request: web.Request, db: AsyncSession) -> SignedIn | None:
     return SignedIn(row, account)
 
 
-def new_session(request: web.Request, account_id: int) -> tuple[dict[str, object], str]:
+def new_session(request: web.Request, account_id: int, amr: str = "pwd") -> tuple[dict[str, object], str]:
     """The row of a new session for the account, and the cookie secret that names it."""
     settings = request.config_dict[SETTINGS]
     now = utcnow()
@@ -66,14 +66,26 @@ def new_session(request: web.Request, account_id: int) -> tuple[dict[str, object
         "created_at": now,
         "last_seen_at": now,
         "expires_at": now + dt.timedelta(seconds=settings.session_ttl),
+        "amr": amr,
+        "user_agent": request.headers.get("User-Agent", "")[:300] or None,
     }
     return row, secret
 
 
-async def start(db: AsyncSession, request: web.Request, account_id: int) -> str:
-    """Create a session for the account; return the cookie secret to set."""
-    row, secret = new_session(request, account_id)
+async def start(db: AsyncSession, request: web.Request, account_id: int, amr: str = "pwd") -> str:
+    """Create a session for the account (``amr``: how the person proved who they are); return
+    the cookie secret to set."""
+    row, secret = new_session(request, account_id, amr)
     await db.execute(insert(BrowserSession).values(**row))
+    return secret
+
+
+async def step_up(db: AsyncSession, session: BrowserSession, amr: str) -> str:
+    """The session, now also proved by ``amr`` (a second factor given for a service that asked
+    for it): kept, with its ``sid`` and services, under a new cookie secret. Returns the secret."""
+    secret = new_secret()
+    session.secret_hash, session.amr = digest(secret), amr
+    await db.flush()
     return secret
 
 

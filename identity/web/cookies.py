@@ -68,3 +68,5 @@ INTERACTION = Cookie("osi_interaction", scope="path")
 CONSOLE = Cookie("osi_console", scope="path", samesite="Strict")
 #: A console sign-in under way (state, nonce, PKCE verifier, sealed), scoped to ``/support``.
 CONSOLE_LOGIN = Cookie("osi_console_login", scope="path")
+#: A password sign-in waiting for its second factor (the account, sealed, for five minutes).
+SECOND_FACTOR = Cookie("osi_second_factor", samesite="Strict")

@@ -27,10 +27,12 @@ from identity.db.models import (
     RightsRequest,
     RightsRequestEvent,
     Service,
+    SecondFactor,
     StaffMember,
     Token,
     utcnow,
 )
+from identity.accounts.second_factor import seal_totp as seal_person_totp
 from identity.support.staff import seal_totp
 from schemas.events import LinkCreated, LinkRevoked, LinkRevokedData
 from schemas.export import AccountExport
@@ -38,6 +40,7 @@ from sync import fanout
 from tests.support import Browser, Hub, RelyingParty, form, sign_in_through
 
 TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+PERSON_TOTP = "KRSXG5CTMVRXEZLUKRSXG5CTMVRXEZLU"
 
 #: Where each table holding rows about a person appears in the export.
 SECTIONS = {
@@ -59,6 +62,7 @@ SECTIONS = {
     "audit_records": "audit",
     "staff": "staff",
     "console_sessions": "staff",
+    "second_factors": "second_factor",
 }
 
 
@@ -123,6 +127,7 @@ async def _populate(hub: Hub, browser: Browser) -> tuple[str, dict[str, Any], Re
         staff = StaffMember(account_id=account.id, role="agent", totp_secret=seal_totp(hub.app[CIPHER], TOTP_SECRET, account.id), created_at=now)
         db.add(staff)
         await db.flush()
+        db.add(SecondFactor(account_id=account.id, totp_secret=seal_person_totp(hub.app[CIPHER], PERSON_TOTP, account.id), recovery_codes=["d" * 64], created_at=now, confirmed_at=now))
         db.add(ConsoleSession(secret_hash="c" * 64, staff_id=staff.id, stage="active", created_at=now, last_seen_at=now, expires_at=now + dt.timedelta(hours=1)))
     return account.sub, token, rp
 
@@ -142,6 +147,8 @@ async def _secrets(hub: Hub, sub: str) -> list[str]:
                 found += [getattr(row, c) for c in columns if getattr(row, c)]
         for staff in (await db.scalars(select(StaffMember).where(StaffMember.account_id == account.id))).all():
             found += [staff.totp_secret, TOTP_SECRET, "c" * 64]
+        for factor in (await db.scalars(select(SecondFactor).where(SecondFactor.account_id == account.id))).all():
+            found += [factor.totp_secret, PERSON_TOTP, *factor.recovery_codes]
     return found
 
 
@@ -171,7 +178,8 @@ async def test_the_download_is_complete_valid_and_holds_no_secret(hub: Hub, brow
     assert [c.fields for c in exported.changes][:1] == [["created"]]
     assert any("given_name" in c.fields and c.channel == "person" for c in exported.changes)
     assert {m.purpose for m in exported.mailed_links} == {"reset_password"}
-    assert exported.sessions[0].services[0].name == "Store"
+    assert exported.sessions[0].services[0].name == "Store" and exported.sessions[0].amr == ["pwd"]
+    assert exported.second_factor is not None and exported.second_factor.recovery_codes_left == 1
     # Only the records naming her: which agent viewed the account, and why.
     assert [(a.actor, a.action, a.reason) for a in exported.audit] == [("agent@example.com", "account.viewed", "call 42")]
 

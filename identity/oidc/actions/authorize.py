@@ -34,7 +34,7 @@ from identity.db.models import (
     utcnow,
 )
 from identity.db.upsert import ensure_row
-from identity.oidc import consents, interactions, pushed, scopes
+from identity.oidc import assurance, consents, interactions, pushed, scopes
 from identity.oidc.adapter import HubOAuth2Request, read_request
 from identity.oidc.client import ServiceClient
 from identity.pages.common import render
@@ -141,6 +141,12 @@ async def _authorize(
     if not account.may_be_shared:
         return fail("access_denied", "The account is waiting for a guardian's consent.")
 
+    if assurance.needs_second_factor(data.get("acr_values"), signed_in.session.amr):
+        # Step-up: the interaction page asks for the code (or says how to set one up).
+        if "none" in prompts:
+            return fail("interaction_required", "The service asks for two-step sign-in.")
+        return await _interact(request, db, oauth_request, interaction)
+
     if not account.email_verified and request.config_dict[SETTINGS].require_verified_email:
         # No service is linked to an address nobody has proved they own (no pre-account takeover).
         if "none" in prompts:
@@ -157,7 +163,7 @@ async def _authorize(
     if client.first_party:
         # The hub's own client (the support console): the person is using the hub itself, so
         # there is nothing to consent to, and no member service to link.
-        oauth_request.hub = {"auth_time": signed_in.auth_time, "sid": signed_in.session.sid}
+        oauth_request.hub = {"auth_time": signed_in.auth_time, "sid": signed_in.session.sid, "amr": signed_in.session.amr}
         return _answered(
             await provider.run(db, lambda: provider.create_authorization_response(oauth_request, grant_user=account, grant=grant))
         )
@@ -177,7 +183,7 @@ async def _authorize(
 
     await link_lifecycle.link(db, account_id=account.id, service_id=client.id, scope=oauth_request.scope, now=now)
     await _remember_service(db, signed_in.session.id, client.id)
-    oauth_request.hub = {"auth_time": signed_in.auth_time, "sid": signed_in.session.sid}
+    oauth_request.hub = {"auth_time": signed_in.auth_time, "sid": signed_in.session.sid, "amr": signed_in.session.amr}
     response = await provider.run(
         db, lambda: provider.create_authorization_response(oauth_request, grant_user=account, grant=grant)
     )

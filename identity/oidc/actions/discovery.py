@@ -7,14 +7,14 @@ from typing import Any
 from aiohttp import web
 
 from identity.appkeys import PROVIDER, SETTINGS
-from identity.oidc import scopes
+from identity.oidc import assurance, scopes
 from identity.oidc.client_auth import SIGNING_ALGORITHMS
 from identity.oidc.grants import CLIENT_AUTH_METHODS, INTROSPECTION_AUTH_METHODS
 from identity.oidc.keys import ALGORITHMS
 
 
 def metadata(issuer: str) -> dict[str, Any]:
-    claims = sorted({c for names in scopes.SCOPE_CLAIMS.values() for c in names} | {"iss", "aud", "exp", "iat", "auth_time", "nonce", "sid", "at_hash"})
+    claims = sorted({c for names in scopes.SCOPE_CLAIMS.values() for c in names} | {"iss", "aud", "exp", "iat", "auth_time", "nonce", "sid", "at_hash", "acr", "amr"})
     return {
         "issuer": issuer,
         "authorization_endpoint": f"{issuer}/authorize",
@@ -41,6 +41,7 @@ def metadata(issuer: str) -> dict[str, Any]:
         "introspection_endpoint_auth_signing_alg_values_supported": list(SIGNING_ALGORITHMS),
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": claims,
+        "acr_values_supported": list(assurance.ACR_VALUES),
         "claims_parameter_supported": False,
         "request_parameter_supported": False,
         "request_uri_parameter_supported": False,

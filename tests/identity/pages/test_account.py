@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from identity.appkeys import DB
 from identity.db.models import Account, AccountChange
+from identity.oidc import scopes
 from tests.support import Browser, Hub, RelyingParty, form, sign_in_through
 
 
@@ -152,7 +153,11 @@ async def test_linked_services_are_listed_after_authorization(hub: Hub, browser:
     await sign_in_through(rp, browser)
     page = await browser.go("/account")
     assert "You have not signed in to any member service yet." not in page.text
-    assert "<td>Garden Centre</td><td>active</td><td>openid profile email offline_access</td>" in page.text
+    row = page.text.split('<th scope="row" data-label="Service">Garden Centre</th>')[1].split("</tr>")[0]
+    assert '<td data-label="Status">Linked</td>' in row
+    # The scopes in the same plain words as the consent page (one mapping for both).
+    for _, words in scopes.described("openid profile email offline_access"):
+        assert f"<li>{words}</li>" in row
 
 
 async def test_marketing_opt_in_records_the_time(hub: Hub, signed_in: str, browser: Browser) -> None:
