@@ -56,6 +56,8 @@ class ServiceClient(ClientMixin):
     jwks_uri: str | None = None
     #: Authorization requests only through PAR (RFC 9126 section 6).
     require_par: bool = False
+    #: Tokens only bound to a DPoP key (RFC 9449): a token request without a proof is refused.
+    require_dpop: bool = False
 
     @classmethod
     def from_row(cls, row: Service) -> ServiceClient:
@@ -76,6 +78,7 @@ class ServiceClient(ClientMixin):
             jwks=row.jwks,
             jwks_uri=row.jwks_uri,
             require_par=bool(row.require_par),
+            require_dpop=bool(row.require_dpop),
         )
 
     @property

@@ -34,7 +34,8 @@ from identity.db.models import (
     utcnow,
 )
 from identity.db.upsert import ensure_row
-from identity.oidc import consents, interactions, pushed, scopes
+from identity.oidc import consents, interactions, pushed, request_objects, scopes
+from identity.oidc.actions.token import request_object_keys_ready
 from identity.oidc.adapter import HubOAuth2Request, read_request
 from identity.oidc.client import ServiceClient
 from identity.pages.common import render
@@ -67,8 +68,38 @@ async def authorize(request: web.Request) -> web.StreamResponse:
             oauth_request = HubOAuth2Request("GET", issuer + "/authorize", request.headers, query=params)
         elif await _must_push(request, db, data.get("client_id")):
             return error_page(request, "invalid_request", "This service must push its authorization requests (PAR).")
+        elif "request" in data and request_objects.is_signed(data["request"]):
+            # RFC 9101 section 6.3: the signed object's parameters, and nothing sent beside them.
+            opened = await _open_request_object(request, db, data.get("client_id"), data["request"])
+            if isinstance(opened, web.StreamResponse):
+                return opened
+            oauth_request = HubOAuth2Request("GET", issuer + "/authorize", request.headers, query=opened)
         signed_in = await browser.current(request, db)
         return (await _authorize(request, db, oauth_request, signed_in, interactions.Decision())).response
+
+
+async def _open_request_object(
+    request: web.Request, db: AsyncSession, client_id: str | None, request_object: str
+) -> list[tuple[str, str]] | web.StreamResponse:
+    """The parameters inside a signed request object, or the error page that refuses it (its
+    redirect URI cannot be trusted before the object is verified)."""
+    if not client_id:
+        return error_page(request, "invalid_request", "Send client_id beside the request object.")
+    await request_object_keys_ready(request, client_id, request_object)
+    provider = request.config_dict[PROVIDER]
+    issuer = request.config_dict[SETTINGS].issuer
+
+    def open_object() -> list[tuple[str, str]]:
+        client = provider.query_client(client_id)
+        if client is None:
+            raise request_objects.InvalidRequestObject("The service is unknown.")
+        return request_objects.verify(request_object, client, provider.client_keys.keys_for(client), issuer)
+
+    try:
+        params = await provider.run(db, open_object)
+    except OAuth2Error as error:
+        return error_page(request, error.error, error.description or "")
+    return [("client_id", client_id), *((k, v) for k, v in params if k != "client_id")]
 
 
 async def _must_push(request: web.Request, db: AsyncSession, client_id: str | None) -> bool:
