@@ -1,7 +1,9 @@
 """The authorization endpoint (OIDC Core 3.1.2), as an ordered list of steps:
 
-1. validate the request with authlib (client, exact redirect URI, response type, no request
-   object, scope, S256 PKCE); errors go back to a trusted redirect URI, else to an error page;
+1. take the request's parameters from a pushed request (RFC 9126) or a signed request object
+   (RFC 9101: ``identity.oidc.request_objects``) when it names one, then validate it with
+   authlib (client, exact redirect URI, response type, no unsigned request object, scope, S256
+   PKCE); errors go back to a trusted redirect URI, else to an error page;
 2. decide whether the person must sign in (no session, ``prompt=login``, ``max_age``);
 3. decide whether they must consent (nothing remembered covers the scopes, ``prompt=consent``,
    or a public client whose redirect URI cannot prove who it is: RFC 8252 section 8.6);
@@ -59,6 +61,9 @@ async def authorize(request: web.Request) -> web.StreamResponse:
     issuer = request.config_dict[SETTINGS].issuer
     oauth_request = await read_request(request, issuer)
     data = oauth_request.payload.data
+    if "request" in data and data.get("client_id") and request_objects.is_signed(data["request"]):
+        # Before the unit of work: the keys may have to be read or fetched first.
+        await request_object_keys_ready(request, data["client_id"], data["request"])
     async with request.config_dict[DB].begin() as db:
         if pushed.is_pushed(data.get("request_uri")):
             # RFC 9126 section 4: the pushed request's parameters, and nothing sent beside them.
@@ -85,7 +90,6 @@ async def _open_request_object(
     redirect URI cannot be trusted before the object is verified)."""
     if not client_id:
         return error_page(request, "invalid_request", "Send client_id beside the request object.")
-    await request_object_keys_ready(request, client_id, request_object)
     provider = request.config_dict[PROVIDER]
     issuer = request.config_dict[SETTINGS].issuer
 
