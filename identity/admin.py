@@ -90,6 +90,7 @@ async def add_service(
     jwks_uri: str | None = None,
     require_par: bool = False,
     require_dpop: bool = False,
+    require_signed_request_object: bool = False,
 ) -> NewService:
     """Register a member service. A webhook secret is encrypted with ``cipher`` (the hub's
     key cipher), which is needed when ``webhook_url`` is given. A service authenticating with
@@ -151,6 +152,7 @@ async def add_service(
             jwks_uri=keys_uri,
             require_par=require_par,
             require_dpop=require_dpop,
+            require_signed_request_object=require_signed_request_object,
         )
     )
     await db.flush()
@@ -174,6 +176,7 @@ async def update_service_client(
     jwks_uri: str | None = None,
     require_par: bool | None = None,
     require_dpop: bool | None = None,
+    require_signed_request_object: bool | None = None,
 ) -> UpdatedClient:
     """Change how a service authenticates and what it must use (None leaves a setting as it is).
     A service moving to a secret method from another gets a new secret; one moving away from
@@ -212,6 +215,8 @@ async def update_service_client(
         service.require_par = require_par
     if require_dpop is not None:
         service.require_dpop = require_dpop
+    if require_signed_request_object is not None:
+        service.require_signed_request_object = require_signed_request_object
     await db.flush()
     return updated
 

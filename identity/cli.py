@@ -75,6 +75,7 @@ def cmd_services_add(settings: Settings, args: argparse.Namespace) -> dict[str, 
             jwks_uri=args.jwks_uri,
             require_par=args.require_par,
             require_dpop=args.require_dpop,
+            require_signed_request_object=args.require_signed_request_object,
         )
         out: dict[str, Any] = {"client_id": service.client_id}
         if service.client_secret is not None:
@@ -130,7 +131,10 @@ def cmd_services_update(settings: Settings, args: argparse.Namespace) -> dict[st
             out["cancellation_url"] = service.cancellation_url
             out["cancellation_instructions"] = service.cancellation_instructions
         jwks = _jwks_argument(args)
-        client_settings = (args.token_endpoint_auth_method, args.application_type, jwks, args.jwks_uri, args.require_par, args.require_dpop)
+        client_settings = (
+            args.token_endpoint_auth_method, args.application_type, jwks, args.jwks_uri,
+            args.require_par, args.require_dpop, args.require_signed_request_object,
+        )
         if any(v is not None for v in client_settings):
             changed = await admin.update_service_client(
                 db,
@@ -141,6 +145,7 @@ def cmd_services_update(settings: Settings, args: argparse.Namespace) -> dict[st
                 jwks_uri=args.jwks_uri,
                 require_par=args.require_par,
                 require_dpop=args.require_dpop,
+                require_signed_request_object=args.require_signed_request_object,
             )
             row = changed.service
             out |= {
@@ -149,6 +154,7 @@ def cmd_services_update(settings: Settings, args: argparse.Namespace) -> dict[st
                 "jwks_uri": row.jwks_uri,
                 "require_par": row.require_par,
                 "require_dpop": row.require_dpop,
+                "require_signed_request_object": row.require_signed_request_object,
             }
             if changed.client_secret is not None:
                 out["client_secret"] = changed.client_secret
@@ -706,6 +712,10 @@ def parser() -> argparse.ArgumentParser:
         "--require-dpop", action="store_true",
         help="issue this service only DPoP-bound tokens (RFC 9449): a token request without a DPoP proof is refused",
     )
+    add_service.add_argument(
+        "--require-signed-request-object", action="store_true",
+        help="accept this service's authorization requests only as request objects signed with its keys (RFC 9101)",
+    )
     add_service.set_defaults(func=cmd_services_add)
 
     update_service = services_sub.add_parser(
@@ -738,6 +748,15 @@ def parser() -> argparse.ArgumentParser:
     bound = update_service.add_mutually_exclusive_group()
     bound.add_argument("--require-dpop", dest="require_dpop", action="store_true", default=None, help="issue only DPoP-bound tokens")
     bound.add_argument("--no-require-dpop", dest="require_dpop", action="store_false", help="issue Bearer tokens to requests without a DPoP proof")
+    signed = update_service.add_mutually_exclusive_group()
+    signed.add_argument(
+        "--require-signed-request-object", dest="require_signed_request_object", action="store_true", default=None,
+        help="accept only authorization requests sent as signed request objects",
+    )
+    signed.add_argument(
+        "--no-require-signed-request-object", dest="require_signed_request_object", action="store_false",
+        help="accept plain authorization requests too",
+    )
     update_service.set_defaults(func=cmd_services_update)
 
     sync_cmd = sub.add_parser("sync", help="inspect and steer profile sync", description="Inspect and steer profile sync.")

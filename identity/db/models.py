@@ -245,6 +245,8 @@ class Service(Base):
     require_par: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     #: Tokens only bound to a key with DPoP (RFC 9449).
     require_dpop: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: Authorization requests only as signed request objects (RFC 9101 section 10.5).
+    require_signed_request_object: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class PushedRequest(Base):

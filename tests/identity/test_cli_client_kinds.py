@@ -146,8 +146,9 @@ def update(env: dict[str, str], client_id: str, *args: str) -> subprocess.Comple
 
 
 async def test_require_dpop(hub: Hub, env: dict[str, str]) -> None:
-    out = printed(add(env, "--redirect-uri", "https://app.example/cb", "--require-dpop"))
+    out = printed(add(env, "--redirect-uri", "https://app.example/cb", "--require-dpop", "--require-signed-request-object"))
     assert (await stored(hub, out["client_id"])).require_dpop is True
+    assert (await stored(hub, out["client_id"])).require_signed_request_object is True
     assert (await stored(hub, printed(add(env, "--redirect-uri", "https://app.example/cb"))["client_id"])).require_dpop is False
 
 
@@ -201,6 +202,10 @@ async def test_update_switches_requirements_and_application_type(hub: Hub, env: 
     assert (row.require_par, row.require_dpop) == (False, True)
     printed(update(env, client_id, "--no-require-dpop"))
     assert (await stored(hub, client_id)).require_dpop is False
+    assert printed(update(env, client_id, "--require-signed-request-object"))["require_signed_request_object"] is True
+    assert (await stored(hub, client_id)).require_signed_request_object is True
+    printed(update(env, client_id, "--no-require-signed-request-object"))
+    assert (await stored(hub, client_id)).require_signed_request_object is False
 
 
 async def test_update_refusals(hub: Hub, env: dict[str, str]) -> None:

@@ -71,14 +71,19 @@ async def authorize(request: web.Request) -> web.StreamResponse:
             if params is None:
                 return error_page(request, "invalid_request_uri", "The pushed request is unknown, expired or already used.")
             oauth_request = HubOAuth2Request("GET", issuer + "/authorize", request.headers, query=params)
-        elif await _must_push(request, db, data.get("client_id")):
-            return error_page(request, "invalid_request", "This service must push its authorization requests (PAR).")
-        elif "request" in data and request_objects.is_signed(data["request"]):
-            # RFC 9101 section 6.3: the signed object's parameters, and nothing sent beside them.
-            opened = await _open_request_object(request, db, data.get("client_id"), data["request"])
-            if isinstance(opened, web.StreamResponse):
-                return opened
-            oauth_request = HubOAuth2Request("GET", issuer + "/authorize", request.headers, query=opened)
+        else:
+            # (A pushed request of a service that must sign its requests was checked when pushed.)
+            client = await _client(request, db, data.get("client_id"))
+            if client is not None and client.require_par:
+                return error_page(request, "invalid_request", "This service must push its authorization requests (PAR).")
+            if "request" in data and request_objects.is_signed(data["request"]):
+                # RFC 9101 section 6.3: the signed object's parameters, and nothing sent beside them.
+                opened = await _open_request_object(request, db, data.get("client_id"), data["request"])
+                if isinstance(opened, web.StreamResponse):
+                    return opened
+                oauth_request = HubOAuth2Request("GET", issuer + "/authorize", request.headers, query=opened)
+            elif client is not None and client.require_signed_request_object:
+                return error_page(request, "invalid_request", "This service must send its requests as signed request objects.")
         signed_in = await browser.current(request, db)
         return (await _authorize(request, db, oauth_request, signed_in, interactions.Decision())).response
 
@@ -106,12 +111,11 @@ async def _open_request_object(
     return [("client_id", client_id), *((k, v) for k, v in params if k != "client_id")]
 
 
-async def _must_push(request: web.Request, db: AsyncSession, client_id: str | None) -> bool:
+async def _client(request: web.Request, db: AsyncSession, client_id: str | None) -> ServiceClient | None:
     if not client_id:
-        return False
+        return None
     provider = request.config_dict[PROVIDER]
-    client = await provider.run(db, lambda: provider.query_client(client_id))
-    return client is not None and client.require_par
+    return await provider.run(db, lambda: provider.query_client(client_id))
 
 
 async def resume(request: web.Request) -> web.StreamResponse:

@@ -46,6 +46,8 @@ def metadata(issuer: str) -> dict[str, Any]:
         "request_parameter_supported": True,
         "request_object_signing_alg_values_supported": list(request_objects.ALGORITHMS),
         "request_uri_parameter_supported": False,
+        # Each service may be made to sign its requests (services add --require-signed-request-object).
+        "require_signed_request_object": False,
         "dpop_signing_alg_values_supported": list(dpop.ALGORITHMS),
         "prompt_values_supported": ["none", "login", "consent"],
         "authorization_response_iss_parameter_supported": True,

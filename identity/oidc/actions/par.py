@@ -38,6 +38,8 @@ async def pushed_authorization_request(request: web.Request) -> web.StreamRespon
             params = [(k, v) for k, v in oauth_request.form.items() if k not in pushed.CLIENT_AUTH_PARAMS]
             if request_object is not None:
                 params = _inside(request_object, client, params)
+            elif client.require_signed_request_object:
+                raise InvalidRequestError("This service must send its requests as signed request objects.")
             if proof is not None:
                 dpop.remember(proof)
                 stated_jkt = [v for k, v in params if k == "dpop_jkt"]

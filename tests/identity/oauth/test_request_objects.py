@@ -139,3 +139,28 @@ async def test_discovery_says_request_objects_are_supported(hub: Hub, signer: tu
     assert rp.metadata["request_uri_parameter_supported"] is False
     assert "ES256" in rp.metadata["request_object_signing_alg_values_supported"]
     assert "none" not in rp.metadata["request_object_signing_alg_values_supported"]
+    assert rp.metadata["require_signed_request_object"] is False  # per service
+
+
+async def test_a_service_may_be_made_to_sign_its_requests(hub: Hub, browser: Browser) -> None:
+    key = ECKey.generate_key("P-256")
+    key.ensure_kid()
+    created = await hub.add_service(
+        token_endpoint_auth_method="private_key_jwt", jwks={"keys": [key.as_dict(private=False)]}, require_signed_request_object=True
+    )
+    await hub.add_user(verified=True)
+    rp = RelyingParty(hub, created.client_id, None)
+    await rp.discover()
+    plain = f"{hub.url}/authorize?{urlencode({'client_id': rp.client_id, 'response_type': 'code', 'redirect_uri': rp.redirect_uri, 'scope': 'openid'})}"
+    assert is_error_page(await browser.go(plain), "invalid_request")
+    refused = await rp.post("/par", {"client_id": rp.client_id, "response_type": "code", "redirect_uri": rp.redirect_uri, **assertion(rp, key)}, auth=None)
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_request"
+
+    obj, kept = request_object(rp, key)
+    page = await through(browser, by_value(rp, obj))
+    assert page.status_code == 302 and query_params(page.headers["location"])["state"] == kept["state"]
+    obj, _ = request_object(rp, key)
+    pushed = await rp.post("/par", {"client_id": rp.client_id, "request": obj, **assertion(rp, key)}, auth=None)
+    assert pushed.status_code == 201, pushed.text
+    page = await through(browser, front_url(rp, pushed.json()["request_uri"]))
+    assert page.status_code == 302

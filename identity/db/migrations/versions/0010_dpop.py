@@ -1,4 +1,5 @@
-"""DPoP (RFC 9449): tokens and codes bound to a key, used proofs, services that require DPoP
+"""DPoP (RFC 9449): tokens and codes bound to a key, used proofs, services that require DPoP;
+services that require signed request objects (RFC 9101)
 
 Revision ID: 0010
 Revises: 0009
@@ -15,6 +16,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("services") as batch:
         batch.add_column(sa.Column("require_dpop", sa.Boolean(), server_default=sa.false(), nullable=False))
+        batch.add_column(sa.Column("require_signed_request_object", sa.Boolean(), server_default=sa.false(), nullable=False))
     with op.batch_alter_table("tokens") as batch:
         batch.add_column(sa.Column("dpop_jkt", sa.String(length=64), nullable=True))
     with op.batch_alter_table("authorization_codes") as batch:
@@ -36,4 +38,5 @@ def downgrade() -> None:
     with op.batch_alter_table("tokens") as batch:
         batch.drop_column("dpop_jkt")
     with op.batch_alter_table("services") as batch:
+        batch.drop_column("require_signed_request_object")
         batch.drop_column("require_dpop")
