@@ -79,6 +79,14 @@ async def test_a_bound_token_is_used_with_a_proof_of_its_key(hub: Hub, rp: Relyi
     # htu is compared without query or fragment.
     assert (await userinfo(hub, access, dpop=proof(key, "GET", url + "?x=1#f", access_token=access))).status_code == 200
 
+    # The hub's JSON API takes it the same way, and not as a Bearer token.
+    me = f"{hub.url}/api/v1/me"
+    async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as http:
+        api = await http.get("/api/v1/me", headers={"Authorization": f"DPoP {access}", "DPoP": proof(key, "GET", me, access_token=access)})
+        assert api.status_code == 200 and "ann@example.com" in api.text, api.text
+        plain = await http.get("/api/v1/me", headers={"Authorization": f"Bearer {access}"})
+        assert plain.status_code == 401 and plain.json()["error"] == "invalid_token"
+
     # Introspection tells the resource server which key (RFC 9449 section 6.2).
     seen = (await rp.post("/introspect", {"token": access})).json()
     assert seen["active"] and seen["token_type"] == "DPoP" and seen["cnf"] == {"jkt": key.thumbprint()}
