@@ -208,7 +208,8 @@ async def update_service_client(
     elif not method.has_secret:
         service.secret_hash = None
     service.token_endpoint_auth_method = method.value
-    service.grant_types = PUBLIC_GRANT_TYPES if method is AuthMethod.NONE else DEFAULT_GRANT_TYPES
+    if (method is AuthMethod.NONE) != (before is AuthMethod.NONE):
+        service.grant_types = PUBLIC_GRANT_TYPES if method is AuthMethod.NONE else DEFAULT_GRANT_TYPES
     service.application_type = kind
     service.jwks, service.jwks_uri = keys, keys_uri
     if require_par is not None:
