@@ -177,11 +177,13 @@ async def update_service_client(
     require_par: bool | None = None,
     require_dpop: bool | None = None,
     require_signed_request_object: bool | None = None,
+    remove_keys: bool = False,
 ) -> UpdatedClient:
     """Change how a service authenticates and what it must use (None leaves a setting as it is).
     A service moving to a secret method from another gets a new secret; one moving away from
     secrets loses its secret; a public client gets no client_credentials grant. New keys
-    replace the old ones (a private_key_jwt service always has one of a JWK Set or its URL)."""
+    replace the old ones, ``remove_keys`` drops them (a private_key_jwt service always has one
+    of a JWK Set or its URL); otherwise the service keeps its keys."""
     service = await db.scalar(select(Service).where(Service.client_id == client_id).with_for_update())
     if service is None:
         raise InvalidInput(f"no service with client_id {client_id!r}")
@@ -198,7 +200,9 @@ async def update_service_client(
             [redirects.check(u, native=kind == "native") for u in service.redirect_uris]
         except redirects.BadRedirectURI as exc:
             raise InvalidInput(f"the service's redirect URIs do not suit --application-type {kind}: {exc}") from None
-    if method is AuthMethod.PRIVATE_KEY_JWT and jwks is None and not jwks_uri:
+    if remove_keys and (jwks is not None or jwks_uri):
+        raise InvalidInput("--remove-jwks and new keys exclude each other")
+    if jwks is None and not jwks_uri and not remove_keys:
         jwks, jwks_uri = service.jwks, service.jwks_uri  # keep the keys it has (if any)
     keys, keys_uri = _client_keys(method, jwks, jwks_uri)
     updated = UpdatedClient(service)
@@ -223,13 +227,14 @@ async def update_service_client(
 
 
 def _client_keys(method: AuthMethod, jwks: dict[str, Any] | None, jwks_uri: str | None) -> tuple[dict[str, Any] | None, str | None]:
-    """A private_key_jwt service's public keys: exactly one of a JWK Set or its URL."""
-    if method is not AuthMethod.PRIVATE_KEY_JWT:
-        if jwks is not None or jwks_uri:
-            raise InvalidInput("--jwks, --jwks-file and --jwks-uri go with --token-endpoint-auth-method private_key_jwt")
-        return None, None
-    if (jwks is None) == (not jwks_uri):
+    """A service's public keys, at most one of a JWK Set or its URL: what its private_key_jwt
+    assertions (then required) and its signed request objects (any method) are verified with."""
+    if jwks is not None and jwks_uri:
+        raise InvalidInput("give one of --jwks, --jwks-file or --jwks-uri")
+    if method is AuthMethod.PRIVATE_KEY_JWT and jwks is None and not jwks_uri:
         raise InvalidInput("private_key_jwt needs the service's public keys: one of --jwks, --jwks-file or --jwks-uri")
+    if jwks is None and not jwks_uri:
+        return None, None
     if jwks_uri:
         uri = check_uri(jwks_uri, "--jwks-uri")
         if len(uri) > 2000:

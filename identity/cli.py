@@ -133,7 +133,7 @@ def cmd_services_update(settings: Settings, args: argparse.Namespace) -> dict[st
         jwks = _jwks_argument(args)
         client_settings = (
             args.token_endpoint_auth_method, args.application_type, jwks, args.jwks_uri,
-            args.require_par, args.require_dpop, args.require_signed_request_object,
+            args.require_par, args.require_dpop, args.require_signed_request_object, args.remove_jwks or None,
         )
         if any(v is not None for v in client_settings):
             changed = await admin.update_service_client(
@@ -146,6 +146,7 @@ def cmd_services_update(settings: Settings, args: argparse.Namespace) -> dict[st
                 require_par=args.require_par,
                 require_dpop=args.require_dpop,
                 require_signed_request_object=args.require_signed_request_object,
+                remove_keys=args.remove_jwks,
             )
             row = changed.service
             out |= {
@@ -701,9 +702,12 @@ def parser() -> argparse.ArgumentParser:
         "private-use schemes (com.example.app:/callback) are allowed",
     )
     keys = add_service.add_mutually_exclusive_group()
-    keys.add_argument("--jwks", metavar="JSON", help="private_key_jwt: the service's public keys, a JWK Set as JSON")
-    keys.add_argument("--jwks-file", metavar="PATH", help="private_key_jwt: a file holding the service's JWK Set")
-    keys.add_argument("--jwks-uri", metavar="URL", help="private_key_jwt: where the service publishes its JWK Set (https)")
+    keys.add_argument(
+        "--jwks", metavar="JSON",
+        help="the service's public keys, a JWK Set as JSON (required for private_key_jwt; any service's signed request objects)",
+    )
+    keys.add_argument("--jwks-file", metavar="PATH", help="a file holding the service's JWK Set (as --jwks)")
+    keys.add_argument("--jwks-uri", metavar="URL", help="where the service publishes its JWK Set (https; as --jwks)")
     add_service.add_argument(
         "--require-par", action="store_true",
         help="accept this service's authorization requests only when pushed first (RFC 9126, POST ISSUER/par)",
@@ -739,9 +743,10 @@ def parser() -> argparse.ArgumentParser:
     )
     update_service.add_argument("--application-type", choices=["web", "native"], help="web or native (RFC 8252)")
     new_keys = update_service.add_mutually_exclusive_group()
-    new_keys.add_argument("--jwks", metavar="JSON", help="private_key_jwt: replace the service's public keys with this JWK Set")
-    new_keys.add_argument("--jwks-file", metavar="PATH", help="private_key_jwt: replace its keys with the JWK Set in this file")
-    new_keys.add_argument("--jwks-uri", metavar="URL", help="private_key_jwt: fetch its keys from here from now on (https)")
+    new_keys.add_argument("--jwks", metavar="JSON", help="replace the service's public keys with this JWK Set")
+    new_keys.add_argument("--jwks-file", metavar="PATH", help="replace its keys with the JWK Set in this file")
+    new_keys.add_argument("--jwks-uri", metavar="URL", help="fetch its keys from here from now on (https)")
+    new_keys.add_argument("--remove-jwks", action="store_true", help="forget its keys (not for a private_key_jwt service)")
     par = update_service.add_mutually_exclusive_group()
     par.add_argument("--require-par", dest="require_par", action="store_true", default=None, help="accept only pushed authorization requests")
     par.add_argument("--no-require-par", dest="require_par", action="store_false", help="accept authorization requests sent either way")

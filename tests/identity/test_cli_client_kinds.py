@@ -96,6 +96,10 @@ async def test_private_key_jwt_inline_and_by_uri(hub: Hub, env: dict[str, str]) 
     )
     assert set(by_uri) == {"client_id"}
     assert (await stored(hub, by_uri["client_id"])).jwks_uri == "https://app.example/.well-known/jwks.json"
+    # Any service may register keys, for its signed request objects.
+    public = printed(add(env, "--redirect-uri", "https://app.example/cb", "--token-endpoint-auth-method", "none",
+                         "--jwks-uri", "https://app.example/.well-known/jwks.json"))
+    assert (await stored(hub, public["client_id"])).jwks_uri == "https://app.example/.well-known/jwks.json"
 
 
 async def test_secret_methods_print_a_secret(hub: Hub, env: dict[str, str]) -> None:
@@ -117,7 +121,6 @@ async def test_require_par(hub: Hub, env: dict[str, str]) -> None:
     ("args", "says"),
     [
         (["--token-endpoint-auth-method", "private_key_jwt"], "one of --jwks, --jwks-file or --jwks-uri"),
-        (["--token-endpoint-auth-method", "none", "--jwks-uri", "https://app.example/jwks"], "go with --token-endpoint-auth-method private_key_jwt"),
         (["--token-endpoint-auth-method", "private_key_jwt", "--jwks", "not json"], "--jwks must be a JSON JWK Set"),
         (["--token-endpoint-auth-method", "private_key_jwt", "--jwks-file", "/nonexistent/jwks.json"], "--jwks-file: cannot read"),
         (["--token-endpoint-auth-method", "private_key_jwt", "--jwks", '{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}'], "--jwks:"),
@@ -181,7 +184,9 @@ async def test_update_moves_a_service_between_kinds_of_client(hub: Hub, env: dic
     back = printed(update(env, client_id, "--token-endpoint-auth-method", "client_secret_post"))
     assert back["client_secret"]  # a new secret, shown once
     row = await stored(hub, client_id)
-    assert row.secret_hash and (row.jwks, row.jwks_uri) == (None, None)
+    assert row.secret_hash and (row.jwks, row.jwks_uri) == (None, "https://app.example/.well-known/jwks.json")  # kept
+    printed(update(env, client_id, "--remove-jwks"))
+    assert (await stored(hub, client_id)).jwks_uri is None
     # Between the two secret methods the secret stays.
     assert "client_secret" not in printed(update(env, client_id, "--token-endpoint-auth-method", "client_secret_basic"))
 
@@ -212,7 +217,8 @@ async def test_update_refusals(hub: Hub, env: dict[str, str]) -> None:
     native = printed(add(env, "--application-type", "native", "--token-endpoint-auth-method", "none", "--redirect-uri", "com.example.app:/cb"))
     refusals = [
         (native["client_id"], ["--application-type", "web"], "do not suit --application-type web"),
-        (native["client_id"], ["--jwks-uri", "https://app.example/jwks"], "go with --token-endpoint-auth-method private_key_jwt"),
+        (native["client_id"], ["--token-endpoint-auth-method", "private_key_jwt", "--remove-jwks"], "one of --jwks, --jwks-file or --jwks-uri"),
+        (native["client_id"], ["--jwks-uri", "ftp://app.example/jwks"], "--jwks-uri must be an absolute http(s) URL"),
         (native["client_id"], ["--token-endpoint-auth-method", "private_key_jwt"], "one of --jwks, --jwks-file or --jwks-uri"),
         (native["client_id"], ["--require-par", "--no-require-par"], "not allowed with"),
         ("no-such-client", ["--require-dpop"], "no service with client_id"),

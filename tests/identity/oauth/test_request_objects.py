@@ -164,3 +164,19 @@ async def test_a_service_may_be_made_to_sign_its_requests(hub: Hub, browser: Bro
     assert pushed.status_code == 201, pushed.text
     page = await through(browser, front_url(rp, pushed.json()["request_uri"]))
     assert page.status_code == 302
+
+
+async def test_a_public_client_with_keys_signs_its_requests(hub: Hub, browser: Browser) -> None:
+    key = ECKey.generate_key("P-256")
+    key.ensure_kid()
+    created = await hub.add_service(
+        name="App", token_endpoint_auth_method="none", jwks={"keys": [key.as_dict(private=False)]}, redirect_uris=["https://app.example/cb"]
+    )
+    await hub.add_user(verified=True)
+    rp = RelyingParty(hub, created.client_id, None, redirect_uri="https://app.example/cb")
+    await rp.discover()
+    obj, kept = request_object(rp, key)
+    page = await through(browser, by_value(rp, obj))
+    assert page.status_code == 302, page.text[:1000]
+    token = await rp.exchange(page.headers["location"], kept, auth="none")
+    assert token.status_code == 200, token.text
