@@ -384,6 +384,7 @@ class _DPoPValidator(_BearerValidator):
 
     def validate_token(self, token: IssuedToken | None, scopes: Any, request: Any) -> None:
         try:
+            # authlib's checks (active, scope), without the Bearer validator's refusal of bound tokens.
             BearerTokenValidator.validate_token(self, token, scopes, request)
         except InvalidTokenError as error:
             raise dpop.InvalidToken(error.description, resource=True) from None
