@@ -89,6 +89,8 @@ async def add_service(
     jwks: dict[str, Any] | None = None,
     jwks_uri: str | None = None,
     require_par: bool = False,
+    require_dpop: bool = False,
+    require_signed_request_object: bool = False,
 ) -> NewService:
     """Register a member service. A webhook secret is encrypted with ``cipher`` (the hub's
     key cipher), which is needed when ``webhook_url`` is given. A service authenticating with
@@ -149,20 +151,90 @@ async def add_service(
             jwks=keys,
             jwks_uri=keys_uri,
             require_par=require_par,
+            require_dpop=require_dpop,
+            require_signed_request_object=require_signed_request_object,
         )
     )
     await db.flush()
     return service
 
 
+@dataclass
+class UpdatedClient:
+    service: Service
+    #: A new client secret (shown once), when the service moved to a secret method.
+    client_secret: str | None = None
+
+
+async def update_service_client(
+    db: AsyncSession,
+    client_id: str,
+    *,
+    token_endpoint_auth_method: str | None = None,
+    application_type: str | None = None,
+    jwks: dict[str, Any] | None = None,
+    jwks_uri: str | None = None,
+    require_par: bool | None = None,
+    require_dpop: bool | None = None,
+    require_signed_request_object: bool | None = None,
+    remove_keys: bool = False,
+) -> UpdatedClient:
+    """Change how a service authenticates and what it must use (None leaves a setting as it is).
+    A service moving to a secret method from another gets a new secret; one moving away from
+    secrets loses its secret; a public client gets no client_credentials grant. New keys
+    replace the old ones, ``remove_keys`` drops them (a private_key_jwt service always has one
+    of a JWK Set or its URL); otherwise the service keeps its keys."""
+    service = await db.scalar(select(Service).where(Service.client_id == client_id).with_for_update())
+    if service is None:
+        raise InvalidInput(f"no service with client_id {client_id!r}")
+    before = AuthMethod(service.token_endpoint_auth_method)
+    try:
+        method = AuthMethod(token_endpoint_auth_method) if token_endpoint_auth_method is not None else before
+    except ValueError:
+        raise InvalidInput(f"--token-endpoint-auth-method must be one of: {', '.join(m.value for m in AuthMethod)}") from None
+    kind = application_type if application_type is not None else service.application_type
+    if kind not in APPLICATION_TYPES:
+        raise InvalidInput("--application-type must be web or native")
+    if kind != service.application_type:
+        try:
+            [redirects.check(u, native=kind == "native") for u in service.redirect_uris]
+        except redirects.BadRedirectURI as exc:
+            raise InvalidInput(f"the service's redirect URIs do not suit --application-type {kind}: {exc}") from None
+    if remove_keys and (jwks is not None or jwks_uri):
+        raise InvalidInput("--remove-jwks and new keys exclude each other")
+    if jwks is None and not jwks_uri and not remove_keys:
+        jwks, jwks_uri = service.jwks, service.jwks_uri  # keep the keys it has (if any)
+    keys, keys_uri = _client_keys(method, jwks, jwks_uri)
+    updated = UpdatedClient(service)
+    if method.has_secret and not before.has_secret:
+        updated.client_secret = new_secret(32)
+        service.secret_hash = digest(updated.client_secret)
+    elif not method.has_secret:
+        service.secret_hash = None
+    service.token_endpoint_auth_method = method.value
+    if (method is AuthMethod.NONE) != (before is AuthMethod.NONE):
+        service.grant_types = PUBLIC_GRANT_TYPES if method is AuthMethod.NONE else DEFAULT_GRANT_TYPES
+    service.application_type = kind
+    service.jwks, service.jwks_uri = keys, keys_uri
+    if require_par is not None:
+        service.require_par = require_par
+    if require_dpop is not None:
+        service.require_dpop = require_dpop
+    if require_signed_request_object is not None:
+        service.require_signed_request_object = require_signed_request_object
+    await db.flush()
+    return updated
+
+
 def _client_keys(method: AuthMethod, jwks: dict[str, Any] | None, jwks_uri: str | None) -> tuple[dict[str, Any] | None, str | None]:
-    """A private_key_jwt service's public keys: exactly one of a JWK Set or its URL."""
-    if method is not AuthMethod.PRIVATE_KEY_JWT:
-        if jwks is not None or jwks_uri:
-            raise InvalidInput("--jwks, --jwks-file and --jwks-uri go with --token-endpoint-auth-method private_key_jwt")
-        return None, None
-    if (jwks is None) == (not jwks_uri):
+    """A service's public keys, at most one of a JWK Set or its URL: what its private_key_jwt
+    assertions (then required) and its signed request objects (any method) are verified with."""
+    if jwks is not None and jwks_uri:
+        raise InvalidInput("give one of --jwks, --jwks-file or --jwks-uri")
+    if method is AuthMethod.PRIVATE_KEY_JWT and jwks is None and not jwks_uri:
         raise InvalidInput("private_key_jwt needs the service's public keys: one of --jwks, --jwks-file or --jwks-uri")
+    if jwks is None and not jwks_uri:
+        return None, None
     if jwks_uri:
         uri = check_uri(jwks_uri, "--jwks-uri")
         if len(uri) > 2000:

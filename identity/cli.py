@@ -74,6 +74,8 @@ def cmd_services_add(settings: Settings, args: argparse.Namespace) -> dict[str, 
             jwks=_jwks_argument(args),
             jwks_uri=args.jwks_uri,
             require_par=args.require_par,
+            require_dpop=args.require_dpop,
+            require_signed_request_object=args.require_signed_request_object,
         )
         out: dict[str, Any] = {"client_id": service.client_id}
         if service.client_secret is not None:
@@ -128,6 +130,35 @@ def cmd_services_update(settings: Settings, args: argparse.Namespace) -> dict[st
             )
             out["cancellation_url"] = service.cancellation_url
             out["cancellation_instructions"] = service.cancellation_instructions
+        jwks = _jwks_argument(args)
+        client_settings = (
+            args.token_endpoint_auth_method, args.application_type, jwks, args.jwks_uri,
+            args.require_par, args.require_dpop, args.require_signed_request_object, args.remove_jwks or None,
+        )
+        if any(v is not None for v in client_settings):
+            changed = await admin.update_service_client(
+                db,
+                args.client_id,
+                token_endpoint_auth_method=args.token_endpoint_auth_method,
+                application_type=args.application_type,
+                jwks=jwks,
+                jwks_uri=args.jwks_uri,
+                require_par=args.require_par,
+                require_dpop=args.require_dpop,
+                require_signed_request_object=args.require_signed_request_object,
+                remove_keys=args.remove_jwks,
+            )
+            row = changed.service
+            out |= {
+                "token_endpoint_auth_method": row.token_endpoint_auth_method,
+                "application_type": row.application_type,
+                "jwks_uri": row.jwks_uri,
+                "require_par": row.require_par,
+                "require_dpop": row.require_dpop,
+                "require_signed_request_object": row.require_signed_request_object,
+            }
+            if changed.client_secret is not None:
+                out["client_secret"] = changed.client_secret
         return out
 
     return asyncio.run(_with_db(settings, work))
@@ -688,18 +719,30 @@ def parser() -> argparse.ArgumentParser:
         "private-use schemes (com.example.app:/callback) are allowed",
     )
     keys = add_service.add_mutually_exclusive_group()
-    keys.add_argument("--jwks", metavar="JSON", help="private_key_jwt: the service's public keys, a JWK Set as JSON")
-    keys.add_argument("--jwks-file", metavar="PATH", help="private_key_jwt: a file holding the service's JWK Set")
-    keys.add_argument("--jwks-uri", metavar="URL", help="private_key_jwt: where the service publishes its JWK Set (https)")
+    keys.add_argument(
+        "--jwks", metavar="JSON",
+        help="the service's public keys, a JWK Set as JSON (required for private_key_jwt; any service's signed request objects)",
+    )
+    keys.add_argument("--jwks-file", metavar="PATH", help="a file holding the service's JWK Set (as --jwks)")
+    keys.add_argument("--jwks-uri", metavar="URL", help="where the service publishes its JWK Set (https; as --jwks)")
     add_service.add_argument(
         "--require-par", action="store_true",
         help="accept this service's authorization requests only when pushed first (RFC 9126, POST ISSUER/par)",
     )
+    add_service.add_argument(
+        "--require-dpop", action="store_true",
+        help="issue this service only DPoP-bound tokens (RFC 9449): a token request without a DPoP proof is refused",
+    )
+    add_service.add_argument(
+        "--require-signed-request-object", action="store_true",
+        help="accept this service's authorization requests only as request objects signed with its keys (RFC 9101)",
+    )
     add_service.set_defaults(func=cmd_services_add)
 
     update_service = services_sub.add_parser(
-        "update", help="change where a service receives profile changes, or its cancellation route",
-        description="Change a service's webhook or topic, or how people cancel their account there."
+        "update", help="change a service's webhook or topic, cancellation route, client authentication or requirements",
+        description="Change a service's webhook or topic, how people cancel their account there, how it "
+        "authenticates (method, keys, application type), and whether it must push its requests or use DPoP."
     )
     update_service.add_argument("--client-id", required=True)
     hook = update_service.add_mutually_exclusive_group()
@@ -710,6 +753,32 @@ def parser() -> argparse.ArgumentParser:
     topic.add_argument("--kafka-topic", dest="kafka_topic", action="store_true", default=None, help="deliver to the service's topic")
     topic.add_argument("--no-kafka-topic", dest="kafka_topic", action="store_false", help="stop topic deliveries (what was queued for the topic is dropped)")
     _cancellation_arguments(update_service, clearable=True)
+    update_service.add_argument(
+        "--token-endpoint-auth-method", choices=["none", "client_secret_basic", "client_secret_post", "private_key_jwt"],
+        help="change how the service authenticates (moving to a secret method prints a new client_secret once; "
+        "moving away from secrets removes the secret)",
+    )
+    update_service.add_argument("--application-type", choices=["web", "native"], help="web or native (RFC 8252)")
+    new_keys = update_service.add_mutually_exclusive_group()
+    new_keys.add_argument("--jwks", metavar="JSON", help="replace the service's public keys with this JWK Set")
+    new_keys.add_argument("--jwks-file", metavar="PATH", help="replace its keys with the JWK Set in this file")
+    new_keys.add_argument("--jwks-uri", metavar="URL", help="fetch its keys from here from now on (https)")
+    new_keys.add_argument("--remove-jwks", action="store_true", help="forget its keys (not for a private_key_jwt service)")
+    par = update_service.add_mutually_exclusive_group()
+    par.add_argument("--require-par", dest="require_par", action="store_true", default=None, help="accept only pushed authorization requests")
+    par.add_argument("--no-require-par", dest="require_par", action="store_false", help="accept authorization requests sent either way")
+    bound = update_service.add_mutually_exclusive_group()
+    bound.add_argument("--require-dpop", dest="require_dpop", action="store_true", default=None, help="issue only DPoP-bound tokens")
+    bound.add_argument("--no-require-dpop", dest="require_dpop", action="store_false", help="issue Bearer tokens to requests without a DPoP proof")
+    signed = update_service.add_mutually_exclusive_group()
+    signed.add_argument(
+        "--require-signed-request-object", dest="require_signed_request_object", action="store_true", default=None,
+        help="accept only authorization requests sent as signed request objects",
+    )
+    signed.add_argument(
+        "--no-require-signed-request-object", dest="require_signed_request_object", action="store_false",
+        help="accept plain authorization requests too",
+    )
     update_service.set_defaults(func=cmd_services_update)
 
     sync_cmd = sub.add_parser("sync", help="inspect and steer profile sync", description="Inspect and steer profile sync.")

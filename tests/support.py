@@ -205,7 +205,12 @@ class RelyingParty:
             )
 
     async def post(
-        self, path: str, data: dict[str, str] | None = None, *, auth: str | None = "client_secret_basic"
+        self,
+        path: str,
+        data: dict[str, str] | None = None,
+        *,
+        auth: str | None = "client_secret_basic",
+        headers: dict[str, str] | None = None,
     ) -> httpx2.Response:
         """A raw form POST to one of the hub's endpoints (``/token``, ``/revoke``, ``/introspect``),
         authenticated as this client with ``client_secret_basic``, ``client_secret_post``, as a
@@ -221,10 +226,16 @@ class RelyingParty:
         elif auth is not None:
             raise ValueError(auth)
         async with httpx2.AsyncClient(base_url=self.hub.url, timeout=30) as http:
-            return await http.post(path, data=data, auth=basic)
+            return await http.post(path, data=data, auth=basic, headers=headers)
 
     async def exchange(
-        self, callback_url: str, kept: dict[str, str], *, auth: str | None = "client_secret_basic", **overrides: str | None
+        self,
+        callback_url: str,
+        kept: dict[str, str],
+        *,
+        auth: str | None = "client_secret_basic",
+        headers: dict[str, str] | None = None,
+        **overrides: str | None,
     ) -> httpx2.Response:
         """The token request for the code in ``callback_url``, sent raw. Keyword arguments
         override its parameters; ``None`` leaves one out."""
@@ -235,7 +246,7 @@ class RelyingParty:
             "code_verifier": kept["code_verifier"],
         }
         data |= overrides
-        return await self.post("/token", {k: v for k, v in data.items() if v is not None}, auth=auth)
+        return await self.post("/token", {k: v for k, v in data.items() if v is not None}, auth=auth, headers=headers)
 
     async def validate_id_token(self, token: dict[str, Any], nonce: str) -> CodeIDToken:
         async with httpx2.AsyncClient(timeout=30) as http:

@@ -91,7 +91,8 @@ def document(app: web.Application, issuer: str) -> dict[str, Any]:
             "securitySchemes": {
                 "person": {
                     "type": "oauth2",
-                    "description": "An access token a person granted to the calling service.",
+                    "description": "An access token a person granted to the calling service: `Authorization: Bearer <token>`, "
+                    "or, for a DPoP-bound token (RFC 9449), `Authorization: DPoP <token>` with a `DPoP` proof header.",
                     "flows": {
                         "authorizationCode": {
                             "authorizationUrl": f"{issuer}/authorize",
@@ -102,7 +103,8 @@ def document(app: web.Application, issuer: str) -> dict[str, Any]:
                 },
                 "service": {
                     "type": "oauth2",
-                    "description": "The calling service's own token (client_credentials grant).",
+                    "description": "The calling service's own token (client_credentials grant), as Bearer or, when DPoP-bound, "
+                    "with the DPoP scheme and a proof.",
                     "flows": {"clientCredentials": {"tokenUrl": f"{issuer}/token", "scopes": {}}},
                 },
             },

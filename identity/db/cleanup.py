@@ -1,5 +1,5 @@
 """Removal of protocol records nobody can use any more: expired interactions, codes, mailed
-links, throttle counters, used client assertions, tokens and sessions. Run periodically by ``serve``; the caller
+links, throttle counters, used client assertions and DPoP proofs, tokens and sessions. Run periodically by ``serve``; the caller
 commits. (Retention of personal history is a separate, configurable policy.)"""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from identity.db.models import (
     AuthorizationCode,
     BrowserSession,
     ClientAssertion,
+    DPoPProof,
     EmailToken,
     Interaction,
     PushedRequest,
@@ -39,6 +40,8 @@ async def purge_expired(db: AsyncSession, *, throttle_window: float, now: dt.dat
         "revoked_service_tokens": delete(RevokedServiceToken).where(RevokedServiceToken.expires_at < now),
         # A used client assertion is remembered until it expires (single use of its jti).
         "client_assertions": delete(ClientAssertion).where(ClientAssertion.expires_at < now),
+        # A used DPoP proof is remembered while its iat is still accepted (single use of its jti).
+        "dpop_proofs": delete(DPoPProof).where(DPoPProof.expires_at < now),
         "pushed_requests": delete(PushedRequest).where(PushedRequest.expires_at < now),
         # A rotated refresh token must be remembered until it would have expired (reuse detection).
         "tokens": delete(Token).where(

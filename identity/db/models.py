@@ -243,6 +243,10 @@ class Service(Base):
     jwks_uri: Mapped[str | None] = mapped_column(String(2000))
     #: Authorization requests must be pushed first (RFC 9126 section 6).
     require_par: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: Tokens only bound to a key with DPoP (RFC 9449).
+    require_dpop: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: Authorization requests only as signed request objects (RFC 9101 section 10.5).
+    require_signed_request_object: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class PushedRequest(Base):
@@ -398,6 +402,19 @@ class AuthorizationCode(Base):
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
     used_at: Mapped[dt.datetime | None]
     grant_id: Mapped[str | None] = mapped_column(String(64))
+    #: The DPoP key the code may be exchanged with (RFC 9449 section 10: ``dpop_jkt``).
+    dpop_jkt: Mapped[str | None] = mapped_column(String(64))
+
+
+class DPoPProof(Base):
+    """A DPoP proof (RFC 9449) already used, remembered while its ``iat`` is still accepted, so
+    that it is accepted once, by whichever hub process sees it first."""
+
+    __tablename__ = "dpop_proofs"
+
+    #: SHA-256 of the proof key's thumbprint and the proof's ``jti``.
+    jti_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
 
 
 class Token(Base):
@@ -423,6 +440,9 @@ class Token(Base):
     refresh_expires_at: Mapped[dt.datetime | None]
     refresh_used_at: Mapped[dt.datetime | None]
     revoked_at: Mapped[dt.datetime | None]
+    #: DPoP (RFC 9449): the thumbprint of the key the access token is bound to (``cnf.jkt``);
+    #: a public client's refresh token is bound to it too.
+    dpop_jkt: Mapped[str | None] = mapped_column(String(64))
 
 
 class RevokedServiceToken(Base):

@@ -19,6 +19,7 @@ from authlib.oauth2.rfc6750.errors import InsufficientScopeError
 from multidict import MultiDict
 
 from identity.errors import BadInput
+from identity.oidc.client_auth import SIGNING_ALGORITHMS
 
 
 class _Payload(OAuth2Payload):
@@ -106,14 +107,19 @@ def to_response(status: int, body: Any, headers: list[tuple[str, str]]) -> web.R
     return response
 
 
+def dpop_challenge() -> str:
+    return f'DPoP algs="{" ".join(SIGNING_ALGORITHMS)}"'
+
+
 def bearer_error(error: OAuth2Error) -> web.Response:
     """An RFC 6750 section 3 error: every refusal carries a ``WWW-Authenticate: Bearer`` challenge."""
     status, payload, headers = error()
     # json_response sets the Content-Type itself and refuses a second one.
     kept = {k: v for k, v in headers if k.lower() != "content-type"}
     if isinstance(error, (MissingAuthorizationError, UnsupportedTokenTypeError)):
-        # No Bearer token was sent: the challenge carries no error code (RFC 6750 section 3.1).
-        kept["WWW-Authenticate"] = "Bearer"
+        # No token was sent: the challenges carry no error code (RFC 6750 section 3.1), and
+        # name the DPoP scheme with its algorithms (RFC 9449 section 7.1).
+        kept["WWW-Authenticate"] = f"Bearer, {dpop_challenge()}"
     elif isinstance(error, InsufficientScopeError):
         kept["WWW-Authenticate"] = 'Bearer error="insufficient_scope", scope="openid"'
     return web.json_response(payload, status=status, headers=kept | {"Cache-Control": "no-store", "Pragma": "no-cache"})

@@ -56,6 +56,10 @@ class ServiceClient(ClientMixin):
     jwks_uri: str | None = None
     #: Authorization requests only through PAR (RFC 9126 section 6).
     require_par: bool = False
+    #: Tokens only bound to a DPoP key (RFC 9449): a token request without a proof is refused.
+    require_dpop: bool = False
+    #: Authorization requests only as signed request objects (RFC 9101 section 10.5).
+    require_signed_request_object: bool = False
 
     @classmethod
     def from_row(cls, row: Service) -> ServiceClient:
@@ -76,6 +80,8 @@ class ServiceClient(ClientMixin):
             jwks=row.jwks,
             jwks_uri=row.jwks_uri,
             require_par=bool(row.require_par),
+            require_dpop=bool(row.require_dpop),
+            require_signed_request_object=bool(row.require_signed_request_object),
         )
 
     @property

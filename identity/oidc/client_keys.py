@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from identity import outbound
 from identity.db.models import Service
 
-__all__ = ["ASSERTION_TYPE", "BadKeys", "ClientKeys", "MAX_JWKS_BYTES", "check_jwks", "fetcher", "prepare", "unverified_subject"]
+__all__ = ["ASSERTION_TYPE", "BadKeys", "ClientKeys", "MAX_JWKS_BYTES", "check_jwks", "ensure", "fetcher", "prepare", "unverified_subject"]
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,12 @@ async def prepare(keys: ClientKeys, sessions: async_sessionmaker[AsyncSession], 
     found = unverified_subject(form["client_assertion"])
     if found is None:
         return
-    client_id, kid = found
+    await ensure(keys, sessions, *found, fetch)
+
+
+async def ensure(keys: ClientKeys, sessions: async_sessionmaker[AsyncSession], client_id: str, kid: str | None, fetch: Fetch) -> None:
+    """Have the published keys of ``client_id`` ready for a JWT it signed with ``kid`` (a client
+    assertion or a request object), fetching them when missing, stale or lacking that key id."""
     if not keys.needs_fetch(client_id, kid):
         return
     async with sessions() as db:

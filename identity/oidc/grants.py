@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from authlib.oauth2.rfc6749 import grants
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from identity.oidc.server import Provider
 
 log = logging.getLogger(__name__)
+
+_JKT = re.compile(r"[A-Za-z0-9_-]{43}")
 
 #: Client authentication at the token and revocation endpoints: a public client identifies
 #: itself with its client_id alone ("none"), and may revoke its own tokens (RFC 7009 section 5).
@@ -60,13 +63,14 @@ class S256Required(CodeChallenge):
         return authorization_code.row.code_challenge_method
 
 
-class NoRequestObjects:
-    """OIDC Core 6.1 and 6.2: the hub supports neither ``request`` nor ``request_uri``
-    (discovery says so). An authorization request using either is refused with
-    ``request_not_supported`` / ``request_uri_not_supported`` once the client and its redirect
-    URI are known to be valid, so the error goes back to the service, and before any parameter
-    is checked: one that was sent only inside the request object (PKCE's, say) would otherwise
-    be reported missing."""
+class UnsignedRequestObjects:
+    """OIDC Core 6.1 and 6.2, RFC 9101: a signed request object is verified before authlib
+    sees the request (``identity.oidc.request_objects``), which then carries the object's
+    parameters instead. What is still here is refused: an unsigned object (``alg: none``) with
+    ``request_not_supported``, a ``request_uri`` other than a pushed request's with
+    ``request_uri_not_supported``, once the client and its redirect URI are known to be valid,
+    so the error goes back to the service, and before any parameter is checked: one that was
+    sent only inside the request object (PKCE's, say) would otherwise be reported missing."""
 
     def __call__(self, grant: Any) -> None:
         grant.register_hook("before_validate_authorization_request_payload", self.refuse)
@@ -75,9 +79,13 @@ class NoRequestObjects:
     def refuse(grant: Any, redirect_uri: str) -> None:
         data = grant.request.payload.data
         if "request" in data:
-            raise RequestNotSupportedError("Request objects are not supported.")
+            raise RequestNotSupportedError("Unsigned request objects are not supported.")
         if "request_uri" in data:
-            raise RequestURINotSupportedError("request_uri is not supported.")
+            raise RequestURINotSupportedError("Only the request_uri of a pushed request is supported.")
+        jkt = data.get("dpop_jkt")
+        if jkt is not None and not _JKT.fullmatch(jkt):
+            # RFC 9449 section 10: a key thumbprint (SHA-256, base64url).
+            raise InvalidRequestError("dpop_jkt must be a JWK SHA-256 thumbprint.")
 
 
 class HubOpenIDCode(OpenIDCode):
@@ -146,6 +154,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
                 auth_time=hub["auth_time"],
                 sid=hub.get("sid"),
                 amr=hub.get("amr", "pwd"),
+                dpop_jkt=data.get("dpop_jkt") or None,
                 created_at=now,
                 expires_at=now + dt.timedelta(seconds=self.server.settings.authorization_code_ttl),
             )

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import AuthorizationServer, ResourceProtector
 from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
-from authlib.oauth2.rfc6750 import BearerTokenValidator
+from authlib.oauth2.rfc6750 import BearerTokenValidator, InvalidTokenError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oauth2.rfc9207 import IssuerParameter
@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from identity.db.models import RevokedServiceToken, Service, Token, utcnow
-from identity.oidc import scopes
+from identity.oidc import dpop, scopes
 from identity.oidc.adapter import HubOAuth2Request, to_response
 from identity.oidc.client import ServiceClient
 from identity.oidc.client_auth import PrivateKeyJWT
@@ -40,7 +40,7 @@ from identity.oidc.grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
     HubOpenIDCode,
-    NoRequestObjects,
+    UnsignedRequestObjects,
     RefreshTokenGrant,
     S256Required,
 )
@@ -69,18 +69,19 @@ _REVOKED = select(RevokedServiceToken.token_id).where(RevokedServiceToken.token_
 
 
 class Provider(AuthorizationServer):
-    def __init__(self, settings: Settings, keys: KeyRing, service_tokens: ServiceTokenCodec) -> None:
+    def __init__(self, settings: Settings, keys: KeyRing, service_tokens: ServiceTokenCodec, dpop_nonces: dpop.Nonces) -> None:
         super().__init__(scopes_supported=list(scopes.SUPPORTED_SCOPES))
         self.settings = settings
         self.issuer = settings.issuer
         self.keys = keys
         self.service_tokens = service_tokens
+        self.dpop_nonces = dpop_nonces
         self._clients: dict[str, tuple[float, ServiceClient | None]] = {}
         self._client_ids: dict[int, str] = {}
         self.client_keys = ClientKeys(ttl=settings.jwks_uri_cache_ttl, refetch_interval=settings.jwks_uri_refetch_interval)
         self.register_client_auth_method(PrivateKeyJWT.CLIENT_AUTH_METHOD, PrivateKeyJWT(self))
         self.register_token_generator("default", self._generate_token)
-        self.register_grant(AuthorizationCodeGrant, [NoRequestObjects(), S256Required(required=True), HubOpenIDCode(self)])
+        self.register_grant(AuthorizationCodeGrant, [UnsignedRequestObjects(), S256Required(required=True), HubOpenIDCode(self)])
         self.register_grant(RefreshTokenGrant)
         self.register_grant(ClientCredentialsGrant)
         self.register_endpoint(Revocation)
@@ -89,6 +90,7 @@ class Provider(AuthorizationServer):
         self.register_extension(_Issuer)
         self.resource = ResourceProtector()
         self.resource.register_token_validator(_BearerValidator(self))
+        self.resource.register_token_validator(_DPoPValidator(self))
 
     async def run(self, session: AsyncSession, fn: Callable[[], T]) -> T:
         """Run an authlib entry point against ``session`` (the caller owns the transaction)."""
@@ -176,12 +178,38 @@ class Provider(AuthorizationServer):
             issued_at=content.issued_at,
             access_expires_at=content.expires_at,
             revoked_at=content.issued_at if revoked else None,
+            dpop_jkt=content.jkt,
         )
         return IssuedToken(row, client, "access_token", stateless=True)
 
+    def _bind(self, token: dict[str, Any], request: HubOAuth2Request) -> str | None:
+        """DPoP (RFC 9449): the key thumbprint the new tokens are bound to, if any, after the
+        binding rules: a service registered with require_dpop sends a proof; a code issued for a
+        key (``dpop_jkt``) and a public client's bound refresh token are spent with that key."""
+        proof: dpop.Proof | None = request.hub.get("dpop")
+        jkt = proof.jkt if proof else None
+        if request.client.require_dpop and jkt is None:
+            raise dpop.InvalidProof("This service must send a DPoP proof.")
+        if request.authorization_code is not None:
+            bound = request.authorization_code.row.dpop_jkt
+            if bound and bound != jkt:
+                raise InvalidGrantError("The code is bound to another DPoP key.")
+        if request.refresh_token is not None and request.client.public:
+            bound = request.refresh_token.row.dpop_jkt
+            if bound and bound != jkt:
+                raise InvalidGrantError("The refresh token is bound to another DPoP key.")
+        if jkt is not None:
+            token["token_type"] = "DPoP"
+        return jkt
+
     def save_token(self, token: dict[str, Any], request: HubOAuth2Request) -> None:
+        jkt = self._bind(token, request)
         if token["access_token"].startswith(SERVICE_TOKEN_PREFIX):
-            return  # self-contained: nothing to store
+            if jkt is not None:  # self-contained: the binding goes inside it
+                token["access_token"] = self.service_tokens.issue(
+                    request.client.client_id, token.get("scope") or "", token["expires_in"], utcnow(), jkt=jkt
+                )
+            return  # nothing to store
         now = utcnow()
         scope = token.get("scope") or ""
         if request.refresh_token is not None:
@@ -207,6 +235,7 @@ class Provider(AuthorizationServer):
                 issued_at=now,
                 access_expires_at=now + dt.timedelta(seconds=token["expires_in"]),
                 refresh_expires_at=now + dt.timedelta(seconds=self.settings.refresh_token_ttl) if refresh else None,
+                dpop_jkt=jkt,
         )
         if request.refresh_token is not None and request.hub.get("atomic_rotation"):
             self._rotate(request.refresh_token, values, now)
@@ -307,11 +336,13 @@ class Introspection(_AnyHint, IntrospectionEndpoint):
             "active": True,
             "client_id": token.client.client_id if token.client else None,
             "scope": token.get_scope(),
-            "token_type": "Bearer" if token.kind == "access_token" else "refresh_token",
+            "token_type": ("DPoP" if row.dpop_jkt else "Bearer") if token.kind == "access_token" else "refresh_token",
             "exp": int(token.get_expires_at().timestamp()),
             "iat": int(row.issued_at.timestamp()),
             "iss": self.server.issuer,
         }
+        if row.dpop_jkt and (token.kind == "access_token" or (token.client is not None and token.client.public)):
+            payload["cnf"] = {"jkt": row.dpop_jkt}  # RFC 9449 section 6.2
         if user is not None:
             payload["sub"] = user.sub
             payload["aud"] = payload["client_id"]
@@ -337,4 +368,35 @@ class _BearerValidator(BearerTokenValidator):
         if token is None or token.kind != "access_token":
             return None
         return token
+
+    def validate_token(self, token: IssuedToken | None, scopes: Any, request: Any) -> None:
+        super().validate_token(token, scopes, request)
+        if token is not None and token.row.dpop_jkt:
+            # RFC 9449 section 7.2: a DPoP-bound token is no bearer token.
+            raise InvalidTokenError(description="The access token is bound to a DPoP key: send it with Authorization: DPoP and a proof.")
+
+
+class _DPoPValidator(_BearerValidator):
+    """``Authorization: DPoP <token>`` with a ``DPoP`` proof of the key the token is bound to
+    (RFC 9449 section 7.1): the proof names this request and hashes the token (``ath``)."""
+
+    TOKEN_TYPE = "dpop"
+
+    def validate_token(self, token: IssuedToken | None, scopes: Any, request: Any) -> None:
+        try:
+            # authlib's checks (active, scope), without the Bearer validator's refusal of bound tokens.
+            BearerTokenValidator.validate_token(self, token, scopes, request)
+        except InvalidTokenError as error:
+            raise dpop.InvalidToken(error.description, resource=True) from None
+        assert token is not None
+        if not token.row.dpop_jkt:
+            raise dpop.InvalidToken("The access token is not bound to a DPoP key: send it as a Bearer token.", resource=True)
+        proof_text = dpop.proof_header(request.headers, resource=True)
+        if proof_text is None:
+            raise dpop.InvalidProof("Send a DPoP proof in the DPoP header.", resource=True)
+        access_token = request.headers["Authorization"].split(None, 1)[1]
+        proof = dpop.check(proof_text, method=request.method, url=request.uri, access_token=access_token, resource=True)
+        if proof.jkt != token.row.dpop_jkt:
+            raise dpop.InvalidToken("The access token is bound to another key.", resource=True)
+        dpop.remember(proof, resource=True)
 

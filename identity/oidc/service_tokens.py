@@ -38,6 +38,8 @@ class ServiceToken:
     scope: str
     issued_at: dt.datetime
     expires_at: dt.datetime
+    #: DPoP (RFC 9449): the thumbprint of the key the token is bound to.
+    jkt: str | None = None
 
 
 class ServiceTokenCodec:
@@ -48,9 +50,11 @@ class ServiceTokenCodec:
     def _mac(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
 
-    def issue(self, client_id: str, scope: str, ttl: int, now: dt.datetime) -> str:
+    def issue(self, client_id: str, scope: str, ttl: int, now: dt.datetime, *, jkt: str | None = None) -> str:
         issued = int(now.timestamp())
-        body = {"c": client_id, "s": scope, "i": issued, "e": issued + ttl, "j": secrets.token_urlsafe(12)}
+        body: dict[str, object] = {"c": client_id, "s": scope, "i": issued, "e": issued + ttl, "j": secrets.token_urlsafe(12)}
+        if jkt is not None:
+            body["k"] = jkt
         payload = _b64(json.dumps(body, separators=(",", ":")).encode())
         return f"{PREFIX}{payload}.{self._mac(payload)}"
 
@@ -69,6 +73,7 @@ class ServiceTokenCodec:
                 scope=str(body["s"]),
                 issued_at=dt.datetime.fromtimestamp(int(body["i"]), dt.UTC),
                 expires_at=dt.datetime.fromtimestamp(int(body["e"]), dt.UTC),
+                jkt=str(body["k"]) if "k" in body else None,
             )
         except (ValueError, KeyError, TypeError):
             return None

@@ -34,6 +34,7 @@ from identity.oidc.actions import routes as provider_routes
 from identity.oidc.server import Provider
 from identity.oidc.service_tokens import ServiceTokenCodec
 from identity.pages import routes as page_routes
+from identity.oidc.dpop import Nonces
 from identity.sealing import KeyCipher
 from identity.settings import Settings
 from identity.support import routes as console_routes
@@ -61,7 +62,7 @@ def create_app(settings: Settings, *, migrate: bool | None = None, sync: bool | 
         time_cost=settings.argon2_time_cost,
         parallelism=settings.argon2_parallelism,
     )
-    app[K.PROVIDER] = Provider(settings, signing_keys.KeyRing(), ServiceTokenCodec(secret))
+    app[K.PROVIDER] = Provider(settings, signing_keys.KeyRing(), ServiceTokenCodec(secret), Nonces(secret))
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.PackageLoader("identity.pages", "templates"),

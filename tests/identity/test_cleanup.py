@@ -11,6 +11,7 @@ from identity.db.cleanup import purge_expired
 from identity.db.models import (
     AuthorizationCode,
     BrowserSession,
+    DPoPProof,
     Interaction,
     Token,
     utcnow,
@@ -54,3 +55,14 @@ async def test_purge_removes_exactly_what_expired(hub: Hub, rp: RelyingParty, br
     assert counts["tokens"] == 2
     assert counts["browser_sessions"] == 1
     assert await count(hub, AuthorizationCode) == 0
+
+
+async def test_used_dpop_proofs_are_kept_while_they_could_be_replayed(hub: Hub) -> None:
+    now = utcnow()
+    async with hub.app[DB].begin() as db:
+        db.add(DPoPProof(jti_hash="a" * 64, expires_at=now - dt.timedelta(seconds=1)))
+        db.add(DPoPProof(jti_hash="b" * 64, expires_at=now + dt.timedelta(seconds=60)))
+    async with hub.app[DB].begin() as db:
+        counts = await purge_expired(db, throttle_window=900, now=now)
+    assert counts["dpop_proofs"] == 1
+    assert await count(hub, DPoPProof) == 1

@@ -1,7 +1,9 @@
 """The authorization endpoint (OIDC Core 3.1.2), as an ordered list of steps:
 
-1. validate the request with authlib (client, exact redirect URI, response type, no request
-   object, scope, S256 PKCE); errors go back to a trusted redirect URI, else to an error page;
+1. take the request's parameters from a pushed request (RFC 9126) or a signed request object
+   (RFC 9101: ``identity.oidc.request_objects``) when it names one, then validate it with
+   authlib (client, exact redirect URI, response type, no unsigned request object, scope, S256
+   PKCE); errors go back to a trusted redirect URI, else to an error page;
 2. decide whether the person must sign in (no session, ``prompt=login``, ``max_age``);
 3. decide whether they must consent (nothing remembered covers the scopes, ``prompt=consent``,
    or a public client whose redirect URI cannot prove who it is: RFC 8252 section 8.6);
@@ -34,7 +36,8 @@ from identity.db.models import (
     utcnow,
 )
 from identity.db.upsert import ensure_row
-from identity.oidc import assurance, consents, interactions, pushed, scopes
+from identity.oidc import assurance, consents, interactions, pushed, request_objects, scopes
+from identity.oidc.actions.token import request_object_keys_ready
 from identity.oidc.adapter import HubOAuth2Request, read_request
 from identity.oidc.client import ServiceClient
 from identity.pages.common import render
@@ -58,6 +61,9 @@ async def authorize(request: web.Request) -> web.StreamResponse:
     issuer = request.config_dict[SETTINGS].issuer
     oauth_request = await read_request(request, issuer)
     data = oauth_request.payload.data
+    if "request" in data and data.get("client_id") and request_objects.is_signed(data["request"]):
+        # Before the unit of work: the keys may have to be read or fetched first.
+        await request_object_keys_ready(request, data["client_id"], data["request"])
     async with request.config_dict[DB].begin() as db:
         if pushed.is_pushed(data.get("request_uri")):
             # RFC 9126 section 4: the pushed request's parameters, and nothing sent beside them.
@@ -65,18 +71,51 @@ async def authorize(request: web.Request) -> web.StreamResponse:
             if params is None:
                 return error_page(request, "invalid_request_uri", "The pushed request is unknown, expired or already used.")
             oauth_request = HubOAuth2Request("GET", issuer + "/authorize", request.headers, query=params)
-        elif await _must_push(request, db, data.get("client_id")):
-            return error_page(request, "invalid_request", "This service must push its authorization requests (PAR).")
+        else:
+            # (A pushed request of a service that must sign its requests was checked when pushed.)
+            client = await _client(request, db, data.get("client_id"))
+            if client is not None and client.require_par:
+                return error_page(request, "invalid_request", "This service must push its authorization requests (PAR).")
+            if "request" in data and request_objects.is_signed(data["request"]):
+                # RFC 9101 section 6.3: the signed object's parameters, and nothing sent beside them.
+                opened = await _open_request_object(request, db, data.get("client_id"), data["request"])
+                if isinstance(opened, web.StreamResponse):
+                    return opened
+                oauth_request = HubOAuth2Request("GET", issuer + "/authorize", request.headers, query=opened)
+            elif client is not None and client.require_signed_request_object:
+                return error_page(request, "invalid_request", "This service must send its requests as signed request objects.")
         signed_in = await browser.current(request, db)
         return (await _authorize(request, db, oauth_request, signed_in, interactions.Decision())).response
 
 
-async def _must_push(request: web.Request, db: AsyncSession, client_id: str | None) -> bool:
+async def _open_request_object(
+    request: web.Request, db: AsyncSession, client_id: str | None, request_object: str
+) -> list[tuple[str, str]] | web.StreamResponse:
+    """The parameters inside a signed request object, or the error page that refuses it (its
+    redirect URI cannot be trusted before the object is verified)."""
     if not client_id:
-        return False
+        return error_page(request, "invalid_request", "Send client_id beside the request object.")
     provider = request.config_dict[PROVIDER]
-    client = await provider.run(db, lambda: provider.query_client(client_id))
-    return client is not None and client.require_par
+    issuer = request.config_dict[SETTINGS].issuer
+
+    def open_object() -> list[tuple[str, str]]:
+        client = provider.query_client(client_id)
+        if client is None:
+            raise request_objects.InvalidRequestObject("The service is unknown.")
+        return request_objects.verify(request_object, client, provider.client_keys.keys_for(client), issuer)
+
+    try:
+        params = await provider.run(db, open_object)
+    except OAuth2Error as error:
+        return error_page(request, error.error, error.description or "")
+    return [("client_id", client_id), *((k, v) for k, v in params if k != "client_id")]
+
+
+async def _client(request: web.Request, db: AsyncSession, client_id: str | None) -> ServiceClient | None:
+    if not client_id:
+        return None
+    provider = request.config_dict[PROVIDER]
+    return await provider.run(db, lambda: provider.query_client(client_id))
 
 
 async def resume(request: web.Request) -> web.StreamResponse:

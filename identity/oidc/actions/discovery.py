@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from identity.appkeys import PROVIDER, SETTINGS
-from identity.oidc import assurance, scopes
+from identity.oidc import assurance, dpop, request_objects, scopes
 from identity.oidc.client_auth import SIGNING_ALGORITHMS
 from identity.oidc.grants import CLIENT_AUTH_METHODS, INTROSPECTION_AUTH_METHODS
 from identity.oidc.keys import ALGORITHMS
@@ -43,8 +43,13 @@ def metadata(issuer: str) -> dict[str, Any]:
         "claims_supported": claims,
         "acr_values_supported": list(assurance.ACR_VALUES),
         "claims_parameter_supported": False,
-        "request_parameter_supported": False,
+        # Signed request objects by value (RFC 9101); the only request_uri taken is PAR's.
+        "request_parameter_supported": True,
+        "request_object_signing_alg_values_supported": list(request_objects.ALGORITHMS),
         "request_uri_parameter_supported": False,
+        # Each service may be made to sign its requests (services add --require-signed-request-object).
+        "require_signed_request_object": False,
+        "dpop_signing_alg_values_supported": list(dpop.ALGORITHMS),
         "prompt_values_supported": ["none", "login", "consent"],
         "authorization_response_iss_parameter_supported": True,
         "backchannel_logout_supported": True,

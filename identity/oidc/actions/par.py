@@ -7,10 +7,12 @@ from __future__ import annotations
 from aiohttp import web
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6749.errors import InvalidRequestError
+from authlib.oidc.core.errors import RequestNotSupportedError
 
 from identity.appkeys import DB, PROVIDER, SETTINGS
-from identity.oidc import pushed
-from identity.oidc.actions.token import client_keys_ready, form_only
+from identity.oidc import dpop, pushed, request_objects
+from identity.oidc.actions.token import client_keys_ready, form_only, request_object_keys_ready
+from identity.oidc.client import ServiceClient
 from identity.oidc.adapter import HubOAuth2Request, read_request, to_response
 from identity.oidc.grants import CLIENT_AUTH_METHODS
 
@@ -22,11 +24,29 @@ async def pushed_authorization_request(request: web.Request) -> web.StreamRespon
     issuer = request.config_dict[SETTINGS].issuer
     oauth_request = await read_request(request, issuer)
     await client_keys_ready(request, oauth_request)
+    request_object = oauth_request.form.get("request")
+    if request_object is not None and (found := request_objects.unverified(request_object)) is not None:
+        stated = found[1].get("client_id") or oauth_request.form.get("client_id")
+        if isinstance(stated, str):
+            await request_object_keys_ready(request, stated, request_object)
 
     def push() -> web.StreamResponse:
         try:
+            # DPoP at PAR (RFC 9449 section 10.1): the code will be bound to the proof's key.
+            proof = dpop.from_request(oauth_request)
             client = provider.authenticate_client(oauth_request, CLIENT_AUTH_METHODS, "par")
             params = [(k, v) for k, v in oauth_request.form.items() if k not in pushed.CLIENT_AUTH_PARAMS]
+            if request_object is not None:
+                params = _inside(request_object, client, params)
+            elif client.require_signed_request_object:
+                raise InvalidRequestError("This service must send its requests as signed request objects.")
+            if proof is not None:
+                dpop.remember(proof)
+                stated_jkt = [v for k, v in params if k == "dpop_jkt"]
+                if any(v != proof.jkt for v in stated_jkt):
+                    raise dpop.InvalidProof("dpop_jkt does not name the key of the DPoP proof.")
+                if not stated_jkt:
+                    params.append(("dpop_jkt", proof.jkt))
             stated = [v for k, v in params if k == "client_id"]
             if any(v != client.client_id for v in stated):
                 raise InvalidRequestError("client_id does not name the authenticated service.")
@@ -41,6 +61,14 @@ async def pushed_authorization_request(request: web.Request) -> web.StreamRespon
             return to_response(*error())
         request_uri = pushed.store(client.id, params)
         return to_response(201, {"request_uri": request_uri, "expires_in": pushed.EXPIRES_IN}, [])
+
+    def _inside(request_object: str, client: ServiceClient, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """RFC 9126 section 3 with RFC 9101: a signed request object's parameters replace the
+        pushed ones; an unsigned one is refused."""
+        if not request_objects.is_signed(request_object):
+            raise RequestNotSupportedError("Unsigned request objects are not supported.")
+        inside = request_objects.verify(request_object, client, provider.client_keys.keys_for(client), issuer)
+        return [("client_id", client.client_id), *((k, v) for k, v in inside if k != "client_id")]
 
     async with request.config_dict[DB].begin() as db:
         return await provider.run(db, push)

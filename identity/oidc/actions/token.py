@@ -5,12 +5,13 @@ themselves decisions to keep (a replayed code or reused refresh token revokes it
 from __future__ import annotations
 
 from aiohttp import web
+from authlib.oauth2 import OAuth2Error
 
 from identity.appkeys import DB, HTTP, PROVIDER, SETTINGS
 from identity.db import dialect
 from identity.db.engine import autocommit
-from identity.oidc import client_keys
-from identity.oidc.adapter import HubOAuth2Request, read_request
+from identity.oidc import client_keys, dpop, request_objects
+from identity.oidc.adapter import HubOAuth2Request, read_request, to_response
 
 
 def form_only(request: web.Request) -> web.Response | None:
@@ -30,19 +31,48 @@ async def client_keys_ready(request: web.Request, oauth_request: HubOAuth2Reques
     await client_keys.prepare(provider.client_keys, request.config_dict[DB], oauth_request.form, fetch)
 
 
+async def request_object_keys_ready(request: web.Request, client_id: str, request_object: str) -> None:
+    """The keys a service's request object names, fetched from its jwks_uri if needed."""
+    found = request_objects.unverified(request_object)
+    if found is None:
+        return
+    kid = found[0].get("kid")
+    provider = request.config_dict[PROVIDER]
+    fetch = client_keys.fetcher(request.config_dict[HTTP], request.config_dict[SETTINGS].jwks_uri_timeout)
+    await client_keys.ensure(provider.client_keys, request.config_dict[DB], client_id, kid if isinstance(kid, str) else None, fetch)
+
+
 async def token(request: web.Request) -> web.StreamResponse:
     if (bad := form_only(request)) is not None:
         return bad
     provider = request.config_dict[PROVIDER]
     sessions = request.config_dict[DB]
     oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
+    # DPoP (RFC 9449): a proof, if sent, is checked first, with one of the hub's nonces.
+    try:
+        proof = dpop.from_request(oauth_request, nonces=provider.dpop_nonces)
+    except OAuth2Error as error:
+        return to_response(*error())
+    oauth_request.hub["dpop"] = proof
     await client_keys_ready(request, oauth_request)
     # Refresh on Postgres: every write is one self-contained statement (the rotation is a single
     # data-modifying CTE), so no transaction round trips are needed.
     alone = oauth_request.payload.grant_type == "refresh_token" and dialect.opens_postgres(sessions)
     oauth_request.hub["atomic_rotation"] = alone
+
+    def issue() -> web.StreamResponse:
+        if proof is not None:
+            try:
+                dpop.remember(proof)
+            except OAuth2Error as error:
+                return to_response(*error())
+        return provider.create_token_response(oauth_request)
+
     async with autocommit(sessions) if alone else sessions.begin() as db:
-        return await provider.run(db, lambda: provider.create_token_response(oauth_request))
+        response = await provider.run(db, issue)
+    if proof is not None:
+        response.headers["DPoP-Nonce"] = provider.dpop_nonces.current()
+    return response
 
 
 async def revoke(request: web.Request) -> web.StreamResponse:

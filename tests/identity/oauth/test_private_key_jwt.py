@@ -332,8 +332,7 @@ async def test_registration_needs_public_keys(hub: Hub, kwargs: dict[str, Any]) 
         kwargs = {"jwks": public_jwks(key), "jwks_uri": "https://keys.example/jwks"}
     with pytest.raises(admin.InvalidInput):
         await hub.add_service(token_endpoint_auth_method="private_key_jwt", **kwargs)
-    with pytest.raises(admin.InvalidInput):
-        await hub.add_service(jwks=public_jwks(key))  # keys without private_key_jwt
+    # (Keys without private_key_jwt are taken, for signed request objects: test_request_objects.py.)
 
 
 async def test_private_key_jwt_sign_helper_is_accepted(service: Service) -> None:

@@ -155,8 +155,9 @@ async def test_no_token_is_401_with_a_bare_bearer_challenge(hub: Hub) -> None:
     for method in ("GET", "POST"):
         response = await hub.userinfo(None, method=method)
         assert response.status_code == 401
-        # RFC 6750 section 3.1: no error code when the request carried no token at all.
-        assert response.headers["www-authenticate"] == "Bearer"
+        # RFC 6750 section 3.1: no error code when the request carried no token at all; the
+        # DPoP scheme is offered beside Bearer, with its algorithms (RFC 9449 section 7.1).
+        assert response.headers["www-authenticate"] == 'Bearer, DPoP algs="RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 ES512 EdDSA"'
         assert response.headers["cache-control"] == "no-store"
 
 
@@ -164,7 +165,7 @@ async def test_other_authorization_scheme_is_401_with_a_bearer_challenge(hub: Hu
     async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as http:
         response = await http.get("/userinfo", headers={"Authorization": "Basic YW5uOnNlY3JldA=="})
     assert response.status_code == 401
-    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.headers["www-authenticate"].startswith("Bearer, DPoP algs=")
 
 
 async def test_bad_token_is_invalid_token(hub: Hub) -> None:
