@@ -373,6 +373,7 @@ class FanOut:
             else:
                 unassigned_since = None
             if not batch:
+                await kafka.rewind_past_the_end(consumer)
                 continue
             async with self.busy:
                 events = []

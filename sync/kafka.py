@@ -276,6 +276,27 @@ class Topics:
                 log.debug("closing the Kafka admin client: %s", exc)
 
 
+async def rewind_past_the_end(consumer: AIOKafkaConsumer) -> list[Any]:
+    """Read again from its beginning every assigned partition whose position is past its end:
+    the topic was made again under the consumer (a memory-only broker restarted, or an operator
+    re-created it) while the consumer kept its place in the old one. Apache Kafka answers a fetch
+    there with "offset out of range" and the reset policy applies; the embedded broker answers
+    with nothing, and what is published again to that partition would wait until it passed the
+    old place. Consumers are idempotent, so reading a partition again costs only time."""
+    rewound = []
+    for tp in consumer.assignment():
+        end = consumer.highwater(tp)  # as the last fetch answered it
+        if end is not None and await consumer.position(tp) > end:
+            rewound.append(tp)
+    if rewound:
+        log.warning(
+            "%s: the position is past the end of the partition (the topic was made again); reading it from the start",
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(rewound)),
+        )
+        await consumer.seek_to_beginning(*rewound)
+    return rewound
+
+
 def believed_partitions(client: AIOKafkaProducer | None, topic: str) -> int | None:
     """How many partitions ``client`` believes ``topic`` has (None when it knows nothing of it)."""
     if client is None:

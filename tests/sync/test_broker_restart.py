@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import func, select
 
@@ -34,7 +34,7 @@ from sync.metrics import SyncMetrics
 from sync.relay import REPUBLISH_AFTER, REPUBLISH_CHECK_SECONDS, Relay
 from sync.runtime import EMBEDDED, METRICS
 from sync.service_topics import ServiceTopics
-from tests.support import Hub
+from tests.support import Hub, eventually
 from tests.sync.conftest import EXTERNAL_KAFKA, add_member
 from tests.sync.helpers import SyncProcess, add_people, change, link_directly
 from tests.sync.receivers import Receivers
@@ -105,6 +105,13 @@ async def cluster_broker() -> AsyncIterator[str]:
         process.wait()
 
 
+def _has(bootstrap: str, topic: str, count: int) -> Any:
+    async def probe() -> bool:
+        return await partitions(bootstrap, topic) == count
+
+    return probe
+
+
 class TopicReader:
     """A member service's consumer of one topic, in its own group, reading from the earliest
     offset and keeping the highest version per ``sub`` (what the integration guide asks)."""
@@ -134,6 +141,8 @@ class TopicReader:
             except Exception:  # the broker went away: the consumer reconnects by itself
                 await asyncio.sleep(0.1)
                 continue
+            if not batch:  # what the integration guide asks after a topic was made again
+                await kafka.rewind_past_the_end(self.consumer)
             async with self.changed:
                 for messages in batch.values():
                     for message in messages:
@@ -284,12 +293,15 @@ class TestRelay:
             await restarted.start()
             # Usually before the relay's next check, so with the broker's default count.
             await made_by_a_consumer(restarted.bootstrap, topic)
-            reader = TopicReader(restarted.bootstrap, topic, "after")
-            await reader.start()
             for sub in subs:
                 await change(hub, sub, family_name="After")
             async with hub.app[DB]() as db:
                 after = set(await db.scalars(select(OutboxEvent.id).where(OutboxEvent.id.not_in(before))))
+            # The member's consumer joins once the relay made the topic again with its count
+            # (one that joined the short-lived layout is a matter for the consumer, not the relay).
+            await eventually(_has(restarted.bootstrap, topic, PROFILE_PARTITIONS), timeout=45, what="the topic made again with its 12 partitions")
+            reader = TopicReader(restarted.bootstrap, topic, "after")
+            await reader.start()
             await reader.wait(
                 lambda: after <= reader.outbox_ids, 45,
                 f"events published after the restart never reached the consumer ({len(after - reader.outbox_ids)} of {len(after)})",
@@ -461,3 +473,51 @@ class TestStandaloneBrokerKilled:
                 await p.stop()
             if restarted is not None:
                 await restarted.stop()
+
+
+async def test_a_consumer_past_the_end_of_a_topic_made_again_reads_it_from_the_start() -> None:
+    """A topic deleted and made again under a group member that kept its place (10) in the old
+    one: the embedded broker answers its fetches with nothing, so what is published to the new
+    topic (3 messages) would never be read; ``rewind_past_the_end`` reads it from the start."""
+    async with EmbeddedBroker() as broker:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        consumer = AIOKafkaConsumer(
+            "made-again", bootstrap_servers=broker.bootstrap, group_id="member", auto_offset_reset="earliest",
+            enable_auto_commit=False, session_timeout_ms=3000, heartbeat_interval_ms=600,
+        )
+        try:
+            await admin.create_topics([NewTopic("made-again", 1, 1)])
+            await producer.start()
+            for i in range(10):
+                await producer.send_and_wait("made-again", b"old %d" % i, partition=0)
+            await consumer.start()
+            old: list[bytes] = []
+            while len(old) < 10:
+                old += [m.value for ms in (await consumer.getmany(timeout_ms=200)).values() for m in ms]
+            await admin.delete_topics(["made-again"])
+            await admin.create_topics([NewTopic("made-again", 1, 1)])
+            await producer.stop()
+            producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+            await producer.start()
+            for i in range(3):
+                await producer.send_and_wait("made-again", b"new %d" % i, partition=0)
+            tp = TopicPartition("made-again", 0)
+
+            async def stalled() -> bool:  # the barrier: a fetch answered the new end, and nothing came
+                assert not await consumer.getmany(tp, timeout_ms=200)
+                return consumer.highwater(tp) == 3
+
+            await eventually(stalled, what="a fetch of the new topic")
+            assert await consumer.position(tp) == 10
+            assert await kafka.rewind_past_the_end(consumer) == [tp]
+            new: list[bytes] = []
+            while len(new) < 3:
+                new += [m.value for ms in (await consumer.getmany(timeout_ms=200)).values() for m in ms]
+            assert new == [b"new 0", b"new 1", b"new 2"]
+            assert await kafka.rewind_past_the_end(consumer) == []  # at the end now, not past it
+        finally:
+            await consumer.stop()
+            await producer.stop()
+            await admin.close()
