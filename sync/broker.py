@@ -30,6 +30,7 @@ MEMORY_CLUSTER_PREFIX = "onesignin-memory-"
 RESTART_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)  # seconds before each restart in a row, the last repeats
 WATCH_SECONDS = 0.2  # how often the supervisor looks at the process
 STABLE_SECONDS = 30.0  # a broker up this long starts the backoff afresh when it next dies
+STOP_GRACE = 1.0  # seconds the broker gets to stop when asked before it is killed
 
 
 def memory_only(cluster_id: str | None) -> bool:
@@ -194,7 +195,10 @@ class EmbeddedBroker:
             return
         process.terminate()
         try:
-            await asyncio.wait_for(asyncio.to_thread(process.wait), 10)
+            # Asked to stop, the broker waits five seconds for clients still connected (a
+            # member service's consumer, say). It keeps everything in memory, so nothing is
+            # lost by not waiting: a second, then it is killed.
+            await asyncio.wait_for(asyncio.to_thread(process.wait), STOP_GRACE)
         except TimeoutError:
             process.kill()
             await asyncio.to_thread(process.wait)

@@ -10,6 +10,8 @@ import os
 import random
 import shutil
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -159,8 +161,9 @@ class PostgresTemplates:
 
 
 class Dropper:
-    """Drops the tests' scratch databases in a thread of its own: DROP DATABASE waits for a
-    checkpoint, which need not hold up the next test. The session waits for every drop."""
+    """Drops scratch databases during the session (one whose schema a test changed) in a
+    thread of its own: DROP DATABASE waits for a checkpoint, which need not hold up the next
+    test. The session waits for these drops."""
 
     def __init__(self) -> None:
         self.pool = ThreadPoolExecutor(2, thread_name_prefix="drop-database")
@@ -180,6 +183,34 @@ class Dropper:
         for future in self.pending:
             future.result()
         self.pool.shutdown()
+
+
+_DROP = """
+import asyncio, sys, asyncpg
+async def main(dsn, names):
+    conn = await asyncpg.connect(dsn)
+    try:
+        for name in names:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+asyncio.run(main(sys.argv[1], sys.argv[2:]))
+"""
+
+
+def drop_after_the_session(names: list[str]) -> None:
+    """Drop ``names`` in a process of their own that outlives the test session: each drop waits
+    for a checkpoint, seconds at the end of a run that nothing needs to wait for."""
+    if names:
+        _DROPPING.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _DROP, _pg_dsn(), *names],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )
+        )
+
+
+_DROPPING: list[subprocess.Popen[bytes]] = []  # not waited for, but kept from the garbage collector
 
 
 @pytest.fixture(scope="session")
@@ -207,11 +238,8 @@ def postgres_templates() -> Iterator[PostgresTemplates]:
         await keyed.dispose()
 
     run_blocking(create)
-    dropper = Dropper()
     yield names
-    for name in names.bare, names.keyed:
-        dropper.drop(name)
-    dropper.close()
+    drop_after_the_session([names.bare, names.keyed])
 
 
 #: What a database's schema is: its relations, columns and triggers. A test that changed it
@@ -346,9 +374,8 @@ class PostgresPool:
         self.free[template].append(name)
 
     def close(self) -> None:
-        for name in self.made:
-            self.dropper.drop(name)
         self.dropper.close()
+        drop_after_the_session(self.made)
 
 
 @pytest.fixture(scope="session")
