@@ -10,7 +10,7 @@ from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import links
@@ -153,6 +153,14 @@ async def add_service(
     )
     await db.flush()
     return service
+
+
+async def refuse_taken_name(db: AsyncSession, name: str) -> None:
+    """Refuse a name another service has (whatever its case): people and operators tell services
+    apart by name (``onesignin services add``)."""
+    taken = await db.scalar(select(Service.client_id).where(func.lower(Service.name) == name.strip().lower()).limit(1))
+    if taken is not None:
+        raise InvalidInput(f"a service named {name.strip()!r} is already registered ({taken}): choose another --name")
 
 
 def _client_keys(method: AuthMethod, jwks: dict[str, Any] | None, jwks_uri: str | None) -> tuple[dict[str, Any] | None, str | None]:

@@ -1,5 +1,6 @@
 """The ``onesignin`` command. Each command prints one JSON object on stdout (``audit list``: one
-JSON array); errors go to stderr with a non-zero exit status."""
+JSON array; the operators' commands of :mod:`identity.operator_cli` readable lines unless
+``--json``); errors go to stderr with a non-zero exit status."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from identity import admin
+from identity import admin, operator_cli
 from identity.accounts.passwords import PasswordHasher, check_password
 from identity.accounts.pwned_api import range_api
 from identity.db.engine import create_engine, create_sessionmaker
@@ -56,6 +57,7 @@ async def _with_db(settings: Settings, work: Callable[[Any], Awaitable[dict[str,
 
 def cmd_services_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     async def work(db: Any) -> dict[str, Any]:
+        await admin.refuse_taken_name(db, args.name)
         service = await admin.add_service(
             db,
             name=args.name,
@@ -696,6 +698,7 @@ def parser() -> argparse.ArgumentParser:
         help="accept this service's authorization requests only when pushed first (RFC 9126, POST ISSUER/par)",
     )
     add_service.set_defaults(func=cmd_services_add)
+    operator_cli.add_service_commands(services_sub)
 
     update_service = services_sub.add_parser(
         "update", help="change where a service receives profile changes, or its cancellation route",
@@ -762,6 +765,7 @@ def parser() -> argparse.ArgumentParser:
     remove_factor.add_argument("--operator", help="who is removing it, for the audit record")
     remove_factor.add_argument("--reason", help="why (e.g. a support ticket id), for the audit record; no personal data")
     remove_factor.set_defaults(func=cmd_users_remove_second_factor)
+    operator_cli.add_user_commands(users_sub)
 
     purge = sub.add_parser(
         "purge",
@@ -853,12 +857,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"onesignin: configuration error:\n{exc}", file=sys.stderr)
         return 2
-    except (UsageError, BrokerError) as exc:
+    except (UsageError, BrokerError, operator_cli.OperatorError) as exc:
         print(f"onesignin: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    if args.command not in ("serve", "relay", "worker", "demo"):
+    if getattr(args, "render", None) is not None and not args.json:
+        sys.stdout.write(args.render(result))
+        sys.stdout.flush()
+    elif args.command not in ("serve", "relay", "worker", "demo"):
         _emit(result)
     return 0
 
