@@ -116,6 +116,9 @@ class Settings(BaseSettings):
 
     backchannel_logout_timeout: float = Field(5.0, gt=0)
 
+    # /readyz: how long each check (the database's trivial query, a Kafka connection) may take.
+    readiness_timeout: float = Field(2.0, gt=0, le=30, description="Seconds each /readyz check may take.")
+
     # `onesignin services rotate-secret`: how long the replaced client secret keeps working
     # beside the new one (the service deploys the new one meanwhile); --overlap overrides it.
     client_secret_overlap: int = Field(
