@@ -16,7 +16,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from identity import admin, operator_cli
+from sqlalchemy.exc import SQLAlchemyError
+
+from identity import admin, operator_cli, preflight
 from identity.accounts.passwords import PasswordHasher, check_password
 from identity.accounts.pwned_api import range_api
 from identity.db.engine import create_engine, create_sessionmaker
@@ -233,11 +235,24 @@ def _run_sync_alone(settings: Settings, args: argparse.Namespace, *, relay: bool
         )
     if settings.is_embedded:
         log.warning("Using the embedded SQLite database; scale-out processes normally share Postgres.")
+    _preflight(settings, args.host, args.port)
     app = standalone_app(settings, database(settings.is_embedded), relay=relay, worker=worker)
     role = "relay" if relay else "worker"
     _emit({"status": "starting", "role": role, "metrics": f"http://{args.host}:{args.port}/metrics"})
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True, loop=_event_loop())
     return {"status": "stopped"}
+
+
+def _preflight(settings: Settings, host: str, port: int, *, metrics: bool = False) -> None:
+    """A busy port, an unreachable or unmigrated database: one or two lines saying what to do.
+    ``metrics``: the hub's own metrics port is checked too."""
+    try:
+        preflight.check_port(host, port)
+        if metrics and settings.metrics_port:
+            preflight.check_port(settings.metrics_host, settings.metrics_port, "--metrics-port (ONESIGNIN_METRICS_PORT)")
+        asyncio.run(preflight.check_database(settings))
+    except preflight.NotStartable as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_relay(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -434,6 +449,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             "so that services can reach the URLs it publishes.",
             settings.issuer, args.port, args.host, args.port,
         )
+    _preflight(settings, args.host, args.port, metrics=True)
     app = create_app(settings, sync=settings.sync_in_process and not args.no_sync)
     _emit(
         {
@@ -851,6 +867,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     args = parser().parse_args(argv)
+    settings = None
     try:
         settings = load_settings()
         result = args.func(settings, args)
@@ -862,6 +879,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except (OSError, SQLAlchemyError) as exc:
+        # The database went away, or was never migrated: say so, and what fixes it.
+        message = preflight.explain(settings, exc) if settings is not None else None
+        if message is None:
+            raise
+        print(f"onesignin: {message}", file=sys.stderr)
+        return 1
     if getattr(args, "render", None) is not None and not args.json:
         sys.stdout.write(args.render(result))
         sys.stdout.flush()
