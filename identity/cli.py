@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from identity import admin, operator_cli, preflight
+from identity import admin, logs, operator_cli, preflight
 from identity.accounts.passwords import PasswordHasher, check_password
 from identity.accounts.pwned_api import range_api
 from identity.db.engine import create_engine, create_sessionmaker
@@ -864,12 +864,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logs.configure("text")
     args = parser().parse_args(argv)
     settings = None
     try:
         settings = load_settings()
+        logs.configure(settings.log_format)
         result = args.func(settings, args)
     except ConfigurationError as exc:
         print(f"onesignin: configuration error:\n{exc}", file=sys.stderr)

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
 
     backchannel_logout_timeout: float = Field(5.0, gt=0)
 
+    # Logs on stderr: plain text lines, or one JSON object a line for a log pipeline.
+    log_format: Literal["text", "json"] = Field("text", description="text or json")
+
     # /readyz: how long each check (the database's trivial query, a Kafka connection) may take.
     readiness_timeout: float = Field(2.0, gt=0, le=30, description="Seconds each /readyz check may take.")
 

@@ -51,7 +51,7 @@ def create_app(settings: Settings, *, migrate: bool | None = None, sync: bool | 
     """The whole hub as one aiohttp application. ``migrate`` defaults to True on the
     embedded database; production runs ``onesignin migrate`` once per deployment. ``sync``
     (default: ``settings.sync_in_process``) also runs the outbox relay and sync worker here."""
-    app = web.Application(middlewares=[middleware.security_headers, middleware.errors, middleware.whole_body], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[middleware.request_context, middleware.security_headers, middleware.errors, middleware.whole_body], client_max_size=64 * 1024)
     app[K.SETTINGS] = settings
     secret = settings.resolved_secret_key()
     app[K.SECRET] = secret.encode()
