@@ -205,6 +205,11 @@ def cmd_rights_status(settings: Settings, args: argparse.Namespace) -> dict[str,
 def cmd_audit_list(settings: Settings, args: argparse.Namespace) -> list[dict[str, Any]]:
     from identity.support import trail
 
+    if args.service is not None:
+        async def of_service(db: Any) -> dict[str, Any]:
+            return {"records": [trail.as_json(r) for r in await trail.of_service(db, args.service)]}
+
+        return list(asyncio.run(_with_db(settings, of_service))["records"])
     if not args.account.strip():
         raise UsageError("--account needs the account's sub")
 
@@ -834,7 +839,12 @@ def parser() -> argparse.ArgumentParser:
         "one JSON array: id, at, actor_kind, actor, account_sub, action, reason, detail. Records outlive an erased "
         "account; an unknown sub prints [].",
     )
-    audit_list.add_argument("--account", required=True, metavar="SUB", help="the account's sub")
+    whose = audit_list.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--account", metavar="SUB", help="the account's sub")
+    whose.add_argument(
+        "--service", metavar="CLIENT_ID",
+        help="instead: the operators' changes to this service (service.*: disabled, enabled, secret_rotated, removed), also once it is removed",
+    )
     audit_list.set_defaults(func=cmd_audit_list)
     agents = sub.add_parser(
         "agents", help="support console staff (agents and supervisors)", description="Manage support console staff."

@@ -133,6 +133,8 @@ async def test_a_disabled_service_gets_no_sign_ins_no_tokens(hub: Hub, rp: Relyi
             return (await client_credentials(rp)).status_code == 200
         await eventually(accepted, what="the enabled service accepted")
         assert (await hub.userinfo(token["access_token"])).status_code == 200
+        about = json.loads((await run(hub, "audit", "list", "--service", rp.client_id)).stdout)
+        assert [(r["action"], r["reason"], r["actor_kind"]) for r in about] == [("service.disabled", "T-42", "cli"), ("service.enabled", None, "cli")]
     finally:
         await browser.aclose()
 
@@ -155,6 +157,8 @@ async def test_removing_a_service_with_linked_people_needs_force(hub: Hub, rp: R
         assert (await run_json(hub, "services", "list"))["services"] == []
         assert (await hub.userinfo(token["access_token"])).status_code == 401
         assert "link.ended_by_service_removal" in await audit_actions(hub, sub)
+        about = await run(hub, "audit", "list", "--service", rp.client_id)
+        assert [(r["action"], r["detail"]["links_ended"]) for r in json.loads(about.stdout)] == [("service.removed", 1)]
     finally:
         await browser.aclose()
 
