@@ -175,7 +175,7 @@ async def remove(
     if open_requests:
         raise InvalidInput(
             f"{open_requests} rights request(s) to {service.name} ({client_id}) are still open: the service must "
-            "complete or refuse them first (`onesignin rights list --service {client_id}`)".replace("{client_id}", client_id)
+            f"complete or refuse them first (`onesignin rights list --service {client_id}`)"
         )
     linked = (
         await db.execute(
