@@ -14,6 +14,9 @@ from typing import Any
 import httpx2
 import pytest
 
+from identity.accounts.store import find_by_sub
+from identity.appkeys import DB
+from identity.rights.store import open_request
 from tests.cli import onesignin
 from tests.conftest import HUB_SECRET_KEY
 from tests.identity.oauth.test_logout import Receiver, receiver  # noqa: F401
@@ -161,6 +164,23 @@ async def test_removing_a_service_with_linked_people_needs_force(hub: Hub, rp: R
         assert [(r["action"], r["detail"]["links_ended"]) for r in json.loads(about.stdout)] == [("service.removed", 1)]
     finally:
         await browser.aclose()
+
+
+async def test_a_service_with_an_open_rights_request_is_not_removed(hub: Hub, rp: RelyingParty) -> None:
+    sub = await hub.add_user(verified=True)
+    browser = Browser(hub)
+    try:
+        await sign_in_through(rp, browser, scope="openid")
+    finally:
+        await browser.aclose()
+    async with hub.app[DB].begin() as db:
+        account = await find_by_sub(db, sub)
+        assert account is not None
+        await open_request(db, account, type="erasure", client_id=rp.client_id, details=None)
+    refused = await run(hub, "services", "remove", "--client-id", rp.client_id, "--force")
+    assert refused.returncode == 2
+    assert "1 rights request(s) to Garden Centre" in refused.stderr and f"rights list --service {rp.client_id}" in refused.stderr
+    assert [s["client_id"] for s in (await run_json(hub, "services", "list"))["services"]] == [rp.client_id]
 
 
 async def test_users_list_show_disable_enable(hub: Hub, rp: RelyingParty, receiver: Receiver) -> None:  # noqa: F811
