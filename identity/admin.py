@@ -10,7 +10,7 @@ from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import links
@@ -211,6 +211,7 @@ async def update_service_client(
         service.secret_hash = digest(updated.client_secret)
     elif not method.has_secret:
         service.secret_hash = None
+        service.previous_secret_hash = service.previous_secret_expires_at = None
     service.token_endpoint_auth_method = method.value
     if (method is AuthMethod.NONE) != (before is AuthMethod.NONE):
         service.grant_types = PUBLIC_GRANT_TYPES if method is AuthMethod.NONE else DEFAULT_GRANT_TYPES
@@ -224,6 +225,14 @@ async def update_service_client(
         service.require_signed_request_object = require_signed_request_object
     await db.flush()
     return updated
+
+
+async def refuse_taken_name(db: AsyncSession, name: str) -> None:
+    """Refuse a name another service has (whatever its case): people and operators tell services
+    apart by name (``onesignin services add``)."""
+    taken = await db.scalar(select(Service.client_id).where(func.lower(Service.name) == name.strip().lower()).limit(1))
+    if taken is not None:
+        raise InvalidInput(f"a service named {name.strip()!r} is already registered ({taken}): choose another --name")
 
 
 def _client_keys(method: AuthMethod, jwks: dict[str, Any] | None, jwks_uri: str | None) -> tuple[dict[str, Any] | None, str | None]:

@@ -1,5 +1,6 @@
 """The ``onesignin`` command. Each command prints one JSON object on stdout (``audit list``: one
-JSON array); errors go to stderr with a non-zero exit status."""
+JSON array; the operators' commands of :mod:`identity.operator_cli` readable lines unless
+``--json``); errors go to stderr with a non-zero exit status."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from identity import admin
+from sqlalchemy.exc import SQLAlchemyError
+
+from identity import admin, logs, operator_cli, preflight
 from identity.accounts.passwords import PasswordHasher, check_password
 from identity.accounts.pwned_api import range_api
 from identity.db.engine import create_engine, create_sessionmaker
@@ -56,6 +59,7 @@ async def _with_db(settings: Settings, work: Callable[[Any], Awaitable[dict[str,
 
 def cmd_services_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     async def work(db: Any) -> dict[str, Any]:
+        await admin.refuse_taken_name(db, args.name)
         service = await admin.add_service(
             db,
             name=args.name,
@@ -232,6 +236,11 @@ def cmd_rights_status(settings: Settings, args: argparse.Namespace) -> dict[str,
 def cmd_audit_list(settings: Settings, args: argparse.Namespace) -> list[dict[str, Any]]:
     from identity.support import trail
 
+    if args.service is not None:
+        async def of_service(db: Any) -> dict[str, Any]:
+            return {"records": [trail.as_json(r) for r in await trail.of_service(db, args.service)]}
+
+        return list(asyncio.run(_with_db(settings, of_service))["records"])
     if not args.account.strip():
         raise UsageError("--account needs the account's sub")
 
@@ -262,11 +271,24 @@ def _run_sync_alone(settings: Settings, args: argparse.Namespace, *, relay: bool
         )
     if settings.is_embedded:
         log.warning("Using the embedded SQLite database; scale-out processes normally share Postgres.")
+    _preflight(settings, args.host, args.port)
     app = standalone_app(settings, database(settings.is_embedded), relay=relay, worker=worker)
     role = "relay" if relay else "worker"
     _emit({"status": "starting", "role": role, "metrics": f"http://{args.host}:{args.port}/metrics"})
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True, loop=_event_loop())
     return {"status": "stopped"}
+
+
+def _preflight(settings: Settings, host: str, port: int, *, metrics: bool = False) -> None:
+    """A busy port, an unreachable or unmigrated database: one or two lines saying what to do.
+    ``metrics``: the hub's own metrics port is checked too."""
+    try:
+        preflight.check_port(host, port)
+        if metrics and settings.metrics_port:
+            preflight.check_port(settings.metrics_host, settings.metrics_port, "--metrics-port (ONESIGNIN_METRICS_PORT)")
+        asyncio.run(preflight.check_database(settings))
+    except preflight.NotStartable as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_relay(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -463,6 +485,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             "so that services can reach the URLs it publishes.",
             settings.issuer, args.port, args.host, args.port,
         )
+    _preflight(settings, args.host, args.port, metrics=True)
     app = create_app(settings, sync=settings.sync_in_process and not args.no_sync)
     _emit(
         {
@@ -738,6 +761,7 @@ def parser() -> argparse.ArgumentParser:
         help="accept this service's authorization requests only as request objects signed with its keys (RFC 9101)",
     )
     add_service.set_defaults(func=cmd_services_add)
+    operator_cli.add_service_commands(services_sub)
 
     update_service = services_sub.add_parser(
         "update", help="change a service's webhook or topic, cancellation route, client authentication or requirements",
@@ -831,6 +855,7 @@ def parser() -> argparse.ArgumentParser:
     remove_factor.add_argument("--operator", help="who is removing it, for the audit record")
     remove_factor.add_argument("--reason", help="why (e.g. a support ticket id), for the audit record; no personal data")
     remove_factor.set_defaults(func=cmd_users_remove_second_factor)
+    operator_cli.add_user_commands(users_sub)
 
     purge = sub.add_parser(
         "purge",
@@ -883,7 +908,12 @@ def parser() -> argparse.ArgumentParser:
         "one JSON array: id, at, actor_kind, actor, account_sub, action, reason, detail. Records outlive an erased "
         "account; an unknown sub prints [].",
     )
-    audit_list.add_argument("--account", required=True, metavar="SUB", help="the account's sub")
+    whose = audit_list.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--account", metavar="SUB", help="the account's sub")
+    whose.add_argument(
+        "--service", metavar="CLIENT_ID",
+        help="instead: the operators' changes to this service (service.*: disabled, enabled, secret_rotated, removed), also once it is removed",
+    )
     audit_list.set_defaults(func=cmd_audit_list)
     agents = sub.add_parser(
         "agents", help="support console staff (agents and supervisors)", description="Manage support console staff."
@@ -913,21 +943,32 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logs.configure("text")
     args = parser().parse_args(argv)
+    settings = None
     try:
         settings = load_settings()
+        logs.configure(settings.log_format)
         result = args.func(settings, args)
     except ConfigurationError as exc:
         print(f"onesignin: configuration error:\n{exc}", file=sys.stderr)
         return 2
-    except (UsageError, BrokerError) as exc:
+    except (UsageError, BrokerError, operator_cli.OperatorError) as exc:
         print(f"onesignin: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    if args.command not in ("serve", "relay", "worker", "demo"):
+    except (OSError, SQLAlchemyError) as exc:
+        # The database went away, or was never migrated: say so, and what fixes it.
+        message = preflight.explain(settings, exc) if settings is not None else None
+        if message is None:
+            raise
+        print(f"onesignin: {message}", file=sys.stderr)
+        return 1
+    if getattr(args, "render", None) is not None and not args.json:
+        sys.stdout.write(args.render(result))
+        sys.stdout.flush()
+    elif args.command not in ("serve", "relay", "worker", "demo"):
         _emit(result)
     return 0
 

@@ -116,6 +116,18 @@ class Settings(BaseSettings):
 
     backchannel_logout_timeout: float = Field(5.0, gt=0)
 
+    # Logs on stderr: plain text lines, or one JSON object a line for a log pipeline.
+    log_format: Literal["text", "json"] = Field("text", description="text or json")
+
+    # /readyz: how long each check (the database's trivial query, a Kafka connection) may take.
+    readiness_timeout: float = Field(2.0, gt=0, le=30, description="Seconds each /readyz check may take.")
+
+    # `onesignin services rotate-secret`: how long the replaced client secret keeps working
+    # beside the new one (the service deploys the new one meanwhile); --overlap overrides it.
+    client_secret_overlap: int = Field(
+        86400, ge=0, le=90 * 86400, description="Seconds a rotated-out client secret keeps working beside the new one."
+    )
+
     # private_key_jwt services that publish their keys at a jwks_uri: fetched through the
     # outbound policy, kept this long, and fetched again sooner for an unknown key id (at most
     # once per refetch interval per service).

@@ -1,7 +1,7 @@
 """Running the sync pipeline inside an aiohttp application, as ``cleanup_ctx`` entries: the
 embedded broker (when no Kafka is configured), the outbox relay, the fan-out consumer and the
 deliverer. ``serve`` runs them beside the hub; ``relay`` and ``worker`` run them alone, with
-only ``/metrics`` and ``/healthz``. The metrics name every service's ``client_id``, so the hub
+only ``/metrics``, ``/healthz`` (liveness) and ``/readyz`` (readiness). The metrics name every service's ``client_id``, so the hub
 serves its ``/metrics`` on a port of its own (:func:`metrics_server`), never on the public one."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from identity import appkeys as K
 from identity import notices, outbound
+from identity.db.engine import reachable
 from identity.rights.metrics import refresh_overdue
 from identity.sealing import KeyCipher
 from identity.settings import Settings
@@ -170,6 +171,7 @@ def standalone_app(settings: Settings, database: Callable[[web.Application], Asy
     add_sync(app, relay=relay, worker=worker)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", ready)
     return app
 
 
@@ -200,6 +202,47 @@ async def health(request: web.Request) -> web.Response:
     if stopped:
         return web.json_response({"status": "stopped", "stopped": stopped}, status=503)
     return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness: 200 when this process can do its work, else 503 naming what failed (never
+    an address, a secret or a stack trace). Checks the database (a trivial query), Kafka where
+    this process runs the relay or the worker (a connection to a bootstrap server), and that
+    its sync tasks still run. Each check is bounded by ``ONESIGNIN_READINESS_TIMEOUT``."""
+    app = request.config_dict
+    timeout = app[K.SETTINGS].readiness_timeout
+    names = ["database"]
+    probes = [reachable(app[K.ENGINE], timeout)] if K.ENGINE in app else [_false()]
+    if BOOTSTRAP in app:
+        names.append("kafka")
+        probes.append(kafka_reachable(app[BOOTSTRAP], timeout))
+    answers = await asyncio.gather(*probes)
+    checks = {name: "ok" if ok else "unreachable" for name, ok in zip(names, answers, strict=True)}
+    if BOOTSTRAP in app:
+        checks["sync"] = "stopped" if any(task.done() for task in app[TASKS].values()) else "ok"
+    failed = [name for name, state in checks.items() if state != "ok"]
+    if failed:
+        return web.json_response({"status": "not ready", "failed": failed, "checks": checks}, status=503)
+    return web.json_response({"status": "ready", "checks": checks})
+
+
+async def _false() -> bool:
+    return False
+
+
+async def kafka_reachable(bootstrap: str, timeout: float) -> bool:
+    """Whether one of the bootstrap servers (``host:port,...``) accepts a connection in time."""
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), timeout)
+        except (TimeoutError, OSError, ValueError):
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+    return False
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -135,9 +135,10 @@ async def sign_in_at_once(db: AsyncSession, attempt: Attempt, session: dict[str,
 
 # Built once: only their parameters change from one sign-in to the next, so SQLAlchemy neither
 # rebuilds them nor recomputes their cache keys.
+# A disabled account (``onesignin users disable``) is not found: it cannot sign in.
 _FIND_ACCOUNT = select(
-    select(Account.id).where(Account.email == bindparam("email")).scalar_subquery(),
-    select(Account.password_hash).where(Account.email == bindparam("email")).scalar_subquery(),
+    select(Account.id).where(Account.email == bindparam("email"), Account.disabled_at.is_(None)).scalar_subquery(),
+    select(Account.password_hash).where(Account.email == bindparam("email"), Account.disabled_at.is_(None)).scalar_subquery(),
 )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, make_url, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -39,6 +41,22 @@ def create_engine(settings: Settings, **kwargs: Any) -> AsyncEngine:
     kwargs.setdefault("pool_recycle", 1800)
     # Bound parameters (emails, hashes) never appear in logged errors.
     return create_async_engine(url, hide_parameters=True, **kwargs)
+
+
+async def reachable(engine: AsyncEngine, timeout: float) -> bool:
+    """Whether the database answers a trivial query within ``timeout`` seconds (readiness)."""
+    async def ask() -> None:
+        async with engine.connect() as connection:
+            await connection.execute(_PING)
+
+    try:
+        await asyncio.wait_for(ask(), timeout)
+    except (TimeoutError, OSError, SQLAlchemyError):
+        return False
+    return True
+
+
+_PING = text("SELECT 1")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

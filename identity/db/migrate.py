@@ -37,3 +37,20 @@ async def upgrade(engine: AsyncEngine) -> str | None:
         await connection.run_sync(_upgrade)
     async with engine.connect() as connection:
         return await connection.run_sync(_current)
+
+
+def head_revision() -> str:
+    """The newest revision this version of the hub ships."""
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(files("identity.db") / "migrations"))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    """The revision the database is at (None: never migrated)."""
+    async with engine.connect() as connection:
+        return await connection.run_sync(_current)

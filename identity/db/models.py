@@ -118,6 +118,8 @@ class Account(Base):
     # When sharing with services stopped because the account turned out to be a child's
     # without a guardian's consent, and when it is deleted unless a guardian confirms.
     restricted_at: Mapped[dt.datetime | None]
+    #: An operator disabled the account (``onesignin users disable``): it cannot sign in.
+    disabled_at: Mapped[dt.datetime | None]
     delete_after: Mapped[dt.datetime | None] = mapped_column(index=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -247,6 +249,11 @@ class Service(Base):
     require_dpop: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     #: Authorization requests only as signed request objects (RFC 9101 section 10.5).
     require_signed_request_object: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: An operator disabled the service (``onesignin services disable``): no sign-ins, no tokens.
+    disabled_at: Mapped[dt.datetime | None]
+    #: The secret before the last rotation, accepted until ``previous_secret_expires_at``.
+    previous_secret_hash: Mapped[str | None] = mapped_column(String(128))
+    previous_secret_expires_at: Mapped[dt.datetime | None]
 
 
 class PushedRequest(Base):

@@ -3,6 +3,7 @@ private_key_jwt) or public (``none``: a native app or a browser app, which can k
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -60,6 +61,11 @@ class ServiceClient(ClientMixin):
     require_dpop: bool = False
     #: Authorization requests only as signed request objects (RFC 9101 section 10.5).
     require_signed_request_object: bool = False
+    #: Disabled by an operator: no sign-ins, no client authentication, its tokens refused.
+    disabled: bool = False
+    #: The secret before the last rotation, accepted until it expires.
+    previous_secret_hash: str | None = None
+    previous_secret_expires_at: dt.datetime | None = None
 
     @classmethod
     def from_row(cls, row: Service) -> ServiceClient:
@@ -82,6 +88,9 @@ class ServiceClient(ClientMixin):
             require_par=bool(row.require_par),
             require_dpop=bool(row.require_dpop),
             require_signed_request_object=bool(row.require_signed_request_object),
+            disabled=row.disabled_at is not None,
+            previous_secret_hash=row.previous_secret_hash,
+            previous_secret_expires_at=row.previous_secret_expires_at,
         )
 
     @property
@@ -115,7 +124,15 @@ class ServiceClient(ClientMixin):
         return any(redirects.matches(r, redirect_uri, native=native) for r in self.redirect_uris)
 
     def check_client_secret(self, client_secret: str) -> bool:
-        return self.secret_hash is not None and matches(client_secret, self.secret_hash)
+        if self.secret_hash is not None and matches(client_secret, self.secret_hash):
+            return True
+        # During a rotation's overlap the replaced secret works too, until it expires.
+        return (
+            self.previous_secret_hash is not None
+            and self.previous_secret_expires_at is not None
+            and self.previous_secret_expires_at > dt.datetime.now(dt.UTC)
+            and matches(client_secret, self.previous_secret_hash)
+        )
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
         # Each endpoint lists the methods it takes (introspection takes no "none"); a service

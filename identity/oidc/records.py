@@ -84,7 +84,8 @@ class IssuedToken(TokenMixin):
         return self.get_expires_at() <= utcnow()
 
     def is_revoked(self) -> bool:
-        if self.row.revoked_at is not None:
+        if self.row.revoked_at is not None or (self.client is not None and self.client.disabled):
+            # A disabled service's tokens are refused while it stays disabled.
             return True
         return self.kind == "refresh_token" and self.row.refresh_used_at is not None
 

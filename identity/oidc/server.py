@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import AuthorizationServer, ResourceProtector
-from authlib.oauth2.rfc6749.errors import InvalidGrantError, InvalidRequestError
+from authlib.oauth2.rfc6749.errors import InvalidClientError, InvalidGrantError, InvalidRequestError
 from authlib.oauth2.rfc6750 import BearerTokenValidator, InvalidTokenError
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
@@ -116,6 +116,14 @@ class Provider(AuthorizationServer):
         if len(self._clients) > 10_000:
             self._clients.clear()
         self._clients[client_id] = (now + CLIENT_CACHE_SECONDS, client)
+        return client
+
+    def authenticate_client(self, request: Any, methods: Any, endpoint: str = "token") -> Any:
+        """authlib's client authentication, then: a disabled service is refused (after it proved
+        who it is, so the reason can be told)."""
+        client = super().authenticate_client(request, methods, endpoint)
+        if client is not None and client.disabled:
+            raise InvalidClientError(status_code=401, description="This service is disabled at the hub.")
         return client
 
     def query_client_by_id(self, service_id: int) -> ServiceClient | None:

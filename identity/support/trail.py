@@ -32,6 +32,13 @@ async def records(
     return list((await db.scalars(query)).all())
 
 
+async def of_service(db: AsyncSession, client_id: str) -> list[AuditRecord]:
+    """The operators' records about one service (``service.*``, naming it in their detail),
+    oldest first; they outlive the service."""
+    rows = (await db.scalars(select(AuditRecord).where(AuditRecord.action.like("service.%")).order_by(AuditRecord.id))).all()
+    return [r for r in rows if isinstance(r.detail, dict) and r.detail.get("client_id") == client_id]
+
+
 async def agent_emails(db: AsyncSession, rows: list[AuditRecord]) -> dict[str, str]:
     """The email address of each agent named in ``rows`` (by ``sub``), for supervisors' pages."""
     subs = {r.actor for r in rows if r.actor_kind == "agent" and r.actor}

@@ -40,7 +40,7 @@ from identity.settings import Settings
 from identity.support import routes as console_routes
 from identity.support.app import create_console
 from identity.web import middleware
-from sync.runtime import add_sync, metrics_server
+from sync.runtime import add_sync, metrics_server, ready
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def create_app(settings: Settings, *, migrate: bool | None = None, sync: bool | 
     """The whole hub as one aiohttp application. ``migrate`` defaults to True on the
     embedded database; production runs ``onesignin migrate`` once per deployment. ``sync``
     (default: ``settings.sync_in_process``) also runs the outbox relay and sync worker here."""
-    app = web.Application(middlewares=[middleware.security_headers, middleware.errors, middleware.whole_body], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[middleware.request_context, middleware.security_headers, middleware.errors, middleware.whole_body], client_max_size=64 * 1024)
     app[K.SETTINGS] = settings
     secret = settings.resolved_secret_key()
     app[K.SECRET] = secret.encode()
@@ -86,12 +86,14 @@ def create_app(settings: Settings, *, migrate: bool | None = None, sync: bool | 
     api_routes.add_routes(app)
     page_routes.add_routes(app)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", ready)
     app.router.add_static("/static", str(files("identity.pages") / "static"), name="static")
     app.add_subapp("/support", create_console(console_routes.add_routes))
     return app
 
 
 async def health(request: web.Request) -> web.Response:
+    """Liveness: the process is up and answering (``/readyz`` says whether it can do its work)."""
     return web.json_response({"status": "ok"})
 
 

@@ -46,7 +46,7 @@ async def current(request: web.Request, db: AsyncSession) -> SignedIn | None:
     if row.last_seen_at + dt.timedelta(seconds=settings.session_idle_ttl) <= now:
         return None
     account = await db.get(Account, row.account_id)
-    if account is None:
+    if account is None or account.disabled_at is not None:
         return None
     if now - row.last_seen_at > _TOUCH_AFTER:
         row.last_seen_at = now

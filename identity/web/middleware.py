@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -14,6 +16,7 @@ from sqlalchemy.exc import DataError
 from identity.accounts.hashing import HashQueueFull
 from identity.appkeys import SETTINGS
 from identity.errors import BadInput
+from identity.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +25,41 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 API_PREFIXES = ("/token", "/userinfo", "/revoke", "/introspect", "/jwks", "/.well-known/", "/api/", "/schemas/", "/asyncapi.json", "/metrics")
 
 PAGE_CSP = "default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+
+
+#: An incoming X-Request-Id is used only when it looks like an id (a proxy's or a client's).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{7,127}")
+access_log = logging.getLogger("onesignin.access")
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: a request id for every request (a well-formed incoming ``X-Request-Id``, else
+    a new one), in every log line written while answering it and in the answer's
+    ``X-Request-Id``; then one access log line (method, path without the query string, status,
+    duration, id: never a token, a cookie or a query string)."""
+    given = request.headers.get("X-Request-Id", "")
+    rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    token = REQUEST_ID.set(rid)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers["X-Request-Id"] = rid
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        exc.headers["X-Request-Id"] = rid
+        raise
+    finally:
+        duration = round((time.perf_counter() - started) * 1000, 1)
+        access_log.info(
+            "%s %s %s %.1f ms", request.method, request.path, status, duration,
+            extra={"method": request.method, "path": request.path, "status": status, "duration_ms": duration},
+        )
+        REQUEST_ID.reset(token)
 
 
 def is_api(request: web.Request) -> bool:

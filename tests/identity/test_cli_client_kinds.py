@@ -4,6 +4,7 @@ command authenticating to a running hub."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -36,8 +37,12 @@ def env(hub: Hub) -> dict[str, str]:
     }
 
 
+_apps = itertools.count(1)
+
+
 def add(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return onesignin(env, "services", "add", "--name", "App", *args)
+    # Each its own name: `services add` refuses a name another service has.
+    return onesignin(env, "services", "add", "--name", f"App {next(_apps)}", *args)
 
 
 def printed(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:

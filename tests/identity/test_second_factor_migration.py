@@ -1,4 +1,4 @@
-"""Migration 0008 creates exactly what the models declare for people's second factors and the
+"""Migration 0010 creates exactly what the models declare for people's second factors and the
 ``amr`` and ``user_agent`` of sessions and codes (on SQLite and Postgres)."""
 
 from __future__ import annotations

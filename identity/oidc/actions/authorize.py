@@ -161,6 +161,8 @@ async def _authorize(
     def fail(error: str, description: str) -> Answer:
         return Answer(redirect_error(request, redirect_uri, error, description, data.get("state")), final=True)
 
+    if client.disabled:
+        return fail("unauthorized_client", "This service is disabled at the hub: it cannot sign people in.")
     if data.get("response_mode", "query") != "query":
         return fail("invalid_request", "Only response_mode=query is supported.")
     if not scopes.split(oauth_request.scope):

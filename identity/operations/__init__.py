@@ -1,0 +1,1 @@
+"""Operators' actions on services and accounts, shared by the CLI and tests."""
