@@ -1,5 +1,5 @@
 """Removal of protocol records nobody can use any more: expired interactions, codes, mailed
-links, throttle counters, used client assertions, tokens and sessions. Run periodically by ``serve``; the caller
+links, throttle counters, used client assertions and passkey challenges, tokens and sessions. Run periodically by ``serve``; the caller
 commits. (Retention of personal history is a separate, configurable policy.)"""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from identity.db.models import (
     Interaction,
     PushedRequest,
     RevokedServiceToken,
+    SpentChallenge,
     Throttle,
     Token,
     utcnow,
@@ -40,6 +41,8 @@ async def purge_expired(db: AsyncSession, *, throttle_window: float, now: dt.dat
         # A used client assertion is remembered until it expires (single use of its jti).
         "client_assertions": delete(ClientAssertion).where(ClientAssertion.expires_at < now),
         "pushed_requests": delete(PushedRequest).where(PushedRequest.expires_at < now),
+        # An answered passkey challenge is remembered until its ceremony would have expired.
+        "spent_challenges": delete(SpentChallenge).where(SpentChallenge.expires_at < now),
         # A rotated refresh token must be remembered until it would have expired (reuse detection).
         "tokens": delete(Token).where(
             Token.access_expires_at < now, or_(Token.refresh_expires_at.is_(None), Token.refresh_expires_at < now)

@@ -21,7 +21,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 API_PREFIXES = ("/token", "/userinfo", "/revoke", "/introspect", "/jwks", "/.well-known/", "/api/", "/schemas/", "/asyncapi.json", "/metrics")
 
-PAGE_CSP = "default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+#: Scripts only from the hub's own files (the passkey ceremony, ``pages/static/passkeys.js``),
+#: never inline.
+PAGE_CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 
 def is_api(request: web.Request) -> bool:
