@@ -17,7 +17,7 @@ from identity.accounts import passkeys, second_factor
 from identity.accounts.passkeys import PasskeyRefused
 from identity.appkeys import CIPHER, DB, SETTINGS
 from identity.db.engine import autocommit
-from identity.db.models import Passkey, SignInEvent, utcnow
+from identity.db.models import Passkey, Service, SignInEvent, utcnow
 from identity.db.units import unit
 from identity.oidc import assurance, interactions
 from identity.pages import passkey_offers
@@ -77,9 +77,11 @@ async def interaction_sign_in(request: web.Request) -> web.StreamResponse:
         interaction = await interactions.find(db, uid, INTERACTION.read(request))
         if interaction is None:
             return expired_interaction(request)
+        client_id = interactions.details(interaction).client_id
+        service = await db.scalar(select(Service.name).where(Service.client_id == client_id)) or client_id
     outcome = await _sign_in(request, field(form, "credential", CREDENTIAL_LENGTH))
     if isinstance(outcome, PasskeyRefused):
-        context = {"action": f"/i/{uid}/login", "error": outcome.public, "register_next": f"/i/{uid}"}
+        context = {"action": f"/i/{uid}/login", "service": service, "error": outcome.public, "register_next": f"/i/{uid}"}
         return passkey_offers.sign_in_page(request, context, f"/i/{uid}/passkey", status=400)
     return _done(request, _signed_in(request, f"/i/{uid}/resume", outcome))
 

@@ -216,6 +216,32 @@ async def _is(count: Any, wanted: int) -> bool:
     return await count == wanted
 
 
+async def test_a_service_asking_for_two_steps_steps_a_password_session_up_with_a_passkey(localhost_hub: Hub, chromium: Chromium) -> None:
+    """A session signed in with the password before the passkey was added: a service sends
+    acr_values for mfa; the hub asks for the passkey (naming the service), in the same session."""
+    hub = localhost_hub
+    await hub.add_user(verified=True)
+    service = await hub.add_service(name="Garden Centre")
+    rp = RelyingParty(hub, service.client_id, service.client_secret)
+    context = await chromium.new_context(viewport={"width": 390, "height": 844})
+    await context.add_init_script(NO_AUTOFILL)
+    page = await context.new_page()
+    await with_authenticator(context, page)
+    await password_sign_in(page, hub)
+    await add_passkey(page, hub)
+    assert await session_amr(hub) == "pwd"
+
+    async def step_up(p: Page) -> None:
+        await expect(p.get_by_role("heading", name="Use your passkey")).to_be_visible()
+        await expect(p.get_by_text("Garden Centre asks for two-step sign-in.")).to_be_visible()
+        await p.get_by_role("button", name="Use a passkey").click()
+
+    claims = await through_service(page, rp, step_up, acr_values=assurance.MFA)
+    assert claims["amr"] == ["pwd", "hwk", "user", "mfa"] and claims["acr"] == assurance.MFA
+    assert await session_amr(hub) == "pwd hwk user"
+    await context.close()
+
+
 async def test_a_replayed_answer_and_a_counter_that_went_back_are_refused(localhost_hub: Hub, chromium: Chromium) -> None:
     hub = localhost_hub
     await hub.add_user(verified=True)
