@@ -98,9 +98,12 @@ async def attempt_sign_in(request: web.Request, email: str, password: str) -> Si
 
 
 async def _second_factor_due(request: web.Request, account_id: int) -> bool:
-    """Whether the account has a second factor: an authenticator app, or a passkey."""
+    """Whether the account has a second factor: an authenticator app, or a passkey (which the
+    browser can use only where the hub has a relying party: an issuer with a host name)."""
     async with autocommit(request.config_dict[DB]) as db:
-        return await second_factor.enrolled(db, account_id) or await passkeys.count(db, account_id) > 0
+        if await second_factor.enrolled(db, account_id):
+            return True
+        return passkey_offers.relying_party(request) is not None and await passkeys.count(db, account_id) > 0
 
 
 async def start_session(request: web.Request, db: AsyncSession, account_id: int, amr: str) -> str:
