@@ -20,6 +20,7 @@ import base64
 import datetime as dt
 import ipaddress
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -61,14 +62,18 @@ TIMEOUT_MS = 240_000
 MAX_PASSKEYS = 20
 NAME_LENGTH = 64
 Purpose = Literal["register", "sign-in", "second-factor"]
+_B64URL = re.compile(r"[A-Za-z0-9_-]{1,1400}")
 
 
 class PasskeyRefused(Exception):
     """A passkey ceremony that did not succeed; ``public`` is what the person is told."""
 
-    def __init__(self, public: str, detail: str = "") -> None:
+    def __init__(self, public: str, detail: str = "", *, unknown_credential: str | None = None) -> None:
         super().__init__(detail or public)
         self.public = public
+        #: A credential id the browser offered that the hub does not know (base64url): the page
+        #: tells the browser (WebAuthn L3 ``signalUnknownCredential``), which may then drop it.
+        self.unknown_credential = unknown_credential
 
 
 EXPIRED = "That took too long, or was started in another tab or browser. Try again."
@@ -296,7 +301,8 @@ async def authenticate(db: AsyncSession, rp: RelyingParty, ceremony: Ceremony, c
         raise PasskeyRefused(NOT_CHECKED, "no credential id")
     key = await db.scalar(select(Passkey).where(Passkey.credential_id == credential_id).with_for_update())
     if key is None or (ceremony.account_id is not None and key.account_id != ceremony.account_id):
-        raise PasskeyRefused(UNKNOWN, "unknown credential")
+        unknown = credential_id if key is None and _B64URL.fullmatch(credential_id) else None
+        raise PasskeyRefused(UNKNOWN, "unknown credential", unknown_credential=unknown)
     handle = _user_handle(value)
     if ceremony.purpose == "sign-in" and handle != key.user_handle:
         # A discoverable sign-in names the user: it must be the passkey's owner (WebAuthn §7.2 step 6).

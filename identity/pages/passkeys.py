@@ -58,7 +58,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     target = safe_next(field(form, "next"))
     outcome = await _sign_in(request, field(form, "credential", CREDENTIAL_LENGTH))
     if isinstance(outcome, PasskeyRefused):
-        context = {"next": target, "action": "/sign-in", "error": outcome.public}
+        context = {"next": target, "action": "/sign-in", "error": outcome.public, "unknown_credential": outcome.unknown_credential}
         return passkey_offers.sign_in_page(request, context, "/sign-in/passkey", status=400)
     return _done(request, _signed_in(request, target, outcome))
 
@@ -81,7 +81,13 @@ async def interaction_sign_in(request: web.Request) -> web.StreamResponse:
         service = await db.scalar(select(Service.name).where(Service.client_id == client_id)) or client_id
     outcome = await _sign_in(request, field(form, "credential", CREDENTIAL_LENGTH))
     if isinstance(outcome, PasskeyRefused):
-        context = {"action": f"/i/{uid}/login", "service": service, "error": outcome.public, "register_next": f"/i/{uid}"}
+        context = {
+            "action": f"/i/{uid}/login",
+            "service": service,
+            "error": outcome.public,
+            "register_next": f"/i/{uid}",
+            "unknown_credential": outcome.unknown_credential,
+        }
         return passkey_offers.sign_in_page(request, context, f"/i/{uid}/passkey", status=400)
     return _done(request, _signed_in(request, f"/i/{uid}/resume", outcome))
 

@@ -127,6 +127,28 @@
     }
   }
 
+  // WebAuthn Level 3 signals, where the browser has them, so that its passkey manager matches
+  // the hub: a passkey the hub does not know (removed, or from an erased account), and the
+  // account's passkeys as they are now (one removed elsewhere disappears from the list).
+  function signal() {
+    const signIn = document.querySelector("form[data-passkey][data-unknown-credential]");
+    if (signIn && typeof PublicKeyCredential.signalUnknownCredential === "function") {
+      const rpId = JSON.parse(signIn.dataset.options).rpId;
+      PublicKeyCredential.signalUnknownCredential({ rpId, credentialId: signIn.dataset.unknownCredential }).catch(() => {});
+    }
+    const listed = document.querySelector("[data-passkey-user]");
+    const adding = document.querySelector("form[data-passkey=register]");
+    if (listed && adding && typeof PublicKeyCredential.signalAllAcceptedCredentials === "function") {
+      const rpId = JSON.parse(adding.dataset.options).rp.id;
+      PublicKeyCredential.signalAllAcceptedCredentials({
+        rpId,
+        userId: listed.dataset.passkeyUser,
+        allAcceptedCredentialIds: listed.dataset.passkeyAccepted.split(" ").filter(Boolean),
+      }).catch(() => {});
+    }
+  }
+
   if (!supported) return;
   for (const form of document.querySelectorAll("form[data-passkey]")) setUp(form);
+  signal();
 })();

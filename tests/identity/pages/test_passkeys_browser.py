@@ -209,6 +209,12 @@ async def test_a_passkey_signs_in_without_a_password_and_serves_as_the_second_st
     await page.goto(hub.url + "/sign-in?next=/account")
     await page.get_by_role("button", name="Sign in with a passkey").click()
     await expect(page.get_by_text("This passkey is not known here")).to_be_visible()
+
+    # The page told the browser (signalUnknownCredential), whose authenticator dropped it.
+    async def dropped() -> bool:
+        return (await cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator}))["credentials"] == []
+
+    await eventually(dropped, timeout=10, what="the unknown passkey dropped by the authenticator")
     await context.close()
 
 
