@@ -345,6 +345,12 @@ async def remove(db: AsyncSession, account: Account, passkey_id: int) -> Passkey
     return key
 
 
+async def remove_all(db: AsyncSession, account_id: int) -> int:
+    """Remove every passkey of the account (an operator helping someone who lost them): how many."""
+    removed = await db.execute(delete(Passkey).where(Passkey.account_id == account_id))
+    return int(removed.rowcount or 0)  # type: ignore[attr-defined]
+
+
 def notice(settings: Settings, to: str, change: Literal["added", "removed"], name: str) -> EmailMessage:
     """A passkey added to or removed from the account, told to the account's own address."""
     subject = "A passkey was added" if change == "added" else "A passkey was removed"

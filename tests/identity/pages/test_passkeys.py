@@ -5,13 +5,19 @@ block a password sign-in there."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
+import os
+
+import pytest
 
 from sqlalchemy import select, update
 
 from identity.appkeys import DB
 from identity.db.models import Account, AuditRecord, BrowserSession, Passkey, utcnow
 from identity.mail import read_outbox
+from tests.cli import onesignin
 from tests.support import PASSWORD, Browser, Hub, form
 
 
@@ -63,3 +69,34 @@ async def test_an_issuer_on_an_ip_address_offers_no_passkeys(hub: Hub, browser: 
     assert signed_in.status_code == 200 and signed_in.url.path == "/account"
     account = signed_in
     assert "Passkeys are not available at this address of One Sign In" in account.text and "data-passkey" not in account.text
+
+
+@pytest.mark.e2e
+async def test_an_operator_removes_the_passkeys_of_someone_who_lost_them(localhost_hub: Hub) -> None:
+    """A passkey asks for itself after the password; ``users remove-second-factor`` removes the
+    passkeys too (audited), and the password alone signs in again."""
+    hub = localhost_hub
+    await hub.add_user(verified=True)
+    await passkey_for(hub, "ann@example.com")
+    browser = Browser(hub)
+    try:
+        asked = await browser.sign_in()
+        assert asked.url.path == "/sign-in/code" and "Use your passkey" in asked.text and 'name="code"' not in asked.text
+        async with hub.app[DB]() as db:
+            sub = await db.scalar(select(Account.sub))
+        env = os.environ | {"ONESIGNIN_DATA_DIR": str(hub.settings.data_dir), "ONESIGNIN_DATABASE_URL": hub.settings.database_url, "ONESIGNIN_SECRET_KEY": "c" * 40}
+        done = await asyncio.to_thread(onesignin, env, "users", "remove-second-factor", "--sub", sub, "--operator", "ops@example.com")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"sub": sub, "second_factor": "removed", "authenticator_app": False, "passkeys_removed": 1}
+        fresh = Browser(hub)
+        try:
+            signed_in = await fresh.sign_in()
+            assert signed_in.url.path == "/account"
+        finally:
+            await fresh.aclose()
+        async with hub.app[DB]() as db:
+            record = await db.scalar(select(AuditRecord).where(AuditRecord.action == "account.second_factor_removed"))
+            assert record is not None and record.detail == {"authenticator_app": False, "passkeys": 1}
+            assert await db.scalar(select(Passkey.id)) is None
+    finally:
+        await browser.aclose()
