@@ -38,7 +38,7 @@ from webauthn import (
     verify_registration_response,
 )
 from webauthn.helpers import bytes_to_base64url
-from webauthn.helpers.exceptions import InvalidAuthenticationResponse, InvalidJSONStructure, InvalidRegistrationResponse
+from webauthn.helpers.exceptions import InvalidAuthenticationResponse, WebAuthnException
 from webauthn.helpers.structs import (
     AuthenticatorSelectionCriteria,
     AuthenticatorTransport,
@@ -248,7 +248,7 @@ async def register(
         verified = verify_registration_response(
             credential=value, expected_challenge=ceremony.challenge, expected_rp_id=rp.id, expected_origin=rp.origin
         )
-    except (InvalidRegistrationResponse, InvalidJSONStructure, ValueError, KeyError, TypeError) as exc:
+    except (WebAuthnException, ValueError, KeyError, TypeError) as exc:
         raise PasskeyRefused(NOT_CHECKED, f"registration: {exc}") from None
     props = (value.get("clientExtensionResults") or {}).get("credProps") or {}
     if props.get("rk") is False:
@@ -321,7 +321,7 @@ async def authenticate(db: AsyncSession, rp: RelyingParty, ceremony: Ceremony, c
         if "User verification is required" in str(exc):
             raise PasskeyRefused(NOT_VERIFIED, str(exc)) from None
         raise PasskeyRefused(NOT_CHECKED, f"authentication: {exc}") from None
-    except (InvalidJSONStructure, ValueError, KeyError, TypeError) as exc:
+    except (WebAuthnException, ValueError, KeyError, TypeError) as exc:
         raise PasskeyRefused(NOT_CHECKED, f"authentication: {exc}") from None
     if not await spend(db, ceremony):
         raise PasskeyRefused(EXPIRED, "authentication challenge replayed")

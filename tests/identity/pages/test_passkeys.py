@@ -100,3 +100,37 @@ async def test_an_operator_removes_the_passkeys_of_someone_who_lost_them(localho
             assert await db.scalar(select(Passkey.id)) is None
     finally:
         await browser.aclose()
+
+
+GARBAGE = [
+    "",
+    "not json",
+    "[]",
+    "{}",
+    '{"id": 5}',
+    '{"id": "abc", "rawId": "abc", "type": "public-key", "response": {}}',
+    '{"id": "abc", "rawId": "abc", "type": "public-key", "response": {"clientDataJSON": "!!", "authenticatorData": "", "signature": ""}}',
+]
+
+
+async def test_a_malformed_answer_is_refused_plainly(localhost_hub: Hub) -> None:
+    """Whatever the browser posts as its passkey's answer, the person is told to try again (400),
+    no session starts, and the hub does not fail."""
+    hub = localhost_hub
+    await hub.add_user(verified=True)
+    await passkey_for(hub, "ann@example.com")
+    browser = Browser(hub)
+    try:
+        for credential in GARBAGE:
+            page = await browser.go("/sign-in")
+            posted = await browser.http.post("/sign-in/passkey", data=form(page.text, "/sign-in/passkey").fields | {"credential": credential})
+            assert posted.status_code == 400, (credential, posted.text[:300])
+            assert "osi_session" not in posted.headers.get("set-cookie", "")
+            assert "Try again" in posted.text or "not known here" in posted.text, credential
+        # Known id, nonsense inside: checked and refused, not a crash.
+        page = await browser.go("/sign-in")
+        forged = '{"id": "id-ann@example.com", "rawId": "id-ann@example.com", "type": "public-key", "response": {"clientDataJSON": "e30", "authenticatorData": "AA", "signature": "AA", "userHandle": "aGFuZGxl"}}'
+        posted = await browser.http.post("/sign-in/passkey", data=form(page.text, "/sign-in/passkey").fields | {"credential": forged})
+        assert posted.status_code == 400 and "could not be checked" in posted.text
+    finally:
+        await browser.aclose()
