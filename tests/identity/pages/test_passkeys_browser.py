@@ -9,6 +9,7 @@ test's directory (and to ``$ONESIGNIN_SCREENSHOTS`` when set)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from playwright.async_api import BrowserContext, Page, Route, async_playwright, 
 from sqlalchemy import select, update
 
 from identity.appkeys import DB
-from identity.db.models import AuditRecord, BrowserSession, Passkey
+from identity.db.models import AuditRecord, BrowserSession, Passkey, utcnow
 from identity.mail import read_outbox
 from identity.oidc import assurance
 from tests.identity.pages.test_account_browser import CHROMIUM, OVERFLOW, _shots
@@ -245,6 +246,34 @@ async def test_a_service_asking_for_two_steps_steps_a_password_session_up_with_a
     claims = await through_service(page, rp, step_up, acr_values=assurance.MFA)
     assert claims["amr"] == ["pwd", "hwk", "user", "mfa"] and claims["acr"] == assurance.MFA
     assert await session_amr(hub) == "pwd hwk user"
+    await context.close()
+
+
+async def test_adding_a_passkey_long_after_signing_in_needs_the_password(localhost_hub: Hub, chromium: Chromium) -> None:
+    hub = localhost_hub
+    await hub.add_user(verified=True)
+    context = await chromium.new_context()
+    await context.add_init_script(NO_AUTOFILL)
+    page = await context.new_page()
+    await with_authenticator(context, page)
+    await password_sign_in(page, hub)
+    async with hub.app[DB].begin() as db:
+        await db.execute(update(BrowserSession).values(auth_time=utcnow() - dt.timedelta(minutes=20)))
+    await page.goto(hub.url + "/account")
+    await page.get_by_label("Name for the new passkey").fill("Phone")
+    await page.get_by_role("button", name="Add a passkey").click()
+    # The browser's own form check asks for the password before any passkey is made.
+    assert await page.get_by_label("Your password, to add a passkey").evaluate("e => e.validity.valueMissing")
+    await page.get_by_label("Your password, to add a passkey").fill("not the password")
+    await page.get_by_role("button", name="Add a passkey").click()
+    await expect(page.get_by_role("heading", name="Your passkey was not added")).to_be_visible()
+    await expect(page.get_by_text("Your password is not correct.")).to_be_visible()
+    await page.get_by_role("link", name="Back to your account").click()
+    await page.get_by_label("Name for the new passkey").fill("Phone")
+    await page.get_by_label("Your password, to add a passkey").fill(PASSWORD)
+    await page.get_by_role("button", name="Add a passkey").click()
+    await expect(page.get_by_text("Your passkey is added")).to_be_visible()
+    await expect(page.locator("ul.passkeys li")).to_contain_text("Phone")
     await context.close()
 
 
