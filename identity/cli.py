@@ -416,7 +416,7 @@ def cmd_users_erase(settings: Settings, args: argparse.Namespace) -> dict[str, A
 
 
 def cmd_users_remove_second_factor(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    from identity.accounts import second_factor
+    from identity.accounts import passkeys, second_factor
     from identity.accounts.store import find_by_sub
     from identity.support import audit
 
@@ -424,10 +424,13 @@ def cmd_users_remove_second_factor(settings: Settings, args: argparse.Namespace)
         account = await find_by_sub(db, args.sub)
         if account is None:
             raise UsageError(f"no account with sub {args.sub!r}")
-        if not await second_factor.remove(db, account.id):
+        app = await second_factor.remove(db, account.id)
+        keys = await passkeys.remove_all(db, account.id)
+        if not app and not keys:
             raise UsageError(f"the account {args.sub} has no second factor")
-        audit.record(db, actor_kind="cli", actor=args.operator, action="account.second_factor_removed", account_sub=account.sub, reason=args.reason)
-        return {"sub": args.sub, "second_factor": "removed"}
+        detail = {"authenticator_app": app, "passkeys": keys}
+        audit.record(db, actor_kind="cli", actor=args.operator, action="account.second_factor_removed", account_sub=account.sub, reason=args.reason, detail=detail)
+        return {"sub": args.sub, "second_factor": "removed", "authenticator_app": app, "passkeys_removed": keys}
 
     return asyncio.run(_with_db(settings, work))
 
@@ -846,10 +849,10 @@ def parser() -> argparse.ArgumentParser:
     erase_user.set_defaults(func=cmd_users_erase)
     remove_factor = users_sub.add_parser(
         "remove-second-factor",
-        help="turn a person's two-step sign-in off (they lost their phone and recovery codes)",
+        help="turn a person's two-step sign-in off (they lost their phone and recovery codes, or their passkeys)",
         description="Turn off two-step sign-in for a person who lost both their authenticator and their recovery codes, "
-        "once support has checked it is them; they sign in with the password alone and may set it up again. Audited. "
-        "Prints the sub.",
+        "or their passkeys, once support has checked it is them: their authenticator app and every passkey are removed, "
+        "they sign in with the password alone and may set them up again. Audited. Prints the sub and what was removed.",
     )
     remove_factor.add_argument("--sub", required=True, help="the account's sub")
     remove_factor.add_argument("--operator", help="who is removing it, for the audit record")

@@ -245,6 +245,17 @@ class SecondFactorPart(_Part):
     recovery_codes_left: int
 
 
+class PasskeyPart(_Part):
+    """A passkey that signs the person in (its public key and counter stay at the hub: nothing
+    secret is kept of a passkey)."""
+
+    name: str = Field(description="The name the person gave it.")
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+    synced: bool = Field(description="Whether it can be synced between the person's devices (backup eligible).")
+    transports: list[str] = Field(description="How the browser reaches it: internal, usb, nfc, ble, hybrid.")
+
+
 class AccountExport(_Part):
     """Everything One Sign In holds about the person, for their own use (access and portability)."""
 
@@ -267,3 +278,4 @@ class AccountExport(_Part):
     audit: list[AuditPart] = Field(description="Actions recorded on the account, e.g. a support agent viewing it.")
     staff: StaffPart | None = Field(None, description="For a support agent or supervisor: their role and console sessions.")
     second_factor: SecondFactorPart | None = Field(None, description="Two-step sign-in, when set up.")
+    passkeys: list[PasskeyPart] = Field(default_factory=list, description="The person's passkeys.")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import os
@@ -392,7 +393,7 @@ async def database_url(
     """A fresh, migrated database for one test. For a test served by the ``hub`` fixture it
     already holds the signing keys the hub would create on its first start (sealed under
     ``HUB_SECRET_KEY``); for any other test it holds no key, as a new installation's."""
-    keyed = "hub" in request.fixturenames
+    keyed = "hub" in request.fixturenames or "localhost_hub" in request.fixturenames
     if request.param == "sqlite":
         templates = request.getfixturevalue("sqlite_templates")
         shutil.copy(templates.keyed if keyed else templates.bare, tmp_path / "onesignin.db")
@@ -416,12 +417,28 @@ async def hub(
     database_url: str, tmp_path: Path, settings_overrides: dict[str, object]
 ) -> AsyncIterator[Hub]:
     """The hub, served over real HTTP on 127.0.0.1."""
+    async with _served_hub(database_url, tmp_path, settings_overrides, "127.0.0.1") as served:
+        yield served
+
+
+@pytest.fixture
+async def localhost_hub(
+    database_url: str, tmp_path: Path, settings_overrides: dict[str, object]
+) -> AsyncIterator[Hub]:
+    """The hub as ``hub`` serves it, but with the issuer ``http://localhost:PORT``: browsers
+    refuse WebAuthn on an IP address, so passkeys need a host name."""
+    async with _served_hub(database_url, tmp_path, settings_overrides, "localhost") as served:
+        yield served
+
+
+@contextlib.asynccontextmanager
+async def _served_hub(database_url: str, tmp_path: Path, settings_overrides: dict[str, object], host: str) -> AsyncIterator[Hub]:
     sock = bound_socket()
     port = sock.getsockname()[1]
     settings = Settings(
         data_dir=tmp_path,
         database_url=database_url,
-        issuer=f"http://127.0.0.1:{port}",
+        issuer=f"http://{host}:{port}",
         secret_key=HUB_SECRET_KEY,
         **(TEST_SETTINGS | settings_overrides),  # type: ignore[arg-type]
     )

@@ -28,6 +28,7 @@ from identity.db.models import (
     SessionService,
     SignInEvent,
     SecondFactor,
+    Passkey,
     StaffMember,
     Token,
     utcnow,
@@ -55,6 +56,7 @@ from schemas.export import (
     SessionPart,
     SignInPart,
     SecondFactorPart,
+    PasskeyPart,
     StaffPart,
 )
 
@@ -217,6 +219,10 @@ async def build(db: AsyncSession, account: Account) -> AccountExport:
         audit=[AuditPart(at=a.at, actor_kind=a.actor_kind, actor=a.actor, action=a.action, reason=a.reason) for a in audit],
         staff=await _staff(db, account),
         second_factor=await _second_factor(db, account),
+        passkeys=[
+            PasskeyPart(name=k.name, created_at=k.created_at, last_used_at=k.last_used_at, synced=k.backup_eligible, transports=k.transports)
+            for k in await db.scalars(select(Passkey).where(Passkey.account_id == account.id).order_by(Passkey.created_at, Passkey.id))
+        ],
     )
 
 

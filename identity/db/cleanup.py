@@ -1,5 +1,5 @@
 """Removal of protocol records nobody can use any more: expired interactions, codes, mailed
-links, throttle counters, used client assertions and DPoP proofs, tokens and sessions. Run periodically by ``serve``; the caller
+links, throttle counters, used client assertions, DPoP proofs and passkey challenges, tokens and sessions. Run periodically by ``serve``; the caller
 commits. (Retention of personal history is a separate, configurable policy.)"""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from identity.db.models import (
     Interaction,
     PushedRequest,
     RevokedServiceToken,
+    SpentChallenge,
     Throttle,
     Token,
     utcnow,
@@ -43,6 +44,8 @@ async def purge_expired(db: AsyncSession, *, throttle_window: float, now: dt.dat
         # A used DPoP proof is remembered while its iat is still accepted (single use of its jti).
         "dpop_proofs": delete(DPoPProof).where(DPoPProof.expires_at < now),
         "pushed_requests": delete(PushedRequest).where(PushedRequest.expires_at < now),
+        # An answered passkey challenge is remembered until its ceremony would have expired.
+        "spent_challenges": delete(SpentChallenge).where(SpentChallenge.expires_at < now),
         # A rotated refresh token must be remembered until it would have expired (reuse detection).
         "tokens": delete(Token).where(
             Token.access_expires_at < now, or_(Token.refresh_expires_at.is_(None), Token.refresh_expires_at < now)

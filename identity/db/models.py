@@ -365,6 +365,40 @@ class SecondFactor(Base):
     confirmed_at: Mapped[dt.datetime | None]
 
 
+class Passkey(Base):
+    """A person's passkey (a WebAuthn discoverable credential): nothing secret, only what checks
+    its signatures. ``credential_id`` and ``user_handle`` are base64url; ``public_key`` is the
+    COSE key. ``sign_count`` is the authenticator's counter last seen (0 for authenticators that
+    keep none). ``backup_eligible`` (the BE flag, fixed at creation) tells a synced passkey
+    (``swk`` in ``amr``) from one bound to its device (``hwk``). ``name`` is the person's."""
+
+    __tablename__ = "passkeys"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    credential_id: Mapped[str] = mapped_column(String(1400), unique=True)
+    user_handle: Mapped[str] = mapped_column(String(100))
+    public_key: Mapped[str] = mapped_column(Text)
+    sign_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    transports: Mapped[list[str]] = mapped_column(JSON, default=list)
+    backup_eligible: Mapped[bool] = mapped_column(Boolean, default=False)
+    aaguid: Mapped[str] = mapped_column(String(36), default="")
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime | None]
+
+
+class SpentChallenge(Base):
+    """A WebAuthn challenge already answered, remembered until it would have expired anyway, so
+    that each is accepted once (the challenge itself travels sealed in the browser's cookie)."""
+
+    __tablename__ = "spent_challenges"
+
+    #: SHA-256 of the challenge.
+    challenge_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
 class SessionService(Base):
     """Services a browser session has signed in to (for back-channel logout)."""
 

@@ -3,21 +3,22 @@ its confirmation: ``identity.accounts.email_change``), and linked services."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from identity.accounts import email_change, second_factor
+from identity.accounts import email_change, passkeys, second_factor
 from identity.accounts.children import ChildPolicy
 from identity.accounts.store import update_details
 from identity.appkeys import DB, SETTINGS
 from identity.db.engine import autocommit
-from identity.db.models import Link, Service
+from identity.db.models import Link, Service, utcnow
 from identity.db.units import unit
 from identity.oidc import scopes
-from identity.pages import sessions
+from identity.pages import passkey_offers, sessions
 from identity.pages.common import field, render
 from identity.pages.register import RESEND
 from identity.pages.sign_in import confirm_password
@@ -25,6 +26,9 @@ from identity.web import after_commit, browser, csrf
 from identity.web.responses import redirect
 from schemas.account import BasicDetailsUpdate, form_errors
 
+#: A sign-in this recent stands for the password when adding or removing a passkey
+#: (``identity.pages.passkeys.FRESH_SECONDS``).
+FRESH_SECONDS = 600
 TEXT_FIELDS = ("given_name", "family_name", "email", "birthdate", "phone_number", "locale", "zoneinfo")
 ADDRESS_FIELDS = ("street_address", "locality", "region", "postal_code", "country")
 MARKETING = ("marketing_news", "marketing_competitions", "marketing_offers")
@@ -39,7 +43,11 @@ async def _page(request: web.Request, signed_in: browser.SignedIn, db: Any, **ex
     ).all()
     values = {f: getattr(account, f) or "" for f in TEXT_FIELDS} | {f: (account.address or {}).get(f, "") for f in ADDRESS_FIELDS}
     values["birthdate"] = account.birthdate.isoformat() if account.birthdate else ""
+    adding, ceremony = await passkey_offers.registration(request, db, account)
     context = {
+        "passkeys": await passkeys.listed(db, account.id),
+        "passkey_add": adding,
+        "passkey_fresh": utcnow() - signed_in.auth_time <= dt.timedelta(seconds=FRESH_SECONDS),
         "account": account,
         "signed_in": True,
         "two_step": await second_factor.enrolled(db, account.id),
@@ -59,7 +67,9 @@ async def _page(request: web.Request, signed_in: browser.SignedIn, db: Any, **ex
         ],
         **extra,
     }
-    return render(request, "account.html", context, status=extra.get("status", 200))
+    response = render(request, "account.html", context, status=extra.get("status", 200))
+    passkey_offers.set_ceremony(request, response, ceremony)
+    return response
 
 
 async def account_page(request: web.Request) -> web.StreamResponse:
@@ -76,6 +86,7 @@ async def account_page(request: web.Request) -> web.StreamResponse:
             email_notice=request.query.get("email", ""),
             resend=RESEND,
             two_step_notice=request.query.get("two_step", ""),
+            passkey_notice=request.query.get("passkey", ""),
             session_ended=request.query.get("session") == "ended",
         )
 

@@ -8,6 +8,7 @@ from identity.pages import (
     account,
     email_change,
     linked_services,
+    passkeys,
     password,
     policy,
     privacy,
@@ -30,6 +31,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/i/{uid}", sign_in.interaction_page)
     r.add_post("/i/{uid}/login", sign_in.interaction_login)
     r.add_post("/i/{uid}/consent", sign_in.interaction_consent)
+    r.add_post("/i/{uid}/passkey", passkeys.interaction_sign_in)
     # Pages
     r.add_get("/", home)
     r.add_get("/privacy", policy.privacy_page)
@@ -38,6 +40,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/sign-out", sign_in.sign_out)
     r.add_get("/sign-in/code", two_step.code_page)
     r.add_post("/sign-in/code", two_step.code)
+    r.add_post("/sign-in/passkey", passkeys.sign_in)
+    r.add_post("/sign-in/code/passkey", passkeys.second_step)
     r.add_get("/register", register.register_page)
     r.add_post("/register", register.register)
     r.add_get("/verify-email", register.verify_email_page)
@@ -69,6 +73,9 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/account/two-step", two_step.enrol)
     r.add_post("/account/two-step/recovery-codes", two_step.new_recovery_codes)
     r.add_post("/account/two-step/remove", two_step.remove)
+    r.add_post("/account/passkeys", passkeys.add)
+    r.add_get("/account/passkeys/{id}/remove", passkeys.remove_page)
+    r.add_post("/account/passkeys/{id}/remove", passkeys.remove)
     r.add_post("/account/sessions/end", sessions.end_one)
     r.add_post("/account/sessions/end-all", sessions.end_all)
     r.add_get("/account/rights", rights_pages.rights_page)

@@ -16,6 +16,7 @@ from identity.accounts.user_agents import describe
 from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.models import BrowserSession, utcnow
 from identity.db.units import unit
+from identity.oidc import assurance
 from identity.oidc.logout import end_session, revoke_session_tokens, revoke_tokens
 from identity.pages.common import field, render
 from identity.web import after_commit, browser, csrf
@@ -39,7 +40,8 @@ async def listed(db: AsyncSession, request: web.Request, current: browser.Signed
             "device": describe(row.user_agent),
             "signed_in": row.auth_time,
             "last_seen": row.last_seen_at,
-            "two_step": "otp" in row.amr.split(),
+            "two_step": assurance.has_second_factor(row.amr),
+            "passkey": "pwd" not in row.amr.split() and bool(set(row.amr.split()) & assurance.KEYS),
             "this": row.id == current.session.id,
         }
         for row in rows

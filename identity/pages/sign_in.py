@@ -12,7 +12,7 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity.accounts import devices, second_factor, throttle
+from identity.accounts import devices, passkeys, second_factor, throttle
 from identity.accounts.sign_in import (
     Attempt,
     SignInRefused,
@@ -30,6 +30,7 @@ from identity.db.models import Service
 from identity.db.units import unit
 from identity.oidc import assurance, interactions, scopes
 from identity.oidc.logout import end_session
+from identity.pages import passkey_offers
 from identity.pages.common import client_address, field, render
 from identity.web import after_commit, browser, csrf
 from identity.web.cookies import DEVICE, INTERACTION, SECOND_FACTOR
@@ -97,8 +98,12 @@ async def attempt_sign_in(request: web.Request, email: str, password: str) -> Si
 
 
 async def _second_factor_due(request: web.Request, account_id: int) -> bool:
+    """Whether the account has a second factor: an authenticator app, or a passkey (which the
+    browser can use only where the hub has a relying party: an issuer with a host name)."""
     async with autocommit(request.config_dict[DB]) as db:
-        return await second_factor.enrolled(db, account_id)
+        if await second_factor.enrolled(db, account_id):
+            return True
+        return passkey_offers.relying_party(request) is not None and await passkeys.count(db, account_id) > 0
 
 
 async def start_session(request: web.Request, db: AsyncSession, account_id: int, amr: str) -> str:
@@ -186,7 +191,7 @@ def ask_second_factor(request: web.Request, due: SecondFactorDue, target: str) -
 
 
 async def sign_in_page(request: web.Request) -> web.Response:
-    return render(request, "sign_in.html", {"next": safe_next(request.query.get("next")), "action": "/sign-in"})
+    return passkey_offers.sign_in_page(request, {"next": safe_next(request.query.get("next")), "action": "/sign-in"}, "/sign-in/passkey")
 
 
 async def sign_in(request: web.Request) -> web.StreamResponse:
@@ -196,7 +201,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     outcome = await attempt_sign_in(request, email, password)
     if isinstance(outcome, SignInRefused):
         context = {"next": target, "action": "/sign-in", "email": email, "error": outcome.message}
-        return render(request, "sign_in.html", context, status=outcome.status)
+        return passkey_offers.sign_in_page(request, context, "/sign-in/passkey", status=outcome.status)
     if isinstance(outcome, SecondFactorDue):
         return ask_second_factor(request, outcome, target)
     response = redirect(target, 303)
@@ -228,11 +233,8 @@ async def interaction_page(request: web.Request) -> web.StreamResponse:
         service = await _service_name(db, details.client_id)
         fresh = interactions.Decision(fresh_since=details.started_at)
         if interactions.needs_sign_in(signed_in.auth_time if signed_in else None, details.prompts, details.max_age, fresh):
-            return render(
-                request,
-                "sign_in.html",
-                {"action": f"/i/{uid}/login", "service": service, "register_next": f"/i/{uid}"},
-            )
+            context = {"action": f"/i/{uid}/login", "service": service, "register_next": f"/i/{uid}"}
+            return passkey_offers.sign_in_page(request, context, f"/i/{uid}/passkey")
         assert signed_in is not None
         if assurance.needs_second_factor(details.acr_values, signed_in.session.amr):
             return await _step_up(request, db, uid, service, signed_in)
@@ -251,18 +253,18 @@ async def interaction_page(request: web.Request) -> web.StreamResponse:
 
 async def _step_up(request: web.Request, db: AsyncSession, uid: str, service: str, signed_in: browser.SignedIn) -> web.StreamResponse:
     """The service asked for two steps and this session had one: the code, or how to set it up."""
-    if not await second_factor.enrolled(db, signed_in.account.id):
+    if not await second_factor.enrolled(db, signed_in.account.id) and not await passkeys.count(db, signed_in.account.id):
         context = {
             "title": "Set up two-step sign-in first",
             "message": f"{service} asks you to sign in with two steps: your password and a code from an authenticator "
-            "app. Set up two-step sign-in on your account page, then come back here to continue.",
+            "app or a passkey. Set up two-step sign-in or add a passkey on your account page, then come back here to continue.",
             "next": "/account/two-step",
             "next_label": "Set up two-step sign-in",
             "also": {"href": f"/i/{uid}", "label": f"I have set it up: continue to {service}"},
         }
         return render(request, "message.html", context, status=403)
     context = {"next": f"/i/{uid}/resume", "service": service, "step_up": True}
-    response = render(request, "sign_in_code.html", context)
+    response = await passkey_offers.code_page(request, db, signed_in.account.id, context)
     sealed = second_factor.pending(request.config_dict[CIPHER], signed_in.account.id, step_up=True)
     SECOND_FACTOR.set(request, response, sealed, max_age=second_factor.PENDING_SECONDS)
     return response
@@ -286,7 +288,7 @@ async def interaction_login(request: web.Request) -> web.StreamResponse:
             "error": outcome.message,
             "register_next": f"/i/{uid}",
         }
-        return render(request, "sign_in.html", context, status=outcome.status)
+        return passkey_offers.sign_in_page(request, context, f"/i/{uid}/passkey", status=outcome.status)
     if isinstance(outcome, SecondFactorDue):
         return ask_second_factor(request, outcome, f"/i/{uid}/resume")
     response = redirect(f"/i/{uid}/resume", 303)

@@ -18,6 +18,7 @@ from identity.db.engine import autocommit
 from identity.db.models import Account
 from identity.db.units import unit
 from identity.oidc import assurance
+from identity.pages import passkey_offers
 from identity.pages.common import client_address, field, render
 from identity.pages.sign_in import (
     SignedIn,
@@ -48,9 +49,11 @@ def _keys(request: web.Request, account: Account) -> list[tuple[str, throttle.Li
 
 async def code_page(request: web.Request) -> web.StreamResponse:
     target = safe_next(request.query.get("next"))
-    if second_factor.pending_account(request.config_dict[CIPHER], SECOND_FACTOR.read(request)) is None:
+    waiting = second_factor.pending_account(request.config_dict[CIPHER], SECOND_FACTOR.read(request))
+    if waiting is None:
         return render(request, "message.html", EXPIRED, status=400)
-    return render(request, "sign_in_code.html", {"next": target})
+    async with autocommit(request.config_dict[DB]) as db:
+        return await passkey_offers.code_page(request, db, waiting.account_id, {"next": target})
 
 
 async def code(request: web.Request) -> web.StreamResponse:
@@ -70,7 +73,8 @@ async def code(request: web.Request) -> web.StreamResponse:
         counted = await throttle.take_all(db, keys)
     if counted.refused:
         refused = SignInRefused(f"Too many wrong codes. Try again in {counted.wait} seconds.", 429)
-        return render(request, "sign_in_code.html", {"next": target, "error": refused.message}, status=429)
+        async with autocommit(request.config_dict[DB]) as db:
+            return await passkey_offers.code_page(request, db, account_id, {"next": target, "error": refused.message}, status=429)
     async with unit(request.config_dict[DB]) as db:
         used = await second_factor.check(db, request.config_dict[CIPHER], account_id, typed)
         if used is not None:
@@ -86,7 +90,8 @@ async def code(request: web.Request) -> web.StreamResponse:
                 secret = await start_session(request, db, account_id, assurance.WITH_CODE)
     if used is None:
         error = WRONG_CODE + (f" Too many wrong codes: try again in {counted.wait} seconds." if counted.wait else "")
-        return render(request, "sign_in_code.html", {"next": target, "error": error}, status=429 if counted.wait else 400)
+        async with autocommit(request.config_dict[DB]) as db:
+            return await passkey_offers.code_page(request, db, account_id, {"next": target, "error": error}, status=429 if counted.wait else 400)
     device = devices.remember(request.config_dict[SECRET], DEVICE.read(request), throttle.email_key("account", account.email))
     response = redirect(target, 303)
     set_cookies(request, response, SignedIn(secret, device))

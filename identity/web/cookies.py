@@ -70,3 +70,5 @@ CONSOLE = Cookie("osi_console", scope="path", samesite="Strict")
 CONSOLE_LOGIN = Cookie("osi_console_login", scope="path")
 #: A password sign-in waiting for its second factor (the account, sealed, for five minutes).
 SECOND_FACTOR = Cookie("osi_second_factor", samesite="Strict")
+#: A passkey ceremony under way (its challenge, purpose and account, sealed, for five minutes).
+PASSKEY = Cookie("osi_passkey", samesite="Strict")

@@ -24,7 +24,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 API_PREFIXES = ("/token", "/userinfo", "/revoke", "/introspect", "/jwks", "/.well-known/", "/api/", "/schemas/", "/asyncapi.json", "/metrics")
 
-PAGE_CSP = "default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'"
+#: Scripts only from the hub's own files (the passkey ceremony, ``pages/static/passkeys.js``),
+#: never inline.
+PAGE_CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 
 #: An incoming X-Request-Id is used only when it looks like an id (a proxy's or a client's).

@@ -28,6 +28,7 @@ from identity.db.models import (
     RightsRequestEvent,
     Service,
     SecondFactor,
+    Passkey,
     StaffMember,
     Token,
     utcnow,
@@ -63,6 +64,7 @@ SECTIONS = {
     "staff": "staff",
     "console_sessions": "staff",
     "second_factors": "second_factor",
+    "passkeys": "passkeys",
 }
 
 
@@ -128,6 +130,7 @@ async def _populate(hub: Hub, browser: Browser) -> tuple[str, dict[str, Any], Re
         db.add(staff)
         await db.flush()
         db.add(SecondFactor(account_id=account.id, totp_secret=seal_person_totp(hub.app[CIPHER], PERSON_TOTP, account.id), recovery_codes=["d" * 64], created_at=now, confirmed_at=now))
+        db.add(Passkey(account_id=account.id, credential_id="Y3JlZA", user_handle="aGFuZGxl", public_key="cGs", sign_count=3, transports=["internal"], name="Phone", created_at=now))
         db.add(ConsoleSession(secret_hash="c" * 64, staff_id=staff.id, stage="active", created_at=now, last_seen_at=now, expires_at=now + dt.timedelta(hours=1)))
     return account.sub, token, rp
 
@@ -180,6 +183,7 @@ async def test_the_download_is_complete_valid_and_holds_no_secret(hub: Hub, brow
     assert {m.purpose for m in exported.mailed_links} == {"reset_password"}
     assert exported.sessions[0].services[0].name == "Store" and exported.sessions[0].amr == ["pwd"]
     assert exported.second_factor is not None and exported.second_factor.recovery_codes_left == 1
+    assert [(k.name, k.synced, k.transports) for k in exported.passkeys] == [("Phone", False, ["internal"])]
     # Only the records naming her: which agent viewed the account, and why.
     assert [(a.actor, a.action, a.reason) for a in exported.audit] == [("agent@example.com", "account.viewed", "call 42")]
 

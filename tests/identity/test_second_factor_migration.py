@@ -28,3 +28,18 @@ async def test_the_migration_matches_the_models(database_url: str) -> None:
             assert await connection.run_sync(differences) == []
     finally:
         await engine.dispose()
+
+
+async def test_migration_0011_matches_the_passkey_models(database_url: str) -> None:
+    def differences(connection: Any) -> list[Any]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            diffs = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        return [d for d in diffs if any(t in repr(d) for t in ("passkeys", "spent_challenges"))]
+
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            assert await connection.run_sync(differences) == []
+    finally:
+        await engine.dispose()

@@ -149,10 +149,12 @@ async def test_under_an_https_issuer_cookies_carry_the_prefixes_browsers_enforce
     async with httpx2.AsyncClient(base_url=https_hub, timeout=30) as http:
         page = await http.get("/sign-in")
         cookies = cookies_set(page)
-        assert set(cookies) == {"__Host-osi_csrf"}
-        assert {"secure", "path=/", "httponly"} <= set(cookies["__Host-osi_csrf"])
-        assert not any(a.startswith("domain") for a in cookies["__Host-osi_csrf"])
-        nonce = page.headers["set-cookie"].split(";")[0].split("=", 1)[1]
+        # The CSRF nonce, and the passkey ceremony the page offers (its challenge, sealed).
+        assert set(cookies) == {"__Host-osi_csrf", "__Host-osi_passkey"}
+        for attributes in cookies.values():
+            assert {"secure", "path=/", "httponly"} <= set(attributes)
+            assert not any(a.startswith("domain") for a in attributes)
+        nonce = next(h for h in page.headers.get_list("set-cookie") if h.startswith("__Host-osi_csrf=")).split(";")[0].split("=", 1)[1]
         fields = form(page.text, "/sign-in").fields | {"email": "ann@example.com", "password": PASSWORD}
         # The browser sends Secure cookies back over https only; the proxy forwards them here.
         signed_in = await http.post("/sign-in", data=fields, headers={"Cookie": f"__Host-osi_csrf={nonce}"})

@@ -224,7 +224,7 @@ async def test_an_operator_can_remove_a_lost_factor(hub: Hub, browser: Browser, 
     env = os.environ | {"ONESIGNIN_DATA_DIR": str(hub.settings.data_dir), "ONESIGNIN_DATABASE_URL": hub.settings.database_url, "ONESIGNIN_SECRET_KEY": "c" * 40}
     done = await asyncio.to_thread(onesignin, env, "users", "remove-second-factor", "--sub", sub, "--operator", "ops@example.com", "--reason", "ticket 9")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"sub": sub, "second_factor": "removed"}
+    assert json.loads(done.stdout) == {"sub": sub, "second_factor": "removed", "authenticator_app": True, "passkeys_removed": 0}
     again = await asyncio.to_thread(onesignin, env, "users", "remove-second-factor", "--sub", sub)
     assert again.returncode == 2 and "has no second factor" in again.stderr
     direct = await password_step(browser)
@@ -232,6 +232,7 @@ async def test_an_operator_can_remove_a_lost_factor(hub: Hub, browser: Browser, 
     async with hub.app[DB]() as db:
         record = await db.scalar(select(AuditRecord).where(AuditRecord.action == "account.second_factor_removed"))
     assert record is not None and (record.actor, record.account_sub, record.reason) == ("ops@example.com", sub, "ticket 9")
+    assert record.detail == {"authenticator_app": True, "passkeys": 0}
 
 
 async def test_each_change_is_mailed_to_the_account(hub: Hub, browser: Browser, enrolled: tuple[pyotp.TOTP, list[str]]) -> None:
