@@ -501,10 +501,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
 
 def _serve_with_workers(settings: Settings, args: argparse.Namespace, workers: int, starting: dict[str, Any]) -> dict[str, Any]:
     """The parent of ``serve --workers N`` (``identity.workers``): binds the port, runs N children."""
-    from identity.workers import StartupFailed, Supervisor, listening_socket
+    from identity.workers import StartupFailed, Supervisor, listening_sockets
 
     try:
-        sock = listening_socket(args.host, args.port)
+        sockets = listening_sockets(args.host, args.port, workers)
     except OSError as exc:
         raise UsageError(f"cannot listen: {exc.strerror or exc} (is another process using the port?)") from None
     passed: list[str] = []
@@ -523,7 +523,7 @@ def _serve_with_workers(settings: Settings, args: argparse.Namespace, workers: i
 
     _emit(starting | {"workers": workers})
     try:
-        Supervisor(sock, workers, command).run()
+        Supervisor(sockets, command).run()
     except StartupFailed as exc:
         raise UsageError(str(exc)) from None
     return {"status": "stopped"}

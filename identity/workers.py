@@ -1,10 +1,15 @@
 """``onesignin serve --workers N``: N hub processes sharing one listening socket.
 
-The parent binds the public port once and hands the listening socket to each child (``pass_fds``
-to a fresh ``python -m identity.cli serve``), so every child accepts from the same kernel queue.
-A child that stops, or is replaced, never drops that socket: connections wait in its queue for
-whichever child accepts next. (With ``SO_REUSEPORT`` each child would own a queue of its own;
-connections hashed to a child that dies or restarts would be reset or left waiting.)
+The parent binds the public port, one ``SO_REUSEPORT`` listening socket per child, and hands
+socket ``i`` to child ``i`` (``pass_fds`` to a fresh ``python -m identity.cli serve``). The kernel
+spreads new connections evenly over the sockets. One socket shared by every child would leave the
+spreading to whichever process wakes first: an event loop accepts every connection waiting when it
+wakes, so a burst of connections (a proxy opening its keep-alive pool, a load test) lands on one
+process and stays there. The parent keeps every socket open for the life of the hub: a child that
+stops or is replaced never closes its socket, so nothing queued on it is reset; connections wait
+in its queue until its successor (or, during a SIGHUP, the old and new child both) accepts them.
+A child that exits on its own is started again at once (then with backoff if it keeps failing):
+meanwhile its share of new connections waits, it is not refused.
 
 Child 0 is the whole hub as a single ``serve`` would be: with the outbox relay and the sync
 worker (and, when ``ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS`` is unset, the embedded broker, which it
@@ -35,7 +40,7 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("onesignin.workers")
 
-RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)  # seconds before each restart in a row, the last repeats
+RESTART_BACKOFF = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0)  # seconds before each restart in a row, the last repeats
 STABLE_SECONDS = 30.0  # a child up this long starts the backoff afresh when it next dies
 READY_TIMEOUT = 120.0  # a new child must be serving within this
 #: A child stopping gets this long (aiohttp's shutdown timeout for requests in flight, its cleanup,
@@ -47,20 +52,39 @@ _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 _PR_SET_PDEATHSIG = 1
 
 
-def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
-    """The public port, bound once, as ``web.run_app`` would bind it (SO_REUSEADDR)."""
+def _bound(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address)
-        sock.listen(backlog)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def listening_sockets(host: str, port: int, count: int, backlog: int = 1024) -> list[socket.socket]:
+    """``count`` sockets listening on ``host:port`` together (SO_REUSEPORT). Raises OSError when
+    the port is taken, even by a process that would share it (another hub of the same user):
+    a plain bind is tried first."""
+    _bound(host, port, reuse_port=False).close()
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = _bound(host, port, reuse_port=True)
+            sockets.append(sock)
+            port = sock.getsockname()[1]  # port 0: the others join the port the first one got
+            sock.listen(backlog)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def _in_child() -> None:
@@ -96,11 +120,11 @@ class StartupFailed(Exception):
 
 
 class Supervisor:
-    """Runs ``command(index, listen_fd, ready_fd)`` as child ``index`` for each of ``count``."""
+    """Runs ``command(index, listen_fd, ready_fd)`` as child ``index`` on ``sockets[index]``."""
 
-    def __init__(self, sock: socket.socket, count: int, command: Callable[[int, int, int], Sequence[str]]) -> None:
-        self.sock = sock
-        self.count = count
+    def __init__(self, sockets: list[socket.socket], command: Callable[[int, int, int], Sequence[str]]) -> None:
+        self.sockets = sockets
+        self.count = len(sockets)
         self.command = command
         self.children: dict[int, Child] = {}
         self.failures: dict[int, int] = {}
@@ -124,7 +148,7 @@ class Supervisor:
     def _spawn(self, index: int) -> Child:
         read_end, write_end = os.pipe()
         os.set_blocking(read_end, False)
-        fd = self.sock.fileno()
+        fd = self.sockets[index].fileno()
         try:
             process = subprocess.Popen(
                 list(self.command(index, fd, write_end)),
@@ -247,7 +271,8 @@ class Supervisor:
             for child in self.children.values():
                 self._stop(child)
             self.children.clear()
-            self.sock.close()
+            for sock in self.sockets:
+                sock.close()
             for s, h in previous.items():
                 signal.signal(s, h)
         log.info("all workers stopped")
