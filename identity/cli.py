@@ -441,10 +441,12 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 
 def _workers(settings: Settings, asked: int | None) -> int:
-    """How many hub processes ``serve`` runs: ``--workers``, else one per core on Postgres and
-    one on SQLite, which it refuses to share between processes."""
+    """How many hub processes ``serve`` runs: ``--workers``, else one per core this process may
+    run on (on Postgres) and one on SQLite, which it refuses to share between processes."""
     if asked is None:
-        return 1 if settings.is_embedded else (os.cpu_count() or 1)
+        if settings.is_embedded:
+            return 1
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if asked < 1:
         raise UsageError("--workers must be 1 or more")
     if asked > 1 and settings.is_embedded:
@@ -529,9 +531,15 @@ def _serve_with_workers(settings: Settings, args: argparse.Namespace, workers: i
     return {"status": "stopped"}
 
 
+#: A worker told to stop first stops accepting, then waits this long before closing the connections
+#: with no request yet: one it accepted a moment before gets its request read (and answered).
+WORKER_LINGER_SECONDS = 1.0
+
+
 def _serve_as_worker(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     """A child of ``serve --workers N`` on the socket its parent bound: worker 0 is the hub as a
     single ``serve`` is (sync pipeline, embedded broker, /metrics), the others serve HTTP only."""
+    import signal
     import socket
 
     from aiohttp import web
@@ -547,8 +555,28 @@ def _serve_as_worker(settings: Settings, args: argparse.Namespace) -> dict[str, 
         os.close(args.ready_fd)
 
     app.on_startup.append(ready)
-    sock = socket.socket(fileno=args.listen_fd)
-    web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True, loop=_event_loop())
+
+    async def serve() -> None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=60.0)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await runner.setup()
+        try:
+            site = web.SockSite(runner, socket.socket(fileno=args.listen_fd))
+            await site.start()
+            await stop.wait()
+            # Stop accepting (the socket stays open in the parent: what waits in it goes to this
+            # worker's successor), let the connections just accepted send their request, then
+            # finish the requests in flight and close (aiohttp's graceful shutdown).
+            await site.stop()
+            await asyncio.sleep(WORKER_LINGER_SECONDS)
+        finally:
+            await runner.cleanup()
+
+    with asyncio.Runner(loop_factory=_event_loop) as runner:
+        runner.run(serve())
     return {"status": "stopped"}
 
 
