@@ -308,10 +308,6 @@ async def main() -> None:
         env["ONESIGNIN_DATABASE_URL"] = args.database.rsplit("/", 1)[0] + "/" + scratch_db
         cli(env, "migrate")
     service = cli(env, "services", "add", "--name", "Bench", "--redirect-uri", REDIRECT)
-    users = 64
-    for i in range(users):
-        cli(env, "users", "add", "--email", f"p{i}@example.com", "--password", PASSWORD, "--given-name", "P", "--verified")
-
     scripts = Path(tempfile.mkdtemp(prefix="onesignin-wrk-"))
     if len(args.workers) > 1:
         try:
@@ -332,6 +328,9 @@ async def main() -> None:
                     print(f"  {key}: {', '.join(f'{v:.2f}' for v in value) if isinstance(value, list) else f'{value:.1f}'}")
         return
 
+    users = 64
+    for i in range(users):
+        cli(env, "users", "add", "--email", f"p{i}@example.com", "--password", PASSWORD, "--given-name", "P", "--verified")
     hub = start_hub(env, port, args.workers[0], scripts / "hub.log")
     results: dict[str, float] = {}
     try:
