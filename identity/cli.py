@@ -746,7 +746,8 @@ def parser() -> argparse.ArgumentParser:
         "--workers", type=int, metavar="N",
         help="hub processes sharing the port (default: one per core with Postgres, 1 with SQLite, which allows no more). "
         "Worker 0 also runs the sync pipeline (and the embedded broker) and serves /metrics; the others serve HTTP only. "
-        "SIGTERM/SIGINT: finish requests in flight and stop; SIGHUP: replace the workers one by one (new code and settings); "
+        "SIGTERM/SIGINT: finish requests in flight and stop; SIGHUP: replace the workers one by one (new code; the environment "
+        "stays the parent's); "
         "a worker that dies is started again",
     )
     for hidden in ("--listen-fd", "--ready-fd", "--worker-index"):  # from the parent of --workers N to its children

@@ -20,8 +20,8 @@ runs no event loop and opens no database: it starts, watches, restarts and stops
   aiohttp's shutdown timeout), runs its cleanup; the parent waits for them and exits 0.
 - A child that exits on its own is started again after a backoff (logged), which starts afresh
   once a child has stayed up a while.
-- SIGHUP: the children are replaced one by one (new code and settings are read by the new
-  process): an HTTP child is stopped only once its successor is ready; child 0, which must not
+- SIGHUP: the children are replaced one by one (each new process loads the code afresh; its
+  environment, and so its settings, is the parent's): an HTTP child is stopped only once its successor is ready; child 0, which must not
   run twice, is stopped first and then started again.
 - Each child gets SIGTERM if the parent dies, even by SIGKILL."""
 
