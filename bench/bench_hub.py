@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""Throughput of one hub process: client_credentials grants/s, refresh grants/s, password
-sign-ins/s (full form POST) and userinfo requests/s, against the argon2id hash rate.
+"""Throughput of the hub (one process unless --workers): client_credentials grants/s, refresh
+grants/s, password sign-ins/s (full form POST) and userinfo requests/s, against the argon2id hash rate.
 
 The hub runs as a real ``onesignin serve`` subprocess; load comes over loopback HTTP from this
 process (which shares the machine's cores with the hub: figures are for the whole machine).
 
     python bench/bench_hub.py --database sqlite
     python bench/bench_hub.py --database postgresql+asyncpg://postgres@127.0.0.1:5432/test
+
+With several ``--workers`` counts (Postgres only), it measures client_credentials grants/s only,
+with a fresh ``serve --workers N`` for each count in turn, alternating over ``--rounds`` rounds
+(a shared machine drifts: alternating spreads the drift over every count):
+
+    python bench/bench_hub.py --database postgresql+asyncpg://postgres@127.0.0.1:5432/test --workers 1 2 --rounds 3
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ import re
 import secrets
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -141,12 +149,12 @@ class Wrk:
     def __init__(self, base: str, scripts: Path, seconds: float, connections: int) -> None:
         self.base, self.scripts, self.seconds, self.connections = base, scripts, seconds, connections
 
-    def run(self, path: str, lua: str) -> float:
+    def run(self, path: str, lua: str, seconds: float | None = None) -> float:
         """Requests per second answered without an error status (>= 400)."""
         script = self.scripts / f"s{len(list(self.scripts.iterdir()))}.lua"
         script.write_text(lua + _WRK_DONE)
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{self.connections}", f"-d{int(self.seconds)}s", "-s", str(script), self.base + path],
+            ["wrk", "-t1", f"-c{self.connections}", f"-d{int(seconds or self.seconds)}s", "-s", str(script), self.base + path],
             capture_output=True,
             text=True,
             check=True,
@@ -165,6 +173,85 @@ done = function(summary, latency, requests)
     summary.requests, summary.duration / 1e6, errors - summary.errors.status, summary.errors.status, latency:percentile(50) / 1000, latency:percentile(99) / 1000))
 end
 """
+
+
+def start_hub(env: dict[str, str], port: int, workers: int, log: Path) -> subprocess.Popen[bytes]:
+    """``onesignin serve --workers N`` (its log in ``log``); returns once every worker serves."""
+    errors = log.open("wb")
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port), "--metrics-port", "0", "--workers", str(workers)],
+        env=env, stderr=errors, stdout=subprocess.DEVNULL,
+    )
+    errors.close()
+    deadline = time.monotonic() + 120
+    ready = "workers serving" if workers > 1 else "metrics at"
+    while ready not in log.read_text(errors="replace"):
+        if hub.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the hub did not start:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.1)
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+                if answer.status == 200:
+                    return hub
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def stop_hub(hub: subprocess.Popen[bytes]) -> None:
+    hub.terminate()
+    hub.wait(timeout=120)
+
+
+def cpu_seconds(pid: int, workers: int) -> dict[int, float]:
+    """CPU time (user + system) of the hub's processes serving HTTP, by pid: the hub itself, or
+    with several workers its children (Linux /proc; else empty)."""
+    found: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    try:
+        kids = [int(p) for task in Path(f"/proc/{pid}/task").iterdir() for p in (task / "children").read_text().split()] if workers > 1 else [pid]
+    except OSError:
+        return found
+    for kid in kids:
+        try:
+            fields = Path(f"/proc/{kid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[kid] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def compare_workers(env: dict[str, str], port: int, service: dict, args: argparse.Namespace, scratch: Path) -> dict:
+    """client_credentials grants/s for each --workers count, alternating over --rounds rounds."""
+    base = f"http://127.0.0.1:{port}"
+    basic = aiohttp.encode_basic_auth(service["client_id"], service["client_secret"])
+    lua = LUA_STATIC_POST.format(auth=basic, body="grant_type=client_credentials&scope=openid")
+    rounds: list[dict[str, float]] = []
+    for number in range(args.rounds):
+        figures: dict[str, float] = {}
+        for workers in args.workers:
+            hub = start_hub(env, port, workers, scratch / f"hub-{number}-{workers}.log")
+            try:
+                wrk = Wrk(base, scratch, args.seconds, args.concurrency)
+                wrk.run("/token", lua, seconds=2)  # warm-up: connections, caches, the database's plans
+                before = cpu_seconds(hub.pid, workers)
+                figures[str(workers)] = rate = wrk.run("/token", lua)
+                after = cpu_seconds(hub.pid, workers)
+            finally:
+                stop_hub(hub)
+            split = sorted((after[p] - before.get(p, 0.0) for p in after), reverse=True)
+            share = " + ".join(f"{s:.1f}" for s in split)
+            print(f"round {number + 1}: --workers {workers}: {rate:8.1f} client_credentials grants/s (CPU s per process: {share})", file=sys.stderr)
+        rounds.append(figures)
+    summary: dict = {"rounds": rounds}
+    for workers in args.workers:
+        summary[f"median_workers_{workers}"] = statistics.median(r[str(workers)] for r in rounds)
+    first = args.workers[0]
+    for workers in args.workers[1:]:
+        summary[f"ratio_{workers}_vs_{first}"] = [r[str(workers)] / r[str(first)] for r in rounds]
+    return summary
 
 
 def argon2_rate(seconds: float, threads: int, memory_cost: int, time_cost: int) -> float:
@@ -193,9 +280,16 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement (default 10)")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1], metavar="N",
+        help="hub processes (serve --workers N; default 1). Several counts (Postgres only): client_credentials only, for each in turn",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with several --workers counts: rounds of alternation (default 3)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench_hub needs wrk (Debian: apt-get install wrk)")
+    if args.database == "sqlite" and max(args.workers) > 1:
+        sys.exit("--workers above 1 needs Postgres (--database postgresql+asyncpg://...)")
 
     data_dir = Path(tempfile.mkdtemp(prefix="onesignin-bench-"))
     port = free_port()
@@ -214,24 +308,32 @@ async def main() -> None:
         env["ONESIGNIN_DATABASE_URL"] = args.database.rsplit("/", 1)[0] + "/" + scratch_db
         cli(env, "migrate")
     service = cli(env, "services", "add", "--name", "Bench", "--redirect-uri", REDIRECT)
+    scripts = Path(tempfile.mkdtemp(prefix="onesignin-wrk-"))
+    if len(args.workers) > 1:
+        try:
+            summary = compare_workers(env, port, service, args, scripts)
+        finally:
+            shutil.rmtree(scripts, ignore_errors=True)
+            if scratch_db:
+                subprocess.run(["psql", args.database.replace("+asyncpg", ""), "-qc", f'DROP DATABASE "{scratch_db}" WITH (FORCE)'], check=False)
+            shutil.rmtree(data_dir, ignore_errors=True)
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            print(f"client_credentials grants/s on Postgres; {os.cpu_count()} cores; {args.seconds:.0f} s per figure; {args.concurrency} connections")
+            for number, figures in enumerate(summary["rounds"], 1):
+                print(f"  round {number}: " + ", ".join(f"--workers {w}: {v:.1f}" for w, v in figures.items()))
+            for key, value in summary.items():
+                if key != "rounds":
+                    print(f"  {key}: {', '.join(f'{v:.2f}' for v in value) if isinstance(value, list) else f'{value:.1f}'}")
+        return
+
     users = 64
     for i in range(users):
         cli(env, "users", "add", "--email", f"p{i}@example.com", "--password", PASSWORD, "--given-name", "P", "--verified")
-
-    hub = subprocess.Popen(
-        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port), "--metrics-port", "0"], env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
-    )
+    hub = start_hub(env, port, args.workers[0], scripts / "hub.log")
     results: dict[str, float] = {}
-    scripts = Path(tempfile.mkdtemp(prefix="onesignin-wrk-"))
     try:
-        async with aiohttp.ClientSession() as probe:
-            for _ in range(100):
-                try:
-                    async with probe.get(f"{base}/healthz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    await asyncio.sleep(0.1)
         basic = aiohttp.encode_basic_auth(service["client_id"], service["client_secret"])
         wrk = Wrk(base, scripts, args.seconds, args.concurrency)
 
@@ -278,8 +380,7 @@ async def main() -> None:
         hash_after = argon2_rate(args.seconds / 2, os.cpu_count() or 1, 19456, 2)
         results["argon2id_verifications_per_s"] = (hash_before + hash_after) / 2
     finally:
-        hub.terminate()
-        hub.wait(timeout=30)
+        stop_hub(hub)
         shutil.rmtree(scripts, ignore_errors=True)
     results["sign_in_vs_hash_rate"] = results["password_sign_ins_per_s"] / results["argon2id_verifications_per_s"]
     if scratch_db:
@@ -288,7 +389,10 @@ async def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print(f"database: {'SQLite (embedded)' if args.database == 'sqlite' else 'Postgres'}; {os.cpu_count()} cores; {args.seconds:.0f} s per figure")
+        print(
+            f"database: {'SQLite (embedded)' if args.database == 'sqlite' else 'Postgres'}; {os.cpu_count()} cores; "
+            f"{args.seconds:.0f} s per figure; --workers {args.workers[0]}"
+        )
         for key, value in results.items():
             print(f"  {key:32s} {value:10.2f}")
 

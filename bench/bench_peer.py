@@ -104,7 +104,7 @@ def hub_process(database: str) -> Iterator[tuple[Target, subprocess.Popen[bytes]
         cli(env, "migrate")
     service = cli(env, "services", "add", "--name", "Bench", "--redirect-uri", REDIRECT)
     process = subprocess.Popen(
-        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port), "--metrics-port", "0"],
+        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port), "--metrics-port", "0", "--workers", "1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

@@ -11,6 +11,7 @@ import gc
 import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -464,6 +465,23 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def _workers(settings: Settings, asked: int | None) -> int:
+    """How many hub processes ``serve`` runs: ``--workers``, else one per core this process may
+    run on (on Postgres) and one on SQLite, which it refuses to share between processes."""
+    if asked is None:
+        if settings.is_embedded:
+            return 1
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if asked < 1:
+        raise UsageError("--workers must be 1 or more")
+    if asked > 1 and settings.is_embedded:
+        raise UsageError(
+            "--workers above 1 needs Postgres (ONESIGNIN_DATABASE_URL): SQLite takes one writer at a time, and "
+            "several processes writing to it fail with 'database is locked' under load instead of queueing"
+        )
+    return asked
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from aiohttp import web
 
@@ -477,8 +495,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
                 "metrics_port": settings.metrics_port if args.metrics_port is None else args.metrics_port,
             }
         )
+    if args.listen_fd is not None:
+        return _serve_as_worker(settings, args)
     if settings.metrics_port == args.port:
         raise UsageError("--metrics-port must differ from --port: the public port does not serve /metrics")
+    workers = _workers(settings, args.workers)
     for warning in development_warnings(settings):
         log.warning(warning)
     issuer_port = urlsplit(settings.issuer).port or (443 if settings.issuer.startswith("https") else 80)
@@ -489,19 +510,99 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             settings.issuer, args.port, args.host, args.port,
         )
     _preflight(settings, args.host, args.port, metrics=True)
+    starting = {
+        "status": "starting",
+        "url": f"http://{args.host}:{args.port}",
+        "issuer": settings.issuer,
+        "metrics": f"http://{settings.metrics_host}:{settings.metrics_port}/metrics" if settings.metrics_port else "a free port (logged)",
+    }
+    if workers > 1:
+        return _serve_with_workers(settings, args, workers, starting)
     app = create_app(settings, sync=settings.sync_in_process and not args.no_sync)
-    _emit(
-        {
-            "status": "starting",
-            "url": f"http://{args.host}:{args.port}",
-            "issuer": settings.issuer,
-            "metrics": f"http://{settings.metrics_host}:{settings.metrics_port}/metrics" if settings.metrics_port else "a free port (logged)",
-        }
-    )
+    _emit(starting)
     try:
         web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True, loop=_event_loop())
     except OSError as exc:
         raise UsageError(f"cannot listen: {exc.strerror or exc} (is another process using the port or the metrics port?)") from None
+    return {"status": "stopped"}
+
+
+def _serve_with_workers(settings: Settings, args: argparse.Namespace, workers: int, starting: dict[str, Any]) -> dict[str, Any]:
+    """The parent of ``serve --workers N`` (``identity.workers``): binds the port, runs N children."""
+    from identity.workers import StartupFailed, Supervisor, listening_sockets
+
+    try:
+        sockets = listening_sockets(args.host, args.port, workers)
+    except OSError as exc:
+        raise UsageError(f"cannot listen: {exc.strerror or exc} (is another process using the port?)") from None
+    passed: list[str] = []
+    if args.metrics_host is not None:
+        passed += ["--metrics-host", args.metrics_host]
+    if args.metrics_port is not None:
+        passed += ["--metrics-port", str(args.metrics_port)]
+    if args.no_sync:
+        passed.append("--no-sync")
+
+    def command(index: int, listen_fd: int, ready_fd: int) -> list[str]:
+        return [
+            sys.executable, "-m", "identity.cli", "serve", "--host", args.host, "--port", str(args.port), *passed,
+            "--listen-fd", str(listen_fd), "--ready-fd", str(ready_fd), "--worker-index", str(index),
+        ]
+
+    _emit(starting | {"workers": workers})
+    try:
+        Supervisor(sockets, command).run()
+    except StartupFailed as exc:
+        raise UsageError(str(exc)) from None
+    return {"status": "stopped"}
+
+
+#: A worker told to stop first stops accepting, then waits this long before closing the connections
+#: with no request yet: one it accepted a moment before gets its request read (and answered).
+WORKER_LINGER_SECONDS = 1.0
+
+
+def _serve_as_worker(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """A child of ``serve --workers N`` on the socket its parent bound: worker 0 is the hub as a
+    single ``serve`` is (sync pipeline, embedded broker, /metrics), the others serve HTTP only."""
+    import signal
+    import socket
+
+    from aiohttp import web
+
+    from identity.web.app import create_app
+
+    first = args.worker_index == 0
+    app = create_app(settings, sync=first and settings.sync_in_process and not args.no_sync, metrics=first)
+
+    async def ready(_app: web.Application) -> None:
+        # Every cleanup context has started: the parent may now retire this worker's predecessor.
+        os.write(args.ready_fd, b"1")
+        os.close(args.ready_fd)
+
+    app.on_startup.append(ready)
+
+    async def serve() -> None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=60.0)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await runner.setup()
+        try:
+            site = web.SockSite(runner, socket.socket(fileno=args.listen_fd))
+            await site.start()
+            await stop.wait()
+            # Stop accepting (the socket stays open in the parent: what waits in it goes to this
+            # worker's successor), let the connections just accepted send their request, then
+            # finish the requests in flight and close (aiohttp's graceful shutdown).
+            await site.stop()
+            await asyncio.sleep(WORKER_LINGER_SECONDS)
+        finally:
+            await runner.cleanup()
+
+    with asyncio.Runner(loop_factory=_event_loop) as runner:
+        runner.run(serve())
     return {"status": "stopped"}
 
 
@@ -655,7 +756,7 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the hub (provider, pages) in this process", description="Run the hub.")
+    serve = sub.add_parser("serve", help="run the hub (provider, pages), in one process or several (--workers)", description="Run the hub.")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument(
@@ -667,6 +768,16 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--no-sync", action="store_true", help="do not run the outbox relay and sync worker here (run `relay` and `worker` instead)"
     )
+    serve.add_argument(
+        "--workers", type=int, metavar="N",
+        help="hub processes sharing the port (default: one per core with Postgres, 1 with SQLite, which allows no more). "
+        "Worker 0 also runs the sync pipeline (and the embedded broker) and serves /metrics; the others serve HTTP only. "
+        "SIGTERM/SIGINT: finish requests in flight and stop; SIGHUP: replace the workers one by one (new code; the environment "
+        "stays the parent's); "
+        "a worker that dies is started again",
+    )
+    for hidden in ("--listen-fd", "--ready-fd", "--worker-index"):  # from the parent of --workers N to its children
+        serve.add_argument(hidden, type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     for name, func, port, text in (

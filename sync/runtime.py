@@ -44,13 +44,15 @@ METRICS_URL = web.AppKey("metrics_url", str)
 GAUGE_SECONDS = 5.0
 
 
-def add_sync(app: web.Application, *, relay: bool, worker: bool) -> None:
-    """Add the broker (if needed), relay and/or worker to ``app`` (after its database ctx)."""
+def add_sync(app: web.Application, *, relay: bool, worker: bool, gauges: bool = True) -> None:
+    """Add the broker (if needed), relay and/or worker to ``app`` (after its database ctx), and
+    unless ``gauges`` is False the refresh of the gauges ``/metrics`` reports."""
     app[METRICS] = SyncMetrics()
     app[TASKS] = {}
     if relay or worker:
         app.cleanup_ctx.append(_broker)
-    app.cleanup_ctx.append(_gauges)
+    if gauges:
+        app.cleanup_ctx.append(_gauges)
     # Cleanup runs in reverse: the relay stops publishing before the worker stops consuming.
     if worker:
         app[notices.WAKE] = asyncio.Event()

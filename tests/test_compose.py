@@ -64,6 +64,7 @@ def test_every_onesignin_service_runs_a_real_command(services: dict[str, dict[st
     assert commands["migrate"].command == "migrate"
     hub = commands["hub"]
     assert (hub.command, hub.host, hub.port, hub.no_sync) == ("serve", "0.0.0.0", 8000, True)
+    assert hub.workers == 2  # each replica: two processes on its port, the first serving /metrics
     for name in ("relay", "worker"):
         assert (commands[name].command, commands[name].host) == (name, "0.0.0.0")
     # Each health check asks the port the process listens on.

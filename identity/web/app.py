@@ -48,10 +48,14 @@ KEY_REFRESH_SECONDS = 300
 PURGE_SECONDS = 600
 
 
-def create_app(settings: Settings, *, migrate: bool | None = None, sync: bool | None = None) -> web.Application:
+def create_app(
+    settings: Settings, *, migrate: bool | None = None, sync: bool | None = None, metrics: bool = True
+) -> web.Application:
     """The whole hub as one aiohttp application. ``migrate`` defaults to True on the
     embedded database; production runs ``onesignin migrate`` once per deployment. ``sync``
-    (default: ``settings.sync_in_process``) also runs the outbox relay and sync worker here."""
+    (default: ``settings.sync_in_process``) also runs the outbox relay and sync worker here.
+    ``metrics=False`` (the HTTP-only processes of ``serve --workers N``) leaves out the
+    ``/metrics`` listener and the gauges it reports: one process of the hub serves them."""
     app = web.Application(middlewares=[middleware.request_context, middleware.security_headers, middleware.errors, middleware.whole_body], client_max_size=64 * 1024)
     app[K.SETTINGS] = settings
     secret = settings.resolved_secret_key()
@@ -72,8 +76,9 @@ def create_app(settings: Settings, *, migrate: bool | None = None, sync: bool | 
     )
     app.cleanup_ctx.append(database(settings.is_embedded if migrate is None else migrate))
     in_process = settings.sync_in_process if sync is None else sync
-    add_sync(app, relay=in_process, worker=in_process)
-    app.cleanup_ctx.append(metrics_server)
+    add_sync(app, relay=in_process, worker=in_process, gauges=metrics)
+    if metrics:
+        app.cleanup_ctx.append(metrics_server)
     app.cleanup_ctx.append(_every(KEY_REFRESH_SECONDS, "signing-keys", _refresh_keys, first=True))
     app.cleanup_ctx.append(_every(PURGE_SECONDS, "purge-expired", _purge))
     app.cleanup_ctx.append(_every(settings.purge_interval, "retention-purge", _retention_purge))

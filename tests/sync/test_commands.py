@@ -3,6 +3,7 @@ dead letters, and ``serve`` owning its embedded broker."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -82,6 +83,23 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _descendants(pid: int) -> set[int]:
+    """Children, and theirs: on Postgres ``serve`` runs one worker per core by default, and the
+    broker is worker 0's child."""
+    found = _children(pid)
+    for child in list(found):
+        with contextlib.suppress(FileNotFoundError):
+            found |= _descendants(child)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except FileNotFoundError:
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split()[2]
@@ -106,9 +124,17 @@ def test_serve_starts_the_embedded_broker_and_takes_it_along_when_it_stops(env: 
                     break
             except httpx2.TransportError:
                 time.sleep(0.05)
-        brokers = [p for p in _children(hub.pid) if "tansu" in Path(f"/proc/{p}/cmdline").read_text()]
+        metrics = ""
+        for _ in range(300):  # bounded wait until its broker and /metrics run (another worker may answer first)
+            brokers = [p for p in _descendants(hub.pid) if "tansu" in _cmdline(p)]
+            try:
+                metrics = httpx2.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+            except httpx2.TransportError:
+                time.sleep(0.05)
+                continue
+            if brokers:
+                break
         assert len(brokers) == 1
-        metrics = httpx2.get(f"http://127.0.0.1:{metrics_port}/metrics").text
         assert "onesignin_outbox_lag_seconds" in metrics
     finally:
         hub.send_signal(signal.SIGINT if how == "interrupt" else signal.SIGKILL)
