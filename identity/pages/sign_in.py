@@ -12,7 +12,7 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity.accounts import devices, passkeys, second_factor, throttle
+from identity.accounts import devices, new_browser, passkeys, second_factor, throttle
 from identity.accounts.sign_in import (
     Attempt,
     SignInRefused,
@@ -47,6 +47,8 @@ class SignedIn:
 
     secret: str
     device_cookie: str | None
+    #: The account, when this browser never signed in to it before (the person is told).
+    new_browser_of: int | None = None
 
 
 @dataclass
@@ -85,8 +87,9 @@ async def attempt_sign_in(request: web.Request, email: str, password: str) -> Si
     ok = await _check(request, attempt, password)
     due = ok and attempt.account_id is not None and await _second_factor_due(request, attempt.account_id)
     device = devices.remember(request.config_dict[SECRET], DEVICE.read(request), attempt.keys.account) if ok and not due else None
+    new_browser_of = attempt.account_id if device is not None else None
     if ok and not due and _plain(request, attempt) and dialect.opens_postgres(sessions):
-        return SignedIn(await _sign_in_at_once(request, attempt), device)
+        return SignedIn(await _sign_in_at_once(request, attempt), device, new_browser_of)
     async with unit(sessions) as db:
         outcome = await finish_attempt(db, attempt, ok, address=client_address(request))
         if isinstance(outcome, SignInRefused):
@@ -94,7 +97,7 @@ async def attempt_sign_in(request: web.Request, email: str, password: str) -> Si
         if due:
             return SecondFactorDue(second_factor.pending(request.config_dict[CIPHER], outcome))
         secret = await start_session(request, db, outcome, "pwd")
-    return SignedIn(secret, device)
+    return SignedIn(secret, device, new_browser_of)
 
 
 async def _second_factor_due(request: web.Request, account_id: int) -> bool:
@@ -120,6 +123,19 @@ def set_cookies(request: web.Request, response: web.StreamResponse, signed_in: S
     browser.set_cookie(request, response, signed_in.secret)
     if signed_in.device_cookie is not None:
         DEVICE.set(request, response, signed_in.device_cookie, max_age=DEVICE_COOKIE_DAYS * 86400)
+
+
+async def signed_in_answer(request: web.Request, target: str, signed_in: SignedIn) -> web.StreamResponse:
+    """The redirect after a completed sign-in, with its cookies; a browser new to the account
+    has the person told (after the answer)."""
+    response = redirect(target, 303)
+    set_cookies(request, response, signed_in)
+    if signed_in.new_browser_of is not None:
+        async with autocommit(request.config_dict[DB]) as db:
+            message = await new_browser.notice(db, request.config_dict[SETTINGS], signed_in.new_browser_of, request.headers.get("User-Agent"))
+        if message is not None:
+            await after_commit.send_mail(request, [message])
+    return response
 
 
 @dataclass
@@ -204,9 +220,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         return passkey_offers.sign_in_page(request, context, "/sign-in/passkey", status=outcome.status)
     if isinstance(outcome, SecondFactorDue):
         return ask_second_factor(request, outcome, target)
-    response = redirect(target, 303)
-    set_cookies(request, response, outcome)
-    return response
+    return await signed_in_answer(request, target, outcome)
 
 
 async def sign_out(request: web.Request) -> web.StreamResponse:
@@ -291,9 +305,7 @@ async def interaction_login(request: web.Request) -> web.StreamResponse:
         return passkey_offers.sign_in_page(request, context, f"/i/{uid}/passkey", status=outcome.status)
     if isinstance(outcome, SecondFactorDue):
         return ask_second_factor(request, outcome, f"/i/{uid}/resume")
-    response = redirect(f"/i/{uid}/resume", 303)
-    set_cookies(request, response, outcome)
-    return response
+    return await signed_in_answer(request, f"/i/{uid}/resume", outcome)
 
 
 async def interaction_consent(request: web.Request) -> web.StreamResponse:

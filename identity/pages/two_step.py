@@ -23,7 +23,7 @@ from identity.pages.common import client_address, field, render
 from identity.pages.sign_in import (
     SignedIn,
     confirm_password,
-    set_cookies,
+    signed_in_answer,
     start_session,
 )
 from identity.web import after_commit, browser, csrf
@@ -93,8 +93,7 @@ async def code(request: web.Request) -> web.StreamResponse:
         async with autocommit(request.config_dict[DB]) as db:
             return await passkey_offers.code_page(request, db, account_id, {"next": target, "error": error}, status=429 if counted.wait else 400)
     device = devices.remember(request.config_dict[SECRET], DEVICE.read(request), throttle.email_key("account", account.email))
-    response = redirect(target, 303)
-    set_cookies(request, response, SignedIn(secret, device))
+    response = await signed_in_answer(request, target, SignedIn(secret, device, account_id if device is not None else None))
     SECOND_FACTOR.clear(request, response)
     return response
 

@@ -1,0 +1,51 @@
+"""A sign-in from a browser not seen before is told to the person: when, which browser and
+system, and what to do if it was not them.
+
+"Not seen before" is the device cookie of :mod:`identity.accounts.devices`: a browser that never
+signed in to this account with its password. An account's first sign-in tells nothing (there is
+no earlier browser to compare with); nor does a passkey sign-in, which needs the person's own
+device. The mail carries nothing the person did not already know but the browser's name."""
+
+from __future__ import annotations
+
+import datetime as dt
+from email.message import EmailMessage
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from identity.accounts.user_agents import describe
+from identity.db.models import Account, SignInEvent, utcnow
+from identity.mail import build_message
+from identity.settings import Settings
+
+SUBJECT = "A new sign-in to your One Sign In account"
+
+
+async def notice(db: AsyncSession, settings: Settings, account_id: int, user_agent: str | None, *, at: dt.datetime | None = None) -> EmailMessage | None:
+    """The mail for a sign-in that just succeeded from a new browser, or None for the account's
+    first sign-in ever (the one being made is already recorded)."""
+    succeeded = await db.scalar(
+        select(func.count()).select_from(SignInEvent).where(SignInEvent.account_id == account_id, SignInEvent.succeeded.is_(True))
+    )
+    if (succeeded or 0) < 2:
+        return None
+    email = await db.scalar(select(Account.email).where(Account.id == account_id))
+    if email is None:
+        return None
+    when = (at or utcnow()).astimezone(dt.UTC).strftime("%d %B %Y at %H:%M UTC")
+    browser = describe(user_agent)
+    return build_message(
+        sender=settings.mail_from,
+        to=email,
+        subject=SUBJECT,
+        text=(
+            f"Your One Sign In account was signed in to on {when} from a browser that has not signed in to it before:\n\n"
+            f"    {browser}\n\n"
+            "If this was you, there is nothing to do.\n\n"
+            "If it was not you, someone knows your password:\n"
+            f"  1. Change your password: {settings.issuer}/account/password\n"
+            f"  2. Sign out everywhere, under \"Where you're signed in\": {settings.issuer}/account\n"
+            f"  3. Turn on two-step sign-in: {settings.issuer}/account/two-step\n"
+        ),
+    )
