@@ -12,6 +12,7 @@ from email.message import EmailMessage
 
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from identity.accounts import links, passkeys, second_factor
 from identity.db.models import Account, Passkey, SecondFactor, SecondFactorRemoval, utcnow
@@ -68,14 +69,17 @@ async def request_removal(db: AsyncSession, settings: Settings, agent: Agent, ac
     return removal_requested_message(settings, account.email)
 
 
-async def pending(db: AsyncSession) -> list[tuple[SecondFactorRemoval, Account]]:
+async def pending(db: AsyncSession) -> list[tuple[SecondFactorRemoval, Account, str | None]]:
+    """The waiting requests, oldest first: each with its person and the requester's address."""
+    requester = aliased(Account)
     rows = await db.execute(
-        select(SecondFactorRemoval, Account)
+        select(SecondFactorRemoval, Account, requester.email)
         .join(Account, Account.id == SecondFactorRemoval.account_id)
+        .outerjoin(requester, requester.sub == SecondFactorRemoval.requested_by)
         .where(SecondFactorRemoval.status == "pending")
         .order_by(SecondFactorRemoval.requested_at, SecondFactorRemoval.id)
     )
-    return [(r, a) for r, a in rows]
+    return [(r, a, e) for r, a, e in rows]
 
 
 async def decide(db: AsyncSession, settings: Settings, supervisor: Agent, request_id: int, *, approve: bool) -> EmailMessage | None:

@@ -70,11 +70,11 @@ async def removals_page(request: web.Request) -> web.StreamResponse:
             "sub": a.sub,
             "email": a.email,
             "reason": r.reason,
-            "requested_by": r.requested_by,
+            "requested_by": requester or r.requested_by,
             "requested_at": r.requested_at,
             "mine": r.requested_by == agent.sub or a.id == agent.account_id,
         }
-        for r, a in waiting
+        for r, a, requester in waiting
     ]
     context = {
         "title": "Second-factor removals",

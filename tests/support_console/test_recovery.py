@@ -107,6 +107,7 @@ async def test_a_removal_waits_for_a_supervisor_and_only_then_removes_the_factor
         assert await _factors(hub, account) == (1, 1)
         listing = await supervisor.get(PAGE)
         assert listing.status_code == 200 and "ann@example.com" in listing.text and "Lost the phone" in listing.text
+        assert "<td>agent@example.com</td>" in listing.text  # who asked
         approved = await supervisor.submit(listing, f"{PAGE}/{request}/approve")
         assert approved.status_code == 200 and "the second factor is removed" in approved.text
         twice = await supervisor.http.post(f"{PAGE}/{request}/approve", data={csrf.FIELD: form(listing.text, f"{PAGE}/{request}/approve").fields[csrf.FIELD]})
