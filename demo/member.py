@@ -32,7 +32,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx2
 from aiohttp import web
@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/oidc/callback"
 WEBHOOK_PATH = "/webhooks/onesignin"
+#: Where the hub POSTs logout tokens (OpenID Connect Back-Channel Logout 1.0).
+BACKCHANNEL_LOGOUT_PATH = "/backchannel-logout"
+BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 DEFAULT_SCOPE = "openid profile email offline_access"
 MAX_SESSIONS = 10_000
 EVENT_TYPES = ("profile.updated", "profile.snapshot")
@@ -90,6 +93,11 @@ class MemberConfig:
     @property
     def webhook_url(self) -> str:
         return self.base_url + WEBHOOK_PATH
+
+    @property
+    def post_logout_redirect_uri(self) -> str:
+        """Where the hub sends the browser back after RP-initiated logout."""
+        return self.base_url + "/"
 
 
 # -- The person's details, as this service last received them ---------------------------------
@@ -160,6 +168,8 @@ class Session:
     sub: str | None = None
     token: dict[str, Any] | None = None
     flash: str | None = None
+    #: The hub session (the ID token's ``sid``) this sign-in came through.
+    sid: str | None = None
 
 
 class Sessions:
@@ -185,6 +195,17 @@ class Sessions:
     def drop(self, request: web.Request, response: web.StreamResponse) -> None:
         self.store.pop(request.cookies.get(self.cookie, ""), None)
         response.del_cookie(self.cookie, path="/")
+
+    def end(self, *, sid: str | None, sub: str | None) -> int:
+        """End the sessions of hub session ``sid``, or (without a ``sid``) every session of
+        ``sub``; how many ended."""
+        ended = [
+            key for key, s in self.store.items()
+            if s.sub is not None and (s.sid == sid if sid else s.sub == sub) and (sub is None or s.sub == sub)
+        ]
+        for key in ended:
+            del self.store[key]
+        return len(ended)
 
 
 # -- The hub, as an OpenID Provider and an API --------------------------------------------------
@@ -311,6 +332,30 @@ class HubClient:
         )
         claims.validate(leeway=60)
         return dict(claims)
+
+    async def check_logout_token(self, token: str) -> dict[str, Any]:
+        """The claims of a valid logout token (Back-Channel Logout 1.0, section 2.6); raises
+        ``JoseError`` or ``ValueError`` otherwise."""
+        metadata = await self.metadata()
+        algorithms = [a for a in metadata.get("id_token_signing_alg_values_supported", ["RS256"]) if a != "none"]
+        try:
+            decoded = jwt.decode(token, await self.keys(), algorithms=algorithms)
+        except JoseError:
+            decoded = jwt.decode(token, await self.keys(refresh=True), algorithms=algorithms)
+        claims = decoded.claims
+        registry = jwt.JWTClaimsRegistry(
+            leeway=60, iss={"essential": True, "value": self.config.issuer}, aud={"essential": True, "value": self.config.client_id}, iat={"essential": True}
+        )
+        registry.validate(claims)
+        events = claims.get("events")
+        if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_LOGOUT_EVENT), dict):
+            raise ValueError("no back-channel logout event")
+        if "nonce" in claims:
+            raise ValueError("a logout token carries no nonce")
+        sid, sub = claims.get("sid"), claims.get("sub")
+        if not (isinstance(sid, str) and sid) and not (isinstance(sub, str) and sub):
+            raise ValueError("neither sid nor sub")
+        return claims
 
     async def call(self, session: Session, method: str, path: str, **kwargs: Any) -> httpx2.Response:
         """Call the hub's API as the person; an expired access token is refreshed first (and
@@ -521,22 +566,49 @@ service of the group.</p>
             raise web.HTTPSeeOther("/") from None
         response = web.HTTPSeeOther("/")
         self.sessions.drop(request, response)
-        signed_in = self.sessions.new(response, Session(sub=claims["sub"], token=token))
+        signed_in = self.sessions.new(response, Session(sub=claims["sub"], token=token, sid=claims.get("sid")))
         # Until the hub's deliveries arrive, read the details once (the highest version still wins).
         with contextlib.suppress(SignedOut, httpx2.HTTPError):
             await self.refresh_profile(signed_in, via="sign-in")
         raise response
 
     async def logout(self, request: web.Request) -> web.StreamResponse:
+        """End the session here, then at the hub (RP-Initiated Logout 1.0): the browser goes to
+        its ``end_session_endpoint`` with the ID token as hint, the hub tells the person's other
+        services by back-channel, and sends the browser back to this service's home page."""
         session, _ = await self.checked_form(request)
-        response = web.HTTPSeeOther("/")
+        metadata: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            metadata = await self.hub.metadata()
+        where = "/"
+        id_token = (session.token or {}).get("id_token")
+        if metadata.get("end_session_endpoint") and id_token:
+            query = urlencode(
+                {"id_token_hint": id_token, "post_logout_redirect_uri": self.config.post_logout_redirect_uri, "client_id": self.config.client_id}
+            )
+            where = f"{metadata['end_session_endpoint']}?{query}"
+        response = web.HTTPSeeOther(where)
         self.sessions.drop(request, response)
-        if session.token and session.token.get("refresh_token"):
+        if session.token and session.token.get("refresh_token") and metadata.get("revocation_endpoint"):
             with contextlib.suppress(Exception):
-                metadata = await self.hub.metadata()
                 async with self.hub.client() as client:
                     await client.revoke_token(metadata["revocation_endpoint"], session.token["refresh_token"], token_type_hint="refresh_token")
         raise response
+
+    async def backchannel_logout(self, request: web.Request) -> web.StreamResponse:
+        """The hub's logout token (Back-Channel Logout 1.0): 400 unless valid; then the sessions
+        of its ``sid`` (or of its ``sub``) end here."""
+        form = await request.post()
+        token = form.get("logout_token")
+        if not isinstance(token, str) or not token or len(token) > 16_000:
+            return web.json_response({"error": "invalid_request"}, status=400)
+        try:
+            claims = await self.hub.check_logout_token(token)
+        except (JoseError, ValueError, httpx2.HTTPError, SignInFailed) as exc:
+            log.info("%s: refused a logout token: %s", self.config.name, type(exc).__name__)
+            return web.json_response({"error": "invalid_request"}, status=400)
+        self.sessions.end(sid=claims.get("sid"), sub=claims.get("sub"))
+        return web.Response(status=200, headers={"Cache-Control": "no-store"})
 
     def _signed_out(self, request: web.Request) -> web.StreamResponse:
         response = web.HTTPSeeOther("/")
@@ -657,6 +729,7 @@ def create_member_app(config: MemberConfig) -> web.Application:
     r.add_get("/profile", member.profile_page)
     r.add_post("/profile", member.change_name)
     r.add_post(WEBHOOK_PATH, member.webhook_endpoint)
+    r.add_post(BACKCHANNEL_LOGOUT_PATH, member.backchannel_logout)
     r.add_get("/healthz", member.health)
     app.cleanup_ctx.append(member.kafka_ctx)
     return app

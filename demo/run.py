@@ -36,7 +36,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from demo.member import CALLBACK_PATH, WEBHOOK_PATH, MemberConfig, create_member_app
+from demo.member import BACKCHANNEL_LOGOUT_PATH, CALLBACK_PATH, WEBHOOK_PATH, MemberConfig, create_member_app
 from identity import admin, outbound
 from identity import appkeys as K
 from identity.accounts.passwords import PasswordHasher
@@ -86,6 +86,15 @@ class Site:
     #: A plain-http webhook outside loopback, allowed by ``--allow-http-webhooks`` (see
     #: :func:`_private_network_webhook`).
     plain_http_webhook: bool = False
+
+    @property
+    def backchannel_logout_uri(self) -> str:
+        """Where the hub POSTs logout tokens: beside the webhook, where the hub reaches the service."""
+        return self.webhook_url[: -len(WEBHOOK_PATH)] + BACKCHANNEL_LOGOUT_PATH
+
+    @property
+    def post_logout_redirect_uris(self) -> list[str]:
+        return [self.public_url + "/"]
 
     @property
     def name(self) -> str:
@@ -358,16 +367,18 @@ async def _service(db: AsyncSession, cipher: KeyCipher, site: Site, kept: dict[s
             "webhook_secret": created.webhook_secret,
             "topic": created.topic,
         }
+        row = await db.scalar(select(Service).where(Service.client_id == created.client_id))
+        assert row is not None
         if site.plain_http_webhook:
-            row = await db.scalar(select(Service).where(Service.client_id == created.client_id))
-            assert row is not None
             credentials["webhook_secret"] = _private_network_webhook(row, cipher, site.webhook_url)
+        _logout_uris(row, site)
         return credentials
     assert kept is not None
     kept = {**kept, "topic": service_topic(row.client_id)}
     # The same service started on other ports or another network: point the hub there.
     if row.redirect_uris != redirect_uris:
         row.redirect_uris = redirect_uris
+    _logout_uris(row, site)
     if row.webhook_url != site.webhook_url or row.webhook_disabled_at is not None or not row.topic_enabled or not row.webhook_secret:
         if site.plain_http_webhook:
             secret = _private_network_webhook(row, cipher, site.webhook_url)
@@ -377,6 +388,16 @@ async def _service(db: AsyncSession, cipher: KeyCipher, site: Site, kept: dict[s
         if secret:
             kept["webhook_secret"] = secret
     return kept
+
+
+def _logout_uris(row: Service, site: Site) -> None:
+    """Register the service's back-channel logout URI and post-logout redirect URI (also for a
+    service registered before, or started on other ports). Written like the private-network
+    webhook: the back-channel URI may be plain http on the compose network."""
+    if row.backchannel_logout_uri != site.backchannel_logout_uri:
+        row.backchannel_logout_uri = site.backchannel_logout_uri
+    if list(row.post_logout_redirect_uris or []) != site.post_logout_redirect_uris:
+        row.post_logout_redirect_uris = site.post_logout_redirect_uris
 
 
 def _private_network_webhook(row: Service, cipher: KeyCipher, url: str) -> str | None:

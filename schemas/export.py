@@ -256,6 +256,15 @@ class PasskeyPart(_Part):
     transports: list[str] = Field(description="How the browser reaches it: internal, usb, nfc, ble, hybrid.")
 
 
+class SecondFactorRemovalPart(_Part):
+    """A request by customer support to remove the person's second factor, and its decision."""
+
+    status: str = Field(description="pending, approved (the factor was removed) or refused.")
+    reason: str = Field(description="The reason support gave.")
+    requested_at: dt.datetime
+    decided_at: dt.datetime | None
+
+
 class AccountExport(_Part):
     """Everything One Sign In holds about the person, for their own use (access and portability)."""
 
@@ -279,3 +288,6 @@ class AccountExport(_Part):
     staff: StaffPart | None = Field(None, description="For a support agent or supervisor: their role and console sessions.")
     second_factor: SecondFactorPart | None = Field(None, description="Two-step sign-in, when set up.")
     passkeys: list[PasskeyPart] = Field(default_factory=list, description="The person's passkeys.")
+    second_factor_removals: list[SecondFactorRemovalPart] = Field(
+        default_factory=list, description="Requests by customer support to remove the second factor."
+    )

@@ -28,6 +28,7 @@ from identity.db.models import (
     SessionService,
     SignInEvent,
     SecondFactor,
+    SecondFactorRemoval,
     Passkey,
     StaffMember,
     Token,
@@ -57,6 +58,7 @@ from schemas.export import (
     SignInPart,
     SecondFactorPart,
     PasskeyPart,
+    SecondFactorRemovalPart,
     StaffPart,
 )
 
@@ -222,6 +224,12 @@ async def build(db: AsyncSession, account: Account) -> AccountExport:
         passkeys=[
             PasskeyPart(name=k.name, created_at=k.created_at, last_used_at=k.last_used_at, synced=k.backup_eligible, transports=k.transports)
             for k in await db.scalars(select(Passkey).where(Passkey.account_id == account.id).order_by(Passkey.created_at, Passkey.id))
+        ],
+        second_factor_removals=[
+            SecondFactorRemovalPart(status=r.status, reason=r.reason, requested_at=r.requested_at, decided_at=r.decided_at)
+            for r in await db.scalars(
+                select(SecondFactorRemoval).where(SecondFactorRemoval.account_id == account.id).order_by(SecondFactorRemoval.requested_at, SecondFactorRemoval.id)
+            )
         ],
     )
 

@@ -768,6 +768,24 @@ class StaffMember(Base):
     disabled_at: Mapped[dt.datetime | None]
 
 
+class SecondFactorRemoval(Base):
+    """A support agent's request to remove a person's second factor (authenticator app and
+    passkeys), which waits for a different staff member with the supervisor role. ``status`` is
+    ``pending``, then ``approved`` (the factor was removed) or ``refused``. Staff are named by
+    their account's ``sub``; nothing secret is held."""
+
+    __tablename__ = "second_factor_removals"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    requested_by: Mapped[str] = mapped_column(String(64))
+    requested_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    decided_by: Mapped[str | None] = mapped_column(String(64))
+    decided_at: Mapped[dt.datetime | None]
+
+
 class ConsoleSession(Base):
     """A staff member's session in the support console, separate from any customer session.
     Named by a cookie whose secret's digest is stored; ``stage`` is ``totp`` between the password

@@ -22,6 +22,7 @@ from identity.db.models import (
     Delivery,
     Link,
     LinkStatus,
+    SecondFactorRemoval,
     Service,
     SignInEvent,
     StaffMember,
@@ -31,6 +32,7 @@ from identity.deliveries import open_dead_letter
 from identity.pages.common import field
 from identity.pages.rights import STATUS_TEXT, TYPES
 from identity.support import audit, forms, masking, trail
+from identity.support.recovery import has_second_factor
 from identity.support.render import render
 from identity.support.session import AGENT, Agent
 from identity.web.responses import redirect
@@ -47,6 +49,8 @@ DONE = {
     "verification_sent": "A new confirmation link was sent to the person's address.",
     "rights_opened": "The rights request is open; the person and its controller can follow it.",
     "resync_queued": "A fresh copy of the profile is queued for that service.",
+    "reset_sent": "A password reset link was mailed to the person; nobody at support sees it.",
+    "removal_requested": "The removal is asked for: a supervisor approves or refuses it. The person was told.",
 }
 ERRORS = {
     "reason": "Give a reason: it is recorded with your name.",
@@ -59,6 +63,8 @@ ERRORS = {
     "target": "The person never linked that service: send the request to the hub or a service they linked.",
     "not_linked": "The person has no active link to that service, so it gets nothing about them.",
     "no_channel": "That service has no webhook or topic to resync to.",
+    "no_factor": "The person has no second factor to remove.",
+    "removal_pending": "A removal of this person's second factor is already waiting for a supervisor.",
 }
 
 
@@ -233,6 +239,11 @@ async def profile_context(db: AsyncSession, agent: Agent, account: Account, reve
         "audit": records,
         "emails": await trail.agent_emails(db, records) if records else {},
         "reason_min": None if agent.is_supervisor else AGENT_REASON_MIN,
+        "has_second_factor": await has_second_factor(db, account.id),
+        "removal_pending": await db.scalar(
+            select(SecondFactorRemoval.id).where(SecondFactorRemoval.account_id == account.id, SecondFactorRemoval.status == "pending")
+        )
+        is not None,
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from identity.support import actions, agents, audit_pages, people, search_page, sign_in
+from identity.support import actions, agents, audit_pages, people, recovery_pages, search_page, sign_in
 
 
 def add_routes(console: web.Application) -> None:
@@ -19,5 +19,10 @@ def add_routes(console: web.Application) -> None:
     r.add_post("/people/{sub}/resend-verification", actions.resend_verification)
     r.add_post("/people/{sub}/rights-requests", actions.open_rights_request)
     r.add_post("/people/{sub}/resync", actions.resync)
+    r.add_post("/people/{sub}/password-reset", recovery_pages.send_reset)
+    r.add_post("/people/{sub}/second-factor-removal", recovery_pages.request_removal)
     # Supervisors only.
     r.add_get("/audit", audit_pages.audit_page)
+    r.add_get("/second-factor-removals", recovery_pages.removals_page)
+    r.add_post("/second-factor-removals/{id}/approve", recovery_pages.approve)
+    r.add_post("/second-factor-removals/{id}/refuse", recovery_pages.refuse)

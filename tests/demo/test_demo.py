@@ -27,7 +27,8 @@ from sqlalchemy import select
 from demo.run import STATE_FILE, Demo, DemoError, Site, register, start, start_services, webhook_warnings
 from identity import appkeys as K
 from identity.cli import parser
-from identity.db.models import Service
+from identity.db.models import Account, Service
+from identity.oidc.logout import logout_token
 from identity.settings import Settings
 from sync.broker import EmbeddedBroker
 from tests.conftest import TEST_SETTINGS, free_port
@@ -247,6 +248,8 @@ async def test_the_services_alone_join_a_running_hub(hub: Hub, tmp_path: Path) -
         assert set(rows) == {"Store", "Forum"}
         for name, slug in (("Store", "store"), ("Forum", "forum")):
             assert rows[name].webhook_url == networks[slug].url + "/webhooks/onesignin"
+            assert rows[name].backchannel_logout_uri == networks[slug].url + "/backchannel-logout"
+            assert rows[name].post_logout_redirect_uris == [f"http://127.0.0.1:{ports[slug]}/"]
             assert rows[name].redirect_uris == [f"http://127.0.0.1:{ports[slug]}/oidc/callback"]
             assert rows[name].topic_enabled
 
@@ -264,11 +267,19 @@ async def test_the_services_alone_join_a_running_hub(hub: Hub, tmp_path: Path) -
         # Started again, Forum keeps its registration (and Store's stays in the shared state).
         kept = state.read_text()
         await started.pop("forum").stop()
+        # A service registered before its logout URIs were: the next start registers them.
+        async with hub.app[K.DB].begin() as db:
+            forum_row = await db.scalar(select(Service).where(Service.name == "Forum"))
+            assert forum_row is not None
+            forum_row.backchannel_logout_uri, forum_row.post_logout_redirect_uris = None, []
         started["forum"] = await run("forum")
         assert started["forum"].person == store.person
         assert state.read_text() == kept
         async with hub.app[K.DB]() as db:
             assert sorted(await db.scalars(select(Service.name))) == ["Forum", "Store"]
+            forum_row = await db.scalar(select(Service).where(Service.name == "Forum"))
+        assert forum_row is not None and forum_row.backchannel_logout_uri == networks["forum"].url + "/backchannel-logout"
+        assert forum_row.post_logout_redirect_uris == [f"http://127.0.0.1:{ports['forum']}/"]
     finally:
         if person is not None:
             await person.http.aclose()
@@ -277,6 +288,78 @@ async def test_the_services_alone_join_a_running_hub(hub: Hub, tmp_path: Path) -
         for forwarder in (proxy, *networks.values()):
             if forwarder.url:
                 await forwarder.close()
+
+
+async def _signed_in_to_both(demo: Demo) -> tuple[Person, str, str]:
+    person = Person(demo.person["email"], demo.person["password"])
+    store, forum = demo.urls["store"], demo.urls["forum"]
+    for service in (store, forum):
+        assert "Signed in as Ann Example" in (await person.sign_in_to(service)).text
+    return person, store, forum
+
+
+def _signed_out(page: str) -> bool:
+    return "Sign in with OneSignIn" in page and "Signed in as" not in page
+
+
+async def test_signing_out_of_store_signs_the_person_out_of_forum_too(demo: Demo) -> None:
+    """Store's "Sign out" ends its session, then the hub's (RP-initiated logout with the ID token
+    as hint); the hub tells Forum by back-channel, and Forum's page shows the person signed out."""
+    assert demo.hub is not None
+    async with demo.hub[K.DB]() as db:
+        rows = {row.name: row for row in (await db.scalars(select(Service))).all()}
+    for name, slug in (("Store", "store"), ("Forum", "forum")):
+        assert rows[name].backchannel_logout_uri == demo.urls[slug] + "/backchannel-logout"
+        assert rows[name].post_logout_redirect_uris == [demo.urls[slug] + "/"]
+    person, store, forum = await _signed_in_to_both(demo)
+    try:
+        home = await person.http.get(store + "/")
+        out = await person.submit(home, "/logout")
+        # Through the hub's end-session endpoint and back to Store's home page, signed out.
+        assert str(out.url) == store + "/" and _signed_out(out.text), (out.url, out.text[:1000])
+        assert any("/end-session" in str(r.url) or "end_session" in str(r.url) for r in out.history), [str(r.url) for r in out.history]
+        await until(person, forum + "/", _signed_out, "Forum did not hear of the sign-out")
+        # The hub session ended too: the account page asks for a sign-in again.
+        account = await person.http.get(demo.urls["hub"] + "/account")
+        assert 'name="password"' in account.text
+    finally:
+        await person.http.aclose()
+
+
+async def test_signing_out_at_the_hub_signs_out_of_both_services(demo: Demo) -> None:
+    person, store, forum = await _signed_in_to_both(demo)
+    try:
+        account = await person.http.get(demo.urls["hub"] + "/account")
+        assert account.status_code == 200 and 'action="/sign-out"' in account.text
+        await person.submit(account, "/sign-out")
+        for service in (store, forum):
+            await until(person, service + "/", _signed_out, f"{service} did not hear of the sign-out")
+    finally:
+        await person.http.aclose()
+
+
+async def test_a_bad_logout_token_is_refused_and_ends_nothing(demo: Demo) -> None:
+    person, store, forum = await _signed_in_to_both(demo)
+    try:
+        async with httpx2.AsyncClient(timeout=30) as http:
+            missing = await http.post(forum + "/backchannel-logout", data={})
+            forged = await http.post(forum + "/backchannel-logout", data={"logout_token": "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."})
+            # Signed by the hub, but for Store: not for Forum to act on.
+            assert demo.hub is not None
+            async with demo.hub[K.DB]() as db:
+                rows = {row.name: row for row in (await db.scalars(select(Service))).all()}
+                sub = await db.scalar(select(Account.sub).where(Account.email == demo.person["email"]))
+            assert sub is not None
+            keys, issuer = demo.hub[K.PROVIDER].keys, demo.settings.issuer
+            other = await http.post(forum + "/backchannel-logout", data={"logout_token": logout_token(keys, issuer, rows["Store"], sub, "no-such-sid")})
+            assert (missing.status_code, forged.status_code, other.status_code) == (400, 400, 400)
+            assert "Signed in as Ann Example" in (await person.http.get(forum + "/")).text
+            # Forum's own, for a hub session it never saw: the person stays signed in; then one for its sid.
+            unknown = await http.post(forum + "/backchannel-logout", data={"logout_token": logout_token(keys, issuer, rows["Forum"], sub, "no-such-sid")})
+            assert unknown.status_code == 200
+            assert "Signed in as Ann Example" in (await person.http.get(forum + "/")).text
+    finally:
+        await person.http.aclose()
 
 
 async def test_the_services_alone_warn_of_a_webhook_the_hubs_workers_may_not_reach(tmp_path: Path) -> None:

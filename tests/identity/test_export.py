@@ -28,6 +28,7 @@ from identity.db.models import (
     RightsRequestEvent,
     Service,
     SecondFactor,
+    SecondFactorRemoval,
     Passkey,
     StaffMember,
     Token,
@@ -65,6 +66,7 @@ SECTIONS = {
     "console_sessions": "staff",
     "second_factors": "second_factor",
     "passkeys": "passkeys",
+    "second_factor_removals": "second_factor_removals",
 }
 
 
@@ -131,6 +133,7 @@ async def _populate(hub: Hub, browser: Browser) -> tuple[str, dict[str, Any], Re
         await db.flush()
         db.add(SecondFactor(account_id=account.id, totp_secret=seal_person_totp(hub.app[CIPHER], PERSON_TOTP, account.id), recovery_codes=["d" * 64], created_at=now, confirmed_at=now))
         db.add(Passkey(account_id=account.id, credential_id="Y3JlZA", user_handle="aGFuZGxl", public_key="cGs", sign_count=3, transports=["internal"], name="Phone", created_at=now))
+        db.add(SecondFactorRemoval(account_id=account.id, status="refused", reason="Caller lost the phone", requested_by="agent-sub", requested_at=now, decided_by="sup-sub", decided_at=now))
         db.add(ConsoleSession(secret_hash="c" * 64, staff_id=staff.id, stage="active", created_at=now, last_seen_at=now, expires_at=now + dt.timedelta(hours=1)))
     return account.sub, token, rp
 
@@ -184,6 +187,7 @@ async def test_the_download_is_complete_valid_and_holds_no_secret(hub: Hub, brow
     assert exported.sessions[0].services[0].name == "Store" and exported.sessions[0].amr == ["pwd"]
     assert exported.second_factor is not None and exported.second_factor.recovery_codes_left == 1
     assert [(k.name, k.synced, k.transports) for k in exported.passkeys] == [("Phone", False, ["internal"])]
+    assert [(r.status, r.reason) for r in exported.second_factor_removals] == [("refused", "Caller lost the phone")]
     # Only the records naming her: which agent viewed the account, and why.
     assert [(a.actor, a.action, a.reason) for a in exported.audit] == [("agent@example.com", "account.viewed", "call 42")]
 
