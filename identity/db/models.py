@@ -785,6 +785,18 @@ class SecondFactorRemoval(Base):
     decided_by: Mapped[str | None] = mapped_column(String(64))
     decided_at: Mapped[dt.datetime | None]
 
+    __table_args__ = (
+        # One pending request per person, held by the database: two agents asking at once
+        # cannot both open one (and a second approval cannot mail "removed" for nothing).
+        Index(
+            "ux_second_factor_removals_pending",
+            account_id,
+            unique=True,
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+    )
+
 
 class ConsoleSession(Base):
     """A staff member's session in the support console, separate from any customer session.

@@ -11,6 +11,7 @@ from __future__ import annotations
 from email.message import EmailMessage
 
 from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -55,8 +56,12 @@ async def request_removal(db: AsyncSession, settings: Settings, agent: Agent, ac
     if pending is not None:
         raise Refused("removal_pending")
     row = SecondFactorRemoval(account_id=account.id, status="pending", reason=reason, requested_by=agent.sub, requested_at=utcnow())
-    db.add(row)
-    await db.flush()
+    try:
+        async with db.begin_nested():  # another agent's request made meanwhile wins
+            db.add(row)
+            await db.flush()
+    except IntegrityError:
+        raise Refused("removal_pending") from None
     audit.record(
         db,
         actor_kind="agent",

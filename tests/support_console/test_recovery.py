@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from identity.accounts.second_factor import seal_totp
 from identity.appkeys import CIPHER, DB
@@ -194,3 +196,21 @@ async def test_a_person_without_a_second_factor_has_nothing_to_remove(hub: Hub) 
     assert refused.status_code == 303 and "no_factor" in refused.headers["location"]
     assert await audit_records(hub, account_sub=person.sub, action="support.second_factor_removal_requested") == []
 
+
+
+async def test_the_database_holds_one_pending_removal_per_person(hub: Hub) -> None:
+    """Two agents asking at the same moment both pass the check for a pending request; the
+    database keeps the second out (and decided requests do not count)."""
+    sub = await hub.add_user()
+    person = await account_id(hub, sub)
+
+    def removal(status: str) -> SecondFactorRemoval:
+        return SecondFactorRemoval(account_id=person, status=status, reason="Lost the phone", requested_by="agent", requested_at=utcnow())
+
+    async with hub.app[DB].begin() as db:
+        db.add_all([removal("refused"), removal("approved"), removal("pending")])
+    with pytest.raises(IntegrityError):
+        async with hub.app[DB].begin() as db:
+            db.add(removal("pending"))
+    async with hub.app[DB]() as db:
+        assert sorted(await db.scalars(select(SecondFactorRemoval.status))) == ["approved", "pending", "refused"]

@@ -31,9 +31,18 @@ def upgrade() -> None:
     )
     op.create_index("ix_second_factor_removals_account_id", "second_factor_removals", ["account_id"])
     op.create_index("ix_second_factor_removals_status", "second_factor_removals", ["status"])
+    op.create_index(
+        "ux_second_factor_removals_pending",
+        "second_factor_removals",
+        ["account_id"],
+        unique=True,
+        postgresql_where=sa.text("status = 'pending'"),
+        sqlite_where=sa.text("status = 'pending'"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ux_second_factor_removals_pending", table_name="second_factor_removals")
     op.drop_index("ix_second_factor_removals_status", table_name="second_factor_removals")
     op.drop_index("ix_second_factor_removals_account_id", table_name="second_factor_removals")
     op.drop_table("second_factor_removals")
