@@ -39,6 +39,13 @@ async def two_browsers(hub: Hub) -> AsyncIterator[tuple[Browser, Browser]]:
     await phone.aclose()
 
 
+async def active(rp: RelyingParty, token: str) -> bool:
+    """What introspection says of ``token`` (the service asking, as a service does)."""
+    answer = await rp.post("/introspect", {"token": token})
+    assert answer.status_code == 200, answer.text
+    return bool(answer.json()["active"])
+
+
 async def refreshes(rp: RelyingParty, token: dict[str, str]) -> bool:
     answer = await rp.post("/token", {"grant_type": "refresh_token", "refresh_token": token["refresh_token"]})
     return answer.status_code == 200
@@ -70,6 +77,8 @@ async def test_signing_one_browser_out(hub: Hub, rp: RelyingParty, receiver: Rec
     # The service heard of the phone's session ending, and what it issued there stops working.
     await eventually(lambda: _received(receiver, 1), what="a back-channel logout")
     assert len(receiver.posts) == 1
+    assert not await active(rp, on_phone["access_token"]) and not await active(rp, on_phone["refresh_token"])
+    assert await active(rp, on_laptop["access_token"]) and await active(rp, on_laptop["refresh_token"])
     assert not await refreshes(rp, on_phone)
     assert await refreshes(rp, on_laptop)
 
@@ -86,6 +95,8 @@ async def test_signing_out_everywhere(hub: Hub, rp: RelyingParty, receiver: Rece
     await eventually(lambda: _received(receiver, 2), what="two back-channel logouts")
     assert len(receiver.posts) == 2
     assert {p["form"]["logout_token"].count(".") for p in receiver.posts} == {2}
+    for token in (on_phone, on_laptop):
+        assert not await active(rp, token["access_token"]) and not await active(rp, token["refresh_token"])
     assert not await refreshes(rp, on_phone)
     assert not await refreshes(rp, on_laptop)
 
