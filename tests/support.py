@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import html
 import re
+import time
 import secrets
 from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable
@@ -44,6 +45,25 @@ async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float = 30.0
             return found
         assert asyncio.get_running_loop().time() < deadline, f"{what} did not happen within {timeout:.0f} s (last: {found!r})"
         await asyncio.sleep(0.05)
+
+
+def until(probe: Callable[[], T], *, timeout: float = 30.0, what: str = "the condition") -> T:
+    """:func:`eventually` for tests that are not coroutines (a process started as a program)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout:.0f} s (last: {found!r})"
+        time.sleep(0.05)
+
+
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 (a server not listening yet does not)."""
+    try:
+        return httpx2.get(url).status_code == 200
+    except httpx2.TransportError:
+        return False
 
 
 @dataclass

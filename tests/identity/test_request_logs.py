@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx2
@@ -18,7 +17,7 @@ import pytest
 
 from identity.logs import RequestIdFilter
 from tests.conftest import free_port
-from tests.support import Hub
+from tests.support import Hub, answers, until
 
 
 @pytest.fixture
@@ -73,12 +72,7 @@ def test_serve_logs_json_lines(tmp_path: Path) -> None:
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
-        for _ in range(400):  # bounded wait until it listens, not a timing assertion
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx2.TransportError:
-                time.sleep(0.05)
+        until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), what="serve listening")
         answer = httpx2.get(f"http://127.0.0.1:{port}/sign-in?code=abc123secret", headers={"X-Request-Id": "req-json-0001"}, cookies={"onesignin": "cookie-secret"})
         assert answer.headers["X-Request-Id"] == "req-json-0001"
     finally:

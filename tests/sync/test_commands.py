@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx2
@@ -19,6 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.cli import onesignin
 from tests.conftest import free_port
+from tests.support import answers, until
 
 pytestmark = pytest.mark.e2e
 
@@ -93,6 +93,14 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _text(url: str) -> str:
+    """What ``url`` answers, or nothing while it does not listen."""
+    try:
+        return httpx2.get(url).text
+    except httpx2.TransportError:
+        return ""
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_text()
@@ -118,22 +126,10 @@ def test_serve_starts_the_embedded_broker_and_takes_it_along_when_it_stops(env: 
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
-        for _ in range(300):  # bounded wait until it listens
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx2.TransportError:
-                time.sleep(0.05)
-        metrics = ""
-        for _ in range(300):  # bounded wait until its broker and /metrics run (another worker may answer first)
-            brokers = [p for p in _descendants(hub.pid) if "tansu" in _cmdline(p)]
-            try:
-                metrics = httpx2.get(f"http://127.0.0.1:{metrics_port}/metrics").text
-            except httpx2.TransportError:
-                time.sleep(0.05)
-                continue
-            if brokers:
-                break
+        until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), what="serve listening")
+        # Its broker and /metrics (another worker may answer on the port first).
+        brokers = until(lambda: [p for p in _descendants(hub.pid) if "tansu" in _cmdline(p)], what="the embedded broker started")
+        metrics = until(lambda: _text(f"http://127.0.0.1:{metrics_port}/metrics"), what="/metrics")
         assert len(brokers) == 1
         assert "onesignin_outbox_lag_seconds" in metrics
     finally:
@@ -141,8 +137,4 @@ def test_serve_starts_the_embedded_broker_and_takes_it_along_when_it_stops(env: 
         hub.wait(timeout=60)
         errors = hub.stderr.read()  # type: ignore[union-attr]
         hub.stderr.close()  # type: ignore[union-attr]
-    for _ in range(100):
-        if not _alive(brokers[0]):
-            break
-        time.sleep(0.05)
-    assert not _alive(brokers[0]), errors[-2000:]
+    until(lambda: not _alive(brokers[0]), timeout=5, what=f"the broker gone with serve ({errors[-2000:]})")
