@@ -417,7 +417,7 @@ def cmd_users_erase(settings: Settings, args: argparse.Namespace) -> dict[str, A
 
 
 def cmd_users_remove_second_factor(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    from identity.accounts import passkeys, second_factor
+    from identity.accounts import factors
     from identity.accounts.store import find_by_sub
     from identity.support import audit
 
@@ -425,13 +425,12 @@ def cmd_users_remove_second_factor(settings: Settings, args: argparse.Namespace)
         account = await find_by_sub(db, args.sub)
         if account is None:
             raise UsageError(f"no account with sub {args.sub!r}")
-        app = await second_factor.remove(db, account.id)
-        keys = await passkeys.remove_all(db, account.id)
-        if not app and not keys:
+        removed = await factors.remove_all(db, account.id)
+        if not removed:
             raise UsageError(f"the account {args.sub} has no second factor")
-        detail = {"authenticator_app": app, "passkeys": keys}
+        detail = {"authenticator_app": removed.authenticator_app, "passkeys": removed.passkeys}
         audit.record(db, actor_kind="cli", actor=args.operator, action="account.second_factor_removed", account_sub=account.sub, reason=args.reason, detail=detail)
-        return {"sub": args.sub, "second_factor": "removed", "authenticator_app": app, "passkeys_removed": keys}
+        return {"sub": args.sub, "second_factor": "removed", "authenticator_app": removed.authenticator_app, "passkeys_removed": removed.passkeys}
 
     return asyncio.run(_with_db(settings, work))
 

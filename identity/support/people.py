@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity import rights
+from identity.accounts import factors
 from identity.accounts.store import find_by_sub
 from identity.appkeys import DB
 from identity.db.models import (
@@ -32,7 +33,6 @@ from identity.deliveries import open_dead_letter
 from identity.pages.common import field
 from identity.pages.rights import STATUS_TEXT, TYPES
 from identity.support import audit, forms, masking, trail
-from identity.support.recovery import has_second_factor
 from identity.support.render import render
 from identity.support.session import AGENT, Agent
 from identity.web.responses import redirect
@@ -239,7 +239,7 @@ async def profile_context(db: AsyncSession, agent: Agent, account: Account, reve
         "audit": records,
         "emails": await trail.agent_emails(db, records) if records else {},
         "reason_min": None if agent.is_supervisor else AGENT_REASON_MIN,
-        "has_second_factor": await has_second_factor(db, account.id),
+        "has_second_factor": await factors.enrolled(db, account.id),
         "removal_pending": await db.scalar(
             select(SecondFactorRemoval.id).where(SecondFactorRemoval.account_id == account.id, SecondFactorRemoval.status == "pending")
         )

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from email.message import EmailMessage
 
-from sqlalchemy import exists, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from identity.accounts import links, passkeys, second_factor
-from identity.db.models import Account, Passkey, SecondFactor, SecondFactorRemoval, utcnow
+from identity.accounts import factors, links
+from identity.db.models import Account, SecondFactorRemoval, utcnow
 from identity.mail import build_message
 from identity.settings import Settings
 from identity.support import audit
@@ -40,15 +40,9 @@ async def send_reset(db: AsyncSession, settings: Settings, agent: Agent, account
     return reset_by_support_message(settings, account.email, secret)
 
 
-async def has_second_factor(db: AsyncSession, account_id: int) -> bool:
-    app = exists().where(SecondFactor.account_id == account_id)
-    keys = exists().where(Passkey.account_id == account_id)
-    return bool(await db.scalar(select(app | keys)))
-
-
 async def request_removal(db: AsyncSession, settings: Settings, agent: Agent, account: Account, reason: str) -> EmailMessage:
     """Open a removal request (one pending per person) and say so to the person."""
-    if not await has_second_factor(db, account.id):
+    if not await factors.enrolled(db, account.id):
         raise Refused("no_factor")
     pending = await db.scalar(
         select(SecondFactorRemoval.id).where(SecondFactorRemoval.account_id == account.id, SecondFactorRemoval.status == "pending")
@@ -102,32 +96,21 @@ async def decide(db: AsyncSession, settings: Settings, supervisor: Agent, reques
     account = await db.get(Account, row.account_id)
     assert account is not None  # the request goes with the account (ON DELETE CASCADE)
     row.decided_by, row.decided_at = supervisor.sub, utcnow()
-    detail: dict[str, object] = {"request": row.id, "requested_by": row.requested_by}
-    if not approve:
-        row.status = "refused"
-        audit.record(
-            db,
-            actor_kind="agent",
-            actor=supervisor.sub,
-            action="support.second_factor_removal_refused",
-            account_sub=account.sub,
-            reason=row.reason,
-            detail=detail | {"outcome": "refused"},
-        )
-        return None
-    row.status = "approved"
-    app = await second_factor.remove(db, account.id)
-    keys = await passkeys.remove_all(db, account.id)
+    row.status = "approved" if approve else "refused"
+    detail: dict[str, object] = {"request": row.id, "requested_by": row.requested_by, "outcome": "refused"}
+    if approve:
+        removed = await factors.remove_all(db, account.id)
+        detail |= {"outcome": "removed", "authenticator_app": removed.authenticator_app, "passkeys": removed.passkeys}
     audit.record(
         db,
         actor_kind="agent",
         actor=supervisor.sub,
-        action="support.second_factor_removed",
+        action="support.second_factor_removed" if approve else "support.second_factor_removal_refused",
         account_sub=account.sub,
         reason=row.reason,
-        detail=detail | {"outcome": "removed", "authenticator_app": app, "passkeys": keys},
+        detail=detail,
     )
-    return removed_message(settings, account.email)
+    return removed_message(settings, account.email) if approve else None
 
 
 def _not_you(settings: Settings) -> str:

@@ -1,0 +1,33 @@
+"""A person's second factors taken together: the authenticator app (``second_factor``) and
+passkeys (``passkeys``), for those who act on both at once (support, operators)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import exists, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from identity.accounts import passkeys, second_factor
+from identity.db.models import Passkey, SecondFactor
+
+
+@dataclass(frozen=True)
+class Removed:
+    authenticator_app: bool
+    passkeys: int
+
+    def __bool__(self) -> bool:
+        return self.authenticator_app or self.passkeys > 0
+
+
+async def enrolled(db: AsyncSession, account_id: int) -> bool:
+    """Whether the account has an authenticator app or a passkey (one statement)."""
+    app = exists().where(SecondFactor.account_id == account_id)
+    keys = exists().where(Passkey.account_id == account_id)
+    return bool(await db.scalar(select(app | keys)))
+
+
+async def remove_all(db: AsyncSession, account_id: int) -> Removed:
+    """Remove the authenticator app and every passkey; say what there was."""
+    return Removed(await second_factor.remove(db, account_id), await passkeys.remove_all(db, account_id))
