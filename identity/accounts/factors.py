@@ -22,8 +22,9 @@ class Removed:
 
 
 async def enrolled(db: AsyncSession, account_id: int) -> bool:
-    """Whether the account has an authenticator app or a passkey (one statement)."""
-    app = exists().where(SecondFactor.account_id == account_id)
+    """Whether sign-in asks the account for a second factor: a confirmed authenticator app
+    (``second_factor.enrolled``) or a passkey, in one statement."""
+    app = exists().where(SecondFactor.account_id == account_id, SecondFactor.confirmed_at.is_not(None))
     keys = exists().where(Passkey.account_id == account_id)
     return bool(await db.scalar(select(app | keys)))
 

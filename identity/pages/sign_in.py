@@ -12,7 +12,7 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity.accounts import devices, new_browser, passkeys, second_factor, throttle
+from identity.accounts import devices, factors, new_browser, passkeys, second_factor, throttle
 from identity.accounts.sign_in import (
     Attempt,
     SignInRefused,
@@ -104,9 +104,9 @@ async def _second_factor_due(request: web.Request, account_id: int) -> bool:
     """Whether the account has a second factor: an authenticator app, or a passkey (which the
     browser can use only where the hub has a relying party: an issuer with a host name)."""
     async with autocommit(request.config_dict[DB]) as db:
-        if await second_factor.enrolled(db, account_id):
-            return True
-        return passkey_offers.relying_party(request) is not None and await passkeys.count(db, account_id) > 0
+        if passkey_offers.relying_party(request) is None:
+            return await second_factor.enrolled(db, account_id)
+        return await factors.enrolled(db, account_id)  # one statement for both
 
 
 async def start_session(request: web.Request, db: AsyncSession, account_id: int, amr: str) -> str:
