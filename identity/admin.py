@@ -22,7 +22,7 @@ from identity.deliveries import resume
 from identity.oidc import redirects, scopes
 from identity.oidc.client import AuthMethod
 from identity.oidc.client_keys import BadKeys, check_jwks
-from identity.sealing import KeyCipher, new_webhook_secret, seal_webhook_secret
+from identity.sealing import KeyCipher, new_webhook_secret, seal_scim_token, seal_webhook_secret
 from identity.settings import Settings
 from identity.tokens import digest, new_client_id, new_secret
 from schemas.account import BasicDetails, normalize_email, problems
@@ -81,6 +81,8 @@ async def add_service(
     id_token_alg: str = "RS256",
     webhook_url: str | None = None,
     kafka_topic: bool = False,
+    scim_base_url: str | None = None,
+    scim_token: str | None = None,
     cipher: KeyCipher | None = None,
     cancellation_url: str | None = None,
     cancellation_instructions: str | None = None,
@@ -119,6 +121,9 @@ async def add_service(
     if id_token_alg not in ("RS256", "ES256"):
         raise InvalidInput("--id-token-alg must be RS256 or ES256")
     webhook = check_uri(webhook_url, "--webhook-url") if webhook_url else None
+    scim_url, scim_token = check_scim(scim_base_url, scim_token)
+    if scim_token is not None and cipher is None:
+        raise ValueError("a SCIM token needs the hub's key cipher")
     cancel_url, cancel_text = check_cancellation(cancellation_url, cancellation_instructions)
     client_id = new_client_id()
     webhook_secret = new_webhook_secret() if webhook else None
@@ -144,6 +149,8 @@ async def add_service(
             webhook_url=webhook,
             webhook_secret=seal_webhook_secret(cipher, webhook_secret, client_id) if cipher and webhook_secret else None,
             topic_enabled=kafka_topic,
+            scim_base_url=scim_url,
+            scim_token=seal_scim_token(cipher, scim_token, client_id) if cipher and scim_token else None,
             cancellation_url=cancel_url,
             cancellation_instructions=cancel_text,
             token_endpoint_auth_method=method.value,
@@ -258,6 +265,25 @@ def _client_keys(method: AuthMethod, jwks: dict[str, Any] | None, jwks_uri: str 
 MAX_INSTRUCTIONS = 2000
 
 
+#: The longest SCIM bearer token taken (a JWT from a token service fits).
+MAX_SCIM_TOKEN = 8192
+
+
+def check_scim(base_url: str | None, token: str | None) -> tuple[str | None, str | None]:
+    """A SCIM base URL (``https://service.example/scim/v2``) and the bearer token for it: both or
+    neither."""
+    if base_url is None and token is None:
+        return None, None
+    if not base_url or not token:
+        raise InvalidInput("give both --scim-base-url and --scim-token")
+    if len(token) > MAX_SCIM_TOKEN or any(c.isspace() or not c.isprintable() for c in token):
+        raise InvalidInput(f"--scim-token must be one printable word of at most {MAX_SCIM_TOKEN} characters")
+    url = check_uri(base_url, "--scim-base-url")
+    if urlsplit(url).query:
+        raise InvalidInput("--scim-base-url must not have a query")
+    return url.rstrip("/"), token
+
+
 def check_cancellation(url: str | None, instructions: str | None) -> tuple[str | None, str | None]:
     """How a person cancels their account at the service: an http(s) URL and/or plain text
     (each may be empty, which means none)."""
@@ -348,6 +374,8 @@ class ServiceSync:
     topic: str | None
     #: A new webhook secret, shown once, when one was made.
     webhook_secret: str | None = None
+    #: The SCIM server's base URL, if any (its token is never shown).
+    scim_base_url: str | None = None
 
 
 async def update_service_sync(
@@ -359,6 +387,9 @@ async def update_service_sync(
     remove_webhook: bool = False,
     kafka_topic: bool | None = None,
     rotate_secret: bool = False,
+    scim_base_url: str | None = None,
+    scim_token: str | None = None,
+    remove_scim: bool = False,
 ) -> ServiceSync:
     """Change where a service receives profile changes. A new webhook URL gets a new secret; a
     changed or re-enabled webhook starts healthy again."""
@@ -385,6 +416,20 @@ async def update_service_sync(
         if service.topic_enabled and not kafka_topic:
             dropped.append("topic")
         service.topic_enabled = kafka_topic
+    if remove_scim:
+        if service.scim_base_url:
+            dropped.append("scim")
+        service.scim_base_url = service.scim_token = None
+    elif scim_base_url is not None or scim_token is not None:
+        # A new token alone keeps the URL; a new URL alone keeps the token.
+        url, token = check_scim(scim_base_url or service.scim_base_url, scim_token or ("kept" if service.scim_token else None))
+        service.scim_base_url = url
+        if scim_token is not None:
+            service.scim_token = seal_scim_token(cipher, token or "", service.client_id)
+    if remove_scim or scim_base_url is not None or scim_token is not None:
+        service.scim_failing_since = service.scim_quarantined_at = None
+        service.scim_last_error = None
+        await resume(db, [service.id], "scim")
     if dropped:
         # What was queued for a channel that is gone would wait forever: it is dropped, with what
         # was delivered through it (a channel added back later starts afresh; a resync fills it).
@@ -395,4 +440,5 @@ async def update_service_sync(
         webhook_url=service.webhook_url,
         topic=service_topic(service.client_id) if service.topic_enabled else None,
         webhook_secret=secret,
+        scim_base_url=service.scim_base_url,
     )

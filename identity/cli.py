@@ -58,6 +58,27 @@ async def _with_db(settings: Settings, work: Callable[[Any], Awaitable[dict[str,
         await engine.dispose()
 
 
+def _scim_arguments(parser: argparse.ArgumentParser, *, removable: bool = False) -> None:
+    parser.add_argument(
+        "--scim-base-url", metavar="URL",
+        help="provision people to the service's SCIM 2.0 server at URL (https://service.example/scim/v2): "
+        "Users made on link, patched on change, deactivated on unlink, deleted on erasure",
+    )
+    parser.add_argument(
+        "--scim-token", metavar="TOKEN",
+        help="the bearer token the hub presents to the SCIM server (stored sealed, never shown; "
+        "'-' reads it from standard input, out of the process list)",
+    )
+    if removable:
+        parser.add_argument("--remove-scim", action="store_true", help="stop SCIM provisioning (what was queued for it is dropped)")
+
+
+def _scim_token(args: argparse.Namespace) -> str | None:
+    if args.scim_token == "-":
+        return sys.stdin.readline().strip()
+    return args.scim_token
+
+
 def cmd_services_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     async def work(db: Any) -> dict[str, Any]:
         await admin.refuse_taken_name(db, args.name)
@@ -71,6 +92,8 @@ def cmd_services_add(settings: Settings, args: argparse.Namespace) -> dict[str, 
             id_token_alg=args.id_token_alg,
             webhook_url=args.webhook_url,
             kafka_topic=args.kafka_topic,
+            scim_base_url=args.scim_base_url,
+            scim_token=token,
             cipher=KeyCipher(settings.resolved_secret_key()),
             cancellation_url=args.cancellation_url,
             cancellation_instructions=args.cancellation_instructions,
@@ -88,8 +111,11 @@ def cmd_services_add(settings: Settings, args: argparse.Namespace) -> dict[str, 
         if args.webhook_url or args.kafka_topic:
             out["webhook_secret"] = service.webhook_secret
             out["topic"] = service.topic
+        if args.scim_base_url:
+            out["scim_base_url"] = args.scim_base_url.rstrip("/")
         return out
 
+    token = _scim_token(args)
     return asyncio.run(_with_db(settings, work))
 
 
@@ -125,8 +151,11 @@ def cmd_services_update(settings: Settings, args: argparse.Namespace) -> dict[st
             remove_webhook=args.remove_webhook,
             kafka_topic=args.kafka_topic,
             rotate_secret=args.rotate_webhook_secret,
+            scim_base_url=args.scim_base_url,
+            scim_token=token,
+            remove_scim=args.remove_scim,
         )
-        out: dict[str, Any] = {"client_id": result.client_id, "webhook_url": result.webhook_url, "topic": result.topic}
+        out: dict[str, Any] = {"client_id": result.client_id, "webhook_url": result.webhook_url, "topic": result.topic, "scim_base_url": result.scim_base_url}
         if result.webhook_secret:
             out["webhook_secret"] = result.webhook_secret
         if args.cancellation_url is not None or args.cancellation_instructions is not None:
@@ -166,6 +195,7 @@ def cmd_services_update(settings: Settings, args: argparse.Namespace) -> dict[st
                 out["client_secret"] = changed.client_secret
         return out
 
+    token = _scim_token(args)
     return asyncio.run(_with_db(settings, work))
 
 
@@ -840,6 +870,7 @@ def parser() -> argparse.ArgumentParser:
     add_service.add_argument("--id-token-alg", choices=["RS256", "ES256"], default="RS256", help="ID token signing algorithm")
     add_service.add_argument("--webhook-url", help="receive profile changes here (Standard Webhooks; prints webhook_secret once)")
     add_service.add_argument("--kafka-topic", action="store_true", help="also receive profile changes on the service's own Kafka topic")
+    _scim_arguments(add_service)
     _cancellation_arguments(add_service)
     add_service.add_argument(
         "--token-endpoint-auth-method",
@@ -889,6 +920,7 @@ def parser() -> argparse.ArgumentParser:
     topic = update_service.add_mutually_exclusive_group()
     topic.add_argument("--kafka-topic", dest="kafka_topic", action="store_true", default=None, help="deliver to the service's topic")
     topic.add_argument("--no-kafka-topic", dest="kafka_topic", action="store_false", help="stop topic deliveries (what was queued for the topic is dropped)")
+    _scim_arguments(update_service, removable=True)
     _cancellation_arguments(update_service, clearable=True)
     update_service.add_argument(
         "--token-endpoint-auth-method", choices=["none", "client_secret_basic", "client_secret_post", "private_key_jwt"],

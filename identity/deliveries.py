@@ -96,12 +96,22 @@ async def service_status(
             "disabled_at": _iso(service.webhook_disabled_at),
             "last_error": service.webhook_last_error,
         }
+    scim = None
+    if service.scim_base_url:
+        scim = {
+            "base_url": service.scim_base_url,
+            "state": scim_state(service),
+            "failing_since": _iso(service.scim_failing_since),
+            "quarantined_at": _iso(service.scim_quarantined_at),
+            "last_error": service.scim_last_error,
+        }
     return {
         "client_id": service.client_id,
-        "channels": list(channels_of(service.webhook_url, service.topic_enabled)),
+        "channels": list(channels_of(service.webhook_url, service.topic_enabled, service.scim_base_url)),
         "webhook": webhook,
+        "scim": scim,
         "topic": topic_prefix + service_topic(service.client_id) if service.topic_enabled else None,
-        "backlog": {c: backlog.get(c, {"pending": 0, "oldest_pending_at": None, "failing": 0}) for c in channels_of(service.webhook_url, service.topic_enabled)},
+        "backlog": {c: backlog.get(c, {"pending": 0, "oldest_pending_at": None, "failing": 0}) for c in channels_of(service.webhook_url, service.topic_enabled, service.scim_base_url)},
         "dead_letters": dead or 0,
         # One-off notices (unlinks, rights requests, restrictions): waiting, and given up.
         "notices": await notices.counts(db, service.id),
@@ -112,7 +122,7 @@ async def resync(db: AsyncSession, service: Service, *, rate: float, now: dt.dat
     """Queue a snapshot of every linked person for ``service``, paced at ``rate`` people per
     second (a queued delivery is coalesced with any pending one). Returns how many people."""
     now = now or utcnow()
-    channels = channels_of(service.webhook_url, service.topic_enabled)
+    channels = channels_of(service.webhook_url, service.topic_enabled, service.scim_base_url)
     if not channels:
         return 0
     # One at a time: snapshots still waiting for their paced turn (never tried yet, due later
@@ -171,7 +181,7 @@ async def resync_person(db: AsyncSession, service: Service, account_id: int, *, 
         .join(Link, Link.account_id == Account.id)
         .where(Account.id == account_id, Link.service_id == service.id, Link.is_active)
     )
-    channels = channels_of(service.webhook_url, service.topic_enabled)
+    channels = channels_of(service.webhook_url, service.topic_enabled, service.scim_base_url)
     if version is None or not channels:
         return False
     values = [
@@ -278,25 +288,34 @@ async def redeliver(db: AsyncSession, *, client_id: str | None = None, ids: list
     return len(rows)
 
 
-def channels_of(webhook_url: str | None, topic_enabled: bool) -> tuple[str, ...]:
-    """The channels a service is delivered to."""
-    if webhook_url:
-        return ("webhook", "topic") if topic_enabled else ("webhook",)
-    return ("topic",) if topic_enabled else ()
+def scim_state(service: Service) -> str:
+    """A SCIM server's state as a webhook's is named (a SCIM server is never ``disabled``)."""
+    return "quarantined" if service.scim_quarantined_at else "failing" if service.scim_failing_since else "healthy"
 
 
-async def resume(db: AsyncSession, service_ids: list[int]) -> None:
-    """An endpoint works again (or was fixed): its backlog is due now, with fresh retry clocks,
-    instead of waiting out schedules that were set while it failed. Its notices too."""
+def channels_of(webhook_url: str | None, topic_enabled: bool, scim_base_url: str | None = None) -> tuple[str, ...]:
+    """The channels a service is delivered to, in this order: its webhook, its topic, its SCIM server."""
+    out = ("webhook",) if webhook_url else ()
+    if topic_enabled:
+        out += ("topic",)
+    if scim_base_url:
+        out += ("scim",)
+    return out
+
+
+async def resume(db: AsyncSession, service_ids: list[int], channel: str = "webhook") -> None:
+    """An endpoint (the webhook, or the SCIM server: ``channel``) works again (or was fixed):
+    its backlog is due now, with fresh retry clocks, instead of waiting out schedules that were
+    set while it failed. Its notices too."""
     d = Delivery.__table__.c
     await db.execute(
         update(Delivery.__table__)
-        .where(d.service_id.in_(service_ids), d.channel == "webhook", d.state == ACTIVE, d.attempts > 0)
+        .where(d.service_id.in_(service_ids), d.channel == channel, d.state == ACTIVE, d.attempts > 0)
         .values(attempts=0, failing_since=None, next_attempt_at=utcnow())
     )
     n = Notice.__table__.c
     await db.execute(
         update(Notice.__table__)
-        .where(n.service_id.in_(service_ids), n.channel == "webhook", n.state == PENDING, n.attempts > 0)
+        .where(n.service_id.in_(service_ids), n.channel == channel, n.state == PENDING, n.attempts > 0)
         .values(attempts=0, failing_since=None, next_attempt_at=utcnow())
     )

@@ -2,7 +2,12 @@
 a rights request, a restriction). They are written in the caller's transaction, one row per
 channel the service has (its webhook, its topic), and the sync worker delivers them at least
 once with the same message id on every retry. A service with neither channel gets no rows; it
-can still read what concerns it through the API."""
+can still read what concerns it through the API.
+
+A service with a SCIM server gets, on that channel, only what SCIM can say (:func:`add_scim`):
+``deactivate`` its User when the person unlinks it, the service cancels its account, or the
+account is restricted; ``delete`` it when the hub account is erased. The body is that intent
+(``{"op", "externalId"}``), not the event; the sync worker carries it out (``sync.scim``)."""
 
 from __future__ import annotations
 
@@ -43,9 +48,35 @@ def channels(service: Service) -> list[str]:
     return out
 
 
+#: The notices that deactivate the person's User at a service's SCIM server.
+SCIM_DEACTIVATES = frozenset({"link.revoked", "account.restricted"})
+
+
+def add_scim(db: AsyncSession, service: Service, account_id: int | None, sub: str, op: str, *, now: dt.datetime | None = None) -> None:
+    """Queue ``op`` (``deactivate`` or ``delete``) of the person's User at ``service``'s SCIM
+    server, if it has one. Nothing but the ``sub`` is in it."""
+    if not service.scim_base_url:
+        return
+    now = now or utcnow()
+    db.add(
+        Notice(
+            service_id=service.id,
+            account_id=account_id,
+            channel="scim",
+            event_type=f"scim.{op}",
+            message_id=new_notice_id(),
+            key=sub,
+            body=json.dumps({"op": op, "externalId": sub}, separators=(",", ":")),
+            created_at=now,
+            next_attempt_at=now,
+        )
+    )
+
+
 def add(db: AsyncSession, service: Service, account_id: int | None, key: str, notice: ServiceNotice) -> None:
     """Queue ``notice`` for ``service``. ``key`` is the person's ``sub`` (the Kafka key, so one
-    person's messages stay in order)."""
+    person's messages stay in order). An unlink or a restriction also deactivates the person's
+    User at the service's SCIM server."""
     body = json.dumps(service_notice.dump_python(notice, mode="json"), separators=(",", ":"), ensure_ascii=False)
     now = utcnow()
     for channel in channels(service):
@@ -62,6 +93,8 @@ def add(db: AsyncSession, service: Service, account_id: int | None, key: str, no
                 next_attempt_at=now,
             )
         )
+    if notice.type in SCIM_DEACTIVATES:
+        add_scim(db, service, account_id, key, "deactivate", now=now)
 
 
 #: Set by a sync worker running in this process: waking it sends a new notice at once instead of

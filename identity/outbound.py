@@ -21,8 +21,10 @@ where it leads and what comes back as hostile.
 * **No redirects, no proxies from the environment.** A redirect would be an answer's choice of
   where the hub goes next.
 
-``client`` makes the session; :func:`post` is the one way to send through it, and :func:`get`
-the one way to fetch (with a limit of the caller's, for a body that is used: a JWK Set).
+``client`` makes the session; :func:`post` is the one way to send through it, :func:`get`
+the one way to fetch (with a limit of the caller's, for a body that is used: a JWK Set), and
+:func:`call` the one way to speak a JSON protocol whose answers are read (a service's SCIM
+server), with the same limit of the caller's.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import json
 import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -41,7 +44,7 @@ from multidict import CIMultiDictProxy
 
 from identity.settings import Settings
 
-__all__ = ["MAX_ANSWER_BYTES", "AddressNotAllowed", "Answer", "Fetched", "Policy", "client", "get", "is_public", "post"]
+__all__ = ["MAX_ANSWER_BYTES", "AddressNotAllowed", "Answer", "Fetched", "Policy", "call", "client", "get", "is_public", "post"]
 
 #: The most of an answer's body that is read (it is only ever looked at for a log line).
 MAX_ANSWER_BYTES = 4096
@@ -231,6 +234,36 @@ def _refused(exc: aiohttp.ClientConnectorError) -> bool:
     return isinstance(exc.os_error, AddressNotAllowed) or isinstance(exc.__cause__, AddressNotAllowed)
 
 
+async def call(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    timeout: aiohttp.ClientTimeout,
+    limit: int,
+    json_body: object = None,
+    params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Fetched:
+    """Any ``method`` to ``url`` through a :func:`client` session, with an optional JSON body,
+    reading at most ``limit`` bytes of the answer; never follows a redirect. Raises like
+    :func:`post`."""
+    data = None if json_body is None else json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        async with http.request(
+            method, url, data=data, params=params, headers=headers, timeout=timeout, allow_redirects=False
+        ) as response:
+            body = await _prefix(response.content, limit)
+            complete = response.content.at_eof() or not await response.content.read(1)
+            if not complete:
+                response.close()
+            return Fetched(response.status, body, complete, response.headers)
+    except aiohttp.ClientConnectorError as exc:
+        if _refused(exc):
+            raise AddressNotAllowed() from None
+        raise
+
+
 @dataclass(frozen=True)
 class Fetched:
     """A GET's status and body, read whole up to the caller's limit (``complete`` says whether
@@ -239,6 +272,7 @@ class Fetched:
     status: int
     body: bytes
     complete: bool
+    headers: CIMultiDictProxy[str] | None = None
 
 
 async def get(http: aiohttp.ClientSession, url: str, *, timeout: aiohttp.ClientTimeout, limit: int) -> Fetched:

@@ -1,5 +1,5 @@
-"""Secrets kept at rest, sealed: signing keys' private JWKs, services' webhook secrets, staff TOTP
-secrets. AES-256-GCM under a key derived (HKDF) from the hub's secret key; a value is sealed for
+"""Secrets kept at rest, sealed: signing keys' private JWKs, services' webhook secrets and SCIM
+tokens, staff TOTP secrets. AES-256-GCM under a key derived (HKDF) from the hub's secret key; a value is sealed for
 one purpose (and row), so sealed columns cannot be swapped."""
 
 from __future__ import annotations
@@ -49,3 +49,13 @@ def seal_webhook_secret(cipher: KeyCipher, secret: str, client_id: str) -> str:
 
 def open_webhook_secret(cipher: KeyCipher, sealed: str, client_id: str) -> str:
     return str(cipher.open(sealed, purpose=f"webhook-secret:{client_id}")["webhook_secret"])
+
+
+def seal_scim_token(cipher: KeyCipher, token: str, client_id: str) -> str:
+    """The bearer token the hub presents to a service's SCIM server, as stored: sealed for that
+    service only."""
+    return cipher.seal({"scim_token": token}, purpose=f"scim-token:{client_id}")
+
+
+def open_scim_token(cipher: KeyCipher, sealed: str, client_id: str) -> str:
+    return str(cipher.open(sealed, purpose=f"scim-token:{client_id}")["scim_token"])

@@ -48,7 +48,7 @@ from identity.db.models import (
 )
 from identity.settings import Settings
 from schemas.events import ProfileSnapshot, ProfileUpdated
-from sync import projection
+from sync import projection, scim
 from sync.endpoints import Endpoints
 from sync.engine import Result
 from sync.metrics import SyncMetrics
@@ -153,7 +153,7 @@ class Deliveries:
         self, db: AsyncSession, limit: int, now: dt.datetime, endpoints: Endpoints, inflight: Mapping[tuple[int, str], int]
     ) -> list[Job]:
         """Take up to ``limit`` due deliveries, in order of due time, within each service's room."""
-        no_webhook, no_topic = endpoints.closed(inflight)
+        closed = endpoints.closed(inflight)
         d = Delivery.__table__.c
         due = (
             select(d.id, d.service_id, d.channel, d.next_attempt_at)
@@ -161,8 +161,7 @@ class Deliveries:
                 d.state == ACTIVE,
                 d.wanted_version > d.delivered_version,
                 d.next_attempt_at <= now,
-                not_(and_(d.channel == "webhook", d.service_id.in_(no_webhook))),
-                not_(and_(d.channel == "topic", d.service_id.in_(no_topic))),
+                *(not_(and_(d.channel == c, d.service_id.in_(ids))) for c, ids in closed.items()),
             )
             .order_by(d.next_attempt_at)
             .limit(limit)
@@ -220,6 +219,18 @@ class Deliveries:
                 )
                 if (a, s) in pairs
             }
+        # A SCIM row patches the User the service's server made for the person, if it made one.
+        scim_ids: dict[tuple[int, int], str | None] = {}
+        if any(r.channel == "scim" for r in claimed):
+            wanted = {(r.account_id, r.service_id) for r in claimed if r.channel == "scim"}
+            scim_ids = {
+                (a, s): scim_id
+                for a, s, scim_id in await db.execute(
+                    select(Link.account_id, Link.service_id, Link.scim_id).where(
+                        Link.account_id.in_({a for a, _ in wanted}), Link.service_id.in_({s for _, s in wanted})
+                    )
+                )
+            }
         stamp = _timestamp(utcnow())
         jobs, dropped = [], []
         profiles: dict[tuple[int, str], dict[str, Any]] = {}  # services granted the same scopes see the same
@@ -234,6 +245,13 @@ class Deliveries:
             if profile is None:
                 profile = profiles[(r.account_id, scope)] = projection.profile(account, scope)
             mid = message_id(r.id, r.generation, account.version)
+            if r.channel == "scim":
+                # State, not events: the User as the service may see it now (sync.scim).
+                body = scim.put_intent(profile, account.sub, scim_ids.get((r.account_id, r.service_id)), activate=bool(r.snapshot))
+                jobs.append(
+                    Job(r.id, r.service_id, r.account_id, r.channel, account.sub, account.version, body, mid, r.first_pending_at, r.failing_since, r.attempts, r.generation)
+                )
+                continue
             data: dict[str, Any] = {"sub": account.sub, "version": account.version}
             if r.snapshot:
                 data |= {"reason": "resync" if r.delivered_at else "linked", "profile": profile}
@@ -256,6 +274,20 @@ class Deliveries:
 
     async def settle(self, db: AsyncSession, settled: list[tuple[Result, Decision]]) -> None:
         await _settle(db, [r for r, _ in settled])
+        # The SCIM id of each User a service's server made or was found to have, kept on the link.
+        made = [
+            {"a": r.job.account_id, "s": r.job.service_id, "i": r.outcome.resource_id}
+            for r, _ in settled
+            if r.job.channel == "scim" and r.outcome.resource_id
+        ]
+        if made:
+            link = Link.__table__.c
+            await db.execute(
+                update(Link.__table__)
+                .where(link.account_id == bindparam("a"), link.service_id == bindparam("s"))
+                .values(scim_id=bindparam("i")),
+                made,
+            )
 
     async def record(self, db: AsyncSession, result: Result, decision: Decision) -> bool:
         job, now = result.job, result.at

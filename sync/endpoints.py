@@ -16,7 +16,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from sqlalchemy import or_, select
@@ -24,12 +24,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
 from identity.db.models import Service
-from identity.sealing import KeyCipher, open_webhook_secret
+from identity.sealing import KeyCipher, open_scim_token, open_webhook_secret
 from identity.settings import Settings
 
 log = logging.getLogger(__name__)
 
 REFRESH = 5.0
+#: The channels of a service, as rows name them.
+CHANNELS = ("webhook", "topic", "scim")
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,23 @@ class Endpoint:
     topic_enabled: bool
     disabled: bool
     quarantined: bool
+    #: The service's SCIM server and the bearer token the hub presents there (never shown).
+    scim_base_url: str | None = None
+    scim_token: str | None = field(default=None, repr=False)
+    scim_quarantined: bool = False
 
     @property
     def webhook_open(self) -> bool:
         return self.webhook_url is not None and self.signer is not None and not self.disabled
+
+    @property
+    def scim_open(self) -> bool:
+        return self.scim_base_url is not None and self.scim_token is not None
+
+    def held(self, channel: str) -> bool:
+        """Quarantined: one at a time, every ``sync_quarantine_probe`` seconds (an HTTP endpoint:
+        the webhook or the SCIM server; a topic never is)."""
+        return self.quarantined if channel == "webhook" else self.scim_quarantined if channel == "scim" else False
 
 
 @dataclass(frozen=True)
@@ -59,9 +74,16 @@ class Room:
 
 
 async def load_endpoints(db: AsyncSession, cipher: KeyCipher) -> dict[int, Endpoint]:
-    rows = (await db.execute(select(Service).where(or_(Service.webhook_url.is_not(None), Service.topic_enabled)))).scalars()
+    rows = (
+        await db.execute(select(Service).where(or_(Service.webhook_url.is_not(None), Service.topic_enabled, Service.scim_base_url.is_not(None))))
+    ).scalars()
     out = {}
     for s in rows:
+        try:
+            scim_token = open_scim_token(cipher, s.scim_token, s.client_id) if s.scim_base_url and s.scim_token else None
+        except Exception:
+            log.error("sync: the SCIM token of service %s cannot be read with this hub's secret key", s.client_id)
+            scim_token = None
         try:
             signer = Webhook(open_webhook_secret(cipher, s.webhook_secret, s.client_id)) if s.webhook_url and s.webhook_secret else None
         except Exception:
@@ -76,6 +98,9 @@ async def load_endpoints(db: AsyncSession, cipher: KeyCipher) -> dict[int, Endpo
             topic_enabled=s.topic_enabled,
             disabled=s.webhook_disabled_at is not None,
             quarantined=s.webhook_quarantined_at is not None,
+            scim_base_url=s.scim_base_url,
+            scim_token=scim_token,
+            scim_quarantined=s.scim_quarantined_at is not None,
         )
     return out
 
@@ -132,30 +157,36 @@ class Endpoints:
 
     # -- what may be taken ------------------------------------------------------------------
 
-    def cap(self, endpoint: Endpoint) -> int:
+    def cap(self, endpoint: Endpoint, channel: str = "webhook") -> int:
         """In flight at once to one service's channel, from one loop: one while quarantined."""
-        return 1 if endpoint.quarantined else self.settings.sync_service_concurrency
+        return 1 if endpoint.held(channel) else self.settings.sync_service_concurrency
 
-    def closed(self, inflight: Mapping[tuple[int, str], int]) -> tuple[list[int], list[int]]:
-        """Services whose webhook, and whose topic, take nothing now: none, disabled, or at
+    def open(self, endpoint: Endpoint, channel: str) -> bool:
+        """Whether ``channel`` of ``endpoint`` takes anything at all now."""
+        if channel == "webhook":
+            return endpoint.webhook_open
+        if channel == "topic":
+            return endpoint.topic_enabled and self.topics
+        return endpoint.scim_open
+
+    def closed(self, inflight: Mapping[tuple[int, str], int]) -> dict[str, list[int]]:
+        """Per channel, the services whose channel takes nothing now: none, disabled, or at
         their cap of rows in flight (``inflight``, by service and channel)."""
-        cap = self.settings.sync_service_concurrency
-        webhook, topic = [], []
+        out: dict[str, list[int]] = {c: [] for c in CHANNELS}
         for sid, ep in self.by_id.items():
-            if not ep.webhook_open or inflight.get((sid, "webhook"), 0) >= self.cap(ep):
-                webhook.append(sid)
-            if not ep.topic_enabled or not self.topics or inflight.get((sid, "topic"), 0) >= cap:
-                topic.append(sid)
-        return webhook, topic
+            for channel in CHANNELS:
+                if not self.open(ep, channel) or inflight.get((sid, channel), 0) >= self.cap(ep, channel):
+                    out[channel].append(sid)
+        return out
 
     def claim_room(self, inflight: Mapping[tuple[int, str], int]) -> dict[int, int]:
         """Per service, how many more rows one claim may take where that is less than the cap
         (some in flight, or quarantined); services not named may take the whole cap."""
         room = {}
         for sid, ep in self.by_id.items():
-            busy = max(inflight.get((sid, "webhook"), 0), inflight.get((sid, "topic"), 0))
-            if busy or ep.quarantined:
-                room[sid] = max(0, self.cap(ep) - busy)
+            busy = max(inflight.get((sid, c), 0) for c in CHANNELS)
+            if busy or ep.quarantined or ep.scim_quarantined:
+                room[sid] = max(0, min(self.cap(ep, c) for c in CHANNELS) - busy)
         return room
 
     def room(self, inflight: Mapping[tuple[int, str], int], budget: int, until: dt.datetime) -> Room:
@@ -165,8 +196,7 @@ class Endpoints:
         cap = self.settings.sync_service_concurrency
         room: dict[tuple[int, str], int] = {}
         for sid, ep in self.by_id.items():
-            if ep.webhook_open and not ep.quarantined:
-                room[(sid, "webhook")] = min(budget, cap - inflight.get((sid, "webhook"), 0))
-            if ep.topic_enabled and self.topics:
-                room[(sid, "topic")] = min(budget, cap - inflight.get((sid, "topic"), 0))
+            for channel in CHANNELS:
+                if self.open(ep, channel) and not ep.held(channel):
+                    room[(sid, channel)] = min(budget, cap - inflight.get((sid, channel), 0))
         return Room(until=until, room=MappingProxyType(room))

@@ -40,11 +40,11 @@ from identity.db.models import ACTIVE, PENDING, Delivery, Notice, Service, utcno
 from identity.db.units import whole
 from identity.deliveries import resume
 from identity.settings import Settings
-from sync import webhooks
+from sync import scim, webhooks
 from sync.backoff import Backoff
 from sync.endpoints import Endpoint, Endpoints, Room
 from sync.metrics import SyncMetrics
-from sync.outcomes import GONE, SETTLE, Decision, decide, quarantine_probe
+from sync.outcomes import ENDPOINT_CHANNELS, GONE, SETTLE, Decision, decide, quarantine_probe
 from sync.service_topics import ServiceTopics
 
 if TYPE_CHECKING:
@@ -118,8 +118,8 @@ class Kind(Protocol):
 
 
 class Sender:
-    """The channels of one worker: its HTTP session for webhooks and its one producer for
-    services' own topics (``None`` without Kafka)."""
+    """The channels of one worker: its HTTP session for webhooks and SCIM servers, and its one
+    producer for services' own topics (``None`` without Kafka)."""
 
     def __init__(self, settings: Settings, http: aiohttp.ClientSession, topics: ServiceTopics | None) -> None:
         self.http = http
@@ -133,6 +133,10 @@ class Sender:
             if endpoint.webhook_url is None or endpoint.signer is None:
                 return webhooks.Outcome("retry", "the service has no webhook now")
             return await webhooks.post(self.http, endpoint.webhook_url, endpoint.signer, job.message_id, job.body, timeout=self.timeout)
+        if job.channel == "scim":
+            if endpoint.scim_base_url is None or endpoint.scim_token is None:
+                return webhooks.Outcome("retry", "the service has no SCIM server now")
+            return await scim.send(self.http, endpoint.scim_base_url, endpoint.scim_token, job.body, timeout=self.timeout)
         if not endpoint.topic_enabled:
             return webhooks.Outcome("retry", "the service has no topic now")
         if self.topics is None:
@@ -345,7 +349,8 @@ class Engine:
         settled = [(r, d) for r, d in decided if d.action == SETTLE]
         if settled:
             await self.kind.settle(db, settled)
-            await self._recover(db, sorted({r.job.service_id for r, d in settled if d.endpoint == "recover"}))
+            for channel in ENDPOINT_CHANNELS:
+                await self._recover(db, channel, sorted({r.job.service_id for r, d in settled if d.endpoint == "recover" and r.job.channel == channel}))
         for r, d in decided:
             if d.action == SETTLE:
                 continue
@@ -353,47 +358,59 @@ class Engine:
                 await _disable(db, r.job.service_id, r.at, d.error)
             took = await self.kind.record(db, r, d)
             if took and d.endpoint == "failing":
-                await self._failing(db, r.job.service_id, r.at, d.error)
+                await self._failing(db, r.job.channel, r.job.service_id, r.at, d.error)
 
-    async def _recover(self, db: AsyncSession, healthy: list[int]) -> None:
-        """Webhooks that accepted something are healthy: out of failing and quarantine, and
-        their backlog (deliveries and notices) due at once."""
+    async def _recover(self, db: AsyncSession, channel: str, healthy: list[int]) -> None:
+        """Endpoints (webhooks, or SCIM servers: ``channel``) that accepted something are
+        healthy: out of failing and quarantine, and their backlog (deliveries and notices) due
+        at once."""
         if not healthy:
             return
+        failing, quarantined, last_error = _HEALTH[channel]
         s = Service.__table__.c
         recovered = (
             await db.execute(
                 update(Service.__table__)
-                .where(s.id.in_(healthy), or_(s.webhook_failing_since.is_not(None), s.webhook_quarantined_at.is_not(None)))
-                .values(webhook_failing_since=None, webhook_quarantined_at=None, webhook_last_error=None)
+                .where(s.id.in_(healthy), or_(s[failing].is_not(None), s[quarantined].is_not(None)))
+                .values({failing: None, quarantined: None, last_error: None})
                 .returning(s.id)
             )
         ).scalars().all()
         if recovered:
-            await resume(db, list(recovered))
-            log.info("sync: the webhook(s) of service(s) %s recovered", sorted(recovered))
+            await resume(db, list(recovered), channel)
+            log.info("sync: the %s of service(s) %s recovered", _NAMES[channel], sorted(recovered))
             self.endpoints.stale()
 
-    async def _failing(self, db: AsyncSession, service_id: int, now: dt.datetime, error: str | None) -> None:
-        """A webhook failed at ``now``: failing from then on (if not already), and quarantined
-        once it has failed for ``sync_quarantine_after``."""
+    async def _failing(self, db: AsyncSession, channel: str, service_id: int, now: dt.datetime, error: str | None) -> None:
+        """An endpoint (``channel``: the webhook or the SCIM server) failed at ``now``: failing
+        from then on (if not already), and quarantined once it has failed for
+        ``sync_quarantine_after``."""
+        failing, quarantined, last_error = _HEALTH[channel]
         s = Service.__table__.c
         await db.execute(
             update(Service.__table__)
             .where(s.id == service_id)
-            .values(webhook_failing_since=func.coalesce(s.webhook_failing_since, now), webhook_last_error=error)
+            .values({failing: func.coalesce(s[failing], now), last_error: error})
         )
-        failing_since = await db.scalar(select(s.webhook_failing_since).where(s.id == service_id))
+        failing_since = await db.scalar(select(s[failing]).where(s.id == service_id))
         probe = quarantine_probe(failing_since, now, self.settings)
         if probe is None:
             return
-        quarantined = await db.execute(
-            update(Service.__table__).where(s.id == service_id, s.webhook_quarantined_at.is_(None)).values(webhook_quarantined_at=now)
+        held = await db.execute(
+            update(Service.__table__).where(s.id == service_id, s[quarantined].is_(None)).values({quarantined: now})
         )
-        if quarantined.rowcount:
-            log.warning("sync: the webhook of service %s has failed since %s and is quarantined", service_id, failing_since)
+        if held.rowcount:
+            log.warning("sync: the %s of service %s has failed since %s and is quarantined", _NAMES[channel], service_id, failing_since)
             self.endpoints.stale()
-        await _hold(db, service_id, probe)
+        await _hold(db, channel, service_id, probe)
+
+
+#: Per endpoint channel, the service's columns of its health: failing since, quarantined at, last error.
+_HEALTH = {
+    "webhook": ("webhook_failing_since", "webhook_quarantined_at", "webhook_last_error"),
+    "scim": ("scim_failing_since", "scim_quarantined_at", "scim_last_error"),
+}
+_NAMES = {"webhook": "webhook", "scim": "SCIM server"}
 
 
 async def _disable(db: AsyncSession, service_id: int, now: dt.datetime, error: str | None) -> None:
@@ -402,18 +419,18 @@ async def _disable(db: AsyncSession, service_id: int, now: dt.datetime, error: s
     log.warning("sync: the webhook of service %s answered 410 Gone and is disabled", service_id)
 
 
-async def _hold(db: AsyncSession, service_id: int, until: dt.datetime) -> None:
-    """Slowed: nothing more to a quarantined webhook before its next probe, deliveries and
+async def _hold(db: AsyncSession, channel: str, service_id: int, until: dt.datetime) -> None:
+    """Slowed: nothing more to a quarantined endpoint before its next probe, deliveries and
     notices alike (``identity.deliveries.resume`` makes them due again when it recovers)."""
     d = Delivery.__table__.c
     await db.execute(
         update(Delivery.__table__)
-        .where(d.service_id == service_id, d.channel == "webhook", d.state == ACTIVE, d.next_attempt_at < until)
+        .where(d.service_id == service_id, d.channel == channel, d.state == ACTIVE, d.next_attempt_at < until)
         .values(next_attempt_at=until)
     )
     n = Notice.__table__.c
     await db.execute(
         update(Notice.__table__)
-        .where(n.service_id == service_id, n.channel == "webhook", n.state == PENDING, n.next_attempt_at < until)
+        .where(n.service_id == service_id, n.channel == channel, n.state == PENDING, n.next_attempt_at < until)
         .values(next_attempt_at=until)
     )

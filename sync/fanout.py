@@ -102,15 +102,15 @@ async def _record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], 
         return Taken()
     # Only the columns needed: a whole Service per link would decode its JSON columns each time.
     links = await db.execute(
-        select(Link.account_id, Link.service_id, Link.scope, Service.client_id, Service.webhook_url, Service.topic_enabled)
+        select(Link.account_id, Link.service_id, Link.scope, Service.client_id, Service.webhook_url, Service.topic_enabled, Service.scim_base_url)
         .join(Service, Service.id == Link.service_id)
         .where(Link.account_id.in_(accounts.values()), Link.is_active)
     )
     targets: dict[int, list[_Target]] = {}
-    for account_id, service_id, scope, client_id, webhook_url, topic_enabled in links:
+    for account_id, service_id, scope, client_id, webhook_url, topic_enabled, scim_base_url in links:
         if room is not None:
             scopes[(account_id, service_id)] = scope
-        channels = channels_of(webhook_url, topic_enabled)
+        channels = channels_of(webhook_url, topic_enabled, scim_base_url)
         if channels:
             targets.setdefault(account_id, []).append(_Target(account_id, service_id, client_id, scope, channels))
 

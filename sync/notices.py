@@ -10,6 +10,10 @@ every worker. On Postgres claims take ``FOR UPDATE SKIP LOCKED``. A worker that 
 lease may see the notice taken and tried again; its own outcome then counts only if no later
 attempt has been recorded first.
 
+On the SCIM channel a notice is an intent (deactivate or delete the person's User), and SCIM
+is state: a ``deactivate`` of a person who linked the service again by the time it is claimed
+is settled unsent (:meth:`Notices._still_wanted`).
+
 Outcomes follow the one policy of :mod:`sync.outcomes`, as profile deliveries' do: retried on
 ``sync_retry_schedule`` (never sooner than a ``Retry-After``), ``dead`` after failing for
 ``sync_give_up_after``; a ``410`` disables the webhook (its notices wait until it is enabled
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from sqlalchemy import Update, and_, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity.db.models import PENDING, Notice
+from identity.db.models import PENDING, Account, Link, Notice
 from identity.settings import Settings
 from sync.endpoints import Endpoints
 from sync.engine import Result
@@ -83,7 +87,7 @@ class Notices:
         n = Notice.__table__.c
         earlier = Notice.__table__.alias("earlier")
         e = earlier.c
-        no_webhook, no_topic = endpoints.closed(inflight)
+        closed = endpoints.closed(inflight)
         known = list(endpoints.by_id)
         picked = (
             select(n.id)
@@ -91,8 +95,7 @@ class Notices:
                 n.state == PENDING,
                 n.next_attempt_at <= now,
                 n.service_id.in_(known),
-                not_(and_(n.channel == "webhook", n.service_id.in_(no_webhook))),
-                not_(and_(n.channel == "topic", n.service_id.in_(no_topic))),
+                *(not_(and_(n.channel == c, n.service_id.in_(ids))) for c, ids in closed.items()),
                 ~select(e.id)
                 .where(
                     e.state == PENDING,
@@ -116,7 +119,36 @@ class Notices:
                 .returning(n.id, n.service_id, n.channel, n.key, n.message_id, n.body, n.attempts, n.failing_since)
             )
         ).all()
-        return sorted((Job(*r) for r in rows), key=lambda j: j.id)
+        jobs = sorted((Job(*r) for r in rows), key=lambda j: j.id)
+        return await self._still_wanted(db, jobs, now)
+
+    async def _still_wanted(self, db: AsyncSession, jobs: list[Job], now: dt.datetime) -> list[Job]:
+        """SCIM is state: a ``deactivate`` claimed (or retried) after the person linked the
+        service again, with an account that may be shared, would undo the User the relink made
+        active. It is settled unsent."""
+        deactivating = [j for j in jobs if j.channel == "scim" and j.body.startswith('{"op":"deactivate"')]
+        if not deactivating:
+            return jobs
+        live = set(
+            (
+                await db.execute(
+                    select(Link.service_id, Account.sub)
+                    .join(Account, Account.id == Link.account_id)
+                    .where(
+                        Link.service_id.in_({j.service_id for j in deactivating}),
+                        Account.sub.in_({j.key for j in deactivating}),
+                        Link.is_active,
+                        Account.may_be_shared,
+                    )
+                )
+            ).all()
+        )
+        moot = [j.id for j in deactivating if (j.service_id, j.key) in live]
+        if not moot:
+            return jobs
+        n = Notice.__table__.c
+        await db.execute(update(Notice.__table__).where(n.id.in_(moot)).values(state="delivered", delivered_at=now, next_attempt_at=now))
+        return [j for j in jobs if j.id not in moot]
 
     def _this(self, job: Job) -> Update:
         # Only the attempt the row last counted: when a lease ran out and another attempt has

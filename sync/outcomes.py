@@ -10,10 +10,10 @@ For the row (:func:`decide`):
 - else **retry** after the next step of ``sync_retry_schedule`` (its last step repeats), never
   sooner than a ``Retry-After`` asked.
 
-For the endpoint (a webhook; a topic has no endpoint state): a settled row marks it healthy
+For the endpoint (a webhook or a SCIM server; a topic has no endpoint state): a settled row marks it healthy
 (**recover**: out of failing and quarantine, its backlog due at once), a 410 **disables** it, a
 retry recorded marks it **failing** from then on. A webhook failing for ``sync_quarantine_after``
-is quarantined (:func:`quarantine_probe`): tried one row at a time, every
+(or a SCIM server failing as long) is quarantined (:func:`quarantine_probe`): tried one row at a time, every
 ``sync_quarantine_probe`` seconds, until one succeeds. A row given up leaves the endpoint as it
 was: it failed for ``sync_give_up_after``, much longer than the quarantine wait, so its earlier
 retries already marked the endpoint failing.
@@ -35,6 +35,10 @@ SETTLE: Literal["settle"] = "settle"
 RETRY: Literal["retry"] = "retry"
 DEAD: Literal["dead"] = "dead"
 GONE: Literal["gone"] = "gone"
+
+#: The channels that are HTTP endpoints with a health of their own (failing, quarantined): the
+#: webhook and the SCIM server. Only a webhook is disabled by a 410.
+ENDPOINT_CHANNELS = ("webhook", "scim")
 
 #: The longest error text kept on a row or a service.
 ERROR_LENGTH = 500
@@ -60,8 +64,9 @@ def decide(
     """The decision for an attempt that came to ``outcome`` at ``now``, on a row that had been
     tried ``attempts`` times before and has failed since ``failing_since`` (``None``: it had not)."""
     webhook = channel == "webhook"
+    endpoint = channel in ENDPOINT_CHANNELS
     if outcome.result == "ok":
-        return Decision(SETTLE, attempts + 1, None, now, None, "recover" if webhook else None)
+        return Decision(SETTLE, attempts + 1, None, now, None, "recover" if endpoint else None)
     error = (outcome.error or "failed")[:ERROR_LENGTH]
     if outcome.result == "gone":
         # Not an attempt that failed: the service said to stop. The row keeps its count.
@@ -69,7 +74,7 @@ def decide(
     since = failing_since or now
     if (now - since).total_seconds() >= settings.sync_give_up_after:
         return Decision(DEAD, attempts + 1, since, now, error, None)
-    return Decision(RETRY, attempts + 1, since, now + dt.timedelta(seconds=retry_delay(attempts + 1, outcome.retry_after, settings)), error, "failing" if webhook else None)
+    return Decision(RETRY, attempts + 1, since, now + dt.timedelta(seconds=retry_delay(attempts + 1, outcome.retry_after, settings)), error, "failing" if endpoint else None)
 
 
 def retry_delay(attempts: int, retry_after: float | None, settings: Settings) -> float:

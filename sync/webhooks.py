@@ -36,6 +36,8 @@ class Outcome:
     error: str | None = None
     status: int | None = None
     retry_after: float | None = None
+    #: What the receiving end called what it made (a SCIM server's User ``id``), if anything.
+    resource_id: str | None = None
 
 
 #: What a service (sync status) and support agents (console) read when the policy refused every

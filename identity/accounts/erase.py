@@ -14,7 +14,7 @@ who erased it, with no personal data beyond the ``sub``.
 Nothing stale brings the account back: the fan-out and the deliverer find no account for that
 ``sub`` and drop what names it, and a new account never gets a tombstoned ``sub``. Notices still
 waiting for a service (say, the unlink that came just before) are kept and still delivered: they
-carry only the ``sub``."""
+carry only the ``sub``. A service with a SCIM server is sent a ``DELETE`` of the person's User."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity import notices as service_notices
 from identity.db.models import (
     Account,
     AuditRecord,
@@ -116,6 +117,11 @@ async def erase(
     await db.execute(
         update(Notice).where(Notice.account_id == account.id, Notice.state == "pending").values(account_id=None)
     )
+    # Every service that ever had the person, and has a SCIM server, deletes their User there.
+    for service in await db.scalars(
+        select(Service).join(Link, Link.service_id == Service.id).where(Link.account_id == account.id, Service.scim_base_url.is_not(None))
+    ):
+        service_notices.add_scim(db, service, None, account.sub, "delete", now=now)
     db.add(Tombstone(sub=account.sub, erased_at=now))
     db.add(AuditRecord(at=now, actor_kind=actor_kind, actor=actor, account_sub=account.sub, action="account.erased", reason=reason))
     await db.flush()

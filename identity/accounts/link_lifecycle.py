@@ -215,7 +215,11 @@ async def cancel(
     if found is None:
         return None
     link, account = found
-    return link, await end(db, keys, issuer, link, account, service, LinkStatus.CANCELLED)
+    was_active = link.is_active
+    logouts = await end(db, keys, issuer, link, account, service, LinkStatus.CANCELLED)
+    if was_active:
+        notices.add_scim(db, service, account.id, account.sub, "deactivate")
+    return link, logouts
 
 
 async def unlink(

@@ -229,6 +229,14 @@ class Service(Base):
     webhook_quarantined_at: Mapped[dt.datetime | None]
     webhook_disabled_at: Mapped[dt.datetime | None]
     webhook_last_error: Mapped[str | None] = mapped_column(String(500))
+    # Profile sync to the service's SCIM 2.0 server (RFC 7644): its base URL, and the bearer
+    # token the hub presents there (sealed, like the webhook secret); the endpoint's health as
+    # the webhook's (a SCIM server is not disabled by a 410: it has no such answer).
+    scim_base_url: Mapped[str | None] = mapped_column(String(2000))
+    scim_token: Mapped[str | None] = mapped_column(Text)
+    scim_failing_since: Mapped[dt.datetime | None]
+    scim_quarantined_at: Mapped[dt.datetime | None]
+    scim_last_error: Mapped[str | None] = mapped_column(String(500))
     # A first-party client run by the hub's operators (the support console): no consent screen.
     first_party: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # How a person cancels their account at this service (the hub never does it for them).
@@ -322,6 +330,8 @@ class Link(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # When the link last stopped being active (revoked or cancelled).
     ended_at: Mapped[dt.datetime | None]
+    # The service's SCIM ``id`` of the person's User, once its SCIM server made one.
+    scim_id: Mapped[str | None] = mapped_column(String(255))
 
 
 class BrowserSession(Base):
@@ -583,7 +593,7 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"))
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
-    # "webhook" or "topic"
+    # "webhook", "topic" or "scim"
     channel: Mapped[str] = mapped_column(String(8))
     wanted_version: Mapped[int] = mapped_column(Integer)
     delivered_version: Mapped[int] = mapped_column(Integer, default=0)
@@ -654,7 +664,7 @@ class Notice(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), index=True)
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
-    # "webhook" or "topic"
+    # "webhook", "topic" or "scim"
     channel: Mapped[str] = mapped_column(String(8))
     event_type: Mapped[str] = mapped_column(String(64))
     # The Standard Webhooks message id (also the event's ``id``): the same on every retry.

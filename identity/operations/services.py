@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import link_lifecycle
 from identity.admin import InvalidInput
+from identity.deliveries import scim_state
 from identity.db.models import Account, Delivery, Link, LinkStatus, Notice, RightsRequest, Service, utcnow
 from identity.oidc.client import AuthMethod
 from identity.oidc.keys import KeyRing
@@ -87,6 +88,10 @@ async def show(db: AsyncSession, client_id: str) -> dict[str, Any]:
         "webhook_url": service.webhook_url,
         "webhook_disabled_at": _when(service.webhook_disabled_at),
         "topic": service_topic(service.client_id) if service.topic_enabled else None,
+        # Whether SCIM provisioning is set, and where; its token is never shown.
+        "scim": {"base_url": service.scim_base_url, "token_set": bool(service.scim_token), "state": scim_state(service)}
+        if service.scim_base_url
+        else None,
         "cancellation_url": service.cancellation_url,
         "previous_secret_expires_at": _when(service.previous_secret_expires_at)
         if service.previous_secret_hash and service.previous_secret_expires_at and service.previous_secret_expires_at > utcnow()

@@ -29,7 +29,7 @@ from identity.db.models import (
     StaffMember,
     utcnow,
 )
-from identity.deliveries import open_dead_letter
+from identity.deliveries import channels_of, open_dead_letter
 from identity.pages.common import field
 from identity.pages.rights import STATUS_TEXT, TYPES
 from identity.support import audit, forms, masking, trail
@@ -62,7 +62,7 @@ ERRORS = {
     "details_text": "Remove the control or invisible formatting characters from the details: they can disguise what the text says.",
     "target": "The person never linked that service: send the request to the hub or a service they linked.",
     "not_linked": "The person has no active link to that service, so it gets nothing about them.",
-    "no_channel": "That service has no webhook or topic to resync to.",
+    "no_channel": "That service has no webhook, topic or SCIM server to resync to.",
     "no_factor": "The person has no second factor to remove.",
     "removal_pending": "A removal of this person's second factor is already waiting for a supervisor.",
 }
@@ -143,6 +143,7 @@ async def _links(db: AsyncSession, account: Account) -> list[dict[str, Any]]:
                 Service.cancellation_instructions,
                 Service.webhook_url,
                 Service.topic_enabled,
+                Service.scim_base_url,
             )
             .join(Service, Service.id == Link.service_id)
             .where(Link.account_id == account.id)
@@ -174,7 +175,7 @@ async def _links(db: AsyncSession, account: Account) -> list[dict[str, Any]]:
         dead.setdefault(letter.service_id, []).append(letter)
     out = []
     for r in rows:
-        channels = [name for name, on in (("webhook", bool(r.webhook_url)), ("topic", r.topic_enabled)) if on]
+        channels = list(channels_of(r.webhook_url, r.topic_enabled, r.scim_base_url))
         out.append(
             {
                 "client_id": r.client_id,

@@ -240,7 +240,7 @@ async def test_a_webhook_that_answered_410_gets_nothing_more_from_this_worker(hu
         for _ in range(2):
             room = deliverer.room()
             assert room is not None and (service_id, "webhook") not in room.room
-            assert service_id in deliverer.endpoints.closed(deliverer.inflight)[0]
+            assert service_id in deliverer.endpoints.closed(deliverer.inflight)["webhook"]
             await deliverer.endpoints.refresh(force=True)
 
         await deliverer.flush()

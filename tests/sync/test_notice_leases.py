@@ -94,7 +94,7 @@ async def test_a_410_to_a_notice_closes_the_webhook_to_profile_deliveries_at_onc
         for _ in range(2):  # closed to profile deliveries at once, even once the endpoints are read again
             room = deliverer.room()
             assert room is not None and (service.id, "webhook") not in room.room
-            assert service.id in deliverer.endpoints.closed(deliverer.inflight)[0]
+            assert service.id in deliverer.endpoints.closed(deliverer.inflight)["webhook"]
             await deliverer.endpoints.refresh(force=True)  # read before the disabling commits
 
         await taker.flush()
