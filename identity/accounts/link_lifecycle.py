@@ -83,13 +83,14 @@ async def link(db: AsyncSession, *, account_id: int, service_id: int, scope: str
     if created or not link.is_active or widened != link.scope:
         # A new link, a relink or wider scopes: the service gets a snapshot of what it may now see.
         if not created and not link.is_active:
-            # A relink: a ``link.revoked`` still waiting to be sent would reach the service after
-            # the relink and undo it there. It is withdrawn in this transaction.
+            # A relink: a ``link.revoked`` (or a SCIM deactivation) still waiting to be sent would
+            # reach the service after the relink and undo it there. It is withdrawn in this
+            # transaction.
             await db.execute(
                 delete(Notice).where(
                     Notice.service_id == service_id,
                     Notice.account_id == account_id,
-                    Notice.event_type == "link.revoked",
+                    Notice.event_type.in_(("link.revoked", "scim.deactivate")),
                     Notice.state == "pending",
                 )
             )

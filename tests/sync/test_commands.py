@@ -49,7 +49,7 @@ async def test_services_add_with_a_webhook_prints_its_secret_once_and_keeps_it_e
     assert rotated.returncode == 0, rotated.stderr
     assert json.loads(rotated.stdout)["webhook_secret"] not in (None, created["webhook_secret"])
     removed = json.loads(run(env, "services", "update", "--client-id", created["client_id"], "--remove-webhook", "--no-kafka-topic").stdout)
-    assert removed == {"client_id": created["client_id"], "webhook_url": None, "topic": None}
+    assert removed == {"client_id": created["client_id"], "webhook_url": None, "topic": None, "scim_base_url": None}
 
     insecure = run(env, "services", "add", "--name", "X", "--redirect-uri", "https://x.example/cb", "--webhook-url", "http://x.example/h")
     assert insecure.returncode == 2 and "--webhook-url" in insecure.stderr
