@@ -57,6 +57,33 @@ async def test_services_add_with_a_webhook_prints_its_secret_once_and_keeps_it_e
     assert unknown.returncode == 2 and "nope" in unknown.stderr
 
 
+async def test_a_services_scim_server_is_set_from_the_command_line_with_its_token_sealed_and_never_shown(env: dict[str, str], database_url: str) -> None:
+    token = "scim-secret-token-0a9f"
+    done = run(env, "services", "add", "--name", "Wiki", "--redirect-uri", "https://wiki.example/cb",
+               "--scim-base-url", "https://wiki.example/scim/v2/", "--scim-token", token)
+    assert done.returncode == 0, done.stderr
+    created = json.loads(done.stdout)
+    assert created["scim_base_url"] == "https://wiki.example/scim/v2" and token not in done.stdout
+    shown = run(env, "services", "show", "--client-id", created["client_id"], "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["scim"] == {"base_url": "https://wiki.example/scim/v2", "token_set": True, "state": "healthy"}
+    assert token not in shown.stdout
+    engine = create_async_engine(database_url)
+    async with engine.connect() as conn:
+        dump = " ".join(str(v) for v in (await conn.execute(text("SELECT * FROM services"))).all())
+    await engine.dispose()
+    assert token not in dump
+
+    # A new token from standard input (out of the process list); then SCIM removed.
+    updated = onesignin(env, "services", "update", "--client-id", created["client_id"], "--scim-token", "-", stdin="another-token\n")
+    assert updated.returncode == 0, updated.stderr
+    assert json.loads(updated.stdout)["scim_base_url"] == "https://wiki.example/scim/v2" and "another-token" not in updated.stdout
+    removed = run(env, "services", "update", "--client-id", created["client_id"], "--remove-scim")
+    assert json.loads(removed.stdout)["scim_base_url"] is None
+    half = run(env, "services", "add", "--name", "Half", "--redirect-uri", "https://half.example/cb", "--scim-base-url", "https://half.example/scim")
+    assert half.returncode == 2 and "--scim-token" in half.stderr
+
+
 def test_dead_letters_and_redeliver(env: dict[str, str]) -> None:
     listed = run(env, "sync", "dead-letters")
     assert listed.returncode == 0, listed.stderr
