@@ -51,6 +51,18 @@ class WebhookHealth(BaseModel):
     last_error: str | None
 
 
+class ScimHealth(BaseModel):
+    """The service's SCIM 2.0 server, as the hub provisions Users there (RFC 7644): made on
+    link, patched on change, ``active: false`` on unlink, cancellation or restriction, deleted
+    on erasure. Retried, quarantined and given up as a webhook is; never disabled."""
+
+    base_url: str
+    state: Literal["healthy", "failing", "quarantined"]
+    failing_since: dt.datetime | None
+    quarantined_at: dt.datetime | None
+    last_error: str | None
+
+
 class NoticeCounts(BaseModel):
     """One-off notices (unlinks, rights requests, restrictions) to the service."""
 
@@ -62,8 +74,9 @@ class SyncStatus(BaseModel):
     """The calling service's sync state."""
 
     client_id: str
-    channels: list[Literal["webhook", "topic"]]
+    channels: list[Literal["webhook", "topic", "scim"]]
     webhook: WebhookHealth | None
+    scim: ScimHealth | None = Field(None, description="The SCIM server's health, when the service has one.")
     topic: str | None
     backlog: dict[str, ChannelBacklog]
     dead_letters: int = Field(description="Deliveries that gave up and were not redelivered.")

@@ -1,5 +1,7 @@
 """The AsyncAPI 3.0 document for member-service developers: the topics and webhook payloads of
-profile sync, generated from the event models so it never drifts from the code."""
+profile sync, generated from the event models so it never drifts from the code, and the third
+channel, SCIM 2.0 provisioning, described where it differs (the hub calls the service's SCIM
+server with RFC 7644 requests rather than sending these events)."""
 
 from __future__ import annotations
 
@@ -87,7 +89,9 @@ def document(*, issuer: str, bootstrap: str | None = None, topic_prefix: str = "
                 "version; keep the highest version per sub and ignore older ones. Notices (link.revoked, "
                 "rights.requested, account.restricted, account.restriction_lifted) are events, delivered at least "
                 "once with the same id on every retry: deduplicate on it. Answer a webhook with any 2xx "
-                f"within {webhook_timeout:g} s; a 429 or 503 with Retry-After delays that delivery as asked; 410 disables the endpoint."
+                f"within {webhook_timeout:g} s; a 429 or 503 with Retry-After delays that delivery as asked; 410 disables the endpoint. "
+                "A service may instead (or also) have its SCIM 2.0 server provisioned (channel scim): the same "
+                "state, sent as SCIM requests rather than these events."
             ),
         },
         "servers": {
@@ -112,6 +116,22 @@ def document(*, issuer: str, bootstrap: str | None = None, topic_prefix: str = "
                 "webhook-id, webhook-timestamp, webhook-signature.",
                 "messages": {name: {"$ref": f"#/components/messages/{name}"} for name in _TO_SERVICES},
             },
+            "scim": {
+                "address": "{scim_base_url}/Users",
+                "title": "A member service's SCIM 2.0 server (RFC 7643, RFC 7644)",
+                "description": "Set with `onesignin services add|update --scim-base-url URL --scim-token TOKEN`; the hub "
+                "calls it with `Authorization: Bearer TOKEN`. On link (and relink, resync): the User whose externalId "
+                "is the person's sub is looked for and patched (`active: true`), else created with `POST /Users`; its "
+                "SCIM id is remembered per link. On a change of a claim the service may see: `PATCH /Users/{id}` "
+                "replacing the attributes mapped from its visible claims (userName: the email address if visible, "
+                "else the sub; externalId; name.formatted/givenName/familyName and displayName; emails; phoneNumbers; "
+                "addresses; locale; timezone) and removing those whose claim is empty; never an attribute of a claim "
+                "outside its scopes. On unlink, cancellation or restriction: `PATCH` `active: false`. On erasure of "
+                "the hub account: `DELETE /Users/{id}`. State-based and at least once, retried, quarantined and "
+                "given up as webhooks are; a 429 or 503 with Retry-After is not retried sooner than asked.",
+                "parameters": {"scim_base_url": {"description": "Your SCIM server's base URL (…/scim/v2)."}},
+                "messages": {},
+            },
             "hubProfile": {
                 "address": topic_prefix + "onesignin.profile.v1",
                 "title": "The hub's own change feed (internal)",
@@ -134,6 +154,12 @@ def document(*, issuer: str, bootstrap: str | None = None, topic_prefix: str = "
                 "channel": {"$ref": "#/channels/webhook"},
                 "summary": "Your service's endpoint receives signed POSTs.",
                 "bindings": {"http": {"method": "POST"}},
+            },
+            "provisionScim": {
+                "action": "send",
+                "channel": {"$ref": "#/channels/scim"},
+                "summary": "The hub provisions Users at your SCIM server (RFC 7644 requests; no events).",
+                "bindings": {"http": {"method": "PATCH"}},
             },
             "publishHubProfile": {
                 "action": "send",

@@ -80,7 +80,12 @@ def document(app: web.Application, issuer: str) -> dict[str, Any]:
         "servers": [{"url": issuer}],
         "tags": [
             {"name": "profile", "description": "The person's basic account details."},
-            {"name": "sync", "description": "Profile sync to the calling service."},
+            {
+                "name": "sync",
+                "description": "Profile sync to the calling service, on its channels: its webhook and its Kafka topic "
+                "(the events of /asyncapi.json), and its SCIM 2.0 server, whose Users the hub makes, patches, "
+                "deactivates and deletes (RFC 7644). The status below covers all three.",
+            },
             {"name": "links", "description": "Linked accounts, owned by each service."},
             {"name": "rights", "description": "Data-subject rights requests, routed to the right controller."},
             {"name": "privacy", "description": "The hub's own duties as a controller."},

@@ -27,7 +27,8 @@ from schemas.api import ResyncResponse, SyncStatusResponse
     query={"sub": ("One linked person's sub: their delivered version against their current one.", False)},
 )
 async def sync_status(request: web.Request) -> web.StreamResponse:
-    """Backlog per channel, the webhook's health and the dead letters; with ``sub``, one linked
+    """Backlog per channel (webhook, topic, SCIM), the webhook's and the SCIM server's health and
+    the dead letters; with ``sub``, one linked
     person's state (404 when that person is not linked to the service, exactly as when unknown)."""
     sub = request.query.get("sub")
     if sub is not None and not (0 < len(sub) <= 64):
@@ -66,8 +67,8 @@ async def resync(request: web.Request) -> web.StreamResponse:
             return refused.response
         service = await db.scalar(select(Service).where(Service.id == who.client.id))
         assert service is not None
-        if not (service.webhook_url or service.topic_enabled):
-            return problem(409, "no_delivery_channel", "This service has neither a webhook nor a topic to deliver to.")
+        if not (service.webhook_url or service.topic_enabled or service.scim_base_url):
+            return problem(409, "no_delivery_channel", "This service has no webhook, topic or SCIM server to deliver to.")
         try:
             queued = await status.resync(db, service, rate=rate)
         except status.ResyncInProgress as busy:
