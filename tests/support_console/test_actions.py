@@ -261,5 +261,5 @@ async def test_a_service_without_webhook_or_topic_offers_no_resync(hub: Hub) -> 
     finally:
         await console.aclose()
         await person.browser.aclose()
-    assert "no webhook or topic" in refused.text
+    assert "no webhook, topic or SCIM server" in refused.text
     assert await audit_records(hub, action="support.resync") == []
