@@ -17,7 +17,7 @@ from identity.accounts import links
 from identity.accounts.children import is_child
 from identity.accounts.passwords import PasswordHasher, check_password
 from identity.accounts.store import EmailTaken, create_account
-from identity.db.models import AccountStatus, Delivery, Service
+from identity.db.models import AccountStatus, Delivery, Notice, Service
 from identity.deliveries import resume
 from identity.oidc import redirects, scopes
 from identity.oidc.client import AuthMethod
@@ -419,6 +419,8 @@ async def update_service_sync(
     if remove_scim:
         if service.scim_base_url:
             dropped.append("scim")
+            # Its deactivations and deletions too: nothing would ever send them.
+            await db.execute(delete(Notice).where(Notice.service_id == service.id, Notice.channel == "scim", Notice.state == "pending"))
         service.scim_base_url = service.scim_token = None
     elif scim_base_url is not None or scim_token is not None:
         # A new token alone keeps the URL; a new URL alone keeps the token.
