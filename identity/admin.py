@@ -83,6 +83,8 @@ async def add_service(
     kafka_topic: bool = False,
     scim_base_url: str | None = None,
     scim_token: str | None = None,
+    scim_token_url: str | None = None,
+    scim_client_id: str | None = None,
     cipher: KeyCipher | None = None,
     cancellation_url: str | None = None,
     cancellation_instructions: str | None = None,
@@ -121,8 +123,8 @@ async def add_service(
     if id_token_alg not in ("RS256", "ES256"):
         raise InvalidInput("--id-token-alg must be RS256 or ES256")
     webhook = check_uri(webhook_url, "--webhook-url") if webhook_url else None
-    scim_url, scim_token = check_scim(scim_base_url, scim_token)
-    if scim_token is not None and cipher is None:
+    scim = check_scim(scim_base_url, scim_token, scim_token_url, scim_client_id)
+    if scim is not None and cipher is None:
         raise ValueError("a SCIM token needs the hub's key cipher")
     cancel_url, cancel_text = check_cancellation(cancellation_url, cancellation_instructions)
     client_id = new_client_id()
@@ -149,8 +151,10 @@ async def add_service(
             webhook_url=webhook,
             webhook_secret=seal_webhook_secret(cipher, webhook_secret, client_id) if cipher and webhook_secret else None,
             topic_enabled=kafka_topic,
-            scim_base_url=scim_url,
-            scim_token=seal_scim_token(cipher, scim_token, client_id) if cipher and scim_token else None,
+            scim_base_url=scim.base_url if scim else None,
+            scim_token=seal_scim_token(cipher, scim.token, client_id) if cipher and scim else None,
+            scim_token_url=scim.token_url if scim else None,
+            scim_client_id=scim.client_id if scim else None,
             cancellation_url=cancel_url,
             cancellation_instructions=cancel_text,
             token_endpoint_auth_method=method.value,
@@ -269,19 +273,37 @@ MAX_INSTRUCTIONS = 2000
 MAX_SCIM_TOKEN = 8192
 
 
-def check_scim(base_url: str | None, token: str | None) -> tuple[str | None, str | None]:
-    """A SCIM base URL (``https://service.example/scim/v2``) and the bearer token for it: both or
-    neither."""
-    if base_url is None and token is None:
-        return None, None
+@dataclass(frozen=True)
+class ScimAccess:
+    """How the hub reaches a service's SCIM server: its base URL, and either a bearer ``token``
+    or an OAuth client (``client_id`` and ``token`` as its secret) that gets tokens from
+    ``token_url`` with the client credentials grant."""
+
+    base_url: str
+    token: str
+    token_url: str | None = None
+    client_id: str | None = None
+
+
+def check_scim(base_url: str | None, token: str | None, token_url: str | None = None, client_id: str | None = None) -> ScimAccess | None:
+    """A SCIM base URL (``https://service.example/scim/v2``) and the credential for it: a bearer
+    token, or a token URL with a client id and secret (given as ``token``). None when nothing is."""
+    if base_url is None and token is None and token_url is None and client_id is None:
+        return None
     if not base_url or not token:
-        raise InvalidInput("give both --scim-base-url and --scim-token")
+        raise InvalidInput("give --scim-base-url with --scim-token (or --scim-token-url, --scim-client-id and --scim-client-secret)")
     if len(token) > MAX_SCIM_TOKEN or any(c.isspace() or not c.isprintable() for c in token):
-        raise InvalidInput(f"--scim-token must be one printable word of at most {MAX_SCIM_TOKEN} characters")
+        raise InvalidInput(f"the SCIM token or client secret must be one printable word of at most {MAX_SCIM_TOKEN} characters")
     url = check_uri(base_url, "--scim-base-url")
     if urlsplit(url).query:
         raise InvalidInput("--scim-base-url must not have a query")
-    return url.rstrip("/"), token
+    if (token_url is None) != (client_id is None):
+        raise InvalidInput("give --scim-token-url and --scim-client-id together")
+    if token_url is not None:
+        token_url = check_uri(token_url, "--scim-token-url")
+        if not client_id or len(client_id) > 255 or any(c.isspace() or not c.isprintable() for c in client_id):
+            raise InvalidInput("--scim-client-id must be one printable word of at most 255 characters")
+    return ScimAccess(url.rstrip("/"), token, token_url, client_id)
 
 
 def check_cancellation(url: str | None, instructions: str | None) -> tuple[str | None, str | None]:
@@ -389,6 +411,9 @@ async def update_service_sync(
     rotate_secret: bool = False,
     scim_base_url: str | None = None,
     scim_token: str | None = None,
+    scim_token_url: str | None = None,
+    scim_client_id: str | None = None,
+    scim_client_secret: str | None = None,
     remove_scim: bool = False,
 ) -> ServiceSync:
     """Change where a service receives profile changes. A new webhook URL gets a new secret; a
@@ -421,14 +446,25 @@ async def update_service_sync(
             dropped.append("scim")
             # Its deactivations and deletions too: nothing would ever send them.
             await db.execute(delete(Notice).where(Notice.service_id == service.id, Notice.channel == "scim", Notice.state == "pending"))
-        service.scim_base_url = service.scim_token = None
-    elif scim_base_url is not None or scim_token is not None:
-        # A new token alone keeps the URL; a new URL alone keeps the token.
-        url, token = check_scim(scim_base_url or service.scim_base_url, scim_token or ("kept" if service.scim_token else None))
-        service.scim_base_url = url
-        if scim_token is not None:
-            service.scim_token = seal_scim_token(cipher, token or "", service.client_id)
-    if remove_scim or scim_base_url is not None or scim_token is not None:
+        service.scim_base_url = service.scim_token = service.scim_token_url = service.scim_client_id = None
+    elif any(v is not None for v in (scim_base_url, scim_token, scim_token_url, scim_client_id, scim_client_secret)):
+        # What is not given is kept. A bearer token (--scim-token) replaces an OAuth client; a
+        # client secret keeps or takes the token URL and client id.
+        oauth = scim_token is None and (scim_client_secret is not None or scim_token_url is not None or scim_client_id is not None or service.scim_token_url is not None)
+        # A kept credential must be of the same kind: a bearer token is no client secret.
+        kept = "kept" if service.scim_token and (service.scim_token_url is not None) == oauth else None
+        checked = check_scim(
+            scim_base_url or service.scim_base_url,
+            (scim_client_secret or kept) if oauth else (scim_token or kept),
+            (scim_token_url or service.scim_token_url) if oauth else None,
+            (scim_client_id or service.scim_client_id) if oauth else None,
+        )
+        assert checked is not None
+        service.scim_base_url, service.scim_token_url, service.scim_client_id = checked.base_url, checked.token_url, checked.client_id
+        scim_secret = scim_client_secret if oauth else scim_token
+        if scim_secret is not None:
+            service.scim_token = seal_scim_token(cipher, scim_secret, service.client_id)
+    if remove_scim or any(v is not None for v in (scim_base_url, scim_token, scim_token_url, scim_client_id, scim_client_secret)):
         service.scim_failing_since = service.scim_quarantined_at = None
         service.scim_last_error = None
         await resume(db, [service.id], "scim")

@@ -69,14 +69,28 @@ def _scim_arguments(parser: argparse.ArgumentParser, *, removable: bool = False)
         help="the bearer token the hub presents to the SCIM server (stored sealed, never shown; "
         "'-' reads it from standard input, out of the process list)",
     )
+    parser.add_argument(
+        "--scim-token-url", metavar="URL",
+        help="instead of a fixed token, get one from this OAuth token endpoint (client credentials grant) "
+        "as --scim-client-id with --scim-client-secret",
+    )
+    parser.add_argument("--scim-client-id", metavar="ID", help="the hub's client id at --scim-token-url")
+    parser.add_argument(
+        "--scim-client-secret", metavar="SECRET",
+        help="the hub's client secret at --scim-token-url (stored sealed, never shown; '-' reads it from standard input)",
+    )
     if removable:
         parser.add_argument("--remove-scim", action="store_true", help="stop SCIM provisioning (what was queued for it is dropped)")
 
 
+def _from_stdin(value: str | None) -> str | None:
+    return sys.stdin.readline().strip() if value == "-" else value
+
+
 def _scim_token(args: argparse.Namespace) -> str | None:
-    if args.scim_token == "-":
-        return sys.stdin.readline().strip()
-    return args.scim_token
+    if args.scim_token is not None and args.scim_client_secret is not None:
+        raise UsageError("give --scim-token or --scim-client-secret, not both")
+    return _from_stdin(args.scim_token)
 
 
 def cmd_services_add(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
@@ -93,7 +107,9 @@ def cmd_services_add(settings: Settings, args: argparse.Namespace) -> dict[str, 
             webhook_url=args.webhook_url,
             kafka_topic=args.kafka_topic,
             scim_base_url=args.scim_base_url,
-            scim_token=token,
+            scim_token=token or client_secret,
+            scim_token_url=args.scim_token_url,
+            scim_client_id=args.scim_client_id,
             cipher=KeyCipher(settings.resolved_secret_key()),
             cancellation_url=args.cancellation_url,
             cancellation_instructions=args.cancellation_instructions,
@@ -116,6 +132,7 @@ def cmd_services_add(settings: Settings, args: argparse.Namespace) -> dict[str, 
         return out
 
     token = _scim_token(args)
+    client_secret = _from_stdin(args.scim_client_secret)
     return asyncio.run(_with_db(settings, work))
 
 
@@ -153,6 +170,9 @@ def cmd_services_update(settings: Settings, args: argparse.Namespace) -> dict[st
             rotate_secret=args.rotate_webhook_secret,
             scim_base_url=args.scim_base_url,
             scim_token=token,
+            scim_token_url=args.scim_token_url,
+            scim_client_id=args.scim_client_id,
+            scim_client_secret=client_secret,
             remove_scim=args.remove_scim,
         )
         out: dict[str, Any] = {"client_id": result.client_id, "webhook_url": result.webhook_url, "topic": result.topic, "scim_base_url": result.scim_base_url}
@@ -196,6 +216,7 @@ def cmd_services_update(settings: Settings, args: argparse.Namespace) -> dict[st
         return out
 
     token = _scim_token(args)
+    client_secret = _from_stdin(args.scim_client_secret)
     return asyncio.run(_with_db(settings, work))
 
 

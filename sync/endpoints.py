@@ -49,6 +49,9 @@ class Endpoint:
     scim_base_url: str | None = None
     scim_token: str | None = field(default=None, repr=False)
     scim_quarantined: bool = False
+    #: With a token URL, ``scim_token`` is the client secret of ``scim_client_id`` there.
+    scim_token_url: str | None = None
+    scim_client_id: str | None = None
 
     @property
     def webhook_open(self) -> bool:
@@ -101,6 +104,8 @@ async def load_endpoints(db: AsyncSession, cipher: KeyCipher) -> dict[int, Endpo
             scim_base_url=s.scim_base_url,
             scim_token=scim_token,
             scim_quarantined=s.scim_quarantined_at is not None,
+            scim_token_url=s.scim_token_url,
+            scim_client_id=s.scim_client_id,
         )
     return out
 

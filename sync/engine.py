@@ -125,6 +125,7 @@ class Sender:
         self.http = http
         self.topics = topics
         self.timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout)
+        self.scim_tokens = scim.Tokens()  # from services' OAuth token endpoints
 
     async def send(self, endpoint: Endpoint | None, job: Job) -> webhooks.Outcome:
         if endpoint is None:
@@ -136,7 +137,16 @@ class Sender:
         if job.channel == "scim":
             if endpoint.scim_base_url is None or endpoint.scim_token is None:
                 return webhooks.Outcome("retry", "the service has no SCIM server now")
-            return await scim.send(self.http, endpoint.scim_base_url, endpoint.scim_token, job.body, timeout=self.timeout)
+            token = await scim.bearer(
+                self.scim_tokens, self.http, endpoint.service_id, endpoint.scim_token_url, endpoint.scim_client_id,
+                endpoint.scim_token, timeout=self.timeout,
+            )
+            if isinstance(token, webhooks.Outcome):
+                return token
+            outcome = await scim.send(self.http, endpoint.scim_base_url, token, job.body, timeout=self.timeout)
+            if outcome.status == 401:
+                self.scim_tokens.forget(endpoint.service_id)
+            return outcome
         if not endpoint.topic_enabled:
             return webhooks.Outcome("retry", "the service has no topic now")
         if self.topics is None:

@@ -18,6 +18,10 @@ The answer means what a webhook's means (:mod:`sync.outcomes` decides): a 2xx se
 or 503 with ``Retry-After`` is not retried sooner than asked, anything else is retried on the
 schedule. A User already gone is no failure of a ``deactivate`` or a ``delete``.
 
+The hub authenticates with a bearer token: the service's fixed one, or one it gets from the
+service's OAuth token endpoint with the client credentials grant (RFC 6749 section 4.4) and
+keeps until shortly before it expires, or until the SCIM server answers 401 (:class:`Tokens`).
+
 Requests go through :mod:`identity.outbound` (public addresses only, bounded answers, no
 redirects): ``scim2-client`` builds and checks the requests and answers with ``scim2-models``,
 through :class:`OutboundSCIMClient`, an engine of it over that session."""
@@ -25,9 +29,11 @@ through :class:`OutboundSCIMClient`, an engine of it over that session."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from scim2_client import BaseAsyncSCIMClient, SCIMClientException
@@ -38,7 +44,7 @@ from scim2_models.exceptions import SCIMException
 from identity import outbound
 from sync.webhooks import ADDRESS_NOT_ALLOWED, Outcome, parse_retry_after
 
-__all__ = ["OutboundSCIMClient", "nested", "put_intent", "send", "user_attributes"]
+__all__ = ["OutboundSCIMClient", "Tokens", "nested", "put_intent", "send", "user_attributes"]
 
 #: The most of a SCIM answer that is read (a User, or a search answering one).
 MAX_ANSWER_BYTES = 256 * 1024
@@ -258,3 +264,72 @@ async def send(http: aiohttp.ClientSession, base_url: str, token: str, body: str
     except (SCIMClientException, ValueError) as exc:
         return Outcome("retry", f"SCIM server: {type(exc).__name__}: {exc}"[:300])
     return Outcome("ok", status=200, resource_id=resource_id)
+
+
+#: A token is not used in its last seconds (it may expire on the way).
+TOKEN_MARGIN = 30.0
+#: A token endpoint that says nothing of ``expires_in``: the token is kept this long.
+DEFAULT_TOKEN_LIFETIME = 300.0
+
+
+class _NoToken(Exception):
+    """The token endpoint gave no token (its answer, never the secret, says why)."""
+
+
+class Tokens:
+    """The access tokens a worker got for services' SCIM servers, by service, until shortly
+    before they expire. One request at a time per service."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, tuple[str, float]] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def forget(self, service_id: int) -> None:
+        """The SCIM server refused the token (401): a new one is fetched next time."""
+        self._held.pop(service_id, None)
+
+    async def get(
+        self, http: aiohttp.ClientSession, service_id: int, token_url: str, client_id: str, secret: str, *, timeout: aiohttp.ClientTimeout
+    ) -> str:
+        async with self._locks.setdefault(service_id, asyncio.Lock()):
+            held = self._held.get(service_id)
+            if held is not None and held[1] > time.monotonic():
+                return held[0]
+            # RFC 6749 section 2.3.1: client id and secret form-encoded, then as HTTP Basic.
+            basic = base64.b64encode(f"{quote(client_id, safe='')}:{quote(secret, safe='')}".encode()).decode()
+            answer = await outbound.post(
+                http, token_url, data={"grant_type": "client_credentials"},
+                headers={"Authorization": f"Basic {basic}", "Accept": "application/json"}, timeout=timeout,
+            )
+            if answer.status != 200:
+                raise _NoToken(f"the SCIM token endpoint answered HTTP {answer.status}")
+            try:
+                body = json.loads(answer.body)
+                token = body["access_token"]
+                lifetime = float(body.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
+            except (ValueError, KeyError, TypeError):
+                raise _NoToken("the SCIM token endpoint gave no access_token") from None
+            if not isinstance(token, str) or not token:
+                raise _NoToken("the SCIM token endpoint gave no access_token")
+            self._held[service_id] = (token, time.monotonic() + max(0.0, lifetime - TOKEN_MARGIN))
+            return token
+
+
+async def bearer(
+    tokens: Tokens, http: aiohttp.ClientSession, service_id: int, token_url: str | None, client_id: str | None, credential: str,
+    *, timeout: aiohttp.ClientTimeout,
+) -> str | Outcome:
+    """The bearer token to present: the fixed one, or one from the token endpoint; an
+    :class:`Outcome` to record when none could be had."""
+    if token_url is None or client_id is None:
+        return credential
+    try:
+        return await tokens.get(http, service_id, token_url, client_id, credential, timeout=timeout)
+    except _NoToken as exc:
+        return Outcome("retry", str(exc))
+    except outbound.AddressNotAllowed:
+        return Outcome("retry", ADDRESS_NOT_ALLOWED.replace("the webhook's", "the SCIM token endpoint's"))
+    except TimeoutError:
+        return Outcome("retry", f"the SCIM token endpoint: no answer within {timeout.total:g} s")
+    except (aiohttp.ClientError, OSError) as exc:
+        return Outcome("retry", f"the SCIM token endpoint: {type(exc).__name__}: {exc}"[:300])

@@ -230,10 +230,14 @@ class Service(Base):
     webhook_disabled_at: Mapped[dt.datetime | None]
     webhook_last_error: Mapped[str | None] = mapped_column(String(500))
     # Profile sync to the service's SCIM 2.0 server (RFC 7644): its base URL, and the bearer
-    # token the hub presents there (sealed, like the webhook secret); the endpoint's health as
-    # the webhook's (a SCIM server is not disabled by a 410: it has no such answer).
+    # token the hub presents there (sealed, like the webhook secret), or, with a token URL, the
+    # OAuth client (id, and secret sealed in ``scim_token``) the hub gets its tokens as
+    # (client credentials grant); the endpoint's health as the webhook's (a SCIM server is not
+    # disabled by a 410: it has no such answer).
     scim_base_url: Mapped[str | None] = mapped_column(String(2000))
     scim_token: Mapped[str | None] = mapped_column(Text)
+    scim_token_url: Mapped[str | None] = mapped_column(String(2000))
+    scim_client_id: Mapped[str | None] = mapped_column(String(255))
     scim_failing_since: Mapped[dt.datetime | None]
     scim_quarantined_at: Mapped[dt.datetime | None]
     scim_last_error: Mapped[str | None] = mapped_column(String(500))

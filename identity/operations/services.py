@@ -89,7 +89,13 @@ async def show(db: AsyncSession, client_id: str) -> dict[str, Any]:
         "webhook_disabled_at": _when(service.webhook_disabled_at),
         "topic": service_topic(service.client_id) if service.topic_enabled else None,
         # Whether SCIM provisioning is set, and where; its token is never shown.
-        "scim": {"base_url": service.scim_base_url, "token_set": bool(service.scim_token), "state": scim_state(service)}
+        "scim": {
+            "base_url": service.scim_base_url,
+            "token_set": bool(service.scim_token),
+            "token_url": service.scim_token_url,
+            "client_id": service.scim_client_id,
+            "state": scim_state(service),
+        }
         if service.scim_base_url
         else None,
         "cancellation_url": service.cancellation_url,

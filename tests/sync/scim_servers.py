@@ -1,9 +1,11 @@
 """A real SCIM 2.0 server for the SCIM channel's tests: ``scim2-server`` (the reference server of
 the scim2 libraries, keeping Users in memory) run as a separate program, one tenant per member
-service, behind a proxy that can answer in its place (a 429, a 5xx, nothing at all)."""
+service, behind a proxy that can answer in its place (a 429, a 5xx, nothing at all) and that also plays
+the service's OAuth token endpoint."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from tests.conftest import free_port
 from tests.support import answers, until
 
 TOKEN = "scim-test-token-5b1e"
+CLIENT_SECRET = "client-secret-9c2d"
 
 
 class ScimServer:
@@ -79,6 +82,7 @@ class FaultyProxy:
         self.status: int | None = None
         self.headers: dict[str, str] = {}
         self.requests: list[tuple[str, str]] = []
+        self.tokens_issued = 0
         self.runner: web.AppRunner | None = None
         self.port = free_port()
         self.http: aiohttp.ClientSession | None = None
@@ -87,7 +91,19 @@ class FaultyProxy:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    async def _token(self, request: web.Request) -> web.StreamResponse:
+        """An OAuth token endpoint: the SCIM server's token for the client ``hub`` with the
+        secret ``CLIENT_SECRET`` (client credentials grant, HTTP Basic)."""
+        form = await request.post()
+        expected = "Basic " + base64.b64encode(f"hub:{CLIENT_SECRET}".encode()).decode()
+        if form.get("grant_type") != "client_credentials" or request.headers.get("Authorization") != expected:
+            return web.json_response({"error": "invalid_client"}, status=401)
+        self.tokens_issued += 1
+        return web.json_response({"access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600})
+
     async def _forward(self, request: web.Request) -> web.StreamResponse:
+        if request.path == "/token" and request.method == "POST":
+            return await self._token(request)
         self.requests.append((request.method, request.path))
         if self.status is not None:
             return web.json_response({"status": str(self.status)}, status=self.status, headers=self.headers)

@@ -66,7 +66,9 @@ async def test_a_services_scim_server_is_set_from_the_command_line_with_its_toke
     assert created["scim_base_url"] == "https://wiki.example/scim/v2" and token not in done.stdout
     shown = run(env, "services", "show", "--client-id", created["client_id"], "--json")
     assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout)["scim"] == {"base_url": "https://wiki.example/scim/v2", "token_set": True, "state": "healthy"}
+    assert json.loads(shown.stdout)["scim"] == {
+        "base_url": "https://wiki.example/scim/v2", "token_set": True, "token_url": None, "client_id": None, "state": "healthy"
+    }
     assert token not in shown.stdout
     engine = create_async_engine(database_url)
     async with engine.connect() as conn:
@@ -78,6 +80,13 @@ async def test_a_services_scim_server_is_set_from_the_command_line_with_its_toke
     updated = onesignin(env, "services", "update", "--client-id", created["client_id"], "--scim-token", "-", stdin="another-token\n")
     assert updated.returncode == 0, updated.stderr
     assert json.loads(updated.stdout)["scim_base_url"] == "https://wiki.example/scim/v2" and "another-token" not in updated.stdout
+    # An OAuth client instead of a fixed token (client credentials at the service's token URL).
+    oauth = onesignin(env, "services", "update", "--client-id", created["client_id"], "--scim-token-url", "https://wiki.example/oauth/token",
+                      "--scim-client-id", "onesignin-hub", "--scim-client-secret", "-", stdin="client-secret\n")
+    assert oauth.returncode == 0, oauth.stderr
+    scim = json.loads(run(env, "services", "show", "--client-id", created["client_id"], "--json").stdout)["scim"]
+    assert scim["token_url"] == "https://wiki.example/oauth/token" and scim["client_id"] == "onesignin-hub" and scim["token_set"]
+    assert "client-secret" not in json.dumps(scim)
     removed = run(env, "services", "update", "--client-id", created["client_id"], "--remove-scim")
     assert json.loads(removed.stdout)["scim_base_url"] is None
     half = run(env, "services", "add", "--name", "Half", "--redirect-uri", "https://half.example/cb", "--scim-base-url", "https://half.example/scim")

@@ -24,7 +24,7 @@ from sync import fanout
 from sync.engine import Engine
 from tests.support import Hub
 from tests.sync.helpers import change, engines, link_directly
-from tests.sync.scim_servers import TOKEN, FaultyProxy, ScimServer, scim_server
+from tests.sync.scim_servers import CLIENT_SECRET, TOKEN, FaultyProxy, ScimServer, scim_server
 
 pytestmark = pytest.mark.e2e
 
@@ -163,3 +163,35 @@ async def test_failures_are_retried_like_a_webhooks_and_the_retry_sends_the_newe
         assert (await scim.user("forum", sub))["name"].get("familyName") == "Example"  # the server kept what it had
         async with hub.app[DB]() as db:
             assert (await db.scalar(select(Account.version).where(Account.sub == sub))) == version
+
+
+async def test_a_token_from_the_services_token_endpoint_is_kept_until_the_scim_server_refuses_it(hub: Hub, scim: ScimServer, proxy: FaultyProxy) -> None:
+    forum = await hub.add_service(
+        name="Forum", scim_base_url=f"{proxy.base}/forum", scim_token=CLIENT_SECRET, scim_token_url=f"{proxy.base}/token", scim_client_id="hub"
+    )
+    sub = await hub.add_user(email=f"cy.{uuid.uuid4().hex[:8]}@example.com", verified=True, given_name="Cy")
+    await link_directly(hub, [sub], forum.client_id, scope="openid profile")
+    await _record(hub, sub, LinkCreated(id="l1", sub=sub, client_id=forum.client_id, version=1, occurred_at=utcnow()))
+
+    async with aiohttp.ClientSession() as http:
+        deliverer = engines(hub, http)[0]
+        await _attempt(hub, deliverer)
+        assert (await scim.user("forum", sub))["name"]["givenName"] == "Cy"
+        assert proxy.tokens_issued == 1
+
+        # Kept for the next request.
+        version = await change(hub, sub, given_name="Cyd")
+        await _record(hub, sub, ProfileChanged(id="c1", sub=sub, version=version, changed=["given_name", "name"], channel="support", occurred_at=utcnow()))
+        await _attempt(hub, deliverer)
+        assert (await scim.user("forum", sub))["name"]["givenName"] == "Cyd" and proxy.tokens_issued == 1
+
+        # Refused (401): retried with a new token.
+        version = await change(hub, sub, given_name="Cydney")
+        await _record(hub, sub, ProfileChanged(id="c2", sub=sub, version=version, changed=["given_name", "name"], channel="support", occurred_at=utcnow()))
+        proxy.status = 401
+        await _attempt(hub, deliverer)
+        assert "401" in ((await _row(hub)).last_error or "")
+        proxy.status = None
+        await _due_now(hub)
+        await _attempt(hub, deliverer)
+        assert (await scim.user("forum", sub))["name"]["givenName"] == "Cydney" and proxy.tokens_issued == 2
