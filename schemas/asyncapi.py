@@ -120,7 +120,8 @@ def document(*, issuer: str, bootstrap: str | None = None, topic_prefix: str = "
                 "address": "{scim_base_url}/Users",
                 "title": "A member service's SCIM 2.0 server (RFC 7643, RFC 7644)",
                 "description": "Set with `onesignin services add|update --scim-base-url URL --scim-token TOKEN`; the hub "
-                "calls it with `Authorization: Bearer TOKEN`. On link (and relink, resync): the User whose externalId "
+                "calls it with `Authorization: Bearer TOKEN` (or a token it gets from `--scim-token-url` with the client credentials "
+                "grant). On link (and relink, resync): the User whose externalId "
                 "is the person's sub is looked for and patched (`active: true`), else created with `POST /Users`; its "
                 "SCIM id is remembered per link. On a change of a claim the service may see: `PATCH /Users/{id}` "
                 "replacing the attributes mapped from its visible claims (userName: the email address if visible, "
