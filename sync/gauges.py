@@ -30,5 +30,7 @@ async def refresh_gauges(db: AsyncSession, metrics: SyncMetrics) -> None:
         or 0
     )
     metrics.dead_letters.set(await db.scalar(select(func.count()).select_from(DeadLetter).where(open_dead_letter())) or 0)
-    metrics.quarantined.set(await db.scalar(select(func.count()).select_from(Service).where(Service.webhook_quarantined_at.is_not(None))) or 0)
+    webhooks = await db.scalar(select(func.count()).select_from(Service).where(Service.webhook_quarantined_at.is_not(None)))
+    scim_servers = await db.scalar(select(func.count()).select_from(Service).where(Service.scim_quarantined_at.is_not(None)))
+    metrics.quarantined.set((webhooks or 0) + (scim_servers or 0))
     metrics.disabled.set(await db.scalar(select(func.count()).select_from(Service).where(Service.webhook_disabled_at.is_not(None))) or 0)

@@ -66,7 +66,7 @@ class SyncMetrics:
         )
         self.backlog = Gauge("onesignin_sync_backlog", "Deliveries waiting (due or scheduled for retry).", registry=r)
         self.dead_letters = Gauge("onesignin_sync_dead_letters", "Deliveries that gave up and were not redelivered.", registry=r)
-        self.quarantined = Gauge("onesignin_sync_quarantined_endpoints", "Webhook endpoints in quarantine.", registry=r)
+        self.quarantined = Gauge("onesignin_sync_quarantined_endpoints", "Webhook and SCIM endpoints in quarantine.", registry=r)
         self.disabled = Gauge("onesignin_sync_disabled_endpoints", "Webhook endpoints disabled (410 Gone).", registry=r)
         self.rights_overdue = Gauge(
             "onesignin_rights_requests_overdue",
@@ -74,7 +74,7 @@ class SyncMetrics:
             ["target"], registry=r,
         )
         # Every series exists from the start, so dashboards and alerts see zeros, not gaps.
-        for channel in ("webhook", "topic"):
+        for channel in ("webhook", "topic", "scim"):
             self.delivery_latency.labels(channel)
             for result in ("ok", "retry", "gone"):
                 self.deliveries.labels(channel, result)

@@ -89,3 +89,11 @@ def test_backoff_doubles_up_to_its_ceiling_and_starts_again_after_a_success() ->
         Backoff(0, 1)
     with pytest.raises(ValueError):
         Backoff(2, 1)
+
+
+def test_a_scim_server_has_the_webhooks_health_but_is_never_disabled() -> None:
+    assert _decide(Outcome("ok"), channel="scim").endpoint == "recover"
+    failed = _decide(Outcome("retry", "SCIM server: HTTP 429", status=429, retry_after=600.0), channel="scim")
+    assert failed.action == RETRY and failed.endpoint == "failing"
+    assert failed.next_attempt_at == NOW + dt.timedelta(seconds=600)  # not sooner than asked
+    assert _decide(Outcome("retry", "x"), failing_since=NOW - dt.timedelta(hours=2), channel="scim").action == DEAD
