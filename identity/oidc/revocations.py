@@ -39,6 +39,8 @@ SILENCE_SECONDS = 2.0
 #: How long a revocation answer waits for its own notification to come back.
 ECHO_SECONDS = 2.0
 _RECONNECT_CEILING = 5.0
+#: How the listening connection shows in pg_stat_activity.
+APPLICATION_NAME = "onesignin revocations"
 
 
 def notify_statement(token_id: str, expires_at: dt.datetime) -> tuple[str, dict[str, str]]:
@@ -91,6 +93,9 @@ class RevokedServiceTokens:
 
     # the listening side ---------------------------------------------------------------
 
+    def _lost(self, _conn: Any) -> None:
+        self._connected = False
+
     def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         kind, _, rest = payload.partition(":")
         if kind == "h":
@@ -117,7 +122,9 @@ class RevokedServiceTokens:
         while True:
             conn = None
             try:
-                conn = await asyncpg.connect(dsn, timeout=10)
+                conn = await asyncpg.connect(dsn, timeout=10, server_settings={"application_name": APPLICATION_NAME})
+                # A lost connection makes the set not live at once, not at the next heartbeat.
+                conn.add_termination_listener(self._lost)
                 await conn.add_listener(CHANNEL, self._on_notification)
                 rows = await conn.fetch("SELECT token_id, expires_at FROM revoked_service_tokens WHERE expires_at > now()")
                 # Merged, not replaced: what was heard since LISTEN stays.
