@@ -40,7 +40,7 @@ from identity.db.models import ACTIVE, PENDING, Delivery, Notice, Service, utcno
 from identity.db.units import whole
 from identity.deliveries import resume
 from identity.settings import Settings
-from sync import webhooks
+from sync import ssf, webhooks
 from sync.backoff import Backoff
 from sync.endpoints import Endpoint, Endpoints, Room
 from sync.metrics import SyncMetrics
@@ -118,12 +118,13 @@ class Kind(Protocol):
 
 
 class Sender:
-    """The channels of one worker: its HTTP session for webhooks and its one producer for
-    services' own topics (``None`` without Kafka)."""
+    """The channels of one worker: its HTTP session for webhooks and Shared Signals pushes, its
+    one producer for services' own topics (``None`` without Kafka), and what signs SETs."""
 
-    def __init__(self, settings: Settings, http: aiohttp.ClientSession, topics: ServiceTopics | None) -> None:
+    def __init__(self, settings: Settings, http: aiohttp.ClientSession, topics: ServiceTopics | None, sets: ssf.SetSigner | None = None) -> None:
         self.http = http
         self.topics = topics
+        self.sets = sets
         self.timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout)
 
     async def send(self, endpoint: Endpoint | None, job: Job) -> webhooks.Outcome:
@@ -133,6 +134,13 @@ class Sender:
             if endpoint.webhook_url is None or endpoint.signer is None:
                 return webhooks.Outcome("retry", "the service has no webhook now")
             return await webhooks.post(self.http, endpoint.webhook_url, endpoint.signer, job.message_id, job.body, timeout=self.timeout)
+        if job.channel == "ssf":
+            if not endpoint.ssf_open or endpoint.ssf_url is None:
+                return webhooks.Outcome("retry", "the service has no push stream now")
+            if self.sets is None:
+                return webhooks.Outcome("retry", "this worker cannot sign Security Event Tokens")
+            token = await self.sets.sign(job.body)
+            return await ssf.post(self.http, endpoint.ssf_url, endpoint.ssf_authorization, token, timeout=self.timeout)
         if not endpoint.topic_enabled:
             return webhooks.Outcome("retry", "the service has no topic now")
         if self.topics is None:

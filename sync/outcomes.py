@@ -4,6 +4,8 @@ the outcome, the row's attempts and failing clock, the time and the settings; no
 For the row (:func:`decide`):
 
 - ``ok``: **settle** (the row is delivered).
+- ``rejected`` (a Shared Signals receiver's ``400`` naming its ``err``, RFC 8935 section 2.3:
+  the receiver will never take that SET): **dead** at once, not retried.
 - ``gone`` (a ``410``): **gone**; the row waits, due, until the webhook is enabled again, and
   the endpoint is disabled.
 - anything else, once the row has failed for ``sync_give_up_after``: **dead**.
@@ -63,6 +65,8 @@ def decide(
     if outcome.result == "ok":
         return Decision(SETTLE, attempts + 1, None, now, None, "recover" if webhook else None)
     error = (outcome.error or "failed")[:ERROR_LENGTH]
+    if outcome.result == "rejected":
+        return Decision(DEAD, attempts + 1, failing_since or now, now, error, None)
     if outcome.result == "gone":
         # Not an attempt that failed: the service said to stop. The row keeps its count.
         return Decision(GONE, attempts, failing_since, now, error, "disable" if webhook else None)

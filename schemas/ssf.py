@@ -1,0 +1,93 @@
+"""Shared Signals (OpenID SSF 1.0) bodies of the stream management and poll endpoints."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+
+class Delivery(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    method: Literal["urn:ietf:rfc:8935", "urn:ietf:rfc:8936"] = Field(
+        description="urn:ietf:rfc:8935 (push to endpoint_url) or urn:ietf:rfc:8936 (poll the endpoint_url the hub gives)."
+    )
+    endpoint_url: str | None = Field(None, description="Push: where the hub POSTs each SET. Poll: where the service polls (set by the hub).")
+
+
+class DeliveryIn(Delivery):
+    authorization_header: str | None = Field(
+        None, description="Push: sent as the Authorization header of every SET POSTed (kept sealed, never read back)."
+    )
+
+
+class StreamConfigurationIn(BaseModel):
+    """A stream as the receiver sets it (create, replace, or update with the fields present)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    stream_id: str | None = Field(None, description="The stream to replace or update (not for a creation).")
+    delivery: DeliveryIn | None = None
+    events_requested: list[str] | None = Field(None, description="Event type URIs the receiver wants.")
+    description: str | None = None
+
+
+class StreamConfiguration(BaseModel):
+    """A stream as the hub holds it (SSF 1.0 section 8.1.1)."""
+
+    stream_id: str
+    iss: str
+    aud: str
+    delivery: Delivery
+    events_supported: list[str]
+    events_requested: list[str]
+    events_delivered: list[str] = Field(description="What was requested and is supported: what the stream carries.")
+    min_verification_interval: int
+    description: str | None = None
+
+
+class StreamConfigurations(RootModel[StreamConfiguration | list[StreamConfiguration]]):
+    """One stream (asked by ``stream_id``) or the list of the service's streams (at most one)."""
+
+
+class StreamStatus(BaseModel):
+    stream_id: str
+    status: Literal["enabled", "paused", "disabled"]
+    reason: str | None = None
+
+
+class StreamStatusUpdate(BaseModel):
+    stream_id: str
+    status: Literal["enabled", "paused", "disabled"]
+    reason: str | None = None
+
+
+class VerificationRequest(BaseModel):
+    stream_id: str
+    state: str | None = Field(None, description="Echoed in the verification event.")
+
+
+class SetError(BaseModel):
+    err: str
+    description: str | None = None
+
+
+class PollRequest(BaseModel):
+    """RFC 8936 section 2.4."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    maxEvents: int | None = Field(None, ge=0, description="At most this many SETs (and at most 100).")  # noqa: N815
+    returnImmediately: bool | None = Field(None, description="false: wait up to a few seconds for a SET.")  # noqa: N815
+    ack: list[str] | None = Field(None, description="jti of SETs processed: never sent again.")
+    setErrs: dict[str, SetError] | None = Field(None, description="jti of SETs that could not be processed, with why.")  # noqa: N815
+
+
+class PollResponse(BaseModel):
+    sets: dict[str, str] = Field(description="jti to the signed SET (application/secevent+jwt).")
+    moreAvailable: bool | None = None  # noqa: N815
+
+
+def example() -> dict[str, Any]:
+    return {"delivery": {"method": "urn:ietf:rfc:8936"}, "events_requested": ["https://schemas.openid.net/secevent/caep/event-type/session-revoked"]}
