@@ -89,5 +89,37 @@ class PollResponse(BaseModel):
     moreAvailable: bool | None = None  # noqa: N815
 
 
+
+class SubjectIdentifier(BaseModel):
+    """RFC 9493 / SSF 1.0 subject: ``iss_sub`` (the hub's issuer and the sub your service knows),
+    ``email`` (the old address, in identifier-changed only, to services that may see email) or
+    ``opaque`` (the stream id, in a verification event)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: Literal["iss_sub", "email", "opaque"]
+    iss: str | None = None
+    sub: str | None = None
+    email: str | None = None
+    id: str | None = None
+
+
+class SecurityEventToken(BaseModel):
+    """A Security Event Token (RFC 8417), the claims of the JWT signed by the hub (header ``typ:
+    secevent+jwt``, ``alg`` RS256, ``kid`` of a key in the hub's JWKS). ``events`` holds exactly
+    one event type URI: CAEP session-revoked (``initiating_entity``, ``event_timestamp``),
+    credential-change (``credential_type`` password, app, fido2-platform or fido2-roaming;
+    ``change_type`` create, update or delete), assurance-level-change (``namespace`` custom,
+    ``current_level`` and ``previous_level`` urn:onesignin:acr:password or urn:onesignin:acr:mfa,
+    ``change_direction``); RISC account-disabled, account-enabled, account-purged,
+    identifier-changed (``new-value``); SSF verification (``state``)."""
+
+    iss: str = Field(description="The hub's issuer.")
+    aud: str = Field(description="Your service's client_id.")
+    jti: str = Field(description="Unique per SET, the same on every retry: deduplicate on it.")
+    iat: int
+    sub_id: SubjectIdentifier
+    events: dict[str, dict[str, Any]]
+
 def example() -> dict[str, Any]:
     return {"delivery": {"method": "urn:ietf:rfc:8936"}, "events_requested": ["https://schemas.openid.net/secevent/caep/event-type/session-revoked"]}

@@ -34,7 +34,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/ssf/status", ssf_api.get_status)
     r.add_post("/api/v1/ssf/status", ssf_api.set_status)
     r.add_post("/api/v1/ssf/verify", ssf_api.verify)
-    r.add_post("/api/v1/ssf/poll/{stream_id}", ssf_api.poll_sets)
+    r.add_post("/api/v1/ssf/poll/{id}", ssf_api.poll_sets)
     r.add_get("/schemas/", docs.schema_index)
     r.add_get("/schemas/{name}.json", docs.schema)
     r.add_get("/asyncapi.json", docs.asyncapi)

@@ -16,6 +16,7 @@ from identity.api.bearer import NO_STORE, Refused, caller, problem
 from identity.api.spec import operation
 from identity.appkeys import CIPHER, DB, PROVIDER, SETTINGS
 from identity.db.models import utcnow
+from identity.errors import storable
 from identity.notices import wake
 from identity.ssf import emit, events, poll, sets, streams
 from identity.ssf.streams import StreamError
@@ -76,6 +77,8 @@ def _refused(error: StreamError) -> web.Response:
 def _stream_id(value: Any) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= 64:
         raise StreamError(400, "stream_id must be the stream's id.")
+    if not storable(value):
+        raise StreamError(404, "No such stream.")  # no stream has such an id
     return value
 
 
@@ -283,7 +286,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
             body = await _body(request)
             stream = await streams.of_service(db, who.client.id, _stream_id(body.get("stream_id")), lock=True)
             state = body.get("state")
-            if state is not None and (not isinstance(state, str) or len(state) > 200):
+            if state is not None and (not isinstance(state, str) or len(state) > 200 or not storable(state)):
                 raise StreamError(400, "state must be a string of at most 200 characters.")
             now = utcnow()
             last = stream.last_verification_at
@@ -315,7 +318,7 @@ async def poll_sets(request: web.Request) -> web.StreamResponse:
     seconds for a SET when none is waiting. Only a poll stream is polled (404 otherwise)."""
     settings = request.config_dict[SETTINGS]
     keys = request.config_dict[PROVIDER].keys
-    stream_id = request.match_info["stream_id"]
+    stream_id = request.match_info["id"]
     deadline = asyncio.get_running_loop().time() + settings.ssf_poll_wait
     first = True
     while True:

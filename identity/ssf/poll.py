@@ -16,6 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.db.models import PENDING, Notice, SsfStream, utcnow
+from identity.errors import storable
 from identity.ssf.streams import StreamError
 
 CHANNEL = "ssf_poll"
@@ -51,7 +52,10 @@ def request(body: Any) -> Request:
         if len(jti) > 64 or not isinstance(value, dict) or not isinstance(value.get("err"), str):
             raise StreamError(400, "setErrs must be an object of jti to {err, description}.")
         errors[jti] = f"{value['err']}: {value.get('description') or ''}".strip(": ")[:500]
-    return Request(min(max_events, MAX_EVENTS), immediately, list(acks), errors)
+    # A jti the database could not hold matches no SET: it is left out rather than asked about.
+    return Request(
+        min(max_events, MAX_EVENTS), immediately, [a for a in acks if storable(a)], {j: e for j, e in errors.items() if storable(j) and storable(e)}
+    )
 
 
 async def answer(db: AsyncSession, stream: SsfStream, acks: list[str], errors: dict[str, str], now: dt.datetime | None = None) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.db.models import Notice, SsfStream, utcnow
+from identity.errors import storable
 from identity.sealing import KeyCipher
 from identity.ssf import events
 
@@ -54,7 +55,7 @@ class Wanted:
 def _text(value: Any, name: str, limit: int) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > limit or "\x00" in value:
+    if not isinstance(value, str) or len(value) > limit or not storable(value):
         raise StreamError(400, f"{name} must be a string of at most {limit} characters.")
     return value
 
@@ -79,7 +80,7 @@ def wanted(body: dict[str, Any], current: Wanted | None = None) -> Wanted:
     else:
         endpoint_url, authorization = None, None
     requested = body.get("events_requested", current.events_requested if current else [])
-    if not isinstance(requested, list) or not all(isinstance(e, str) and len(e) <= 200 for e in requested) or len(requested) > 50:
+    if not isinstance(requested, list) or not all(isinstance(e, str) and len(e) <= 200 and storable(e) for e in requested) or len(requested) > 50:
         raise StreamError(400, "events_requested must be a list of event type URIs.")
     description = _text(body.get("description", current.description if current else None), "description", 500)
     return Wanted(method, endpoint_url, authorization, list(dict.fromkeys(requested)), description)

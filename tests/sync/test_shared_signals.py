@@ -183,6 +183,14 @@ async def test_a_receiver_gets_each_event_about_linked_people_pushed_and_polled(
         assert set(metadata["delivery_methods_supported"]) == {"urn:ietf:rfc:8935", "urn:ietf:rfc:8936"}
         async with http.get(metadata["jwks_uri"]) as answer:
             pushed.keys = KeySet.import_key_set(await answer.json())
+        # The documents describe the endpoints and the SETs.
+        async with http.get(f"{hub.url}/api/openapi.json") as answer:
+            paths = set((await answer.json())["paths"])
+        assert {"/api/v1/ssf/stream", "/api/v1/ssf/status", "/api/v1/ssf/verify", "/api/v1/ssf/poll/{id}"} <= paths
+        async with http.get(f"{hub.url}/asyncapi.json") as answer:
+            asyncapi = await answer.json()
+        assert {"sharedSignalsPush", "sharedSignalsPoll"} <= set(asyncapi["channels"])
+        assert asyncapi["components"]["messages"]["securityEventToken"]["contentType"] == "application/secevent+jwt"
         store_token = await token(http, hub, store.client_id, store.client_secret)
         forum_token = await token(http, hub, forum.client_id, forum.client_secret)
 
