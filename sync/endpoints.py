@@ -49,6 +49,7 @@ class Endpoint:
     ssf_url: str | None = None
     ssf_authorization: str | None = None
     ssf_open: bool = False
+    ssf_quarantined: bool = False
 
     @property
     def webhook_open(self) -> bool:
@@ -100,6 +101,7 @@ async def load_endpoints(db: AsyncSession, cipher: KeyCipher) -> dict[int, Endpo
             ssf_url=stream.endpoint_url if stream is not None else None,
             ssf_authorization=ssf_authorization,
             ssf_open=stream is not None and stream.status == "enabled" and bool(stream.endpoint_url),
+            ssf_quarantined=stream is not None and stream.quarantined_at is not None,
         )
     return out
 
@@ -174,9 +176,13 @@ class Endpoints:
 
     def closed_ssf(self, inflight: Mapping[tuple[int, str], int]) -> list[int]:
         """Services whose Shared Signals push stream takes nothing now: none, paused or disabled,
-        or at its cap of SETs in flight."""
+        or at its cap of SETs in flight (one at a time while quarantined)."""
         cap = self.settings.sync_service_concurrency
-        return [sid for sid, ep in self.by_id.items() if not ep.ssf_open or inflight.get((sid, "ssf"), 0) >= cap]
+        return [
+            sid
+            for sid, ep in self.by_id.items()
+            if not ep.ssf_open or inflight.get((sid, "ssf"), 0) >= (1 if ep.ssf_quarantined else cap)
+        ]
 
     def claim_room(self, inflight: Mapping[tuple[int, str], int]) -> dict[int, int]:
         """Per service, how many more rows one claim may take where that is less than the cap

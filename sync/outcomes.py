@@ -12,7 +12,8 @@ For the row (:func:`decide`):
 - else **retry** after the next step of ``sync_retry_schedule`` (its last step repeats), never
   sooner than a ``Retry-After`` asked.
 
-For the endpoint (a webhook; a topic has no endpoint state): a settled row marks it healthy
+For the endpoint (a webhook, or a Shared Signals stream's push endpoint; a topic has no endpoint
+state): a settled row marks it healthy
 (**recover**: out of failing and quarantine, its backlog due at once), a 410 **disables** it, a
 retry recorded marks it **failing** from then on. A webhook failing for ``sync_quarantine_after``
 is quarantined (:func:`quarantine_probe`): tried one row at a time, every
@@ -38,6 +39,10 @@ RETRY: Literal["retry"] = "retry"
 DEAD: Literal["dead"] = "dead"
 GONE: Literal["gone"] = "gone"
 
+#: Channels whose endpoint has a health (failing, quarantined): a webhook and a Shared Signals
+#: push stream's endpoint (a topic has none; polled SETs are never sent).
+ENDPOINT_CHANNELS = ("webhook", "ssf")
+
 #: The longest error text kept on a row or a service.
 ERROR_LENGTH = 500
 
@@ -61,7 +66,8 @@ def decide(
 ) -> Decision:
     """The decision for an attempt that came to ``outcome`` at ``now``, on a row that had been
     tried ``attempts`` times before and has failed since ``failing_since`` (``None``: it had not)."""
-    webhook = channel == "webhook"
+    # Endpoints with a health of their own: a webhook, and a Shared Signals push stream.
+    webhook = channel in ENDPOINT_CHANNELS
     if outcome.result == "ok":
         return Decision(SETTLE, attempts + 1, None, now, None, "recover" if webhook else None)
     error = (outcome.error or "failed")[:ERROR_LENGTH]

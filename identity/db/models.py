@@ -694,6 +694,11 @@ class SsfStream(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_verification_at: Mapped[dt.datetime | None]
+    # The push endpoint's health, as a webhook's (``sync.outcomes``): failing since,
+    # quarantined (slowed) since, and the last error.
+    failing_since: Mapped[dt.datetime | None]
+    quarantined_at: Mapped[dt.datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(500))
 
 
 class RightsRequest(Base):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -26,10 +28,12 @@ from identity.accounts import passwords, second_factor
 from identity.accounts.erase import erase
 from identity.accounts.store import find_by_sub, update_details
 from identity.appkeys import CIPHER, DB, PROVIDER
-from identity.db.models import Notice, Service, SsfStream
+from identity.db.models import Notice, Service, SsfStream, utcnow
 from identity.operations import accounts as operations
 from identity.oidc.logout import end_sessions_of
-from identity.ssf import events
+from identity.ssf import emit, events, streams
+from sync import webhooks
+from sync.engine import Result
 from tests.conftest import free_port
 from tests.support import Browser, Hub, eventually
 from tests.sync.helpers import engines, link_directly
@@ -330,3 +334,39 @@ async def _dead(hub: Hub, client_id: str) -> bool:
             )
         ).all()
     return bool(rows) and "invalid_request: not this one" in (rows[0][1] or "")
+
+
+async def test_a_push_stream_failing_long_enough_is_quarantined_and_shown_in_sync_status(hub: Hub) -> None:
+    """The same failing and quarantine policy as a webhook, on the stream's own endpoint: the
+    outcomes are recorded as the notice engine records them (no receiver needed)."""
+    store = await hub.add_service(name="Store")
+    async with hub.app[DB].begin() as db:
+        service = await db.scalar(select(Service).where(Service.client_id == store.client_id))
+        assert service is not None
+        stream = await streams.create(db, hub.app[CIPHER], service.id, {"delivery": {"method": streams.PUSH, "endpoint_url": "http://127.0.0.1:9/ssf"}})
+        await emit.verification(db, stream, store.client_id, events.verification("s"))
+    async with aiohttp.ClientSession() as http:
+        _, engine = engines(hub, http)
+        await engine.endpoints.refresh()
+        [job] = await engine.claim(10)
+        assert job.channel == "ssf"
+        start = utcnow()
+        later = start + dt.timedelta(seconds=hub.settings.sync_quarantine_after)
+        for at in (start, later):
+            async with hub.app[DB].begin() as db:
+                await engine.record(db, [Result(job, webhooks.Outcome("retry", "HTTP 503", status=503), at)])
+            job = dataclasses.replace(job, attempts=job.attempts + 1, failing_since=start)
+        service_token = await token(http, hub, store.client_id, store.client_secret)
+        status, body = await call(http, "GET", f"{hub.url}/api/v1/sync/status", service_token)
+        assert status == 200, body
+        signals = body["shared_signals"]
+        assert (signals["stream_id"], signals["state"], signals["pending"], signals["last_error"]) == (stream.stream_id, "quarantined", 1, "HTTP 503")
+        async with hub.app[DB]() as db:
+            due = await db.scalar(select(Notice.next_attempt_at).where(Notice.id == job.id))
+        assert due is not None and due.replace(tzinfo=dt.UTC) >= later.replace(tzinfo=dt.UTC)  # held until the next probe
+
+        # A SET the endpoint accepts brings it back.
+        async with hub.app[DB].begin() as db:
+            await engine.record(db, [Result(job, webhooks.Outcome("ok", status=202), utcnow())])
+        status, body = await call(http, "GET", f"{hub.url}/api/v1/sync/status", service_token)
+        assert (body["shared_signals"]["state"], body["shared_signals"]["pending"]) == ("healthy", 0)
