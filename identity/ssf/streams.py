@@ -63,7 +63,8 @@ def _text(value: Any, name: str, limit: int) -> str | None:
 def wanted(body: dict[str, Any], current: Wanted | None = None) -> Wanted:
     """Check a stream's configuration as sent (a creation, a replacement, or with ``current`` an
     update of the fields present)."""
-    delivery = body.get("delivery", {} if current else {"method": PUSH})
+    # Without a delivery, a new stream is polled (SSF 1.0 section 8.1.1: the transmitter chooses).
+    delivery = body.get("delivery", {} if current else {"method": POLL})
     if not isinstance(delivery, dict):
         raise StreamError(400, "delivery must be an object.")
     method = delivery.get("method", current.method if current and not delivery else None)

@@ -24,11 +24,11 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 from sqlalchemy import func, select, update
 
-from identity.accounts import passwords, second_factor
+from identity.accounts import factors, passkeys, passwords, second_factor
 from identity.accounts.erase import erase
 from identity.accounts.store import find_by_sub, update_details
 from identity.appkeys import CIPHER, DB, PROVIDER
-from identity.db.models import Notice, Service, SsfStream, utcnow
+from identity.db.models import Notice, Passkey, Service, SsfStream, utcnow
 from identity.operations import accounts as operations
 from identity.oidc.logout import end_sessions_of
 from identity.ssf import emit, events, streams
@@ -370,3 +370,37 @@ async def test_a_push_stream_failing_long_enough_is_quarantined_and_shown_in_syn
             await engine.record(db, [Result(job, webhooks.Outcome("ok", status=202), utcnow())])
         status, body = await call(http, "GET", f"{hub.url}/api/v1/sync/status", service_token)
         assert (body["shared_signals"]["state"], body["shared_signals"]["pending"]) == ("healthy", 0)
+
+
+async def test_removing_passkeys_and_the_app_tells_a_stream_what_changed_and_when_assurance_fell(hub: Hub) -> None:
+    """Passkeys (a security key and a synced one) and the authenticator app removed, by the
+    person and then by support: a credential-change each, and an assurance-level-change only
+    when the last second factor went."""
+    sub = await hub.add_user(email="keys@example.com", verified=True)
+    forum = await hub.add_service(name="Forum")
+    await link_directly(hub, [sub], forum.client_id)
+    async with hub.app[DB].begin() as db:
+        service = await db.scalar(select(Service).where(Service.client_id == forum.client_id))
+        account = await find_by_sub(db, sub)
+        assert service is not None and account is not None
+        await streams.create(db, hub.app[CIPHER], service.id, {"events_requested": list(events.SUPPORTED)})
+        for n, synced in enumerate((False, True)):
+            db.add(Passkey(account_id=account.id, credential_id=f"cred-{n}", user_handle="h", public_key="k", transports=["usb"], backup_eligible=synced, name=f"key {n}"))
+        await db.flush()
+        [roaming, synced_key] = await passkeys.listed(db, account.id)
+    async with hub.app[DB].begin() as db:
+        account = await find_by_sub(db, sub)
+        assert account is not None
+        await passkeys.remove(db, account, roaming.id)  # the person removes the security key
+    async with hub.app[DB].begin() as db:
+        await factors.remove_all(db, account.id)  # support removes the rest
+    async with hub.app[DB]() as db:
+        rows = (await db.execute(select(Notice.event_type, Notice.body).where(Notice.service_id == service.id).order_by(Notice.id))).all()
+    said = [(t, json.loads(b)["events"]) for t, b in rows]
+    assert [(t, e.get(events.CREDENTIAL_CHANGE, {}).get("credential_type"), e.get(events.CREDENTIAL_CHANGE, {}).get("initiating_entity")) for t, e in said] == [
+        ("credential-change", "fido2-roaming", "user"),
+        ("credential-change", "fido2-platform", "admin"),
+        ("assurance-level-change", None, None),
+    ]
+    assert said[2][1][events.ASSURANCE_LEVEL_CHANGE]["change_direction"] == "decrease"
+    assert {json.loads(b)["sub_id"]["sub"] for _, b in rows} == {sub}
