@@ -187,7 +187,8 @@ async def update_stream(request: web.Request) -> web.StreamResponse:
     responses={200: StreamConfigurations, 400: None, 404: None, 413: None, 415: None},
 )
 async def replace_stream(request: web.Request) -> web.StreamResponse:
-    """SSF 1.0 section 8.1.1.4: the stream becomes what is sent (fields left out are emptied)."""
+    """SSF 1.0 section 8.1.1.4: the stream becomes what is sent (fields left out are emptied;
+    without a ``delivery`` it is polled)."""
     return await _change(request, replace=True)
 
 

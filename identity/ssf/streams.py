@@ -75,9 +75,14 @@ def wanted(body: dict[str, Any], current: Wanted | None = None) -> Wanted:
     if method == PUSH:
         endpoint_url = _text(delivery.get("endpoint_url", endpoint_url), "delivery.endpoint_url", 2000)
         parts = urlsplit(endpoint_url or "")
-        if parts.scheme not in ("https", "http") or not parts.hostname or parts.fragment:
-            raise StreamError(400, "delivery.endpoint_url must be an https URL for push delivery.")
+        # As a webhook's URL (``identity.admin.check_uri``): https, or http to a loopback address.
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if not parts.hostname or parts.fragment or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+            raise StreamError(400, "delivery.endpoint_url must be an https URL (http only to a loopback address) for push delivery.")
         authorization = _text(delivery.get("authorization_header", authorization), "delivery.authorization_header", 4000)
+        if authorization is not None and not all(" " <= c <= "~" for c in authorization):
+            # Sent as an HTTP header: visible ASCII and spaces only (no line breaks to inject others).
+            raise StreamError(400, "delivery.authorization_header must be visible ASCII characters and spaces.")
     else:
         endpoint_url, authorization = None, None
     requested = body.get("events_requested", current.events_requested if current else [])

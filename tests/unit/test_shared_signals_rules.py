@@ -30,7 +30,9 @@ def test_a_push_stream_needs_an_http_endpoint_and_a_new_stream_without_delivery_
     for bad in (
         {"delivery": {"method": PUSH}},
         {"delivery": {"method": PUSH, "endpoint_url": "ftp://rp.example/x"}},
+        {"delivery": {"method": PUSH, "endpoint_url": "http://rp.example/x"}},
         {"delivery": {"method": "urn:example:smoke-signals"}},
+        {"delivery": {"method": PUSH, "endpoint_url": "https://rp.example/ssf", "authorization_header": "Bearer x\r\nX-Evil: 1"}},
         {"events_requested": "all"},
         {"events_requested": ["a\x00b"]},
         {"description": "\ud800"},
