@@ -120,6 +120,3 @@ class SecurityEventToken(BaseModel):
     iat: int
     sub_id: SubjectIdentifier
     events: dict[str, dict[str, Any]]
-
-def example() -> dict[str, Any]:
-    return {"delivery": {"method": "urn:ietf:rfc:8936"}, "events_requested": ["https://schemas.openid.net/secevent/caep/event-type/session-revoked"]}

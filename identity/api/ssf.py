@@ -82,16 +82,8 @@ def _stream_id(value: Any) -> str:
     return value
 
 
-class _Calls:
-    """One management call: the service's token checked, then its unit of work."""
-
-    def __init__(self, request: web.Request) -> None:
-        self.request = request
-        self.settings = request.config_dict[SETTINGS]
-        self.cipher = request.config_dict[CIPHER]
-
-    def config(self, stream: Any, client_id: str) -> dict[str, Any]:
-        return streams.configuration(stream, issuer=self.settings.issuer, client_id=client_id)
+def _config(request: web.Request, stream: Any, client_id: str) -> dict[str, Any]:
+    return streams.configuration(stream, issuer=request.config_dict[SETTINGS].issuer, client_id=client_id)
 
 
 @operation(
@@ -105,17 +97,16 @@ async def create_stream(request: web.Request) -> web.StreamResponse:
     """SSF 1.0 section 8.1.1.1. One stream per service (409 when it has one). ``delivery.method``
     push (urn:ietf:rfc:8935, with ``endpoint_url`` and an optional ``authorization_header``) or
     poll (urn:ietf:rfc:8936: the answer's ``delivery.endpoint_url`` is where to poll)."""
-    calls = _Calls(request)
     async with request.config_dict[DB].begin() as db:
         try:
             who = await caller(request, db, person=False)
         except Refused as refused:
             return refused.response
         try:
-            stream = await streams.create(db, calls.cipher, who.client.id, await _body(request))
+            stream = await streams.create(db, request.config_dict[CIPHER], who.client.id, await _body(request))
         except StreamError as error:
             return _refused(error)
-        answer = calls.config(stream, who.client.client_id)
+        answer = _config(request, stream, who.client.client_id)
     return web.json_response(answer, status=201, headers=NO_STORE)
 
 
@@ -129,7 +120,6 @@ async def create_stream(request: web.Request) -> web.StreamResponse:
 async def read_stream(request: web.Request) -> web.StreamResponse:
     """SSF 1.0 section 8.1.1.2: with ``stream_id`` the stream (404 if it is not this service's),
     without it a list."""
-    calls = _Calls(request)
     async with request.config_dict[DB].begin() as db:
         try:
             who = await caller(request, db, person=False)
@@ -138,18 +128,18 @@ async def read_stream(request: web.Request) -> web.StreamResponse:
         try:
             if "stream_id" in request.query:
                 stream = await streams.of_service(db, who.client.id, _stream_id(request.query["stream_id"]))
-                return web.json_response(calls.config(stream, who.client.client_id), headers=NO_STORE)
+                return web.json_response(_config(request, stream, who.client.client_id), headers=NO_STORE)
             try:
                 found = [await streams.of_service(db, who.client.id)]
             except StreamError:
                 found = []
         except StreamError as error:
             return _refused(error)
-        return web.json_response([calls.config(s, who.client.client_id) for s in found], headers=NO_STORE)
+        return web.json_response([_config(request, s, who.client.client_id) for s in found], headers=NO_STORE)
 
 
 async def _change(request: web.Request, *, replace: bool) -> web.StreamResponse:
-    calls = _Calls(request)
+    cipher = request.config_dict[CIPHER]
     async with request.config_dict[DB].begin() as db:
         try:
             who = await caller(request, db, person=False)
@@ -159,11 +149,11 @@ async def _change(request: web.Request, *, replace: bool) -> web.StreamResponse:
             body = await _body(request)
             stream = await streams.of_service(db, who.client.id, _stream_id(body.get("stream_id")), lock=True)
             fields = {k: v for k, v in body.items() if k not in streams.READ_ONLY}
-            want = streams.wanted(fields, None if replace else streams.current(calls.cipher, stream))
-            await streams.change(db, calls.cipher, stream, want)
+            want = streams.wanted(fields, None if replace else streams.current(cipher, stream))
+            await streams.change(db, cipher, stream, want)
         except StreamError as error:
             return _refused(error)
-        answer = calls.config(stream, who.client.client_id)
+        answer = _config(request, stream, who.client.client_id)
     return web.json_response(answer, headers=NO_STORE)
 
 
