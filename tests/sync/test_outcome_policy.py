@@ -89,3 +89,13 @@ def test_backoff_doubles_up_to_its_ceiling_and_starts_again_after_a_success() ->
         Backoff(0, 1)
     with pytest.raises(ValueError):
         Backoff(2, 1)
+
+
+def test_a_shared_signals_receivers_refusal_is_final_and_its_endpoint_counts_like_a_webhook() -> None:
+    # RFC 8935 section 2.3: a 400 naming its err will never take that SET: dead at once.
+    d = _decide(Outcome("rejected", "refused by the receiver: invalid_key: unknown kid", status=400), channel="ssf")
+    assert (d.action, d.attempts, d.next_attempt_at, d.endpoint) == (DEAD, 1, NOW, None)
+    assert d.error == "refused by the receiver: invalid_key: unknown kid"
+    # Other failures and successes mark the stream's push endpoint failing and healthy again.
+    assert _decide(Outcome("retry", "HTTP 500"), channel="ssf").endpoint == "failing"
+    assert _decide(Outcome("ok"), channel="ssf").endpoint == "recover"
