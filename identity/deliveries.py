@@ -22,6 +22,7 @@ from identity.db.models import (
     Link,
     Notice,
     Service,
+    SsfStream,
     utcnow,
 )
 from identity.db.upsert import insert_for
@@ -113,8 +114,36 @@ async def service_status(
         "topic": topic_prefix + service_topic(service.client_id) if service.topic_enabled else None,
         "backlog": {c: backlog.get(c, {"pending": 0, "oldest_pending_at": None, "failing": 0}) for c in channels_of(service.webhook_url, service.topic_enabled, service.scim_base_url)},
         "dead_letters": dead or 0,
-        # One-off notices (unlinks, rights requests, restrictions): waiting, and given up.
+        # One-off notices (unlinks, rights requests, restrictions, SETs): waiting, and given up.
         "notices": await notices.counts(db, service.id),
+        "shared_signals": await _shared_signals(db, service.id),
+    }
+
+
+async def _shared_signals(db: AsyncSession, service_id: int) -> dict[str, Any] | None:
+    stream = await db.scalar(select(SsfStream).where(SsfStream.service_id == service_id))
+    if stream is None:
+        return None
+    n = Notice.__table__.c
+    counts = dict(
+        (
+            await db.execute(
+                select(n.state, func.count())
+                .where(n.service_id == service_id, n.channel.in_(("ssf", "ssf_poll")), n.state.in_(("pending", "dead")))
+                .group_by(n.state)
+            )
+        ).all()
+    )
+    return {
+        "stream_id": stream.stream_id,
+        "delivery_method": stream.delivery_method,
+        "status": stream.status,
+        "state": "quarantined" if stream.quarantined_at else "failing" if stream.failing_since else "healthy",
+        "failing_since": _iso(stream.failing_since),
+        "quarantined_at": _iso(stream.quarantined_at),
+        "last_error": stream.last_error,
+        "pending": counts.get("pending", 0),
+        "dead": counts.get("dead", 0),
     }
 
 

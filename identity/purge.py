@@ -65,11 +65,13 @@ async def changes(db: AsyncSession, settings: Settings, now: dt.datetime) -> int
 
 async def notices(db: AsyncSession, settings: Settings, now: dt.datetime) -> int:
     """Notices done with: delivered, or given up (a dead notice's last attempt is its
-    ``next_attempt_at``). Pending ones stay whatever their age."""
+    ``next_attempt_at``). Pending ones stay whatever their age, but Shared Signals events a
+    service never polled and acknowledged, which go after ``ssf_poll_retention_days``."""
     cutoff = _before(now, settings.notice_retention_days)
     done = or_(
         and_(Notice.state == "delivered", Notice.delivered_at < cutoff),
         and_(Notice.state == "dead", Notice.next_attempt_at < cutoff),
+        and_(Notice.channel == "ssf_poll", Notice.state == "pending", Notice.created_at < _before(now, settings.ssf_poll_retention_days)),
     )
     return (await db.execute(delete(Notice).where(done))).rowcount or 0
 

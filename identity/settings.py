@@ -193,6 +193,12 @@ class Settings(BaseSettings):
     sign_in_retention_days: int = Field(365, ge=1, description="Days sign-in history is kept.")
     change_retention_days: int = Field(730, ge=1, description="Days the history of changes to basic details is kept.")
     notice_retention_days: int = Field(30, ge=1, description="Days delivered (or given-up) service notices are kept.")
+    ssf_poll_retention_days: int = Field(
+        14, ge=1, description="Days a Shared Signals event waits for the service to poll and acknowledge it before it is dropped."
+    )
+    ssf_poll_wait: float = Field(
+        10.0, ge=0, le=60, description="Seconds a Shared Signals poll with returnImmediately false waits for an event."
+    )
     audit_retention_days: int = Field(2190, ge=1, description="Days audit records are kept.")
     rights_request_retention_days: int = Field(
         1095, ge=1, description="Days a closed rights request is kept (to show it was answered), then deleted."

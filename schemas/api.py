@@ -70,6 +70,22 @@ class NoticeCounts(BaseModel):
     dead: int = Field(description="Gave up after failing for the whole retry period.")
 
 
+class SharedSignalsStatus(BaseModel):
+    """The service's Shared Signals stream: its status, its push endpoint's health, and its SETs
+    waiting (to be pushed, or polled and acknowledged) and given up (refused by the receiver,
+    reported in ``setErrs``, or failing for the whole retry period)."""
+
+    stream_id: str
+    delivery_method: Literal["urn:ietf:rfc:8935", "urn:ietf:rfc:8936"]
+    status: Literal["enabled", "paused", "disabled"]
+    state: Literal["healthy", "failing", "quarantined"] = Field(description="The push endpoint's health (always healthy when polled).")
+    failing_since: dt.datetime | None
+    quarantined_at: dt.datetime | None
+    last_error: str | None
+    pending: int
+    dead: int
+
+
 class SyncStatus(BaseModel):
     """The calling service's sync state."""
 
@@ -81,6 +97,7 @@ class SyncStatus(BaseModel):
     backlog: dict[str, ChannelBacklog]
     dead_letters: int = Field(description="Deliveries that gave up and were not redelivered.")
     notices: NoticeCounts
+    shared_signals: SharedSignalsStatus | None = Field(None, description="The service's Shared Signals stream, if it has one.")
 
 
 class PersonChannelStatus(BaseModel):

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
+from schemas.ssf import SecurityEventToken
+
 from schemas.events import (
     AccountRestricted,
     AccountRestrictionLifted,
@@ -77,6 +79,17 @@ def document(*, issuer: str, bootstrap: str | None = None, topic_prefix: str = "
         component_messages[name]["bindings"] = {
             "kafka": {"key": {"type": "string", "description": "The person's sub: one person's messages stay in order."}}
         }
+    component_messages["securityEventToken"] = {
+        "name": "secevent+jwt",
+        "title": "SecurityEventToken",
+        "summary": "A signed Security Event Token (CAEP, RISC, SSF verification) about a person linked to your service.",
+        "contentType": "application/secevent+jwt",
+        "description": "The body is the compact JWT; its payload, once the signature is verified against the hub's JWKS "
+        "(the `jwks_uri` of /.well-known/ssf-configuration), is the schema below.",
+        "payload": {"$ref": REF.format(model="SecurityEventToken")},
+    }
+    schemas = _collect(messages)
+    schemas.update(_collect({"securityEventToken": SecurityEventToken}))
     return {
         "asyncapi": "3.0.0",
         "info": {
@@ -133,6 +146,24 @@ def document(*, issuer: str, bootstrap: str | None = None, topic_prefix: str = "
                 "parameters": {"scim_base_url": {"description": "Your SCIM server's base URL (…/scim/v2)."}},
                 "messages": {},
             },
+            "sharedSignalsPush": {
+                "address": None,
+                "title": "A member service's Shared Signals push endpoint (RFC 8935)",
+                "description": "POSTed to the stream's delivery.endpoint_url (set with POST /api/v1/ssf/stream) with "
+                "Content-Type application/secevent+jwt and the stream's authorization_header. Answer 202; answer 400 "
+                'with {"err", "description"} to refuse a SET for good (not retried); anything else is retried like a notice.',
+                "messages": {"securityEventToken": {"$ref": "#/components/messages/securityEventToken"}},
+            },
+            "sharedSignalsPoll": {
+                "address": "/api/v1/ssf/poll/{id}",
+                "title": "A member service's Shared Signals poll endpoint (RFC 8936)",
+                "description": 'POST {"ack": [...], "setErrs": {...}, "maxEvents": n, "returnImmediately": bool} with the '
+                'service\'s client-credentials token; the answer is {"sets": {jti: SET}, "moreAvailable": bool}. A SET '
+                "comes again until acknowledged.",
+                "parameters": {"id": {"description": "Your stream's stream_id."}},
+                "servers": [{"$ref": "#/servers/hub"}],
+                "messages": {"securityEventToken": {"$ref": "#/components/messages/securityEventToken"}},
+            },
             "hubProfile": {
                 "address": topic_prefix + "onesignin.profile.v1",
                 "title": "The hub's own change feed (internal)",
@@ -162,6 +193,18 @@ def document(*, issuer: str, bootstrap: str | None = None, topic_prefix: str = "
                 "summary": "The hub provisions Users at your SCIM server (RFC 7644 requests; no events).",
                 "bindings": {"http": {"method": "PATCH"}},
             },
+            "receiveSharedSignalsPush": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/sharedSignalsPush"},
+                "summary": "Your stream's endpoint receives pushed SETs.",
+                "bindings": {"http": {"method": "POST"}},
+            },
+            "receiveSharedSignalsPoll": {
+                "action": "receive",
+                "channel": {"$ref": "#/channels/sharedSignalsPoll"},
+                "summary": "Your service polls its stream and acknowledges what it processed.",
+                "bindings": {"http": {"method": "POST"}},
+            },
             "publishHubProfile": {
                 "action": "send",
                 "channel": {"$ref": "#/channels/hubProfile"},
@@ -170,6 +213,6 @@ def document(*, issuer: str, bootstrap: str | None = None, topic_prefix: str = "
         },
         "components": {
             "messages": component_messages,
-            "schemas": _collect(messages),
+            "schemas": schemas,
         },
     }

@@ -23,9 +23,10 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
-from identity.db.models import Service
+from identity.db.models import Service, SsfStream
 from identity.sealing import KeyCipher, open_scim_token, open_webhook_secret
 from identity.settings import Settings
+from identity.ssf import streams
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,12 @@ class Endpoint:
     #: With a token URL, ``scim_token`` is the client secret of ``scim_client_id`` there.
     scim_token_url: str | None = None
     scim_client_id: str | None = None
+    #: A Shared Signals push stream (``sync.ssf``): where SETs go, the receiver's
+    #: Authorization header, and whether it takes them now (enabled, not paused or disabled).
+    ssf_url: str | None = None
+    ssf_authorization: str | None = None
+    ssf_open: bool = False
+    ssf_quarantined: bool = False
 
     @property
     def webhook_open(self) -> bool:
@@ -77,11 +84,26 @@ class Room:
 
 
 async def load_endpoints(db: AsyncSession, cipher: KeyCipher) -> dict[int, Endpoint]:
+    pushed = {
+        stream.service_id: stream
+        for stream in (await db.scalars(select(SsfStream).where(SsfStream.delivery_method == streams.PUSH))).all()
+    }
     rows = (
-        await db.execute(select(Service).where(or_(Service.webhook_url.is_not(None), Service.topic_enabled, Service.scim_base_url.is_not(None))))
+        await db.execute(
+            select(Service).where(
+                or_(Service.webhook_url.is_not(None), Service.topic_enabled, Service.scim_base_url.is_not(None), Service.id.in_(list(pushed)))
+            )
+        )
     ).scalars()
     out = {}
     for s in rows:
+        stream = pushed.get(s.id)
+        try:
+            ssf_authorization = streams.authorization(cipher, stream) if stream is not None else None
+        except Exception:
+            log.error("sync: the stream authorization of service %s cannot be read with this hub's secret key", s.client_id)
+            stream = None
+            ssf_authorization = None
         try:
             scim_token = open_scim_token(cipher, s.scim_token, s.client_id) if s.scim_base_url and s.scim_token else None
         except Exception:
@@ -106,6 +128,10 @@ async def load_endpoints(db: AsyncSession, cipher: KeyCipher) -> dict[int, Endpo
             scim_quarantined=s.scim_quarantined_at is not None,
             scim_token_url=s.scim_token_url,
             scim_client_id=s.scim_client_id,
+            ssf_url=stream.endpoint_url if stream is not None else None,
+            ssf_authorization=ssf_authorization,
+            ssf_open=stream is not None and stream.status == "enabled" and bool(stream.endpoint_url),
+            ssf_quarantined=stream is not None and stream.quarantined_at is not None,
         )
     return out
 
@@ -183,6 +209,16 @@ class Endpoints:
                 if not self.open(ep, channel) or inflight.get((sid, channel), 0) >= self.cap(ep, channel):
                     out[channel].append(sid)
         return out
+
+    def closed_ssf(self, inflight: Mapping[tuple[int, str], int]) -> list[int]:
+        """Services whose Shared Signals push stream takes nothing now: none, paused or disabled,
+        or at its cap of SETs in flight (one at a time while quarantined)."""
+        cap = self.settings.sync_service_concurrency
+        return [
+            sid
+            for sid, ep in self.by_id.items()
+            if not ep.ssf_open or inflight.get((sid, "ssf"), 0) >= (1 if ep.ssf_quarantined else cap)
+        ]
 
     def claim_room(self, inflight: Mapping[tuple[int, str], int]) -> dict[int, int]:
         """Per service, how many more rows one claim may take where that is less than the cap

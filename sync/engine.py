@@ -36,15 +36,15 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from identity.db.engine import plan_for_now
-from identity.db.models import ACTIVE, PENDING, Delivery, Notice, Service, utcnow
+from identity.db.models import ACTIVE, PENDING, Delivery, Notice, Service, SsfStream, utcnow
 from identity.db.units import whole
 from identity.deliveries import resume
 from identity.settings import Settings
-from sync import scim, webhooks
+from sync import scim, ssf, webhooks
 from sync.backoff import Backoff
 from sync.endpoints import Endpoint, Endpoints, Room
 from sync.metrics import SyncMetrics
-from sync.outcomes import ENDPOINT_CHANNELS, GONE, SETTLE, Decision, decide, quarantine_probe
+from sync.outcomes import GONE, SETTLE, Decision, decide, quarantine_probe
 from sync.service_topics import ServiceTopics
 
 if TYPE_CHECKING:
@@ -54,6 +54,14 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.02
 POLL_SECONDS = 0.25
+
+#: Per endpoint channel kept on the service's row (the webhook, the SCIM server), the columns of
+#: its health: failing since, quarantined at, last error. (A push stream's are on its own row.)
+_HEALTH = {
+    "webhook": ("webhook_failing_since", "webhook_quarantined_at", "webhook_last_error"),
+    "scim": ("scim_failing_since", "scim_quarantined_at", "scim_last_error"),
+}
+_NAMES = {"webhook": "webhook", "scim": "SCIM server"}
 
 
 class Job(Protocol):
@@ -118,12 +126,13 @@ class Kind(Protocol):
 
 
 class Sender:
-    """The channels of one worker: its HTTP session for webhooks and SCIM servers, and its one
-    producer for services' own topics (``None`` without Kafka)."""
+    """The channels of one worker: its HTTP session for webhooks, SCIM servers and Shared Signals
+    pushes, its one producer for services' own topics (``None`` without Kafka), and what signs SETs."""
 
-    def __init__(self, settings: Settings, http: aiohttp.ClientSession, topics: ServiceTopics | None) -> None:
+    def __init__(self, settings: Settings, http: aiohttp.ClientSession, topics: ServiceTopics | None, sets: ssf.SetSigner | None = None) -> None:
         self.http = http
         self.topics = topics
+        self.sets = sets
         self.timeout = aiohttp.ClientTimeout(total=settings.webhook_timeout)
         self.scim_tokens = scim.Tokens()  # from services' OAuth token endpoints
 
@@ -147,6 +156,13 @@ class Sender:
             if outcome.status == 401:
                 self.scim_tokens.forget(endpoint.service_id)
             return outcome
+        if job.channel == "ssf":
+            if not endpoint.ssf_open or endpoint.ssf_url is None:
+                return webhooks.Outcome("retry", "the service has no push stream now")
+            if self.sets is None:
+                return webhooks.Outcome("retry", "this worker cannot sign Security Event Tokens")
+            token = await self.sets.sign(job.body)
+            return await ssf.post(self.http, endpoint.ssf_url, endpoint.ssf_authorization, token, timeout=self.timeout)
         if not endpoint.topic_enabled:
             return webhooks.Outcome("retry", "the service has no topic now")
         if self.topics is None:
@@ -359,8 +375,9 @@ class Engine:
         settled = [(r, d) for r, d in decided if d.action == SETTLE]
         if settled:
             await self.kind.settle(db, settled)
-            for channel in ENDPOINT_CHANNELS:
+            for channel in ("webhook", "scim"):
                 await self._recover(db, channel, sorted({r.job.service_id for r, d in settled if d.endpoint == "recover" and r.job.channel == channel}))
+            await self._recover_streams(db, sorted({r.job.service_id for r, d in settled if d.endpoint == "recover" and r.job.channel == "ssf"}))
         for r, d in decided:
             if d.action == SETTLE:
                 continue
@@ -368,7 +385,10 @@ class Engine:
                 await _disable(db, r.job.service_id, r.at, d.error)
             took = await self.kind.record(db, r, d)
             if took and d.endpoint == "failing":
-                await self._failing(db, r.job.channel, r.job.service_id, r.at, d.error)
+                if r.job.channel == "ssf":
+                    await self._stream_failing(db, r.job.service_id, r.at, d.error)
+                else:
+                    await self._failing(db, r.job.channel, r.job.service_id, r.at, d.error)
 
     async def _recover(self, db: AsyncSession, channel: str, healthy: list[int]) -> None:
         """Endpoints (webhooks, or SCIM servers: ``channel``) that accepted something are
@@ -415,12 +435,55 @@ class Engine:
         await _hold(db, channel, service_id, probe)
 
 
-#: Per endpoint channel, the service's columns of its health: failing since, quarantined at, last error.
-_HEALTH = {
-    "webhook": ("webhook_failing_since", "webhook_quarantined_at", "webhook_last_error"),
-    "scim": ("scim_failing_since", "scim_quarantined_at", "scim_last_error"),
-}
-_NAMES = {"webhook": "webhook", "scim": "SCIM server"}
+    # A Shared Signals push stream's endpoint has the same health as a webhook, on its own row.
+
+    async def _recover_streams(self, db: AsyncSession, healthy: list[int]) -> None:
+        """Push streams that accepted a SET are healthy: their waiting SETs are due at once, with
+        fresh retry clocks (as ``identity.deliveries.resume`` does for a webhook's backlog)."""
+        if not healthy:
+            return
+        t = SsfStream.__table__.c
+        recovered = (
+            await db.execute(
+                update(SsfStream.__table__)
+                .where(t.service_id.in_(healthy), or_(t.failing_since.is_not(None), t.quarantined_at.is_not(None)))
+                .values(failing_since=None, quarantined_at=None, last_error=None)
+                .returning(t.service_id)
+            )
+        ).scalars().all()
+        if recovered:
+            n = Notice.__table__.c
+            await db.execute(
+                update(Notice.__table__)
+                .where(n.service_id.in_(list(recovered)), n.channel == "ssf", n.state == PENDING, n.attempts > 0)
+                .values(attempts=0, failing_since=None, next_attempt_at=utcnow())
+            )
+            log.info("sync: the Shared Signals stream(s) of service(s) %s recovered", sorted(recovered))
+            self.endpoints.stale()
+
+    async def _stream_failing(self, db: AsyncSession, service_id: int, now: dt.datetime, error: str | None) -> None:
+        t = SsfStream.__table__.c
+        await db.execute(
+            update(SsfStream.__table__)
+            .where(t.service_id == service_id)
+            .values(failing_since=func.coalesce(t.failing_since, now), last_error=error)
+        )
+        failing_since = await db.scalar(select(t.failing_since).where(t.service_id == service_id))
+        probe = quarantine_probe(failing_since, now, self.settings)
+        if probe is None:
+            return
+        quarantined = await db.execute(
+            update(SsfStream.__table__).where(t.service_id == service_id, t.quarantined_at.is_(None)).values(quarantined_at=now)
+        )
+        if quarantined.rowcount:
+            log.warning("sync: the Shared Signals stream of service %s has failed since %s and is quarantined", service_id, failing_since)
+            self.endpoints.stale()
+        n = Notice.__table__.c
+        await db.execute(
+            update(Notice.__table__)
+            .where(n.service_id == service_id, n.channel == "ssf", n.state == PENDING, n.next_attempt_at < probe)
+            .values(next_attempt_at=probe)
+        )
 
 
 async def _disable(db: AsyncSession, service_id: int, now: dt.datetime, error: str | None) -> None:

@@ -1,5 +1,7 @@
 """Notices: the one-off events of ``identity.notices`` (an unlink, a rights request, a
-restriction), the ``notices`` table as a kind of :mod:`sync.engine`.
+restriction) and the Shared Signals SETs of ``identity.ssf`` (channel ``ssf``: pushed, RFC 8935,
+through :mod:`sync.ssf`; channel ``ssf_poll`` rows are never claimed, the service polls them),
+the ``notices`` table as a kind of :mod:`sync.engine`.
 
 Unlike profile deliveries, notices are events, not state: each is sent as written, at least once,
 with its ``message_id`` as the ``webhook-id`` on every attempt. One person's notices to one
@@ -88,6 +90,7 @@ class Notices:
         earlier = Notice.__table__.alias("earlier")
         e = earlier.c
         closed = endpoints.closed(inflight)
+        no_ssf = endpoints.closed_ssf(inflight)
         known = list(endpoints.by_id)
         picked = (
             select(n.id)
@@ -96,6 +99,9 @@ class Notices:
                 n.next_attempt_at <= now,
                 n.service_id.in_(known),
                 *(not_(and_(n.channel == c, n.service_id.in_(ids))) for c, ids in closed.items()),
+                not_(and_(n.channel == "ssf", n.service_id.in_(no_ssf))),
+                # Polled SETs wait for the service (identity.ssf.poll); nothing sends them.
+                n.channel != "ssf_poll",
                 ~select(e.id)
                 .where(
                     e.state == PENDING,

@@ -4,13 +4,16 @@ the outcome, the row's attempts and failing clock, the time and the settings; no
 For the row (:func:`decide`):
 
 - ``ok``: **settle** (the row is delivered).
+- ``rejected`` (a Shared Signals receiver's ``400`` naming its ``err``, RFC 8935 section 2.3:
+  the receiver will never take that SET): **dead** at once, not retried.
 - ``gone`` (a ``410``): **gone**; the row waits, due, until the webhook is enabled again, and
   the endpoint is disabled.
 - anything else, once the row has failed for ``sync_give_up_after``: **dead**.
 - else **retry** after the next step of ``sync_retry_schedule`` (its last step repeats), never
   sooner than a ``Retry-After`` asked.
 
-For the endpoint (a webhook or a SCIM server; a topic has no endpoint state): a settled row marks it healthy
+For the endpoint (a webhook, a SCIM server, or a Shared Signals stream's push endpoint; a topic
+has no endpoint state): a settled row marks it healthy
 (**recover**: out of failing and quarantine, its backlog due at once), a 410 **disables** it, a
 retry recorded marks it **failing** from then on. A webhook failing for ``sync_quarantine_after``
 (or a SCIM server failing as long) is quarantined (:func:`quarantine_probe`): tried one row at a time, every
@@ -36,9 +39,10 @@ RETRY: Literal["retry"] = "retry"
 DEAD: Literal["dead"] = "dead"
 GONE: Literal["gone"] = "gone"
 
-#: The channels that are HTTP endpoints with a health of their own (failing, quarantined): the
-#: webhook and the SCIM server. Only a webhook is disabled by a 410.
-ENDPOINT_CHANNELS = ("webhook", "scim")
+#: Channels whose endpoint has a health (failing, quarantined): a webhook, a SCIM server and a
+#: Shared Signals push stream's endpoint (a topic has none; polled SETs are never sent). A SCIM
+#: server never answers "gone" (sync.scim), so only the others are disabled.
+ENDPOINT_CHANNELS = ("webhook", "ssf", "scim")
 
 #: The longest error text kept on a row or a service.
 ERROR_LENGTH = 500
@@ -63,18 +67,20 @@ def decide(
 ) -> Decision:
     """The decision for an attempt that came to ``outcome`` at ``now``, on a row that had been
     tried ``attempts`` times before and has failed since ``failing_since`` (``None``: it had not)."""
-    webhook = channel == "webhook"
-    endpoint = channel in ENDPOINT_CHANNELS
+    # Endpoints with a health of their own: a webhook, a SCIM server, a Shared Signals push stream.
+    webhook = channel in ENDPOINT_CHANNELS
     if outcome.result == "ok":
-        return Decision(SETTLE, attempts + 1, None, now, None, "recover" if endpoint else None)
+        return Decision(SETTLE, attempts + 1, None, now, None, "recover" if webhook else None)
     error = (outcome.error or "failed")[:ERROR_LENGTH]
+    if outcome.result == "rejected":
+        return Decision(DEAD, attempts + 1, failing_since or now, now, error, None)
     if outcome.result == "gone":
         # Not an attempt that failed: the service said to stop. The row keeps its count.
         return Decision(GONE, attempts, failing_since, now, error, "disable" if webhook else None)
     since = failing_since or now
     if (now - since).total_seconds() >= settings.sync_give_up_after:
         return Decision(DEAD, attempts + 1, since, now, error, None)
-    return Decision(RETRY, attempts + 1, since, now + dt.timedelta(seconds=retry_delay(attempts + 1, outcome.retry_after, settings)), error, "failing" if endpoint else None)
+    return Decision(RETRY, attempts + 1, since, now + dt.timedelta(seconds=retry_delay(attempts + 1, outcome.retry_after, settings)), error, "failing" if webhook else None)
 
 
 def retry_delay(attempts: int, retry_after: float | None, settings: Settings) -> float:

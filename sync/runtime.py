@@ -30,6 +30,7 @@ from sync.metrics import SyncMetrics
 from sync.notices import Notices
 from sync.relay import Relay, unpublish_unconsumed
 from sync.service_topics import ServiceTopics
+from sync.ssf import SetSigner
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,10 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
         # a notice closes the webhook to deliveries at once, and the other way round.
         endpoints = Endpoints(settings, app[K.DB], app[K.CIPHER], topics=True)
         sender = Sender(
-            settings, http, ServiceTopics(settings, app[K.DB], bootstrap, idempotent=idempotent(app), metrics=app[METRICS])
+            settings,
+            http,
+            ServiceTopics(settings, app[K.DB], bootstrap, idempotent=idempotent(app), metrics=app[METRICS]),
+            SetSigner(settings, app[K.DB], app[K.CIPHER]),
         )
         deliverer = Engine(Deliveries(settings), settings, app[K.DB], endpoints, sender, metrics=app[METRICS], wake=wake)
         app[DELIVERER] = deliverer

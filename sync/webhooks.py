@@ -30,7 +30,8 @@ def signed_headers(signer: Webhook, message_id: str, body: str, now: dt.datetime
 
 @dataclass(frozen=True)
 class Outcome:
-    """What an attempt came to: ``ok``, ``retry`` (with an optional earliest time), or ``gone``."""
+    """What an attempt came to: ``ok``, ``retry`` (with an optional earliest time), ``gone``, or
+    ``rejected`` (a Shared Signals receiver refused the SET for good: ``sync.ssf``)."""
 
     result: str
     error: str | None = None

@@ -18,6 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity import notices, outbox
+from identity.ssf import emit, events
 from identity.db.models import Account, AccountStatus, AuditRecord, Delivery, Link, Service
 from identity.settings import Settings
 from schemas.events import (
@@ -115,6 +116,8 @@ async def restrict(db: AsyncSession, account: Account, policy: ChildPolicy, now:
             data=AccountRestrictedData(sub=account.sub, reason=REASON, restricted_at=now, delete_after=account.delete_after),
         )
         notices.add(db, service, account.id, account.sub, notice)
+    # Shared Signals: the account is off at every linked service until a guardian consents.
+    await emit.emit(db, account.id, events.account_disabled(), now=now)
     db.add(AuditRecord(at=now, actor_kind="hub", account_sub=account.sub, action="account.restricted", reason=REASON))
     await db.flush()
 
@@ -129,6 +132,7 @@ async def lift(db: AsyncSession, account: Account, now: dt.datetime, *, by_guard
     account.restricted_at = None
     account.delete_after = None
     if was_restricted:
+        await emit.emit(db, account.id, events.account_enabled(), now=now)
         stamp = notices.timestamp(now)
         for service in await _linked_services(db, account.id):
             notice = AccountRestrictionLifted(

@@ -36,6 +36,7 @@ from identity.db.models import (
     utcnow,
 )
 from identity.oidc.keys import KeyRing
+from identity.ssf import emit, events
 from identity.oidc.logout import LogoutNotice, end_sessions_of
 from identity.rights.lifecycle import OPEN
 
@@ -114,6 +115,9 @@ async def erase(
         if services or requests:
             raise LinksStillActive(services, requests)
     notices = await end_sessions_of(db, keys, issuer, account.id) if keys is not None else []
+    # Shared Signals: services still linked (a child's account past its grace) hear it is gone;
+    # the SETs are kept with the other notices when the account's rows go.
+    await emit.emit(db, account.id, events.account_purged(), now=now)
     await db.execute(
         update(Notice).where(Notice.account_id == account.id, Notice.state == "pending").values(account_id=None)
     )

@@ -31,4 +31,4 @@ async def enrolled(db: AsyncSession, account_id: int) -> bool:
 
 async def remove_all(db: AsyncSession, account_id: int) -> Removed:
     """Remove the authenticator app and every passkey; say what there was."""
-    return Removed(await second_factor.remove(db, account_id), await passkeys.remove_all(db, account_id))
+    return Removed(await second_factor.remove(db, account_id, initiator="admin"), await passkeys.remove_all(db, account_id))

@@ -52,6 +52,8 @@ from identity.db.upsert import ensure_row
 from identity.mail import build_message
 from identity.sealing import KeyCipher
 from identity.settings import Settings
+from identity.ssf import emit
+from identity.ssf.events import CredentialType, Initiator
 from identity.tokens import digest
 
 RP_NAME = "One Sign In"
@@ -261,6 +263,7 @@ async def register(
     if await db.scalar(select(Passkey.id).where(Passkey.credential_id == credential_id)) is not None:
         raise PasskeyRefused("This passkey is already on an account here.", "credential id taken")
     keys = await listed(db, account.id)
+    had_two_factors = bool(keys) or await emit.two_factors(db, account.id)
     transports = (value.get("response") or {}).get("transports") or []
     row = Passkey(
         account_id=account.id,
@@ -276,7 +279,14 @@ async def register(
     db.add(row)
     db.add(AuditRecord(at=utcnow(), actor_kind="person", actor=account.sub, account_sub=account.sub, action="account.passkey_added"))
     await db.flush()
+    await emit.credential_changed(db, account.id, _kind(row), "create", had_two_factors=had_two_factors)
     return row
+
+
+def _kind(key: Passkey) -> CredentialType:
+    """CAEP's credential type: a passkey that can be synced between devices, or one the
+    browser says is built in, is the platform's; a security key is roaming."""
+    return "fido2-platform" if key.backup_eligible or "internal" in (key.transports or []) else "fido2-roaming"
 
 
 def _user_handle(value: dict[str, Any]) -> str:
@@ -340,14 +350,21 @@ async def remove(db: AsyncSession, account: Account, passkey_id: int) -> Passkey
     key = await db.scalar(select(Passkey).where(Passkey.id == passkey_id, Passkey.account_id == account.id))
     if key is None:
         return None
+    had_two_factors = await emit.two_factors(db, account.id)
     await db.execute(delete(Passkey).where(Passkey.id == key.id))
     db.add(AuditRecord(at=utcnow(), actor_kind="person", actor=account.sub, account_sub=account.sub, action="account.passkey_removed"))
+    await emit.credential_changed(db, account.id, _kind(key), "delete", had_two_factors=had_two_factors)
     return key
 
 
-async def remove_all(db: AsyncSession, account_id: int) -> int:
+async def remove_all(db: AsyncSession, account_id: int, *, initiator: Initiator = "admin") -> int:
     """Remove every passkey of the account (an operator helping someone who lost them): how many."""
+    keys = await listed(db, account_id)
+    had_two_factors = bool(keys) or await emit.two_factors(db, account_id)
     removed = await db.execute(delete(Passkey).where(Passkey.account_id == account_id))
+    for kind in sorted({_kind(k) for k in keys}):
+        await emit.credential_changed(db, account_id, kind, "delete", had_two_factors=had_two_factors, initiator=initiator)
+        had_two_factors = await emit.two_factors(db, account_id)
     return int(removed.rowcount or 0)  # type: ignore[attr-defined]
 
 

@@ -37,6 +37,11 @@ from importlib import resources
 
 import argon2
 from argon2.exceptions import VerificationError
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from identity.db.models import Account, utcnow
+from identity.ssf import emit, events
 
 from identity.accounts.breached import breached_list
 
@@ -221,3 +226,11 @@ def dictionary_words() -> frozenset[str]:
 def _load_list(name: str) -> frozenset[str]:
     text = resources.files(_DATA_PACKAGE).joinpath(name).read_text(encoding="utf-8")
     return frozenset(line for line in map(str.strip, text.splitlines()) if line)
+
+
+async def replace(db: AsyncSession, account_id: int, password_hash: str) -> None:
+    """Store the account's new password hash (a change, or a reset through a mailed link);
+    its linked services with a Shared Signals stream hear of it in the same transaction (a
+    CAEP credential-change: the password updated)."""
+    await db.execute(update(Account).where(Account.id == account_id).values(password_hash=password_hash))
+    await emit.emit(db, account_id, events.credential_change(utcnow(), "password", "update"))

@@ -32,6 +32,8 @@ from identity.db.models import SecondFactor, utcnow
 from identity.mail import build_message
 from identity.sealing import KeyCipher
 from identity.settings import Settings
+from identity.ssf import emit
+from identity.ssf.events import Initiator
 from identity.tokens import digest
 
 ISSUER_NAME = "One Sign In"
@@ -142,8 +144,10 @@ async def confirm_enrolment(db: AsyncSession, cipher: KeyCipher, account_id: int
     step = _matching_step(cipher, factor, code, now)
     if step is None:
         return None
+    had_two_factors = await emit.two_factors(db, account_id)
     codes, digests = new_recovery_codes()
     factor.last_step, factor.recovery_codes, factor.confirmed_at = step, digests, now or utcnow()
+    await emit.credential_changed(db, account_id, "app", "create", had_two_factors=had_two_factors)
     return codes
 
 
@@ -195,8 +199,13 @@ async def recovery_left(db: AsyncSession, account_id: int) -> int:
     return len(factor.recovery_codes) if factor is not None else 0
 
 
-async def remove(db: AsyncSession, account_id: int) -> bool:
+async def remove(db: AsyncSession, account_id: int, *, initiator: Initiator = "user") -> bool:
+    """Remove the authenticator app (confirmed or being set up); services hear of a confirmed one."""
+    had_two_factors = await emit.two_factors(db, account_id)
+    confirmed = await db.scalar(select(SecondFactor.id).where(SecondFactor.account_id == account_id, SecondFactor.confirmed_at.is_not(None)))
     removed = await db.execute(delete(SecondFactor).where(SecondFactor.account_id == account_id))
+    if confirmed is not None:
+        await emit.credential_changed(db, account_id, "app", "delete", had_two_factors=had_two_factors, initiator=initiator)
     return bool(removed.rowcount)  # type: ignore[attr-defined]
 
 

@@ -18,6 +18,7 @@ from identity import outbox
 from identity.accounts import links
 from identity.accounts.children import ChildPolicy, check_proxy_birthdate, rectified
 from identity.db import dialect
+from identity.ssf import emit, events
 from identity.db.models import Account, AccountChange, AccountStatus, OutboxEvent, Tombstone, utcnow
 from schemas.events import ProfileChanged
 
@@ -134,6 +135,7 @@ async def update_details(
         if other is not None and other.id != account.id:
             raise EmailTaken(changes["email"])
     names_given = {"given_name", "family_name"} & changes.keys()
+    old_email = account.email
     changed = _apply(account, changes, now)
     if names_given and "name" not in changes and changed:
         full = " ".join(p for p in (account.given_name, account.family_name) if p) or None
@@ -145,6 +147,8 @@ async def update_details(
     if "email" in changed:
         account.email_verified = email_confirmed
         changed.append("email_verified")
+        # Shared Signals: services that may see the address hear of the new one (RISC).
+        await emit.emit(session, account.id, events.identifier_changed(old_email, account.email), now=now)
         await links.cancel(session, account.id, links.ADDRESS_BOUND, now=now)
     await _record(session, account, changed, now, channel=channel, actor=actor, client_id=client_id)
     if "birthdate" in changed:

@@ -89,6 +89,12 @@ def document(app: web.Application, issuer: str) -> dict[str, Any]:
             {"name": "links", "description": "Linked accounts, owned by each service."},
             {"name": "rights", "description": "Data-subject rights requests, routed to the right controller."},
             {"name": "privacy", "description": "The hub's own duties as a controller."},
+            {
+                "name": "ssf",
+                "description": "Shared Signals (OpenID SSF 1.0): the calling service's stream of CAEP and RISC events "
+                "(Security Event Tokens) about the people linked to it, pushed (RFC 8935) or polled (RFC 8936). "
+                "The transmitter's metadata is at /.well-known/ssf-configuration.",
+            },
         ],
         "paths": dict(sorted(paths.items())),
         "components": {

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from identity.api import docs, links, openapi, profile
 from identity.api import export as export_api
+from identity.api import ssf as ssf_api
 from identity.api import rights as rights_api
 from identity.api import sync as sync_api
 
@@ -24,6 +25,16 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/v1/me/rights-requests/{id}", rights_api.get_mine)
     r.add_get("/api/v1/rights-requests", rights_api.list_for_service)
     r.add_post("/api/v1/rights-requests/{id}/status", rights_api.change_status)
+    r.add_get("/.well-known/ssf-configuration", ssf_api.configuration)
+    r.add_post("/api/v1/ssf/stream", ssf_api.create_stream)
+    r.add_get("/api/v1/ssf/stream", ssf_api.read_stream)
+    r.add_patch("/api/v1/ssf/stream", ssf_api.update_stream)
+    r.add_put("/api/v1/ssf/stream", ssf_api.replace_stream)
+    r.add_delete("/api/v1/ssf/stream", ssf_api.delete_stream)
+    r.add_get("/api/v1/ssf/status", ssf_api.get_status)
+    r.add_post("/api/v1/ssf/status", ssf_api.set_status)
+    r.add_post("/api/v1/ssf/verify", ssf_api.verify)
+    r.add_post("/api/v1/ssf/poll/{id}", ssf_api.poll_sets)
     r.add_get("/schemas/", docs.schema_index)
     r.add_get("/schemas/{name}.json", docs.schema)
     r.add_get("/asyncapi.json", docs.asyncapi)

@@ -4,7 +4,7 @@ needs two, advisory locks, transaction-local settings)."""
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 POSTGRES = "postgresql"
 SQLITE = "sqlite"
@@ -22,3 +22,7 @@ def is_postgres(db: AsyncSession) -> bool:
 def opens_postgres(sessions: async_sessionmaker[AsyncSession]) -> bool:
     """Whether the sessions ``sessions`` opens speak to Postgres (before opening one)."""
     return sessions.kw["bind"].dialect.name == POSTGRES
+
+
+def is_postgres_engine(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == POSTGRES

@@ -597,7 +597,7 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"))
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
-    # "webhook", "topic" or "scim"
+    # "webhook", "topic" or "scim"; for a Shared Signals stream "ssf" (pushed) or "ssf_poll" (polled)
     channel: Mapped[str] = mapped_column(String(8))
     wanted_version: Mapped[int] = mapped_column(Integer)
     delivered_version: Mapped[int] = mapped_column(Integer, default=0)
@@ -668,7 +668,7 @@ class Notice(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), index=True)
     account_id: Mapped[int | None] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
-    # "webhook", "topic" or "scim"
+    # "webhook", "topic" or "scim"; for a Shared Signals stream "ssf" (pushed) or "ssf_poll" (polled)
     channel: Mapped[str] = mapped_column(String(8))
     event_type: Mapped[str] = mapped_column(String(64))
     # The Standard Webhooks message id (also the event's ``id``): the same on every retry.
@@ -683,6 +683,36 @@ class Notice(Base):
     failing_since: Mapped[dt.datetime | None]
     last_error: Mapped[str | None] = mapped_column(String(500))
     delivered_at: Mapped[dt.datetime | None] = mapped_column(index=True)
+
+
+class SsfStream(Base):
+    """A member service's Shared Signals stream (OpenID SSF 1.0): where and how the hub sends it
+    Security Event Tokens about the people linked to it. One stream per service. ``delivery_method``
+    is push (RFC 8935, to ``endpoint_url`` with the receiver's ``authorization_header``, sealed at
+    rest) or poll (RFC 8936). The SETs themselves are ``notices`` rows (channel ``ssf`` or
+    ``ssf_poll``), sent by the same engine as every other notice."""
+
+    __tablename__ = "ssf_streams"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    stream_id: Mapped[str] = mapped_column(String(36), unique=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), unique=True)
+    delivery_method: Mapped[str] = mapped_column(String(40))
+    endpoint_url: Mapped[str | None] = mapped_column(String(2000))
+    authorization_header: Mapped[str | None] = mapped_column(Text)
+    events_requested: Mapped[list[str]] = mapped_column(JSON, default=list)
+    description: Mapped[str | None] = mapped_column(String(500))
+    # "enabled", "paused" (SETs are kept, not sent) or "disabled" (none are made).
+    status: Mapped[str] = mapped_column(String(16), default="enabled")
+    status_reason: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_verification_at: Mapped[dt.datetime | None]
+    # The push endpoint's health, as a webhook's (``sync.outcomes``): failing since,
+    # quarantined (slowed) since, and the last error.
+    failing_since: Mapped[dt.datetime | None]
+    quarantined_at: Mapped[dt.datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(500))
 
 
 class RightsRequest(Base):

@@ -23,6 +23,7 @@ from identity.db.models import (
     utcnow,
 )
 from identity.oidc.keys import KeyRing
+from identity.ssf import emit, events
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,16 @@ def logout_token(keys: KeyRing, issuer: str, service: Service, sub: str, sid: st
     return jwt.encode({"alg": alg, "kid": key.kid, "typ": "logout+jwt"}, claims, key, algorithms=[alg])
 
 
-async def end_session(db: AsyncSession, keys: KeyRing, issuer: str, session: BrowserSession) -> list[LogoutNotice]:
-    """Mark the session ended; return the logout notices to send once the caller commits."""
+async def end_session(
+    db: AsyncSession, keys: KeyRing, issuer: str, session: BrowserSession, *, initiator: events.Initiator = "user", signal: bool = True
+) -> list[LogoutNotice]:
+    """Mark the session ended; return the logout notices to send once the caller commits. The
+    person's linked services with a Shared Signals stream hear of it (a CAEP session-revoked,
+    in this transaction) unless ``signal`` is False (the caller tells them once for several)."""
     if session.ended_at is None:
         session.ended_at = utcnow()
+        if signal:
+            await emit.emit(db, session.account_id, events.session_revoked(session.ended_at, initiator))
     account = await db.get(Account, session.account_id)
     services = (
         await db.scalars(
@@ -75,15 +82,19 @@ async def end_session(db: AsyncSession, keys: KeyRing, issuer: str, session: Bro
 
 
 async def end_sessions_of(
-    db: AsyncSession, keys: KeyRing, issuer: str, account_id: int, *, keep: int | None = None
+    db: AsyncSession, keys: KeyRing, issuer: str, account_id: int, *, keep: int | None = None, initiator: events.Initiator = "user"
 ) -> list[LogoutNotice]:
-    """End every live session of an account (but ``keep``), e.g. after its password changed."""
+    """End every live session of an account (but ``keep``), e.g. after its password changed.
+    Services hear of it in one session-revoked SET each, however many sessions ended."""
     query = select(BrowserSession).where(BrowserSession.account_id == account_id, BrowserSession.ended_at.is_(None))
     if keep is not None:
         query = query.where(BrowserSession.id != keep)
     notices: list[LogoutNotice] = []
-    for session in (await db.scalars(query)).all():
-        notices.extend(await end_session(db, keys, issuer, session))
+    ended = (await db.scalars(query)).all()
+    for session in ended:
+        notices.extend(await end_session(db, keys, issuer, session, signal=False))
+    if ended:
+        await emit.emit(db, account_id, events.session_revoked(utcnow(), initiator))
     return notices
 
 

@@ -26,6 +26,41 @@ def db() -> Session:
     return current_db.get()
 
 
+class NeedsDatabase(Exception):
+    """Raised where a run without a session (:data:`NO_SESSION`) reaches for the database: the
+    caller runs the same entry point again with one."""
+
+
+class _NoSession:
+    def __getattr__(self, name: str) -> object:
+        raise NeedsDatabase(name)
+
+
+#: Stands for the session in a run that must not need one (what it reads is in memory).
+NO_SESSION: Session = _NoSession()  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceTokenRow:
+    """What a self-contained service token says, shaped as the :class:`Token` rows it stands in
+    for (it is never stored): built per check, so a plain object, not a mapped one."""
+
+    grant_id: str
+    service_id: int
+    scope: str
+    issued_at: dt.datetime
+    access_expires_at: dt.datetime
+    revoked_at: dt.datetime | None
+    dpop_jkt: str | None
+    account_id: None = None
+    grant_scope: str | None = None
+    refresh_expires_at: None = None
+    refresh_used_at: None = None
+    amr: None = None
+    auth_time: None = None
+    sid: None = None
+
+
 @dataclass
 class IssuedCode(AuthorizationCodeMixin):
     row: AuthorizationCode
@@ -53,7 +88,7 @@ class IssuedCode(AuthorizationCodeMixin):
 class IssuedToken(TokenMixin):
     """A stored token, as presented: either its access or its refresh half."""
 
-    row: Token
+    row: Token | ServiceTokenRow
     client: ServiceClient | None
     kind: str  # "access_token" or "refresh_token"
     #: True for a self-contained client_credentials token (its row is not stored).

@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 PREFIX = "ost."
+#: Tokens whose MAC was checked, kept (all dropped at once when full).
+READ_CACHE_SIZE = 10_000
 
 
 def _b64(data: bytes) -> str:
@@ -46,6 +48,7 @@ class ServiceTokenCodec:
     def __init__(self, secret_key: str) -> None:
         hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"onesignin service tokens v1")
         self._key = hkdf.derive(secret_key.encode())
+        self._read: dict[str, ServiceToken] = {}
 
     def _mac(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
@@ -59,7 +62,18 @@ class ServiceTokenCodec:
         return f"{PREFIX}{payload}.{self._mac(payload)}"
 
     def read(self, token: str) -> ServiceToken | None:
-        """The token's contents when its MAC is valid (expiry is the caller's to check)."""
+        """The token's contents when its MAC is valid (expiry is the caller's to check). Tokens
+        read before are answered from memory: a service presents the same token for its life."""
+        if (known := self._read.get(token)) is not None:
+            return known
+        content = self._verify(token)
+        if content is not None:
+            if len(self._read) >= READ_CACHE_SIZE:
+                self._read.clear()
+            self._read[token] = content
+        return content
+
+    def _verify(self, token: str) -> ServiceToken | None:
         if not token.startswith(PREFIX) or len(token) > 2048:
             return None
         payload, _, mac = token[len(PREFIX) :].partition(".")

@@ -17,6 +17,7 @@ from identity.accounts.store import find_by_sub
 from identity.admin import InvalidInput
 from identity.db.models import Account, BrowserSession, Link, Service, Throttle, utcnow
 from identity.oidc.keys import KeyRing
+from identity.ssf import emit, events
 from identity.oidc.logout import LogoutNotice, end_sessions_of, revoke_tokens
 from identity.support.audit import record
 
@@ -112,7 +113,7 @@ async def _end_everything(db: AsyncSession, keys: KeyRing, issuer: str, account:
     live = await db.scalar(
         select(func.count()).select_from(BrowserSession).where(BrowserSession.account_id == account.id, BrowserSession.ended_at.is_(None))
     )
-    notices = await end_sessions_of(db, keys, issuer, account.id)
+    notices = await end_sessions_of(db, keys, issuer, account.id, initiator="admin")
     await revoke_tokens(db, account.id)
     return live or 0, notices
 
@@ -127,8 +128,11 @@ async def set_disabled(
     if disabled:
         if account.disabled_at is None:
             account.disabled_at = utcnow()
+            await emit.emit(db, account.id, events.account_disabled())
         notices = (await _end_everything(db, keys, issuer, account))[1]
     else:
+        if account.disabled_at is not None:
+            await emit.emit(db, account.id, events.account_enabled())
         account.disabled_at = None
     record(db, actor_kind="cli", actor=actor, action="account.disabled" if disabled else "account.enabled", account_sub=account.sub, reason=reason)
     await db.flush()

@@ -9,10 +9,9 @@ the sign-in address still out."""
 from __future__ import annotations
 
 from aiohttp import web
-from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity.accounts import links
+from identity.accounts import links, passwords
 from identity.accounts.store import find_by_email
 from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.models import Account
@@ -105,7 +104,7 @@ async def reset_confirm(request: web.Request) -> web.Response:
         used = await links.consume(db, token, "reset_password")
         if used is None:
             return render(request, "message.html", DEAD, status=400)
-        await db.execute(update(Account).where(Account.id == used.account_id).values(password_hash=password_hash))
+        await passwords.replace(db, used.account_id, password_hash)
         await links.cancel(db, used.account_id, links.PASSWORD_BOUND)
         after_commit.logout(db, request, await _end_sessions(request, db, used.account_id))
         await revoke_tokens(db, used.account_id)
@@ -137,7 +136,7 @@ async def change(request: web.Request) -> web.StreamResponse:
         return render(request, "change_password.html", {"errors": {"password": reason}}, status=400)
     password_hash = await hash_password(request, password)
     async with unit(request.config_dict[DB]) as db:
-        await db.execute(update(Account).where(Account.id == account.id).values(password_hash=password_hash))
+        await passwords.replace(db, account.id, password_hash)
         await links.cancel(db, account.id, links.PASSWORD_BOUND)
         after_commit.logout(db, request, await _end_sessions(request, db, account.id, keep=signed_in.session.id))
         await revoke_tokens(db, account.id, keep_sid=signed_in.session.sid)

@@ -17,7 +17,7 @@ from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.models import BrowserSession, utcnow
 from identity.db.units import unit
 from identity.oidc import assurance
-from identity.oidc.logout import end_session, revoke_session_tokens, revoke_tokens
+from identity.oidc.logout import end_session, end_sessions_of, revoke_session_tokens, revoke_tokens
 from identity.pages.common import field, render
 from identity.web import after_commit, browser, csrf
 from identity.web.responses import redirect
@@ -84,11 +84,7 @@ async def end_all(request: web.Request) -> web.StreamResponse:
         signed_in = await browser.current(request, db)
         if signed_in is None:
             return redirect("/sign-in?next=/account", 303)
-        rows = (
-            await db.scalars(select(BrowserSession).where(BrowserSession.account_id == signed_in.account.id, BrowserSession.ended_at.is_(None)))
-        ).all()
-        for row in rows:
-            after_commit.logout(db, request, await end_session(db, request.config_dict[PROVIDER].keys, settings.issuer, row))
+        after_commit.logout(db, request, await end_sessions_of(db, request.config_dict[PROVIDER].keys, settings.issuer, signed_in.account.id))
         await revoke_tokens(db, signed_in.account.id)
     return _signed_out(
         request, "You are signed out everywhere: every browser, and every service you signed in to was told. Services you allowed to stay connected must be signed in to again."

@@ -24,6 +24,7 @@ from identity.accounts.hashing import HashQueue
 from identity.accounts.passwords import PasswordHasher
 from identity.accounts.pwned_api import range_api
 from identity.api import routes as api_routes
+from identity.db import dialect
 from identity.db.cleanup import purge_expired
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
@@ -75,6 +76,7 @@ def create_app(
         context_processors=[],
     )
     app.cleanup_ctx.append(database(settings.is_embedded if migrate is None else migrate))
+    app.cleanup_ctx.append(_revocation_listener)
     in_process = settings.sync_in_process if sync is None else sync
     add_sync(app, relay=in_process, worker=in_process, gauges=metrics)
     if metrics:
@@ -115,6 +117,18 @@ def database(migrate: bool):  # type: ignore[no-untyped-def]
         await engine.dispose()
 
     return ctx
+
+
+async def _revocation_listener(app: web.Application) -> AsyncIterator[None]:
+    """On Postgres, revoked service tokens are known in memory (identity.oidc.revocations)."""
+    if not dialect.is_postgres_engine(app[K.ENGINE]):
+        yield
+        return
+    task = asyncio.create_task(app[K.PROVIDER].revocations.run(app[K.SETTINGS].resolved_database_url), name="service-token-revocations")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _refresh_keys(app: web.Application) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import re
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -34,6 +37,26 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{7,127}")
 access_log = logging.getLogger("onesignin.access")
 
 
+class _RequestIds:
+    """New request ids: this process's random prefix and a counter (unique without a call to the
+    system's random source per request; ids need not be unguessable). A forked child gets a
+    prefix of its own."""
+
+    def __init__(self) -> None:
+        self.renew()
+        os.register_at_fork(after_in_child=self.renew)
+
+    def renew(self) -> None:
+        self.prefix = secrets.token_hex(8)
+        self.counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"  # 32 hex digits, as a UUID's
+
+
+new_request_id = _RequestIds()
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: a request id for every request (a well-formed incoming ``X-Request-Id``, else
@@ -41,7 +64,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     ``X-Request-Id``; then one access log line (method, path without the query string, status,
     duration, id: never a token, a cookie or a query string)."""
     given = request.headers.get("X-Request-Id", "")
-    rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    rid = given if given and _REQUEST_ID.fullmatch(given) else new_request_id()
     token = REQUEST_ID.set(rid)
     started = time.perf_counter()
     status = 500
@@ -56,11 +79,15 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         exc.headers["X-Request-Id"] = rid
         raise
     finally:
-        duration = round((time.perf_counter() - started) * 1000, 1)
-        access_log.info(
-            "%s %s %s %.1f ms", request.method, request.path, status, duration,
-            extra={"method": request.method, "path": request.path, "status": status, "duration_ms": duration},
-        )
+        if access_log.isEnabledFor(logging.INFO):
+            duration = round((time.perf_counter() - started) * 1000, 1)
+            method, path = request.method, request.path
+            # Built directly: the logging module's search of the stack for the caller's file and
+            # line (which an access line does not show) is the dearest part of a log call.
+            access_log.handle(access_log.makeRecord(
+                access_log.name, logging.INFO, __file__, 0, "%s %s %s %.1f ms", (method, path, status, duration), None,
+                extra={"method": method, "path": path, "status": status, "duration_ms": duration},
+            ))
         REQUEST_ID.reset(token)
 
 

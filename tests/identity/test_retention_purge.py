@@ -74,6 +74,14 @@ async def test_purge_removes_exactly_what_is_past_retention(hub: Hub) -> None:
                         next_attempt_at=when, delivered_at=when if state == "delivered" else None,
                     )
                 )
+            # A Shared Signals event a service never polled and acknowledged (pending webhook
+            # notices older still stay: they wait for their endpoint, not for a poll).
+            db.add(
+                Notice(
+                    service_id=service.id, account_id=account.id, channel="ssf_poll", event_type=f"polled.{tag}",
+                    message_id=str(uuid.uuid4()), key=ann, body="{}", created_at=at(s.ssf_poll_retention_days, inside),
+                )
+            )
             for closed in (True, False):
                 when = at(s.rights_request_retention_days, inside)
                 request = RightsRequest(
@@ -97,14 +105,14 @@ async def test_purge_removes_exactly_what_is_past_retention(hub: Hub) -> None:
                 setattr(child, name, value)
 
     counts = await purge.run(hub.app[DB], s, now=now)
-    assert counts == {"sign_ins": 1, "changes": 1, "notices": 2, "audit_records": 1, "rights_requests": 1, "children": 2, "unverified": 0}
+    assert counts == {"sign_ins": 1, "changes": 1, "notices": 3, "audit_records": 1, "rights_requests": 1, "children": 2, "unverified": 0}
 
     async with hub.app[DB]() as db:
         assert [e.address for e in (await db.scalars(select(SignInEvent))).all()] == ["in"]
         assert ["out"] not in [c.fields for c in (await db.scalars(select(AccountChange))).all()]
         assert ["in"] in [c.fields for c in (await db.scalars(select(AccountChange))).all()]
         kept = sorted(n.event_type for n in (await db.scalars(select(Notice))).all())
-        assert kept == ["dead.in", "delivered.in", "pending.in", "pending.out"]
+        assert kept == ["dead.in", "delivered.in", "pending.in", "pending.out", "polled.in"]
         assert sorted(r.public_id for r in (await db.scalars(select(RightsRequest))).all()) == ["in-closed", "in-open", "out-open"]
         assert len((await db.scalars(select(RightsRequestEvent))).all()) == 3
         audit = (await db.scalars(select(AuditRecord).order_by(AuditRecord.id))).all()

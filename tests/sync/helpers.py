@@ -27,6 +27,7 @@ from sync.endpoints import Endpoints
 from sync.engine import Engine, Sender
 from sync.metrics import SyncMetrics
 from sync.notices import Notices
+from sync.ssf import SetSigner
 from tests.conftest import free_port
 from tests.support import Hub, eventually
 
@@ -36,7 +37,7 @@ def engines(hub: Hub, http: aiohttp.ClientSession, settings: Settings | None = N
     ``sync.runtime`` wires them, without Kafka, for a test that plays the worker step by step."""
     settings = settings or hub.settings
     endpoints = Endpoints(settings, hub.app[DB], hub.app[CIPHER], topics=False)
-    sender = Sender(settings, http, None)
+    sender = Sender(settings, http, None, SetSigner(settings, hub.app[DB], hub.app[CIPHER]))
     metrics = SyncMetrics()
     return (
         Engine(Deliveries(settings), settings, hub.app[DB], endpoints, sender, metrics=metrics),

@@ -97,3 +97,13 @@ def test_a_scim_server_has_the_webhooks_health_but_is_never_disabled() -> None:
     assert failed.action == RETRY and failed.endpoint == "failing"
     assert failed.next_attempt_at == NOW + dt.timedelta(seconds=600)  # not sooner than asked
     assert _decide(Outcome("retry", "x"), failing_since=NOW - dt.timedelta(hours=2), channel="scim").action == DEAD
+
+
+def test_a_shared_signals_receivers_refusal_is_final_and_its_endpoint_counts_like_a_webhook() -> None:
+    # RFC 8935 section 2.3: a 400 naming its err will never take that SET: dead at once.
+    d = _decide(Outcome("rejected", "refused by the receiver: invalid_key: unknown kid", status=400), channel="ssf")
+    assert (d.action, d.attempts, d.next_attempt_at, d.endpoint) == (DEAD, 1, NOW, None)
+    assert d.error == "refused by the receiver: invalid_key: unknown kid"
+    # Other failures and successes mark the stream's push endpoint failing and healthy again.
+    assert _decide(Outcome("retry", "HTTP 500"), channel="ssf").endpoint == "failing"
+    assert _decide(Outcome("ok"), channel="ssf").endpoint == "recover"

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx2
 import pytest
 
@@ -120,6 +121,49 @@ async def served(hub: Hub, database_url: str, tmp_path: Path) -> AsyncIterator[t
         errors.close()
 
 
+def socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(target[8:-1])
+    return found
+
+
+def answering_worker(server_port: int, client_port: int, pids: dict[int, int]) -> int:
+    """Which worker holds the server side of the connection from ``client_port`` (read from
+    /proc/net/tcp while the connection is open)."""
+    wanted_local, wanted_remote = f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}"
+    inode = next(
+        fields[9]
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+        if (fields := line.split())[1] == wanted_local and fields[2] == wanted_remote
+    )
+    return next(index for index, pid in pids.items() if inode in socket_inodes(pid))
+
+
+async def introspect_on_a_new_connection(url: str, token: str, auth: str, pids: dict[int, int]) -> tuple[bool, int]:
+    """The token's ``active`` as one connection of its own sees it, and the worker that answered."""
+    port = free_port()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.1", port))) as http:
+        async with http.post(f"{url}/introspect", data={"token": token}, headers={"Authorization": auth}) as response:
+            assert response.status == 200
+            active = (await response.json())["active"]
+            return active, answering_worker(int(url.rsplit(":", 1)[1]), port, pids)
+
+
+async def introspect_until_both_answer(url: str, token: str, auth: str, pids: dict[int, int]) -> list[tuple[bool, int]]:
+    """At least 8 answers, and more until each worker gave some (the kernel spreads connections by
+    a hash of their addresses: 64 all to one worker would be a chance of 2**-63)."""
+    seen: list[tuple[bool, int]] = []
+    while len(seen) < 8 or ({worker for _, worker in seen} != set(pids) and len(seen) < 64):
+        seen.append(await introspect_on_a_new_connection(url, token, auth, pids))
+    return seen
+
+
 async def get_ok(http: httpx2.AsyncClient, url: str, count: int) -> None:
     for _ in range(count):
         # A connection of its own each time: the kernel hands it to whichever worker accepts first.
@@ -170,6 +214,21 @@ async def test_two_workers_share_the_port_survive_a_crash_sync_once_and_stop_cle
     await settled(hub, service.client_id, timeout=60)
     same = [d for d in receivers["Store"].received if d["data"].get("sub") == sub and d["data"].get("version") == version]
     assert len(same) == 1, receivers["Store"].received
+
+    # A revoked service token is refused by both workers at once: from the moment the revocation
+    # is answered, whichever worker a connection reaches.
+    secret = service.client_secret or ""
+    auth = aiohttp.encode_basic_auth(service.client_id, secret)
+    async with httpx2.AsyncClient(timeout=90) as http:
+        issued = await http.post(f"{url}/token", data={"grant_type": "client_credentials", "scope": "openid"}, auth=(service.client_id, secret))
+        token = issued.json()["access_token"]
+        pids = workers(process.pid)
+        seen = await introspect_until_both_answer(url, token, auth, pids)
+        assert {active for active, _ in seen} == {True} and {worker for _, worker in seen} == {0, 1}, seen
+        revoked = await http.post(f"{url}/revoke", data={"token": token}, auth=(service.client_id, secret))
+        assert revoked.status_code == 200
+    seen = await introspect_until_both_answer(url, token, auth, pids)
+    assert {active for active, _ in seen} == {False} and {worker for _, worker in seen} == {0, 1}, seen
 
     everyone = descendants(process.pid)
     process.send_signal(signal.SIGTERM)

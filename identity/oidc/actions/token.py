@@ -12,6 +12,7 @@ from identity.db import dialect
 from identity.db.engine import autocommit
 from identity.oidc import client_keys, dpop, request_objects
 from identity.oidc.adapter import HubOAuth2Request, read_request, to_response
+from identity.oidc.service_tokens import PREFIX as SERVICE_TOKEN_PREFIX
 
 
 def form_only(request: web.Request) -> web.Response | None:
@@ -26,6 +27,8 @@ def form_only(request: web.Request) -> web.Response | None:
 
 async def client_keys_ready(request: web.Request, oauth_request: HubOAuth2Request) -> None:
     """A private_key_jwt service's published keys, fetched if needed, before authlib runs."""
+    if oauth_request.form.get("client_assertion_type") != client_keys.ASSERTION_TYPE:
+        return  # a secret, or no client authentication: no keys to fetch
     provider = request.config_dict[PROVIDER]
     fetch = client_keys.fetcher(request.config_dict[HTTP], request.config_dict[SETTINGS].jwks_uri_timeout)
     await client_keys.prepare(provider.client_keys, request.config_dict[DB], oauth_request.form, fetch)
@@ -40,6 +43,12 @@ async def request_object_keys_ready(request: web.Request, client_id: str, reques
     provider = request.config_dict[PROVIDER]
     fetch = client_keys.fetcher(request.config_dict[HTTP], request.config_dict[SETTINGS].jwks_uri_timeout)
     await client_keys.ensure(provider.client_keys, request.config_dict[DB], client_id, kid if isinstance(kid, str) else None, fetch)
+
+
+def in_memory_grant(oauth_request: HubOAuth2Request) -> bool:
+    """A ``client_credentials`` grant without DPoP needs nothing but the (cached) client: its
+    token is self-contained and stored nowhere."""
+    return oauth_request.payload.grant_type == "client_credentials" and oauth_request.hub.get("dpop") is None
 
 
 async def token(request: web.Request) -> web.StreamResponse:
@@ -68,8 +77,12 @@ async def token(request: web.Request) -> web.StreamResponse:
                 return to_response(*error())
         return provider.create_token_response(oauth_request)
 
-    async with autocommit(sessions) if alone else sessions.begin() as db:
-        response = await provider.run(db, issue)
+    response = None
+    if in_memory_grant(oauth_request):
+        response = provider.run_in_memory(issue)
+    if response is None:
+        async with autocommit(sessions) if alone else sessions.begin() as db:
+            response = await provider.run(db, issue)
     if proof is not None:
         response.headers["DPoP-Nonce"] = provider.dpop_nonces.current()
     return response
@@ -82,7 +95,11 @@ async def revoke(request: web.Request) -> web.StreamResponse:
     oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
     await client_keys_ready(request, oauth_request)
     async with request.config_dict[DB].begin() as db:
-        return await provider.run(db, lambda: provider.create_endpoint_response("revocation", oauth_request))
+        response = await provider.run(db, lambda: provider.create_endpoint_response("revocation", oauth_request))
+    if (revoked := oauth_request.hub.get("revoked_service_token")) is not None:
+        # Committed: answered once every hub process has been told (see identity.oidc.revocations).
+        await provider.revocations.heard_back(*revoked)
+    return response
 
 
 async def introspect(request: web.Request) -> web.StreamResponse:
@@ -92,7 +109,12 @@ async def introspect(request: web.Request) -> web.StreamResponse:
     sessions = request.config_dict[DB]
     oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
     await client_keys_ready(request, oauth_request)
+    answer = lambda: provider.create_endpoint_response("introspection", oauth_request)  # noqa: E731
+    if oauth_request.form.get("token", "").startswith(SERVICE_TOKEN_PREFIX):
+        # A service token of a cached client, its revocation known in memory: no database.
+        if (response := provider.run_in_memory(answer)) is not None:
+            return response
     # Introspection only reads (the client, the token, its revocation): on Postgres each read
     # stands alone, sparing a transaction's BEGIN and COMMIT round trips.
     async with autocommit(sessions) if dialect.opens_postgres(sessions) else sessions.begin() as db:
-        return await provider.run(db, lambda: provider.create_endpoint_response("introspection", oauth_request))
+        return await provider.run(db, answer)
