@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 from sqlalchemy import select, update
 
-from identity import deliveries
-from identity.appkeys import DB
+from identity import admin, deliveries
+from identity.appkeys import CIPHER, DB
 from identity.db.models import Account, DeadLetter, Delivery, Link, Service, utcnow
 from schemas.events import LinkCreated, ProfileChanged
 from sync import fanout
@@ -195,3 +195,19 @@ async def test_a_token_from_the_services_token_endpoint_is_kept_until_the_scim_s
         await _due_now(hub)
         await _attempt(hub, deliverer)
         assert (await scim.user("forum", sub))["name"]["givenName"] == "Cydney" and proxy.tokens_issued == 2
+
+
+async def test_a_service_given_scim_later_provisions_its_linked_people_on_resync(hub: Hub, scim: ScimServer, proxy: FaultyProxy) -> None:
+    wiki = await hub.add_service(name="Wiki")
+    sub = await hub.add_user(email=f"di.{uuid.uuid4().hex[:8]}@example.com", verified=True, given_name="Di")
+    await link_directly(hub, [sub], wiki.client_id, scope="openid profile")
+    async with hub.app[DB].begin() as db:
+        await admin.update_service_sync(db, hub.app[CIPHER], wiki.client_id, scim_base_url=f"{proxy.base}/forum", scim_token=TOKEN)
+    async with hub.app[DB].begin() as db:
+        service = await db.scalar(select(Service).where(Service.client_id == wiki.client_id))
+        assert service is not None
+        assert await deliveries.resync(db, service, rate=1000.0) == 1
+    async with aiohttp.ClientSession() as http:
+        await _attempt(hub, engines(hub, http)[0])
+    user = await scim.user("forum", sub)
+    assert user["active"] is True and user["name"]["givenName"] == "Di" and user["userName"] == sub
