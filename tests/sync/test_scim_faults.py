@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select, update
 
 from identity import admin, deliveries
+from identity.accounts import children, link_lifecycle
 from identity.appkeys import CIPHER, DB
 from identity.db.models import Account, DeadLetter, Delivery, Link, Service, utcnow
 from schemas.events import LinkCreated, ProfileChanged
@@ -211,3 +212,47 @@ async def test_a_service_given_scim_later_provisions_its_linked_people_on_resync
         await _attempt(hub, engines(hub, http)[0])
     user = await scim.user("forum", sub)
     assert user["active"] is True and user["name"]["givenName"] == "Di" and user["userName"] == sub
+
+
+async def test_a_cancellation_and_a_restriction_deactivate_and_lifting_it_activates_again(hub: Hub, scim: ScimServer, proxy: FaultyProxy) -> None:
+    forum = await hub.add_service(name="Forum", scim_base_url=f"{proxy.base}/forum", scim_token=TOKEN)
+    sub = await hub.add_user(email=f"ed.{uuid.uuid4().hex[:8]}@example.com", verified=True, given_name="Ed")
+    await link_directly(hub, [sub], forum.client_id, scope="openid profile")
+    await _record(hub, sub, LinkCreated(id="l1", sub=sub, client_id=forum.client_id, version=1, occurred_at=utcnow()))
+
+    async def notices_sent(notifier: Engine) -> None:
+        await notifier.endpoints.refresh(force=True)
+        for job in await notifier.claim(10):
+            await notifier.send(job)
+        await notifier.flush()
+
+    async with aiohttp.ClientSession() as http:
+        deliverer, notifier = engines(hub, http)
+        await _attempt(hub, deliverer)
+        assert (await scim.user("forum", sub))["active"] is True
+
+        # The person is restricted (a child without a guardian's consent): deactivated.
+        async with hub.app[DB].begin() as db:
+            account = await db.scalar(select(Account).where(Account.sub == sub))
+            assert account is not None
+            await children.restrict(db, account, children.ChildPolicy(), utcnow())
+        await notices_sent(notifier)
+        assert (await scim.user("forum", sub))["active"] is False
+
+        # Lifted: the service's snapshot makes the User active again.
+        async with hub.app[DB].begin() as db:
+            account = await db.scalar(select(Account).where(Account.sub == sub))
+            assert account is not None
+            await children.lift(db, account, utcnow(), by_guardian=True)
+        await _record(hub, sub, LinkCreated(id="l2", sub=sub, client_id=forum.client_id, version=1, occurred_at=utcnow()))
+        await notices_sent(notifier)  # the restriction_lifted notice has no SCIM row
+        await _attempt(hub, deliverer)
+        assert (await scim.user("forum", sub))["active"] is True
+
+        # The service reports it cancelled its own account: deactivated.
+        async with hub.app[DB].begin() as db:
+            service = await db.scalar(select(Service).where(Service.client_id == forum.client_id))
+            assert service is not None
+            assert await link_lifecycle.cancel(db, None, hub.settings.issuer, service, sub) is not None  # type: ignore[arg-type]
+        await notices_sent(notifier)
+        assert (await scim.user("forum", sub))["active"] is False
