@@ -112,14 +112,16 @@ def chart(title: str, points: Sequence[Point], series: Sequence[Series], *, fmt:
         if run:
             parts.append(_polyline(run, s.colour))
     if points:
-        for i in (0, len(points) // 2, len(points) - 1):
+        last = len(points) - 1
+        for i, anchor in ((0, "start"), (last // 2, "middle"), (last, "end")):
+            x_at = LEFT if anchor == "start" else WIDTH - RIGHT if anchor == "end" else LEFT + (i + 0.5) * slot
             parts.append(
-                f'<text x="{LEFT + (i + 0.5) * slot:.1f}" y="{HEIGHT - 6}" font-size="10" text-anchor="middle" fill="#555">{points[i].at:%H:%M}</text>'
+                f'<text x="{x_at:.1f}" y="{HEIGHT - 6}" font-size="10" text-anchor="{anchor}" fill="#555">{points[i].at:%H:%M}</text>'
             )
     parts.append(f'<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{TOP + plot_h}" stroke="#999" stroke-width="1"/>')
     summary = escape(f"{title}: " + "; ".join(_describe(s, fmt) for s in series))
     return Markup(
-        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{summary}" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{summary}" viewBox="0 0 {WIDTH} {HEIGHT}">'
         f"<title>{summary}</title>{''.join(parts)}</svg>"
     )
 
