@@ -6,13 +6,18 @@ and every action is in the audit trail."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
 from dataclasses import dataclass
 
+import pytest
 from sqlalchemy import select
 
 from identity.appkeys import DB
 from identity.db.models import Account, DeadLetter, Delivery, Link, Notice, Resync, Service, utcnow
+from tests.cli import onesignin
+from tests.identity.test_operator_cli import cli_env
 from tests.support import Hub
 from tests.support_console.console import Console, audit_records, console_for
 
@@ -214,3 +219,24 @@ async def _sub_of(hub: Hub, email: str) -> str:
         found = await db.scalar(select(Account.sub).where(Account.email == email))
     assert found is not None
     return found
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_onesignin_agents_services_names_a_service_owners_services(hub: Hub) -> None:
+    seeded = await _seed(hub)
+    owner = await console_for(hub, "service_owner")
+    try:
+        refused = await asyncio.to_thread(onesignin, cli_env(hub), "agents", "services", "--email", "service_owner@example.com", "--client-id", "nope")
+        done = await asyncio.to_thread(
+            onesignin, cli_env(hub), "agents", "services", "--email", "service_owner@example.com", "--client-id", seeded.forum
+        )
+        listing = await owner.get("/support/services")
+    finally:
+        await owner.aclose()
+    assert refused.returncode == 2 and "no such service: nope" in refused.stderr
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"email": "service_owner@example.com", "services": [seeded.forum]}
+    assert "Forum" in listing.text and "Store" not in listing.text
+    [record] = await audit_records(hub, action="staff.services_set")
+    assert (record.actor_kind, record.account_sub, record.detail) == ("cli", owner.sub, {"services": [seeded.forum]})

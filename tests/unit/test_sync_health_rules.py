@@ -33,6 +33,13 @@ def test_each_role_opens_only_its_pages(path: str, opened_by: set[str]) -> None:
     assert {role for role in ("agent", "supervisor", "admin", "service_owner") if access.allowed(role, path)} == opened_by
 
 
+def test_the_commands_know_every_staff_role() -> None:
+    from identity.cli import STAFF_ROLES
+    from identity.support.staff import ROLES
+
+    assert STAFF_ROLES == list(ROLES)
+
+
 def test_latency_buckets_and_quantiles() -> None:
     assert bucket_of(0.0) == 0 and bucket_of(0.05) == 0 and bucket_of(0.051) == 1
     assert bucket_of(3600) == len(LATENCY_BOUNDS) - 1 and bucket_of(1e9) == BUCKETS - 1
