@@ -60,8 +60,12 @@ def percent(value: float) -> str:
     return f"{value:.3g}%"
 
 
-def chart(title: str, points: Sequence[Point], series: Sequence[Series], *, fmt: Callable[[float], str] = count, top: float | None = None) -> Markup:
-    """One chart over ``points`` (their times on the x axis): bars stacked, lines over them."""
+def chart(
+    title: str, points: Sequence[Point], series: Sequence[Series], *, fmt: Callable[[float], str] = count, top: float | None = None,
+    empty: str = "none in this span",
+) -> Markup:
+    """One chart over ``points`` (their times on the x axis): bars stacked, lines over them;
+    ``empty`` is written across it when every value is zero or missing."""
     n = max(1, len(points))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     bars = [s for s in series if s.kind == "bar"]
@@ -111,6 +115,11 @@ def chart(title: str, points: Sequence[Point], series: Sequence[Series], *, fmt:
             run.append(f"{LEFT + (i + 0.5) * slot:.1f},{y(v):.1f}")
         if run:
             parts.append(_polyline(run, s.colour))
+    if not any(v for s in series for v in s.values if v is not None):
+        parts.append(
+            f'<text x="{LEFT + plot_w / 2:.1f}" y="{TOP + plot_h / 2:.1f}" font-size="12" text-anchor="middle" fill="#777">'
+            f"{escape(empty)}</text>"
+        )
     if points:
         last = len(points) - 1
         for i, anchor in ((0, "start"), (last // 2, "middle"), (last, "end")):
@@ -151,14 +160,16 @@ def health_charts(points: Sequence[Point]) -> list[Markup]:
                 Series("answered", [p.ok / p.minutes for p in points], OK),
                 Series("failed", [p.failed / p.minutes for p in points], FAILED),
             ],
+            empty="nothing sent in this span",
         ),
-        chart("Failure rate", points, [Series("failed attempts", [r or 0.0 for r in rate], FAILED)], fmt=percent, top=100.0),
+        chart("Failure rate", points, [Series("failed attempts", [r or 0.0 for r in rate], FAILED)], fmt=percent, top=100.0, empty="no failures in this span"),
         chart(
             "Delay from commit to answer",
             points,
             [Series("p50", [p.p50 for p in points], OK, "line"), Series("p99", [p.p99 for p in points], P99, "line")],
             fmt=seconds,
+            empty="no answers in this span",
         ),
-        chart("Backlog", points, [Series("waiting", [p.backlog for p in points], BACKLOG, "line")]),
-        chart("Dead letters", points, [Series("given up", [float(p.dead) for p in points], DEAD)]),
+        chart("Backlog", points, [Series("waiting", [p.backlog for p in points], BACKLOG, "line")], empty="nothing waiting when sampled"),
+        chart("Dead letters", points, [Series("given up", [float(p.dead) for p in points], DEAD)], empty="none given up in this span"),
     ]

@@ -79,3 +79,10 @@ def test_the_charts_draw_failures_in_red_and_say_their_figures() -> None:
 
 def test_chart_scales_are_round() -> None:
     assert [charts.nice_max(v) for v in (0, 0.3, 1, 7, 12, 180, 999)] == [1, 0.5, 1, 10, 20, 200, 1000]
+
+
+def test_an_empty_chart_says_so() -> None:
+    quiet = [Point(at=dt.datetime(2026, 12, 6, 1, i, tzinfo=dt.UTC), minutes=1, ok=0, failed=0, dead=0, backlog=None, p50=None, p99=None) for i in range(3)]
+    per_minute, _, delay, backlog, _ = (str(s) for s in charts.health_charts(quiet))
+    assert "nothing sent in this span" in per_minute and "no answers in this span" in delay and "nothing waiting when sampled" in backlog
+    assert "nothing sent in this span" not in str(charts.health_charts(_points([1]))[0])
