@@ -65,14 +65,18 @@ class Tally:
 
 
 async def add(db: AsyncSession, tally: Tally) -> None:
-    """Add a recording's counts to their minutes (one upsert per service and minute, in order)."""
-    c = SyncMinute.__table__.c
+    """Add a recording's counts to their minutes: one statement, its rows in (minute, service)
+    order (the order every writer of these rows takes their locks in)."""
+    if not tally.rows:
+        return
+    rows = []
     for (minute, service_id), counts in sorted(tally.rows.items()):
-        values = {"service_id": service_id, "minute": minute, "ok": counts.ok, "failed": counts.failed, "dead": counts.dead}
-        values |= dict(zip(LATENCY_COLUMNS, counts.latency, strict=True))
-        stmt = insert_for(db, SyncMinute).values(values)
-        added = {name: c[name] + stmt.excluded[name] for name in ("ok", "failed", "dead", *LATENCY_COLUMNS)}
-        await db.execute(stmt.on_conflict_do_update(index_elements=["service_id", "minute"], set_=added))
+        values = {"service_id": service_id, "minute": minute, "ok": counts.ok, "failed": counts.failed, "dead": counts.dead, "backlog": None}
+        rows.append(values | dict(zip(LATENCY_COLUMNS, counts.latency, strict=True)))
+    c = SyncMinute.__table__.c
+    stmt = insert_for(db, SyncMinute).values(rows)
+    added = {name: c[name] + stmt.excluded[name] for name in ("ok", "failed", "dead", *LATENCY_COLUMNS)}
+    await db.execute(stmt.on_conflict_do_update(index_elements=["service_id", "minute"], set_=added))
 
 
 async def backlogs(db: AsyncSession) -> dict[int, int]:
