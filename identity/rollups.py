@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity.db.models import ACTIVE, LATENCY_BOUNDS, LATENCY_COLUMNS, PENDING, Delivery, Notice, SyncMinute
+from identity.db.models import ACTIVE, LATENCY_BOUNDS, LATENCY_COLUMNS, PENDING, Delivery, Notice, Service, SyncMinute
 from identity.db.upsert import insert_for
 
 BUCKETS = len(LATENCY_COLUMNS)
@@ -69,14 +69,27 @@ async def add(db: AsyncSession, tally: Tally) -> None:
     order (the order every writer of these rows takes their locks in)."""
     if not tally.rows:
         return
+    existing = await _existing(db, {service_id for _, service_id in tally.rows})
     rows = []
     for (minute, service_id), counts in sorted(tally.rows.items()):
+        if service_id not in existing:
+            continue  # removed meanwhile: its outcomes count for nothing
         values = {"service_id": service_id, "minute": minute, "ok": counts.ok, "failed": counts.failed, "dead": counts.dead, "backlog": None}
         rows.append(values | dict(zip(LATENCY_COLUMNS, counts.latency, strict=True)))
+    if not rows:
+        return
     c = SyncMinute.__table__.c
     stmt = insert_for(db, SyncMinute).values(rows)
     added = {name: c[name] + stmt.excluded[name] for name in ("ok", "failed", "dead", *LATENCY_COLUMNS)}
     await db.execute(stmt.on_conflict_do_update(index_elements=["service_id", "minute"], set_=added))
+
+
+async def _existing(db: AsyncSession, service_ids: set[int]) -> set[int]:
+    """Which of these services still exist, held (``FOR KEY SHARE``) until the caller commits: a
+    service removed meanwhile is left out rather than failing the caller's transaction on the
+    foreign key, and one being removed waits for it."""
+    found = await db.scalars(select(Service.id).where(Service.id.in_(sorted(service_ids))).with_for_update(key_share=True))
+    return set(found)
 
 
 async def backlogs(db: AsyncSession) -> dict[int, int]:
@@ -98,7 +111,7 @@ async def sample_backlog(db: AsyncSession, now: dt.datetime, previous: Iterable[
     have one now, for the next sample."""
     waiting = await backlogs(db)
     minute = minute_of(now)
-    for service_id in sorted(set(waiting) | set(previous)):
+    for service_id in sorted(await _existing(db, set(waiting) | set(previous))):
         stmt = insert_for(db, SyncMinute).values(service_id=service_id, minute=minute, ok=0, failed=0, dead=0, backlog=waiting.get(service_id, 0))
         await db.execute(stmt.on_conflict_do_update(index_elements=["service_id", "minute"], set_={"backlog": stmt.excluded.backlog}))
     return set(waiting)

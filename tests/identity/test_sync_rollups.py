@@ -79,3 +79,17 @@ async def test_outcomes_add_up_per_minute_and_read_back_as_a_window(hub: Hub) ->
         pruned = await purge_expired(db, throttle_window=900, rollup_retention=dt.timedelta(days=2), now=now + dt.timedelta(days=2))
         left = await db.scalar(select(func.count()).select_from(SyncMinute))
     assert kept["sync_minutes"] == 0 and pruned["sync_minutes"] == 2 and left == 0
+
+
+async def test_a_removed_services_outcomes_are_dropped_not_a_failure(hub: Hub) -> None:
+    service_id, _ = await _ids(hub)
+    now = dt.datetime(2026, 12, 6, 1, 30, tzinfo=dt.UTC)
+    tally = rollups.Tally()
+    tally.ok(service_id, now, 0.1)
+    tally.failed(service_id + 1000, now)  # a service removed while its outcome was in flight
+    async with hub.app[DB].begin() as db:
+        await rollups.add(db, tally)
+        assert await rollups.sample_backlog(db, now, previous={service_id + 1000}) == set()
+    async with hub.app[DB]() as db:
+        rows = (await db.execute(select(SyncMinute.service_id, SyncMinute.ok, SyncMinute.failed))).all()
+    assert [tuple(r) for r in rows] == [(service_id, 1, 0)]
