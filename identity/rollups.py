@@ -21,7 +21,16 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity.db.models import ACTIVE, LATENCY_BOUNDS, LATENCY_COLUMNS, PENDING, Delivery, Notice, Service, SyncMinute
+from identity.db.models import (
+    ACTIVE,
+    LATENCY_BOUNDS,
+    LATENCY_COLUMNS,
+    PENDING,
+    Delivery,
+    Notice,
+    Service,
+    SyncMinute,
+)
 from identity.db.upsert import insert_for
 
 BUCKETS = len(LATENCY_COLUMNS)

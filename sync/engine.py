@@ -35,9 +35,9 @@ import aiohttp
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from identity import rollups
 from identity.db.engine import plan_for_now
 from identity.db.models import ACTIVE, PENDING, Delivery, Notice, Service, utcnow
-from identity import rollups
 from identity.db.units import whole
 from identity.deliveries import resume
 from identity.settings import Settings

@@ -16,7 +16,17 @@ from sqlalchemy import delete, false, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity import deliveries, notices
-from identity.db.models import ACTIVE, Account, Delivery, Link, Notice, Service, StaffMember, StaffService, utcnow
+from identity.db.models import (
+    ACTIVE,
+    Account,
+    Delivery,
+    Link,
+    Notice,
+    Service,
+    StaffMember,
+    StaffService,
+    utcnow,
+)
 from identity.support.session import Agent
 from identity.support.staff import StaffError
 
@@ -141,7 +151,7 @@ async def recent_deliveries(db: AsyncSession, service: Service, limit: int = REC
             "sub": sub,
             "channel": r.channel,
             "status": "dead" if r.state == "dead" else "pending" if r.wanted_version > r.delivered_version else "delivered",
-            "version": r.delivered_version if r.wanted_version <= r.delivered_version else r.wanted_version,
+            "version": max(r.delivered_version, r.wanted_version),
             "attempts": r.attempts,
             "answer": r.last_status,
             "delay_ms": r.last_delay_ms,

@@ -15,7 +15,16 @@ import pytest
 from sqlalchemy import select
 
 from identity.appkeys import DB
-from identity.db.models import Account, DeadLetter, Delivery, Link, Notice, Resync, Service, utcnow
+from identity.db.models import (
+    Account,
+    DeadLetter,
+    Delivery,
+    Link,
+    Notice,
+    Resync,
+    Service,
+    utcnow,
+)
 from tests.cli import onesignin
 from tests.identity.test_operator_cli import cli_env
 from tests.support import Hub
