@@ -179,6 +179,7 @@ async def test_every_admin_look_and_action_is_audited(hub: Hub) -> None:
     admin = await console_for(hub, "admin")
     try:
         listing = await admin.get("/support/services")
+        day = await admin.get(f"/support/services/{seeded.store}", window="day")
         page = await admin.get(f"/support/services/{seeded.store}")
         one = await admin.submit(page, f"/support/services/{seeded.store}/redeliver", kind="delivery", id=str(seeded.letter))
         resynced = await admin.submit(one, f"/support/services/{seeded.store}/resync")
@@ -194,6 +195,7 @@ async def test_every_admin_look_and_action_is_audited(hub: Hub) -> None:
     # An admin sees every service, with its secrets' ages and settings.
     assert "Store" in listing.text and "Forum" in listing.text and "Client secret age" in listing.text
     assert "under a minute" in listing.text
+    assert day.status_code == 200 and "<strong>Last day</strong>" in day.text and day.text.count("<svg") == 5
     assert "Settings" in page.text and "https://store.example/hook" in page.text
     assert "HTTP 500" in page.text and f"Redeliver delivery {seeded.letter}" in page.text
     assert "Queued again: 1 dead letter(s)." in one.text
@@ -203,6 +205,7 @@ async def test_every_admin_look_and_action_is_audited(hub: Hub) -> None:
     steps = [(r.action, r.account_sub, (r.detail or {}).get("client_id")) for r in records]
     assert steps == [
         ("support.services_view", None, None),
+        ("support.service_view", None, seeded.store),
         ("support.service_view", None, seeded.store),
         ("service.redelivered", None, seeded.store),
         ("support.service_view", None, seeded.store),
