@@ -42,7 +42,7 @@ from identity import appkeys as K
 from identity.accounts.passwords import PasswordHasher
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
-from identity.db.models import Account, Service
+from identity.db.models import Account, Service, utcnow
 from identity.private_files import private_dir
 from identity.sealing import KeyCipher, new_webhook_secret, seal_webhook_secret
 from identity.settings import Settings
@@ -415,6 +415,7 @@ def _private_network_webhook(row: Service, cipher: KeyCipher, url: str) -> str |
     if not row.webhook_secret:
         secret = new_webhook_secret()
         row.webhook_secret = seal_webhook_secret(cipher, secret, row.client_id)
+        row.webhook_secret_set_at = utcnow()
     row.webhook_disabled_at = row.webhook_quarantined_at = row.webhook_failing_since = None
     row.webhook_last_error = None
     row.topic_enabled = True

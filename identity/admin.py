@@ -17,7 +17,7 @@ from identity.accounts import links
 from identity.accounts.children import is_child
 from identity.accounts.passwords import PasswordHasher, check_password
 from identity.accounts.store import EmailTaken, create_account
-from identity.db.models import AccountStatus, Delivery, Notice, Service
+from identity.db.models import AccountStatus, Delivery, Notice, Service, utcnow
 from identity.deliveries import resume
 from identity.oidc import redirects, scopes
 from identity.oidc.client import AuthMethod
@@ -142,6 +142,8 @@ async def add_service(
             client_id=service.client_id,
             name=name.strip(),
             secret_hash=digest(service.client_secret) if service.client_secret else None,
+            secret_set_at=utcnow() if service.client_secret else None,
+            webhook_secret_set_at=utcnow() if webhook_secret else None,
             redirect_uris=redirect_uris,
             post_logout_redirect_uris=post_logout,
             backchannel_logout_uri=backchannel,
@@ -220,8 +222,9 @@ async def update_service_client(
     if method.has_secret and not before.has_secret:
         updated.client_secret = new_secret(32)
         service.secret_hash = digest(updated.client_secret)
+        service.secret_set_at = utcnow()
     elif not method.has_secret:
-        service.secret_hash = None
+        service.secret_hash = service.secret_set_at = None
         service.previous_secret_hash = service.previous_secret_expires_at = None
     service.token_endpoint_auth_method = method.value
     if (method is AuthMethod.NONE) != (before is AuthMethod.NONE):
@@ -423,7 +426,7 @@ async def update_service_sync(
         raise InvalidInput(f"no service with client_id {client_id!r}")
     secret = None
     if remove_webhook:
-        service.webhook_url = service.webhook_secret = None
+        service.webhook_url = service.webhook_secret = service.webhook_secret_set_at = None
     elif webhook_url is not None:
         service.webhook_url = check_uri(webhook_url, "--webhook-url")
         rotate_secret = rotate_secret or not service.webhook_secret
@@ -432,6 +435,7 @@ async def update_service_sync(
             raise InvalidInput("the service has no webhook: give --webhook-url")
         secret = new_webhook_secret()
         service.webhook_secret = seal_webhook_secret(cipher, secret, service.client_id)
+        service.webhook_secret_set_at = utcnow()
     if remove_webhook or webhook_url is not None or rotate_secret:
         service.webhook_disabled_at = service.webhook_quarantined_at = service.webhook_failing_since = None
         service.webhook_last_error = None

@@ -40,6 +40,10 @@ class UsageError(Exception):
     """A bad argument, explained for the person who typed it."""
 
 
+
+#: The support console's staff roles (``identity.support.session.Role``; tests check they agree).
+STAFF_ROLES = ["agent", "supervisor", "admin", "service_owner"]
+
 def _emit(payload: dict[str, Any] | list[Any]) -> None:
     sys.stdout.write(json.dumps(payload) + "\n")
     sys.stdout.flush()
@@ -742,6 +746,28 @@ def cmd_agents_add(settings: Settings, args: argparse.Namespace) -> dict[str, An
     return asyncio.run(_with_db(settings, work))
 
 
+def cmd_agents_services(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from identity.db.models import Account
+    from identity.support import services
+    from identity.support.audit import record
+    from schemas.account import normalize_email
+
+    async def work(db: Any) -> dict[str, Any]:
+        try:
+            sub = await db.scalar(select(Account.sub).where(Account.email == normalize_email(args.email)))
+        except ValueError:
+            sub = None
+        if sub is None:
+            raise admin.InvalidInput(f"no staff member with the email address {args.email!r}")
+        owned = await services.set_owned(db, sub=sub, client_ids=args.client_id, granted_by=_operator())
+        record(db, actor_kind="cli", actor=_os_user(), action="staff.services_set", account_sub=sub, detail={"services": owned})
+        return {"email": args.email, "services": owned}
+
+    return asyncio.run(_with_db(settings, work))
+
+
 def cmd_agents_list(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from identity.support import staff
 
@@ -1088,7 +1114,8 @@ def parser() -> argparse.ArgumentParser:
     add_agent = agents_sub.add_parser(
         "add",
         help="make a person staff (creating their hub account if needed)",
-        description="Make the account EMAIL a support agent or supervisor with a new TOTP second factor. The hub "
+        description="Make the account EMAIL a support console staff member (agent, supervisor, admin or "
+        "service_owner) with a new TOTP second factor. The hub "
         "account is created (its address taken as confirmed) under the same password policy as `users add` when "
         "there is none; an existing account's password must be given and match. A disabled staff member is "
         "enabled again with a new TOTP secret. Prints sub and totp_uri (otpauth://, for the authenticator app; "
@@ -1096,15 +1123,24 @@ def parser() -> argparse.ArgumentParser:
     )
     add_agent.add_argument("--email", required=True)
     _password_arguments(add_agent, password_help="the account's password (a new account's is checked against the policy)")
-    add_agent.add_argument("--role", required=True, choices=["agent", "supervisor"])
+    add_agent.add_argument("--role", required=True, choices=STAFF_ROLES)
     add_agent.set_defaults(func=cmd_agents_add)
     list_agents = agents_sub.add_parser("list", help="list staff", description="List staff: sub, email, role, when added, by whom, disabled.")
     list_agents.set_defaults(func=cmd_agents_list)
     for name, text in (("disable", "disable a staff member (ends their console sessions)"), ("role", "change a staff member's role")):
         cmd = agents_sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         cmd.add_argument("--email", required=True)
-        cmd.add_argument("--role", choices=["agent", "supervisor"], required=name == "role", help="the new role")
+        cmd.add_argument("--role", choices=STAFF_ROLES, required=name == "role", help="the new role")
         cmd.set_defaults(func=cmd_agents_update, disable=name == "disable")
+    owned = agents_sub.add_parser(
+        "services",
+        help="name the services a service owner looks after",
+        description="Make the given services (by client_id) the ones the staff member EMAIL sees in the console as a "
+        "service owner, replacing those they had; no --client-id leaves them none. Writes a staff.services_set audit record.",
+    )
+    owned.add_argument("--email", required=True)
+    owned.add_argument("--client-id", action="append", default=[], help="a service's client_id (repeat for several)")
+    owned.set_defaults(func=cmd_agents_services)
     return top
 
 

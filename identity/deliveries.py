@@ -21,6 +21,7 @@ from identity.db.models import (
     Delivery,
     Link,
     Notice,
+    Resync,
     Service,
     SsfStream,
     utcnow,
@@ -147,9 +148,12 @@ async def _shared_signals(db: AsyncSession, service_id: int) -> dict[str, Any] |
     }
 
 
-async def resync(db: AsyncSession, service: Service, *, rate: float, now: dt.datetime | None = None) -> int:
+async def resync(
+    db: AsyncSession, service: Service, *, rate: float, now: dt.datetime | None = None, started_by: str | None = None
+) -> int:
     """Queue a snapshot of every linked person for ``service``, paced at ``rate`` people per
-    second (a queued delivery is coalesced with any pending one). Returns how many people."""
+    second (a queued delivery is coalesced with any pending one), and remember it for its
+    progress (:func:`resync_progress`). Returns how many people."""
     now = now or utcnow()
     channels = channels_of(service.webhook_url, service.topic_enabled, service.scim_base_url)
     if not channels:
@@ -198,7 +202,29 @@ async def resync(db: AsyncSession, service: Service, *, rate: float, now: dt.dat
             for channel in channels
         ]
         await _queue_snapshots(db, values)
+    db.add(Resync(service_id=service.id, started_at=now, people=len(rows), started_by=started_by))
     return len(rows)
+
+
+async def resync_progress(db: AsyncSession, service: Service) -> dict[str, Any] | None:
+    """The service's latest resync: when, by whom, and how many of its ``people`` were sent since
+    (a person counts once every channel of the service delivered to them after it started)."""
+    last = await db.scalar(select(Resync).where(Resync.service_id == service.id).order_by(Resync.id.desc()).limit(1))
+    if last is None:
+        return None
+    channels = channels_of(service.webhook_url, service.topic_enabled)
+    d = Delivery.__table__.c
+    done = dict(
+        (
+            await db.execute(
+                select(d.channel, func.count())
+                .where(d.service_id == service.id, d.delivered_at >= last.started_at, d.wanted_version <= d.delivered_version)
+                .group_by(d.channel)
+            )
+        ).all()
+    )
+    sent = min((done.get(c, 0) for c in channels), default=0)
+    return {"started_at": last.started_at, "started_by": last.started_by, "people": last.people, "sent": min(sent, last.people)}
 
 
 async def resync_person(db: AsyncSession, service: Service, account_id: int, *, origin: str = "support", now: dt.datetime | None = None) -> bool:

@@ -212,6 +212,9 @@ class Settings(BaseSettings):
         description="Days an account whose address was never confirmed is kept without use (no sign-in, no live "
         "mailed link) before it is deleted; never one linked to a service or holding anything else of the person's.",
     )
+    sync_rollup_retention_days: int = Field(
+        8, ge=1, description="Days the per-minute sync rollups behind the console's charts are kept (the charts show at most a day)."
+    )
     purge_interval: float = Field(3600, gt=0, description="Seconds between purges run by `serve`.")
 
     # Prometheus metrics of `serve`: on a port of their own, never on the public one.

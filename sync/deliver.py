@@ -137,6 +137,9 @@ class Deliveries:
     def lock_order(self, job: Job) -> tuple[int, int, str]:
         return (job.service_id, job.account_id, job.channel)  # the fan-out's upserts' order
 
+    def since(self, job: Job) -> dt.datetime | None:
+        return job.first_pending_at  # the commit of the oldest change it carries
+
     def count(self, metrics: SyncMetrics, channel: str, result: str) -> None:
         metrics.deliveries.labels(channel, result).inc()
 
@@ -292,14 +295,17 @@ class Deliveries:
     async def record(self, db: AsyncSession, result: Result, decision: Decision) -> bool:
         job, now = result.job, result.at
         d = Delivery.__table__.c
+        answer = {"last_status": result.outcome.status, "last_delay_ms": result.delay_ms}
         if decision.action == GONE:
             # It waits, due, until the webhook is enabled again.
-            await db.execute(update(Delivery.__table__).where(d.id == job.delivery_id).values(next_attempt_at=now, last_error=decision.error))
+            await db.execute(
+                update(Delivery.__table__).where(d.id == job.delivery_id).values(next_attempt_at=now, last_error=decision.error, **answer)
+            )
             return True
         # Not if the version this attempt carried has been delivered meanwhile, nor once the row
         # was given up: an attempt that stalled past its lease, while another took the row and
         # succeeded or gave up, comes too late.
-        this = update(Delivery.__table__).where(d.id == job.delivery_id, d.state == ACTIVE, d.delivered_version < job.version)
+        this = update(Delivery.__table__).where(d.id == job.delivery_id, d.state == ACTIVE, d.delivered_version < job.version).values(**answer)
         if decision.action == DEAD:
             row = (
                 await db.execute(
@@ -329,7 +335,7 @@ class Deliveries:
         return bool(recorded.rowcount)
 
 
-def _settled_values(i: Any, v: Any, g: Any, t: Any) -> dict[str, Any]:
+def _settled_values(i: Any, v: Any, g: Any, t: Any, s: Any, ms: Any) -> dict[str, Any]:
     """A delivered row's new values: settled only if no newer request came while it was in
     flight (same generation); otherwise it stays pending and the newer state is sent next."""
     d = Delivery.__table__.c
@@ -344,20 +350,24 @@ def _settled_values(i: Any, v: Any, g: Any, t: Any) -> dict[str, Any]:
         "last_error": None,
         "delivered_at": t,
         "next_attempt_at": t,
+        "last_status": s,
+        "last_delay_ms": ms,
     }
 
 
 _SETTLE_ONE = update(Delivery.__table__).where(Delivery.__table__.c.id == bindparam("i")).values(
-    _settled_values(bindparam("i"), bindparam("v"), bindparam("g"), bindparam("t"))
+    _settled_values(bindparam("i"), bindparam("v"), bindparam("g"), bindparam("t"), bindparam("s"), bindparam("ms"))
 )
 _SETTLED = func.unnest(
     bindparam("ids", type_=ARRAY(BigInteger)),
     bindparam("versions", type_=ARRAY(Integer)),
     bindparam("generations", type_=ARRAY(Integer)),
     bindparam("ats", type_=ARRAY(UTCDateTime())),
-).table_valued("i", "v", "g", "t").render_derived(name="o", with_types=False)
+    bindparam("statuses", type_=ARRAY(Integer)),
+    bindparam("delays", type_=ARRAY(BigInteger)),
+).table_valued("i", "v", "g", "t", "s", "ms").render_derived(name="o", with_types=False)
 _SETTLE_MANY = update(Delivery.__table__).where(Delivery.__table__.c.id == _SETTLED.c.i).values(
-    _settled_values(_SETTLED.c.i, _SETTLED.c.v, _SETTLED.c.g, _SETTLED.c.t)
+    _settled_values(_SETTLED.c.i, _SETTLED.c.v, _SETTLED.c.g, _SETTLED.c.t, _SETTLED.c.s, _SETTLED.c.ms)
 )
 _LOCK_IN_ORDER = (
     select(Delivery.__table__.c.id)
@@ -372,12 +382,18 @@ async def _settle(db: AsyncSession, ok: list[Result]) -> None:
     rows first locked in key order, as the fan-out's upserts lock them (so the two never
     deadlock); elsewhere row by row, in that order."""
     if not dialect.is_postgres(db):
-        await db.execute(_SETTLE_ONE, [{"i": r.job.delivery_id, "v": r.job.version, "g": r.job.generation, "t": r.at} for r in ok])
+        await db.execute(
+            _SETTLE_ONE,
+            [{"i": r.job.delivery_id, "v": r.job.version, "g": r.job.generation, "t": r.at, "s": r.outcome.status, "ms": r.delay_ms} for r in ok],
+        )
         return
     ids = [r.job.delivery_id for r in ok]
     await db.execute(_LOCK_IN_ORDER, {"ids": ids})
     await db.execute(
         _SETTLE_MANY,
-        {"ids": ids, "versions": [r.job.version for r in ok], "generations": [r.job.generation for r in ok], "ats": [r.at for r in ok]},
+        {
+            "ids": ids, "versions": [r.job.version for r in ok], "generations": [r.job.generation for r in ok], "ats": [r.at for r in ok],
+            "statuses": [r.outcome.status for r in ok], "delays": [r.delay_ms for r in ok],
+        },
     )
 

@@ -35,6 +35,7 @@ import aiohttp
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from identity import rollups
 from identity.db.engine import plan_for_now
 from identity.db.models import ACTIVE, PENDING, Delivery, Notice, Service, SsfStream, utcnow
 from identity.db.units import whole
@@ -44,7 +45,7 @@ from sync import scim, ssf, webhooks
 from sync.backoff import Backoff
 from sync.endpoints import Endpoint, Endpoints, Room
 from sync.metrics import SyncMetrics
-from sync.outcomes import GONE, SETTLE, Decision, decide, quarantine_probe
+from sync.outcomes import DEAD, GONE, SETTLE, Decision, decide, quarantine_probe
 from sync.service_topics import ServiceTopics
 
 if TYPE_CHECKING:
@@ -88,6 +89,18 @@ class Result:
     job: Any
     outcome: webhooks.Outcome
     at: dt.datetime
+    #: When what the job carries began to wait (a change's commit, a notice's writing).
+    since: dt.datetime | None = None
+
+    @property
+    def delay(self) -> float | None:
+        """Seconds from ``since`` to the answer."""
+        return max(0.0, (self.at - self.since).total_seconds()) if self.since is not None else None
+
+    @property
+    def delay_ms(self) -> int | None:
+        delay = self.delay
+        return round(delay * 1000) if delay is not None else None
 
 
 class Kind(Protocol):
@@ -105,6 +118,10 @@ class Kind(Protocol):
 
     def lock_order(self, job: Any) -> tuple[Any, ...]:
         """Outcomes are recorded in this order (the order others lock the same rows in)."""
+        ...
+
+    def since(self, job: Any) -> dt.datetime | None:
+        """When what ``job`` carries began to wait: its latency is counted from there."""
         ...
 
     async def settle(self, db: AsyncSession, settled: list[tuple[Result, Decision]]) -> None: ...
@@ -342,7 +359,7 @@ class Engine:
         self.kind.count(self.metrics, job.channel, outcome.result)
         if outcome.result == "gone":
             self.endpoints.gone(job.service_id)
-        self.results.append(Result(job, outcome, utcnow()))
+        self.results.append(Result(job, outcome, utcnow(), self.kind.since(job)))
         self.results_ready.set()
 
     # -- recording ------------------------------------------------------------------------
@@ -366,29 +383,35 @@ class Engine:
 
     async def record(self, db: AsyncSession, results: list[Result]) -> None:
         """Record ``results`` in the caller's transaction: each row as the outcome policy
-        decides, then what it means for each webhook."""
+        decides, then what it means for each webhook, and the counts in the per-minute rollups."""
         # Rows are locked in the kind's order (the fan-out's, for deliveries): no deadlock.
         decided = [
             (r, decide(r.outcome, attempts=r.job.attempts, failing_since=r.job.failing_since, now=r.at, channel=r.job.channel, settings=self.settings))
             for r in sorted(results, key=lambda r: self.kind.lock_order(r.job))
         ]
+        tally = rollups.Tally()
         settled = [(r, d) for r, d in decided if d.action == SETTLE]
         if settled:
             await self.kind.settle(db, settled)
             for channel in ("webhook", "scim"):
                 await self._recover(db, channel, sorted({r.job.service_id for r, d in settled if d.endpoint == "recover" and r.job.channel == channel}))
             await self._recover_streams(db, sorted({r.job.service_id for r, d in settled if d.endpoint == "recover" and r.job.channel == "ssf"}))
+            for r, _ in settled:
+                tally.ok(r.job.service_id, r.at, r.delay)
         for r, d in decided:
             if d.action == SETTLE:
                 continue
             if d.action == GONE:
                 await _disable(db, r.job.service_id, r.at, d.error)
             took = await self.kind.record(db, r, d)
+            tally.failed(r.job.service_id, r.at, dead=took and d.action == DEAD)
             if took and d.endpoint == "failing":
                 if r.job.channel == "ssf":
                     await self._stream_failing(db, r.job.service_id, r.at, d.error)
                 else:
                     await self._failing(db, r.job.channel, r.job.service_id, r.at, d.error)
+        # Last, in (minute, service) order: no other writer of these rows waits on what this holds.
+        await rollups.add(db, tally)
 
     async def _recover(self, db: AsyncSession, channel: str, healthy: list[int]) -> None:
         """Endpoints (webhooks, or SCIM servers: ``channel``) that accepted something are

@@ -54,6 +54,7 @@ class Job:
     body: str
     attempts: int
     failing_since: dt.datetime | None
+    created_at: dt.datetime | None = None
 
 
 class Notices:
@@ -70,6 +71,9 @@ class Notices:
 
     def lock_order(self, job: Job) -> tuple[int, str, str, int]:
         return (job.service_id, job.key, job.channel, job.id)
+
+    def since(self, job: Job) -> dt.datetime | None:
+        return job.created_at  # a notice's latency runs from its writing
 
     def count(self, metrics: SyncMetrics, channel: str, result: str) -> None:
         metrics.notices.labels(channel, result).inc()
@@ -122,7 +126,7 @@ class Notices:
                 update(Notice.__table__)
                 .where(n.id.in_(picked.scalar_subquery()))
                 .values(next_attempt_at=now + dt.timedelta(seconds=self.settings.sync_lease))
-                .returning(n.id, n.service_id, n.channel, n.key, n.message_id, n.body, n.attempts, n.failing_since)
+                .returning(n.id, n.service_id, n.channel, n.key, n.message_id, n.body, n.attempts, n.failing_since, n.created_at)
             )
         ).all()
         jobs = sorted((Job(*r) for r in rows), key=lambda j: j.id)
@@ -165,12 +169,15 @@ class Notices:
     async def settle(self, db: AsyncSession, settled: list[tuple[Result, Decision]]) -> None:
         for r, d in settled:
             await db.execute(
-                self._this(r.job).values(state="delivered", delivered_at=r.at, attempts=d.attempts, last_error=None, next_attempt_at=r.at)
+                self._this(r.job).values(
+                    state="delivered", delivered_at=r.at, attempts=d.attempts, last_error=None, next_attempt_at=r.at,
+                    last_status=r.outcome.status, last_delay_ms=r.delay_ms,
+                )
             )
 
     async def record(self, db: AsyncSession, result: Result, decision: Decision) -> bool:
         job, now = result.job, result.at
-        this = self._this(job)
+        this = self._this(job).values(last_status=result.outcome.status, last_delay_ms=result.delay_ms)
         if decision.action == GONE:
             # It waits, due, until the webhook is enabled again.
             return bool((await db.execute(this.values(next_attempt_at=now, last_error=decision.error))).rowcount)

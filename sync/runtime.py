@@ -15,8 +15,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from identity import appkeys as K
-from identity import notices, outbound
+from identity import notices, outbound, rollups
 from identity.db.engine import reachable
+from identity.db.models import utcnow
 from identity.rights.metrics import refresh_overdue
 from identity.sealing import KeyCipher
 from identity.settings import Settings
@@ -153,11 +154,15 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _refresh(app: web.Application) -> None:
+    backlogged: set[int] = set()  # services with a backlog at the last sample
     while True:
         try:
             async with app[K.DB]() as db:
                 await refresh_gauges(db, app[METRICS])
                 await refresh_overdue(db, app[METRICS].rights_overdue)
+            # Each service's backlog, sampled into the per-minute rollups behind the console's charts.
+            async with app[K.DB].begin() as db:
+                backlogged = await rollups.sample_backlog(db, utcnow(), backlogged)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -70,7 +70,7 @@ async def resync(request: web.Request) -> web.StreamResponse:
         if not (service.webhook_url or service.topic_enabled or service.scim_base_url):
             return problem(409, "no_delivery_channel", "This service has no webhook, topic or SCIM server to deliver to.")
         try:
-            queued = await status.resync(db, service, rate=rate)
+            queued = await status.resync(db, service, rate=rate, started_by="service")
         except status.ResyncInProgress as busy:
             wait = max(1, math.ceil((busy.until - utcnow()).total_seconds()))
             response = problem(

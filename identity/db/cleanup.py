@@ -1,5 +1,6 @@
 """Removal of protocol records nobody can use any more: expired interactions, codes, mailed
-links, throttle counters, used client assertions, DPoP proofs and passkey challenges, tokens and sessions. Run periodically by ``serve``; the caller
+links, throttle counters, used client assertions, DPoP proofs and passkey challenges, tokens and sessions, and the
+per-minute sync rollups older than their retention. Run periodically by ``serve``; the caller
 commits. (Retention of personal history is a separate, configurable policy.)"""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from identity.db.models import (
     PushedRequest,
     RevokedServiceToken,
     SpentChallenge,
+    SyncMinute,
     Throttle,
     Token,
     utcnow,
@@ -29,7 +31,13 @@ CODE_GRACE = dt.timedelta(days=1)
 SESSION_GRACE = dt.timedelta(days=1)
 
 
-async def purge_expired(db: AsyncSession, *, throttle_window: float, now: dt.datetime | None = None) -> dict[str, int]:
+#: How long per-minute sync rollups are kept when the caller does not say.
+ROLLUP_RETENTION = dt.timedelta(days=8)
+
+
+async def purge_expired(
+    db: AsyncSession, *, throttle_window: float, rollup_retention: dt.timedelta = ROLLUP_RETENTION, now: dt.datetime | None = None
+) -> dict[str, int]:
     now = now or utcnow()
     statements = {
         "interactions": delete(Interaction).where(Interaction.expires_at < now),
@@ -53,6 +61,8 @@ async def purge_expired(db: AsyncSession, *, throttle_window: float, now: dt.dat
         "browser_sessions": delete(BrowserSession).where(
             or_(BrowserSession.expires_at < now, and_(BrowserSession.ended_at.is_not(None), BrowserSession.ended_at < now - SESSION_GRACE))
         ),
+        # The charts' time series (``sync_minutes``), past ``sync_rollup_retention_days``.
+        "sync_minutes": delete(SyncMinute).where(SyncMinute.minute < now - rollup_retention),
     }
     counts = {}
     for name, statement in statements.items():

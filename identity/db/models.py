@@ -266,6 +266,9 @@ class Service(Base):
     #: The secret before the last rotation, accepted until ``previous_secret_expires_at``.
     previous_secret_hash: Mapped[str | None] = mapped_column(String(128))
     previous_secret_expires_at: Mapped[dt.datetime | None]
+    #: When the current client secret and webhook secret were made (their age, for admins).
+    secret_set_at: Mapped[dt.datetime | None]
+    webhook_secret_set_at: Mapped[dt.datetime | None]
 
 
 class PushedRequest(Base):
@@ -618,6 +621,10 @@ class Delivery(Base):
     failing_since: Mapped[dt.datetime | None]
     last_error: Mapped[str | None] = mapped_column(String(500))
     delivered_at: Mapped[dt.datetime | None]
+    #: The last attempt's answer: its HTTP status (none for a topic or no answer), and the delay
+    #: in milliseconds from the change's commit to that answer.
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_delay_ms: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class DeadLetter(Base):
@@ -683,6 +690,9 @@ class Notice(Base):
     failing_since: Mapped[dt.datetime | None]
     last_error: Mapped[str | None] = mapped_column(String(500))
     delivered_at: Mapped[dt.datetime | None] = mapped_column(index=True)
+    #: The last attempt's answer: HTTP status, and milliseconds from the notice's writing to it.
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_delay_ms: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class SsfStream(Base):
@@ -800,7 +810,7 @@ class StaffMember(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), unique=True)
-    # "agent" or "supervisor"
+    # "agent", "supervisor", "admin" or "service_owner"
     role: Mapped[str] = mapped_column(String(16))
     totp_secret: Mapped[str] = mapped_column(Text)
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
@@ -859,3 +869,65 @@ class ConsoleSession(Base):
     last_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
     ended_at: Mapped[dt.datetime | None]
+
+
+class StaffService(Base):
+    """A service a staff member with the ``service_owner`` role looks after: they see its sync
+    state, and only its."""
+
+    __tablename__ = "staff_services"
+
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"), primary_key=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), primary_key=True, index=True)
+    granted_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    granted_by: Mapped[str | None] = mapped_column(String(64))
+
+
+class Resync(Base):
+    """A resync of every person linked to a service, for its progress: ``people`` were queued at
+    ``started_at``; a person counts as sent once each channel delivered to them since."""
+
+    __tablename__ = "resyncs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), index=True)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    people: Mapped[int] = mapped_column(Integer)
+    started_by: Mapped[str | None] = mapped_column(String(200))
+
+
+#: Upper bounds (seconds) of the per-minute latency histogram of :class:`SyncMinute`, from a
+#: change's commit (a notice's writing) to the service's answer; the last bucket has none.
+LATENCY_BOUNDS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
+LATENCY_COLUMNS: tuple[str, ...] = tuple(f"latency_{i}" for i in range(len(LATENCY_BOUNDS) + 1))
+
+
+class SyncMinute(Base):
+    """One service's sync in one minute, rolled up as the delivery engine records outcomes (in
+    the same transaction): attempts answered ``ok``, attempts that failed, rows given up (dead),
+    a latency histogram of the answered ones (``latency_i`` counts those up to
+    ``LATENCY_BOUNDS[i]``), and the backlog last sampled in that minute. Deliveries and notices
+    alike. Pruned after ``sync_rollup_retention_days``."""
+
+    __tablename__ = "sync_minutes"
+
+    service_id: Mapped[int] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), primary_key=True)
+    minute: Mapped[dt.datetime] = mapped_column(primary_key=True, index=True)
+    ok: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    dead: Mapped[int] = mapped_column(Integer, default=0)
+    backlog: Mapped[int | None] = mapped_column(Integer)
+    latency_0: Mapped[int] = mapped_column(Integer, default=0)
+    latency_1: Mapped[int] = mapped_column(Integer, default=0)
+    latency_2: Mapped[int] = mapped_column(Integer, default=0)
+    latency_3: Mapped[int] = mapped_column(Integer, default=0)
+    latency_4: Mapped[int] = mapped_column(Integer, default=0)
+    latency_5: Mapped[int] = mapped_column(Integer, default=0)
+    latency_6: Mapped[int] = mapped_column(Integer, default=0)
+    latency_7: Mapped[int] = mapped_column(Integer, default=0)
+    latency_8: Mapped[int] = mapped_column(Integer, default=0)
+    latency_9: Mapped[int] = mapped_column(Integer, default=0)
+    latency_10: Mapped[int] = mapped_column(Integer, default=0)
+    latency_11: Mapped[int] = mapped_column(Integer, default=0)
+    latency_12: Mapped[int] = mapped_column(Integer, default=0)
+    latency_13: Mapped[int] = mapped_column(Integer, default=0)

@@ -149,6 +149,7 @@ async def rotate_secret(db: AsyncSession, client_id: str, *, overlap: int, actor
     service.previous_secret_hash = service.secret_hash if expires else None
     service.previous_secret_expires_at = expires
     service.secret_hash = digest(secret)
+    service.secret_set_at = utcnow()
     record(
         db, actor_kind="cli", actor=actor, action="service.secret_rotated", reason=reason,
         detail={"client_id": service.client_id, "overlap_seconds": overlap},

@@ -1,5 +1,6 @@
-"""Supervisors manage staff at ``/support/agents``: list them, give an existing hub account a
-role, change a role, disable one. Every change writes an audit record in the same transaction.
+"""Supervisors manage the people's side of the staff at ``/support/agents``: list them, give an
+existing hub account the agent or supervisor role, change a role between those two, disable an
+agent or supervisor (admins and service owners are an admin's to manage, ``/support/admin/staff``). Every change writes an audit record in the same transaction.
 A supervisor types no password and never sees a TOTP URI: the new staff member enrols their own
 authenticator at their first console sign-in, so nobody but them holds both factors. Nobody sees
 a password hash or a TOTP secret here; a supervisor cannot change or disable their own staff
@@ -12,7 +13,7 @@ from aiohttp import web
 from identity import admin
 from identity.appkeys import CIPHER, DB
 from identity.pages.common import field
-from identity.support import audit, forms
+from identity.support import access, audit, forms
 from identity.support import staff as staff_members
 from identity.support.app import require_supervisor
 from identity.support.render import render
@@ -20,6 +21,7 @@ from identity.support.session import Agent
 from identity.web.responses import redirect
 
 PAGE = "/support/agents"
+ROLES = tuple(sorted(access.PEOPLE))
 
 
 def add_routes(console: web.Application) -> None:
@@ -33,7 +35,8 @@ def add_routes(console: web.Application) -> None:
 async def _page(request: web.Request, *, error: str | None = None, status: int = 200, **extra: object) -> web.Response:
     async with request.config_dict[DB].begin() as db:
         staff = await staff_members.listing(db)
-    context = {"title": "Agents", "staff": staff, "roles": staff_members.ROLES, "error": error, **extra}
+    staff = [member for member in staff if member["role"] in access.PEOPLE]
+    context = {"title": "Agents", "staff": staff, "roles": ROLES, "error": error, **extra}
     return render(request, "console_agents.html", context, status=status)
 
 
@@ -53,7 +56,7 @@ async def add_agent(request: web.Request) -> web.StreamResponse:
     email, role = field(form, "email", 320), field(form, "role", 16)
     try:
         async with request.config_dict[DB].begin() as db:
-            sub, address = await staff_members.grant_role(db, request.config_dict[CIPHER], email=email, role=role, created_by=supervisor.sub)
+            sub, address = await staff_members.grant_role(db, request.config_dict[CIPHER], email=email, role=role, created_by=supervisor.sub, only_roles=ROLES)
             audit.record(db, actor_kind="agent", actor=supervisor.sub, action="staff.added", account_sub=sub, detail={"role": role})
     except admin.InvalidInput as exc:
         return await _page(request, error=_public(exc), status=400, email=email, role=role)
@@ -73,7 +76,7 @@ async def change_role(request: web.Request) -> web.StreamResponse:
     _not_self(supervisor, sub)
     try:
         async with request.config_dict[DB].begin() as db:
-            await staff_members.change_role(db, role, sub=sub)
+            await staff_members.change_role(db, role, sub=sub, only_roles=ROLES)
             audit.record(db, actor_kind="agent", actor=supervisor.sub, action="staff.role_changed", account_sub=sub, detail={"role": role})
     except admin.InvalidInput as exc:
         return await _page(request, error=_public(exc), status=400)
@@ -87,7 +90,7 @@ async def disable_agent(request: web.Request) -> web.StreamResponse:
     _not_self(supervisor, sub)
     try:
         async with request.config_dict[DB].begin() as db:
-            await staff_members.disable(db, sub=sub)
+            await staff_members.disable(db, sub=sub, only_roles=ROLES)
             audit.record(db, actor_kind="agent", actor=supervisor.sub, action="staff.disabled", account_sub=sub)
     except admin.InvalidInput as exc:
         return await _page(request, error=_public(exc), status=400)

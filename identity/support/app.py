@@ -2,7 +2,9 @@
 
 Its middleware resolves the console session before any handler runs: a handler under
 :data:`OPEN` (sign-in, its callback, the second factor, sign-out) may run without one; every
-other one gets ``request[AGENT]``, an active session, or a redirect to sign in (a page) / 401.
+other one gets ``request[AGENT]``, an active session, or a redirect to sign in (a page) / 401,
+and then only on the pages its role opens (:mod:`identity.support.access`; 403 otherwise, and
+``/support/`` sends admins and service owners to their own start page).
 Handlers needing the supervisor role check it with :func:`require_supervisor` (403 otherwise).
 Pages carry strict security headers: a CSP without inline scripts, ``frame-ancestors 'none'``,
 ``no-referrer`` and ``no-store``."""
@@ -16,7 +18,7 @@ import jinja2
 from aiohttp import web
 
 from identity.appkeys import DB
-from identity.support import session
+from identity.support import access, session
 from identity.support.session import AGENT, Agent
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -48,6 +50,13 @@ def require_supervisor(request: web.Request) -> Agent:
     return agent
 
 
+def require_admin(request: web.Request) -> Agent:
+    agent = request[AGENT]
+    if not agent.is_admin:
+        raise NotStaff(text="Only an admin may do this.")
+    return agent
+
+
 @web.middleware
 async def strict_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -72,6 +81,10 @@ async def staff_only(request: web.Request, handler: Handler) -> web.StreamRespon
         if request.method == "GET":
             raise web.HTTPSeeOther(f"{session.PATH}/login")
         raise web.HTTPUnauthorized(text="Your console session has ended. Sign in again.")
+    if not access.allowed(agent.role, relative):
+        if relative == "/" and request.method == "GET":
+            raise web.HTTPSeeOther(access.home(agent.role))
+        raise NotStaff(text="Your staff role does not open this page.")
     request[AGENT] = agent
     return await handler(request)
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from identity.support import actions, agents, audit_pages, people, recovery_pages, search_page, sign_in
+from identity.support import actions, admin_staff, agents, audit_pages, people, recovery_pages, search_page, service_pages, sign_in
 
 
 def add_routes(console: web.Application) -> None:
     sign_in.add_routes(console)  # /login /callback /totp /logout
     agents.add_routes(console)  # /agents (supervisors)
+    service_pages.add_routes(console)  # /services (admins: every service; service owners: theirs)
+    admin_staff.add_routes(console)  # /admin/staff (admins)
     r = console.router
     # Search, a person's linked profile, and what an agent may do for them.
     r.add_get("/", search_page.search_page)

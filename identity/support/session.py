@@ -23,7 +23,7 @@ from identity.web.cookies import CONSOLE
 
 COOKIE = CONSOLE.base
 PATH = "/support"
-Role = Literal["agent", "supervisor"]
+Role = Literal["agent", "supervisor", "admin", "service_owner"]
 _TOUCH_AFTER = dt.timedelta(seconds=30)
 
 
@@ -42,6 +42,15 @@ class Agent:
     @property
     def is_supervisor(self) -> bool:
         return self.role == "supervisor"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def helps_people(self) -> bool:
+        """Agents and supervisors: the only roles that search for and look at people."""
+        return self.role in ("agent", "supervisor")
 
 
 #: The staff member behind the request, set by the console's middleware.

@@ -168,12 +168,17 @@ def _make_staff(
             setattr(staff, name, value)
 
 
-async def grant_role(db: AsyncSession, cipher: KeyCipher, *, email: str, role: str, created_by: str | None) -> tuple[str, str]:
+async def grant_role(
+    db: AsyncSession, cipher: KeyCipher, *, email: str, role: str, created_by: str | None, only_roles: tuple[str, ...] | None = None
+) -> tuple[str, str]:
     """The console's way to add staff: give an existing, active hub account a role (no password is
     typed, none is created). Its TOTP is not enrolled: the staff member sees their own setup URI at
     their first console sign-in. A disabled staff member is enabled again and enrols anew; an
-    enabled one is refused. Returns (sub, normalised email)."""
+    enabled one is refused. With ``only_roles``, only one of those roles is given (and a disabled
+    staff member of another role is not taken over). Returns (sub, normalised email)."""
     _role(role)
+    if only_roles is not None and role not in only_roles:
+        raise StaffError(f"role must be one of: {', '.join(only_roles)}")
     try:
         normalized = normalize_email(email)
     except ValueError as exc:
@@ -184,6 +189,8 @@ async def grant_role(db: AsyncSession, cipher: KeyCipher, *, email: str, role: s
     staff = await db.scalar(select(StaffMember).where(StaffMember.account_id == account.id).with_for_update())
     if staff is not None and staff.disabled_at is None:
         raise StaffError(f"{normalized} is already staff ({staff.role}): change the role or disable it")
+    if staff is not None:
+        _managed(staff, only_roles)
     # A secret nobody sees: replaced by a fresh one when the staff member enrols.
     _make_staff(db, cipher, staff, account, role, pyotp.random_base32(), created_by=created_by, confirmed=False)
     await db.flush()
@@ -244,16 +251,30 @@ async def _find(db: AsyncSession, *, email: str | None = None, sub: str | None =
     return row[0], row[1]
 
 
-async def change_role(db: AsyncSession, role: str, *, email: str | None = None, sub: str | None = None) -> StaffMember:
+def _managed(staff: StaffMember, only_roles: tuple[str, ...] | None) -> None:
+    if only_roles is not None and staff.role not in only_roles:
+        raise StaffError(f"that staff member is {staff.role}: an admin changes them")
+
+
+async def change_role(
+    db: AsyncSession, role: str, *, email: str | None = None, sub: str | None = None, only_roles: tuple[str, ...] | None = None
+) -> StaffMember:
+    """Change a staff member's role; with ``only_roles``, only between those roles (a supervisor
+    manages agents and supervisors, never an admin or a service owner)."""
     staff, _ = await _find(db, email=email, sub=sub)
+    _managed(staff, only_roles)
+    if only_roles is not None and role not in only_roles:
+        raise StaffError(f"role must be one of: {', '.join(only_roles)}")
     staff.role = _role(role)
     await db.flush()
     return staff
 
 
-async def disable(db: AsyncSession, *, email: str | None = None, sub: str | None = None) -> StaffMember:
-    """Disable a staff member and end their console sessions at once."""
+async def disable(db: AsyncSession, *, email: str | None = None, sub: str | None = None, only_roles: tuple[str, ...] | None = None) -> StaffMember:
+    """Disable a staff member and end their console sessions at once (with ``only_roles``: only
+    one with one of those roles)."""
     staff, _ = await _find(db, email=email, sub=sub)
+    _managed(staff, only_roles)
     now = utcnow()
     if staff.disabled_at is None:
         staff.disabled_at = now
@@ -388,3 +409,8 @@ async def sign_out(db: AsyncSession, *, session_id: int, sub: str, signed_in: bo
 
 async def _end_console_session(db: AsyncSession, session_id: int, now: dt.datetime) -> None:
     await db.execute(update(ConsoleSession).where(ConsoleSession.id == session_id).values(ended_at=now))
+
+
+async def ids_by_sub(db: AsyncSession) -> dict[str, int]:
+    """Each staff member's row id, by their account's ``sub``."""
+    return dict((await db.execute(select(Account.sub, StaffMember.id).join(StaffMember, StaffMember.account_id == Account.id))).all())

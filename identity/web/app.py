@@ -173,7 +173,10 @@ def _every(seconds: float, name: str, work: Callable[[web.Application], Awaitabl
 async def _purge(app: web.Application) -> None:
     """Delete protocol records that have expired."""
     async with app[K.DB].begin() as db:
-        counts = await purge_expired(db, throttle_window=throttle.longest_window(app[K.SETTINGS]))
+        settings = app[K.SETTINGS]
+        counts = await purge_expired(
+            db, throttle_window=throttle.longest_window(settings), rollup_retention=dt.timedelta(days=settings.sync_rollup_retention_days)
+        )
     if any(counts.values()):
         log.info("purged expired records: %s", {k: v for k, v in counts.items() if v})
 

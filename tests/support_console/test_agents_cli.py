@@ -58,7 +58,7 @@ async def test_agents_add_list_role_disable(env: dict[str, str], database_url: s
     assert boss.returncode == 0, boss.stderr
     twice = run(env, "agents", "add", "--email", "ann@example.com", "--password", PASSWORD, "--role", "agent")
     assert twice.returncode == 2 and "already staff" in twice.stderr
-    bad_role = run(env, "agents", "add", "--email", "x@example.com", "--password", PASSWORD, "--role", "admin")
+    bad_role = run(env, "agents", "add", "--email", "x@example.com", "--password", PASSWORD, "--role", "root")
     assert bad_role.returncode == 2 and bad_role.stdout == ""
 
     listed = json.loads(run(env, "agents", "list").stdout)["staff"]
