@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from identity.accounts import links
 from identity.accounts.store import find_by_email
 from identity.appkeys import DB, PROVIDER, SETTINGS
+from identity.i18n import _, lazy_gettext
 from identity.db.models import Account
 from identity.db.units import unit
 from identity.oidc.logout import (
@@ -64,15 +65,15 @@ async def reset_request(request: web.Request) -> web.Response:
     return render(
         request,
         "message.html",
-        {"title": "Check your email", "message": "If an account uses that address, we have sent it a link to choose a new password."},
+        {"title": _("Check your email"), "message": _("If an account uses that address, we have sent it a link to choose a new password.")},
     )
 
 
 DEAD = {
-    "title": "This link no longer works",
-    "message": "The link has expired, was already used, or a newer one was sent. Ask for a new password reset link.",
+    "title": lazy_gettext("This link no longer works"),
+    "message": lazy_gettext("The link has expired, was already used, or a newer one was sent. Ask for a new password reset link."),
     "next": "/reset-password",
-    "next_label": "Ask for a new reset link",
+    "next_label": lazy_gettext("Ask for a new reset link"),
 }
 
 
@@ -109,7 +110,7 @@ async def reset_confirm(request: web.Request) -> web.Response:
         await links.cancel(db, used.account_id, links.PASSWORD_BOUND)
         after_commit.logout(db, request, await _end_sessions(request, db, used.account_id))
         await revoke_tokens(db, used.account_id)
-    return render(request, "message.html", {"title": "Password changed", "message": "Your new password is set. Sign in with it.", "next": "/sign-in"})
+    return render(request, "message.html", {"title": _("Password changed"), "message": _("Your new password is set. Sign in with it."), "next": "/sign-in"})
 
 
 async def change_page(request: web.Request) -> web.StreamResponse:
@@ -131,7 +132,7 @@ async def change(request: web.Request) -> web.StreamResponse:
     if confirmed.ended is not None:
         return confirmed.ended
     if not confirmed.ok:
-        errors = {"current_password": "Your current password is not correct."}
+        errors = {"current_password": _("Your current password is not correct.")}
         return render(request, "change_password.html", {"errors": errors}, status=400)
     if reason := await new_password_problem(request, password, [account.email, account.given_name or "", account.family_name or ""]):
         return render(request, "change_password.html", {"errors": {"password": reason}}, status=400)
@@ -141,4 +142,4 @@ async def change(request: web.Request) -> web.StreamResponse:
         await links.cancel(db, account.id, links.PASSWORD_BOUND)
         after_commit.logout(db, request, await _end_sessions(request, db, account.id, keep=signed_in.session.id))
         await revoke_tokens(db, account.id, keep_sid=signed_in.session.sid)
-    return render(request, "message.html", {"title": "Password changed", "message": "Your new password is set.", "next": "/account"})
+    return render(request, "message.html", {"title": _("Password changed"), "message": _("Your new password is set."), "next": "/account"})

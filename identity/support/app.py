@@ -15,6 +15,8 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from identity.support.words import _
+from identity import i18n
 from identity.appkeys import DB
 from identity.support import session
 from identity.support.session import AGENT, Agent
@@ -44,7 +46,7 @@ class NotStaff(web.HTTPForbidden):
 def require_supervisor(request: web.Request) -> Agent:
     agent = request[AGENT]
     if not agent.is_supervisor:
-        raise NotStaff(text="Only a supervisor may do this.")
+        raise NotStaff(text=_("Only a supervisor may do this."))
     return agent
 
 
@@ -71,14 +73,14 @@ async def staff_only(request: web.Request, handler: Handler) -> web.StreamRespon
     if agent is None or agent.stage != "active":
         if request.method == "GET":
             raise web.HTTPSeeOther(f"{session.PATH}/login")
-        raise web.HTTPUnauthorized(text="Your console session has ended. Sign in again.")
+        raise web.HTTPUnauthorized(text=_("Your console session has ended. Sign in again."))
     request[AGENT] = agent
     return await handler(request)
 
 
 def create_console(*routes: Routes) -> web.Application:
     console = web.Application(middlewares=[strict_headers, staff_only])
-    aiohttp_jinja2.setup(
+    env = aiohttp_jinja2.setup(
         console,
         loader=jinja2.ChoiceLoader(
             [jinja2.PackageLoader("identity.support", "templates"), jinja2.PackageLoader("identity.pages", "templates")]
@@ -86,6 +88,7 @@ def create_console(*routes: Routes) -> web.Application:
         autoescape=jinja2.select_autoescape(default=True),
         auto_reload=False,
     )
+    i18n.install(env, domain="console")
     for add in routes:
         add(console)
     return console
