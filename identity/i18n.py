@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterable, Iterator, Mapping
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from functools import cache
 from importlib.resources import files
 from io import BytesIO
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import jinja2
-from babel import Locale, dates, lists, numbers
+from babel import Locale, UnknownLocaleError, dates, lists, numbers
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.support import LazyProxy, Translations
@@ -43,6 +44,9 @@ __all__ = [
     "npgettext",
     "pgettext",
     "translations",
+    "in_their_language",
+    "speaking",
+    "supported",
     "using",
 ]
 
@@ -53,6 +57,9 @@ CONSOLE_LANGUAGES: tuple[str, ...] = ("en", "de")
 # Languages written right to left.
 RTL: frozenset[str] = frozenset({"ar"})
 DEFAULT = "en"
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 _CURRENT: ContextVar[str] = ContextVar("onesignin_locale", default=DEFAULT)
 
@@ -84,6 +91,36 @@ def using(lang: str) -> Iterator[str]:
         yield _CURRENT.get()
     finally:
         _CURRENT.reset(token)
+
+
+def supported(tag: str | None, languages: Iterable[str] = LANGUAGES) -> str | None:
+    """The supported language a BCP 47 tag names (``de-AT`` is ``de``), or None."""
+    if not tag:
+        return None
+    try:
+        parsed = Locale.parse(tag.strip().replace("-", "_"))
+    except (UnknownLocaleError, ValueError, TypeError):
+        return None
+    return parsed.language if parsed.language in languages else None
+
+
+def speaking(locale_claim: str | None) -> contextlib.AbstractContextManager[str]:
+    """Speak the language of a person's ``locale`` claim inside the block, or, when it names
+    none the hub speaks, the language already spoken (the page's that caused a mail)."""
+    return using(supported(locale_claim) or current())
+
+
+def in_their_language(build: Callable[P, R]) -> Callable[P, R]:
+    """A mail builder taking a ``locale=`` keyword (the recipient's ``locale`` claim, or None)
+    that builds the mail in that language (:func:`speaking`)."""
+
+    @functools.wraps(build)
+    def built(*args: P.args, **kwargs: P.kwargs) -> R:
+        locale_claim = kwargs.pop("locale", None)
+        with speaking(locale_claim):  # type: ignore[arg-type]
+            return build(*args, **kwargs)
+
+    return built
 
 
 def set_current(lang: str) -> None:
@@ -205,10 +242,12 @@ def install(env: jinja2.Environment, domain: str = "messages") -> None:
     env.install_gettext_callables(  # type: ignore[attr-defined]
         gettext_in, ngettext_in, newstyle=True, pgettext=pgettext_in, npgettext=npgettext_in
     )
-    env.filters["date"] = format_day
-    env.filters["datetime"] = format_moment
-    env.filters["number"] = format_number
-    env.filters["names"] = format_list
+    # Context filters: Jinja never folds them into a template at compile time (``4000|number``
+    # would otherwise be written once, in whichever language compiled the template first).
+    env.filters["date"] = jinja2.pass_context(lambda _ctx, value, format="medium": format_day(value, format))
+    env.filters["datetime"] = jinja2.pass_context(lambda _ctx, value: format_moment(value))
+    env.filters["number"] = jinja2.pass_context(lambda _ctx, value: format_number(value))
+    env.filters["names"] = jinja2.pass_context(lambda _ctx, value: format_list(value))
     env.globals["current_language"] = current
     env.globals["text_direction"] = text_direction
     env.globals["language_choices"] = language_choices

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import aiosmtplib
 
-from identity.i18n import _
+from identity.i18n import _, current
 from identity.private_files import private_dir
 
 if TYPE_CHECKING:
@@ -72,6 +72,8 @@ def build_message(
     message["Subject"] = subject
     message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = make_msgid(domain=_domain_of(sender))
+    # The language it is written in (RFC 3282): the recipient's, or the page's that caused it.
+    message["Content-Language"] = current()
     message.set_content(text)
     if html is not None:
         message.add_alternative(html, subtype="html")

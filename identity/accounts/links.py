@@ -26,7 +26,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.db.models import Account, EmailToken, utcnow
-from identity.i18n import _, format_day
+from identity.i18n import _, format_day, in_their_language
 from identity.mail import build_message
 from identity.settings import Settings
 from identity.tokens import digest, new_secret
@@ -141,9 +141,10 @@ async def cancel(db: AsyncSession, account_id: int, purposes: Iterable[str], *, 
 async def verification(db: AsyncSession, settings: Settings, account: Account) -> EmailMessage:
     """A fresh link to confirm the account's current address, and the message carrying it."""
     secret = await issue(db, account, "verify_email", account.email)
-    return verification_message(settings, account.email, secret)
+    return verification_message(settings, account.email, secret, locale=account.locale)
 
 
+@in_their_language
 def verification_message(settings: Settings, to: str, secret: str) -> EmailMessage:
     url = f"{settings.issuer}/verify-email?token={secret}"
     return build_message(
@@ -158,6 +159,7 @@ def verification_message(settings: Settings, to: str, secret: str) -> EmailMessa
     )
 
 
+@in_their_language
 def already_registered_message(settings: Settings, to: str) -> EmailMessage:
     return build_message(
         sender=settings.mail_from,
@@ -173,6 +175,7 @@ def already_registered_message(settings: Settings, to: str) -> EmailMessage:
     )
 
 
+@in_their_language
 def change_email_message(settings: Settings, to: str, secret: str) -> EmailMessage:
     """To the new address: the link that makes it the account's sign-in address."""
     url = f"{settings.issuer}/account/email/confirm?token={secret}"
@@ -190,6 +193,7 @@ def change_email_message(settings: Settings, to: str, secret: str) -> EmailMessa
     )
 
 
+@in_their_language
 def address_in_use_message(settings: Settings, to: str) -> EmailMessage:
     """To the owner of an address another account asked to change to."""
     return build_message(
@@ -205,6 +209,7 @@ def address_in_use_message(settings: Settings, to: str) -> EmailMessage:
     )
 
 
+@in_their_language
 def change_requested_message(settings: Settings, to: str, new: str | None) -> EmailMessage:
     """To the current address when a change is asked for: it still signs in and can stop it.
     ``new`` is named only to an address the account confirmed (None: not named)."""
@@ -230,6 +235,7 @@ def change_requested_message(settings: Settings, to: str, new: str | None) -> Em
     )
 
 
+@in_their_language
 def address_changed_message(settings: Settings, old: str, new: str | None) -> EmailMessage:
     """To the former address once a change took effect. ``new`` is named only when the former
     address was confirmed (None: not named)."""
@@ -251,6 +257,7 @@ def address_changed_message(settings: Settings, old: str, new: str | None) -> Em
     )
 
 
+@in_their_language
 def reset_message(settings: Settings, to: str, secret: str) -> EmailMessage:
     url = f"{settings.issuer}/reset-password/confirm?token={secret}"
     return build_message(
@@ -265,6 +272,7 @@ def reset_message(settings: Settings, to: str, secret: str) -> EmailMessage:
     )
 
 
+@in_their_language
 def guardian_message(settings: Settings, to: str, birthdate: dt.date | None, delete_after: dt.datetime | None, secret: str) -> EmailMessage:
     """To a parent or guardian a child named. It carries nothing the child typed as text (no
     name, no address): only the date of birth they gave, which the guardian can check against

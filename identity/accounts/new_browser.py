@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts.user_agents import describe
 from identity.db.models import Account, SignInEvent, utcnow
-from identity.i18n import _, format_moment, lazy_gettext
+from identity.i18n import _, format_moment, lazy_gettext, speaking
 from identity.mail import build_message
 from identity.settings import Settings
 
@@ -31,11 +31,16 @@ async def notice(db: AsyncSession, settings: Settings, account_id: int, user_age
     )
     if (succeeded or 0) < 2:
         return None
-    email = await db.scalar(select(Account.email).where(Account.id == account_id))
-    if email is None:
+    found = (await db.execute(select(Account.email, Account.locale).where(Account.id == account_id))).first()
+    if found is None:
         return None
-    when = format_moment(at or utcnow())
-    browser = describe(user_agent)
+    email, locale_claim = found
+    with speaking(locale_claim):
+        return _message(settings, email, at or utcnow(), describe(user_agent))
+
+
+def _message(settings: Settings, email: str, at: dt.datetime, browser: str) -> EmailMessage:
+    when = format_moment(at)
     return build_message(
         sender=settings.mail_from,
         to=email,

@@ -49,7 +49,7 @@ from webauthn.helpers.structs import (
 
 from identity.db.models import Account, AuditRecord, Passkey, SpentChallenge, utcnow
 from identity.db.upsert import ensure_row
-from identity.i18n import _, lazy_gettext, ngettext
+from identity.i18n import _, in_their_language, lazy_gettext, ngettext
 from identity.mail import build_message, if_not_you
 from identity.sealing import KeyCipher
 from identity.settings import Settings
@@ -365,6 +365,7 @@ async def remove_all(db: AsyncSession, account_id: int) -> int:
     return int(removed.rowcount or 0)  # type: ignore[attr-defined]
 
 
+@in_their_language
 def notice(settings: Settings, to: str, change: Literal["added", "removed"], name: str) -> EmailMessage:
     """A passkey added to or removed from the account, told to the account's own address."""
     subject = _("A passkey was added") if change == "added" else _("A passkey was removed")

@@ -29,7 +29,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.db.models import SecondFactor, utcnow
-from identity.i18n import lazy_gettext
+from identity.i18n import in_their_language, lazy_gettext
 from identity.mail import build_message, if_not_you
 from identity.sealing import KeyCipher
 from identity.settings import Settings
@@ -220,6 +220,7 @@ CHANGES = {
 }
 
 
+@in_their_language
 def notice(settings: Settings, to: str, change: str) -> EmailMessage:
     """A change to the second factor, told to the account's own address (it carries nothing typed)."""
     subject, said = CHANGES[change]

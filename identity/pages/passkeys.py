@@ -166,7 +166,7 @@ async def add(request: web.Request) -> web.StreamResponse:
             error = refused.public
         else:
             error = None
-            after_commit.mail(db, request, [passkeys.notice(request.config_dict[SETTINGS], signed_in.account.email, "added", name)])
+            after_commit.mail(db, request, [passkeys.notice(request.config_dict[SETTINGS], signed_in.account.email, "added", name, locale=signed_in.account.locale)])
     if error is not None:
         return _account_error(request, error)
     return _done(request, redirect("/account?passkey=added#passkeys", 303))
@@ -220,5 +220,5 @@ async def remove(request: web.Request) -> web.StreamResponse:
     async with unit(request.config_dict[DB]) as db:
         removed = await passkeys.remove(db, signed_in.account, key.id)
         if removed is not None:
-            after_commit.mail(db, request, [passkeys.notice(request.config_dict[SETTINGS], signed_in.account.email, "removed", removed.name)])
+            after_commit.mail(db, request, [passkeys.notice(request.config_dict[SETTINGS], signed_in.account.email, "removed", removed.name, locale=signed_in.account.locale)])
     return redirect("/account?passkey=removed#passkeys", 303)

@@ -58,7 +58,7 @@ async def reset_request(request: web.Request) -> web.Response:
             if account is None:
                 return
             secret = await links.issue(db, account, "reset_password", account.email)
-            message = links.reset_message(app[SETTINGS], account.email, secret)
+            message = links.reset_message(app[SETTINGS], account.email, secret, locale=account.locale)
         await deliver_mail(app, [message])
 
     await after_response(request, send_link, "password reset link")

@@ -79,8 +79,8 @@ async def register(request: web.Request) -> web.StreamResponse:
     password_hash = await hash_password(request, password)
     mail: list[EmailMessage] = []
     async with unit(request.config_dict[DB]) as db:
-        if await find_by_email(db, details.email) is not None:
-            mail.append(links.already_registered_message(settings, details.email))
+        if (existing := await find_by_email(db, details.email)) is not None:
+            mail.append(links.already_registered_message(settings, details.email, locale=existing.locale))
         else:
             account = await create_account(
                 db,

@@ -144,7 +144,7 @@ async def enrol(request: web.Request) -> web.StreamResponse:
         if codes is None:
             setup = await second_factor.start_enrolment(db, request.config_dict[CIPHER], account.id, account.email)
         else:
-            after_commit.mail(db, request, [second_factor.notice(request.config_dict[SETTINGS], account.email, "on")])
+            after_commit.mail(db, request, [second_factor.notice(request.config_dict[SETTINGS], account.email, "on", locale=account.locale)])
     if codes is None:
         if setup is None:
             return redirect("/account/two-step", 303)
@@ -175,7 +175,7 @@ async def new_recovery_codes(request: web.Request) -> web.StreamResponse:
     async with unit(request.config_dict[DB]) as db:
         codes = await second_factor.new_recovery(db, signed_in.account.id)
         if codes is not None:
-            after_commit.mail(db, request, [second_factor.notice(request.config_dict[SETTINGS], signed_in.account.email, "recovery")])
+            after_commit.mail(db, request, [second_factor.notice(request.config_dict[SETTINGS], signed_in.account.email, "recovery", locale=signed_in.account.locale)])
     if codes is None:
         return redirect("/account/two-step", 303)
     return render(request, "recovery_codes.html", {"codes": codes, "first": False})
@@ -189,5 +189,5 @@ async def remove(request: web.Request) -> web.StreamResponse:
         return refused
     async with unit(request.config_dict[DB]) as db:
         if await second_factor.remove(db, signed_in.account.id):
-            after_commit.mail(db, request, [second_factor.notice(request.config_dict[SETTINGS], signed_in.account.email, "off")])
+            after_commit.mail(db, request, [second_factor.notice(request.config_dict[SETTINGS], signed_in.account.email, "off", locale=signed_in.account.locale)])
     return redirect("/account?two_step=off", 303)

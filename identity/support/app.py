@@ -17,6 +17,7 @@ from aiohttp import web
 
 from identity.support.words import _
 from identity import i18n
+from identity.web import language
 from identity.appkeys import DB
 from identity.support import session
 from identity.support.session import AGENT, Agent
@@ -79,7 +80,7 @@ async def staff_only(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 def create_console(*routes: Routes) -> web.Application:
-    console = web.Application(middlewares=[strict_headers, staff_only])
+    console = web.Application(middlewares=[language.console_language, strict_headers, staff_only])
     env = aiohttp_jinja2.setup(
         console,
         loader=jinja2.ChoiceLoader(

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from identity.accounts import factors, links
-from identity.i18n import _
+from identity.i18n import _, in_their_language
 from identity.db.models import Account, SecondFactorRemoval, utcnow
 from identity.mail import build_message
 from identity.settings import Settings
@@ -38,7 +38,7 @@ async def send_reset(db: AsyncSession, settings: Settings, agent: Agent, account
     audit.record(
         db, actor_kind="agent", actor=agent.sub, action="support.password_reset_sent", account_sub=account.sub, reason=reason, detail={"outcome": "sent"}
     )
-    return reset_by_support_message(settings, account.email, secret)
+    return reset_by_support_message(settings, account.email, secret, locale=account.locale)
 
 
 async def request_removal(db: AsyncSession, settings: Settings, agent: Agent, account: Account, reason: str) -> EmailMessage:
@@ -66,7 +66,7 @@ async def request_removal(db: AsyncSession, settings: Settings, agent: Agent, ac
         reason=reason,
         detail={"request": row.id, "outcome": "pending"},
     )
-    return removal_requested_message(settings, account.email)
+    return removal_requested_message(settings, account.email, locale=account.locale)
 
 
 async def pending(db: AsyncSession) -> list[tuple[SecondFactorRemoval, Account, str | None]]:
@@ -111,7 +111,7 @@ async def decide(db: AsyncSession, settings: Settings, supervisor: Agent, reques
         reason=row.reason,
         detail=detail,
     )
-    return removed_message(settings, account.email) if approve else None
+    return removed_message(settings, account.email, locale=account.locale) if approve else None
 
 
 def _not_you(settings: Settings) -> str:
@@ -122,6 +122,7 @@ def _not_you(settings: Settings) -> str:
     )
 
 
+@in_their_language
 def reset_by_support_message(settings: Settings, to: str, secret: str) -> EmailMessage:
     url = f"{settings.issuer}/reset-password/confirm?token={secret}"
     return build_message(
@@ -138,6 +139,7 @@ def reset_by_support_message(settings: Settings, to: str, secret: str) -> EmailM
     )
 
 
+@in_their_language
 def removal_requested_message(settings: Settings, to: str) -> EmailMessage:
     return build_message(
         sender=settings.mail_from,
@@ -152,6 +154,7 @@ def removal_requested_message(settings: Settings, to: str) -> EmailMessage:
     )
 
 
+@in_their_language
 def removed_message(settings: Settings, to: str) -> EmailMessage:
     return build_message(
         sender=settings.mail_from,

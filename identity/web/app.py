@@ -58,7 +58,7 @@ def create_app(
     ``metrics=False`` (the HTTP-only processes of ``serve --workers N``) leaves out the
     ``/metrics`` listener and the gauges it reports: one process of the hub serves them."""
     app = web.Application(
-        middlewares=[middleware.request_context, middleware.security_headers, language.language, middleware.errors, middleware.whole_body],
+        middlewares=[middleware.request_context, middleware.security_headers, middleware.errors, language.language, middleware.whole_body],
         client_max_size=64 * 1024,
     )
     app[K.SETTINGS] = settings

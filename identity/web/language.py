@@ -14,14 +14,17 @@ steps 1 and 3 need the database and are taken by the handlers that have it
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 
 from aiohttp import web
-from babel import Locale, UnknownLocaleError, negotiate_locale
+from babel import negotiate_locale
 
 from identity import i18n
-from identity.appkeys import SETTINGS
+from identity.i18n import supported
+from identity.appkeys import DB, SETTINGS
+from identity.oidc import interactions
 from identity.web.cookies import LANGUAGE
 from identity.web.middleware import is_api
 from identity.web.responses import redirect, safe_next
@@ -35,17 +38,6 @@ _STRENGTH: ContextVar[int] = ContextVar("onesignin_language_strength", default=D
 _HERE: ContextVar[str] = ContextVar("onesignin_here", default="/account")
 #: A year, in seconds: how long a picked language is kept.
 KEEP = 365 * 24 * 3600
-
-
-def supported(tag: str | None, languages: Iterable[str] = i18n.LANGUAGES) -> str | None:
-    """The supported language a BCP 47 tag names (``de-AT`` is ``de``), or None."""
-    if not tag:
-        return None
-    try:
-        parsed = Locale.parse(tag.strip().replace("-", "_"))
-    except (UnknownLocaleError, ValueError, TypeError):
-        return None
-    return parsed.language if parsed.language in languages else None
 
 
 def first_supported(tags: Iterable[str], languages: Iterable[str] = i18n.LANGUAGES) -> str | None:
@@ -101,6 +93,28 @@ def speak_interaction(ui_locales: str | None) -> None:
     speak(first_supported((ui_locales or "").split()), UI_LOCALES)
 
 
+_INTERACTION_PATH = re.compile(r"/i/([A-Za-z0-9_-]{1,64})(?:/|$)")
+
+
+def _interaction_uid(request: web.Request) -> str | None:
+    """The interaction a page belongs to: its own path (``/i/{uid}``), or the page it leads
+    back to (``?next=/i/{uid}/resume``, the second step of its sign-in)."""
+    for where in (request.path, request.query.get("next", "")):
+        if found := _INTERACTION_PATH.match(where):
+            return found.group(1)
+    return None
+
+
+async def _ui_locales(request: web.Request) -> str | None:
+    if request.path == "/authorize":
+        return request.query.get("ui_locales")
+    uid = _interaction_uid(request)
+    if uid is None:
+        return None
+    async with request.config_dict[DB]() as db:
+        return await interactions.ui_locales(db, uid)
+
+
 def here() -> str:
     return _HERE.get()
 
@@ -108,9 +122,14 @@ def here() -> str:
 @web.middleware
 async def language(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Choose the request's language (the API and protocol endpoints speak English)."""
-    lang, strength = ("en", DEFAULT) if is_api(request) else choose(request)
+    if is_api(request):
+        i18n.set_current("en")
+        _STRENGTH.set(UI_LOCALES)
+        return await handler(request)
+    lang, strength = choose(request)
     i18n.set_current(lang)
     _STRENGTH.set(strength)
+    speak_interaction(await _ui_locales(request))
     _HERE.set(request.path_qs)
     return await handler(request)
 
@@ -122,3 +141,16 @@ async def pick(request: web.Request) -> web.StreamResponse:
     if lang is not None:
         LANGUAGE.set(request, response, lang, max_age=KEEP)
     return response
+
+
+@web.middleware
+async def console_language(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The support console speaks English or German: the picked language or the browser's
+    among those two, else English."""
+    lang = (
+        supported(LANGUAGE.read(request), i18n.CONSOLE_LANGUAGES)
+        or from_browser(request.headers.get("Accept-Language"), i18n.CONSOLE_LANGUAGES)
+        or "en"
+    )
+    i18n.set_current(lang)
+    return await handler(request)
