@@ -72,11 +72,12 @@ def build_message(
     message["Subject"] = subject
     message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = make_msgid(domain=_domain_of(sender))
-    # The language it is written in (RFC 3282): the recipient's, or the page's that caused it.
-    message["Content-Language"] = current()
     message.set_content(text)
     if html is not None:
         message.add_alternative(html, subtype="html")
+    # The language it is written in (RFC 3282): the recipient's, or the page's that caused it.
+    # (After the content: setting the content drops the Content-* headers set before.)
+    message["Content-Language"] = current()
     return message
 
 
