@@ -8,9 +8,12 @@
 4. the browser's ``Accept-Language`` (Babel's ``negotiate_locale``);
 5. the operator's ``ONESIGNIN_DEFAULT_LOCALE``.
 
-The middleware sets the choice for the request's task (:func:`identity.i18n.set_current`);
-steps 1 and 3 need the database and are taken by the handlers that have it
-(:func:`speak_interaction`, :func:`speak_account`), which override a weaker choice only."""
+The middleware sets the choice for the request's task (:func:`identity.i18n.set_current`),
+looking up the interaction's ``ui_locales`` for the pages of one (``/i/{uid}``, and pages
+leading back to it through ``?next=``); the signed-in person's claim is spoken once
+``identity.web.browser.current`` has found them (:func:`speak_account`). A later choice
+overrides an earlier one only when it stands higher in the order above. A picked language
+does not override ``ui_locales`` on that request's own pages: the service asked for it."""
 
 from __future__ import annotations
 
