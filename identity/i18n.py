@@ -7,10 +7,11 @@ language is used, so a fresh install needs no compile step. Fuzzy and empty entr
 the English msgid.
 
 Which language a request speaks is held in one :class:`~contextvars.ContextVar` set by the
-pages' middleware for the request's task (:func:`using`); the Jinja2 ``i18n`` extension and the
+pages' middleware for the request's task (:func:`set_current`); the Jinja2 ``i18n`` extension and the
 Python calls below (``_``, ``ngettext``, ``pgettext``, ``lazy_gettext``) both read it, so one
-template environment serves every language. Mail that goes to someone else than the person on
-the page is built inside ``with using(locale):`` of the recipient's language.
+template environment serves every language. A mail builder decorated with
+:func:`in_their_language` builds its mail in the recipient's language (their ``locale`` claim),
+else in the page's.
 """
 
 from __future__ import annotations
@@ -37,16 +38,29 @@ __all__ = [
     "LANGUAGES",
     "RTL",
     "_",
+    "console_gettext",
+    "console_lazy",
     "current",
+    "format_day",
+    "format_list",
+    "format_moment",
+    "format_number",
     "gettext",
+    "in_their_language",
+    "install",
+    "language_choices",
     "lazy_gettext",
+    "lazy_ngettext",
     "ngettext",
     "npgettext",
     "pgettext",
-    "translations",
-    "in_their_language",
+    "pgettext_lazy",
+    "set_current",
     "speaking",
     "supported",
+    "text_direction",
+    "translate",
+    "translations",
     "using",
 ]
 
@@ -126,10 +140,6 @@ def in_their_language(build: Callable[P, R]) -> Callable[P, R]:
 def set_current(lang: str) -> None:
     """Speak ``lang`` for the rest of the running task (a request's middleware)."""
     _CURRENT.set(lang if lang in LANGUAGES else DEFAULT)
-
-
-def locale() -> Locale:
-    return Locale.parse(current())
 
 
 def gettext(message: str, **variables: Any) -> str:
