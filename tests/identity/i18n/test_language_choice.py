@@ -62,6 +62,9 @@ async def test_browser_switcher_and_locale_claim_choose_the_page_language(hub: H
         # Error pages speak it too; a language the hub does not speak changes nothing; the
         # switcher only goes back within the hub.
         assert lang_of(await b.go("/no-such-page")) == "ar"
+        # The privacy policy's text is the operator's, shown as written, and says its language.
+        policy = await b.go("/privacy")
+        assert lang_of(policy) == "ar" and '<div class="policy-text" lang="en">' in policy.text
         ignored = await b.http.get("/language/xx?next=//evil.example/")
         assert ignored.headers["location"] == "/account" and "set-cookie" not in ignored.headers
     finally:
