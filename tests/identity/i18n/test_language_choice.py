@@ -16,6 +16,7 @@ from sqlalchemy import update
 from identity.appkeys import DB
 from identity.db.models import Account
 from identity.mail import read_outbox
+from tests.identity.pages.test_two_step import enrol
 from tests.support import PASSWORD, Browser, Hub, RelyingParty, eventually, form
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -85,8 +86,24 @@ async def test_ui_locales_choose_the_sign_in_and_consent_pages_of_their_request(
         f = form(consent.text, "/i/")
         done = await b.go(f.action, method="POST", data=f.fields | {"decision": "allow"})
         assert done.status_code == 302
-        # Another request without ui_locales: the picked language again.
+        # Pages outside that request: the picked language again.
         assert lang_of(await b.go("/account")) == "fr"
+    finally:
+        await b.aclose()
+    # With two-step sign-in, the code step on the way back to the request speaks it too, a
+    # wrong code's answer included.
+    own = Browser(hub)
+    await own.sign_in()
+    totp, _codes = await enrol(own)
+    await own.aclose()
+    b = Browser(hub)
+    try:
+        url, _kept = await rp.start(ui_locales="it")
+        sign_in = await b.go(url)
+        code = await b.submit(sign_in, "/i/", email="ann@example.com", password=PASSWORD)
+        assert "/sign-in/code" in str(code.url) and lang_of(code) == "it"
+        wrong = await b.submit(code, "/sign-in/code", code="000000" if totp.now() != "000000" else "111111")
+        assert wrong.status_code == 400 and lang_of(wrong) == "it"
     finally:
         await b.aclose()
 
