@@ -388,7 +388,8 @@ async def add_user(
         # Deleted after the grace period unless the guardian consents (the retention purge).
         account.delete_after = account.created_at + dt.timedelta(days=settings.child_grace_days)
         secret = await links.issue(db, account, "guardian_consent", guardian)
-        mail.append(links.guardian_message(settings, guardian, account.birthdate, account.delete_after, secret))
+        # In the operator's language: the guardian never saw a page of the hub.
+        mail.append(links.guardian_message(settings, guardian, account.birthdate, account.delete_after, secret, locale=settings.default_locale))
     return NewAccount(account.sub, mail)
 
 

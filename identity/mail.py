@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import aiosmtplib
 
+from identity.i18n import _, current
 from identity.private_files import private_dir
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ __all__ = [
     "Mailer",
     "SmtpMailer",
     "build_message",
+    "if_not_you",
     "read_outbox",
 ]
 
@@ -73,7 +75,19 @@ def build_message(
     message.set_content(text)
     if html is not None:
         message.add_alternative(html, subtype="html")
+    # The language it is written in (RFC 3282): the recipient's, or the page's that caused it.
+    # (After the content: setting the content drops the Content-* headers set before.)
+    message["Content-Language"] = current()
     return message
+
+
+def if_not_you(settings: Settings) -> str:
+    """The closing lines of a notice about a change to the account, in the current language."""
+    return _(
+        "If this was not you, reset your password at %(reset)s and check your account at %(account)s.\n",
+        reset=settings.issuer + "/reset-password",
+        account=settings.issuer + "/account",
+    )
 
 
 def _domain_of(address: str) -> str:

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     # Children: under this age a guardian must consent.
     age_of_digital_consent: int = Field(16, ge=13, le=18)
 
+    # The language of pages and mail when nothing about the person or their browser says one.
+    default_locale: str = Field("en", description="Language used when no other choice applies (one of identity.i18n.LANGUAGES).")
+
     # New passwords are also looked up in Have I Been Pwned's Pwned Passwords (k-anonymity: only
     # five hex digits of the SHA-1 leave the hub); when it cannot answer, only the offline list counts.
     breached_password_api: bool = Field(False, description="Also check new passwords with the Pwned Passwords range API.")
@@ -238,6 +241,15 @@ class Settings(BaseSettings):
         if parts.scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("must use https unless it is a loopback address")
         return value.rstrip("/")
+
+    @field_validator("default_locale")
+    @classmethod
+    def _known_language(cls, value: str) -> str:
+        from identity.i18n import LANGUAGES
+
+        if value not in LANGUAGES:
+            raise ValueError(f"must be one of {', '.join(LANGUAGES)}")
+        return value
 
     @field_validator("breached_password_api_url")
     @classmethod

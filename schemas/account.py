@@ -18,6 +18,7 @@ from pydantic import (
     model_serializer,
 )
 
+from schemas.messages import N_, Problem, Translate, english
 from schemas.text import MULTILINE, SINGLE_LINE, check_single_line
 
 EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s.\x00-\x1f\x7f]{2,}$")
@@ -40,7 +41,7 @@ def _zones() -> frozenset[str]:
 def normalize_email(value: str) -> str:
     value = value.strip()
     if len(value) > 254 or not EMAIL_RE.match(value):
-        raise ValueError("Enter an email address like name@example.com.")
+        raise Problem("Enter an email address like name@example.com.")
     check_single_line(value)
     local, _, domain = value.rpartition("@")
     return f"{local}@{domain.lower()}".lower()
@@ -92,9 +93,9 @@ class BasicDetailsUpdate(BaseModel):
         if value is None:
             return None
         if value > dt.date.today():
-            raise ValueError("A date of birth cannot be in the future.")
+            raise Problem("A date of birth cannot be in the future.")
         if value.year < 1900:
-            raise ValueError("Enter a date of birth after 1900.")
+            raise Problem("Enter a date of birth after 1900.")
         return value
 
     @field_validator("locale")
@@ -104,7 +105,7 @@ class BasicDetailsUpdate(BaseModel):
             return None
         value = value.strip()
         if not LOCALE_RE.fullmatch(value) or len(value) > 35:
-            raise ValueError("Use a language tag such as en-GB or fr.")
+            raise Problem("Use a language tag such as en-GB or fr.")
         return value.replace("_", "-")
 
     @field_validator("zoneinfo")
@@ -114,7 +115,7 @@ class BasicDetailsUpdate(BaseModel):
             return None
         value = value.strip()
         if value not in _zones():
-            raise ValueError("Use a time zone name such as Europe/Paris.")
+            raise Problem("Use a time zone name such as Europe/Paris.")
         return value
 
     @field_validator("phone_number")
@@ -124,7 +125,7 @@ class BasicDetailsUpdate(BaseModel):
             return None
         compact = re.sub(r"[\s().-]", "", value)
         if not PHONE_RE.fullmatch(compact):
-            raise ValueError("Use the international format, e.g. +447700900123.")
+            raise Problem("Use the international format, e.g. +447700900123.")
         return compact
 
     def changes(self) -> dict[str, object]:
@@ -148,33 +149,55 @@ class ValidationProblem(BaseModel):
     message: str
 
 
-def problems(exc: ValidationError) -> list[ValidationProblem]:
+#: pydantic's own checks that forms can fail, in the words of the forms (the rest keep pydantic's).
+_PYDANTIC = {
+    "string_too_long": N_("Use at most %(max_length)s characters."),
+    "string_too_short": N_("This cannot be empty."),
+    "missing": N_("This is needed."),
+    "date_from_datetime_parsing": N_("Enter a date such as 2001-02-28."),
+    "date_parsing": N_("Enter a date such as 2001-02-28."),
+}
+
+
+def _message(error: Any, translate: Translate) -> str:
+    cause = error.get("ctx", {}).get("error")
+    if isinstance(cause, Problem):
+        return cause.words(translate)
+    if error["type"] in _PYDANTIC:
+        return translate(_PYDANTIC[error["type"]], {k: v for k, v in error.get("ctx", {}).items() if k != "error"})
+    return str(cause or error["msg"]).removeprefix("Value error, ")
+
+
+def problems(exc: ValidationError, translate: Translate = english) -> list[ValidationProblem]:
+    """Each problem of ``exc`` by field, in English or, given ``translate``, the reader's language."""
     out = []
     for error in exc.errors():
         field = ".".join(str(p) for p in error["loc"]) or "body"
-        message = str(error.get("ctx", {}).get("error") or error["msg"])
-        message = message.removeprefix("Value error, ")
-        out.append(ValidationProblem(field=field, message=message))
+        out.append(ValidationProblem(field=field, message=_message(error, translate)))
     return out
 
 
 #: How the forms label the parts of an address.
 ADDRESS_PARTS = {
-    "formatted": "Address",
-    "street_address": "Street",
-    "locality": "Town or city",
-    "region": "Region",
-    "postal_code": "Postcode",
-    "country": "Country",
+    "formatted": N_("Address"),
+    "street_address": N_("Street"),
+    "locality": N_("Town or city"),
+    "region": N_("Region"),
+    "postal_code": N_("Postcode"),
+    "country": N_("Country"),
 }
 
 
-def form_errors(exc: ValidationError) -> dict[str, str]:
+def form_errors(exc: ValidationError, translate: Translate = english) -> dict[str, str]:
     """The problems keyed by the form field that shows them: a problem with a part of the
     address is shown under the address, named by its label, beside the other parts' problems."""
     found: dict[str, str] = {}
-    for problem in problems(exc):
+    for problem in problems(exc, translate):
         key, _, part = problem.field.partition(".")
-        message = f"{ADDRESS_PARTS.get(part, part)}: {problem.message}" if part else problem.message
+        if part:
+            # Translators: a part of a postal address, then what is wrong with it ("Postcode: Use at most …").
+            message = translate(N_("%(part)s: %(problem)s"), {"part": translate(ADDRESS_PARTS.get(part, part), {}), "problem": problem.message})
+        else:
+            message = problem.message
         found[key] = f"{found[key]} {message}" if key in found else message
     return found

@@ -26,6 +26,8 @@ import unicodedata
 from precis_i18n import get_profile
 from pydantic import AfterValidator
 
+from schemas.messages import Problem
+
 __all__ = ["MULTILINE", "SINGLE_LINE", "check_multiline", "check_single_line"]
 
 _FREEFORM = get_profile("FreeFormClass")
@@ -43,19 +45,27 @@ def _describe(char: str) -> str:
     return f"U+{ord(char):04X}" + (f" ({name})" if name else "")
 
 
-def _problem(text: str, start: int, reason: str, *, multiline: bool) -> str:
-    char = text[start]
-    where = f"character {start + 1}"
+def _problem(text: str, start: int, reason: str, *, multiline: bool) -> Problem:
+    char, position = _describe(text[start]), start + 1
     kind = reason.removeprefix("DISALLOWED/")
-    if kind == "controls":
-        allowed = ": the text may have several lines, but no other control characters" if multiline else ""
-        return f"Remove the control character {_describe(char)} at {where}{allowed}."
-    if kind in _INVISIBLE:
-        return (
-            f"Remove the invisible character {_describe(char)} at {where}: "
-            "invisible formatting characters can disguise what the text says."
+    if kind == "controls" and multiline:
+        return Problem(
+            # Translators: %(char)s names a character, e.g. "U+0009 (TAB)"; %(position)s counts characters from 1.
+            "Remove the control character %(char)s at character %(position)s: the text may have several lines, "
+            "but no other control characters.",
+            char=char,
+            position=position,
         )
-    return f"The character {_describe(char)} at {where} cannot be used here."
+    if kind == "controls":
+        return Problem("Remove the control character %(char)s at character %(position)s.", char=char, position=position)
+    if kind in _INVISIBLE:
+        return Problem(
+            "Remove the invisible character %(char)s at character %(position)s: "
+            "invisible formatting characters can disguise what the text says.",
+            char=char,
+            position=position,
+        )
+    return Problem("The character %(char)s at character %(position)s cannot be used here.", char=char, position=position)
 
 
 def _check(text: str, *, multiline: bool) -> str:
@@ -67,7 +77,7 @@ def _check(text: str, *, multiline: bool) -> str:
         try:
             _FREEFORM.enforce(line)
         except UnicodeEncodeError as exc:
-            raise ValueError(_problem(text, offset + exc.start, exc.reason, multiline=multiline)) from None
+            raise _problem(text, offset + exc.start, exc.reason, multiline=multiline) from None
         offset += len(line) + 1
     return text
 

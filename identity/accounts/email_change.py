@@ -66,7 +66,7 @@ async def request(db: AsyncSession, settings: Settings, account: Account, new: s
     one), the link to the new address (or, when another account uses it, a notice to that
     account instead) and a notice to the current address. The same rows are written either way."""
     mail = await _link_or_notice(db, settings, account, new)
-    mail.append(links.change_requested_message(settings, account.email, new if account.email_verified else None))
+    mail.append(links.change_requested_message(settings, account.email, new if account.email_verified else None, locale=account.locale))
     return mail
 
 
@@ -85,9 +85,9 @@ async def cancel(db: AsyncSession, account: Account) -> bool:
 
 async def _link_or_notice(db: AsyncSession, settings: Settings, account: Account, new: str) -> list[EmailMessage]:
     secret = await links.issue(db, account, PURPOSE, new)
-    if await find_by_email(db, new) is not None:
-        return [links.address_in_use_message(settings, new)]
-    return [links.change_email_message(settings, new, secret)]
+    if (owner := await find_by_email(db, new)) is not None:
+        return [links.address_in_use_message(settings, new, locale=owner.locale)]
+    return [links.change_email_message(settings, new, secret, locale=account.locale)]
 
 
 async def confirm(db: AsyncSession, settings: Settings, secret: str) -> Outcome:
@@ -111,4 +111,4 @@ async def confirm(db: AsyncSession, settings: Settings, secret: str) -> Outcome:
         await update_details(db, account, {"email": used.email}, channel="person", actor=account.sub, email_confirmed=True)
     except EmailTaken:
         return Outcome("taken", used.email)
-    return Outcome("changed", used.email, [links.address_changed_message(settings, old, used.email if old_confirmed else None)])
+    return Outcome("changed", used.email, [links.address_changed_message(settings, old, used.email if old_confirmed else None, locale=account.locale)])

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from identity.accounts.passwords import PasswordHasher
+from identity.i18n import lazy_gettext
 
 T = TypeVar("T")
 
@@ -24,7 +25,7 @@ NEW_HASH_SHARE = 0.5
 class HashQueueFull(Exception):
     """Too many password hashes are waiting; the client should try again shortly."""
 
-    public = "Too many people are signing in or registering right now. Please try again in a moment."
+    public = lazy_gettext("Too many people are signing in or registering right now. Please try again in a moment.")
     retry_after = 2
 
 

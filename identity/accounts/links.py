@@ -26,6 +26,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.db.models import Account, EmailToken, utcnow
+from identity.i18n import _, format_day, in_their_language
 from identity.mail import build_message
 from identity.settings import Settings
 from identity.tokens import digest, new_secret
@@ -140,119 +141,166 @@ async def cancel(db: AsyncSession, account_id: int, purposes: Iterable[str], *, 
 async def verification(db: AsyncSession, settings: Settings, account: Account) -> EmailMessage:
     """A fresh link to confirm the account's current address, and the message carrying it."""
     secret = await issue(db, account, "verify_email", account.email)
-    return verification_message(settings, account.email, secret)
+    return verification_message(settings, account.email, secret, locale=account.locale)
 
 
+@in_their_language
 def verification_message(settings: Settings, to: str, secret: str) -> EmailMessage:
     url = f"{settings.issuer}/verify-email?token={secret}"
     return build_message(
         sender=settings.mail_from,
         to=to,
-        subject="Confirm your email address",
-        text=f"Confirm this address for your One Sign In account by opening:\n\n{url}\n\n"
-        "The link works for 2 days. If you did not ask for this, ignore this message.\n",
+        subject=_("Confirm your email address"),
+        text=_(
+            "Confirm this address for your One Sign In account by opening:\n\n%(url)s\n\n"
+            "The link works for 2 days. If you did not ask for this, ignore this message.\n",
+            url=url,
+        ),
     )
 
 
+@in_their_language
 def already_registered_message(settings: Settings, to: str) -> EmailMessage:
     return build_message(
         sender=settings.mail_from,
         to=to,
-        subject="You already have an account",
-        text="Someone (probably you) tried to create a One Sign In account with this address, "
-        f"but it already has one. Sign in at {settings.issuer}/sign-in or reset your password at "
-        f"{settings.issuer}/reset-password.\n\nIf it was not you, you can ignore this message.\n",
+        subject=_("You already have an account"),
+        text=_(
+            "Someone (probably you) tried to create a One Sign In account with this address, but it already has one. "
+            "Sign in at %(sign_in)s or reset your password at %(reset)s.\n\n"
+            "If it was not you, you can ignore this message.\n",
+            sign_in=settings.issuer + "/sign-in",
+            reset=settings.issuer + "/reset-password",
+        ),
     )
 
 
+@in_their_language
 def change_email_message(settings: Settings, to: str, secret: str) -> EmailMessage:
     """To the new address: the link that makes it the account's sign-in address."""
     url = f"{settings.issuer}/account/email/confirm?token={secret}"
     return build_message(
         sender=settings.mail_from,
         to=to,
-        subject="Confirm your new sign-in address",
-        text="Someone asked to make this address the sign-in address of a One Sign In account. "
-        f"To confirm that it is yours and make the change, open:\n\n{url}\n\n"
-        "The link works for 2 days. Until it is opened nothing changes. "
-        "If you did not ask for this, ignore this message.\n",
+        subject=_("Confirm your new sign-in address"),
+        text=_(
+            "Someone asked to make this address the sign-in address of a One Sign In account. "
+            "To confirm that it is yours and make the change, open:\n\n%(url)s\n\n"
+            "The link works for 2 days. Until it is opened nothing changes. "
+            "If you did not ask for this, ignore this message.\n",
+            url=url,
+        ),
     )
 
 
+@in_their_language
 def address_in_use_message(settings: Settings, to: str) -> EmailMessage:
     """To the owner of an address another account asked to change to."""
     return build_message(
         sender=settings.mail_from,
         to=to,
-        subject="Someone tried to use your email address",
-        text="Someone asked to make this address the sign-in address of another One Sign In account. "
-        "It is already the sign-in address of your account, so nothing changed and your account is "
-        f"as it was.\n\nIf it was you, sign in at {settings.issuer}/sign-in with this address. "
-        "If not, you can ignore this message.\n",
+        subject=_("Someone tried to use your email address"),
+        text=_(
+            "Someone asked to make this address the sign-in address of another One Sign In account. "
+            "It is already the sign-in address of your account, so nothing changed and your account is as it was.\n\n"
+            "If it was you, sign in at %(sign_in)s with this address. If not, you can ignore this message.\n",
+            sign_in=settings.issuer + "/sign-in",
+        ),
     )
 
 
+@in_their_language
 def change_requested_message(settings: Settings, to: str, new: str | None) -> EmailMessage:
     """To the current address when a change is asked for: it still signs in and can stop it.
     ``new`` is named only to an address the account confirmed (None: not named)."""
-    target = f" to {new}" if new else ""
+    asked = (
+        _("Someone signed in to your One Sign In account asked to change its sign-in address from this one to %(new)s.", new=new)
+        if new
+        else _("Someone signed in to your One Sign In account asked to change its sign-in address from this one.")
+    )
     return build_message(
         sender=settings.mail_from,
         to=to,
-        subject="A change of your sign-in email address was asked for",
-        text=f"Someone signed in to your One Sign In account asked to change its sign-in address from this one{target}. "
-        "It changes only once the link we sent to the new address is opened; until then this address "
-        "still signs in and receives password resets.\n\n"
-        f"If it was not you, reset your password at {settings.issuer}/reset-password at once: a new "
-        f"password cancels the change. You can also cancel it on your account page, {settings.issuer}/account.\n",
+        subject=_("A change of your sign-in email address was asked for"),
+        text=asked
+        + " "
+        + _(
+            "It changes only once the link we sent to the new address is opened; until then this address "
+            "still signs in and receives password resets.\n\n"
+            "If it was not you, reset your password at %(reset)s at once: a new password cancels the change. "
+            "You can also cancel it on your account page, %(account)s.\n",
+            reset=settings.issuer + "/reset-password",
+            account=settings.issuer + "/account",
+        ),
     )
 
 
+@in_their_language
 def address_changed_message(settings: Settings, old: str, new: str | None) -> EmailMessage:
     """To the former address once a change took effect. ``new`` is named only when the former
     address was confirmed (None: not named)."""
-    target = f" to {new}" if new else ""
+    changed = (
+        _("The email address of your One Sign In account was changed from this address to %(new)s.", new=new)
+        if new
+        else _("The email address of your One Sign In account was changed from this address.")
+    )
     return build_message(
         sender=settings.mail_from,
         to=old,
-        subject="Your sign-in email address was changed",
-        text=f"The email address of your One Sign In account was changed from this address{target}. "
-        "This address no longer signs in or receives password resets.\n\n"
-        "If you did not do this, reply to this message or contact support at once: someone may be "
-        "using your account.\n",
+        subject=_("Your sign-in email address was changed"),
+        text=changed
+        + " "
+        + _(
+            "This address no longer signs in or receives password resets.\n\n"
+            "If you did not do this, reply to this message or contact support at once: someone may be using your account.\n"
+        ),
     )
 
 
+@in_their_language
 def reset_message(settings: Settings, to: str, secret: str) -> EmailMessage:
     url = f"{settings.issuer}/reset-password/confirm?token={secret}"
     return build_message(
         sender=settings.mail_from,
         to=to,
-        subject="Reset your password",
-        text=f"Choose a new password for your One Sign In account by opening:\n\n{url}\n\n"
-        "The link works for 1 hour. If you did not ask for this, ignore this message: your password stays as it is.\n",
+        subject=_("Reset your password"),
+        text=_(
+            "Choose a new password for your One Sign In account by opening:\n\n%(url)s\n\n"
+            "The link works for 1 hour. If you did not ask for this, ignore this message: your password stays as it is.\n",
+            url=url,
+        ),
     )
 
 
+@in_their_language
 def guardian_message(settings: Settings, to: str, birthdate: dt.date | None, delete_after: dt.datetime | None, secret: str) -> EmailMessage:
     """To a parent or guardian a child named. It carries nothing the child typed as text (no
     name, no address): only the date of birth they gave, which the guardian can check against
     their own child's, and what happens without consent."""
     url = f"{settings.issuer}/guardian/confirm?token={secret}"
-    born = f", who gave their date of birth as {_day(birthdate)}," if birthdate else ""
-    deadline = f" Without that consent it is deleted on {_day(delete_after)}." if delete_after else ""
+    age = settings.age_of_digital_consent
+    who = (
+        _(
+            "A person under %(age)s, who gave their date of birth as %(birthdate)s, has a One Sign In account "
+            "and gave this address as their parent's or guardian's.",
+            age=age,
+            birthdate=format_day(birthdate, "long"),
+        )
+        if birthdate
+        else _("A person under %(age)s has a One Sign In account and gave this address as their parent's or guardian's.", age=age)
+    )
+    said = [who, _("Until a parent or guardian agrees, the account cannot be used with any member service.")]
+    if delete_after:
+        said.append(_("Without that consent it is deleted on %(date)s.", date=format_day(delete_after, "long")))
     return build_message(
         sender=settings.mail_from,
         to=to,
-        subject="Your consent is needed for a child's account",
-        text=f"A person under {settings.age_of_digital_consent}{born} has a One Sign In account and gave this address "
-        "as their parent's or guardian's. Until a parent or guardian agrees, the account cannot be used with any "
-        f"member service.{deadline}\n\n"
-        "If you know of this account and agree, open:\n\n"
-        f"{url}\n\n"
-        "If you do not know of it, or do not agree, ignore this message.\n",
+        subject=_("Your consent is needed for a child's account"),
+        text=" ".join(said)
+        + "\n\n"
+        + _(
+            "If you know of this account and agree, open:\n\n%(url)s\n\n"
+            "If you do not know of it, or do not agree, ignore this message.\n",
+            url=url,
+        ),
     )
-
-
-def _day(when: dt.date) -> str:
-    return f"{when.day} {when:%B %Y}"

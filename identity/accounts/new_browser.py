@@ -16,10 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts.user_agents import describe
 from identity.db.models import Account, SignInEvent, utcnow
+from identity.i18n import _, format_moment, lazy_gettext, speaking
 from identity.mail import build_message
 from identity.settings import Settings
 
-SUBJECT = "A new sign-in to your One Sign In account"
+SUBJECT = lazy_gettext("A new sign-in to your One Sign In account")
 
 
 async def notice(db: AsyncSession, settings: Settings, account_id: int, user_agent: str | None, *, at: dt.datetime | None = None) -> EmailMessage | None:
@@ -30,22 +31,32 @@ async def notice(db: AsyncSession, settings: Settings, account_id: int, user_age
     )
     if (succeeded or 0) < 2:
         return None
-    email = await db.scalar(select(Account.email).where(Account.id == account_id))
-    if email is None:
+    found = (await db.execute(select(Account.email, Account.locale).where(Account.id == account_id))).first()
+    if found is None:
         return None
-    when = (at or utcnow()).astimezone(dt.UTC).strftime("%d %B %Y at %H:%M UTC")
-    browser = describe(user_agent)
+    email, locale_claim = found
+    with speaking(locale_claim):
+        return _message(settings, email, at or utcnow(), describe(user_agent))
+
+
+def _message(settings: Settings, email: str, at: dt.datetime, browser: str) -> EmailMessage:
+    when = format_moment(at)
     return build_message(
         sender=settings.mail_from,
         to=email,
-        subject=SUBJECT,
-        text=(
-            f"Your One Sign In account was signed in to on {when} from a browser that has not signed in to it before:\n\n"
-            f"    {browser}\n\n"
+        subject=str(SUBJECT),
+        text=_(
+            "Your One Sign In account was signed in to on %(when)s from a browser that has not signed in to it before:\n\n"
+            "    %(browser)s\n\n"
             "If this was you, there is nothing to do.\n\n"
             "If it was not you, someone knows your password:\n"
-            f"  1. Change your password: {settings.issuer}/account/password\n"
-            f"  2. Sign out everywhere, under \"Where you're signed in\": {settings.issuer}/account\n"
-            f"  3. Turn on two-step sign-in: {settings.issuer}/account/two-step\n"
+            "  1. Change your password: %(password)s\n"
+            "  2. Sign out everywhere, under \"Where you're signed in\": %(account)s\n"
+            "  3. Turn on two-step sign-in: %(two_step)s\n",
+            when=when,
+            browser=browser,
+            password=settings.issuer + "/account/password",
+            account=settings.issuer + "/account",
+            two_step=settings.issuer + "/account/two-step",
         ),
     )

@@ -49,7 +49,8 @@ from webauthn.helpers.structs import (
 
 from identity.db.models import Account, AuditRecord, Passkey, SpentChallenge, utcnow
 from identity.db.upsert import ensure_row
-from identity.mail import build_message
+from identity.i18n import _, in_their_language, lazy_gettext, ngettext
+from identity.mail import build_message, if_not_you
 from identity.sealing import KeyCipher
 from identity.settings import Settings
 from identity.ssf import emit
@@ -70,19 +71,23 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]{1,1400}")
 class PasskeyRefused(Exception):
     """A passkey ceremony that did not succeed; ``public`` is what the person is told."""
 
-    def __init__(self, public: str, detail: str = "", *, unknown_credential: str | None = None) -> None:
-        super().__init__(detail or public)
+    def __init__(self, public: Any, detail: str = "", *, unknown_credential: str | None = None) -> None:
+        super().__init__(detail or str(public))
         self.public = public
         #: A credential id the browser offered that the hub does not know (base64url): the page
         #: tells the browser (WebAuthn L3 ``signalUnknownCredential``), which may then drop it.
         self.unknown_credential = unknown_credential
 
 
-EXPIRED = "That took too long, or was started in another tab or browser. Try again."
-UNKNOWN = "This passkey is not known here: it may have been removed from your account. Sign in another way, or choose another passkey."
-NOT_CHECKED = "Your passkey's answer could not be checked. Try again, or sign in another way."
-NOT_VERIFIED = "Your passkey did not check that it was you (with a PIN, fingerprint or face). Try again, or sign in with your password."
-CLONED = (
+EXPIRED = lazy_gettext("That took too long, or was started in another tab or browser. Try again.")
+UNKNOWN = lazy_gettext(
+    "This passkey is not known here: it may have been removed from your account. Sign in another way, or choose another passkey."
+)
+NOT_CHECKED = lazy_gettext("Your passkey's answer could not be checked. Try again, or sign in another way.")
+NOT_VERIFIED = lazy_gettext(
+    "Your passkey did not check that it was you (with a PIN, fingerprint or face). Try again, or sign in with your password."
+)
+CLONED = lazy_gettext(
     "This passkey's signature counter went backwards, which can mean it was copied. It was not accepted: sign in "
     "another way, then remove it from your account page if you are unsure of it."
 )
@@ -254,14 +259,23 @@ async def register(
         raise PasskeyRefused(NOT_CHECKED, f"registration: {exc}") from None
     props = (value.get("clientExtensionResults") or {}).get("credProps") or {}
     if props.get("rk") is False:
-        raise PasskeyRefused("Your browser made a passkey that cannot sign you in without your email address. Try another device or security key.", "not discoverable")
+        raise PasskeyRefused(
+            _("Your browser made a passkey that cannot sign you in without your email address. Try another device or security key."),
+            "not discoverable",
+        )
     if not await spend(db, ceremony):
         raise PasskeyRefused(EXPIRED, "registration challenge replayed")
     if await count(db, account.id) >= MAX_PASSKEYS:
-        raise PasskeyRefused(f"You have {MAX_PASSKEYS} passkeys already. Remove one you no longer use first.")
+        raise PasskeyRefused(
+            ngettext(
+                "You have %(num)d passkey already. Remove one you no longer use first.",
+                "You have %(num)d passkeys already. Remove one you no longer use first.",
+                MAX_PASSKEYS,
+            )
+        )
     credential_id = bytes_to_base64url(verified.credential_id)
     if await db.scalar(select(Passkey.id).where(Passkey.credential_id == credential_id)) is not None:
-        raise PasskeyRefused("This passkey is already on an account here.", "credential id taken")
+        raise PasskeyRefused(_("This passkey is already on an account here."), "credential id taken")
     keys = await listed(db, account.id)
     had_two_factors = bool(keys) or await emit.two_factors(db, account.id)
     transports = (value.get("response") or {}).get("transports") or []
@@ -368,18 +382,18 @@ async def remove_all(db: AsyncSession, account_id: int, *, initiator: Initiator 
     return int(removed.rowcount or 0)  # type: ignore[attr-defined]
 
 
+@in_their_language
 def notice(settings: Settings, to: str, change: Literal["added", "removed"], name: str) -> EmailMessage:
     """A passkey added to or removed from the account, told to the account's own address."""
-    subject = "A passkey was added" if change == "added" else "A passkey was removed"
+    subject = _("A passkey was added") if change == "added" else _("A passkey was removed")
     said = (
-        f"A passkey named \"{name}\" was added to your One Sign In account: it can now sign you in."
+        _("A passkey named \"%(name)s\" was added to your One Sign In account: it can now sign you in.", name=name)
         if change == "added"
-        else f"The passkey named \"{name}\" was removed from your One Sign In account: it no longer signs you in."
+        else _("The passkey named \"%(name)s\" was removed from your One Sign In account: it no longer signs you in.", name=name)
     )
     return build_message(
         sender=settings.mail_from,
         to=to,
         subject=subject,
-        text=f"{said}\n\nIf this was not you, reset your password at {settings.issuer}/reset-password and "
-        f"check your account at {settings.issuer}/account.\n",
+        text=said + "\n\n" + if_not_you(settings),
     )

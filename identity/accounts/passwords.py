@@ -44,6 +44,7 @@ from identity.db.models import Account, utcnow
 from identity.ssf import emit, events
 
 from identity.accounts.breached import breached_list
+from identity.i18n import lazy_gettext, lazy_ngettext
 
 __all__ = [
     "BREACHED",
@@ -65,17 +66,18 @@ DEFAULT_PARALLELISM = 1
 MIN_LENGTH = 10
 MAX_LENGTH = 128
 
-TOO_SHORT = f"Use at least {MIN_LENGTH} characters."
-TOO_LONG = f"Use at most {MAX_LENGTH} characters."
-REPEATED_CHARACTER = "A single repeated character is easy to guess; use several words instead."
-PERSONAL_DETAILS = "Don't use your email address or name as your password."
-TOO_COMMON = "This password is too common; choose something harder to guess."
-DICTIONARY_WORD = "A single dictionary word is easy to guess; add more words."
-BREACHED = (
+# The policy's reasons, shown to the person choosing a password (in their language when shown).
+TOO_SHORT = lazy_ngettext("Use at least %(num)d character.", "Use at least %(num)d characters.", MIN_LENGTH)
+TOO_LONG = lazy_ngettext("Use at most %(num)d character.", "Use at most %(num)d characters.", MAX_LENGTH)
+REPEATED_CHARACTER = lazy_gettext("A single repeated character is easy to guess; use several words instead.")
+PERSONAL_DETAILS = lazy_gettext("Don't use your email address or name as your password.")
+TOO_COMMON = lazy_gettext("This password is too common; choose something harder to guess.")
+DICTIONARY_WORD = lazy_gettext("A single dictionary word is easy to guess; add more words.")
+BREACHED = lazy_gettext(
     "This password has appeared in a data breach, so attackers try it early. Choose a different one, "
     "such as several words that mean something only to you."
 )
-WORD_WITH_AFFIXES = "A common word with a few numbers or symbols added is easy to guess; add more words."
+WORD_WITH_AFFIXES = lazy_gettext("A common word with a few numbers or symbols added is easy to guess; add more words.")
 
 #: Digits and symbols that may be added around a common word or password before the result is
 #: still refused as that word.

@@ -29,7 +29,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.db.models import SecondFactor, utcnow
-from identity.mail import build_message
+from identity.i18n import in_their_language, lazy_gettext
+from identity.mail import build_message, if_not_you
 from identity.sealing import KeyCipher
 from identity.settings import Settings
 from identity.ssf import emit
@@ -211,19 +212,30 @@ async def remove(db: AsyncSession, account_id: int, *, initiator: Initiator = "u
 
 #: What a notice says happened, by change.
 CHANGES = {
-    "on": ("Two-step sign-in is on", "Two-step sign-in was turned on for your One Sign In account: signing in now also asks for a code from your authenticator app."),
-    "off": ("Two-step sign-in is off", "Two-step sign-in was turned off for your One Sign In account: signing in now needs only your password."),
-    "recovery": ("New recovery codes", "New recovery codes were made for your One Sign In account; the earlier ones no longer work."),
+    "on": (
+        lazy_gettext("Two-step sign-in is on"),
+        lazy_gettext(
+            "Two-step sign-in was turned on for your One Sign In account: signing in now also asks for a code from your authenticator app."
+        ),
+    ),
+    "off": (
+        lazy_gettext("Two-step sign-in is off"),
+        lazy_gettext("Two-step sign-in was turned off for your One Sign In account: signing in now needs only your password."),
+    ),
+    "recovery": (
+        lazy_gettext("New recovery codes"),
+        lazy_gettext("New recovery codes were made for your One Sign In account; the earlier ones no longer work."),
+    ),
 }
 
 
+@in_their_language
 def notice(settings: Settings, to: str, change: str) -> EmailMessage:
     """A change to the second factor, told to the account's own address (it carries nothing typed)."""
     subject, said = CHANGES[change]
     return build_message(
         sender=settings.mail_from,
         to=to,
-        subject=subject,
-        text=f"{said}\n\nIf this was not you, reset your password at {settings.issuer}/reset-password and "
-        f"check your account at {settings.issuer}/account.\n",
+        subject=str(subject),
+        text=str(said) + "\n\n" + if_not_you(settings),
     )

@@ -25,13 +25,14 @@ from identity.accounts import throttle
 from identity.accounts.hashing import HashQueue
 from identity.accounts.passwords import PasswordHasher
 from identity.db.models import Account, BrowserSession, SignInEvent, Throttle, UTCDateTime, utcnow
+from identity.i18n import lazy_gettext, ngettext, pgettext
 from schemas.account import normalize_email
 
-WRONG = "The email address or password is incorrect."
+WRONG = lazy_gettext("The email address or password is incorrect.")
 
 
 class SignInRefused(Exception):
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: Any, status: int) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -78,7 +79,12 @@ async def begin_attempt(
         counts = [(keys.account, account_limit), (keys.address, address_limit)]
     counted = await throttle.take_all(db, counts)
     if counted.refused:
-        raise SignInRefused(f"Too many failed attempts. Try again in {counted.wait} seconds.", 429)
+        raise SignInRefused(
+            ngettext(
+                "Too many failed attempts. Try again in %(num)d second.", "Too many failed attempts. Try again in %(num)d seconds.", counted.wait
+            ),
+            429,
+        )
     return Attempt(keys, account_id, password_hash, counted.wait)
 
 
@@ -89,9 +95,15 @@ async def check_password(hashing: HashQueue, hasher: PasswordHasher, attempt: At
     return ok
 
 
-def wrong(attempt: Attempt, message: str = WRONG) -> SignInRefused:
+def wrong(attempt: Attempt, message: Any = WRONG) -> SignInRefused:
     if attempt.wait_if_wrong is not None:
-        return SignInRefused(f"{message} Too many failed attempts: try again in {attempt.wait_if_wrong} seconds.", 429)
+        wait = ngettext(
+            "Too many failed attempts: try again in %(num)d second.",
+            "Too many failed attempts: try again in %(num)d seconds.",
+            attempt.wait_if_wrong,
+        )
+        # Translators: a reason a password was refused, then how long to wait ("The password is not correct. Too many …").
+        return SignInRefused(pgettext("two sentences", "%(reason)s %(wait)s", reason=message, wait=wait), 429)
     return SignInRefused(message, 400)
 
 

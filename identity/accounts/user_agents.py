@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+from identity.i18n import _
+
 #: (pattern, name): the first match wins; Edge and Opera also say Chrome, Chrome also says Safari.
 BROWSERS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(p), name)
@@ -38,9 +40,10 @@ def describe(user_agent: str | None) -> str:
     browser = next((name for pattern, name in BROWSERS if pattern.search(ua)), None)
     system = next((name for pattern, name in SYSTEMS if pattern.search(ua)), None)
     if browser and system:
-        return f"{browser} on {system}"
+        # Translators: a web browser and the system it runs on, e.g. "Firefox on Windows".
+        return _("%(browser)s on %(system)s", browser=browser, system=system)
     if browser:
         return browser
     if system:
-        return f"A browser on {system}"
-    return "An unknown browser"
+        return _("A browser on %(system)s", system=system)
+    return _("An unknown browser")

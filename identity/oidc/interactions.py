@@ -42,6 +42,8 @@ class Details:
     max_age: str | None
     started_at: dt.datetime
     acr_values: str | None = None
+    #: The languages the service asked the pages to speak, most preferred first (OIDC Core 3.1.2.1).
+    ui_locales: str | None = None
 
 
 def path(uid: str) -> str:
@@ -102,7 +104,20 @@ def details(interaction: Interaction) -> Details:
         max_age=query.get("max_age"),
         started_at=interaction.created_at,
         acr_values=query.get("acr_values"),
+        ui_locales=query.get("ui_locales"),
     )
+
+
+async def ui_locales(db: AsyncSession, uid: str) -> str | None:
+    """The ``ui_locales`` of a live interaction's request, for the language of its pages (and
+    of the pages the person passes through on its way, such as the second step). Only the
+    languages are read: nothing here needs the browser binding."""
+    if len(uid) > MAX_UID:
+        return None
+    row = await db.scalar(select(Interaction).where(Interaction.uid_hash == digest(uid)))
+    if row is None or row.expires_at <= utcnow():
+        return None
+    return dict(row.params["query"]).get("ui_locales")
 
 
 def query(interaction: Interaction) -> list[tuple[str, str]]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
+
+from identity.i18n import lazy_gettext
 
 SCOPE_CLAIMS: dict[str, tuple[str, ...]] = {
     "openid": ("sub",),
@@ -19,19 +22,22 @@ SCOPE_CLAIMS: dict[str, tuple[str, ...]] = {
 
 SUPPORTED_SCOPES: tuple[str, ...] = tuple(SCOPE_CLAIMS)
 
-SCOPE_DESCRIPTIONS: dict[str, str] = {
-    "openid": "Know who you are when you sign in",
-    "profile": "Your name, date of birth, language and time zone",
-    "email": "Your email address",
-    "phone": "Your phone number",
-    "address": "Your postal address",
-    "marketing": "Your marketing preferences (news, competitions, offers)",
-    "offline_access": "Stay connected when you are not using it",
-    "export": "Download a copy of everything One Sign In holds about you, including which services you use and your sign-in history",
+# What a service asking for each scope may do, as the consent page and the account page say it.
+SCOPE_DESCRIPTIONS: dict[str, Any] = {
+    "openid": lazy_gettext("Know who you are when you sign in"),
+    "profile": lazy_gettext("Your name, date of birth, language and time zone"),
+    "email": lazy_gettext("Your email address"),
+    "phone": lazy_gettext("Your phone number"),
+    "address": lazy_gettext("Your postal address"),
+    "marketing": lazy_gettext("Your marketing preferences (news, competitions, offers)"),
+    "offline_access": lazy_gettext("Stay connected when you are not using it"),
+    "export": lazy_gettext(
+        "Download a copy of everything One Sign In holds about you, including which services you use and your sign-in history"
+    ),
 }
 
 
-def described(scope: str | list[str] | None) -> list[tuple[str, str]]:
+def described(scope: str | list[str] | None) -> list[tuple[str, Any]]:
     """Each scope with the plain words people read for it: the consent page and the account page
     both name scopes through this one mapping, so they cannot drift apart."""
     items = split(scope) if scope is None or isinstance(scope, str) else scope

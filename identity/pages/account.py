@@ -14,6 +14,7 @@ from identity.accounts import email_change, passkeys, second_factor
 from identity.accounts.children import ChildPolicy
 from identity.accounts.store import update_details
 from identity.appkeys import DB, SETTINGS
+from identity.i18n import _, translate
 from identity.db.engine import autocommit
 from identity.db.models import Link, Service, utcnow
 from identity.db.units import unit
@@ -106,7 +107,7 @@ async def edit_details(request: web.Request) -> web.StreamResponse:
         problems_found: dict[str, str] = {}
     except ValidationError as exc:
         update = None
-        problems_found = form_errors(exc)
+        problems_found = form_errors(exc, translate)
     async with autocommit(request.config_dict[DB]) as db:
         signed_in = await browser.current(request, db)
         if signed_in is None:
@@ -121,7 +122,7 @@ async def edit_details(request: web.Request) -> web.StreamResponse:
         if confirmed.ended is not None:
             return confirmed.ended
         if not confirmed.ok:
-            errors = {"current_password": "Enter your current password to change your email address."}
+            errors = {"current_password": _("Enter your current password to change your email address.")}
             async with autocommit(request.config_dict[DB]) as db:
                 return await _page(request, signed_in, db, values=raw | address, errors=errors, status=400)
     changes = update.changes()

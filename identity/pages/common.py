@@ -17,6 +17,7 @@ from identity.accounts.passwords import BREACHED, check_password
 from identity.appkeys import BREACH_API, DB, HASHING, SETTINGS
 from identity.db.engine import autocommit
 from identity.errors import BadInput
+from identity.i18n import ngettext
 from identity.web import csrf
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,12 @@ async def too_many_requests(request: web.Request, email: str | None) -> int | No
 
 
 def slow_down(wait: int) -> str:
-    return f"Too many requests from here. Try again in {wait} seconds."
+    """What a page says when a request is refused for a while (its title is "Not now")."""
+    return ngettext(
+        "Too many requests from here. Try again in %(num)d second.",
+        "Too many requests from here. Try again in %(num)d seconds.",
+        wait,
+    )
 
 
 def client_address(request: web.Request) -> str:

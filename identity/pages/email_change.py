@@ -10,22 +10,27 @@ from identity.accounts import email_change, links
 from identity.appkeys import DB, SETTINGS
 from identity.db.engine import autocommit
 from identity.db.units import unit
+from identity.i18n import _, lazy_gettext
 from identity.pages.common import field, render, slow_down, too_many_requests
 from identity.web import after_commit, browser, csrf
 from identity.web.responses import redirect
 
 DEAD = {
-    "title": "This link no longer works",
-    "message": "The link has expired, was already used, or the change was cancelled. Send a new link to your new "
-    "address, or ask for the change again on your account page.",
-    "resend": {"action": "/account/email/resend", "button": "Send a new link to my new address"},
+    "title": lazy_gettext("This link no longer works"),
+    "message": lazy_gettext(
+        "The link has expired, was already used, or the change was cancelled. Send a new link to your new address, "
+        "or ask for the change again on your account page."
+    ),
+    "resend": {"action": "/account/email/resend", "button": lazy_gettext("Send a new link to my new address")},
     "next": "/account",
-    "next_label": "Go to your account",
+    "next_label": lazy_gettext("Go to your account"),
 }
 TAKEN = {
-    "title": "That address is taken",
-    "message": "Another One Sign In account started using that address after you asked for the change, so your "
-    "sign-in address stays as it was. Choose another address on your account page.",
+    "title": lazy_gettext("That address is taken"),
+    "message": lazy_gettext(
+        "Another One Sign In account started using that address after you asked for the change, so your sign-in "
+        "address stays as it was. Choose another address on your account page."
+    ),
     "next": "/account",
 }
 
@@ -36,7 +41,12 @@ async def confirm_page(request: web.Request) -> web.Response:
         live = await links.find(db, token, email_change.PURPOSE)
     if live is None:
         return render(request, "message.html", DEAD, status=400)
-    context = {"title": "Confirm your new sign-in address", "button": "Make it my sign-in address", "action": "/account/email/confirm", "token": token}
+    context = {
+        "title": _("Confirm your new sign-in address"),
+        "button": _("Make it my sign-in address"),
+        "action": "/account/email/confirm",
+        "token": token,
+    }
     return render(request, "confirm.html", context)
 
 
@@ -52,8 +62,8 @@ async def confirm(request: web.Request) -> web.Response:
         return render(request, "message.html", DEAD, status=400)
     if outcome.result == "taken":
         return render(request, "message.html", TAKEN, status=409)
-    message = f"Your sign-in address is now {outcome.email}, and it is confirmed. Your linked services are being told."
-    return render(request, "message.html", {"title": "Address changed", "message": message, "next": "/account"})
+    message = _("Your sign-in address is now %(email)s, and it is confirmed. Your linked services are being told.", email=outcome.email)
+    return render(request, "message.html", {"title": _("Address changed"), "message": message, "next": "/account"})
 
 
 async def resend(request: web.Request) -> web.StreamResponse:
@@ -64,7 +74,7 @@ async def resend(request: web.Request) -> web.StreamResponse:
     if signed_in is None:
         return redirect("/sign-in?next=/account", 303)
     if waiting is not None and (wait := await too_many_requests(request, waiting.email)):
-        return render(request, "message.html", {"title": "Not now", "message": slow_down(wait), "next": "/account"}, status=429)
+        return render(request, "message.html", {"title": _("Not now"), "message": slow_down(wait), "next": "/account"}, status=429)
     async with unit(request.config_dict[DB]) as db:
         signed_in = await browser.current(request, db)
         if signed_in is None:

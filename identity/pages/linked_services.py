@@ -15,6 +15,7 @@ from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.engine import autocommit
 from identity.db.models import Link, LinkStatus, Service
 from identity.db.units import unit
+from identity.i18n import _
 from identity.pages.common import render
 from identity.web import after_commit, browser, csrf
 from identity.web.responses import redirect
@@ -27,8 +28,8 @@ def _not_found(request: web.Request) -> web.Response:
         request,
         "message.html",
         {
-            "title": "Not linked",
-            "message": "You have no active link to that service.",
+            "title": _("Not linked"),
+            "message": _("You have no active link to that service."),
             "next": "/account",
         },
         status=404,

@@ -16,6 +16,7 @@ from sqlalchemy import insert, select
 from identity.accounts import passkeys, second_factor
 from identity.accounts.passkeys import PasskeyRefused
 from identity.appkeys import CIPHER, DB, SETTINGS
+from identity.i18n import _
 from identity.db.engine import autocommit
 from identity.db.models import Passkey, Service, SignInEvent, utcnow
 from identity.db.units import unit
@@ -152,7 +153,7 @@ async def add(request: web.Request) -> web.StreamResponse:
     if ended is not None:
         return ended
     if not ok:
-        return _account_error(request, "Your password is not correct. Enter it to add a passkey, or sign in again first.")
+        return _account_error(request, _("Your password is not correct. Enter it to add a passkey, or sign in again first."))
     rp = passkey_offers.relying_party(request)
     started = passkey_offers.ceremony(request, "register")
     name = passkeys.clean_name(field(form, "name", 200))
@@ -165,14 +166,19 @@ async def add(request: web.Request) -> web.StreamResponse:
             error = refused.public
         else:
             error = None
-            after_commit.mail(db, request, [passkeys.notice(request.config_dict[SETTINGS], signed_in.account.email, "added", name)])
+            after_commit.mail(db, request, [passkeys.notice(request.config_dict[SETTINGS], signed_in.account.email, "added", name, locale=signed_in.account.locale)])
     if error is not None:
         return _account_error(request, error)
     return _done(request, redirect("/account?passkey=added#passkeys", 303))
 
 
 def _account_error(request: web.Request, message: str) -> web.StreamResponse:
-    context = {"title": "Your passkey was not added", "message": message, "next": "/account#passkeys", "next_label": "Back to your account"}
+    context = {
+        "title": _("Your passkey was not added"),
+        "message": message,
+        "next": "/account#passkeys",
+        "next_label": _("Back to your account"),
+    }
     return render(request, "message.html", context, status=400)
 
 
@@ -209,10 +215,10 @@ async def remove(request: web.Request) -> web.StreamResponse:
     if ended is not None:
         return ended
     if not ok:
-        context = {"passkey": key, "fresh": False, "signed_in": True, "error": "Your password is not correct."}
+        context = {"passkey": key, "fresh": False, "signed_in": True, "error": _("Your password is not correct.")}
         return render(request, "passkey_remove.html", context, status=400)
     async with unit(request.config_dict[DB]) as db:
         removed = await passkeys.remove(db, signed_in.account, key.id)
         if removed is not None:
-            after_commit.mail(db, request, [passkeys.notice(request.config_dict[SETTINGS], signed_in.account.email, "removed", removed.name)])
+            after_commit.mail(db, request, [passkeys.notice(request.config_dict[SETTINGS], signed_in.account.email, "removed", removed.name, locale=signed_in.account.locale)])
     return redirect("/account?passkey=removed#passkeys", 303)

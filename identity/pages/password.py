@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from identity.accounts import links, passwords
 from identity.accounts.store import find_by_email
 from identity.appkeys import DB, PROVIDER, SETTINGS
+from identity.i18n import _, lazy_gettext
 from identity.db.models import Account
 from identity.db.units import unit
 from identity.oidc.logout import (
@@ -56,22 +57,22 @@ async def reset_request(request: web.Request) -> web.Response:
             if account is None:
                 return
             secret = await links.issue(db, account, "reset_password", account.email)
-            message = links.reset_message(app[SETTINGS], account.email, secret)
+            message = links.reset_message(app[SETTINGS], account.email, secret, locale=account.locale)
         await deliver_mail(app, [message])
 
     await after_response(request, send_link, "password reset link")
     return render(
         request,
         "message.html",
-        {"title": "Check your email", "message": "If an account uses that address, we have sent it a link to choose a new password."},
+        {"title": _("Check your email"), "message": _("If an account uses that address, we have sent it a link to choose a new password.")},
     )
 
 
 DEAD = {
-    "title": "This link no longer works",
-    "message": "The link has expired, was already used, or a newer one was sent. Ask for a new password reset link.",
+    "title": lazy_gettext("This link no longer works"),
+    "message": lazy_gettext("The link has expired, was already used, or a newer one was sent. Ask for a new password reset link."),
     "next": "/reset-password",
-    "next_label": "Ask for a new reset link",
+    "next_label": lazy_gettext("Ask for a new reset link"),
 }
 
 
@@ -108,7 +109,7 @@ async def reset_confirm(request: web.Request) -> web.Response:
         await links.cancel(db, used.account_id, links.PASSWORD_BOUND)
         after_commit.logout(db, request, await _end_sessions(request, db, used.account_id))
         await revoke_tokens(db, used.account_id)
-    return render(request, "message.html", {"title": "Password changed", "message": "Your new password is set. Sign in with it.", "next": "/sign-in"})
+    return render(request, "message.html", {"title": _("Password changed"), "message": _("Your new password is set. Sign in with it."), "next": "/sign-in"})
 
 
 async def change_page(request: web.Request) -> web.StreamResponse:
@@ -130,7 +131,7 @@ async def change(request: web.Request) -> web.StreamResponse:
     if confirmed.ended is not None:
         return confirmed.ended
     if not confirmed.ok:
-        errors = {"current_password": "Your current password is not correct."}
+        errors = {"current_password": _("Your current password is not correct.")}
         return render(request, "change_password.html", {"errors": errors}, status=400)
     if reason := await new_password_problem(request, password, [account.email, account.given_name or "", account.family_name or ""]):
         return render(request, "change_password.html", {"errors": {"password": reason}}, status=400)
@@ -140,4 +141,4 @@ async def change(request: web.Request) -> web.StreamResponse:
         await links.cancel(db, account.id, links.PASSWORD_BOUND)
         after_commit.logout(db, request, await _end_sessions(request, db, account.id, keep=signed_in.session.id))
         await revoke_tokens(db, account.id, keep_sid=signed_in.session.sid)
-    return render(request, "message.html", {"title": "Password changed", "message": "Your new password is set.", "next": "/account"})
+    return render(request, "message.html", {"title": _("Password changed"), "message": _("Your new password is set."), "next": "/account"})

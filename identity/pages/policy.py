@@ -16,6 +16,7 @@ from importlib import resources
 
 from aiohttp import web
 
+from identity import i18n
 from identity.pages.common import render
 
 POLICY_FILE = "privacy-policy.txt"
@@ -92,7 +93,13 @@ def policy() -> tuple[Block, ...]:
     return parse(resources.files("identity.pages").joinpath("data", POLICY_FILE).read_text(encoding="utf-8"))
 
 
+#: The language the operator wrote the policy's text in (it is shown as written, whatever the
+#: page's language; the article says which, for screen readers and hyphenation).
+POLICY_LANGUAGE = "en"
+
+
 async def privacy_page(request: web.Request) -> web.Response:
     blocks = policy()
     contents = [b for b in blocks if b.kind == "section"]
-    return render(request, "privacy_policy.html", {"blocks": blocks, "contents": contents})
+    written_in = POLICY_LANGUAGE if POLICY_LANGUAGE != i18n.current() else None
+    return render(request, "privacy_policy.html", {"blocks": blocks, "contents": contents, "policy_language": written_in})

@@ -12,6 +12,7 @@ from aiohttp import web
 from identity.accounts import erase, export, links
 from identity.api.export import download
 from identity.appkeys import DB, PROVIDER, SETTINGS
+from identity.i18n import _
 from identity.db.engine import autocommit
 from identity.db.models import AccountStatus, Service
 from identity.db.units import unit
@@ -63,7 +64,7 @@ async def delete(request: web.Request) -> web.StreamResponse:
     if confirmed.ended is not None:
         return confirmed.ended
     if not confirmed.ok:
-        errors = {"current_password": "Your password is not correct."}
+        errors = {"current_password": _("Your password is not correct.")}
         return render(request, "delete_account.html", {"blocking": [], "waiting": [], "errors": errors}, status=400)
     settings = request.config_dict[SETTINGS]
     async with unit(request.config_dict[DB]) as db:
@@ -83,8 +84,8 @@ async def delete(request: web.Request) -> web.StreamResponse:
         request,
         "message.html",
         {
-            "title": "Your account is deleted",
-            "message": "Your One Sign In account and the personal data it held are deleted, and you are signed out everywhere.",
+            "title": _("Your account is deleted"),
+            "message": _("Your One Sign In account and the personal data it held are deleted, and you are signed out everywhere."),
         },
     )
     browser.clear_cookie(request, response)
@@ -113,7 +114,7 @@ async def guardian_request(request: web.Request) -> web.StreamResponse:
     settings = request.config_dict[SETTINGS]
     mail: list[EmailMessage] = []
     if wait := await too_many_requests(request, typed):
-        return render(request, "message.html", {"title": "Not now", "message": slow_down(wait), "next": "/account"}, status=429)
+        return render(request, "message.html", {"title": _("Not now"), "message": slow_down(wait), "next": "/account"}, status=429)
     async with unit(request.config_dict[DB]) as db:
         signed_in = await browser.current(request, db)
         if signed_in is None:
@@ -126,7 +127,7 @@ async def guardian_request(request: web.Request) -> web.StreamResponse:
         except ValueError:
             guardian = None
         if guardian is None or guardian == account.email:
-            errors = {"guardian_email": "Enter your parent's or guardian's own email address."}
+            errors = {"guardian_email": _("Enter your parent's or guardian's own email address.")}
             context = {"account": account, "values": {"guardian_email": typed}, "errors": errors}
             return render(request, "guardian_request.html", context | _age(request), status=400)
         account.guardian_email = guardian
@@ -137,8 +138,8 @@ async def guardian_request(request: web.Request) -> web.StreamResponse:
         request,
         "message.html",
         {
-            "title": "We asked your parent or guardian",
-            "message": f"We sent a message to {guardian}. Once they agree, your account works with member services again.",
+            "title": _("We asked your parent or guardian"),
+            "message": _("We sent a message to %(email)s. Once they agree, your account works with member services again.", email=guardian),
             "next": "/account",
         },
     )

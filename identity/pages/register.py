@@ -23,6 +23,7 @@ from identity.appkeys import DB, SETTINGS
 from identity.db.engine import autocommit
 from identity.db.models import Account, AccountStatus, utcnow
 from identity.db.units import unit
+from identity.i18n import _, lazy_gettext, translate
 from identity.pages.common import field, hash_password, new_password_problem, render, slow_down, too_many_requests
 from identity.web import after_commit, browser, csrf
 from identity.web.after_commit import after_response, deliver_mail
@@ -30,9 +31,10 @@ from identity.web.responses import redirect, safe_next
 from schemas.account import BasicDetails, normalize_email, problems
 
 CHECK_MAIL = {
-    "title": "Check your email",
-    "message": "If the address can be used, we have sent a message to it. Open the link in it to confirm your "
-    "address, then sign in.",
+    "title": lazy_gettext("Check your email"),
+    "message": lazy_gettext(
+        "If the address can be used, we have sent a message to it. Open the link in it to confirm your address, then sign in."
+    ),
 }
 
 
@@ -51,9 +53,9 @@ async def register(request: web.Request) -> web.StreamResponse:
     try:
         details = BasicDetails.model_validate({k: v for k, v in values.items() if v and k != "guardian_email"})
     except ValidationError as exc:
-        errors.update({p.field: p.message for p in problems(exc)})
+        errors.update({p.field: p.message for p in problems(exc, translate)})
     if not values["birthdate"]:
-        errors["birthdate"] = "Enter your date of birth."
+        errors["birthdate"] = _("Enter your date of birth.")
     if reason := await new_password_problem(request, password, [values["email"], values["given_name"], values["family_name"]]):
         errors["password"] = reason
     guardian: str | None = None
@@ -63,10 +65,10 @@ async def register(request: web.Request) -> web.StreamResponse:
             guardian = normalize_email(values["guardian_email"])
         except ValueError:
             errors["guardian_email"] = (
-                f"You are under {settings.age_of_digital_consent}: enter a parent's or guardian's email address."
+                _("You are under %(age)s: enter a parent's or guardian's email address.", age=settings.age_of_digital_consent)
             )
         if guardian and details is not None and guardian == details.email:
-            errors["guardian_email"] = "Enter your parent's or guardian's own email address."
+            errors["guardian_email"] = _("Enter your parent's or guardian's own email address.")
     if errors or details is None:
         return render(request, "register.html", {"values": values, "errors": errors, "next": target}, status=400)
     # Counted before the password is hashed: a flood of registrations costs its sender, not everyone.
@@ -77,8 +79,8 @@ async def register(request: web.Request) -> web.StreamResponse:
     password_hash = await hash_password(request, password)
     mail: list[EmailMessage] = []
     async with unit(request.config_dict[DB]) as db:
-        if await find_by_email(db, details.email) is not None:
-            mail.append(links.already_registered_message(settings, details.email))
+        if (existing := await find_by_email(db, details.email)) is not None:
+            mail.append(links.already_registered_message(settings, details.email, locale=existing.locale))
         else:
             account = await create_account(
                 db,
@@ -110,32 +112,35 @@ async def _confirm_page(request: web.Request, purpose: str, title: str, button: 
 
 
 #: The resend form on a page (``_resend.html``): where it posts and what its button says.
-RESEND = {"action": "/verify-email/resend", "button": "Send me a new confirmation link", "ask_email": True}
+RESEND = {"action": "/verify-email/resend", "button": lazy_gettext("Send me a new confirmation link"), "ask_email": True}
 RESENT = {
-    "title": "Check your email",
-    "message": "If an account with that address is waiting for its address to be confirmed, we have sent a new "
-    "link to it. Open it within two days.",
+    "title": lazy_gettext("Check your email"),
+    "message": lazy_gettext(
+        "If an account with that address is waiting for its address to be confirmed, we have sent a new link to it. "
+        "Open it within two days."
+    ),
 }
 
 
 def _dead_link(purpose: str, signed_in: bool) -> dict[str, object]:
     if purpose == "guardian_consent":
         return {
-            "title": "This link no longer works",
-            "message": "The link has expired or was already used. The child can send you a new request from their "
-            "account page.",
+            "title": _("This link no longer works"),
+            "message": _("The link has expired or was already used. The child can send you a new request from their account page."),
         }
     return {
-        "title": "This link no longer works",
-        "message": "The link has expired, was already used, or a newer one was sent. Ask for a new one below; if your "
-        "address is already confirmed, just sign in.",
+        "title": _("This link no longer works"),
+        "message": _(
+            "The link has expired, was already used, or a newer one was sent. Ask for a new one below; "
+            "if your address is already confirmed, just sign in."
+        ),
         "resend": RESEND,
         "signed_in": signed_in,
     }
 
 
 async def verify_email_page(request: web.Request) -> web.Response:
-    return await _confirm_page(request, "verify_email", "Confirm your email address", "Confirm my address", "/verify-email")
+    return await _confirm_page(request, "verify_email", _("Confirm your email address"), _("Confirm my address"), "/verify-email")
 
 
 async def verify_email(request: web.Request) -> web.Response:
@@ -148,7 +153,7 @@ async def verify_email(request: web.Request) -> web.Response:
         account = await db.get(Account, used.account_id)
         if account is not None:  # the link was for its current address (links.consume)
             await mark_email_verified(db, account)
-    return render(request, "message.html", {"title": "Address confirmed", "message": "Thank you: your email address is confirmed.", "next": "/account"})
+    return render(request, "message.html", {"title": _("Address confirmed"), "message": _("Thank you: your email address is confirmed."), "next": "/account"})
 
 
 async def resend_verification(request: web.Request) -> web.StreamResponse:
@@ -168,10 +173,11 @@ async def resend_verification(request: web.Request) -> web.StreamResponse:
         except ValueError:
             email = None
         if email is None:
-            context = {"title": "Enter your email address", "message": "Enter the address you registered with.", "resend": RESEND}
+            context = {"title": _("Enter your email address"), "message": _("Enter the address you registered with."), "resend": RESEND}
             return render(request, "message.html", context, status=400)
     if wait := await too_many_requests(request, email):
-        return render(request, "message.html", {"title": "Not now", "message": slow_down(wait), "next": "/account"}, status=429)
+        # Translators: the title of a page refusing a request until the person has waited a while.
+        return render(request, "message.html", {"title": _("Not now"), "message": slow_down(wait), "next": "/account"}, status=429)
     if signed_in is None:
         app = request.config_dict
         assert email is not None
@@ -196,14 +202,21 @@ async def resend_verification(request: web.Request) -> web.StreamResponse:
             mail.append(await links.verification(db, settings, current.account))
         after_commit.mail(db, request, mail)
     if not mail:
-        return render(request, "message.html", {"title": "Already confirmed", "message": "Your email address is already confirmed.", "next": "/account"})
-    context = {"title": "Check your email", "message": f"We sent a new confirmation link to {current.account.email}.", "next": "/account"}
+        return render(request, "message.html", {"title": _("Already confirmed"), "message": _("Your email address is already confirmed."), "next": "/account"})
+    context = {
+        "title": _("Check your email"),
+        "message": _("We sent a new confirmation link to %(email)s.", email=current.account.email),
+        "next": "/account",
+    }
     return render(request, "message.html", context)
 
 
 async def guardian_page(request: web.Request) -> web.Response:
     return await _confirm_page(
-        request, "guardian_consent", "Consent to a child's account", "I am the parent or guardian and I consent", "/guardian/confirm"
+        request, "guardian_consent",
+        _("Consent to a child's account"),
+        _("I am the parent or guardian and I consent"),
+        "/guardian/confirm",
     )
 
 
@@ -220,5 +233,5 @@ async def guardian_confirm(request: web.Request) -> web.Response:
     return render(
         request,
         "message.html",
-        {"title": "Consent recorded", "message": "Thank you. The account can now be used with member services."},
+        {"title": _("Consent recorded"), "message": _("Thank you. The account can now be used with member services.")},
     )

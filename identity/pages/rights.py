@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity import rights
 from identity.appkeys import DB
+from identity.i18n import _, format_number, lazy_gettext, pgettext_lazy, translate
 from identity.db.engine import autocommit
 from identity.db.models import Account, Link, Service, utcnow
 from identity.db.units import unit
@@ -21,6 +22,7 @@ from identity.pages.sign_in import confirm_password
 from identity.web import after_commit, browser, csrf
 from identity.web.responses import redirect
 from schemas.events import RightsType
+from schemas.messages import Problem
 from schemas.text import check_multiline
 
 PATH = "/account/rights"
@@ -28,27 +30,40 @@ SIGN_IN = f"/sign-in?next={PATH}"
 HUB = "hub"
 MAX_DETAILS = 4000
 
-TYPES: dict[str, str] = {
-    "access": "Access: a copy of the data held about me",
-    "rectification": "Rectification: correct inaccurate data",
-    "erasure": "Erasure: delete my data",
-    "restriction": "Restriction: stop using my data for now",
-    "objection": "Objection: stop processing my data for a purpose",
-    "portability": "Portability: my data in a machine-readable form",
-    "consent_withdrawal": "Consent withdrawal: withdraw consent I gave",
+# What each right is called in the request form (a choice of a select list).
+TYPES: dict[str, Any] = {
+    "access": lazy_gettext("Access: a copy of the data held about me"),
+    "rectification": lazy_gettext("Rectification: correct inaccurate data"),
+    "erasure": lazy_gettext("Erasure: delete my data"),
+    "restriction": lazy_gettext("Restriction: stop using my data for now"),
+    "objection": lazy_gettext("Objection: stop processing my data for a purpose"),
+    "portability": lazy_gettext("Portability: my data in a machine-readable form"),
+    "consent_withdrawal": lazy_gettext("Consent withdrawal: withdraw consent I gave"),
 }
 assert set(TYPES) == set(get_args(RightsType))
-
-STATUS_TEXT = {
-    "received": "Received",
-    "acknowledged": "Acknowledged",
-    "extended": "Extended",
-    "completed": "Completed",
-    "refused": "Refused",
+# The short name of each right, as the heading of a request.
+TYPE_NAMES: dict[str, Any] = {
+    "access": lazy_gettext("Access"),
+    "rectification": lazy_gettext("Rectification"),
+    "erasure": lazy_gettext("Erasure"),
+    "restriction": lazy_gettext("Restriction"),
+    "objection": lazy_gettext("Objection"),
+    "portability": lazy_gettext("Portability"),
+    "consent_withdrawal": lazy_gettext("Consent withdrawal"),
 }
-BY_TEXT = {
-    "person": "you",
-    "support": "support, for you",
+assert set(TYPE_NAMES) == set(TYPES)
+
+STATUS_TEXT: dict[str, Any] = {
+    "received": pgettext_lazy("rights request status", "Received"),
+    "acknowledged": pgettext_lazy("rights request status", "Acknowledged"),
+    "extended": pgettext_lazy("rights request status", "Extended"),
+    "completed": pgettext_lazy("rights request status", "Completed"),
+    "refused": pgettext_lazy("rights request status", "Refused"),
+}
+# Who took a step of a request, as the "By" column of its history.
+BY_TEXT: dict[str, Any] = {
+    "person": pgettext_lazy("who took a step of a rights request", "you"),
+    "support": pgettext_lazy("who took a step of a rights request", "support, for you"),
     "hub": "One Sign In",
     "service": None,
 }
@@ -62,7 +77,7 @@ async def _targets(db: AsyncSession, account_id: int) -> list[tuple[str, str]]:
         .where(Link.account_id == account_id)
         .order_by(Service.name)
     )
-    return [(HUB, "One Sign In (this hub)")] + [
+    return [(HUB, _("One Sign In (this hub)"))] + [
         (client_id, name) for client_id, name in rows
     ]
 
@@ -72,7 +87,7 @@ def _shown(view: rights.RequestView, now: dt.datetime) -> dict[str, Any]:
     r = view.request
     return {
         "id": r.public_id,
-        "type": TYPES.get(r.type, r.type).split(":")[0],
+        "type": TYPE_NAMES.get(r.type, r.type),
         "target": target,
         "status": STATUS_TEXT.get(r.status, r.status),
         "open": r.status in rights.OPEN,
@@ -144,14 +159,14 @@ def _read(form: Any) -> tuple[dict[str, str], dict[str, str]]:
     }
     errors = {}
     if values["type"] not in TYPES:
-        errors["type"] = "Choose which right you want to exercise."
+        errors["type"] = _("Choose which right you want to exercise.")
     if len(values["details"]) > MAX_DETAILS:
-        errors["details"] = f"Keep the details to {MAX_DETAILS} characters or fewer."
+        errors["details"] = _("Keep the details to %(limit)s characters or fewer.", limit=format_number(MAX_DETAILS))
     else:
         try:
             values["details"] = check_multiline(values["details"])
         except ValueError as exc:
-            errors["details"] = str(exc)
+            errors["details"] = exc.words(translate) if isinstance(exc, Problem) else str(exc)
     return values, errors
 
 
@@ -174,7 +189,7 @@ async def open_from_page(request: web.Request) -> web.StreamResponse:
     if not confirmed.ok:
         async with autocommit(request.config_dict[DB]) as db:
             errors = {
-                "current_password": "Your password is not correct. Enter it to confirm the request."
+                "current_password": _("Your password is not correct. Enter it to confirm the request.")
             }
             return await _page(
                 request, db, signed_in.account, status=400, values=values, errors=errors
@@ -194,10 +209,18 @@ async def open_from_page(request: web.Request) -> web.StreamResponse:
                 actor=signed_in.account.sub,
             )
         except rights.UnknownTarget:
-            errors = {"target": "Choose One Sign In or one of your linked services."}
+            errors = {"target": _("Choose One Sign In or one of your linked services.")}
             return await _page(
                 request, db, signed_in.account, status=400, values=values, errors=errors
             )
         if client_id is not None:
             after_commit.wake(db, request)
     return redirect(f"{PATH}?opened={opened.public_id}", 303)
+
+
+def filters() -> dict[str, Any]:
+    """Template filters naming a request's right and status in the reader's language."""
+    return {
+        "right_label": lambda value: TYPE_NAMES.get(value, value),
+        "status_label": lambda value: STATUS_TEXT.get(value, value),
+    }

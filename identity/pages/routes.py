@@ -18,6 +18,7 @@ from identity.pages import (
     two_step,
 )
 from identity.pages import rights as rights_pages
+from identity.web import language
 from identity.web.responses import redirect
 
 
@@ -35,6 +36,7 @@ def add_routes(app: web.Application) -> None:
     # Pages
     r.add_get("/", home)
     r.add_get("/privacy", policy.privacy_page)
+    r.add_get("/language/{lang}", language.pick)
     r.add_get("/sign-in", sign_in.sign_in_page)
     r.add_post("/sign-in", sign_in.sign_in)
     r.add_post("/sign-out", sign_in.sign_out)

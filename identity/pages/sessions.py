@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts.user_agents import describe
 from identity.appkeys import DB, PROVIDER, SETTINGS
+from identity.i18n import _
 from identity.db.models import BrowserSession, utcnow
 from identity.db.units import unit
 from identity.oidc import assurance
@@ -50,7 +51,7 @@ async def listed(db: AsyncSession, request: web.Request, current: browser.Signed
 
 
 def _signed_out(request: web.Request, message: str) -> web.Response:
-    response = render(request, "message.html", {"title": "You are signed out", "message": message, "next": "/sign-in", "next_label": "Sign in"})
+    response = render(request, "message.html", {"title": _("You are signed out"), "message": message, "next": "/sign-in", "next_label": _("Sign in")})
     browser.clear_cookie(request, response)
     return response
 
@@ -72,7 +73,7 @@ async def end_one(request: web.Request) -> web.StreamResponse:
         await revoke_session_tokens(db, signed_in.account.id, row.sid)
         this = row.id == signed_in.session.id
     if this:
-        return _signed_out(request, "You signed this browser out; the services you used through it were told.")
+        return _signed_out(request, _("You signed this browser out; the services you used through it were told."))
     return redirect("/account?session=ended#sessions", 303)
 
 
@@ -87,5 +88,9 @@ async def end_all(request: web.Request) -> web.StreamResponse:
         after_commit.logout(db, request, await end_sessions_of(db, request.config_dict[PROVIDER].keys, settings.issuer, signed_in.account.id))
         await revoke_tokens(db, signed_in.account.id)
     return _signed_out(
-        request, "You are signed out everywhere: every browser, and every service you signed in to was told. Services you allowed to stay connected must be signed in to again."
+        request,
+        _(
+            "You are signed out everywhere: every browser, and every service you signed in to was told. "
+            "Services you allowed to stay connected must be signed in to again."
+        ),
     )

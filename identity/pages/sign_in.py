@@ -28,6 +28,7 @@ from identity.db import dialect
 from identity.db.engine import autocommit
 from identity.db.models import Service
 from identity.db.units import unit
+from identity.i18n import _
 from identity.oidc import assurance, interactions, scopes
 from identity.oidc.logout import end_session
 from identity.pages import passkey_offers
@@ -161,7 +162,7 @@ async def confirm_password(request: web.Request, signed_in: browser.SignedIn, pa
     async with sessions.begin() as db:
         await settle(db, attempt, ok)
     if not ok and attempt.wait_if_wrong is not None:
-        return Confirmation(False, await _signed_out_for_guessing(request, wrong(attempt, "The password is not correct.").message))
+        return Confirmation(False, await _signed_out_for_guessing(request, wrong(attempt, _("The password is not correct.")).message))
     return Confirmation(ok)
 
 
@@ -179,7 +180,12 @@ async def _signed_out_for_guessing(request: web.Request, reason: str) -> web.Str
     response = render(
         request,
         "message.html",
-        {"title": "You are signed out", "message": f"{reason} For your security you are signed out of the hub; sign in again.", "next": "/sign-in"},
+        {
+            "title": _("You are signed out"),
+            # Translators: %(reason)s is a sentence saying why (e.g. "Too many failed attempts: try again in 60 seconds.").
+            "message": _("%(reason)s For your security you are signed out of the hub; sign in again.", reason=reason),
+            "next": "/sign-in",
+        },
         status=429,
     )
     browser.clear_cookie(request, response)
@@ -226,7 +232,7 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
 async def sign_out(request: web.Request) -> web.StreamResponse:
     await csrf.checked_form(request)
     await end_current_session(request)
-    response = render(request, "message.html", {"title": "You are signed out", "message": "You have signed out of the hub."})
+    response = render(request, "message.html", {"title": _("You are signed out"), "message": _("You have signed out of the hub.")})
     browser.clear_cookie(request, response)
     return response
 
@@ -269,12 +275,15 @@ async def _step_up(request: web.Request, db: AsyncSession, uid: str, service: st
     """The service asked for two steps and this session had one: the code, or how to set it up."""
     if not await second_factor.enrolled(db, signed_in.account.id) and not await passkeys.count(db, signed_in.account.id):
         context = {
-            "title": "Set up two-step sign-in first",
-            "message": f"{service} asks you to sign in with two steps: your password and a code from an authenticator "
-            "app or a passkey. Set up two-step sign-in or add a passkey on your account page, then come back here to continue.",
+            "title": _("Set up two-step sign-in first"),
+            "message": _(
+                "%(service)s asks you to sign in with two steps: your password and a code from an authenticator app or a passkey. "
+                "Set up two-step sign-in or add a passkey on your account page, then come back here to continue.",
+                service=service,
+            ),
             "next": "/account/two-step",
-            "next_label": "Set up two-step sign-in",
-            "also": {"href": f"/i/{uid}", "label": f"I have set it up: continue to {service}"},
+            "next_label": _("Set up two-step sign-in"),
+            "also": {"href": f"/i/{uid}", "label": _("I have set it up: continue to %(service)s", service=service)},
         }
         return render(request, "message.html", context, status=403)
     context = {"next": f"/i/{uid}/resume", "service": service, "step_up": True}

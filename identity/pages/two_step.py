@@ -14,6 +14,7 @@ from aiohttp import web
 from identity.accounts import devices, second_factor, throttle
 from identity.accounts.sign_in import SignInRefused
 from identity.appkeys import CIPHER, DB, SECRET, SETTINGS
+from identity.i18n import _, lazy_gettext, ngettext
 from identity.db.engine import autocommit
 from identity.db.models import Account
 from identity.db.units import unit
@@ -31,12 +32,12 @@ from identity.web.cookies import DEVICE, SECOND_FACTOR
 from identity.web.responses import redirect, safe_next
 
 EXPIRED = {
-    "title": "Sign in again",
-    "message": "Your sign-in waited too long for its code, or was not started in this browser. Sign in again.",
+    "title": lazy_gettext("Sign in again"),
+    "message": lazy_gettext("Your sign-in waited too long for its code, or was not started in this browser. Sign in again."),
     "next": "/sign-in",
-    "next_label": "Sign in",
+    "next_label": lazy_gettext("Sign in"),
 }
-WRONG_CODE = "That code is not right, or was already used. Enter the current code from your app, or a recovery code."
+WRONG_CODE = lazy_gettext("That code is not right, or was already used. Enter the current code from your app, or a recovery code.")
 
 
 def _keys(request: web.Request, account: Account) -> list[tuple[str, throttle.Limit]]:
@@ -72,7 +73,12 @@ async def code(request: web.Request) -> web.StreamResponse:
         keys = _keys(request, account)
         counted = await throttle.take_all(db, keys)
     if counted.refused:
-        refused = SignInRefused(f"Too many wrong codes. Try again in {counted.wait} seconds.", 429)
+        refused = SignInRefused(
+            ngettext(
+                "Too many wrong codes. Try again in %(num)d second.", "Too many wrong codes. Try again in %(num)d seconds.", counted.wait
+            ),
+            429,
+        )
         async with autocommit(request.config_dict[DB]) as db:
             return await passkey_offers.code_page(request, db, account_id, {"next": target, "error": refused.message}, status=429)
     async with unit(request.config_dict[DB]) as db:
@@ -138,11 +144,11 @@ async def enrol(request: web.Request) -> web.StreamResponse:
         if codes is None:
             setup = await second_factor.start_enrolment(db, request.config_dict[CIPHER], account.id, account.email)
         else:
-            after_commit.mail(db, request, [second_factor.notice(request.config_dict[SETTINGS], account.email, "on")])
+            after_commit.mail(db, request, [second_factor.notice(request.config_dict[SETTINGS], account.email, "on", locale=account.locale)])
     if codes is None:
         if setup is None:
             return redirect("/account/two-step", 303)
-        return _settings(request, setup, 0, status=400, error="That code is not right. Enter the code your app shows now.")
+        return _settings(request, setup, 0, status=400, error=_("That code is not right. Enter the code your app shows now."))
     return render(request, "recovery_codes.html", {"codes": codes, "first": True})
 
 
@@ -157,7 +163,7 @@ async def _with_password(request: web.Request) -> tuple[browser.SignedIn | None,
     if not confirmed.ok:
         async with autocommit(request.config_dict[DB]) as db:
             left = await second_factor.recovery_left(db, signed_in.account.id)
-        return None, _settings(request, None, left, status=400, password_error="Your password is not correct.")
+        return None, _settings(request, None, left, status=400, password_error=_("Your password is not correct."))
     return signed_in, None
 
 
@@ -169,7 +175,7 @@ async def new_recovery_codes(request: web.Request) -> web.StreamResponse:
     async with unit(request.config_dict[DB]) as db:
         codes = await second_factor.new_recovery(db, signed_in.account.id)
         if codes is not None:
-            after_commit.mail(db, request, [second_factor.notice(request.config_dict[SETTINGS], signed_in.account.email, "recovery")])
+            after_commit.mail(db, request, [second_factor.notice(request.config_dict[SETTINGS], signed_in.account.email, "recovery", locale=signed_in.account.locale)])
     if codes is None:
         return redirect("/account/two-step", 303)
     return render(request, "recovery_codes.html", {"codes": codes, "first": False})
@@ -183,5 +189,5 @@ async def remove(request: web.Request) -> web.StreamResponse:
         return refused
     async with unit(request.config_dict[DB]) as db:
         if await second_factor.remove(db, signed_in.account.id):
-            after_commit.mail(db, request, [second_factor.notice(request.config_dict[SETTINGS], signed_in.account.email, "off")])
+            after_commit.mail(db, request, [second_factor.notice(request.config_dict[SETTINGS], signed_in.account.email, "off", locale=signed_in.account.locale)])
     return redirect("/account?two_step=off", 303)

@@ -12,6 +12,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from identity.support.words import _
 from identity import deliveries as status
 from identity import rights
 from identity.accounts import links
@@ -77,7 +78,7 @@ async def edit(request: web.Request) -> web.StreamResponse:
         errors |= form_errors(exc)
     if errors:
         # Only what the agent typed is shown back: nothing is read, so nothing is recorded.
-        context = {"sub": sub, "values": typed | {"reason": reason}, "errors": errors, "title": "Correct the details"}
+        context = {"sub": sub, "values": typed | {"reason": reason}, "errors": errors, "title": _("Correct the details")}
         return render(request, "person_edit.html", context, status=400)
     try:
         async with unit(request.config_dict[DB]) as db:
@@ -90,7 +91,7 @@ async def edit(request: web.Request) -> web.StreamResponse:
             after_commit.wake(db, request)  # a restriction's notices, if the date of birth made it one
     except OnlyThePerson as refused:
         # Rolled back whole: nothing saved, and nothing recorded.
-        context = {"sub": sub, "values": typed | {"reason": reason}, "errors": {refused.field: refused.public}, "title": "Correct the details"}
+        context = {"sub": sub, "values": typed | {"reason": reason}, "errors": {refused.field: refused.public}, "title": _("Correct the details")}
         return render(request, "person_edit.html", context, status=400)
     return redirect(person_path(sub, done="saved" if changed else "nochange"), 303)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from identity.support.words import _
 from identity import admin
 from identity.appkeys import CIPHER, DB
 from identity.pages.common import field
@@ -36,7 +37,7 @@ async def _page(request: web.Request, *, error: str | None = None, status: int =
     async with request.config_dict[DB].begin() as db:
         staff = await staff_members.listing(db)
     staff = [member for member in staff if member["role"] in access.PEOPLE]
-    context = {"title": "Agents", "staff": staff, "roles": ROLES, "error": error, **extra}
+    context = {"title": _("Agents"), "staff": staff, "roles": ROLES, "error": error, **extra}
     return render(request, "console_agents.html", context, status=status)
 
 
@@ -60,13 +61,13 @@ async def add_agent(request: web.Request) -> web.StreamResponse:
             audit.record(db, actor_kind="agent", actor=supervisor.sub, action="staff.added", account_sub=sub, detail={"role": role})
     except admin.InvalidInput as exc:
         return await _page(request, error=_public(exc), status=400, email=email, role=role)
-    context = {"title": "Agent added", "added": {"email": address, "role": role}}
+    context = {"title": _("Agent added"), "added": {"email": address, "role": role}}
     return render(request, "console_agent_added.html", context, status=201)
 
 
 def _not_self(supervisor: Agent, sub: str) -> None:
     if supervisor.sub == sub:
-        raise web.HTTPForbidden(text="You cannot change or disable your own staff account; ask another supervisor.")
+        raise web.HTTPForbidden(text=_("You cannot change or disable your own staff account; ask another supervisor."))
 
 
 async def change_role(request: web.Request) -> web.StreamResponse:

@@ -17,6 +17,9 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from identity.support.words import _
+from identity import i18n
+from identity.web import language
 from identity.appkeys import DB
 from identity.support import access, session
 from identity.support.session import AGENT, Agent
@@ -46,7 +49,7 @@ class NotStaff(web.HTTPForbidden):
 def require_supervisor(request: web.Request) -> Agent:
     agent = request[AGENT]
     if not agent.is_supervisor:
-        raise NotStaff(text="Only a supervisor may do this.")
+        raise NotStaff(text=_("Only a supervisor may do this."))
     return agent
 
 
@@ -80,18 +83,18 @@ async def staff_only(request: web.Request, handler: Handler) -> web.StreamRespon
     if agent is None or agent.stage != "active":
         if request.method == "GET":
             raise web.HTTPSeeOther(f"{session.PATH}/login")
-        raise web.HTTPUnauthorized(text="Your console session has ended. Sign in again.")
+        raise web.HTTPUnauthorized(text=_("Your console session has ended. Sign in again."))
     if not access.allowed(agent.role, relative):
         if relative == "/" and request.method == "GET":
             raise web.HTTPSeeOther(access.home(agent.role))
-        raise NotStaff(text="Your staff role does not open this page.")
+        raise NotStaff(text=_("Your staff role does not open this page."))
     request[AGENT] = agent
     return await handler(request)
 
 
 def create_console(*routes: Routes) -> web.Application:
-    console = web.Application(middlewares=[strict_headers, staff_only])
-    aiohttp_jinja2.setup(
+    console = web.Application(middlewares=[language.console_language, strict_headers, staff_only])
+    env = aiohttp_jinja2.setup(
         console,
         loader=jinja2.ChoiceLoader(
             [jinja2.PackageLoader("identity.support", "templates"), jinja2.PackageLoader("identity.pages", "templates")]
@@ -99,6 +102,7 @@ def create_console(*routes: Routes) -> web.Application:
         autoescape=jinja2.select_autoescape(default=True),
         auto_reload=False,
     )
+    i18n.install(env, domain="console")
     for add in routes:
         add(console)
     return console

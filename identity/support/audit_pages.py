@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from identity.support.words import _
 from identity.appkeys import DB
 from identity.support import audit, trail
 from identity.support.app import require_supervisor
@@ -30,5 +31,5 @@ async def audit_page(request: web.Request) -> web.StreamResponse:
     older = None
     if more:
         older = "/support/audit?" + urlencode({**({"account": account} if account else {}), "before": rows[-1].id})
-    context = {"title": "Audit trail", "records": rows, "emails": emails, "account": account or "", "older": older, "paged": before is not None}
+    context = {"title": _("Audit trail"), "records": rows, "emails": emails, "account": account or "", "older": older, "paged": before is not None}
     return render(request, "audit.html", context)

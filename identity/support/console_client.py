@@ -29,6 +29,7 @@ from joserfc.errors import JoseError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.support.words import _, lazy_gettext
 from identity.db.models import Service
 from identity.db.upsert import ensure_row
 from identity.oidc.adapter import HubOAuth2Request
@@ -42,12 +43,14 @@ SCOPE = "openid email"
 CALLBACK = "/support/callback"
 #: How long a started sign-in may take (the hub's sign-in page in between).
 PENDING_TTL = 600
+EXPIRED = lazy_gettext("This sign-in has expired. Start again.")
+NOT_COMPLETED = lazy_gettext("The sign-in could not be completed. Start again.")
 
 
 class SignInFailed(Exception):
     """The callback cannot complete the sign-in. ``public`` is shown; ``detail`` only logged."""
 
-    def __init__(self, public: str, detail: str) -> None:
+    def __init__(self, public: Any, detail: str) -> None:
         super().__init__(detail)
         self.public = public
         self.detail = detail
@@ -139,16 +142,16 @@ def authorization_url(settings: Settings, pending: Pending) -> str:
 def check_callback(query: Any, settings: Settings, pending: Pending | None) -> str:
     """The code from an authorization response, after checking ``state`` and ``iss`` (RFC 9207)."""
     if pending is None:
-        raise SignInFailed("This sign-in has expired. Start again.", "no or stale pending-login cookie")
+        raise SignInFailed(EXPIRED, "no or stale pending-login cookie")
     if not hmac.compare_digest(str(query.get("state", "")).encode(), pending.state.encode()):
-        raise SignInFailed("This sign-in has expired. Start again.", "state mismatch")
+        raise SignInFailed(EXPIRED, "state mismatch")
     if query.get("iss") != settings.issuer:
-        raise SignInFailed("The sign-in could not be completed. Start again.", "iss missing or wrong")
+        raise SignInFailed(NOT_COMPLETED, "iss missing or wrong")
     if "error" in query:
-        raise SignInFailed("The sign-in was not completed. Start again.", f"authorization error {query.get('error')!r}")
+        raise SignInFailed(_("The sign-in was not completed. Start again."), f"authorization error {query.get('error')!r}")
     code = query.get("code")
     if not code or len(code) > 200:
-        raise SignInFailed("The sign-in could not be completed. Start again.", "no code")
+        raise SignInFailed(NOT_COMPLETED, "no code")
     return str(code)
 
 
@@ -176,7 +179,7 @@ async def exchange(
 
 def token_or_fail(status: int, body: dict[str, Any]) -> dict[str, Any]:
     if status != 200 or "id_token" not in body or "access_token" not in body:
-        raise SignInFailed("The sign-in could not be completed. Start again.", f"token endpoint {status}: {body.get('error')}")
+        raise SignInFailed(NOT_COMPLETED, f"token endpoint {status}: {body.get('error')}")
     return body
 
 
@@ -193,8 +196,8 @@ def verified_sub(provider: Provider, settings: Settings, token: dict[str, Any], 
         )
         claims.validate()
     except (JoseError, ValueError, KeyError) as exc:
-        raise SignInFailed("The sign-in could not be completed. Start again.", f"ID token refused: {exc!r}") from None
+        raise SignInFailed(NOT_COMPLETED, f"ID token refused: {exc!r}") from None
     # prompt=login asked for a fresh password: the authentication must postdate /login.
     if int(claims.get("auth_time") or 0) < pending.started - 5:
-        raise SignInFailed("The sign-in could not be completed. Start again.", "auth_time before the sign-in began")
+        raise SignInFailed(NOT_COMPLETED, "auth_time before the sign-in began")
     return str(claims["sub"])

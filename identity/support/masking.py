@@ -6,10 +6,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from identity.support.words import lazy_gettext
+
 DOT = "\u2022"
 
 #: The fields that stay masked until revealed, with their labels.
-MASKED: dict[str, str] = {"birthdate": "Date of birth", "phone_number": "Phone number", "address": "Postal address"}
+MASKED: dict[str, Any] = {"birthdate": lazy_gettext("Date of birth"), "phone_number": lazy_gettext("Phone number"), "address": lazy_gettext("Postal address")}
 
 ADDRESS_PARTS = ("street_address", "locality", "region", "postal_code", "country")
 

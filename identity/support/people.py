@@ -12,6 +12,7 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.support.words import _, lazy_gettext
 from identity import rights
 from identity.accounts import factors
 from identity.accounts.store import find_by_sub
@@ -31,7 +32,7 @@ from identity.db.models import (
 )
 from identity.deliveries import channels_of, open_dead_letter
 from identity.pages.common import field
-from identity.pages.rights import STATUS_TEXT, TYPES
+from identity.pages.rights import STATUS_TEXT, TYPE_NAMES, TYPES
 from identity.support import audit, forms, masking, trail
 from identity.support.render import render
 from identity.support.session import AGENT, Agent
@@ -44,26 +45,30 @@ AGENT_REASON_MIN = 10
 #: Messages after an action (``?done=``) and refusals (``?error=``): fixed texts, so nothing
 #: typed into a URL is ever shown as if the console said it.
 DONE = {
-    "saved": "The details are saved and are being sent to every linked service.",
-    "nochange": "Nothing was changed: the values given are the ones already held.",
+    "saved": lazy_gettext("The details are saved and are being sent to every linked service."),
+    "nochange": lazy_gettext("Nothing was changed: the values given are the ones already held."),
     "verification_sent": "A new confirmation link was sent to the person's address.",
-    "rights_opened": "The rights request is open; the person and its controller can follow it.",
+    "rights_opened": lazy_gettext("The rights request is open; the person and its controller can follow it."),
     "resync_queued": "A fresh copy of the profile is queued for that service.",
     "reset_sent": "A password reset link was mailed to the person; nobody at support sees it.",
-    "removal_requested": "The removal is asked for: a supervisor approves or refuses it. The person was told.",
+    "removal_requested": lazy_gettext("The removal is asked for: a supervisor approves or refuses it. The person was told."),
 }
 ERRORS = {
-    "reason": "Give a reason: it is recorded with your name.",
-    "reason_short": f"Say why in a few words (at least {AGENT_REASON_MIN} characters): it is recorded with your name.",
-    "field": "Choose which masked field to reveal.",
-    "verified": "The address is already confirmed: no link was sent.",
-    "type": "Choose which right the person wants to exercise.",
-    "details": "Keep the details to 4000 characters or fewer.",
-    "details_text": "Remove the control or invisible formatting characters from the details: they can disguise what the text says.",
-    "target": "The person never linked that service: send the request to the hub or a service they linked.",
-    "not_linked": "The person has no active link to that service, so it gets nothing about them.",
-    "no_channel": "That service has no webhook, topic or SCIM server to resync to.",
-    "no_factor": "The person has no second factor to remove.",
+    "reason": lazy_gettext("Give a reason: it is recorded with your name."),
+    "reason_short": lazy_gettext(
+        "Say why in a few words (at least %(min)s characters): it is recorded with your name.", min=AGENT_REASON_MIN
+    ),
+    "field": lazy_gettext("Choose which masked field to reveal."),
+    "verified": lazy_gettext("The address is already confirmed: no link was sent."),
+    "type": lazy_gettext("Choose which right the person wants to exercise."),
+    "details": lazy_gettext("Keep the details to 4000 characters or fewer."),
+    "details_text": lazy_gettext(
+        "Remove the control or invisible formatting characters from the details: they can disguise what the text says."
+    ),
+    "target": lazy_gettext("The person never linked that service: send the request to the hub or a service they linked."),
+    "not_linked": lazy_gettext("The person has no active link to that service, so it gets nothing about them."),
+    "no_channel": lazy_gettext("That service has no webhook, topic or SCIM server to resync to."),
+    "no_factor": lazy_gettext("The person has no second factor to remove."),
     "removal_pending": "A removal of this person's second factor is already waiting for a supervisor.",
 }
 
@@ -79,12 +84,12 @@ async def account_or_404(db: AsyncSession, request: web.Request, *, acting: bool
     sub = request.match_info["sub"]
     account = await find_by_sub(db, sub) if len(sub) <= 64 else None
     if account is None:
-        raise web.HTTPNotFound(text="No account has that sub.")
+        raise web.HTTPNotFound(text=_("No account has that sub."))
     agent = request[AGENT]
     if not agent.is_supervisor and await db.scalar(select(StaffMember.id).where(StaffMember.account_id == account.id)) is not None:
-        raise web.HTTPForbidden(text="Staff accounts are looked after by supervisors.")
+        raise web.HTTPForbidden(text=_("Staff accounts are looked after by supervisors."))
     if acting and account.id == agent.account_id:
-        raise web.HTTPForbidden(text="Change your own account on your account page at the hub, not in the console.")
+        raise web.HTTPForbidden(text=_("Change your own account on your account page at the hub, not in the console."))
     return account
 
 
@@ -201,8 +206,8 @@ async def _rights(db: AsyncSession, account: Account) -> list[dict[str, Any]]:
     return [
         {
             "id": v.request.public_id,
-            "type": TYPES.get(v.request.type, v.request.type).split(":")[0],
-            "target": v.service_name or "One Sign In (the hub)",
+            "type": TYPE_NAMES.get(v.request.type, v.request.type),
+            "target": v.service_name or _("One Sign In (the hub)"),
             "status": STATUS_TEXT.get(v.request.status, v.request.status),
             "overdue": v.overdue(now),
             "opened_by": v.request.opened_by,
@@ -230,7 +235,7 @@ async def profile_context(db: AsyncSession, agent: Agent, account: Account, reve
         "title": account.name or account.email,
         "person": details_of(account, revealed),
         "links": links,
-        "targets": [("hub", "One Sign In (the hub)")] + [(link["client_id"], link["name"]) for link in links],
+        "targets": [("hub", _("One Sign In (the hub)"))] + [(link["client_id"], link["name"]) for link in links],
         "types": TYPES,
         "rights": await _rights(db, account),
         "changes": changes,
@@ -283,5 +288,7 @@ async def reveal(request: web.Request) -> web.StreamResponse:
         audit.record(
             db, actor_kind="agent", actor=agent.sub, action="support.reveal", account_sub=account.sub, reason=reason, detail={"fields": fields}
         )
-    context["done"] = f"Revealed for this page only: {', '.join(masking.MASKED[f] for f in fields)}. Reloading the page masks it again."
+    context["done"] = _(
+        "Revealed for this page only: %(fields)s. Reloading the page masks it again.", fields=", ".join(str(masking.MASKED[f]) for f in fields)
+    )
     return render(request, "person.html", context)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from identity.accounts import factors, links
+from identity.i18n import _, in_their_language
 from identity.db.models import Account, SecondFactorRemoval, utcnow
 from identity.mail import build_message
 from identity.settings import Settings
@@ -37,7 +38,7 @@ async def send_reset(db: AsyncSession, settings: Settings, agent: Agent, account
     audit.record(
         db, actor_kind="agent", actor=agent.sub, action="support.password_reset_sent", account_sub=account.sub, reason=reason, detail={"outcome": "sent"}
     )
-    return reset_by_support_message(settings, account.email, secret)
+    return reset_by_support_message(settings, account.email, secret, locale=account.locale)
 
 
 async def request_removal(db: AsyncSession, settings: Settings, agent: Agent, account: Account, reason: str) -> EmailMessage:
@@ -65,7 +66,7 @@ async def request_removal(db: AsyncSession, settings: Settings, agent: Agent, ac
         reason=reason,
         detail={"request": row.id, "outcome": "pending"},
     )
-    return removal_requested_message(settings, account.email)
+    return removal_requested_message(settings, account.email, locale=account.locale)
 
 
 async def pending(db: AsyncSession) -> list[tuple[SecondFactorRemoval, Account, str | None]]:
@@ -110,46 +111,60 @@ async def decide(db: AsyncSession, settings: Settings, supervisor: Agent, reques
         reason=row.reason,
         detail=detail,
     )
-    return removed_message(settings, account.email) if approve else None
+    return removed_message(settings, account.email, locale=account.locale) if approve else None
 
 
 def _not_you(settings: Settings) -> str:
-    return (
+    return _(
         "If you did not ask customer support for this, someone may be trying to take over your account: "
-        f"reset your password at {settings.issuer}/reset-password and reply to this message so we can help.\n"
+        "reset your password at %(reset)s and reply to this message so we can help.\n",
+        reset=settings.issuer + "/reset-password",
     )
 
 
+@in_their_language
 def reset_by_support_message(settings: Settings, to: str, secret: str) -> EmailMessage:
     url = f"{settings.issuer}/reset-password/confirm?token={secret}"
     return build_message(
         sender=settings.mail_from,
         to=to,
-        subject="Customer support sent you a password reset link",
-        text="Customer support sent this link so that you can choose a new password for your One Sign In account "
-        f"(nobody at support sees it):\n\n{url}\n\n"
-        "The link works for 1 hour. If you did not ask customer support for this, ignore this message: your "
-        "password stays as it is; and reply to it so we know.\n",
+        subject=_("Customer support sent you a password reset link"),
+        text=_(
+            "Customer support sent this link so that you can choose a new password for your One Sign In account "
+            "(nobody at support sees it):\n\n%(url)s\n\n"
+            "The link works for 1 hour. If you did not ask customer support for this, ignore this message: your "
+            "password stays as it is; and reply to it so we know.\n",
+            url=url,
+        ),
     )
 
 
+@in_their_language
 def removal_requested_message(settings: Settings, to: str) -> EmailMessage:
     return build_message(
         sender=settings.mail_from,
         to=to,
-        subject="Customer support asked to remove your second factor",
-        text="Customer support asked to remove the second factor of your One Sign In account (your authenticator "
-        "app and passkeys), so that you can sign in with your password alone. A supervisor checks the request "
-        "before anything is removed.\n\n" + _not_you(settings),
+        subject=_("Customer support asked to remove your second factor"),
+        text=_(
+            "Customer support asked to remove the second factor of your One Sign In account (your authenticator "
+            "app and passkeys), so that you can sign in with your password alone. A supervisor checks the request "
+            "before anything is removed.\n\n"
+        )
+        + _not_you(settings),
     )
 
 
+@in_their_language
 def removed_message(settings: Settings, to: str) -> EmailMessage:
     return build_message(
         sender=settings.mail_from,
         to=to,
-        subject="Your second factor was removed",
-        text="Customer support removed the second factor of your One Sign In account (your authenticator app and "
-        "passkeys), with a supervisor's approval. You now sign in with your password alone: set up a new second "
-        f"factor on your account page, {settings.issuer}/account.\n\n" + _not_you(settings),
+        subject=_("Your second factor was removed"),
+        text=_(
+            "Customer support removed the second factor of your One Sign In account (your authenticator app and "
+            "passkeys), with a supervisor's approval. You now sign in with your password alone: set up a new second "
+            "factor on your account page, %(account)s.\n\n",
+            account=settings.issuer + "/account",
+        )
+        + _not_you(settings),
     )

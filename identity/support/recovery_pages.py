@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from identity.support.words import _, lazy_gettext
 from identity.appkeys import DB, SETTINGS
 from identity.db.units import unit
 from identity.support import forms, recovery
@@ -20,11 +21,14 @@ PAGE = "/support/second-factor-removals"
 
 #: Refusals on the approvals page (``?error=``), fixed texts.
 ERRORS = {
-    "not_pending": "That request was already decided.",
-    "own_request": "You asked for this removal yourself: another supervisor decides it.",
-    "own_account": "That request is for your own account: another supervisor decides it.",
+    "not_pending": lazy_gettext("That request was already decided."),
+    "own_request": lazy_gettext("You asked for this removal yourself: another supervisor decides it."),
+    "own_account": lazy_gettext("That request is for your own account: another supervisor decides it."),
 }
-DONE = {"approved": "Approved: the second factor is removed and the person was told.", "refused": "Refused: nothing was removed."}
+DONE = {
+    "approved": lazy_gettext("Approved: the second factor is removed and the person was told."),
+    "refused": lazy_gettext("Refused: nothing was removed."),
+}
 
 
 async def _reason(request: web.Request) -> tuple[str, str | None]:
@@ -77,7 +81,7 @@ async def removals_page(request: web.Request) -> web.StreamResponse:
         for r, a, requester in waiting
     ]
     context = {
-        "title": "Second-factor removals",
+        "title": _("Second-factor removals"),
         "requests": rows,
         "done": DONE.get(request.query.get("done", "")),
         "error": ERRORS.get(request.query.get("error", "")),
@@ -90,7 +94,7 @@ async def _decide(request: web.Request, *, approve: bool) -> web.StreamResponse:
     await forms.checked_form(request)
     raw = request.match_info["id"]
     if not raw.isdigit() or len(raw) > 18:
-        raise web.HTTPNotFound(text="No such request.")
+        raise web.HTTPNotFound(text=_("No such request."))
     try:
         async with unit(request.config_dict[DB]) as db:
             message = await recovery.decide(db, request.config_dict[SETTINGS], agent, int(raw), approve=approve)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from identity.support.words import _
 from identity.appkeys import DB
 from identity.support import audit, search
 from identity.support.render import render
@@ -17,7 +18,7 @@ LIMIT = 25
 async def search_page(request: web.Request) -> web.StreamResponse:
     agent = request[AGENT]
     query = " ".join(request.query.get("q", "")[: search.MAX_QUERY].split())
-    context: dict[str, object] = {"q": query, "title": "Search"}
+    context: dict[str, object] = {"q": query, "title": _("Search")}
     if query:
         async with request.config_dict[DB].begin() as db:
             found = await search.find(db, query, limit=LIMIT)

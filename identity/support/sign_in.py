@@ -25,6 +25,7 @@ from aiohttp import web
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.support.words import _, lazy_gettext
 from identity.appkeys import CIPHER, DB, PROVIDER, SECRET, SETTINGS
 from identity.db.models import Account, AccountStatus, ConsoleSession, StaffMember, utcnow
 from identity.pages.common import client_address, field
@@ -41,8 +42,8 @@ PENDING_COOKIE = CONSOLE_LOGIN.base
 HOME = f"{session.PATH}/"
 LOGIN = f"{session.PATH}/login"
 TOTP = f"{session.PATH}/totp"
-REFUSED = "This account cannot use the support console."
-LOCKED = "Too many wrong codes in a row: two-factor sign-in is locked for a while. Try again later."
+REFUSED = lazy_gettext("This account cannot use the support console.")
+LOCKED = lazy_gettext("Too many wrong codes in a row: two-factor sign-in is locked for a while. Try again later.")
 
 
 def add_routes(console: web.Application) -> None:
@@ -84,7 +85,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
         sub = console_client.verified_sub(provider, settings, console_client.token_or_fail(status, body), pending)
     except SignInFailed as exc:
         log.info("console sign-in failed: %s", exc.detail)
-        response = _notice(request, "Sign-in not completed", exc.public, 400)
+        response = _notice(request, _("Sign-in not completed"), exc.public, 400)
         CONSOLE_LOGIN.clear(request, response, path=session.PATH)
         return response
 
@@ -111,7 +112,7 @@ async def callback(request: web.Request) -> web.StreamResponse:
             db.add(row)
     if secret is None:
         # The same page for every refusal: it says nothing of the account or why.
-        response = _notice(request, "Not available", REFUSED, 403, again=False)
+        response = _notice(request, _("Not available"), REFUSED, 403, again=False)
     else:
         response = redirect(TOTP, 303)
         session.set_cookie(request, response, secret)
@@ -121,9 +122,9 @@ async def callback(request: web.Request) -> web.StreamResponse:
 
 async def _code_page(request: web.Request, db: AsyncSession, staff: StaffMember, email: str, *, error: str | None, status: int) -> web.Response:
     """The code page; for a staff member still enrolling, with their setup URI (as text)."""
-    context: dict[str, object] = {"title": "Two-factor code", "error": error}
+    context: dict[str, object] = {"title": _("Two-factor code"), "error": error}
     if staff.totp_confirmed_at is None:
-        context |= {"title": "Set up two-factor sign-in", "enrol_uri": staff_members.enrolment_uri(request.config_dict[CIPHER], staff, email)}
+        context |= {"title": _("Set up two-factor sign-in"), "enrol_uri": staff_members.enrolment_uri(request.config_dict[CIPHER], staff, email)}
     return render(request, "console_totp.html", context, status=status)
 
 
@@ -171,11 +172,11 @@ async def totp_submit(request: web.Request) -> web.StreamResponse:
         if checked.result == "gone":
             return redirect(LOGIN, 303)
         if checked.result == "ended":
-            return _ended(request, "Too many wrong codes", "This sign-in has ended. Sign in again.")
+            return _ended(request, _("Too many wrong codes"), _("This sign-in has ended. Sign in again."))
         if checked.result == "locked":
-            return _ended(request, "Too many wrong codes", LOCKED)
+            return _ended(request, _("Too many wrong codes"), LOCKED)
         assert checked.staff is not None
-        error = "That code is wrong or was already used. Enter the next code from your app."
+        error = _("That code is wrong or was already used. Enter the next code from your app.")
         return await _code_page(request, db, checked.staff, agent.email, error=error, status=400)
 
 
@@ -186,7 +187,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
         if agent is not None:
             await staff_members.sign_out(db, session_id=agent.session_id, sub=agent.sub, signed_in=agent.stage == "active", now=utcnow())
     response = _notice(
-        request, "Signed out of the console", "You have signed out of the support console. Your hub account stays signed in.", 200
+        request, _("Signed out of the console"), _("You have signed out of the support console. Your hub account stays signed in."), 200
     )
     session.clear_cookie(request, response)
     return response

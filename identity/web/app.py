@@ -34,13 +34,14 @@ from identity.oidc import keys as signing_keys
 from identity.oidc.actions import routes as provider_routes
 from identity.oidc.server import Provider
 from identity.oidc.service_tokens import ServiceTokenCodec
+from identity.pages import configure as configure_pages
 from identity.pages import routes as page_routes
 from identity.oidc.dpop import Nonces
 from identity.sealing import KeyCipher
 from identity.settings import Settings
 from identity.support import routes as console_routes
 from identity.support.app import create_console
-from identity.web import middleware
+from identity.web import language, middleware
 from sync.runtime import add_sync, metrics_server, ready
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,10 @@ def create_app(
     (default: ``settings.sync_in_process``) also runs the outbox relay and sync worker here.
     ``metrics=False`` (the HTTP-only processes of ``serve --workers N``) leaves out the
     ``/metrics`` listener and the gauges it reports: one process of the hub serves them."""
-    app = web.Application(middlewares=[middleware.request_context, middleware.security_headers, middleware.errors, middleware.whole_body], client_max_size=64 * 1024)
+    app = web.Application(
+        middlewares=[middleware.request_context, middleware.security_headers, middleware.errors, language.language, middleware.whole_body],
+        client_max_size=64 * 1024,
+    )
     app[K.SETTINGS] = settings
     secret = settings.resolved_secret_key()
     app[K.SECRET] = secret.encode()
@@ -68,13 +72,14 @@ def create_app(
         parallelism=settings.argon2_parallelism,
     )
     app[K.PROVIDER] = Provider(settings, signing_keys.KeyRing(), ServiceTokenCodec(secret), Nonces(secret))
-    aiohttp_jinja2.setup(
+    env = aiohttp_jinja2.setup(
         app,
         loader=jinja2.PackageLoader("identity.pages", "templates"),
         autoescape=jinja2.select_autoescape(default=True),
         auto_reload=False,
         context_processors=[],
     )
+    configure_pages(env)
     app.cleanup_ctx.append(database(settings.is_embedded if migrate is None else migrate))
     app.cleanup_ctx.append(_revocation_listener)
     in_process = settings.sync_in_process if sync is None else sync

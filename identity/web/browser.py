@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from identity.appkeys import SETTINGS
 from identity.db.models import Account, BrowserSession, utcnow
 from identity.tokens import digest, new_secret
+from identity.web import language
 from identity.web.cookies import CSRF, SESSION
 
 COOKIE = SESSION.base
@@ -50,6 +51,7 @@ async def current(request: web.Request, db: AsyncSession) -> SignedIn | None:
         return None
     if now - row.last_seen_at > _TOUCH_AFTER:
         row.last_seen_at = now
+    language.speak_account(account.locale)
     return SignedIn(row, account)
 
 

@@ -72,3 +72,5 @@ CONSOLE_LOGIN = Cookie("osi_console_login", scope="path")
 SECOND_FACTOR = Cookie("osi_second_factor", samesite="Strict")
 #: A passkey ceremony under way (its challenge, purpose and account, sealed, for five minutes).
 PASSKEY = Cookie("osi_passkey", samesite="Strict")
+#: The language the person picked with the switcher on the pages, for a year.
+LANGUAGE = Cookie("osi_lang")

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DataError
 from identity.accounts.hashing import HashQueueFull
 from identity.appkeys import SETTINGS
 from identity.errors import BadInput
+from identity.i18n import _
 from identity.logs import REQUEST_ID
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def is_api(request: web.Request) -> bool:
 
 
 def _error_page(request: web.Request, status: int, title: str, message: str) -> web.StreamResponse:
+    message = str(message)
     if is_api(request):
         code = {404: "not_found", 408: "request_timeout", 413: "request_too_large", 415: "unsupported_media_type"}.get(status, "invalid_request")
         code = "temporarily_unavailable" if status == 503 else "server_error" if status >= 500 else code
@@ -112,10 +114,10 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status in (403, 404, 405, 413) and exc.text and exc.text.startswith(f"{exc.status}:"):
             titles = {
-                403: ("Not allowed", "This form has expired or was not sent from this site. Go back, reload the page and try again."),
-                404: ("Not found", "There is nothing at this address."),
-                405: ("Not allowed", "This address does not accept that kind of request."),
-                413: ("Too large", "The request is too large."),
+                403: (_("Not allowed"), _("This form has expired or was not sent from this site. Go back, reload the page and try again.")),
+                404: (_("Not found"), _("There is nothing at this address.")),
+                405: (_("Not allowed"), _("This address does not accept that kind of request.")),
+                413: (_("Too large"), _("The request is too large.")),
             }
             title, message = titles[exc.status]
             response = _error_page(request, exc.status, title, message)
@@ -124,17 +126,17 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             return response
         raise
     except HashQueueFull as busy:
-        response = _error_page(request, 503, "Busy", busy.public)
+        response = _error_page(request, 503, _("Busy"), busy.public)
         response.headers["Retry-After"] = str(busy.retry_after)
         return response
     except (UnicodeDecodeError, DataError, BadInput):
         # Undecodable bytes, or text the database cannot store (a NUL, say): the client's fault.
-        return _error_page(request, 400, "Bad request", "The request contains characters that cannot be accepted.")
+        return _error_page(request, 400, _("Bad request"), _("The request contains characters that cannot be accepted."))
     except Exception:
         incident = uuid.uuid4().hex[:12]
         log.exception("unhandled error (incident %s) on %s %s", incident, request.method, request.path)
         return _error_page(
-            request, 500, "Something went wrong", f"Something went wrong on our side. Please try again. (Incident {incident})"
+            request, 500, _("Something went wrong"), _("Something went wrong on our side. Please try again. (Incident %(incident)s)", incident=incident)
         )
 
 
@@ -157,7 +159,7 @@ async def whole_body(request: web.Request, handler: Handler) -> web.StreamRespon
         return await handler(request)
     if request.content_type == "multipart/form-data":
         return _error_page(
-            request, 415, "Not accepted", "Send forms as application/x-www-form-urlencoded and API bodies as JSON."
+            request, 415, _("Not accepted"), _("Send forms as application/x-www-form-urlencoded and API bodies as JSON.")
         )
     if (request.content_length or 0) > request.client_max_size:
         return _too_large(request)
@@ -170,14 +172,14 @@ async def whole_body(request: web.Request, handler: Handler) -> web.StreamRespon
     except web.HTTPRequestEntityTooLarge:
         return _too_large(request)
     except TimeoutError:
-        response = _error_page(request, 408, "Too slow", "The request's body did not arrive in time. Please try again.")
+        response = _error_page(request, 408, _("Too slow"), _("The request's body did not arrive in time. Please try again."))
         response.force_close()
         return response
     return await handler(request)
 
 
 def _too_large(request: web.Request) -> web.StreamResponse:
-    response = _error_page(request, 413, "Too large", "The request is too large.")
+    response = _error_page(request, 413, _("Too large"), _("The request is too large."))
     response.force_close()  # the rest of the body is not read
     return response
 

@@ -7,6 +7,8 @@ from urllib.parse import urlsplit
 import aiohttp_jinja2
 from aiohttp import web
 
+from identity.i18n import _
+
 
 def redirect(location: str, status: int = 302) -> web.Response:
     return web.Response(status=status, headers={"Location": location})
@@ -30,8 +32,8 @@ def expired_interaction(request: web.Request) -> web.StreamResponse:
         "message.html",
         request,
         {
-            "title": "This sign-in has expired",
-            "message": "The sign-in request is no longer valid in this browser. Go back to the service and start again.",
+            "title": _("This sign-in has expired"),
+            "message": _("The sign-in request is no longer valid in this browser. Go back to the service and start again."),
         },
         status=400,
     )

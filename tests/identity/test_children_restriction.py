@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from babel.dates import format_date
 from sqlalchemy import select, update
 
 from identity.accounts.children import ChildPolicy, OnlyThePerson
@@ -103,7 +104,7 @@ async def test_a_rectified_birthdate_on_the_page_restricts_at_once(hub: Hub, bro
 
     page = await browser.go("/account")
     assert "Tell us your parent's or guardian's email address" in page.text
-    assert account.delete_after.strftime("%d %b %Y") in page.text
+    assert format_date(account.delete_after, "medium", locale="en_GB") in page.text
 
 
 async def test_an_adult_birthdate_lifts_it_and_a_guardians_consent_prevents_it(hub: Hub, browser: Browser) -> None:
@@ -148,7 +149,7 @@ async def test_a_child_registered_without_consent_has_a_deletion_date_until_a_gu
     assert account.delete_after == account.created_at + dt.timedelta(days=hub.settings.child_grace_days)
     await browser.sign_in()
     page = await browser.go("/account")
-    assert account.delete_after.strftime("%d %b %Y") in page.text
+    assert format_date(account.delete_after, "medium", locale="en_GB") in page.text
     guardian = Browser(hub)
     try:
         await confirm_mailed_link(hub, guardian, "parent@example.com", "/guardian/confirm")

@@ -28,6 +28,7 @@ from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.i18n import _
 from identity.accounts import link_lifecycle
 from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.models import (
@@ -284,9 +285,11 @@ def error_page(request: web.Request, error: str, description: str) -> web.Stream
         "message.html",
         request,
         {
-            "title": "This sign-in request cannot be completed",
-            "message": "The service that sent you here made a request the hub cannot accept. "
-            "Go back to the service and try again; if it keeps happening, tell the service.",
+            "title": _("This sign-in request cannot be completed"),
+            "message": _(
+                "The service that sent you here made a request the hub cannot accept. "
+                "Go back to the service and try again; if it keeps happening, tell the service."
+            ),
             "detail": f"{error}: {description}",
         },
         status=400,

@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from identity import i18n
 from identity.appkeys import PROVIDER, SETTINGS
 from identity.oidc import assurance, dpop, request_objects, scopes
 from identity.oidc.client_auth import SIGNING_ALGORITHMS
@@ -55,6 +56,10 @@ def metadata(issuer: str) -> dict[str, Any]:
         "backchannel_logout_supported": True,
         "backchannel_logout_session_supported": True,
         "frontchannel_logout_supported": False,
+        # The languages of the pages (ui_locales picks one, OIDC Core 3.1.2.1) and of the words
+        # the hub itself puts in what it returns; the person's own details stay as they typed them.
+        "ui_locales_supported": list(i18n.LANGUAGES),
+        "claims_locales_supported": list(i18n.LANGUAGES),
     }
 
 

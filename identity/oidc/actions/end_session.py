@@ -10,6 +10,7 @@ import aiohttp_jinja2
 from aiohttp import web
 from authlib.oauth2 import OAuth2Error
 
+from identity.i18n import _
 from identity.appkeys import DB, PROVIDER, SETTINGS
 from identity.db.units import unit
 from identity.oidc.adapter import read_request
@@ -35,9 +36,11 @@ async def end_session(request: web.Request) -> web.StreamResponse:
                 "message.html",
                 request,
                 {
-                    "title": "Sign-out request not accepted",
-                    "message": "The service asked to sign you out with a request the hub cannot verify. "
-                    "You can sign out from your account page instead.",
+                    "title": _("Sign-out request not accepted"),
+                    "message": _(
+                        "The service asked to sign you out with a request the hub cannot verify. "
+                        "You can sign out from your account page instead."
+                    ),
                     "detail": f"{error.error}: {error.description}",
                 },
                 status=400,
@@ -56,7 +59,7 @@ async def end_session(request: web.Request) -> web.StreamResponse:
         response = redirect(validated.redirect_uri)
     else:
         response = aiohttp_jinja2.render_template(
-            "message.html", request, {"title": "You are signed out", "message": "You have signed out of the hub."}
+            "message.html", request, {"title": _("You are signed out"), "message": _("You have signed out of the hub.")}
         )
     browser.clear_cookie(request, response)
     return response

@@ -64,9 +64,10 @@
     };
   }
 
+  // The words come from the page (data-* attributes of the status line), in the page's language.
   const MESSAGES = {
-    NotAllowedError: "No passkey was used (it was cancelled, or took too long). Try again.",
-    InvalidStateError: "This device already holds a passkey for your account. Choose another device or security key.",
+    NotAllowedError: "notAllowed",
+    InvalidStateError: "invalidState",
     AbortError: "",
   };
 
@@ -74,7 +75,8 @@
     const status = form.querySelector("[data-passkey-status]");
     if (!status) return;
     const known = error && Object.prototype.hasOwnProperty.call(MESSAGES, error.name);
-    status.textContent = known ? MESSAGES[error.name] : "Your browser could not use a passkey here. Try again, or use another way in.";
+    const key = known ? MESSAGES[error.name] : "failed";
+    status.textContent = key ? status.dataset[key] || "" : "";
   }
 
   function post(form, credential) {

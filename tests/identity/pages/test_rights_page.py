@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 
+from babel.dates import format_date
 from sqlalchemy import func, select
 
 from identity.appkeys import DB
@@ -80,7 +81,7 @@ async def test_opening_a_request_for_a_linked_service_with_the_password(
     assert [n.event_type for n in notices] == ["rights.requested"]
     text = html.unescape(shown.text)
     assert (
-        f"Your erasure request was sent to Forum. It must be answered by {request.due_at.strftime('%d %B %Y')}."
+        f"Your request (Erasure) was sent to Forum. It must be answered by {format_date(request.due_at, 'long', locale='en_GB')}."
         in text
     )
     assert "Delete my posts" in text and "Received" in text
@@ -101,7 +102,7 @@ async def test_opening_a_request_for_a_linked_service_with_the_password(
         and "We need to restore an archive." in text
         and "Acknowledged" in text
     )
-    assert f"due by {extended_due_at(request.received_at).strftime('%d %B %Y')}" in text
+    assert f"due by {format_date(extended_due_at(request.received_at), 'long', locale='en_GB')}" in text
     mine = await call(hub, "GET", "/api/v1/me/rights-requests", forum.person_token)
     assert mine.json()["requests"][0]["status"] == "extended"
 
@@ -191,7 +192,7 @@ async def test_a_service_never_linked_is_refused_like_an_unknown_one(
         details="x" * 4001,
         current_password=PASSWORD,
     )
-    assert too_long.status_code == 400 and "4000 characters or fewer" in too_long.text
+    assert too_long.status_code == 400 and "4,000 characters or fewer" in too_long.text
     nul = await browser.submit(
         page,
         "/account/rights",

@@ -1,0 +1,45 @@
+"""The support console speaks English or German: the language picked with the switcher or the
+browser's, among those two, else English; its pages say which."""
+
+from __future__ import annotations
+
+import jinja2
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from identity import i18n
+from identity.appkeys import SETTINGS
+from identity.settings import Settings
+from identity.web.language import console_language
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Accept-Language": "fr, de;q=0.5"}, "de"),
+        ({"Accept-Language": "fr, ar"}, "en"),
+        ({"Accept-Language": "de", "Cookie": "osi_lang=en"}, "en"),
+        ({"Cookie": "osi_lang=de"}, "de"),
+        ({"Cookie": "osi_lang=fr"}, "en"),
+    ],
+)
+async def test_the_console_speaks_english_or_german(tmp_path, headers, expected):
+    app = web.Application()
+    app[SETTINGS] = Settings(data_dir=tmp_path)
+    request = make_mocked_request("GET", "/support/", headers=headers, app=app)
+
+    async def page(_request: web.Request) -> web.Response:
+        return web.Response(text=i18n.current())
+
+    with i18n.using("en"):
+        assert (await console_language(request, page)).text == expected
+
+
+def test_console_pages_say_their_language():
+    env = jinja2.Environment(loader=jinja2.PackageLoader("identity.support", "templates"), autoescape=True)
+    i18n.install(env, domain="console")
+    for lang in i18n.CONSOLE_LANGUAGES:
+        with i18n.using(lang):
+            page = env.get_template("console_notice.html").render(title="T", message="M", again=True)
+        assert f'<html lang="{lang}" dir="ltr">' in page
