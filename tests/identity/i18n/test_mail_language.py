@@ -57,7 +57,8 @@ def test_without_a_claim_the_hub_speaks_the_mail_goes_in_the_page_s_language(tra
     assert mail["Content-Language"] == "de" and mail["Subject"] == "RESET YOUR PASSWORD"
     with i18n.using("es"):
         mail = links.reset_message(settings, "ann@example.com", "s", locale=claim)
-    assert mail["Content-Language"] == "es" and mail["Subject"] == "Reset your password"
+    spanish = i18n.translations("es").gettext("Reset your password")
+    assert mail["Content-Language"] == "es" and mail["Subject"] == spanish != "Reset your password"
 
 
 def test_a_mail_s_dates_are_written_the_language_s_way(settings):
