@@ -68,6 +68,20 @@ async def _token_and_check(base: str, token_path: str, introspection_path: str, 
     return token
 
 
+async def _all_workers_up(process: subprocess.Popen[bytes], workers: int) -> None:
+    """With ``--workers N`` (N > 1): until the parent has N children (Linux /proc)."""
+    if workers <= 1 or not Path("/proc/self/task").exists():
+        return
+    for _ in range(300):
+        children = set()
+        for task in Path(f"/proc/{process.pid}/task").iterdir():
+            children |= set((task / "children").read_text().split())
+        if len(children) >= workers:
+            return
+        await asyncio.sleep(0.1)
+    sys.exit(f"the hub did not start {workers} workers")
+
+
 class Target:
     """One server under test: where its endpoints are and how to call them."""
 
@@ -91,7 +105,7 @@ class Target:
 
 
 @contextmanager
-def hub_process(database: str) -> Iterator[tuple[Target, subprocess.Popen[bytes]]]:
+def hub_process(database: str, workers: int = 1) -> Iterator[tuple[Target, subprocess.Popen[bytes]]]:
     data_dir = Path(tempfile.mkdtemp(prefix="onesignin-bench-"))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -104,7 +118,7 @@ def hub_process(database: str) -> Iterator[tuple[Target, subprocess.Popen[bytes]
         cli(env, "migrate")
     service = cli(env, "services", "add", "--name", "Bench", "--redirect-uri", REDIRECT)
     process = subprocess.Popen(
-        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port), "--metrics-port", "0", "--workers", "1"],
+        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port), "--metrics-port", "0", "--workers", str(workers)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -144,6 +158,10 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement (default 10)")
     parser.add_argument("--connections", type=int, default=20, help="requests in flight (default 20)")
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds (default 3)")
+    parser.add_argument(
+        "--hub-workers", type=int, default=1,
+        help="hub processes (serve --workers; default 1, as the peer's one process; more needs Postgres)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -152,8 +170,9 @@ async def main() -> None:
     scripts = Path(tempfile.mkdtemp(prefix="onesignin-wrk-"))
     runs: dict[str, dict[str, list[float]]] = {figure: {"hub": [], "peer": []} for figure in FIGURES}
     try:
-        with hub_process(args.database) as (hub, hub_proc), peer_process() as (peer, peer_proc):
+        with hub_process(args.database, args.hub_workers) as (hub, hub_proc), peer_process() as (peer, peer_proc):
             await _wait_until_up(hub.base + "/healthz", hub_proc)
+            await _all_workers_up(hub_proc, args.hub_workers)
             await _wait_until_up(peer.base + "/.well-known/openid-configuration", peer_proc)
             for target in (hub, peer):
                 target.token = await _token_and_check(target.base, target.token_path, target.introspection_path, target.auth, target.scope)
@@ -180,9 +199,9 @@ async def main() -> None:
         for figure in FIGURES
     }
     if args.json:
-        print(json.dumps({"database": args.database.split(":")[0], "connections": args.connections, "seconds": args.seconds, **results}, indent=2))
+        print(json.dumps({"database": args.database.split(":")[0], "hub_workers": args.hub_workers, "connections": args.connections, "seconds": args.seconds, **results}, indent=2))
         return
-    print(f"hub on {'SQLite (embedded)' if args.database == 'sqlite' else 'Postgres'}; {os.cpu_count()} cores; {args.connections} connections, {args.seconds:.0f} s per run")
+    print(f"hub on {'SQLite (embedded)' if args.database == 'sqlite' else 'Postgres'}, {args.hub_workers} process(es); {os.cpu_count()} cores; {args.connections} connections, {args.seconds:.0f} s per run")
     print(f"  {'figure':20s} {'hub (median)':>14s} {'peer (median)':>14s}  ratio per round")
     for figure, r in results.items():
         ratios = " ".join(f"{x:.2f}" for x in r["ratios"])
