@@ -48,6 +48,7 @@ class Job:
     body: str
     attempts: int
     failing_since: dt.datetime | None
+    request_id: str | None = None
 
 
 class Notices:
@@ -113,7 +114,7 @@ class Notices:
                 update(Notice.__table__)
                 .where(n.id.in_(picked.scalar_subquery()))
                 .values(next_attempt_at=now + dt.timedelta(seconds=self.settings.sync_lease))
-                .returning(n.id, n.service_id, n.channel, n.key, n.message_id, n.body, n.attempts, n.failing_since)
+                .returning(n.id, n.service_id, n.channel, n.key, n.message_id, n.body, n.attempts, n.failing_since, n.request_id)
             )
         ).all()
         return sorted((Job(*r) for r in rows), key=lambda j: j.id)
