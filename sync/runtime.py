@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 
 from identity import appkeys as K
 from identity import notices, outbound
 from identity.db.engine import reachable
+from identity.db.migrate import current_revision, migration_state
 from identity.rights.metrics import refresh_overdue
 from identity.sealing import KeyCipher
 from identity.settings import Settings
@@ -208,9 +211,10 @@ async def health(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     """Readiness: 200 when this process can do its work, else 503 naming what failed (never
-    an address, a secret or a stack trace). Checks the database (a trivial query), Kafka where
-    this process runs the relay or the worker (a connection to a bootstrap server), and that
-    its sync tasks still run. Each check is bounded by ``ONESIGNIN_READINESS_TIMEOUT``."""
+    an address, a secret or a stack trace). Checks the database (a trivial query) and that it is
+    migrated to this version's revision, Kafka where this process runs the relay or the worker
+    (a connection to a bootstrap server), and that its sync tasks still run. Each check is
+    bounded by ``ONESIGNIN_READINESS_TIMEOUT``."""
     app = request.config_dict
     timeout = app[K.SETTINGS].readiness_timeout
     names = ["database"]
@@ -218,11 +222,13 @@ async def ready(request: web.Request) -> web.Response:
     if BOOTSTRAP in app:
         names.append("kafka")
         probes.append(kafka_reachable(app[BOOTSTRAP], timeout))
-    answers = await asyncio.gather(*probes)
-    checks = {name: "ok" if ok else "unreachable" for name, ok in zip(names, answers, strict=True)}
+    answers = await asyncio.gather(*probes, _migrations(app, timeout))
+    checks = {name: "ok" if ok else "unreachable" for name, ok in zip(names, answers[:-1], strict=True)}
+    checks["migrations"] = answers[-1]
     if BOOTSTRAP in app:
         checks["sync"] = "stopped" if any(task.done() for task in app[TASKS].values()) else "ok"
-    failed = [name for name, state in checks.items() if state != "ok"]
+    # A database migrated by a newer version (a rolling upgrade) still serves this one.
+    failed = [name for name, state in checks.items() if state not in ("ok", "newer")]
     if failed:
         return web.json_response({"status": "not ready", "failed": failed, "checks": checks}, status=503)
     return web.json_response({"status": "ready", "checks": checks})
@@ -230,6 +236,17 @@ async def ready(request: web.Request) -> web.Response:
 
 async def _false() -> bool:
     return False
+
+
+async def _migrations(app: Mapping[Any, Any], timeout: float) -> str:
+    """Whether the database is at the revision this version needs (``identity.db.migrate.migration_state``),
+    or ``unknown`` when it does not answer in time."""
+    if K.ENGINE not in app:
+        return "unknown"
+    try:
+        return migration_state(await asyncio.wait_for(current_revision(app[K.ENGINE]), timeout))
+    except (TimeoutError, OSError, SQLAlchemyError):
+        return "unknown"
 
 
 async def kafka_reachable(bootstrap: str, timeout: float) -> bool:
