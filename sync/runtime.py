@@ -187,6 +187,8 @@ async def metrics_server(app: web.Application) -> AsyncIterator[None]:
     settings = app[K.SETTINGS]
     side = web.Application()
     side[METRICS] = app[METRICS]
+    side[K.HUB_METRICS] = app[K.HUB_METRICS]
+    side[K.ENGINE] = app[K.ENGINE]
     side.router.add_get("/metrics", metrics)
     runner = web.AppRunner(side, access_log=None, handle_signals=False)
     await runner.setup()
@@ -265,6 +267,13 @@ async def kafka_reachable(bootstrap: str, timeout: float) -> bool:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition of this process's sync metrics."""
-    body = generate_latest(request.config_dict[METRICS].registry)
+    """Prometheus text exposition of this process's sync metrics, and on the hub its own
+    (``identity.metrics``: every worker's, under ``serve --workers N``)."""
+    app = request.config_dict
+    body = generate_latest(app[METRICS].registry)
+    hub = app.get(K.HUB_METRICS)
+    if hub is not None:
+        if K.ENGINE in app:
+            hub.sample_pool(app[K.ENGINE].pool)
+        body += hub.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -29,6 +29,7 @@ from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
 from identity.db.units import whole
 from identity.mail import mailer_for
+from identity.metrics import HubMetrics
 from identity.oidc import keys as signing_keys
 from identity.oidc.actions import routes as provider_routes
 from identity.oidc.server import Provider
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 KEY_REFRESH_SECONDS = 300
 PURGE_SECONDS = 600
+POOL_SAMPLE_SECONDS = 5
 
 
 def create_app(
@@ -66,6 +68,7 @@ def create_app(
         time_cost=settings.argon2_time_cost,
         parallelism=settings.argon2_parallelism,
     )
+    app[K.HUB_METRICS] = HubMetrics()
     app[K.PROVIDER] = Provider(settings, signing_keys.KeyRing(), ServiceTokenCodec(secret), Nonces(secret))
     aiohttp_jinja2.setup(
         app,
@@ -79,6 +82,7 @@ def create_app(
     add_sync(app, relay=in_process, worker=in_process, gauges=metrics)
     if metrics:
         app.cleanup_ctx.append(metrics_server)
+    app.cleanup_ctx.append(_every(POOL_SAMPLE_SECONDS, "pool-metrics", _sample_pool, first=True))
     app.cleanup_ctx.append(_every(KEY_REFRESH_SECONDS, "signing-keys", _refresh_keys, first=True))
     app.cleanup_ctx.append(_every(PURGE_SECONDS, "purge-expired", _purge))
     app.cleanup_ctx.append(_every(settings.purge_interval, "retention-purge", _retention_purge))
@@ -115,6 +119,10 @@ def database(migrate: bool):  # type: ignore[no-untyped-def]
         await engine.dispose()
 
     return ctx
+
+
+async def _sample_pool(app: web.Application) -> None:
+    app[K.HUB_METRICS].sample_pool(app[K.ENGINE].pool)
 
 
 async def _refresh_keys(app: web.Application) -> None:

@@ -14,9 +14,10 @@ from aiohttp import web
 from sqlalchemy.exc import DataError
 
 from identity.accounts.hashing import HashQueueFull
-from identity.appkeys import SETTINGS
+from identity.appkeys import HUB_METRICS, SETTINGS
 from identity.errors import BadInput
 from identity.logs import REQUEST_ID
+from identity.metrics import UNMATCHED
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     """Outermost: a request id for every request (a well-formed incoming ``X-Request-Id``, else
     a new one), in every log line written while answering it and in the answer's
     ``X-Request-Id``; then one access log line (method, path without the query string, status,
-    duration, id: never a token, a cookie or a query string)."""
+    duration, id: never a token, a cookie or a query string), and the request counted in the
+    hub's metrics by its route's template."""
     given = request.headers.get("X-Request-Id", "")
     rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
     token = REQUEST_ID.set(rid)
@@ -56,12 +58,23 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         exc.headers["X-Request-Id"] = rid
         raise
     finally:
-        duration = round((time.perf_counter() - started) * 1000, 1)
+        seconds = time.perf_counter() - started
+        duration = round(seconds * 1000, 1)
         access_log.info(
             "%s %s %s %.1f ms", request.method, request.path, status, duration,
             extra={"method": request.method, "path": request.path, "status": status, "duration_ms": duration},
         )
+        metrics = request.config_dict.get(HUB_METRICS)
+        if metrics is not None:
+            metrics.request(route_of(request), request.method, status, seconds)
         REQUEST_ID.reset(token)
+
+
+def route_of(request: web.Request) -> str:
+    """The template of the route that answered (``/i/{uid}/login``), never the raw path: one
+    series per route, whatever the ids in the path; ``unmatched`` for a path no route has."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED
 
 
 def is_api(request: web.Request) -> bool:
