@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     # Logs on stderr: plain text lines, or one JSON object a line for a log pipeline.
     log_format: Literal["text", "json"] = Field("text", description="text or json")
 
+    # OpenTelemetry tracing, off unless set (or the standard OTEL_EXPORTER_OTLP_ENDPOINT): an
+    # OTLP/HTTP collector's base URL, e.g. http://otel-collector:4318 (identity/tracing.py).
+    otel_exporter_otlp_endpoint: str | None = Field(None, description="OTLP/HTTP endpoint spans are exported to; unset: no tracing.")
+
     # /readyz: how long each check (the database's trivial query, a Kafka connection) may take.
     readiness_timeout: float = Field(2.0, gt=0, le=30, description="Seconds each /readyz check may take.")
 

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
 from identity import appkeys as K
-from identity import notices, outbound
+from identity import notices, outbound, tracing
 from identity.db.engine import reachable
 from identity.db.migrate import current_revision, migration_state
 from identity.rights.metrics import refresh_overdue
@@ -167,9 +167,15 @@ async def _refresh(app: web.Application) -> None:
 _gauges = _background("sync-gauges", _refresh)
 
 
-def standalone_app(settings: Settings, database: Callable[[web.Application], AsyncIterator[None]], *, relay: bool, worker: bool) -> web.Application:
-    """A relay or worker process: the database, the sync pipeline, ``/metrics`` and ``/healthz``."""
+def standalone_app(
+    settings: Settings, database: Callable[[web.Application], AsyncIterator[None]], *, relay: bool, worker: bool, tracer_provider: Any = None
+) -> web.Application:
+    """A relay or worker process: the database, the sync pipeline, ``/metrics`` and ``/healthz``
+    (traced with ``tracer_provider`` when tracing is configured: its SQL and Kafka records)."""
     app = web.Application()
+    if tracer_provider is not None:
+        app[tracing.TRACER_PROVIDER] = tracer_provider
+        app.cleanup_ctx.append(tracing.flushed)
     app[K.SETTINGS] = settings
     app[K.CIPHER] = KeyCipher(settings.resolved_secret_key())
     app.cleanup_ctx.append(database)

@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 
@@ -17,7 +18,7 @@ import jinja2
 from aiohttp import web
 
 from identity import appkeys as K
-from identity import outbound
+from identity import outbound, tracing
 from identity import purge as retention
 from identity.accounts import throttle
 from identity.accounts.hashing import HashQueue
@@ -51,13 +52,14 @@ POOL_SAMPLE_SECONDS = 5
 
 
 def create_app(
-    settings: Settings, *, migrate: bool | None = None, sync: bool | None = None, metrics: bool = True
+    settings: Settings, *, migrate: bool | None = None, sync: bool | None = None, metrics: bool = True, tracer_provider: Any = None
 ) -> web.Application:
     """The whole hub as one aiohttp application. ``migrate`` defaults to True on the
     embedded database; production runs ``onesignin migrate`` once per deployment. ``sync``
     (default: ``settings.sync_in_process``) also runs the outbox relay and sync worker here.
     ``metrics=False`` (the HTTP-only processes of ``serve --workers N``) leaves out the
-    ``/metrics`` listener and the gauges it reports: one process of the hub serves them."""
+    ``/metrics`` listener and the gauges it reports: one process of the hub serves them.
+    ``tracer_provider``: OpenTelemetry's, when tracing is configured (``identity.tracing``)."""
     app = web.Application(middlewares=[middleware.request_context, middleware.security_headers, middleware.errors, middleware.whole_body], client_max_size=64 * 1024)
     app[K.SETTINGS] = settings
     secret = settings.resolved_secret_key()
@@ -98,6 +100,8 @@ def create_app(
     app.router.add_get("/readyz", ready)
     app.router.add_static("/static", str(files("identity.pages") / "static"), name="static")
     app.add_subapp("/support", create_console(console_routes.add_routes))
+    if tracer_provider is not None:
+        tracing.add(app, tracer_provider)
     return app
 
 
@@ -111,6 +115,8 @@ def database(migrate: bool):  # type: ignore[no-untyped-def]
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         engine = create_engine(app[K.SETTINGS])
+        if tracing.TRACER_PROVIDER in app:
+            tracing.instrument_engine(app[tracing.TRACER_PROVIDER], engine)
         if migrate:
             await upgrade(engine)
         app[K.ENGINE] = engine
