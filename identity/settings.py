@@ -157,6 +157,11 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
+    # With SSL or SASL_SSL: the CA that signed the brokers' certificates (the system's CAs when
+    # unset), and this client's certificate and key where the cluster authenticates clients by TLS.
+    kafka_ssl_cafile: Path | None = Field(None, description="PEM file of the CA(s) the brokers' certificates are checked against.")
+    kafka_ssl_certfile: Path | None = Field(None, description="PEM client certificate (mutual TLS).")
+    kafka_ssl_keyfile: Path | None = Field(None, description="PEM private key of the client certificate.")
     kafka_topic_prefix: str = Field(
         "", pattern=r"^[A-Za-z0-9._-]{0,100}$", description="Put before every topic and group name (several hubs on one cluster)."
     )
@@ -288,6 +293,8 @@ class Settings(BaseSettings):
             raise ValueError("ONESIGNIN_SYNC_LEASE must be longer than ONESIGNIN_WEBHOOK_TIMEOUT")
         if not self.sync_retry_schedule or any(x <= 0 for x in self.sync_retry_schedule):
             raise ValueError("ONESIGNIN_SYNC_RETRY_SCHEDULE must be a non-empty JSON list of positive seconds")
+        if (self.kafka_ssl_cafile or self.kafka_ssl_certfile) and self.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+            raise ValueError("ONESIGNIN_KAFKA_SSL_CAFILE and _CERTFILE need ONESIGNIN_KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL")
         if self.kafka_sasl_mechanism and not (self.kafka_sasl_username and self.kafka_sasl_password):
             raise ValueError("ONESIGNIN_KAFKA_SASL_MECHANISM needs ONESIGNIN_KAFKA_SASL_USERNAME and ONESIGNIN_KAFKA_SASL_PASSWORD")
         if self.mail_backend == "smtp" and self.smtp_username and not (self.smtp_starttls or self.smtp_tls):
