@@ -78,8 +78,7 @@ class HubMetrics:
             self.sign_ins.labels(result)
         for result in SECOND_FACTOR_RESULTS:
             self.second_factor.labels(result)
-        for grant in GRANT_TYPES:
-            self.tokens.labels(grant)
+        self._grants = {grant: self.tokens.labels(grant) for grant in GRANT_TYPES}
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         """One HTTP request answered (the access log's figures)."""
@@ -91,8 +90,9 @@ class HubMetrics:
         children[1].observe(seconds)
 
     def token_issued(self, grant_type: str | None) -> None:
-        if grant_type in GRANT_TYPES:
-            self.tokens.labels(grant_type).inc()
+        child = self._grants.get(grant_type or "")
+        if child is not None:
+            child.inc()
 
     def sample_pool(self, pool: Any) -> None:
         """The pool's figures now (SQLAlchemy's ``QueuePool``; others report what they have)."""
