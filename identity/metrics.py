@@ -35,6 +35,10 @@ GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
+#: Methods counted by name; any other is ``other`` (a client may send any token as a method:
+#: each would be a new series).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class HubMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -82,6 +86,8 @@ class HubMetrics:
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         """One HTTP request answered (the access log's figures)."""
+        if method not in METHODS:
+            method = "other"
         key = (route, method, status)
         children = self._children.get(key)
         if children is None:

@@ -106,6 +106,10 @@ def test_the_route_cache_keeps_one_series_per_route_method_and_status() -> None:
     for seconds in (0.001, 0.002, 0.5):
         metrics.request("/token", "POST", 200, seconds)
     metrics.request("/token", "POST", 401, 0.001)
+    for made_up in ("BREW", "WHEN", "X" * 50):  # any token is a method to HTTP: not a series each
+        metrics.request("/token", made_up, 405, 0.001)
+    assert metrics.http_requests.labels("/token", "other", "405")._value.get() == 3
+    assert len(metrics._children) == 3
     assert metrics.http_requests.labels("/token", "POST", "200")._value.get() == 3
     assert metrics.http_requests.labels("/token", "POST", "401")._value.get() == 1
     samples: dict[str, Any] = {
