@@ -13,7 +13,11 @@ records' headers)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -27,6 +31,10 @@ TRACER_PROVIDER = web.AppKey("tracer_provider", object)
 _TRACER = web.AppKey("tracer", object)
 
 EXTRA = "pip install 'onesignin[tracing]'"
+#: At most this long is spent exporting the last spans when the process stops.
+FLUSH_SECONDS = 3.0
+
+log = logging.getLogger(__name__)
 
 
 class TracingUnavailable(Exception):
@@ -66,7 +74,8 @@ def provider(settings: Settings, role: str, *, exporter: Any = None) -> Any:
     except ImportError:
         raise TracingUnavailable(f"tracing is configured but OpenTelemetry is not installed: {EXTRA}") from None
     attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: f"onesignin-{role}"}
-    traced = TracerProvider(resource=Resource.create(attributes))
+    # Shut down by ``flushed`` (bounded), not at interpreter exit (where nothing bounds it).
+    traced = TracerProvider(resource=Resource.create(attributes), shutdown_on_exit=False)
     if exporter is not None:
         traced.add_span_processor(SimpleSpanProcessor(exporter))
     else:
@@ -112,9 +121,26 @@ def add(app: web.Application, traced: Any) -> None:
 
 
 async def flushed(app: web.Application) -> AsyncIterator[None]:
-    """A cleanup context: spans still waiting are exported when the process stops."""
+    """A cleanup context: spans still waiting are exported when the process stops, for at most
+    ``FLUSH_SECONDS`` (an unreachable collector would hold the exporter in its retries for much
+    longer, and the process's stop with it); what is left then is dropped."""
     yield
-    app[TRACER_PROVIDER].shutdown()  # type: ignore[attr-defined]
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+
+    def shut_down() -> None:
+        try:
+            app[TRACER_PROVIDER].shutdown()  # type: ignore[attr-defined]
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(done.set)
+
+    threading.Thread(target=shut_down, name="tracing-flush", daemon=True).start()
+    try:
+        async with asyncio.timeout(FLUSH_SECONDS):
+            await done.wait()
+    except TimeoutError:
+        log.warning("tracing: spans not exported within %s s of stopping were dropped", FLUSH_SECONDS)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

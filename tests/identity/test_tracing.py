@@ -4,6 +4,7 @@ and its SQL statements make spans inside it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -104,3 +105,38 @@ async def test_a_request_makes_a_span_with_its_request_id(traced_hub: tuple[str,
     assert format(server.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
     queries = [s for s in finished if s.kind == SpanKind.CLIENT and s.context.trace_id == server.context.trace_id]
     assert queries and all(q.parent is not None for q in queries)
+
+
+async def test_stopping_waits_a_bounded_time_for_an_unreachable_collector(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Spans still waiting are exported when the process stops, but a collector that does not
+    answer holds the stop for ``FLUSH_SECONDS`` only."""
+    import threading
+
+    from aiohttp import web
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    released = threading.Event()
+
+    class Unreachable(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            released.wait(30)  # as an exporter retrying a collector that never answers
+            return SpanExportResult.FAILURE
+
+    monkeypatch.setattr(tracing, "FLUSH_SECONDS", 0.2)
+    # Batched as over OTLP: the span waits in the queue until the stop flushes it.
+    traced = TracerProvider(shutdown_on_exit=False)
+    traced.add_span_processor(BatchSpanProcessor(Unreachable(), schedule_delay_millis=60000))
+    app = web.Application()
+    app[tracing.TRACER_PROVIDER] = traced
+    contexts = tracing.flushed(app)
+    await anext(contexts)
+    traced.get_tracer("t").start_span("waiting").end()
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(StopAsyncIteration):
+        await anext(contexts)
+    assert asyncio.get_running_loop().time() - started < 5
+    assert "spans not exported within 0.2 s of stopping were dropped" in caplog.text
+    released.set()
