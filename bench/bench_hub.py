@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Throughput of the hub (one process unless --workers): client_credentials grants/s, refresh
-grants/s, password sign-ins/s (full form POST) and userinfo requests/s, against the argon2id hash rate.
+grants/s, password sign-ins/s (full form POST), userinfo and introspection requests/s, against the
+argon2id hash rate.
 
 The hub runs as a real ``onesignin serve`` subprocess; load comes over loopback HTTP from this
 process (which shares the machine's cores with the hub: figures are for the whole machine).
@@ -130,6 +131,16 @@ local i = 0
 request = function()
   i = i + 1
   return wrk.format("GET", nil, {{["Authorization"] = "Bearer " .. tokens[(i % #tokens) + 1]}})
+end
+"""
+
+LUA_INTROSPECT = """
+local tokens = {{ {tokens} }}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("POST", nil, {{["Content-Type"] = "application/x-www-form-urlencoded", ["Authorization"] = "{auth}"}},
+    "token=" .. tokens[(i % #tokens) + 1])
 end
 """
 
@@ -365,6 +376,9 @@ async def main() -> None:
                 ) as r:
                     access_tokens.append((await r.json())["access_token"])
         results["userinfo_per_s"] = wrk.run("/userinfo", LUA_USERINFO.format(tokens=", ".join(f'"{t}"' for t in access_tokens)))
+        results["introspections_per_s"] = wrk.run(
+            "/introspect", LUA_INTROSPECT.format(auth=basic, tokens=", ".join(f'"{t}"' for t in access_tokens))
+        )
 
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
             async with http.get(f"{base}/sign-in") as r:

@@ -10,6 +10,7 @@ from identity.accounts.hashing import HashQueue
 from identity.accounts.passwords import PasswordHasher
 from identity.accounts.pwned_api import RangeApi
 from identity.mail import Mailer
+from identity.metrics import HubMetrics
 from identity.oidc.server import Provider
 from identity.sealing import KeyCipher
 from identity.settings import Settings
@@ -25,5 +26,7 @@ MAIL_TASKS = web.AppKey("mail_tasks", set)
 HASHER = web.AppKey("hasher", PasswordHasher)
 HASHING = web.AppKey("hashing", HashQueue)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
+#: The hub's own metrics (HTTP requests, sign-ins, tokens, the database pool).
+HUB_METRICS = web.AppKey("hub_metrics", HubMetrics)
 #: Set only when the operator enabled the Pwned Passwords check (ONESIGNIN_BREACHED_PASSWORD_API).
 BREACH_API = web.AppKey("breach_api", RangeApi)

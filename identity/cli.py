@@ -328,8 +328,8 @@ def _run_sync_alone(settings: Settings, args: argparse.Namespace, *, relay: bool
     if settings.is_embedded:
         log.warning("Using the embedded SQLite database; scale-out processes normally share Postgres.")
     _preflight(settings, args.host, args.port)
-    app = standalone_app(settings, database(settings.is_embedded), relay=relay, worker=worker)
     role = "relay" if relay else "worker"
+    app = standalone_app(settings, database(settings.is_embedded), relay=relay, worker=worker, tracer_provider=_tracing(settings, role))
     _emit({"status": "starting", "role": role, "metrics": f"http://{args.host}:{args.port}/metrics"})
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True, loop=_event_loop())
     return {"status": "stopped"}
@@ -572,13 +572,26 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     }
     if workers > 1:
         return _serve_with_workers(settings, args, workers, starting)
-    app = create_app(settings, sync=settings.sync_in_process and not args.no_sync)
+    app = create_app(settings, sync=settings.sync_in_process and not args.no_sync, tracer_provider=_tracing(settings, "hub"))
     _emit(starting)
     try:
         web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True, loop=_event_loop())
     except OSError as exc:
         raise UsageError(f"cannot listen: {exc.strerror or exc} (is another process using the port or the metrics port?)") from None
     return {"status": "stopped"}
+
+
+def _tracing(settings: Settings, role: str) -> Any:
+    """This process's tracer provider when tracing is configured (``identity.tracing``), else None."""
+    from identity import tracing
+
+    try:
+        traced = tracing.provider(settings, role)
+    except tracing.TracingUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    if traced is not None:
+        tracing.instrument_process(traced)
+    return traced
 
 
 def _serve_with_workers(settings: Settings, args: argparse.Namespace, workers: int, starting: dict[str, Any]) -> dict[str, Any]:
@@ -627,7 +640,9 @@ def _serve_as_worker(settings: Settings, args: argparse.Namespace) -> dict[str, 
     from identity.web.app import create_app
 
     first = args.worker_index == 0
-    app = create_app(settings, sync=first and settings.sync_in_process and not args.no_sync, metrics=first)
+    app = create_app(
+        settings, sync=first and settings.sync_in_process and not args.no_sync, metrics=first, tracer_provider=_tracing(settings, "hub")
+    )
 
     async def ready(_app: web.Application) -> None:
         # Every cleanup context has started: the parent may now retire this worker's predecessor.

@@ -27,6 +27,7 @@ from identity.db.models import (
     utcnow,
 )
 from identity.db.upsert import insert_for
+from identity.logs import REQUEST_ID
 from schemas.events import service_topic
 
 RESYNC_CHUNK = 1000
@@ -262,7 +263,10 @@ async def resync_person(db: AsyncSession, service: Service, account_id: int, *, 
 
 
 async def _queue_snapshots(db: AsyncSession, values: list[dict[str, Any]]) -> None:
-    """Upsert snapshot deliveries: coalesced with a pending one, revived if dead."""
+    """Upsert snapshot deliveries: coalesced with a pending one, revived if dead; sent with the id
+    of the request that asked for them (a service's or support's resync), if one did."""
+    rid = REQUEST_ID.get()
+    values = [v | {"request_id": rid} for v in values]
     d = Delivery.__table__.c
     stmt = insert_for(db, Delivery).values(values)
     new = stmt.excluded
@@ -278,6 +282,7 @@ async def _queue_snapshots(db: AsyncSession, values: list[dict[str, Any]]) -> No
                 "first_pending_at": func.coalesce(d.first_pending_at, new.first_pending_at),
                 "next_attempt_at": new.next_attempt_at,
                 "generation": d.generation + 1,
+                "request_id": new.request_id,
             },
         )
     )

@@ -23,6 +23,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.db.models import Notice, Service, utcnow
+from identity.logs import REQUEST_ID
 from schemas.events import ServiceNotice, service_notice
 
 
@@ -89,6 +90,7 @@ def add(db: AsyncSession, service: Service, account_id: int | None, key: str, no
                 message_id=notice.id,
                 key=key,
                 body=body,
+                request_id=REQUEST_ID.get(),
                 created_at=now,
                 next_attempt_at=now,
             )

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.db.models import OutboxEvent
+from identity.logs import REQUEST_ID
 from schemas.events import PROFILE_TOPIC, LinkCreated, ProfileChanged
 
 
@@ -19,13 +20,19 @@ def new_event_id() -> str:
 
 def row(event: ProfileChanged | LinkCreated) -> dict[str, Any]:
     """The outbox row of ``event``: for the hub's topic, keyed by the person's ``sub`` (so one
-    person's events stay in order on one partition)."""
+    person's events stay in order on one partition). An event written while answering a request
+    carries that request's id (in its payload and the row's ``request_id``), which the relay puts
+    in the Kafka record's ``request-id`` header and the sync worker in the service's
+    ``X-Request-Id``: one change can be followed from the access log line to the webhook."""
+    if event.request_id is None and (rid := REQUEST_ID.get()) is not None:
+        event = event.model_copy(update={"request_id": rid})
     return {
         "topic": PROFILE_TOPIC,
         "key": event.sub,
         "event_type": event.type,
         "payload": event.model_dump(mode="json"),
         "created_at": event.occurred_at,
+        "request_id": event.request_id,
     }
 
 

@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     # Logs on stderr: plain text lines, or one JSON object a line for a log pipeline.
     log_format: Literal["text", "json"] = Field("text", description="text or json")
 
+    # OpenTelemetry tracing, off unless set (or the standard OTEL_EXPORTER_OTLP_ENDPOINT): an
+    # OTLP/HTTP collector's base URL, e.g. http://otel-collector:4318 (identity/tracing.py).
+    otel_exporter_otlp_endpoint: str | None = Field(None, description="OTLP/HTTP endpoint spans are exported to; unset: no tracing.")
+
     # /readyz: how long each check (the database's trivial query, a Kafka connection) may take.
     readiness_timeout: float = Field(2.0, gt=0, le=30, description="Seconds each /readyz check may take.")
 
@@ -156,6 +160,11 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = None
+    # With SSL or SASL_SSL: the CA that signed the brokers' certificates (the system's CAs when
+    # unset), and this client's certificate and key where the cluster authenticates clients by TLS.
+    kafka_ssl_cafile: Path | None = Field(None, description="PEM file of the CA(s) the brokers' certificates are checked against.")
+    kafka_ssl_certfile: Path | None = Field(None, description="PEM client certificate (mutual TLS).")
+    kafka_ssl_keyfile: Path | None = Field(None, description="PEM private key of the client certificate.")
     kafka_topic_prefix: str = Field(
         "", pattern=r"^[A-Za-z0-9._-]{0,100}$", description="Put before every topic and group name (several hubs on one cluster)."
     )
@@ -305,6 +314,8 @@ class Settings(BaseSettings):
             raise ValueError("ONESIGNIN_SYNC_LEASE must be longer than ONESIGNIN_WEBHOOK_TIMEOUT")
         if not self.sync_retry_schedule or any(x <= 0 for x in self.sync_retry_schedule):
             raise ValueError("ONESIGNIN_SYNC_RETRY_SCHEDULE must be a non-empty JSON list of positive seconds")
+        if (self.kafka_ssl_cafile or self.kafka_ssl_certfile) and self.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+            raise ValueError("ONESIGNIN_KAFKA_SSL_CAFILE and _CERTFILE need ONESIGNIN_KAFKA_SECURITY_PROTOCOL=SSL or SASL_SSL")
         if self.kafka_sasl_mechanism and not (self.kafka_sasl_username and self.kafka_sasl_password):
             raise ValueError("ONESIGNIN_KAFKA_SASL_MECHANISM needs ONESIGNIN_KAFKA_SASL_USERNAME and ONESIGNIN_KAFKA_SASL_PASSWORD")
         if self.mail_backend == "smtp" and self.smtp_username and not (self.smtp_starttls or self.smtp_tls):

@@ -23,20 +23,29 @@ runs no event loop and opens no database: it starts, watches, restarts and stops
 - SIGHUP: the children are replaced one by one (each new process loads the code afresh; its
   environment, and so its settings, is the parent's): an HTTP child is stopped only once its successor is ready; child 0, which must not
   run twice, is stopped first and then started again.
-- Each child gets SIGTERM if the parent dies, even by SIGKILL."""
+- Each child gets SIGTERM if the parent dies, even by SIGKILL.
+- The children share one ``PROMETHEUS_MULTIPROC_DIR`` (made by the parent, removed when it stops):
+  each writes its HTTP, sign-in, token and pool figures there and child 0's ``/metrics`` reports
+  their sum (``identity.metrics``); a child that exits is marked dead, so its pool gauges go."""
 
 from __future__ import annotations
 
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+from prometheus_client import multiprocess
+
+from identity.metrics import MULTIPROC_DIR
 
 log = logging.getLogger("onesignin.workers")
 
@@ -131,6 +140,7 @@ class Supervisor:
         self.restart_at: dict[int, float] = {}
         self.stopping = False
         self.reload = False
+        self.metrics_dir = ""
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -152,6 +162,7 @@ class Supervisor:
         try:
             process = subprocess.Popen(
                 list(self.command(index, fd, write_end)),
+                env=os.environ | {MULTIPROC_DIR: self.metrics_dir} if self.metrics_dir else None,
                 pass_fds=(fd, write_end),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -176,7 +187,13 @@ class Supervisor:
             child.process.kill()
             status = child.process.wait()
         child.close()
+        self._dead(child)
         return status
+
+    def _dead(self, child: Child) -> None:
+        """Its live gauges (the pool) leave the sum; its counters stay in it."""
+        if self.metrics_dir:
+            multiprocess.mark_process_dead(child.process.pid, self.metrics_dir)
 
     def _wait_ready(self, child: Child) -> bool:
         """Until ``child`` serves (True), or exits, times out, or the hub is told to stop (False)."""
@@ -212,6 +229,7 @@ class Supervisor:
                     self.failures.pop(index, None)
                 continue
             child.close()
+            self._dead(child)
             del self.children[index]
             failures = self.failures.get(index, 0)
             delay = RESTART_BACKOFF[min(failures, len(RESTART_BACKOFF) - 1)]
@@ -255,6 +273,7 @@ class Supervisor:
     def run(self) -> None:
         """Until SIGTERM or SIGINT; then stop every child. Raises StartupFailed."""
         previous = {s: signal.signal(s, h) for s, h in ((signal.SIGTERM, self._on_stop), (signal.SIGINT, self._on_stop), (signal.SIGHUP, self._on_hangup))}
+        self.metrics_dir = tempfile.mkdtemp(prefix="onesignin-metrics-")
         try:
             self._start_all()
             while not self.stopping:
@@ -275,4 +294,5 @@ class Supervisor:
                 sock.close()
             for s, h in previous.items():
                 signal.signal(s, h)
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
         log.info("all workers stopped")

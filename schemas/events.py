@@ -57,6 +57,9 @@ class ProfileChanged(_Event):
     channel: Channel = Field(description="Who made the change: the person, a member service, support, or the CLI.")
     client_id: str | None = Field(None, description="The member service that made the change, if one did.")
     occurred_at: dt.datetime
+    request_id: str | None = Field(
+        None, description="The id of the hub request that made the change (its X-Request-Id), to follow it through the logs."
+    )
 
 
 class LinkCreated(_Event):
@@ -68,6 +71,9 @@ class LinkCreated(_Event):
     client_id: str
     version: int = Field(ge=1)
     occurred_at: dt.datetime
+    request_id: str | None = Field(
+        None, description="The id of the hub request that made the change (its X-Request-Id), to follow it through the logs."
+    )
 
 
 HubEvent = Annotated[ProfileChanged | LinkCreated, Field(discriminator="type")]

@@ -80,7 +80,7 @@ ACCOUNT_COLUMNS = [Account.__table__.c[name] for name in (
 #: What sending a delivery needs of its row (claimed, or leased as the fan-out records it).
 CLAIMED_COLUMNS = tuple(Delivery.__table__.c[name] for name in (
     "id", "service_id", "account_id", "channel", "changed", "snapshot", "origin", "origin_self",
-    "first_pending_at", "failing_since", "attempts", "delivered_at", "generation", "next_attempt_at",
+    "first_pending_at", "failing_since", "attempts", "delivered_at", "generation", "next_attempt_at", "request_id",
 ))
 
 UPDATED = ProfileUpdated.model_fields["type"].default
@@ -116,6 +116,7 @@ class Job:
     failing_since: dt.datetime | None
     attempts: int
     generation: int
+    request_id: str | None = None
 
     @property
     def key(self) -> str:
@@ -263,7 +264,7 @@ class Deliveries:
                 data |= {"changed": changed, "profile": profile, "origin": {"channel": r.origin, "this_service": bool(r.origin_self)}}
             body = render(SNAPSHOT if r.snapshot else UPDATED, mid, stamp, data)
             jobs.append(
-                Job(r.id, r.service_id, r.account_id, r.channel, account.sub, account.version, body, mid, r.first_pending_at, r.failing_since, r.attempts, r.generation)
+                Job(r.id, r.service_id, r.account_id, r.channel, account.sub, account.version, body, mid, r.first_pending_at, r.failing_since, r.attempts, r.generation, r.request_id)
             )
         if dropped:
             await db.execute(

@@ -40,6 +40,7 @@ from identity.db.engine import plan_for_now
 from identity.db.models import ACTIVE, PENDING, Delivery, Notice, Service, SsfStream, utcnow
 from identity.db.units import whole
 from identity.deliveries import resume
+from identity.logs import REQUEST_ID
 from identity.settings import Settings
 from sync import scim, ssf, webhooks
 from sync.backoff import Backoff
@@ -82,6 +83,8 @@ class Job(Protocol):
     def attempts(self) -> int: ...
     @property
     def failing_since(self) -> dt.datetime | None: ...
+    @property
+    def request_id(self) -> str | None: ...  # of the request that caused it: X-Request-Id
 
 
 @dataclass(frozen=True)
@@ -159,7 +162,10 @@ class Sender:
         if job.channel == "webhook":
             if endpoint.webhook_url is None or endpoint.signer is None:
                 return webhooks.Outcome("retry", "the service has no webhook now")
-            return await webhooks.post(self.http, endpoint.webhook_url, endpoint.signer, job.message_id, job.body, timeout=self.timeout)
+            return await webhooks.post(
+                self.http, endpoint.webhook_url, endpoint.signer, job.message_id, job.body, timeout=self.timeout,
+                request_id=job.request_id,
+            )
         if job.channel == "scim":
             if endpoint.scim_base_url is None or endpoint.scim_token is None:
                 return webhooks.Outcome("retry", "the service has no SCIM server now")
@@ -184,7 +190,7 @@ class Sender:
             return webhooks.Outcome("retry", "the service has no topic now")
         if self.topics is None:
             return webhooks.Outcome("retry", "Kafka is not configured")
-        return await self.topics.publish(endpoint.client_id, job.key, job.body, job.message_id)
+        return await self.topics.publish(endpoint.client_id, job.key, job.body, job.message_id, request_id=job.request_id)
 
     async def watch_topics_forever(self, endpoints: Endpoints) -> None:
         """Every few seconds, the services' topics are checked on the broker (a broker that
@@ -347,7 +353,9 @@ class Engine:
     # -- sending --------------------------------------------------------------------------
 
     async def send(self, job: Any) -> None:
-        """Send one job and keep its outcome for the next recording."""
+        """Send one job and keep its outcome for the next recording. Log lines written meanwhile
+        carry the id of the request that caused it."""
+        token = REQUEST_ID.set(job.request_id)
         try:
             outcome = await self.sender.send(self.endpoints.get(job.service_id), job)
         except asyncio.CancelledError:
@@ -356,6 +364,8 @@ class Engine:
             # Whatever went wrong is recorded and retried on the schedule, never lost silently.
             log.warning("sync %s: sending to service %s failed: %s: %s", self.kind.name, job.service_id, type(exc).__name__, exc)
             outcome = webhooks.Outcome("retry", f"could not send: {type(exc).__name__}")
+        finally:
+            REQUEST_ID.reset(token)
         self.kind.count(self.metrics, job.channel, outcome.result)
         if outcome.result == "gone":
             self.endpoints.gone(job.service_id)

@@ -150,6 +150,7 @@ async def _record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], 
                         "snapshot": snapshot,
                         "origin": origin,
                         "origin_self": origin_self,
+                        "request_id": event.request_id,
                         "first_pending_at": event.occurred_at,
                         "state": "active",
                         "attempts": 0,
@@ -160,6 +161,7 @@ async def _record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], 
                     row["changed"] |= changed
                     row["snapshot"] = row["snapshot"] or snapshot
                     row["origin"], row["origin_self"] = origin, origin_self
+                    row["request_id"] = event.request_id
                     row["first_pending_at"] = min(row["first_pending_at"], event.occurred_at)
     # Rows are locked in key order, as the deliverer's updates do, so the two never deadlock.
     values = [wanted[key] for key in sorted(wanted)]
@@ -223,6 +225,7 @@ def _build_upsert(db: AsyncSession) -> Any:
             "snapshot": case((pending, (d.snapshot == true()) | (new.snapshot == true())), else_=new.snapshot),
             "origin": new.origin,
             "origin_self": new.origin_self,
+            "request_id": new.request_id,
             "first_pending_at": case((pending, d.first_pending_at), else_=new.first_pending_at),
             # A change never resets the retry schedule of a failing delivery (no retry storms).
             "next_attempt_at": case((retrying, d.next_attempt_at), else_=new.next_attempt_at),

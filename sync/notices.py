@@ -55,6 +55,7 @@ class Job:
     attempts: int
     failing_since: dt.datetime | None
     created_at: dt.datetime | None = None
+    request_id: str | None = None
 
 
 class Notices:
@@ -126,7 +127,7 @@ class Notices:
                 update(Notice.__table__)
                 .where(n.id.in_(picked.scalar_subquery()))
                 .values(next_attempt_at=now + dt.timedelta(seconds=self.settings.sync_lease))
-                .returning(n.id, n.service_id, n.channel, n.key, n.message_id, n.body, n.attempts, n.failing_since, n.created_at)
+                .returning(n.id, n.service_id, n.channel, n.key, n.message_id, n.body, n.attempts, n.failing_since, n.created_at, n.request_id)
             )
         ).all()
         jobs = sorted((Job(*r) for r in rows), key=lambda j: j.id)

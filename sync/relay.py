@@ -220,7 +220,10 @@ class Relay:
 
     async def _unpublished(self, db: AsyncSession) -> list[Any]:
         result = await db.execute(
-            select(OutboxEvent.id, OutboxEvent.topic, OutboxEvent.key, OutboxEvent.event_type, OutboxEvent.payload, OutboxEvent.created_at)
+            select(
+                OutboxEvent.id, OutboxEvent.topic, OutboxEvent.key, OutboxEvent.event_type, OutboxEvent.payload,
+                OutboxEvent.created_at, OutboxEvent.request_id,
+            )
             .where(OutboxEvent.published_at.is_(None))
             .order_by(OutboxEvent.id)
             .limit(self.settings.relay_batch_size)
@@ -237,11 +240,11 @@ class Relay:
         futures = []
         for row in rows:
             value = json.dumps(row.payload, separators=(",", ":")).encode()
+            headers = [("type", row.event_type.encode()), ("outbox-id", str(row.id).encode())]
+            if row.request_id:
+                headers.append(("request-id", row.request_id.encode()))
             futures.append(
-                await self.producer.send(
-                    self.settings.kafka_topic_prefix + row.topic, value=value, key=row.key.encode(),
-                    headers=[("type", row.event_type.encode()), ("outbox-id", str(row.id).encode())],
-                )
+                await self.producer.send(self.settings.kafka_topic_prefix + row.topic, value=value, key=row.key.encode(), headers=headers)
             )
         # Every message acknowledged, or the batch stays unpublished.
         await asyncio.gather(*futures)

@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 
 from identity import appkeys as K
-from identity import notices, outbound, rollups
+from identity import notices, outbound, rollups, tracing
 from identity.db.engine import reachable
+from identity.db.migrate import current_revision, migration_state
 from identity.db.models import utcnow
 from identity.rights.metrics import refresh_overdue
 from identity.sealing import KeyCipher
@@ -173,9 +176,15 @@ async def _refresh(app: web.Application) -> None:
 _gauges = _background("sync-gauges", _refresh)
 
 
-def standalone_app(settings: Settings, database: Callable[[web.Application], AsyncIterator[None]], *, relay: bool, worker: bool) -> web.Application:
-    """A relay or worker process: the database, the sync pipeline, ``/metrics`` and ``/healthz``."""
+def standalone_app(
+    settings: Settings, database: Callable[[web.Application], AsyncIterator[None]], *, relay: bool, worker: bool, tracer_provider: Any = None
+) -> web.Application:
+    """A relay or worker process: the database, the sync pipeline, ``/metrics`` and ``/healthz``
+    (traced with ``tracer_provider`` when tracing is configured: its SQL and Kafka records)."""
     app = web.Application()
+    if tracer_provider is not None:
+        app[tracing.TRACER_PROVIDER] = tracer_provider
+        app.cleanup_ctx.append(tracing.flushed)
     app[K.SETTINGS] = settings
     app[K.CIPHER] = KeyCipher(settings.resolved_secret_key())
     app.cleanup_ctx.append(database)
@@ -193,6 +202,8 @@ async def metrics_server(app: web.Application) -> AsyncIterator[None]:
     settings = app[K.SETTINGS]
     side = web.Application()
     side[METRICS] = app[METRICS]
+    side[K.HUB_METRICS] = app[K.HUB_METRICS]
+    side[K.ENGINE] = app[K.ENGINE]
     side.router.add_get("/metrics", metrics)
     runner = web.AppRunner(side, access_log=None, handle_signals=False)
     await runner.setup()
@@ -217,9 +228,10 @@ async def health(request: web.Request) -> web.Response:
 
 async def ready(request: web.Request) -> web.Response:
     """Readiness: 200 when this process can do its work, else 503 naming what failed (never
-    an address, a secret or a stack trace). Checks the database (a trivial query), Kafka where
-    this process runs the relay or the worker (a connection to a bootstrap server), and that
-    its sync tasks still run. Each check is bounded by ``ONESIGNIN_READINESS_TIMEOUT``."""
+    an address, a secret or a stack trace). Checks the database (a trivial query) and that it is
+    migrated to this version's revision, Kafka where this process runs the relay or the worker
+    (a connection to a bootstrap server), and that its sync tasks still run. Each check is
+    bounded by ``ONESIGNIN_READINESS_TIMEOUT``."""
     app = request.config_dict
     timeout = app[K.SETTINGS].readiness_timeout
     names = ["database"]
@@ -227,11 +239,13 @@ async def ready(request: web.Request) -> web.Response:
     if BOOTSTRAP in app:
         names.append("kafka")
         probes.append(kafka_reachable(app[BOOTSTRAP], timeout))
-    answers = await asyncio.gather(*probes)
-    checks = {name: "ok" if ok else "unreachable" for name, ok in zip(names, answers, strict=True)}
+    answers = await asyncio.gather(*probes, _migrations(app, timeout))
+    checks = {name: "ok" if ok else "unreachable" for name, ok in zip(names, answers[:-1], strict=True)}
+    checks["migrations"] = answers[-1]
     if BOOTSTRAP in app:
         checks["sync"] = "stopped" if any(task.done() for task in app[TASKS].values()) else "ok"
-    failed = [name for name, state in checks.items() if state != "ok"]
+    # A database migrated by a newer version (a rolling upgrade) still serves this one.
+    failed = [name for name, state in checks.items() if state not in ("ok", "newer")]
     if failed:
         return web.json_response({"status": "not ready", "failed": failed, "checks": checks}, status=503)
     return web.json_response({"status": "ready", "checks": checks})
@@ -239,6 +253,17 @@ async def ready(request: web.Request) -> web.Response:
 
 async def _false() -> bool:
     return False
+
+
+async def _migrations(app: Mapping[Any, Any], timeout: float) -> str:
+    """Whether the database is at the revision this version needs (``identity.db.migrate.migration_state``),
+    or ``unknown`` when it does not answer in time."""
+    if K.ENGINE not in app:
+        return "unknown"
+    try:
+        return migration_state(await asyncio.wait_for(current_revision(app[K.ENGINE]), timeout))
+    except (TimeoutError, OSError, SQLAlchemyError):
+        return "unknown"
 
 
 async def kafka_reachable(bootstrap: str, timeout: float) -> bool:
@@ -257,6 +282,13 @@ async def kafka_reachable(bootstrap: str, timeout: float) -> bool:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition of this process's sync metrics."""
-    body = generate_latest(request.config_dict[METRICS].registry)
+    """Prometheus text exposition of this process's sync metrics, and on the hub its own
+    (``identity.metrics``: every worker's, under ``serve --workers N``)."""
+    app = request.config_dict
+    body = generate_latest(app[METRICS].registry)
+    hub = app.get(K.HUB_METRICS)
+    if hub is not None:
+        if K.ENGINE in app:
+            hub.sample_pool(app[K.ENGINE].pool)
+        body += hub.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -89,8 +89,12 @@ class ServiceTopics:
         self.client_ids[name] = client_id
         return name
 
-    async def publish(self, client_id: str, key: str, body: str, mid: str) -> webhooks.Outcome:
-        """Produce ``body`` to the service's topic, keyed by ``key``, with a ``webhook-id``."""
+    async def publish(self, client_id: str, key: str, body: str, mid: str, *, request_id: str | None = None) -> webhooks.Outcome:
+        """Produce ``body`` to the service's topic, keyed by ``key``, with a ``webhook-id`` (and
+        the ``request-id`` of the hub request that caused it)."""
+        headers = [("webhook-id", mid.encode()), ("content-type", b"application/json")]
+        if request_id:
+            headers.append(("request-id", request_id.encode()))
         topic = self.topic(client_id)
         producer: AIOKafkaProducer | None = None
         try:
@@ -107,7 +111,7 @@ class ServiceTopics:
                     topic,
                     value=body.encode(),
                     key=key.encode(),
-                    headers=[("webhook-id", mid.encode()), ("content-type", b"application/json")],
+                    headers=headers,
                 ),
                 self.settings.webhook_timeout,
             )

@@ -49,10 +49,22 @@ ADDRESS_NOT_ALLOWED = (
 )
 
 
-async def post(http: aiohttp.ClientSession, url: str, signer: Webhook, message_id: str, body: str, *, timeout: aiohttp.ClientTimeout) -> Outcome:
+async def post(
+    http: aiohttp.ClientSession,
+    url: str,
+    signer: Webhook,
+    message_id: str,
+    body: str,
+    *,
+    timeout: aiohttp.ClientTimeout,
+    request_id: str | None = None,
+) -> Outcome:
     """Sign and POST one delivery through an ``identity.outbound`` session (which refuses
-    non-public addresses and reads a bounded prefix of the answer); what the answer means."""
+    non-public addresses and reads a bounded prefix of the answer); what the answer means.
+    ``request_id``: of the hub request that caused it, sent as ``X-Request-Id``."""
     headers = signed_headers(signer, message_id, body, dt.datetime.now(dt.UTC))
+    if request_id:
+        headers["X-Request-Id"] = request_id
     try:
         answer = await outbound.post(http, url, data=body.encode(), headers=headers, timeout=timeout)
     except outbound.AddressNotAllowed:

@@ -192,3 +192,25 @@ def test_the_image_runs_onesignin_as_an_unprivileged_user() -> None:
     assert {"hub", "demo"} <= stages
     # The default target (the last stage) is the hub image.
     assert shlex.split([line for line in lines if line.startswith("FROM ")][-1])[-1] == "hub"
+
+
+def test_mail_goes_to_mailpit_where_a_person_reads_it(services: dict[str, dict[str, Any]]) -> None:
+    """The hub sends its mail (confirmation links, resets) over SMTP to Mailpit, a mail catcher
+    whose web page on the host's loopback shows it: a person can complete a registration."""
+    mailpit = services["mailpit"]
+    assert re.fullmatch(r"axllent/mailpit:v\d+\.\d+(\.\d+)?", mailpit["image"])
+    # Its web page on the host's loopback; its SMTP port on the compose network only.
+    assert mailpit["ports"] == ["127.0.0.1:8025:8025"]
+    assert mailpit["healthcheck"]["test"] == ["CMD", "/mailpit", "readyz"]
+    for name in HUB_SERVICES + DEMO_SERVICES:
+        env = services[name]["environment"]
+        settings = Settings(
+            secret_key="s" * 40,
+            mail_backend=env["ONESIGNIN_MAIL_BACKEND"],
+            smtp_host=env["ONESIGNIN_SMTP_HOST"],
+            smtp_port=int(env["ONESIGNIN_SMTP_PORT"]),
+            mail_from=env["ONESIGNIN_MAIL_FROM"],
+        )
+        assert (settings.mail_backend, settings.smtp_host, settings.smtp_port) == ("smtp", "mailpit", 1025), name
+        assert not (settings.smtp_starttls or settings.smtp_tls or settings.smtp_username), name  # Mailpit takes plain SMTP
+    assert services["hub"]["depends_on"]["mailpit"]["condition"] == "service_healthy"

@@ -217,5 +217,5 @@ def _history_and_event(dialect_name: str) -> tuple[Any, ...]:
 
 _WRITTEN = {
     "account_changes": {"account_id", "version", "fields", "channel", "actor", "at"},
-    "outbox": {"topic", "key", "event_type", "payload", "created_at"},
+    "outbox": {"topic", "key", "event_type", "payload", "created_at", "request_id"},
 }

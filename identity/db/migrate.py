@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from importlib.resources import files
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -39,15 +41,35 @@ async def upgrade(engine: AsyncEngine) -> str | None:
         return await connection.run_sync(_current)
 
 
-def head_revision() -> str:
-    """The newest revision this version of the hub ships."""
-    from alembic.script import ScriptDirectory
-
+def _scripts() -> ScriptDirectory:
     config = Config()
     config.set_main_option("script_location", str(files("identity.db") / "migrations"))
-    head = ScriptDirectory.from_config(config).get_current_head()
+    return ScriptDirectory.from_config(config)
+
+
+@functools.cache
+def head_revision() -> str:
+    """The newest revision this version of the hub ships."""
+    head = _scripts().get_current_head()
     assert head is not None
     return head
+
+
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Every revision this version ships (a database at another one was migrated by a newer version)."""
+    return frozenset(script.revision for script in _scripts().walk_revisions())
+
+
+def migration_state(revision: str | None) -> str:
+    """What a database at ``revision`` is to this version: ``ok`` (at its head), ``newer`` (a
+    revision it does not know: a newer version migrated it, which keeps the earlier one working
+    during a rolling upgrade), ``behind`` (run ``onesignin migrate``) or ``never`` (migrated)."""
+    if revision is None:
+        return "never"
+    if revision == head_revision():
+        return "ok"
+    return "behind" if revision in known_revisions() else "newer"
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

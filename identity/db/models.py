@@ -569,6 +569,8 @@ class OutboxEvent(Base):
     # When the sync worker recorded what the event calls for (an embedded, memory-only broker
     # loses what was published but not consumed; those events are published again).
     consumed_at: Mapped[dt.datetime | None]
+    # The id of the request that made the change (its access log line's), if a request did.
+    request_id: Mapped[str | None] = mapped_column(String(128))
 
 
 #: Row states as SQL literals, not bound parameters. A query filtering on them is matched to the
@@ -613,6 +615,8 @@ class Delivery(Base):
     origin: Mapped[str] = mapped_column(String(16))
     # True when the newest pending change was made by this very service.
     origin_self: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The id of the request that made the newest pending change, sent as X-Request-Id.
+    request_id: Mapped[str | None] = mapped_column(String(128))
     first_pending_at: Mapped[dt.datetime | None]
     # "active", or "dead" once retries gave up (see dead_letters).
     state: Mapped[str] = mapped_column(String(8), default="active")
@@ -682,6 +686,8 @@ class Notice(Base):
     message_id: Mapped[str] = mapped_column(String(36))
     key: Mapped[str] = mapped_column(String(64))
     body: Mapped[str] = mapped_column(Text)
+    # The id of the request that caused the notice, sent as X-Request-Id.
+    request_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # "pending", "delivered", or "dead" once retries gave up.
     state: Mapped[str] = mapped_column(String(12), default="pending")

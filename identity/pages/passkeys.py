@@ -15,7 +15,7 @@ from sqlalchemy import insert, select
 
 from identity.accounts import passkeys, second_factor
 from identity.accounts.passkeys import PasskeyRefused
-from identity.appkeys import CIPHER, DB, SETTINGS
+from identity.appkeys import CIPHER, DB, HUB_METRICS, SETTINGS
 from identity.i18n import _
 from identity.db.engine import autocommit
 from identity.db.models import Passkey, Service, SignInEvent, utcnow
@@ -119,9 +119,14 @@ async def second_step(request: web.Request) -> web.StreamResponse:
                 secret = await browser.step_up(db, current.session, assurance.with_passkey(current.session.amr, done.methods))
             else:
                 secret = await start_session(request, db, waiting.account_id, methods)
+    metrics = request.config_dict[HUB_METRICS]
     if refused is not None:
+        metrics.second_factor.labels("failed").inc()
         async with autocommit(request.config_dict[DB]) as db:
             return await passkey_offers.code_page(request, db, waiting.account_id, {"next": target, "error": refused.public}, status=400)
+    metrics.second_factor.labels("passed").inc()
+    if not waiting.step_up:
+        metrics.sign_ins.labels("succeeded").inc()
     response = _signed_in(request, target, secret)
     SECOND_FACTOR.clear(request, response)
     return _done(request, response)

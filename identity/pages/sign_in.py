@@ -23,7 +23,7 @@ from identity.accounts.sign_in import (
     sign_in_at_once,
     wrong,
 )
-from identity.appkeys import CIPHER, DB, HASHER, HASHING, PROVIDER, SECRET, SETTINGS
+from identity.appkeys import CIPHER, DB, HASHER, HASHING, HUB_METRICS, PROVIDER, SECRET, SETTINGS
 from identity.db import dialect
 from identity.db.engine import autocommit
 from identity.db.models import Service
@@ -78,12 +78,23 @@ async def _check(request: web.Request, attempt: Attempt, password: str) -> bool:
 
 async def attempt_sign_in(request: web.Request, email: str, password: str) -> SignedIn | SecondFactorDue | SignInRefused:
     """Check credentials under throttling and, when right, start a new hub session, or, for an
-    account with a second factor, ask for it first."""
+    account with a second factor, ask for it first; counted in the hub's metrics."""
+    outcome = await _attempt_sign_in(request, email, password)
+    metrics = request.config_dict[HUB_METRICS]
+    if isinstance(outcome, SignedIn):
+        metrics.sign_ins.labels("succeeded").inc()
+    elif isinstance(outcome, SecondFactorDue):
+        metrics.second_factor.labels("asked").inc()
+    return outcome
+
+
+async def _attempt_sign_in(request: web.Request, email: str, password: str) -> SignedIn | SecondFactorDue | SignInRefused:
     sessions = request.config_dict[DB]
     try:
         async with autocommit(sessions) as db:
             attempt = await _begin(request, db, email)
     except SignInRefused as refused:
+        request.config_dict[HUB_METRICS].sign_ins.labels("throttled").inc()
         return refused
     ok = await _check(request, attempt, password)
     due = ok and attempt.account_id is not None and await _second_factor_due(request, attempt.account_id)
@@ -94,6 +105,7 @@ async def attempt_sign_in(request: web.Request, email: str, password: str) -> Si
     async with unit(sessions) as db:
         outcome = await finish_attempt(db, attempt, ok, address=client_address(request))
         if isinstance(outcome, SignInRefused):
+            request.config_dict[HUB_METRICS].sign_ins.labels("failed").inc()
             return outcome
         if due:
             return SecondFactorDue(second_factor.pending(request.config_dict[CIPHER], outcome))

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from identity.accounts import devices, second_factor, throttle
 from identity.accounts.sign_in import SignInRefused
-from identity.appkeys import CIPHER, DB, SECRET, SETTINGS
+from identity.appkeys import CIPHER, DB, HUB_METRICS, SECRET, SETTINGS
 from identity.i18n import _, lazy_gettext, ngettext
 from identity.db.engine import autocommit
 from identity.db.models import Account
@@ -72,7 +72,9 @@ async def code(request: web.Request) -> web.StreamResponse:
             return render(request, "message.html", EXPIRED, status=400)
         keys = _keys(request, account)
         counted = await throttle.take_all(db, keys)
+    metrics = request.config_dict[HUB_METRICS]
     if counted.refused:
+        metrics.second_factor.labels("throttled").inc()
         refused = SignInRefused(
             ngettext(
                 "Too many wrong codes. Try again in %(num)d second.", "Too many wrong codes. Try again in %(num)d seconds.", counted.wait
@@ -95,9 +97,13 @@ async def code(request: web.Request) -> web.StreamResponse:
             else:
                 secret = await start_session(request, db, account_id, assurance.WITH_CODE)
     if used is None:
+        metrics.second_factor.labels("failed").inc()
         error = WRONG_CODE + (f" Too many wrong codes: try again in {counted.wait} seconds." if counted.wait else "")
         async with autocommit(request.config_dict[DB]) as db:
             return await passkey_offers.code_page(request, db, account_id, {"next": target, "error": error}, status=429 if counted.wait else 400)
+    metrics.second_factor.labels("passed").inc()
+    if not waiting.step_up:
+        metrics.sign_ins.labels("succeeded").inc()
     device = devices.remember(request.config_dict[SECRET], DEVICE.read(request), throttle.email_key("account", account.email))
     response = await signed_in_answer(request, target, SignedIn(secret, device, account_id if device is not None else None))
     SECOND_FACTOR.clear(request, response)

@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 
@@ -17,7 +18,7 @@ import jinja2
 from aiohttp import web
 
 from identity import appkeys as K
-from identity import outbound
+from identity import outbound, tracing
 from identity import purge as retention
 from identity.accounts import throttle
 from identity.accounts.hashing import HashQueue
@@ -30,6 +31,7 @@ from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.migrate import upgrade
 from identity.db.units import whole
 from identity.mail import mailer_for
+from identity.metrics import HubMetrics
 from identity.oidc import keys as signing_keys
 from identity.oidc.actions import routes as provider_routes
 from identity.oidc.server import Provider
@@ -48,16 +50,18 @@ log = logging.getLogger(__name__)
 
 KEY_REFRESH_SECONDS = 300
 PURGE_SECONDS = 600
+POOL_SAMPLE_SECONDS = 5
 
 
 def create_app(
-    settings: Settings, *, migrate: bool | None = None, sync: bool | None = None, metrics: bool = True
+    settings: Settings, *, migrate: bool | None = None, sync: bool | None = None, metrics: bool = True, tracer_provider: Any = None
 ) -> web.Application:
     """The whole hub as one aiohttp application. ``migrate`` defaults to True on the
     embedded database; production runs ``onesignin migrate`` once per deployment. ``sync``
     (default: ``settings.sync_in_process``) also runs the outbox relay and sync worker here.
     ``metrics=False`` (the HTTP-only processes of ``serve --workers N``) leaves out the
-    ``/metrics`` listener and the gauges it reports: one process of the hub serves them."""
+    ``/metrics`` listener and the gauges it reports: one process of the hub serves them.
+    ``tracer_provider``: OpenTelemetry's, when tracing is configured (``identity.tracing``)."""
     app = web.Application(
         middlewares=[middleware.request_context, middleware.security_headers, middleware.errors, language.language, middleware.whole_body],
         client_max_size=64 * 1024,
@@ -71,6 +75,7 @@ def create_app(
         time_cost=settings.argon2_time_cost,
         parallelism=settings.argon2_parallelism,
     )
+    app[K.HUB_METRICS] = HubMetrics()
     app[K.PROVIDER] = Provider(settings, signing_keys.KeyRing(), ServiceTokenCodec(secret), Nonces(secret))
     env = aiohttp_jinja2.setup(
         app,
@@ -86,6 +91,7 @@ def create_app(
     add_sync(app, relay=in_process, worker=in_process, gauges=metrics)
     if metrics:
         app.cleanup_ctx.append(metrics_server)
+    app.cleanup_ctx.append(_every(POOL_SAMPLE_SECONDS, "pool-metrics", _sample_pool, first=True))
     app.cleanup_ctx.append(_every(KEY_REFRESH_SECONDS, "signing-keys", _refresh_keys, first=True))
     app.cleanup_ctx.append(_every(PURGE_SECONDS, "purge-expired", _purge))
     app.cleanup_ctx.append(_every(settings.purge_interval, "retention-purge", _retention_purge))
@@ -101,6 +107,8 @@ def create_app(
     app.router.add_get("/readyz", ready)
     app.router.add_static("/static", str(files("identity.pages") / "static"), name="static")
     app.add_subapp("/support", create_console(console_routes.add_routes))
+    if tracer_provider is not None:
+        tracing.add(app, tracer_provider)
     return app
 
 
@@ -114,6 +122,8 @@ def database(migrate: bool):  # type: ignore[no-untyped-def]
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         engine = create_engine(app[K.SETTINGS])
+        if tracing.TRACER_PROVIDER in app:
+            tracing.instrument_engine(app[tracing.TRACER_PROVIDER], engine)
         if migrate:
             await upgrade(engine)
         app[K.ENGINE] = engine
@@ -134,6 +144,10 @@ async def _revocation_listener(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _sample_pool(app: web.Application) -> None:
+    app[K.HUB_METRICS].sample_pool(app[K.ENGINE].pool)
 
 
 async def _refresh_keys(app: web.Application) -> None:

@@ -17,10 +17,11 @@ from aiohttp import web
 from sqlalchemy.exc import DataError
 
 from identity.accounts.hashing import HashQueueFull
-from identity.appkeys import SETTINGS
+from identity.appkeys import HUB_METRICS, SETTINGS
 from identity.errors import BadInput
 from identity.i18n import _
 from identity.logs import REQUEST_ID
+from identity.metrics import UNMATCHED
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     """Outermost: a request id for every request (a well-formed incoming ``X-Request-Id``, else
     a new one), in every log line written while answering it and in the answer's
     ``X-Request-Id``; then one access log line (method, path without the query string, status,
-    duration, id: never a token, a cookie or a query string)."""
+    duration, id: never a token, a cookie or a query string), and the request counted in the
+    hub's metrics by its route's template."""
     given = request.headers.get("X-Request-Id", "")
     rid = given if given and _REQUEST_ID.fullmatch(given) else new_request_id()
     token = REQUEST_ID.set(rid)
@@ -80,8 +82,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         exc.headers["X-Request-Id"] = rid
         raise
     finally:
+        seconds = time.perf_counter() - started
         if access_log.isEnabledFor(logging.INFO):
-            duration = round((time.perf_counter() - started) * 1000, 1)
+            duration = round(seconds * 1000, 1)
             method, path = request.method, request.path
             # Built directly: the logging module's search of the stack for the caller's file and
             # line (which an access line does not show) is the dearest part of a log call.
@@ -89,7 +92,17 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
                 access_log.name, logging.INFO, __file__, 0, "%s %s %s %.1f ms", (method, path, status, duration), None,
                 extra={"method": method, "path": path, "status": status, "duration_ms": duration},
             ))
+        metrics = request.config_dict.get(HUB_METRICS)
+        if metrics is not None:
+            metrics.request(route_of(request), request.method, status, seconds)
         REQUEST_ID.reset(token)
+
+
+def route_of(request: web.Request) -> str:
+    """The template of the route that answered (``/i/{uid}/login``), never the raw path: one
+    series per route, whatever the ids in the path; ``unmatched`` for a path no route has."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED
 
 
 def is_api(request: web.Request) -> bool:

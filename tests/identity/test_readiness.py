@@ -24,7 +24,7 @@ async def test_a_working_hub_is_ready(hub: Hub) -> None:
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         answer = await http.get("/readyz")
     assert answer.status_code == 200
-    assert answer.json() == {"status": "ready", "checks": {"database": "ok"}}
+    assert answer.json() == {"status": "ready", "checks": {"database": "ok", "migrations": "ok"}}
 
 
 class Cut:
@@ -107,6 +107,32 @@ async def test_readyz_names_an_unreachable_database(cut_hub: tuple[str, Cut]) ->
             return (answer,) if answer.status_code == 503 else None
 
         (answer,) = await eventually(not_ready, what="/readyz answering 503")
-        assert answer.json() == {"status": "not ready", "failed": ["database"], "checks": {"database": "unreachable"}}
+        assert answer.json() == {
+            "status": "not ready",
+            "failed": ["database", "migrations"],
+            "checks": {"database": "unreachable", "migrations": "unknown"},
+        }
         assert "127.0.0.1" not in answer.text and "Traceback" not in answer.text
         assert (await http.get("/healthz")).json() == {"status": "ok"}
+
+
+async def test_readyz_says_when_the_database_is_not_at_this_versions_revision(hub: Hub) -> None:
+    """Behind (a migration this version needs was not run): not ready. At a revision this version
+    does not know (a newer version migrated it, during a rolling upgrade): still ready."""
+    from sqlalchemy import text
+
+    from identity.appkeys import ENGINE
+    from identity.db.migrate import head_revision
+
+    async def at(revision: str) -> httpx2.Response:
+        async with hub.app[ENGINE].begin() as connection:
+            await connection.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+        async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as http:
+            return await http.get("/readyz")
+
+    behind = await at("0013")
+    assert behind.status_code == 503
+    assert behind.json() == {"status": "not ready", "failed": ["migrations"], "checks": {"database": "ok", "migrations": "behind"}}
+    newer = await at("9999_from_a_newer_version")
+    assert newer.status_code == 200 and newer.json()["checks"]["migrations"] == "newer"
+    assert (await at(head_revision())).json() == {"status": "ready", "checks": {"database": "ok", "migrations": "ok"}}

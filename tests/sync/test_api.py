@@ -124,7 +124,7 @@ async def test_sync_status_and_resync_for_the_service_itself(hub: Hub, receivers
 
     before = len(receivers["store"].received)
     async with httpx2.AsyncClient(base_url=hub.url, timeout=30) as http:
-        replay = await http.post("/api/v1/sync/resync", headers={"Authorization": f"Bearer {token}"})
+        replay = await http.post("/api/v1/sync/resync", headers={"Authorization": f"Bearer {token}", "X-Request-Id": "req-resync-0001"})
     assert replay.status_code == 202 and replay.json()["queued"] == 3
     for sub in subs:
         await receivers.wait_for("store", sub, 1)
@@ -135,6 +135,8 @@ async def test_sync_status_and_resync_for_the_service_itself(hub: Hub, receivers
         await asyncio.sleep(0.05)
     assert {d["data"]["sub"] for d in snapshots} == set(subs)
     assert all(d["data"]["reason"] == "resync" for d in snapshots)
+    # Each carries the id of the request that asked for the replay.
+    assert {d["_headers"]["x-request-id"] for d in snapshots} == {"req-resync-0001"}
     # Forum's person who is not linked to the store was not replayed to the store.
     assert other[0] not in {d["data"]["sub"] for d in receivers["store"].received}
 

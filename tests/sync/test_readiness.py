@@ -33,7 +33,10 @@ async def test_readyz_names_a_stopped_broker(database_url: str, tmp_path: Path, 
             async with httpx2.AsyncClient(base_url=str(server.make_url("/")), timeout=30) as http:
                 ready = await http.get("/readyz")
                 assert ready.status_code == 200
-                assert ready.json() == {"status": "ready", "checks": {"database": "ok", "kafka": "ok", "sync": "ok"}}
+                assert ready.json() == {
+                    "status": "ready",
+                    "checks": {"database": "ok", "kafka": "ok", "migrations": "ok", "sync": "ok"},
+                }
                 await broker.stop()
 
                 async def not_ready() -> tuple[httpx2.Response] | None:

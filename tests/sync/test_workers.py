@@ -17,7 +17,9 @@ from typing import Any
 import aiohttp
 import httpx2
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from identity.settings import Settings
 from tests.cli import onesignin
 from tests.conftest import HUB_SECRET_KEY, free_port
 from tests.support import Hub, eventually
@@ -199,6 +201,19 @@ async def test_two_workers_share_the_port_survive_a_crash_sync_once_and_stop_cle
 
         await eventually(replaced, timeout=60, what="worker 1 started again")
         await get_ok(http, f"{url}/healthz", 20)
+
+        # One /metrics sums both workers' figures: requests on new connections (which the kernel
+        # spreads over both), and the pools of the two live processes (not the killed one's).
+        for _ in range(16):
+            async with httpx2.AsyncClient(timeout=90) as fresh:
+                assert (await fresh.get(f"{url}/no-such-page")).status_code == 404
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families((await http.get(metrics_url)).text)
+            for s in family.samples
+        }
+        assert samples[("onesignin_http_requests_total", (("method", "GET"), ("route", "unmatched"), ("status", "404")))] == 16
+        assert samples[("onesignin_db_pool_size", ())] == 2 * Settings.model_fields["database_pool_size"].default
 
     # A profile change reaches the service's webhook once: only one process relays and delivers.
     service = await hub.add_service(name="Store", webhook_url=receivers.url("Store"))

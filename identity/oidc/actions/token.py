@@ -7,7 +7,7 @@ from __future__ import annotations
 from aiohttp import web
 from authlib.oauth2 import OAuth2Error
 
-from identity.appkeys import DB, HTTP, PROVIDER, SETTINGS
+from identity.appkeys import DB, HTTP, HUB_METRICS, PROVIDER, SETTINGS
 from identity.db import dialect
 from identity.db.engine import autocommit
 from identity.oidc import client_keys, dpop, request_objects
@@ -83,6 +83,8 @@ async def token(request: web.Request) -> web.StreamResponse:
     if response is None:
         async with autocommit(sessions) if alone else sessions.begin() as db:
             response = await provider.run(db, issue)
+    if response.status == 200:
+        request.config_dict[HUB_METRICS].token_issued(oauth_request.payload.grant_type)
     if proof is not None:
         response.headers["DPoP-Nonce"] = provider.dpop_nonces.current()
     return response
