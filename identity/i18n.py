@@ -40,11 +40,13 @@ __all__ = [
     "_",
     "console_gettext",
     "console_lazy",
+    "console_ngettext",
     "current",
     "format_day",
     "format_list",
     "format_moment",
     "format_number",
+    "format_percent",
     "gettext",
     "in_their_language",
     "install",
@@ -174,9 +176,21 @@ def pgettext_lazy(context: str, message: str, **variables: Any) -> LazyProxy:
     return LazyProxy(pgettext, context, message, enable_cache=False, **variables)
 
 
-def format_number(number: float) -> str:
-    """``number`` written the way the current language writes numbers (4,000 / 4.000 / ٤٬٠٠٠)."""
-    return numbers.format_decimal(number, locale=_formats())
+def format_number(number: float, *, significant: int | None = None) -> str:
+    """``number`` written the way the current language writes numbers (4,000 / 4.000 / ٤٬٠٠٠);
+    with ``significant``, rounded to that many significant digits first (1.23 / 1,23)."""
+    if significant is None:
+        return numbers.format_decimal(number, locale=_formats())
+    return numbers.format_decimal(float(f"{number:.{significant}g}"), locale=_formats(), decimal_quantization=False)
+
+
+def format_percent(ratio: float, *, decimals: int = 0, exact: bool = True) -> str:
+    """``ratio`` (0.5) as a percentage the current language's way (50.0% / 50,0 %), with
+    ``decimals`` decimal places: always (``exact``), or at most that many."""
+    pattern = Locale.parse(_formats()).percent_formats[None].pattern
+    if decimals:
+        pattern = pattern.replace("0", "0." + ("0" if exact else "#") * decimals, 1)
+    return numbers.format_percent(ratio, format=pattern, locale=_formats())
 
 
 def translate(template: str, params: Mapping[str, Any]) -> str:
@@ -267,6 +281,12 @@ def console_gettext(message: str, **variables: Any) -> str:
     """A message of the support console (domain ``console``, English and German)."""
     text = translations(current(), "console").ugettext(message)
     return text % variables if variables else text
+
+
+def console_ngettext(singular: str, plural: str, n: int, **variables: Any) -> str:
+    """A console message with a count (``%(num)d``), in the form the count takes."""
+    text = translations(current(), "console").ungettext(singular, plural, n)
+    return text % {"num": n, **variables}
 
 
 def console_lazy(message: str, **variables: Any) -> LazyProxy:

@@ -19,6 +19,7 @@ from identity.support import staff as staff_members
 from identity.support.app import require_admin
 from identity.support.render import render
 from identity.support.session import Agent
+from identity.support.words import _
 from identity.web.responses import redirect
 
 PAGE = "/support/admin/staff"
@@ -42,7 +43,7 @@ async def _page(request: web.Request, agent: Agent, *, error: str | None = None,
         audit.record(db, actor_kind="agent", actor=agent.sub, action="support.staff_view")
     for member in staff:
         member["services"] = owned.get(ids.get(member["sub"], -1), [])
-    context = {"title": "Staff", "staff": staff, "roles": staff_members.ROLES, "services": services, "error": error, **extra}
+    context = {"title": _("Staff"), "staff": staff, "roles": staff_members.ROLES, "services": services, "error": error, **extra}
     return render(request, "admin_staff.html", context, status=status)
 
 
@@ -52,7 +53,7 @@ def _public(exc: admin.InvalidInput) -> str:
 
 def _not_self(agent: Agent, sub: str) -> None:
     if agent.sub == sub:
-        raise web.HTTPForbidden(text="You cannot change or disable your own staff account; ask another admin.")
+        raise web.HTTPForbidden(text=_("You cannot change or disable your own staff account; ask another admin."))
 
 
 async def staff_page(request: web.Request) -> web.StreamResponse:
@@ -65,7 +66,7 @@ async def add_staff(request: web.Request) -> web.StreamResponse:
     email, role = field(form, "email", 320), field(form, "role", 16)
     try:
         async with request.config_dict[DB].begin() as db:
-            sub, _ = await staff_members.grant_role(db, request.config_dict[CIPHER], email=email, role=role, created_by=agent.sub)
+            sub, _address = await staff_members.grant_role(db, request.config_dict[CIPHER], email=email, role=role, created_by=agent.sub)
             audit.record(db, actor_kind="agent", actor=agent.sub, action="staff.added", account_sub=sub, detail={"role": role})
     except admin.InvalidInput as exc:
         return await _page(request, agent, error=_public(exc), status=400, email=email, role=role)

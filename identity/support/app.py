@@ -56,7 +56,7 @@ def require_supervisor(request: web.Request) -> Agent:
 def require_admin(request: web.Request) -> Agent:
     agent = request[AGENT]
     if not agent.is_admin:
-        raise NotStaff(text="Only an admin may do this.")
+        raise NotStaff(text=_("Only an admin may do this."))
     return agent
 
 

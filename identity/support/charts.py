@@ -1,6 +1,8 @@
 """Sync-health charts as server-rendered SVG: no JavaScript, no inline style (colours are SVG
 presentation attributes, which the console's CSP allows), each chart an ``img`` with a text
-alternative that states its figures. Pure functions of :class:`identity.rollups.Point` lists."""
+alternative that states its figures. Pure functions of :class:`identity.rollups.Point` lists;
+titles, legends and figures are written in the console's language of the moment (call them while
+rendering a page)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ from html import escape
 
 from markupsafe import Markup
 
+from identity.i18n import format_number, format_percent
 from identity.rollups import Point
+from identity.support.words import _
 
 WIDTH, HEIGHT = 600, 170
 LEFT, RIGHT, TOP, BOTTOM = 52, 8, 26, 22
@@ -43,26 +47,29 @@ def nice_max(value: float) -> float:
 
 
 def seconds(value: float) -> str:
+    """A duration with its SI unit (written the same in English and German), the number the
+    language's way (``1.5 s``, ``1,5 s``)."""
     if value >= 3600:
-        return f"{value / 3600:.3g} h"
+        return f"{format_number(value / 3600, significant=3)} h"
     if value >= 60:
-        return f"{value / 60:.3g} min"
+        return f"{format_number(value / 60, significant=3)} min"
     if value >= 1:
-        return f"{value:.3g} s"
-    return f"{value * 1000:.3g} ms"
+        return f"{format_number(value, significant=3)} s"
+    return f"{format_number(value * 1000, significant=3)} ms"
 
 
 def count(value: float) -> str:
-    return f"{value:.3g}" if value < 1000 else f"{value:,.0f}"
+    return format_number(value, significant=3) if value < 1000 else format_number(round(value))
 
 
 def percent(value: float) -> str:
-    return f"{value:.3g}%"
+    """A percentage (``value`` out of 100) the language's way (``33.3%``, ``33,3 %``)."""
+    return format_percent(value / 100, decimals=1, exact=False)
 
 
 def chart(
     title: str, points: Sequence[Point], series: Sequence[Series], *, fmt: Callable[[float], str] = count, top: float | None = None,
-    empty: str = "none in this span",
+    empty: str | None = None,
 ) -> Markup:
     """One chart over ``points`` (their times on the x axis): bars stacked, lines over them;
     ``empty`` is written across it when every value is zero or missing."""
@@ -118,7 +125,7 @@ def chart(
     if not any(v for s in series for v in s.values if v is not None):
         parts.append(
             f'<text x="{LEFT + plot_w / 2:.1f}" y="{TOP + plot_h / 2:.1f}" font-size="12" text-anchor="middle" fill="#777">'
-            f"{escape(empty)}</text>"
+            f"{escape(empty or _('none in this span'))}</text>"
         )
     if points:
         last = len(points) - 1
@@ -128,7 +135,9 @@ def chart(
                 f'<text x="{x_at:.1f}" y="{HEIGHT - 6}" font-size="10" text-anchor="{anchor}" fill="#555">{points[i].at:%H:%M}</text>'
             )
     parts.append(f'<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{TOP + plot_h}" stroke="#999" stroke-width="1"/>')
-    summary = escape(f"{title}: " + "; ".join(_describe(s, fmt) for s in series))
+    # Translators: a chart's text alternative: its title, then each line or bar's figures, e.g.
+    # "Backlog: waiting latest 30, highest 30".
+    summary = escape(_("%(chart)s: %(figures)s", chart=title, figures="; ".join(_describe(s, fmt) for s in series)))
     return Markup(
         f'<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{summary}" viewBox="0 0 {WIDTH} {HEIGHT}">'
         f"<title>{summary}</title>{''.join(parts)}</svg>"
@@ -145,8 +154,10 @@ def _polyline(points: list[str], colour: str) -> str:
 def _describe(s: Series, fmt: Callable[[float], str]) -> str:
     known = [v for v in s.values if v is not None]
     if not known:
-        return f"{s.label} none"
-    return f"{s.label} latest {fmt(known[-1])}, highest {fmt(max(known))}"
+        # Translators: a chart's series with no figure at all in the span, e.g. "waiting none".
+        return _("%(series)s none", series=s.label)
+    # Translators: a chart's series, its last figure and its highest, e.g. "failed latest 10, highest 12".
+    return _("%(series)s latest %(latest)s, highest %(highest)s", series=s.label, latest=fmt(known[-1]), highest=fmt(max(known)))
 
 
 def health_charts(points: Sequence[Point]) -> list[Markup]:
@@ -154,22 +165,40 @@ def health_charts(points: Sequence[Point]) -> list[Markup]:
     rate = [p.failure_rate * 100 if p.failure_rate is not None else None for p in points]
     return [
         chart(
-            "Deliveries per minute",
+            _("Deliveries per minute"),
             points,
             [
-                Series("answered", [p.ok / p.minutes for p in points], OK),
-                Series("failed", [p.failed / p.minutes for p in points], FAILED),
+                # Translators: a chart's legend: attempts the service answered (successfully).
+                Series(_("answered"), [p.ok / p.minutes for p in points], OK),
+                # Translators: a chart's legend: attempts that failed.
+                Series(_("failed"), [p.failed / p.minutes for p in points], FAILED),
             ],
-            empty="nothing sent in this span",
+            empty=_("nothing sent in this span"),
         ),
-        chart("Failure rate", points, [Series("failed attempts", [r or 0.0 for r in rate], FAILED)], fmt=percent, top=100.0, empty="no failures in this span"),
         chart(
-            "Delay from commit to answer",
+            _("Failure rate"), points, [Series(_("failed attempts"), [r or 0.0 for r in rate], FAILED)],
+            fmt=percent, top=100.0, empty=_("no failures in this span"),
+        ),
+        chart(
+            _("Delay from commit to answer"),
             points,
+            # The 50th and 99th percentiles: written the same in English and German.
             [Series("p50", [p.p50 for p in points], OK, "line"), Series("p99", [p.p99 for p in points], P99, "line")],
             fmt=seconds,
-            empty="no answers in this span",
+            empty=_("no answers in this span"),
         ),
-        chart("Backlog", points, [Series("waiting", [p.backlog for p in points], BACKLOG, "line")], empty="nothing waiting when sampled"),
-        chart("Dead letters", points, [Series("given up", [float(p.dead) for p in points], DEAD)], empty="none given up in this span"),
+        chart(
+            _("Backlog"),
+            points,
+            # Translators: a chart's legend: deliveries and notices waiting to be sent.
+            [Series(_("waiting"), [p.backlog for p in points], BACKLOG, "line")],
+            empty=_("nothing waiting when sampled"),
+        ),
+        chart(
+            _("Dead letters"),
+            points,
+            # Translators: a chart's legend: deliveries and notices whose retries gave up.
+            [Series(_("given up"), [float(p.dead) for p in points], DEAD)],
+            empty=_("none given up in this span"),
+        ),
     ]

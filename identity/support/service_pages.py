@@ -17,19 +17,27 @@ from aiohttp import web
 from identity import deliveries, rollups
 from identity.appkeys import DB, SETTINGS
 from identity.db.models import utcnow
+from identity.i18n import format_percent
 from identity.pages.common import field
 from identity.support import audit, charts, forms
 from identity.support import services as listed
 from identity.support.render import render
 from identity.support.session import AGENT
+from identity.support.words import _, ngettext
 from identity.web.responses import redirect
 
-DONE = {
-    "redelivered": "Queued again: {n} dead letter(s).",
-    "resynced": "Resync started: {n} people queued.",
-    "resync-busy": "The previous resync is still being sent; start another once it is done.",
-    "no-channel": "This service has neither a webhook nor a topic to deliver to.",
-}
+
+def _done(what: str, n: int) -> str | None:
+    """What the page says after an action (``?done=…&n=…``), in the console's language."""
+    if what == "redelivered":
+        return ngettext("Queued again: %(num)d dead letter.", "Queued again: %(num)d dead letters.", n)
+    if what == "resynced":
+        return ngettext("Resync started: %(num)d person queued.", "Resync started: %(num)d people queued.", n)
+    if what == "resync-busy":
+        return _("The previous resync is still being sent; start another once it is done.")
+    if what == "no-channel":
+        return _("This service has neither a webhook nor a topic to deliver to.")
+    return None
 
 
 def add_routes(console: web.Application) -> None:
@@ -46,7 +54,7 @@ async def services_page(request: web.Request) -> web.StreamResponse:
         found = await listed.visible(db, agent)
         summaries = await listed.summaries(db, found)
         audit.record(db, actor_kind="agent", actor=agent.sub, action="support.services_view", detail={"services": [s.client_id for s in found]})
-    return render(request, "services.html", {"title": "Services", "summaries": summaries})
+    return render(request, "services.html", {"title": _("Services"), "summaries": summaries})
 
 
 def _page(client_id: str) -> str:
@@ -61,7 +69,7 @@ async def service_page(request: web.Request) -> web.StreamResponse:
     async with request.config_dict[DB].begin() as db:
         service = await listed.find(db, agent, request.match_info["client_id"])
         if service is None:
-            raise web.HTTPNotFound(text="No such service.")
+            raise web.HTTPNotFound(text=_("No such service."))
         points = await rollups.series(db, service.id, window, now)
         summary = (await listed.summaries(db, [service], now))[0]
         context = {
@@ -79,18 +87,18 @@ async def service_page(request: web.Request) -> web.StreamResponse:
             "settings": listed.settings_of(service) if agent.is_admin else None,
         }
         audit.record(db, actor_kind="agent", actor=agent.sub, action="support.service_view", detail={"client_id": service.client_id, "window": context["window_name"]})
-    done = DONE.get(request.query.get("done", ""))
     n = request.query.get("n", "")
-    if done:
-        context["done"] = done.format(n=int(n) if n.isdigit() and len(n) < 10 else 0)
+    if done := _done(request.query.get("done", ""), int(n) if n.isascii() and n.isdigit() and len(n) < 10 else 0):
+        context["done"] = done
     return render(request, "service.html", context)
 
 
 def _totals(points: list[rollups.Point]) -> dict[str, object]:
-    """The last hour's figures in words, beside the charts."""
+    """The last hour's figures, beside the charts (the failure rate written the language's way)."""
     ok, failed, dead = (sum(getattr(p, name) for p in points) for name in ("ok", "failed", "dead"))
     tried = ok + failed
-    return {"ok": ok, "failed": failed, "dead": dead, "rate": f"{failed / tried * 100:.1f}%" if tried else "none tried"}
+    # Translators: the failure rate when nothing was tried in the last hour.
+    return {"ok": ok, "failed": failed, "dead": dead, "rate": format_percent(failed / tried, decimals=1) if tried else _("none tried")}
 
 
 async def redeliver(request: web.Request) -> web.StreamResponse:
@@ -100,11 +108,11 @@ async def redeliver(request: web.Request) -> web.StreamResponse:
     letter = field(form, "id", 19)
     letter_id = int(letter) if letter.isascii() and letter.isdigit() else None
     if kind not in (None, "delivery", "notice") or (letter_id is None) != (kind is None):
-        raise web.HTTPBadRequest(text="Say which dead letter, or none for all of them.")
+        raise web.HTTPBadRequest(text=_("Say which dead letter, or none for all of them."))
     async with request.config_dict[DB].begin() as db:
         service = await listed.find(db, agent, request.match_info["client_id"])
         if service is None:
-            raise web.HTTPNotFound(text="No such service.")
+            raise web.HTTPNotFound(text=_("No such service."))
         count = await listed.redeliver(db, service, kind=kind, letter_id=letter_id)
         audit.record(
             db, actor_kind="agent", actor=agent.sub, action="service.redelivered",
@@ -119,7 +127,7 @@ async def resync(request: web.Request) -> web.StreamResponse:
     async with request.config_dict[DB].begin() as db:
         service = await listed.find(db, agent, request.match_info["client_id"])
         if service is None:
-            raise web.HTTPNotFound(text="No such service.")
+            raise web.HTTPNotFound(text=_("No such service."))
         if not deliveries.channels_of(service.webhook_url, service.topic_enabled):
             return redirect(f"{_page(service.client_id)}?done=no-channel", 303)
         try:

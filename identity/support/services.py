@@ -16,6 +16,7 @@ from sqlalchemy import delete, false, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity import deliveries, notices
+from identity.i18n import format_day, format_moment
 from identity.db.models import (
     ACTIVE,
     Account,
@@ -29,6 +30,7 @@ from identity.db.models import (
 )
 from identity.support.session import Agent
 from identity.support.staff import StaffError
+from identity.support.words import _, ngettext
 
 RECENT = 50
 
@@ -52,18 +54,22 @@ async def find(db: AsyncSession, agent: Agent, client_id: str) -> Service | None
 
 
 def age(since: dt.datetime | None, now: dt.datetime) -> str | None:
-    """A secret's age, readably (``3 days``, ``5 hours``, ``12 minutes``)."""
+    """A secret's age, readably, in the console's language (``3 days``, ``5 hours``, ``12 minutes``)."""
     if since is None:
         return None
     seconds = max(0, int((now - since).total_seconds()))
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            n = seconds // size
-            return f"{n} {unit}{'s' if n != 1 else ''}"
-    return "under a minute"
+    if seconds >= 86400:
+        return ngettext("%(num)d day", "%(num)d days", seconds // 86400)
+    if seconds >= 3600:
+        return ngettext("%(num)d hour", "%(num)d hours", seconds // 3600)
+    if seconds >= 60:
+        return ngettext("%(num)d minute", "%(num)d minutes", seconds // 60)
+    return _("under a minute")
 
 
 def webhook_state(service: Service) -> str | None:
+    """``healthy``, ``failing``, ``quarantined`` or ``disabled`` (the pages word them), or None
+    without a webhook."""
     if not service.webhook_url:
         return None
     if service.webhook_disabled_at:
@@ -114,25 +120,30 @@ async def summaries(db: AsyncSession, services: list[Service], now: dt.datetime 
 
 
 def settings_of(service: Service) -> list[tuple[str, str]]:
-    """A service's registration as an admin reads it (never a secret or its digest)."""
+    """A service's registration as an admin reads it (never a secret or its digest), in the
+    console's language (protocol values such as ``client_secret_basic`` as they are)."""
+    # Translators: a service setting's value when it has none (no webhook, no back-channel logout).
+    none = _("none")
+    yes, no = _("yes"), _("no")
     previous = (
-        f"works until {service.previous_secret_expires_at:%Y-%m-%d %H:%M} UTC"
+        _("works until %(moment)s", moment=format_moment(service.previous_secret_expires_at))
         if service.previous_secret_hash and service.previous_secret_expires_at and service.previous_secret_expires_at > utcnow()
-        else "none"
+        else none
     )
     return [
-        ("Status", "disabled" if service.disabled_at else "enabled"),
-        ("Client authentication", service.token_endpoint_auth_method),
-        ("Application type", service.application_type),
-        ("Redirect URIs", ", ".join(service.redirect_uris)),
-        ("Scopes", service.scope),
-        ("Webhook", service.webhook_url or "none"),
-        ("Service topic", "yes" if service.topic_enabled else "no"),
-        ("Back-channel logout", service.backchannel_logout_uri or "none"),
-        ("Pushed requests required", "yes" if service.require_par else "no"),
-        ("DPoP required", "yes" if service.require_dpop else "no"),
-        ("Rotated-out secret", previous),
-        ("Registered", f"{service.created_at:%Y-%m-%d}"),
+        # Translators: a service's status: disabled by an operator or enabled.
+        (_("Status"), _("disabled") if service.disabled_at else _("enabled")),
+        (_("Client authentication"), service.token_endpoint_auth_method),
+        (_("Application type"), service.application_type),
+        (_("Redirect URIs"), ", ".join(service.redirect_uris)),
+        (_("Scopes"), service.scope),
+        (_("Webhook"), service.webhook_url or none),
+        (_("Service topic"), yes if service.topic_enabled else no),
+        (_("Back-channel logout"), service.backchannel_logout_uri or none),
+        (_("Pushed requests required"), yes if service.require_par else no),
+        (_("DPoP required"), yes if service.require_dpop else no),
+        (_("Rotated-out secret"), previous),
+        (_("Registered"), format_day(service.created_at)),
     ]
 
 
@@ -212,11 +223,11 @@ async def set_owned(db: AsyncSession, *, sub: str, client_ids: list[str], grante
     unknown client_ids are refused. Returns the client_ids now theirs."""
     staff_id = await db.scalar(select(StaffMember.id).join(Account, Account.id == StaffMember.account_id).where(Account.sub == sub).with_for_update(of=StaffMember))
     if staff_id is None:
-        raise StaffError("no staff member with that sub")
+        raise StaffError(_("no staff member with that sub"))
     wanted = sorted(set(client_ids))
     found = dict((await db.execute(select(Service.client_id, Service.id).where(Service.client_id.in_(wanted), Service.first_party.is_(False)))).all())
     if missing := [c for c in wanted if c not in found]:
-        raise StaffError(f"no such service: {', '.join(missing)}")
+        raise StaffError(_("no such service: %(client_ids)s", client_ids=", ".join(missing)))
     await db.execute(delete(StaffService).where(StaffService.staff_id == staff_id))
     now = utcnow()
     for client_id in wanted:

@@ -28,6 +28,7 @@ from identity.sealing import KeyCipher
 from identity.settings import Settings
 from identity.support import audit
 from identity.support.session import Role
+from identity.support.words import _
 from schemas.account import normalize_email
 
 ISSUER_NAME = "One Sign In"
@@ -43,7 +44,8 @@ _CODE = re.compile(r"[0-9]{6}")
 
 
 class StaffError(admin.InvalidInput):
-    """A staff operation that cannot be done, explained for the operator."""
+    """A staff operation that cannot be done, explained for the operator. Those the console's
+    staff pages can meet are in the console's language (English at the command line)."""
 
 
 @dataclass(frozen=True)
@@ -178,17 +180,18 @@ async def grant_role(
     staff member of another role is not taken over). Returns (sub, normalised email)."""
     _role(role)
     if only_roles is not None and role not in only_roles:
-        raise StaffError(f"role must be one of: {', '.join(only_roles)}")
+        raise StaffError(_("role must be one of: %(roles)s", roles=", ".join(only_roles)))
     try:
         normalized = normalize_email(email)
     except ValueError as exc:
-        raise StaffError(f"email: {exc}") from None
+        # Translators: the email address given was refused; the reason follows.
+        raise StaffError(_("email: %(problem)s", problem=str(exc))) from None
     account = await find_by_email(db, normalized)
     if account is None or account.status != AccountStatus.ACTIVE:
-        raise StaffError(f"no active hub account has the address {normalized}: the person registers at the hub first")
+        raise StaffError(_("no active hub account has the address %(email)s: the person registers at the hub first", email=normalized))
     staff = await db.scalar(select(StaffMember).where(StaffMember.account_id == account.id).with_for_update())
     if staff is not None and staff.disabled_at is None:
-        raise StaffError(f"{normalized} is already staff ({staff.role}): change the role or disable it")
+        raise StaffError(_("%(email)s is already staff (%(role)s): change the role or disable it", email=normalized, role=staff.role))
     if staff is not None:
         _managed(staff, only_roles)
     # A secret nobody sees: replaced by a fresh one when the staff member enrols.
@@ -246,14 +249,16 @@ async def _find(db: AsyncSession, *, email: str | None = None, sub: str | None =
     else:
         query = query.where(Account.sub == sub)
     row = (await db.execute(query.with_for_update(of=StaffMember))).first()
+    if row is None and email is not None:
+        raise StaffError(f"no staff member with the email address {email!r}")
     if row is None:
-        raise StaffError(f"no staff member with {'the email address ' + repr(email) if email is not None else 'that sub'}")
+        raise StaffError(_("no staff member with that sub"))
     return row[0], row[1]
 
 
 def _managed(staff: StaffMember, only_roles: tuple[str, ...] | None) -> None:
     if only_roles is not None and staff.role not in only_roles:
-        raise StaffError(f"that staff member is {staff.role}: an admin changes them")
+        raise StaffError(_("that staff member is %(role)s: an admin changes them", role=staff.role))
 
 
 async def change_role(
@@ -261,10 +266,10 @@ async def change_role(
 ) -> StaffMember:
     """Change a staff member's role; with ``only_roles``, only between those roles (a supervisor
     manages agents and supervisors, never an admin or a service owner)."""
-    staff, _ = await _find(db, email=email, sub=sub)
+    staff, _account = await _find(db, email=email, sub=sub)
     _managed(staff, only_roles)
     if only_roles is not None and role not in only_roles:
-        raise StaffError(f"role must be one of: {', '.join(only_roles)}")
+        raise StaffError(_("role must be one of: %(roles)s", roles=", ".join(only_roles)))
     staff.role = _role(role)
     await db.flush()
     return staff
@@ -273,7 +278,7 @@ async def change_role(
 async def disable(db: AsyncSession, *, email: str | None = None, sub: str | None = None, only_roles: tuple[str, ...] | None = None) -> StaffMember:
     """Disable a staff member and end their console sessions at once (with ``only_roles``: only
     one with one of those roles)."""
-    staff, _ = await _find(db, email=email, sub=sub)
+    staff, _account = await _find(db, email=email, sub=sub)
     _managed(staff, only_roles)
     now = utcnow()
     if staff.disabled_at is None:

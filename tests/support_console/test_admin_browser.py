@@ -156,7 +156,7 @@ async def test_an_admin_sees_a_failing_service_at_a_glance_and_a_service_owner_o
     await admin.goto(f"{hub.url}/support/services/{store_id}")
     letter = admin.get_by_role("button", name=re.compile(r"^Redeliver delivery \d+$")).first
     await letter.click()
-    await expect(admin.get_by_role("status").first).to_contain_text("Queued again: 1 dead letter(s).")
+    await expect(admin.get_by_role("status").first).to_contain_text("Queued again: 1 dead letter.")
     await eventually(lambda: _count(hub, Delivery, store_id, Delivery.delivered_version >= 1), what="the redelivered one")
 
     # The admin names Forum as the owner's service.

@@ -117,7 +117,7 @@ async def test_a_service_owner_sees_their_service_and_nothing_of_another(hub: Hu
     assert other.status_code == missing.status_code == other_day.status_code == 404
     assert other.text == missing.text
     assert redeliver_other.status_code == resync_other.status_code == 404
-    assert "Queued again: 0 dead letter(s)." in sideways.text
+    assert "Queued again: 0 dead letters." in sideways.text
     async with hub.app[DB]() as db:
         assert await db.scalar(select(Notice.state).where(Notice.id == forum_notice)) == "dead"
         assert await db.scalar(select(Resync.id)) is None
@@ -198,7 +198,7 @@ async def test_every_admin_look_and_action_is_audited(hub: Hub) -> None:
     assert day.status_code == 200 and "<strong>Last day</strong>" in day.text and day.text.count("<svg") == 5
     assert "Settings" in page.text and "https://store.example/hook" in page.text
     assert "HTTP 500" in page.text and f"Redeliver delivery {seeded.letter}" in page.text
-    assert "Queued again: 1 dead letter(s)." in one.text
+    assert "Queued again: 1 dead letter." in one.text
     assert "Resync started: 2 people queued." in resynced.text and "0 of 2" in resynced.text
     assert gone.status_code == 200 and self_disable.status_code == 403
     records = [r for r in await audit_records(hub) if r.actor == admin.sub]
