@@ -30,7 +30,11 @@ async def test_a_revocation_not_heard_of_is_refused_while_and_after_the_listener
     async with hub.app[DB].begin() as db:
         # The listener's connection ends (a restarted database, a network fault)...
         ended = await db.scalar(
-            text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :name"), {"name": APPLICATION_NAME}
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = :name AND datname = current_database()"
+            ),
+            {"name": APPLICATION_NAME},
         )
     assert ended == 1
 
