@@ -227,14 +227,23 @@ class ConsoleSessionPart(_Part):
     address: str | None = Field(description="The client address it started from.")
 
 
+class StaffServicePart(_Part):
+    """A service a service owner looks after in the support console."""
+
+    service: ServiceRef
+    granted_at: dt.datetime
+    granted_by: str | None
+
+
 class StaffPart(_Part):
     """The person's staff role in the support console, if they have one (never its second-factor secret)."""
 
-    role: str = Field(description="agent or supervisor.")
+    role: str = Field(description="agent, supervisor, admin or service_owner.")
     created_at: dt.datetime
     created_by: str | None
     disabled_at: dt.datetime | None
     console_sessions: list[ConsoleSessionPart]
+    looks_after: list[StaffServicePart] = Field(default_factory=list, description="A service owner's services.")
 
 
 class SecondFactorPart(_Part):

@@ -31,6 +31,7 @@ from identity.db.models import (
     SecondFactorRemoval,
     Passkey,
     StaffMember,
+    StaffService,
     Token,
     utcnow,
 )
@@ -60,6 +61,7 @@ from schemas.export import (
     PasskeyPart,
     SecondFactorRemovalPart,
     StaffPart,
+    StaffServicePart,
 )
 
 
@@ -219,7 +221,7 @@ async def build(db: AsyncSession, account: Account) -> AccountExport:
             for n in await rows(Notice, Notice.created_at, Notice.id)
         ],
         audit=[AuditPart(at=a.at, actor_kind=a.actor_kind, actor=a.actor, action=a.action, reason=a.reason) for a in audit],
-        staff=await _staff(db, account),
+        staff=await _staff(db, account, services),
         second_factor=await _second_factor(db, account),
         passkeys=[
             PasskeyPart(name=k.name, created_at=k.created_at, last_used_at=k.last_used_at, synced=k.backup_eligible, transports=k.transports)
@@ -241,12 +243,15 @@ async def _second_factor(db: AsyncSession, account: Account) -> SecondFactorPart
     return SecondFactorPart(created_at=factor.created_at, confirmed_at=factor.confirmed_at, recovery_codes_left=len(factor.recovery_codes))
 
 
-async def _staff(db: AsyncSession, account: Account) -> StaffPart | None:
+async def _staff(db: AsyncSession, account: Account, services: dict[int, ServiceRef]) -> StaffPart | None:
     staff = await db.scalar(select(StaffMember).where(StaffMember.account_id == account.id))
     if staff is None:
         return None
     sessions = (
         await db.scalars(select(ConsoleSession).where(ConsoleSession.staff_id == staff.id).order_by(ConsoleSession.created_at, ConsoleSession.id))
+    ).all()
+    looked_after = (
+        await db.scalars(select(StaffService).where(StaffService.staff_id == staff.id).order_by(StaffService.granted_at, StaffService.service_id))
     ).all()
     return StaffPart(
         role=staff.role,
@@ -257,6 +262,7 @@ async def _staff(db: AsyncSession, account: Account) -> StaffPart | None:
             ConsoleSessionPart(created_at=c.created_at, last_seen_at=c.last_seen_at, expires_at=c.expires_at, ended_at=c.ended_at, address=c.address)
             for c in sessions
         ],
+        looks_after=[StaffServicePart(service=services[g.service_id], granted_at=g.granted_at, granted_by=g.granted_by) for g in looked_after],
     )
 
 

@@ -31,6 +31,7 @@ from identity.db.models import (
     SecondFactorRemoval,
     Passkey,
     StaffMember,
+    StaffService,
     Token,
     utcnow,
 )
@@ -64,6 +65,7 @@ SECTIONS = {
     "audit_records": "audit",
     "staff": "staff",
     "console_sessions": "staff",
+    "staff_services": "staff",
     "second_factors": "second_factor",
     "passkeys": "passkeys",
     "second_factor_removals": "second_factor_removals",
@@ -135,6 +137,7 @@ async def _populate(hub: Hub, browser: Browser) -> tuple[str, dict[str, Any], Re
         db.add(Passkey(account_id=account.id, credential_id="Y3JlZA", user_handle="aGFuZGxl", public_key="cGs", sign_count=3, transports=["internal"], name="Phone", created_at=now))
         db.add(SecondFactorRemoval(account_id=account.id, status="refused", reason="Caller lost the phone", requested_by="agent-sub", requested_at=now, decided_by="sup-sub", decided_at=now))
         db.add(ConsoleSession(secret_hash="c" * 64, staff_id=staff.id, stage="active", created_at=now, last_seen_at=now, expires_at=now + dt.timedelta(hours=1)))
+        db.add(StaffService(staff_id=staff.id, service_id=store.id, granted_at=now, granted_by="admin-sub"))
     return account.sub, token, rp
 
 
@@ -188,6 +191,7 @@ async def test_the_download_is_complete_valid_and_holds_no_secret(hub: Hub, brow
     assert exported.second_factor is not None and exported.second_factor.recovery_codes_left == 1
     assert [(k.name, k.synced, k.transports) for k in exported.passkeys] == [("Phone", False, ["internal"])]
     assert [(r.status, r.reason) for r in exported.second_factor_removals] == [("refused", "Caller lost the phone")]
+    assert exported.staff is not None and [(g.service.name, g.granted_by) for g in exported.staff.looks_after] == [("Store", "admin-sub")]
     # Only the records naming her: which agent viewed the account, and why.
     assert [(a.actor, a.action, a.reason) for a in exported.audit] == [("agent@example.com", "account.viewed", "call 42")]
 
