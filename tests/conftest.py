@@ -36,6 +36,9 @@ from tests.support import Hub
 
 pytest_plugins = ["tests.watchdog", "tests.pwned_range"]
 
+#: Debian's Chromium, which the browser tests drive through Playwright (README, "Run the tests").
+CHROMIUM = "/usr/bin/chromium"
+
 # Each HTTP client loads the system's CA bundle into a new TLS context (about 70 ms of CPU), and
 # the tests open thousands of clients: within one test process they share one default context.
 httpcore2.default_ssl_context = functools.cache(httpcore2.default_ssl_context)
@@ -448,3 +451,14 @@ async def _served_hub(database_url: str, tmp_path: Path, settings_overrides: dic
         yield Hub(settings=settings, app=app, url=settings.issuer)
     finally:
         await server.close()
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Any]:
+    """A headless Chromium for one test (playwright is imported only by the tests that use it)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
+        yield launched
+        await launched.close()

@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.async_api import Browser as Chromium
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import Page, expect
 from sqlalchemy import func, select
 
 from identity.appkeys import DB
 from identity.db.models import Account, AuditRecord, DeadLetter, Delivery, Link, Service
+from tests.conftest import CHROMIUM
 from tests.support import PASSWORD, Hub, eventually
 from tests.support_console.signing_in import add_staff
 from tests.sync.conftest import (  # noqa: F401
@@ -35,7 +35,6 @@ from tests.sync.conftest import (  # noqa: F401
 )
 from tests.sync.receivers import Receivers
 
-CHROMIUM = "/usr/bin/chromium"
 PEOPLE = 40
 
 pytestmark = [
@@ -51,13 +50,6 @@ def settings_overrides(kafka_settings: dict[str, Any]) -> dict[str, Any]:  # noq
     # A failing delivery gives up after 2 s (three fast retries), and is paced at 100 people a second.
     return FAST_SYNC | kafka_settings | {"sync_give_up_after": 2.0, "sync_resync_rate": 100.0}
 
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Chromium]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
-        yield launched
-        await launched.close()
 
 
 async def _sign_in(page: Page, hub: Hub, email: str, code: str) -> None:

@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 from playwright.async_api import Browser as Chromium
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import Page, expect
 from sqlalchemy import select
 
 from identity.appkeys import DB
 from identity.db.models import AuditRecord
+from tests.conftest import CHROMIUM
 from tests.support import PASSWORD, Browser, Hub
 from tests.support_console.signing_in import add_staff
 from tests.sync.conftest import (  # noqa: F401
@@ -31,7 +32,6 @@ from tests.sync.conftest import (  # noqa: F401
 )
 from tests.sync.receivers import Receivers
 
-CHROMIUM = "/usr/bin/chromium"
 
 # Skipped only outside CI, where Chromium may be missing; CI installs it, and there a missing
 # browser is a failure, not a skip.
@@ -47,13 +47,6 @@ pytestmark = [
 def settings_overrides(kafka_settings: dict[str, Any]) -> dict[str, Any]:  # noqa: F811
     return FAST_SYNC | kafka_settings
 
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Chromium]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
-        yield launched
-        await launched.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import AsyncIterator
 from importlib.resources import files
 from io import BytesIO
 from pathlib import Path
@@ -18,11 +17,10 @@ from babel.messages.catalog import Catalog
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from playwright.async_api import Browser as Chromium
-from playwright.async_api import async_playwright
 
 from identity import i18n
 from tests.identity.i18n.test_pages_in_every_language import PAGES, rendered
-from tests.identity.pages.test_account_browser import CHROMIUM
+from tests.conftest import CHROMIUM
 
 pytestmark = [
     pytest.mark.e2e,
@@ -65,13 +63,6 @@ def long_german(monkeypatch: pytest.MonkeyPatch) -> None:
     real = i18n.translations
     monkeypatch.setattr(i18n, "translations", lambda lang, domain="messages": stretched if lang == "de" else real(lang, domain))
 
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Chromium]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
-        yield launched
-        await launched.close()
 
 
 async def test_no_page_reaches_past_the_screen_in_long_german_or_arabic(chromium: Chromium, long_german: None) -> None:

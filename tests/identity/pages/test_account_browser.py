@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pyotp
 import pytest
 from playwright.async_api import Browser as Chromium
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
 from identity.mail import read_outbox
+from tests.conftest import CHROMIUM
 from tests.identity.pages.test_register import register
 from tests.support import PASSWORD, Browser, Hub, RelyingParty, authorize_through, eventually
 
-CHROMIUM = "/usr/bin/chromium"
 
 pytestmark = [
     pytest.mark.e2e,
@@ -37,13 +36,6 @@ OVERFLOW = """() => {
   return {scroll: document.documentElement.scrollWidth, width, wide};
 }"""
 
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Chromium]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
-        yield launched
-        await launched.close()
 
 
 def _shots(tmp_path: Path) -> list[Path]:

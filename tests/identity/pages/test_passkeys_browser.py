@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 from playwright.async_api import Browser as Chromium
-from playwright.async_api import BrowserContext, Page, Route, async_playwright, expect
+from playwright.async_api import BrowserContext, Page, Route, expect
 from sqlalchemy import select, update
 
 from identity.appkeys import DB
 from identity.db.models import AuditRecord, BrowserSession, Passkey, utcnow
 from identity.mail import read_outbox
 from identity.oidc import assurance
-from tests.identity.pages.test_account_browser import CHROMIUM, OVERFLOW, _shots
+from tests.conftest import CHROMIUM
+from tests.identity.pages.test_account_browser import OVERFLOW, _shots
 from tests.support import PASSWORD, Hub, RelyingParty, eventually
 
 pytestmark = [
@@ -35,13 +35,6 @@ pytestmark = [
     ),
 ]
 
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Chromium]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
-        yield launched
-        await launched.close()
 
 
 #: Turns the browser's passkey autofill off (the virtual authenticator answers an autofill
