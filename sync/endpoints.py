@@ -59,6 +59,9 @@ class Endpoint:
     ssf_authorization: str | None = None
     ssf_open: bool = False
     ssf_quarantined: bool = False
+    #: An operator disabled the service (``services disable``): nothing about anyone goes to it,
+    #: on any channel, until it is enabled again; its rows wait, unsent.
+    service_disabled: bool = False
 
     @property
     def webhook_open(self) -> bool:
@@ -130,8 +133,9 @@ async def load_endpoints(db: AsyncSession, cipher: KeyCipher) -> dict[int, Endpo
             scim_client_id=s.scim_client_id,
             ssf_url=stream.endpoint_url if stream is not None else None,
             ssf_authorization=ssf_authorization,
-            ssf_open=stream is not None and stream.status == "enabled" and bool(stream.endpoint_url),
+            ssf_open=stream is not None and stream.status == "enabled" and bool(stream.endpoint_url) and s.disabled_at is None,
             ssf_quarantined=stream is not None and stream.quarantined_at is not None,
+            service_disabled=s.disabled_at is not None,
         )
     return out
 
@@ -194,6 +198,8 @@ class Endpoints:
 
     def open(self, endpoint: Endpoint, channel: str) -> bool:
         """Whether ``channel`` of ``endpoint`` takes anything at all now."""
+        if endpoint.service_disabled:
+            return False
         if channel == "webhook":
             return endpoint.webhook_open
         if channel == "topic":

@@ -13,6 +13,7 @@ from sqlalchemy import func, select, update
 from identity import admin
 from identity.appkeys import CIPHER, DB
 from identity.db.models import Account, DeadLetter, Delivery, Service, utcnow
+from identity.operations import services
 from schemas.events import LinkCreated, ProfileChanged
 from sync import fanout
 from sync.endpoints import Room
@@ -256,3 +257,31 @@ async def test_a_webhook_that_answered_410_gets_nothing_more_from_this_worker(hu
         await deliverer.endpoints.refresh(force=True)
         room = deliverer.room()
         assert room is not None and (service_id, "webhook") in room.room
+
+
+async def test_a_disabled_service_is_sent_nothing_until_it_is_enabled_again(hub: Hub, receivers: Receivers) -> None:
+    store = await add_member(hub, receivers, "store")
+    [sub] = await add_people(hub, 1)
+    await link_directly(hub, [sub], store.rp.client_id)
+    async with hub.app[DB].begin() as db:
+        row_service = (await db.scalar(select(Service.id).where(Service.client_id == store.rp.client_id)))
+        await services.set_disabled(db, store.rp.client_id, True, actor="operator")
+        await fanout.record(db, [LinkCreated(id="e1", sub=sub, client_id=store.rp.client_id, version=1, occurred_at=utcnow())], echo_suppression=True)
+
+    async with aiohttp.ClientSession() as http:
+        deliverer = engines(hub, http)[0]
+        await deliverer.endpoints.refresh(force=True)
+        # Recorded, not handed over for sending, and not claimed: it waits, unsent and unspent.
+        assert not any(sid == row_service for sid, _ in deliverer.endpoints.room({}, 10, utcnow()).room)
+        assert await deliverer.claim(10) == []
+        row = await _row(hub)
+        assert row.attempts == 0 and row.delivered_version < row.wanted_version
+
+        async with hub.app[DB].begin() as db:
+            await services.set_disabled(db, store.rp.client_id, False, actor="operator")
+        await deliverer.endpoints.refresh(force=True)
+        [job] = await deliverer.claim(10)
+        await deliverer.send(job)
+        await deliverer.flush()
+    await receivers.wait_for("store", sub, 1, timeout=30)
+    assert [d["type"] for d in receivers["store"].received] == ["profile.snapshot"]
