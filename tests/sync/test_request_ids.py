@@ -17,7 +17,7 @@ from identity.appkeys import DB
 from identity.db.models import Notice, OutboxEvent
 from identity.logs import RequestIdFilter
 from schemas.events import PROFILE_TOPIC
-from tests.support import Browser, Hub, form
+from tests.support import Browser, Hub, eventually, form
 from tests.sync.conftest import add_member, link, patch_me
 from tests.sync.receivers import Receivers
 
@@ -31,13 +31,13 @@ async def _records(hub: Hub, topic: str, wanted: str) -> ConsumerRecord:
     consumer = AIOKafkaConsumer(bootstrap_servers=hub.settings.kafka_bootstrap_servers, auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     try:
-        deadline = asyncio.get_running_loop().time() + 30
-        while not consumer.assignment():  # the topic may not be made yet
-            assert asyncio.get_running_loop().time() < deadline, f"no topic {name}"
+        async def assigned() -> bool:  # the topic may not be made yet
             if name in await consumer.topics():
                 consumer.assign([TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()])
-            else:
-                await asyncio.sleep(0.1)
+            return bool(consumer.assignment())
+
+        await eventually(assigned, timeout=30, what=f"topic {name}")
+        deadline = asyncio.get_running_loop().time() + 30
         while asyncio.get_running_loop().time() < deadline:
             for messages in (await consumer.getmany(timeout_ms=500)).values():
                 for message in messages:

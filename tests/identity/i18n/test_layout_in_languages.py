@@ -9,18 +9,14 @@ from __future__ import annotations
 import os
 import re
 from importlib.resources import files
-from io import BytesIO
 from pathlib import Path
 
 import pytest
-from babel.messages.catalog import Catalog
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
 from playwright.async_api import Browser as Chromium
 
-from identity import i18n
 from tests.identity.i18n.test_pages_in_every_language import PAGES, rendered
 from tests.conftest import CHROMIUM
+from tests.identity.i18n.made_up import german_as
 
 pytestmark = [
     pytest.mark.e2e,
@@ -39,30 +35,14 @@ OUTSIDE = """() => {
 }"""
 
 
-def _compound(text: str) -> str:
-    """Each word of ``text`` as a long German compound; placeholders and markup kept."""
-    def word(found: re.Match[str]) -> str:
-        return found.group(0).capitalize() + "donaudampfschifffahrtsgesellschaftskapitän"
-
-    parts = re.split(r"(%\(\w+\)[sd]|<[^>]+>|%%)", text)
-    return "".join(p if re.fullmatch(r"%\(\w+\)[sd]|<[^>]+>|%%", p) else re.sub(r"[^\W\d_]{3,}", word, p) for p in parts)
+def _compound(part: str) -> str:
+    """Each word of ``part`` as a long German compound."""
+    return re.sub(r"[^\W\d_]{3,}", lambda found: found.group(0).capitalize() + "donaudampfschifffahrtsgesellschaftskapitän", part)
 
 
 @pytest.fixture
 def long_german(monkeypatch: pytest.MonkeyPatch) -> None:
-    with (files("identity") / "locales" / "messages.pot").open("rb") as pot:
-        template = read_po(pot)
-    catalog = Catalog(locale="de", domain="messages")
-    for m in template:
-        if m.id:
-            catalog.add(m.id, tuple(_compound(i) for i in m.id) if isinstance(m.id, tuple) else _compound(m.id), context=m.context)
-    compiled = BytesIO()
-    write_mo(compiled, catalog)
-    compiled.seek(0)
-    stretched = i18n.Translations(compiled, domain="messages")
-    real = i18n.translations
-    monkeypatch.setattr(i18n, "translations", lambda lang, domain="messages": stretched if lang == "de" else real(lang, domain))
-
+    german_as(monkeypatch, _compound)
 
 
 async def test_no_page_reaches_past_the_screen_in_long_german_or_arabic(chromium: Chromium, long_german: None) -> None:

@@ -5,35 +5,19 @@ language's way. Built directly (no hub), with a catalog that translates everythi
 from __future__ import annotations
 
 import datetime as dt
-from importlib.resources import files
-from io import BytesIO
 
 import pytest
-from babel.messages.catalog import Catalog
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
 
 from identity import i18n
 from identity.accounts import links, new_browser
 from identity.settings import Settings
-from tests.identity.i18n.test_pages_in_every_language import _pseudo
+from tests.identity.i18n.made_up import german_as
 
 
 @pytest.fixture
 def translated(monkeypatch: pytest.MonkeyPatch) -> None:
     """German as a pseudo-language that writes every message in capitals."""
-    with (files("identity") / "locales" / "messages.pot").open("rb") as pot:
-        template = read_po(pot)
-    catalog = Catalog(locale="de", domain="messages")
-    for m in template:
-        if m.id:
-            catalog.add(m.id, tuple(_pseudo(i) for i in m.id) if isinstance(m.id, tuple) else _pseudo(m.id), context=m.context)
-    compiled = BytesIO()
-    write_mo(compiled, catalog)
-    compiled.seek(0)
-    pseudo = i18n.Translations(compiled, domain="messages")
-    real = i18n.translations
-    monkeypatch.setattr(i18n, "translations", lambda lang, domain="messages": pseudo if lang == "de" else real(lang, domain))
+    german_as(monkeypatch, str.upper)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from babel.messages.pofile import read_po
 
 from identity import i18n
 from identity.pages import environment
+from tests.identity.i18n.made_up import german_as
 from tests.identity.i18n.test_catalogs import NOT_YET_TRANSLATED
 
 WHEN = dt.datetime(2026, 3, 9, 14, 5, tzinfo=dt.UTC)
@@ -118,31 +119,10 @@ def test_dates_and_numbers_are_written_the_language_s_way():
     assert "Shop und Blog" in rendered("cancel_accounts.html", "de")
 
 
-def _pseudo(text: str) -> str:
-    """``text`` with its words changed (upper case) and its placeholders and markup kept."""
-    return "".join(part if re.fullmatch(r"%\(\w+\)[sd]|<[^>]+>|%%", part) else part.upper() for part in re.split(r"(%\(\w+\)[sd]|<[^>]+>|%%)", text))
-
-
 def test_with_a_whole_catalog_no_english_is_left_on_any_page(monkeypatch, english):
     """The check above can pass: given a catalog translating everything (a pseudo-language that
     writes each message in capitals), no page keeps a word of its English."""
-    from babel.messages.catalog import Catalog
-    from babel.messages.mofile import write_mo
-    from io import BytesIO
-
-    with (files("identity") / "locales" / "messages.pot").open("rb") as pot:
-        template = read_po(pot)
-    catalog = Catalog(locale="de", domain="messages")
-    for m in template:
-        if m.id:
-            string = tuple(_pseudo(i) for i in m.id) if isinstance(m.id, tuple) else _pseudo(m.id)
-            catalog.add(m.id, string, context=m.context)
-    compiled = BytesIO()
-    write_mo(compiled, catalog)
-    compiled.seek(0)
-    pseudo = i18n.Translations(compiled, domain="messages")
-    real = i18n.translations
-    monkeypatch.setattr(i18n, "translations", lambda lang, domain="messages": pseudo if lang == "de" else real(lang, domain))
+    german_as(monkeypatch, str.upper)
     for name in PAGES:
         text = re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", rendered(name, "de"))))
         assert [w for w in english.get(name, set()) | english.get("base.html", set()) if len(w) > 12 and w in text] == [], name
