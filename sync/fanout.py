@@ -314,26 +314,30 @@ class FanOut:
 
     async def run(self) -> None:
         backoff = Backoff(ceiling=MAX_BACKOFF)
-        while True:
-            consumer: AIOKafkaConsumer | None = None
-            try:
-                prefix = self.settings.kafka_topic_prefix
-                await kafka.ensure_topics(self.settings, self.bootstrap, {prefix + PROFILE_TOPIC: self.settings.kafka_profile_partitions})
-                consumer = kafka.consumer(self.settings, self.bootstrap, prefix + GROUP_ID)
-                consumer.subscribe([prefix + PROFILE_TOPIC], listener=_Rebalance(self.busy, self.metrics.partitions_assigned))
-                await consumer.start()
-                backoff.succeeded()
-                await self._consume(consumer)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                delay = backoff.failed()
-                log.warning("sync worker: %s: %s; reconnecting in %.1f s", type(exc).__name__, exc, delay)
-                await asyncio.sleep(delay)
-            finally:
-                if consumer is not None:
-                    await consumer.stop()
-                    self.metrics.partitions_assigned.set(0)
+        watch = kafka.BrokerWatch(self.settings, self.bootstrap)
+        try:
+            while True:
+                consumer: AIOKafkaConsumer | None = None
+                try:
+                    prefix = self.settings.kafka_topic_prefix
+                    await kafka.ensure_topics(self.settings, self.bootstrap, {prefix + PROFILE_TOPIC: self.settings.kafka_profile_partitions})
+                    consumer = kafka.consumer(self.settings, self.bootstrap, prefix + GROUP_ID)
+                    consumer.subscribe([prefix + PROFILE_TOPIC], listener=_Rebalance(self.busy, self.metrics.partitions_assigned))
+                    await consumer.start()
+                    backoff.succeeded()
+                    await self._consume(consumer, watch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    delay = backoff.failed()
+                    log.warning("sync worker: %s: %s; reconnecting in %.1f s", type(exc).__name__, exc, delay)
+                    await asyncio.sleep(delay)
+                finally:
+                    if consumer is not None:
+                        await consumer.stop()
+                        self.metrics.partitions_assigned.set(0)
+        finally:
+            await watch.close()
 
     async def _record(self, events: list[ProfileChanged | LinkCreated], consumed: list[int]) -> tuple[Taken | None, list[Any]]:
         """Record a batch in one transaction, retried a few times on a transient conflict
@@ -360,11 +364,13 @@ class FanOut:
                 log.info("sync worker: recording a batch conflicted (%s); retrying", type(getattr(exc, "orig", exc)).__name__)
                 await asyncio.sleep(0.05 * attempt)
 
-    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+    async def _consume(self, consumer: AIOKafkaConsumer, watch: kafka.BrokerWatch) -> None:
         loop = asyncio.get_running_loop()
         unassigned_since: float | None = None
         while True:
             batch = await consumer.getmany(timeout_ms=500, max_records=self.settings.relay_batch_size)
+            if await watch.rewind_if_new(consumer):
+                continue  # read again from the start what this batch skipped of the new broker
             if not consumer.assignment():
                 # The topic may be gone with a broker that lost its memory: it is made again here
                 # too, not only by the relay, so the group is assigned its partitions once more.

@@ -279,6 +279,41 @@ class Topics:
                 log.debug("closing the Kafka admin client: %s", exc)
 
 
+class BrokerWatch:
+    """Tells a consumer that the broker under it is another one: the cluster id changed (the
+    memory-only embedded broker restarted empty). Its place in each partition of the old broker
+    means nothing there: if the new partition filled past that place before a fetch came back
+    empty, ``rewind_past_the_end`` never sees it and what was published again below it would
+    be skipped. So on a change every assigned partition is read again from the start. Looked at
+    every ``Topics.interval()`` seconds; a broker that cannot be asked is asked again then."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self._topics = Topics(settings, bootstrap)
+        self._next = 0.0
+
+    async def rewind_if_new(self, consumer: AIOKafkaConsumer) -> bool:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._next:
+            return False
+        self._next = loop.time() + self._topics.interval()
+        try:
+            new_broker = (await self._topics.check({})).new_broker
+        except Exception as exc:  # the broker is away: the consumer itself reconnects
+            log.debug("asking the Kafka broker its cluster id: %s: %s", type(exc).__name__, exc)
+            return False
+        assigned = consumer.assignment()
+        if new_broker and assigned:
+            log.warning(
+                "%s: the broker is another one (cluster id %s); reading from the start",
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)), self._topics.cluster_id,
+            )
+            await consumer.seek_to_beginning(*assigned)
+        return new_broker
+
+    async def close(self) -> None:
+        await self._topics.close()
+
+
 async def rewind_past_the_end(consumer: AIOKafkaConsumer) -> list[Any]:
     """Read again from its beginning every assigned partition whose position is past its end:
     the topic was made again under the consumer (a memory-only broker restarted, or an operator

@@ -123,6 +123,9 @@ class TopicReader:
             # Joins as fast as the tests' workers (see kafka_session_timeout).
             session_timeout_ms=3000, heartbeat_interval_ms=600,
         )
+        # What the integration guide asks of a consumer on the embedded broker, which forgets
+        # everything when it restarts: read again from the start when the cluster id changes.
+        self.watch = kafka.BrokerWatch(Settings(kafka_bootstrap_servers=bootstrap), bootstrap)
         self.versions: dict[str, int] = {}
         self.outbox_ids: set[int] = set()
         self.changed = asyncio.Condition()
@@ -141,8 +144,16 @@ class TopicReader:
             except Exception:  # the broker went away: the consumer reconnects by itself
                 await asyncio.sleep(0.1)
                 continue
-            if not batch:  # what the integration guide asks after a topic was made again
-                await kafka.rewind_past_the_end(self.consumer)
+            try:
+                if await self.watch.rewind_if_new(self.consumer):
+                    continue
+                if not batch:  # what the integration guide asks after a topic was made again
+                    await kafka.rewind_past_the_end(self.consumer)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(0.1)
+                continue
             async with self.changed:
                 for messages in batch.values():
                     for message in messages:
@@ -170,6 +181,7 @@ class TopicReader:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
         await self.consumer.stop()
+        await self.watch.close()
 
 
 async def _all_at(receivers: Receivers, names: tuple[str, ...], final: dict[str, int], deadline: float) -> None:
