@@ -290,6 +290,8 @@ class Contents:
         async with conn.transaction():
             # Without triggers: the audit records are append-only, enforced by a trigger.
             await conn.execute("SET LOCAL session_replication_role = replica")
+            # A scratch database's restore need not wait for its WAL to reach the disk.
+            await conn.execute("SET LOCAL synchronous_commit = off")
             # TRUNCATE, not DELETE: a table emptied by DELETE keeps its pages, and the planner
             # plans for them (a fresh database's tables have none, and no statistics).
             written = [

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urljoin, urlsplit
 
+import pytest
+
 import httpx2
 from aiohttp import web
 from authlib.integrations.httpx_client import AsyncOAuth2Client
@@ -65,6 +67,13 @@ def answers(url: str) -> bool:
     except httpx2.TransportError:
         return False
 
+
+#: For a module whose tests check what the database plays no part in (a request's validation
+#: before anything is stored, a page's wording, a form's CSRF check): SQLite alone, the
+#: embedded default. Each dialect-specific path (the token endpoint's and the sign-in's
+#: statements on Postgres, the throttle's upserts, the sync tables) is run on both databases by
+#: the tests of what it does; running these twice would only double their cost.
+SQLITE_ALONE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 @dataclass
 class Form:

@@ -97,6 +97,14 @@ def _normalise(password: str) -> str:
     return unicodedata.normalize("NFKC", password)
 
 
+@functools.cache
+def _dummy_hash(time_cost: int, memory_cost: int, parallelism: int) -> str:
+    """The hash of a random password with these parameters, made once per process: verifying
+    against it, when no account matches, costs what verifying a real hash does."""
+    hasher = argon2.PasswordHasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism, type=argon2.Type.ID)
+    return hasher.hash(secrets.token_urlsafe(32))
+
+
 class PasswordHasher:
     """Hashes and verifies passwords with argon2id."""
 
@@ -113,7 +121,7 @@ class PasswordHasher:
             parallelism=parallelism,
             type=argon2.Type.ID,
         )
-        self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(32))
+        self._dummy_hash = _dummy_hash(time_cost, memory_cost, parallelism)
 
     def hash(self, password: str) -> str:
         """Return the encoded argon2id hash of ``password``."""

@@ -3,6 +3,31 @@
 from __future__ import annotations
 
 import jinja2
+import jinja2.bccache
+
+
+class CompiledTemplates(jinja2.BytecodeCache):
+    """Templates compiled once per process, in memory, for every environment configured alike
+    (each application a process builds: the hub, or the many hubs a test run starts). Jinja
+    checks each template's source checksum before using what is held here."""
+
+    def __init__(self) -> None:
+        self._code: dict[str, bytes] = {}
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        code = self._code.get(bucket.key)
+        if code is not None:
+            bucket.bytecode_from_string(code)
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        self._code[bucket.key] = bucket.bytecode_to_string()
+
+    def clear(self) -> None:
+        self._code.clear()
+
+
+#: The pages' environments (the hub's and ``environment()``): one configuration, one cache.
+COMPILED = CompiledTemplates()
 
 
 def configure(env: jinja2.Environment) -> None:
@@ -23,6 +48,7 @@ def environment() -> jinja2.Environment:
         loader=jinja2.PackageLoader("identity.pages", "templates"),
         autoescape=jinja2.select_autoescape(default=True),
         auto_reload=False,
+        bytecode_cache=COMPILED,
     )
     configure(env)
     return env

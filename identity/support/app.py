@@ -19,6 +19,7 @@ from aiohttp import web
 
 from identity.support.words import _
 from identity import i18n
+from identity.pages import CompiledTemplates
 from identity.web import language
 from identity.appkeys import DB
 from identity.support import access, session
@@ -92,6 +93,10 @@ async def staff_only(request: web.Request, handler: Handler) -> web.StreamRespon
     return await handler(request)
 
 
+#: The console's environments: its own configuration (the console catalogue), its own cache.
+COMPILED = CompiledTemplates()
+
+
 def create_console(*routes: Routes) -> web.Application:
     console = web.Application(middlewares=[language.console_language, strict_headers, staff_only])
     env = aiohttp_jinja2.setup(
@@ -101,6 +106,7 @@ def create_console(*routes: Routes) -> web.Application:
         ),
         autoescape=jinja2.select_autoescape(default=True),
         auto_reload=False,
+        bytecode_cache=COMPILED,
     )
     i18n.install(env, domain="console")
     for add in routes:

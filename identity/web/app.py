@@ -36,6 +36,7 @@ from identity.oidc import keys as signing_keys
 from identity.oidc.actions import routes as provider_routes
 from identity.oidc.server import Provider
 from identity.oidc.service_tokens import ServiceTokenCodec
+from identity.pages import COMPILED as COMPILED_PAGES
 from identity.pages import configure as configure_pages
 from identity.pages import routes as page_routes
 from identity.oidc.dpop import Nonces
@@ -83,6 +84,7 @@ def create_app(
         autoescape=jinja2.select_autoescape(default=True),
         auto_reload=False,
         context_processors=[],
+        bytecode_cache=COMPILED_PAGES,
     )
     configure_pages(env)
     app.cleanup_ctx.append(database(settings.is_embedded if migrate is None else migrate))

@@ -9,9 +9,11 @@ from sqlalchemy import select
 from identity.appkeys import DB
 from identity.db.models import ConsoleSession
 from identity.web import csrf
-from tests.support import Browser, Hub, form
+from tests.support import SQLITE_ALONE, Browser, Hub, form
 from tests.support_console.console import audit_records, console_for, linked_person
 from tests.support_console.signing_in import add_staff, password_step, totp_step
+
+pytestmark = SQLITE_ALONE
 
 
 async def _hub_pair(hub: Hub) -> tuple[str, str]:

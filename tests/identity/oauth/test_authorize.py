@@ -24,6 +24,7 @@ from identity.db.models import Account, Interaction, Link, Service
 from identity.mail import read_outbox
 from tests.support import (
     PASSWORD,
+    SQLITE_ALONE,
     Browser,
     Hub,
     RelyingParty,
@@ -32,6 +33,8 @@ from tests.support import (
     location_params,
     sign_in_through,
 )
+
+pytestmark = SQLITE_ALONE
 
 CALLBACK = "http://127.0.0.1:9/callback"
 SCOPE = "openid profile email offline_access"

@@ -17,7 +17,9 @@ from sqlalchemy import update
 from identity.appkeys import DB
 from identity.db.models import PushedRequest, utcnow
 from tests.identity.oauth.test_authorize import authorize_url, is_error_page
-from tests.support import PASSWORD, Browser, Hub, RelyingParty, form, query_params
+from tests.support import SQLITE_ALONE, PASSWORD, Browser, Hub, RelyingParty, form, query_params
+
+pytestmark = SQLITE_ALONE
 
 
 async def push(rp: RelyingParty, *, auth: str | None = "client_secret_basic", omit: tuple[str, ...] = (), **params: str) -> tuple[httpx2.Response, dict[str, str]]:

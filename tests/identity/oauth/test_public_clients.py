@@ -14,7 +14,9 @@ from aiohttp import web
 
 from identity import admin
 from tests.identity.oauth.test_authorize import authorize_url, is_error_page
-from tests.support import Browser, Hub, LocalServer, RelyingParty, authorize_through, location_params, query_params
+from tests.support import SQLITE_ALONE, Browser, Hub, LocalServer, RelyingParty, authorize_through, location_params, query_params
+
+pytestmark = SQLITE_ALONE
 
 
 async def public_rp(hub: Hub, redirect_uri: str, *, person: bool = True, **kwargs: Any) -> RelyingParty:

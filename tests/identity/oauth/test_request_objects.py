@@ -15,7 +15,9 @@ from joserfc.jwk import ECKey
 
 from tests.identity.oauth.test_authorize import is_error_page, pkce
 from tests.identity.oauth.test_par import front_url, through
-from tests.support import Browser, Hub, RelyingParty, query_params
+from tests.support import SQLITE_ALONE, Browser, Hub, RelyingParty, query_params
+
+pytestmark = SQLITE_ALONE
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 

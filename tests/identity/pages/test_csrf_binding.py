@@ -18,7 +18,9 @@ from identity.db.models import Account
 from identity.settings import Settings
 from identity.web.app import create_app
 from tests.conftest import TEST_SETTINGS
-from tests.support import PASSWORD, Browser, Hub, form
+from tests.support import SQLITE_ALONE, PASSWORD, Browser, Hub, form
+
+pytestmark = SQLITE_ALONE
 
 FORBIDDEN = "This form has expired or was not sent from this site."
 

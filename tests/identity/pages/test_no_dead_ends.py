@@ -11,7 +11,9 @@ import pytest
 
 from identity.mail import read_outbox
 from tests.identity.pages.test_register import register
-from tests.support import Browser, Hub, RelyingParty, authorize_through, form
+from tests.support import SQLITE_ALONE, Browser, Hub, RelyingParty, authorize_through, form
+
+pytestmark = SQLITE_ALONE
 
 RESENT = "If an account with that address is waiting for its address to be confirmed, we have sent a new link to it."
 
