@@ -544,7 +544,7 @@ service of the group.</p>
         try:
             url, session.pending = await self.hub.start_sign_in()
         except (httpx2.HTTPError, SignInFailed, ValueError) as exc:
-            log.warning("%s: OneSignIn discovery failed: %s", self.config.name, exc)
+            log.warning("%s: OneSignIn discovery failed: %s: %s", self.config.name, type(exc).__name__, exc)
             session.flash = "OneSignIn cannot be reached just now. Please try again in a moment."
             raise web.HTTPSeeOther("/") from None
         raise web.HTTPSeeOther(url)
