@@ -84,6 +84,10 @@ def wanted(body: dict[str, Any], current: Wanted | None = None) -> Wanted:
             # Sent as an HTTP header: visible ASCII and spaces only (no line breaks to inject others).
             raise StreamError(400, "delivery.authorization_header must be visible ASCII characters and spaces.")
     else:
+        # Poll: the hub gives the endpoint and sends no header; what was sent for them is not
+        # used, but it must still be what the documented body allows (a string or null).
+        _text(delivery.get("endpoint_url"), "delivery.endpoint_url", 2000)
+        _text(delivery.get("authorization_header"), "delivery.authorization_header", 4000)
         endpoint_url, authorization = None, None
     requested = body.get("events_requested", current.events_requested if current else [])
     if not isinstance(requested, list) or not all(isinstance(e, str) and len(e) <= 200 and storable(e) for e in requested) or len(requested) > 50:

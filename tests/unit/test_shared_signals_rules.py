@@ -36,6 +36,9 @@ def test_a_push_stream_needs_an_http_endpoint_and_a_new_stream_without_delivery_
         {"events_requested": "all"},
         {"events_requested": ["a\x00b"]},
         {"description": "\ud800"},
+        # A polled stream's endpoint and header are not used, but must have their documented types.
+        {"delivery": {"method": POLL, "endpoint_url": None, "authorization_header": ["Bearer x"]}},
+        {"delivery": {"method": POLL, "endpoint_url": 7}},
     ):
         with pytest.raises(StreamError) as refused:
             streams.wanted(bad)
