@@ -75,6 +75,7 @@ def answers(url: str) -> bool:
 #: the tests of what it does; running these twice would only double their cost.
 SQLITE_ALONE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
+
 @dataclass
 class Form:
     action: str

@@ -22,9 +22,6 @@ class CompiledTemplates(jinja2.BytecodeCache):
     def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
         self._code[bucket.key] = bucket.bytecode_to_string()
 
-    def clear(self) -> None:
-        self._code.clear()
-
 
 #: The pages' environments (the hub's and ``environment()``): one configuration, one cache.
 COMPILED = CompiledTemplates()

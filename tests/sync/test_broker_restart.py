@@ -139,19 +139,13 @@ class TopicReader:
         while True:
             try:
                 batch = await self.consumer.getmany(timeout_ms=200)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the broker went away: the consumer reconnects by itself
-                await asyncio.sleep(0.1)
-                continue
-            try:
                 if await self.watch.rewind_if_new(self.consumer):
                     continue
                 if not batch:  # what the integration guide asks after a topic was made again
                     await kafka.rewind_past_the_end(self.consumer)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception:  # the broker went away: the consumer reconnects by itself
                 await asyncio.sleep(0.1)
                 continue
             async with self.changed:
