@@ -48,7 +48,10 @@ pytestmark = [
 @pytest.fixture
 def settings_overrides(kafka_settings: dict[str, Any]) -> dict[str, Any]:  # noqa: F811
     # A failing delivery gives up after 2 s (three fast retries), and is paced at 100 people a second.
-    return FAST_SYNC | kafka_settings | {"sync_give_up_after": 2.0, "sync_resync_rate": 100.0}
+    # Store's receiver answers 500 at once; on a loaded machine that answer may still take longer
+    # than FAST_SYNC's 2 s timeout, and a row whose last attempt timed out records no status: the
+    # timeout (and the lease that must outlast it) leave room for the answer the test reads.
+    return FAST_SYNC | kafka_settings | {"sync_give_up_after": 2.0, "sync_resync_rate": 100.0, "webhook_timeout": 10.0, "sync_lease": 15.0}
 
 
 
