@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     SerializerFunctionWrapHandler,
+    StrictBool,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -78,9 +79,10 @@ class BasicDetailsUpdate(BaseModel):
     zoneinfo: str | None = None
     phone_number: str | None = None
     address: Address | None = None
-    marketing_news: bool | None = None
-    marketing_competitions: bool | None = None
-    marketing_offers: bool | None = None
+    # Strict: true, false or null, as documented. (Lax, pydantic would take 0, 1.0 or "yes".)
+    marketing_news: StrictBool | None = None
+    marketing_competitions: StrictBool | None = None
+    marketing_offers: StrictBool | None = None
 
     @field_validator("email")
     @classmethod

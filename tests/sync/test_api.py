@@ -60,10 +60,12 @@ async def test_profile_changes_are_validated_field_by_field_and_need_the_scope(h
     token = (await link(store, browser))["access_token"]
     before = (await _get(hub, "/api/v1/me", token)).json()["version"]
 
-    bad = await patch_me(hub, token, {"locale": "not a locale!", "birthdate": "2999-01-01", "colour": "blue"})
+    bad = await patch_me(
+        hub, token, {"locale": "not a locale!", "birthdate": "2999-01-01", "colour": "blue", "marketing_competitions": 0.0}
+    )
     assert bad.status_code == 422
     fields = {p["field"] for p in bad.json()["problems"]}
-    assert fields == {"locale", "birthdate", "colour"}
+    assert fields == {"locale", "birthdate", "colour", "marketing_competitions"}  # a consent is true or false, not 0
     assert all(p["message"] for p in bad.json()["problems"])
 
     no_scope = await patch_me(hub, token, {"phone_number": "+447700900123"})
