@@ -89,6 +89,14 @@ class BasicDetailsUpdate(BaseModel):
     def _email(cls, value: str | None) -> str | None:
         return None if value is None else normalize_email(value)
 
+    @field_validator("birthdate", mode="before")
+    @classmethod
+    def _birthdate_written(cls, value: Any) -> Any:
+        # Written as documented, YYYY-MM-DD. (Lax, pydantic would take 0 as 1970-01-01.)
+        if value is not None and not isinstance(value, (str, dt.date)):
+            raise Problem(_PYDANTIC["date_parsing"])
+        return value
+
     @field_validator("birthdate")
     @classmethod
     def _birthdate(cls, value: dt.date | None) -> dt.date | None:

@@ -17,6 +17,8 @@ class Delivery(BaseModel):
 
 
 class DeliveryIn(Delivery):
+    model_config = ConfigDict(extra="allow", strict=True)
+
     authorization_header: str | None = Field(
         None, description="Push: sent as the Authorization header of every SET POSTed (kept sealed, never read back)."
     )
@@ -25,7 +27,8 @@ class DeliveryIn(Delivery):
 class StreamConfigurationIn(BaseModel):
     """A stream as the receiver sets it (create, replace, or update with the fields present)."""
 
-    model_config = ConfigDict(extra="allow")
+    # Strict, as every body a service sends: each field of its documented type, nothing converted.
+    model_config = ConfigDict(extra="allow", strict=True)
 
     stream_id: str | None = Field(None, description="The stream to replace or update (not for a creation).")
     delivery: DeliveryIn | None = None
@@ -58,17 +61,23 @@ class StreamStatus(BaseModel):
 
 
 class StreamStatusUpdate(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     stream_id: str
     status: Literal["enabled", "paused", "disabled"]
     reason: str | None = None
 
 
 class VerificationRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     stream_id: str
     state: str | None = Field(None, description="Echoed in the verification event.")
 
 
 class SetError(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     err: str
     description: str | None = None
 
@@ -76,7 +85,7 @@ class SetError(BaseModel):
 class PollRequest(BaseModel):
     """RFC 8936 section 2.4."""
 
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, strict=True)
 
     maxEvents: int | None = Field(None, ge=0, description="At most this many SETs (and at most 100).")  # noqa: N815
     returnImmediately: bool | None = Field(None, description="false: wait up to a few seconds for a SET.")  # noqa: N815

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel, ValidationError
 
 from identity.api.bearer import NO_STORE, Refused, caller, problem
 from identity.api.spec import operation
@@ -20,6 +21,7 @@ from identity.errors import storable
 from identity.notices import wake
 from identity.ssf import emit, events, poll, sets, streams
 from identity.ssf.streams import StreamError
+from schemas.account import problems
 from schemas.ssf import (
     PollRequest,
     PollResponse,
@@ -54,7 +56,9 @@ async def configuration(request: web.Request) -> web.Response:
     )
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def _body(request: web.Request, documented: type[BaseModel]) -> dict[str, Any]:
+    """The JSON object sent, once it holds what the ``documented`` body allows (each field of
+    the right type; fields the hub does not know are left for the handler to ignore)."""
     if request.content_type != "application/json":
         raise StreamError(415, "Send a JSON object (Content-Type: application/json).")
     raw = await request.read()
@@ -66,6 +70,11 @@ async def _body(request: web.Request) -> dict[str, Any]:
         raise StreamError(400, "The body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise StreamError(400, "The body must be a JSON object.")
+    try:
+        documented.model_validate(body)
+    except ValidationError as exc:
+        found = "; ".join(f"{p.field}: {p.message}" for p in problems(exc)[:5])
+        raise StreamError(400, f"Some fields are not as documented ({found}).") from None
     return body
 
 
@@ -103,7 +112,7 @@ async def create_stream(request: web.Request) -> web.StreamResponse:
         except Refused as refused:
             return refused.response
         try:
-            stream = await streams.create(db, request.config_dict[CIPHER], who.client.id, await _body(request))
+            stream = await streams.create(db, request.config_dict[CIPHER], who.client.id, await _body(request, StreamConfigurationIn))
         except StreamError as error:
             return _refused(error)
         answer = _config(request, stream, who.client.client_id)
@@ -146,7 +155,7 @@ async def _change(request: web.Request, *, replace: bool) -> web.StreamResponse:
         except Refused as refused:
             return refused.response
         try:
-            body = await _body(request)
+            body = await _body(request, StreamConfigurationIn)
             stream = await streams.of_service(db, who.client.id, _stream_id(body.get("stream_id")), lock=True)
             fields = {k: v for k, v in body.items() if k not in streams.READ_ONLY}
             want = streams.wanted(fields, None if replace else streams.current(cipher, stream))
@@ -248,7 +257,7 @@ async def set_status(request: web.Request) -> web.StreamResponse:
         except Refused as refused:
             return refused.response
         try:
-            body = await _body(request)
+            body = await _body(request, StreamStatusUpdate)
             stream = await streams.of_service(db, who.client.id, _stream_id(body.get("stream_id")), lock=True)
             await streams.set_status(db, stream, body.get("status"), body.get("reason"))
         except StreamError as error:
@@ -274,7 +283,7 @@ async def verify(request: web.Request) -> web.StreamResponse:
         except Refused as refused:
             return refused.response
         try:
-            body = await _body(request)
+            body = await _body(request, VerificationRequest)
             stream = await streams.of_service(db, who.client.id, _stream_id(body.get("stream_id")), lock=True)
             state = body.get("state")
             if state is not None and (not isinstance(state, str) or len(state) > 200 or not storable(state)):
@@ -324,7 +333,7 @@ async def poll_sets(request: web.Request) -> web.StreamResponse:
                 if stream.delivery_method != streams.POLL:
                     raise StreamError(404, "This stream is not polled.")
                 if first:
-                    asked = poll.request(await _body(request))
+                    asked = poll.request(await _body(request, PollRequest))
                     await poll.answer(db, stream, asked.acks, asked.errors)
             except StreamError as error:
                 return _refused(error)

@@ -210,6 +210,14 @@ async def test_a_receiver_gets_each_event_about_linked_people_pushed_and_polled(
         assert stream["events_delivered"] == list(events.SUPPORTED) and stream["aud"] == store.client_id
         assert "authorization_header" not in stream["delivery"]
         assert (await call(http, "POST", metadata["configuration_endpoint"], store_token, json={}))[0] == 409
+        # A body that is not as documented is refused whole (400, naming the field) and makes nothing.
+        status, refused = await call(
+            http, "POST", metadata["configuration_endpoint"], forum_token,
+            json={"stream_id": [1], "delivery": {"method": "urn:ietf:rfc:8936"}},
+        )
+        assert status == 400 and "stream_id" in refused["error_description"], refused
+        status, refused = await call(http, "POST", metadata["status_endpoint"], store_token, json={"stream_id": stream["stream_id"], "status": "enabled", "reason": 7})
+        assert status == 400 and "reason" in refused["error_description"], refused
         # Forum: a poll stream. Neither service sees the other's stream.
         status, polled = await call(
             http, "POST", metadata["configuration_endpoint"], forum_token,
