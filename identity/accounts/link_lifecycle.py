@@ -195,8 +195,8 @@ async def _log_out(
     await db.execute(
         delete(SessionService).where(SessionService.id.in_([r.id for r in sessions]))
     )
-    if not service.backchannel_logout_uri:
-        return []
+    if not service.backchannel_logout_uri or service.disabled_at is not None:
+        return []  # a disabled service is sent nothing about anyone, a logout neither
     return [
         LogoutNotice(
             service.client_id,

@@ -1,5 +1,6 @@
 """Ending a hub session, and OpenID Connect Back-Channel Logout 1.0: a signed logout token
-POSTed to every service of the session that registered a ``backchannel_logout_uri``."""
+POSTed to every service of the session that registered a ``backchannel_logout_uri`` (none to a
+disabled service, which is sent nothing about anyone)."""
 
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ async def end_session(
         await db.scalars(
             select(Service)
             .join(SessionService, SessionService.service_id == Service.id)
-            .where(SessionService.session_id == session.id, Service.backchannel_logout_uri.is_not(None))
+            # A disabled service is sent nothing about anyone (``sync.endpoints``), a logout neither.
+            .where(SessionService.session_id == session.id, Service.backchannel_logout_uri.is_not(None), Service.disabled_at.is_(None))
         )
     ).all()
     if account is None:

@@ -108,7 +108,7 @@ async def test_a_rotated_secret_overlaps_with_the_new_one(hub: Hub, rp: RelyingP
     assert "the previous secret keeps working until" in readable.stdout
 
 
-async def test_a_disabled_service_gets_no_sign_ins_no_tokens(hub: Hub, rp: RelyingParty) -> None:
+async def test_a_disabled_service_gets_no_sign_ins_no_tokens(hub: Hub, rp: RelyingParty, receiver: Receiver) -> None:  # noqa: F811
     await hub.add_user(verified=True)
     browser = Browser(hub)
     try:
@@ -129,6 +129,11 @@ async def test_a_disabled_service_gets_no_sign_ins_no_tokens(hub: Hub, rp: Relyi
         sent_back = await browser.go(url)
         assert sent_back.status_code == 302
         assert location_params(sent_back)["error"] == "unauthorized_client"
+        # Nothing about anyone goes to a disabled service, a logout token neither (one is POSTed
+        # before the sign-out answers, so the answer is the barrier).
+        signed_out = await browser.submit(await browser.go("/account"), "/sign-out")
+        assert "You are signed out" in signed_out.text
+        assert receiver.posts == []
 
         assert (await run(hub, "services", "enable", "--client-id", rp.client_id)).returncode == 0
 
