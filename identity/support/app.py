@@ -5,7 +5,9 @@ Its middleware resolves the console session before any handler runs: a handler u
 other one gets ``request[AGENT]``, an active session, or a redirect to sign in (a page) / 401,
 and then only on the pages its role opens (:mod:`identity.support.access`; 403 otherwise, and
 ``/support/`` sends admins and service owners to their own start page).
-Handlers needing the supervisor role check it with :func:`require_supervisor` (403 otherwise).
+Handlers needing the supervisor role check it with :func:`require_supervisor` (403 otherwise);
+something a staff member may not see answers :class:`NotTheirs` (404, as if it did not exist).
+Every such refusal is an audit record, ``support.refused``, in a transaction of its own.
 Pages carry strict security headers: a CSP without inline scripts, ``frame-ancestors 'none'``,
 ``no-referrer`` and ``no-store``."""
 
@@ -22,7 +24,8 @@ from identity import i18n
 from identity.pages import CompiledTemplates
 from identity.web import language
 from identity.appkeys import DB
-from identity.support import access, session
+from identity.errors import storable
+from identity.support import access, audit, session
 from identity.support.session import AGENT, Agent
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -45,6 +48,11 @@ Routes = Callable[[web.Application], None]
 
 class NotStaff(web.HTTPForbidden):
     """Signed in, but not a staff member with the needed role."""
+
+
+class NotTheirs(web.HTTPNotFound):
+    """Something the staff member may not see (another's service): answered as if it did not
+    exist, and recorded."""
 
 
 def require_supervisor(request: web.Request) -> Agent:
@@ -85,12 +93,22 @@ async def staff_only(request: web.Request, handler: Handler) -> web.StreamRespon
         if request.method == "GET":
             raise web.HTTPSeeOther(f"{session.PATH}/login")
         raise web.HTTPUnauthorized(text=_("Your console session has ended. Sign in again."))
-    if not access.allowed(agent.role, relative):
-        if relative == "/" and request.method == "GET":
-            raise web.HTTPSeeOther(access.home(agent.role))
-        raise NotStaff(text=_("Your staff role does not open this page."))
-    request[AGENT] = agent
-    return await handler(request)
+    try:
+        if not access.allowed(agent.role, relative):
+            if relative == "/" and request.method == "GET":
+                raise web.HTTPSeeOther(access.home(agent.role))
+            raise NotStaff(text=_("Your staff role does not open this page."))
+        request[AGENT] = agent
+        return await handler(request)
+    except (NotStaff, NotTheirs) as refused:
+        # Every access control failure is recorded (OWASP ASVS 7.2.2); the handler's own
+        # transaction, if it had one, rolled back with the refusal.
+        async with request.config_dict[DB].begin() as db:
+            audit.record(
+                db, actor_kind="agent", actor=agent.sub, action="support.refused",
+                detail={"method": request.method, "path": relative[:300] if storable(relative) else "(not storable)", "status": refused.status, "role": agent.role},
+            )
+        raise
 
 
 #: The console's environments: its own configuration (the console catalogue), its own cache.

@@ -5,7 +5,8 @@ letters now, the latest resync's progress), its recent deliveries and notices (p
 only), and for admins its settings and the age of its secrets. Its dead letters can be queued
 again and a resync started there.
 
-A service the staff member may not see answers 404, as one that does not exist, on every URL.
+A service the staff member may not see answers 404, as one that does not exist, on every URL
+(and is recorded as ``support.refused``, :class:`identity.support.app.NotTheirs`).
 Every look and every action writes an audit record in its transaction: ``support.services_view``,
 ``support.service_view``, ``service.redelivered``, ``service.resynced`` (the ``service.*`` ones
 also listed by ``onesignin audit list --service``)."""
@@ -21,6 +22,7 @@ from identity.i18n import format_percent
 from identity.pages.common import field
 from identity.support import audit, charts, forms
 from identity.support import services as listed
+from identity.support.app import NotTheirs
 from identity.support.render import render
 from identity.support.session import AGENT
 from identity.support.words import _, ngettext
@@ -69,7 +71,7 @@ async def service_page(request: web.Request) -> web.StreamResponse:
     async with request.config_dict[DB].begin() as db:
         service = await listed.find(db, agent, request.match_info["client_id"])
         if service is None:
-            raise web.HTTPNotFound(text=_("No such service."))
+            raise NotTheirs(text=_("No such service."))
         points = await rollups.series(db, service.id, window, now)
         summary = (await listed.summaries(db, [service], now))[0]
         context = {
@@ -112,7 +114,7 @@ async def redeliver(request: web.Request) -> web.StreamResponse:
     async with request.config_dict[DB].begin() as db:
         service = await listed.find(db, agent, request.match_info["client_id"])
         if service is None:
-            raise web.HTTPNotFound(text=_("No such service."))
+            raise NotTheirs(text=_("No such service."))
         count = await listed.redeliver(db, service, kind=kind, letter_id=letter_id)
         audit.record(
             db, actor_kind="agent", actor=agent.sub, action="service.redelivered",
@@ -127,7 +129,7 @@ async def resync(request: web.Request) -> web.StreamResponse:
     async with request.config_dict[DB].begin() as db:
         service = await listed.find(db, agent, request.match_info["client_id"])
         if service is None:
-            raise web.HTTPNotFound(text=_("No such service."))
+            raise NotTheirs(text=_("No such service."))
         if not deliveries.channels_of(service.webhook_url, service.topic_enabled):
             return redirect(f"{_page(service.client_id)}?done=no-channel", 303)
         try:

@@ -128,6 +128,19 @@ async def test_a_service_owner_sees_their_service_and_nothing_of_another(hub: Hu
     views = await audit_records(hub, action="support.service_view")
     # Their two looks (the page, and again after the redelivery): none at Forum.
     assert [(r.actor, r.detail["client_id"]) for r in views] == [(owner.sub, seeded.store)] * 2
+    # Every refusal is recorded, as an access control failure: Forum's pages (as the missing
+    # service's, which cannot be told apart from outside) and the people's side.
+    refused = await audit_records(hub, action="support.refused")
+    assert [(r.actor, r.detail["method"], r.detail["path"], r.detail["status"], r.detail["role"]) for r in refused] == [
+        (owner.sub, "GET", f"/services/{seeded.forum}", 404, "service_owner"),
+        (owner.sub, "GET", "/services/no-such-service", 404, "service_owner"),
+        (owner.sub, "GET", f"/services/{seeded.forum}", 404, "service_owner"),
+        (owner.sub, "POST", f"/services/{seeded.forum}/redeliver", 404, "service_owner"),
+        (owner.sub, "POST", f"/services/{seeded.forum}/resync", 404, "service_owner"),
+        (owner.sub, "GET", f"/people/{seeded.bob}", 403, "service_owner"),
+        (owner.sub, "GET", "/audit", 403, "service_owner"),
+        (owner.sub, "GET", "/admin/staff", 403, "service_owner"),
+    ]
 
 
 def _csrf(page: str) -> str:
