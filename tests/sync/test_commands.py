@@ -162,7 +162,8 @@ def test_serve_starts_the_embedded_broker_and_takes_it_along_when_it_stops(env: 
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
-        until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), what="serve listening")
+        # A new process that applies the migrations and starts a broker: slow on a loaded machine.
+        until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), timeout=120, what="serve listening")
         # Its broker and /metrics (another worker may answer on the port first).
         brokers = until(lambda: [p for p in _descendants(hub.pid) if "tansu" in _cmdline(p)], what="the embedded broker started")
         metrics = until(lambda: _text(f"http://127.0.0.1:{metrics_port}/metrics"), what="/metrics")
