@@ -3,7 +3,6 @@ its answers read with ``scim2-models``. Imported when a SCIM server is first cal
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,7 +15,7 @@ from scim2_models.exceptions import SCIMException
 
 from identity import outbound
 from sync.scim import MAX_ANSWER_BYTES, nested
-from sync.webhooks import ADDRESS_NOT_ALLOWED, Outcome, parse_retry_after
+from sync.webhooks import UNANSWERED, Outcome, parse_retry_after, unanswered
 
 _models, _types = describe_resource_models([User])
 PROVIDER = ScimProvider(models=_models, resource_types=_types)
@@ -151,14 +150,8 @@ async def send(http: aiohttp.ClientSession, base_url: str, token: str, body: str
         return Outcome("retry", f"SCIM server: HTTP {exc.status}", status=exc.status, retry_after=exc.retry_after)
     except _Missing:
         return Outcome("retry", "SCIM server: HTTP 404 for /Users")
-    except outbound.AddressNotAllowed:
-        return Outcome("retry", ADDRESS_NOT_ALLOWED.replace("the webhook's", "the SCIM server's"))
-    except TimeoutError:
-        return Outcome("retry", f"SCIM server: no answer within {timeout.total:g} s")
-    except asyncio.CancelledError:
-        raise
-    except (aiohttp.ClientError, OSError) as exc:
-        return Outcome("retry", f"SCIM server: {type(exc).__name__}: {exc}"[:300])
+    except UNANSWERED as exc:
+        return unanswered(exc, timeout, whose="the SCIM server's", prefix="SCIM server: ")
     except SCIMException as exc:
         # An Error the server sent (409 uniqueness, 400 invalid value, ...): its own words.
         status = getattr(exc, "status", None)

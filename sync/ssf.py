@@ -23,7 +23,7 @@ from identity.oidc.keys import KeyRing, load_keys
 from identity.sealing import KeyCipher
 from identity.settings import Settings
 from identity.ssf import sets
-from sync.webhooks import ADDRESS_NOT_ALLOWED, Outcome, parse_retry_after
+from sync.webhooks import UNANSWERED, Outcome, parse_retry_after, unanswered
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,8 @@ async def post(http: aiohttp.ClientSession, url: str, authorization: str | None,
         headers["Authorization"] = authorization
     try:
         answer = await outbound.post(http, url, data=token.encode(), headers=headers, timeout=timeout)
-    except outbound.AddressNotAllowed:
-        return Outcome("retry", ADDRESS_NOT_ALLOWED.replace("webhook's", "stream's"))
-    except TimeoutError:
-        return Outcome("retry", f"no answer within {timeout.total:g} s")
-    except asyncio.CancelledError:
-        raise
-    except (aiohttp.ClientError, OSError) as exc:
-        return Outcome("retry", f"{type(exc).__name__}: {exc}"[:300])
+    except UNANSWERED as exc:
+        return unanswered(exc, timeout, whose="the stream's")
     status = answer.status
     if 200 <= status < 300:
         return Outcome("ok", status=status)

@@ -5,7 +5,6 @@ library, the same one receivers verify with."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import email.utils
 from dataclasses import dataclass
@@ -49,6 +48,21 @@ ADDRESS_NOT_ALLOWED = (
 )
 
 
+#: What a call to a service's address may fail with before any answer (see :func:`unanswered`).
+UNANSWERED = (outbound.AddressNotAllowed, TimeoutError, aiohttp.ClientError, OSError)
+
+
+def unanswered(exc: BaseException, timeout: aiohttp.ClientTimeout, *, whose: str = "the webhook's", prefix: str = "") -> Outcome:
+    """What a call that got no answer comes to (retried): its address not allowed by the
+    outbound policy, no answer within ``timeout``, or the connection failed. ``whose`` names
+    the address in the message, ``prefix`` the kind of endpoint."""
+    if isinstance(exc, outbound.AddressNotAllowed):
+        return Outcome("retry", ADDRESS_NOT_ALLOWED.replace("the webhook's", whose))
+    if isinstance(exc, TimeoutError):
+        return Outcome("retry", f"{prefix}no answer within {timeout.total:g} s")
+    return Outcome("retry", f"{prefix}{type(exc).__name__}: {exc}"[:300])
+
+
 async def post(
     http: aiohttp.ClientSession,
     url: str,
@@ -67,16 +81,8 @@ async def post(
         headers["X-Request-Id"] = request_id
     try:
         answer = await outbound.post(http, url, data=body.encode(), headers=headers, timeout=timeout)
-    except outbound.AddressNotAllowed:
-        return Outcome("retry", ADDRESS_NOT_ALLOWED)
-    except TimeoutError:
-        return Outcome("retry", f"no answer within {timeout.total:g} s")
-    except aiohttp.ClientError as exc:
-        return Outcome("retry", f"{type(exc).__name__}: {exc}"[:300])
-    except asyncio.CancelledError:
-        raise
-    except OSError as exc:
-        return Outcome("retry", f"{type(exc).__name__}: {exc}"[:300])
+    except UNANSWERED as exc:
+        return unanswered(exc, timeout)
     status = answer.status
     if 200 <= status < 300:
         return Outcome("ok", status=status)
