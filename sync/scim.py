@@ -63,7 +63,6 @@ ATTRIBUTES: dict[str, str] = {
 _ADDRESS = {"formatted": "formatted", "street_address": "streetAddress", "locality": "locality", "region": "region", "postal_code": "postalCode", "country": "country"}
 
 
-
 def user_attributes(profile: dict[str, Any], sub: str) -> tuple[dict[str, Any], list[str]]:
     """The User attributes for ``profile`` (the claims one service may see, as
     :func:`sync.projection.profile` gives them: absent when outside its scopes, ``None`` when
