@@ -57,6 +57,7 @@ def add_sync(app: web.Application, *, relay: bool, worker: bool, gauges: bool = 
     if relay or worker:
         app.cleanup_ctx.append(_broker)
     if gauges:
+        app[GAUGES] = Gauges(app)
         app.cleanup_ctx.append(_gauges)
     # Cleanup runs in reverse: the relay stops publishing before the worker stops consuming.
     if worker:
@@ -156,13 +157,45 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
             await sender.close()
 
 
+class Gauges:
+    """The gauges read from the database (the outbox, backlogs, dead letters, quarantined
+    endpoints, overdue rights requests), at most :data:`GAUGE_SECONDS` old when scraped: a scrape
+    that finds them older reads them again first, and the loop that samples the backlog rollups
+    reads them every :data:`GAUGE_SECONDS`. A process nobody scrapes reads them only with its
+    samples, and none in its first seconds."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._read_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            async with self._app[K.DB]() as db:
+                await refresh_gauges(db, self._app[METRICS])
+                await refresh_overdue(db, self._app[METRICS].rights_overdue)
+            self._read_at = asyncio.get_running_loop().time()
+
+    async def fresh(self) -> None:
+        """Read them again if they are older than :data:`GAUGE_SECONDS` (a failure is logged
+        and the scrape answers with the figures last read)."""
+        if self._read_at is not None and asyncio.get_running_loop().time() - self._read_at < GAUGE_SECONDS:
+            return
+        try:
+            await self.refresh()
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("sync metrics: %s: %s", type(exc).__name__, exc)
+
+
+GAUGES = web.AppKey("sync_gauges", Gauges)
+
+
 async def _refresh(app: web.Application) -> None:
     backlogged: set[int] = set()  # services with a backlog at the last sample
     while True:
+        await asyncio.sleep(GAUGE_SECONDS)
         try:
-            async with app[K.DB]() as db:
-                await refresh_gauges(db, app[METRICS])
-                await refresh_overdue(db, app[METRICS].rights_overdue)
+            await app[GAUGES].refresh()
             # Each service's backlog, sampled into the per-minute rollups behind the console's charts.
             async with app[K.DB].begin() as db:
                 backlogged = await rollups.sample_backlog(db, utcnow(), backlogged)
@@ -170,7 +203,6 @@ async def _refresh(app: web.Application) -> None:
             raise
         except Exception as exc:
             log.warning("sync metrics: %s: %s", type(exc).__name__, exc)
-        await asyncio.sleep(GAUGE_SECONDS)
 
 
 _gauges = _background("sync-gauges", _refresh)
@@ -204,6 +236,8 @@ async def metrics_server(app: web.Application) -> AsyncIterator[None]:
     side[METRICS] = app[METRICS]
     side[K.HUB_METRICS] = app[K.HUB_METRICS]
     side[K.ENGINE] = app[K.ENGINE]
+    if GAUGES in app:
+        side[GAUGES] = app[GAUGES]
     side.router.add_get("/metrics", metrics)
     runner = web.AppRunner(side, access_log=None, handle_signals=False)
     await runner.setup()
@@ -285,6 +319,9 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition of this process's sync metrics, and on the hub its own
     (``identity.metrics``: every worker's, under ``serve --workers N``)."""
     app = request.config_dict
+    gauges = app.get(GAUGES)
+    if gauges is not None:
+        await gauges.fresh()
     body = generate_latest(app[METRICS].registry)
     hub = app.get(K.HUB_METRICS)
     if hub is not None:
