@@ -305,8 +305,11 @@ class Engine:
             for job in jobs:
                 self._start(job)
             if not jobs:
+                # asyncio.timeout, not wait_for, which on Python 3.11 can swallow a
+                # cancellation arriving as the wake-up does (CPython gh-86296).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), POLL_SECONDS)
+                    async with asyncio.timeout(POLL_SECONDS):
+                        await self.wake.wait()
 
     async def claim(self, limit: int) -> list[Any]:
         """Lease up to ``limit`` due rows (their next attempt moves a lease ahead)."""

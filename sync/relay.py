@@ -193,7 +193,8 @@ class Relay:
                 # (it stays unpublished): a relay that takes the lease over never races this one.
                 remaining = (self._lease_until - utcnow()).total_seconds() - LEASE_MARGIN
                 try:
-                    await asyncio.wait_for(self._publish(rows), max(remaining, 0.0))
+                    async with asyncio.timeout(max(remaining, 0.0)):  # not wait_for (CPython gh-86296)
+                        await self._publish(rows)
                 except TimeoutError:
                     raise LeaseRunningOut(f"the broker did not acknowledge {len(rows)} events before the relay lease ran out") from None
                 now = await whole(self._mark_now(rows))

@@ -132,7 +132,11 @@ class RevokedServiceTokens:
                 self._connected = True
                 delay = 0.1
                 while not conn.is_closed():
-                    await asyncio.wait_for(conn.execute("SELECT pg_notify($1, $2)", CHANNEL, "h:" + self._instance), SILENCE_SECONDS)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                    # cancellation that arrives as the statement finishes (CPython gh-86296),
+                    # and the process's shutdown would wait on this loop for ever.
+                    async with asyncio.timeout(SILENCE_SECONDS):
+                        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, "h:" + self._instance)
                     await asyncio.sleep(HEARTBEAT_SECONDS)
                     if not self.live:
                         raise ConnectionError("no heartbeat heard back")
