@@ -5,7 +5,9 @@ ends the worker (pytest-xdist then names the test). An asyncio test's thread is 
 waiting in the event loop's ``select``, and a worker's output is not shown, so this watchdog acts
 first: it writes the stack of every unfinished asyncio task (where the wait really is) to the
 test's captured standard error, then cancels those tasks, so the test fails the ordinary way,
-with that report and a traceback through the awaiting line, and the run goes on."""
+with that report and a traceback through the awaiting line, and the run goes on. A hang that the
+cancellation ends quietly (a fixture's teardown awaiting a background task under
+``contextlib.suppress(CancelledError)``) fails the test too, with the same report."""
 
 from __future__ import annotations
 
@@ -47,9 +49,14 @@ def _cancel_everything() -> None:
         task.cancel("the test ran too long (tests/watchdog.py)")
 
 
+#: The report of each test the watchdog fired for, until its last phase is reported.
+_FIRED: dict[str, str] = {}
+
+
 def _fire(nodeid: str) -> None:
     try:
-        sys.stderr.write(_report(nodeid))
+        _FIRED[nodeid] = report = _report(nodeid)
+        sys.stderr.write(report)
         sys.stderr.flush()
         for loop in _running_loops():
             loop.call_soon_threadsafe(_cancel_everything)
@@ -73,3 +80,14 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     finally:
         if timer is not None:
             timer.cancel()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if call.when == "teardown" and item.nodeid in _FIRED:
+        hung = _FIRED.pop(item.nodeid)
+        if report.passed:
+            report.outcome = "failed"
+            report.longrepr = f"the test or its teardown hung until the watchdog cancelled it:{hung}"
