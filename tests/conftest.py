@@ -19,6 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# Python's bytecode caches are written, also where PYTHONDONTWRITEBYTECODE is set: a run starts
+# hundreds of Python processes (each `serve`, `relay` and `worker`), and each of them, with each
+# test process (whose test modules pytest rewrites), compiled the project again from its source.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 import asyncpg
 import httpcore2
 import pytest
@@ -456,16 +462,32 @@ async def localhost_hub(
         yield served
 
 
+_VALIDATED: dict[str, Settings] = {}
+
+
+def _settings(overrides: dict[str, object]) -> Settings:
+    """The test settings with a module's ``overrides``, validated (from the environment too, as
+    ``serve`` reads them) once per process and set of overrides: a test process builds hundreds
+    of hubs, and each validation walks every field of every source. Each hub gets a copy with
+    its own directory, database and issuer."""
+    key = repr((sorted(overrides.items()), sorted(i for i in os.environ.items() if i[0].startswith("ONESIGNIN_"))))
+    if key not in _VALIDATED:
+        _VALIDATED[key] = Settings(
+            data_dir=Path("."),
+            database_url="sqlite+aiosqlite:///:memory:",
+            issuer="http://127.0.0.1:1",
+            secret_key=HUB_SECRET_KEY,
+            **(TEST_SETTINGS | overrides),  # type: ignore[arg-type]
+        )
+    return _VALIDATED[key]
+
+
 @contextlib.asynccontextmanager
 async def _served_hub(database_url: str, tmp_path: Path, settings_overrides: dict[str, object], host: str) -> AsyncIterator[Hub]:
     sock = bound_socket()
     port = sock.getsockname()[1]
-    settings = Settings(
-        data_dir=tmp_path,
-        database_url=database_url,
-        issuer=f"http://{host}:{port}",
-        secret_key=HUB_SECRET_KEY,
-        **(TEST_SETTINGS | settings_overrides),  # type: ignore[arg-type]
+    settings = _settings(settings_overrides).model_copy(
+        update={"data_dir": tmp_path, "database_url": database_url, "issuer": f"http://{host}:{port}"}
     )
     app = create_app(settings, migrate=False)
     server = TestServer(

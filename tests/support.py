@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import os
 import re
 import time
 import secrets
@@ -74,6 +75,18 @@ def answers(url: str) -> bool:
 #: statements on Postgres, the throttle's upserts, the sync tables) is run on both databases by
 #: the tests of what it does; running these twice would only double their cost.
 SQLITE_ALONE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+#: The end-to-end tests run each topology on the database it is run with; the statements they
+#: reach are run on both databases by the tests of what each does. The embedded default (`serve`
+#: with its own broker, the pages in a browser): SQLite.
+EMBEDDED_DEFAULT = SQLITE_ALONE
+
+#: The production topology (the hub, `relay` and `worker` as processes of their own, a broker run
+#: apart, the demo services joining a running hub): Postgres, or SQLite where
+#: ``ONESIGNIN_TEST_DATABASE_URL`` names no Postgres to run it on.
+PRODUCTION_TOPOLOGY = pytest.mark.parametrize(
+    "database_url", ["postgres" if os.environ.get("ONESIGNIN_TEST_DATABASE_URL") else "sqlite"], indirect=True
+)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from identity.oidc.logout import logout_token
 from identity.settings import Settings
 from sync.broker import EmbeddedBroker
 from tests.conftest import TEST_SETTINGS, free_port
-from tests.support import Hub, form
+from tests.support import PRODUCTION_TOPOLOGY, Hub, form
 from tests.sync.conftest import FAST_SYNC
 
 pytestmark = pytest.mark.e2e
@@ -211,6 +211,7 @@ async def test_a_name_changed_in_store_reaches_forum(demo: Demo) -> None:
         await person.http.aclose()
 
 
+@PRODUCTION_TOPOLOGY
 async def test_the_services_alone_join_a_running_hub(hub: Hub, tmp_path: Path) -> None:
     """Store and Forum as two processes sharing a data dir, as the two compose services run them
     (``--services-only --only store|forum``), against a hub with its own relay and worker."""

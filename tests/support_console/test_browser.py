@@ -20,7 +20,7 @@ from sqlalchemy import select
 from identity.appkeys import DB
 from identity.db.models import AuditRecord
 from tests.conftest import CHROMIUM
-from tests.support import PASSWORD, Browser, Hub
+from tests.support import EMBEDDED_DEFAULT, PASSWORD, Browser, Hub
 from tests.support_console.signing_in import add_staff
 from tests.sync.conftest import (  # noqa: F401
     FAST_SYNC,
@@ -37,6 +37,7 @@ from tests.sync.receivers import Receivers
 # browser is a failure, not a skip.
 pytestmark = [
     pytest.mark.e2e,
+    EMBEDDED_DEFAULT,
     pytest.mark.skipif(
         not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason=f"{CHROMIUM} is missing: apt-get install -y chromium"
     ),

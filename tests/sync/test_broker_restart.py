@@ -34,7 +34,7 @@ from sync.metrics import SyncMetrics
 from sync.relay import REPUBLISH_AFTER, REPUBLISH_CHECK_SECONDS, Relay
 from sync.runtime import EMBEDDED, METRICS
 from sync.service_topics import ServiceTopics
-from tests.support import Hub, eventually
+from tests.support import EMBEDDED_DEFAULT, PRODUCTION_TOPOLOGY, Hub, eventually
 from tests.sync.conftest import EXTERNAL_KAFKA, add_member
 from tests.sync.helpers import SyncProcess, add_people, change, link_directly
 from tests.sync.receivers import Receivers
@@ -381,6 +381,7 @@ async def test_the_embedded_broker_killed_is_started_again_on_its_port_and_a_sto
     assert broker.restarts == 1 and broker.process is None  # stopped on purpose: not started again
 
 
+@EMBEDDED_DEFAULT
 class TestEmbeddedBrokerInServe:
     """`onesignin serve` with no Kafka configured: the broker is its own child process."""
 
@@ -418,6 +419,7 @@ class TestEmbeddedBrokerInServe:
 # -- the production topology -----------------------------------------------------------------
 
 
+@PRODUCTION_TOPOLOGY
 class TestStandaloneBrokerKilled:
     """`serve --no-sync`, `onesignin relay` and two `onesignin worker`s sharing a broker that
     something else runs (and restarts), with the default partition counts."""

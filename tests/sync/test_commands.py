@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.cli import onesignin
 from tests.conftest import free_port
-from tests.support import answers, until
+from tests.support import EMBEDDED_DEFAULT, answers, until
 
 pytestmark = pytest.mark.e2e
 
@@ -153,6 +153,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+@EMBEDDED_DEFAULT
 @pytest.mark.parametrize("how", ["interrupt", "kill"])
 def test_serve_starts_the_embedded_broker_and_takes_it_along_when_it_stops(env: dict[str, str], how: str) -> None:
     port, metrics_port = free_port(), free_port()

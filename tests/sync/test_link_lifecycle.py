@@ -24,7 +24,7 @@ from identity.appkeys import CIPHER, DB
 from identity.db.models import Delivery, Notice, Service
 from schemas.events import LinkRevoked, LinkRevokedData, service_event
 from sync.runtime import DELIVERER
-from tests.support import Browser, Hub, eventually, form
+from tests.support import PRODUCTION_TOPOLOGY, Browser, Hub, eventually, form
 from tests.sync.conftest import Member, add_member, link, service_token
 from tests.sync.helpers import group_timeouts, SyncProcess, change, settled
 from tests.sync.receivers import Receivers, body_of
@@ -458,6 +458,7 @@ async def test_one_persons_notices_arrive_in_order_on_the_webhook_and_the_topic(
 
 
 @pytest.mark.e2e
+@PRODUCTION_TOPOLOGY
 class TestStandaloneWorker:
     """``onesignin worker`` in its own process delivers notices the hub wrote."""
 

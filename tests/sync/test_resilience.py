@@ -15,7 +15,7 @@ from identity import deliveries as status
 from identity.appkeys import DB, SETTINGS
 from identity.db.models import DeadLetter, Delivery, OutboxEvent, Service
 from sync.broker import EmbeddedBroker
-from tests.support import Hub, eventually
+from tests.support import EMBEDDED_DEFAULT, PRODUCTION_TOPOLOGY, Hub, eventually
 from tests.sync.conftest import EXTERNAL_KAFKA, add_member
 from tests.sync.helpers import SyncProcess, add_people, change, link_directly, recorded, settled
 from tests.sync.receivers import Receivers
@@ -36,6 +36,7 @@ async def _all_at(receivers: Receivers, names: tuple[str, ...], final: dict[str,
 
 
 @pytest.mark.e2e
+@EMBEDDED_DEFAULT
 @pytest.mark.skipif(bool(EXTERNAL_KAFKA), reason="stops and restarts the embedded broker")
 async def test_broker_down_during_200_changes_then_back_delivers_all(
     hub: Hub, receivers: Receivers, broker: EmbeddedBroker
@@ -192,6 +193,7 @@ class TestGivingUp:
 
 
 @pytest.mark.e2e
+@PRODUCTION_TOPOLOGY
 class TestSeparateProcesses:
     """The production topology: the hub without sync, and `onesignin relay` / `onesignin worker`
     processes beside it."""

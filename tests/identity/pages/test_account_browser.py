@@ -17,11 +17,12 @@ from playwright.async_api import expect
 from identity.mail import read_outbox
 from tests.conftest import CHROMIUM
 from tests.identity.pages.test_register import register
-from tests.support import PASSWORD, Browser, Hub, RelyingParty, authorize_through, eventually
+from tests.support import EMBEDDED_DEFAULT, PASSWORD, Browser, Hub, RelyingParty, authorize_through, eventually
 
 
 pytestmark = [
     pytest.mark.e2e,
+    EMBEDDED_DEFAULT,
     pytest.mark.skipif(
         not Path(CHROMIUM).exists() and not os.environ.get("CI"), reason=f"{CHROMIUM} is missing: apt-get install -y chromium"
     ),

@@ -26,7 +26,7 @@ from identity.mail import read_outbox
 from identity.oidc import assurance
 from tests.conftest import CHROMIUM
 from tests.identity.pages.test_account_browser import OVERFLOW, _shots
-from tests.support import PASSWORD, Hub, RelyingParty, eventually
+from tests.support import EMBEDDED_DEFAULT, PASSWORD, Hub, RelyingParty, eventually
 
 pytestmark = [
     pytest.mark.e2e,
@@ -119,6 +119,7 @@ async def mails(hub: Hub, subject: str) -> int:
     return len([m for m in read_outbox(hub.settings.data_dir / "mail") if m["Subject"] == subject])
 
 
+@EMBEDDED_DEFAULT
 async def test_a_passkey_signs_in_without_a_password_and_serves_as_the_second_step(localhost_hub: Hub, chromium: Chromium) -> None:
     hub = localhost_hub
     await hub.add_user(verified=True)
@@ -216,6 +217,7 @@ async def _is(count: Any, wanted: int) -> bool:
     return await count == wanted
 
 
+@EMBEDDED_DEFAULT
 async def test_a_service_asking_for_two_steps_steps_a_password_session_up_with_a_passkey(localhost_hub: Hub, chromium: Chromium) -> None:
     """A session signed in with the password before the passkey was added: a service sends
     acr_values for mfa; the hub asks for the passkey (naming the service), in the same session."""
@@ -242,6 +244,7 @@ async def test_a_service_asking_for_two_steps_steps_a_password_session_up_with_a
     await context.close()
 
 
+@EMBEDDED_DEFAULT
 async def test_adding_a_passkey_long_after_signing_in_needs_the_password(localhost_hub: Hub, chromium: Chromium) -> None:
     hub = localhost_hub
     await hub.add_user(verified=True)
@@ -270,6 +273,8 @@ async def test_adding_a_passkey_long_after_signing_in_needs_the_password(localho
     await context.close()
 
 
+# On both databases: a sign-in takes the passkey's row with SELECT ... FOR UPDATE, so that of
+# two answers raced, one finds the counter the other moved.
 async def test_a_replayed_answer_and_a_counter_that_went_back_are_refused(localhost_hub: Hub, chromium: Chromium) -> None:
     hub = localhost_hub
     await hub.add_user(verified=True)
@@ -309,6 +314,7 @@ async def test_a_replayed_answer_and_a_counter_that_went_back_are_refused(localh
     await context.close()
 
 
+@EMBEDDED_DEFAULT
 @pytest.mark.parametrize("width", [390, 1280])
 async def test_the_passkey_pages_fit_the_screen(localhost_hub: Hub, chromium: Chromium, tmp_path: Path, width: int, database_url: str) -> None:
     hub = localhost_hub
@@ -346,6 +352,7 @@ async def test_the_passkey_pages_fit_the_screen(localhost_hub: Hub, chromium: Ch
     await context.close()
 
 
+@EMBEDDED_DEFAULT
 async def test_without_javascript_the_pages_say_what_to_do(localhost_hub: Hub, chromium: Chromium) -> None:
     hub = localhost_hub
     await hub.add_user(verified=True)
