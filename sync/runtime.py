@@ -47,6 +47,8 @@ DELIVERER = web.AppKey("sync_deliverer", Engine)
 METRICS_URL = web.AppKey("metrics_url", str)
 
 GAUGE_SECONDS = 5.0
+#: How long a scrape waits for the gauges to be read before it answers with the last figures.
+GAUGE_READ_SECONDS = 2.0
 
 
 def add_sync(app: web.Application, *, relay: bool, worker: bool, gauges: bool = True) -> None:
@@ -177,12 +179,16 @@ class Gauges:
             self._read_at = asyncio.get_running_loop().time()
 
     async def fresh(self) -> None:
-        """Read them again if they are older than :data:`GAUGE_SECONDS` (a failure is logged
-        and the scrape answers with the figures last read)."""
+        """Read them again if they are older than :data:`GAUGE_SECONDS`. A failure, or a read
+        taking over :data:`GAUGE_READ_SECONDS` (a scrape has a deadline of its own), is logged
+        and the scrape answers with the figures last read."""
         if self._read_at is not None and asyncio.get_running_loop().time() - self._read_at < GAUGE_SECONDS:
             return
         try:
-            await self.refresh()
+            async with asyncio.timeout(GAUGE_READ_SECONDS):
+                await self.refresh()
+        except TimeoutError:
+            log.warning("sync metrics: the gauges took over %.0f s to read; answering with the last figures", GAUGE_READ_SECONDS)
         except (SQLAlchemyError, OSError) as exc:
             log.warning("sync metrics: %s: %s", type(exc).__name__, exc)
 

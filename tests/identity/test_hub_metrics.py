@@ -1,6 +1,7 @@
 """The hub's own metrics at /metrics, read after real requests: HTTP requests by route template
 (never the raw path) and status with their latency, sign-ins (succeeded, failed, throttled),
-second-factor codes (asked, passed, failed), tokens by grant type, the database pool."""
+second-factor codes (asked, passed, failed), tokens by grant type, the database pool; and the
+gauges read from the database, at most GAUGE_SECONDS old when scraped."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from typing import Any
 import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
 
+from identity.appkeys import DB
+from identity.db.models import Service, utcnow
 from identity.metrics import HubMetrics
+from sync import runtime
 from sync.runtime import METRICS_URL
 from tests.identity.pages.test_two_step import code_step, enrol, later, password_step
 from tests.support import PASSWORD, Browser, Hub, RelyingParty
@@ -116,3 +121,31 @@ def test_the_route_cache_keeps_one_series_per_route_method_and_status() -> None:
         s.name + str(sorted(s.labels.items())): s.value for f in metrics.registry.collect() for s in f.samples
     }
     assert samples["onesignin_http_request_duration_seconds_count[('method', 'POST'), ('route', '/token')]"] == 4
+
+
+@pytest.fixture
+def gauges_read_hourly(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The hub's own loop reads the database's gauges every GAUGE_SECONDS: an hour here (set
+    # before the hub starts), so that only scrapes read them.
+    monkeypatch.setattr(runtime, "GAUGE_SECONDS", 3600.0)
+
+
+async def _quarantine(hub: Hub, client_id: str, quarantined: bool) -> None:
+    async with hub.app[DB].begin() as db:
+        await db.execute(
+            update(Service).where(Service.client_id == client_id).values(webhook_quarantined_at=utcnow() if quarantined else None)
+        )
+
+
+async def test_a_scrape_reads_the_gauges_when_they_are_older_than_gauge_seconds(
+    gauges_read_hourly: None, hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = await hub.add_service(name="Store")
+    await _quarantine(hub, store.client_id, True)
+    # Never read yet: the scrape reads them, and sees the service as it is now.
+    assert value(await scrape(hub), "onesignin_sync_quarantined_endpoints") == 1
+    await _quarantine(hub, store.client_id, False)
+    # Read less than GAUGE_SECONDS ago: the figures last read.
+    assert value(await scrape(hub), "onesignin_sync_quarantined_endpoints") == 1
+    monkeypatch.setattr(runtime, "GAUGE_SECONDS", 0.0)
+    assert value(await scrape(hub), "onesignin_sync_quarantined_endpoints") == 0

@@ -455,7 +455,7 @@ async def test_overdue_requests_are_listed_and_counted(
     ).json()["requests"]
     assert {r["id"]: r["overdue"] for r in mine}[late_id] is True
 
-    # The gauge (refreshed from the database every few seconds) counts them per target.
+    # The gauge (read from the database by a scrape that finds it older than 5 s) counts them per target.
     expected = {"hub": 1.0, forum.client_id: 1.0, store.client_id: 0.0}
     for _ in range(40):
         async with httpx2.AsyncClient(timeout=30) as http:
