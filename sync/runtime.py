@@ -46,21 +46,25 @@ DELIVERER = web.AppKey("sync_deliverer", Engine)
 #: Where the hub's metrics server answers (``http://host:port/metrics``), once it listens.
 METRICS_URL = web.AppKey("metrics_url", str)
 
+#: A scrape reads the database's gauges again once they are older than this.
 GAUGE_SECONDS = 5.0
+#: Each service's backlog is sampled into the console's chart rollups this often.
+BACKLOG_SAMPLE_SECONDS = 5.0
 #: How long a scrape waits for the gauges to be read before it answers with the last figures.
 GAUGE_READ_SECONDS = 2.0
 
 
 def add_sync(app: web.Application, *, relay: bool, worker: bool, gauges: bool = True) -> None:
     """Add the broker (if needed), relay and/or worker to ``app`` (after its database ctx), and
-    unless ``gauges`` is False the refresh of the gauges ``/metrics`` reports."""
+    unless ``gauges`` is False the gauges ``/metrics`` reads from the database and the backlog
+    samples behind the console's charts."""
     app[METRICS] = SyncMetrics()
     app[TASKS] = {}
     if relay or worker:
         app.cleanup_ctx.append(_broker)
     if gauges:
         app[GAUGES] = Gauges(app)
-        app.cleanup_ctx.append(_gauges)
+        app.cleanup_ctx.append(_backlog_samples)
     # Cleanup runs in reverse: the relay stops publishing before the worker stops consuming.
     if worker:
         app[notices.WAKE] = asyncio.Event()
@@ -161,48 +165,44 @@ async def _worker(app: web.Application) -> AsyncIterator[None]:
 
 class Gauges:
     """The gauges read from the database (the outbox, backlogs, dead letters, quarantined
-    endpoints, overdue rights requests), at most :data:`GAUGE_SECONDS` old when scraped: a scrape
-    that finds them older reads them again first, and the loop that samples the backlog rollups
-    reads them every :data:`GAUGE_SECONDS`. A process nobody scrapes reads them only with its
-    samples, and none in its first seconds."""
+    endpoints, overdue rights requests), read by a scrape that finds them older than
+    :data:`GAUGE_SECONDS` (or never read), and only then: a process nobody scrapes never reads
+    them, and scrapes close together share one read."""
 
     def __init__(self, app: web.Application) -> None:
         self._app = app
         self._read_at: float | None = None
         self._lock = asyncio.Lock()
 
-    async def refresh(self) -> None:
-        async with self._lock:
-            async with self._app[K.DB]() as db:
-                await refresh_gauges(db, self._app[METRICS])
-                await refresh_overdue(db, self._app[METRICS].rights_overdue)
-            self._read_at = asyncio.get_running_loop().time()
-
     async def fresh(self) -> None:
         """Read them again if they are older than :data:`GAUGE_SECONDS`. A failure, or a read
         taking over :data:`GAUGE_READ_SECONDS` (a scrape has a deadline of its own), is logged
         and the scrape answers with the figures last read."""
-        if self._read_at is not None and asyncio.get_running_loop().time() - self._read_at < GAUGE_SECONDS:
-            return
-        try:
-            async with asyncio.timeout(GAUGE_READ_SECONDS):
-                await self.refresh()
-        except TimeoutError:
-            log.warning("sync metrics: the gauges took over %.0f s to read; answering with the last figures", GAUGE_READ_SECONDS)
-        except (SQLAlchemyError, OSError) as exc:
-            log.warning("sync metrics: %s: %s", type(exc).__name__, exc)
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            if self._read_at is not None and loop.time() - self._read_at < GAUGE_SECONDS:
+                return
+            try:
+                async with asyncio.timeout(GAUGE_READ_SECONDS), self._app[K.DB]() as db:
+                    await refresh_gauges(db, self._app[METRICS])
+                    await refresh_overdue(db, self._app[METRICS].rights_overdue)
+                self._read_at = loop.time()
+            except TimeoutError:
+                log.warning("sync metrics: the gauges took over %.0f s to read; answering with the last figures", GAUGE_READ_SECONDS)
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("sync metrics: %s: %s", type(exc).__name__, exc)
 
 
 GAUGES = web.AppKey("sync_gauges", Gauges)
 
 
-async def _refresh(app: web.Application) -> None:
+async def _sample_backlog(app: web.Application) -> None:
+    """Each service's backlog, sampled every :data:`BACKLOG_SAMPLE_SECONDS` into the per-minute
+    rollups behind the console's charts."""
     backlogged: set[int] = set()  # services with a backlog at the last sample
     while True:
-        await asyncio.sleep(GAUGE_SECONDS)
+        await asyncio.sleep(BACKLOG_SAMPLE_SECONDS)
         try:
-            await app[GAUGES].refresh()
-            # Each service's backlog, sampled into the per-minute rollups behind the console's charts.
             async with app[K.DB].begin() as db:
                 backlogged = await rollups.sample_backlog(db, utcnow(), backlogged)
         except asyncio.CancelledError:
@@ -211,7 +211,7 @@ async def _refresh(app: web.Application) -> None:
             log.warning("sync metrics: %s: %s", type(exc).__name__, exc)
 
 
-_gauges = _background("sync-gauges", _refresh)
+_backlog_samples = _background("sync-backlog-samples", _sample_backlog)
 
 
 def standalone_app(

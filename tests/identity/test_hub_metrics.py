@@ -123,13 +123,6 @@ def test_the_route_cache_keeps_one_series_per_route_method_and_status() -> None:
     assert samples["onesignin_http_request_duration_seconds_count[('method', 'POST'), ('route', '/token')]"] == 4
 
 
-@pytest.fixture
-def gauges_read_hourly(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The hub's own loop reads the database's gauges every GAUGE_SECONDS: an hour here (set
-    # before the hub starts), so that only scrapes read them.
-    monkeypatch.setattr(runtime, "GAUGE_SECONDS", 3600.0)
-
-
 async def _quarantine(hub: Hub, client_id: str, quarantined: bool) -> None:
     async with hub.app[DB].begin() as db:
         await db.execute(
@@ -137,9 +130,8 @@ async def _quarantine(hub: Hub, client_id: str, quarantined: bool) -> None:
         )
 
 
-async def test_a_scrape_reads_the_gauges_when_they_are_older_than_gauge_seconds(
-    gauges_read_hourly: None, hub: Hub, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_scrape_reads_the_gauges_when_they_are_older_than_gauge_seconds(hub: Hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "GAUGE_SECONDS", 3600.0)
     store = await hub.add_service(name="Store")
     await _quarantine(hub, store.client_id, True)
     # Never read yet: the scrape reads them, and sees the service as it is now.
