@@ -3,8 +3,8 @@ charts, one row per service and minute, never raw rows.
 
 The delivery engine adds what it records (:func:`add`), in the transaction that records the
 outcomes: a rollup counts exactly the outcomes that were committed, and a batch rolled back is
-counted when it is recorded again. The gauge refresh samples each service's backlog into the
-current minute (:func:`sample_backlog`). Latency (from a change's commit, or a notice's writing,
+counted when it is recorded again. Every ``serve``, ``relay`` and ``worker`` process samples each
+service's backlog into the current minute every 5 s (:func:`sample_backlog`). Latency (from a change's commit, or a notice's writing,
 to the service's answer) is a small fixed histogram per minute (``LATENCY_BOUNDS``), so minutes
 add up into any step and p50/p99 are read from the sum (:func:`quantile`). Rows are upserted in
 (minute, service) order everywhere, so concurrent writers never deadlock on them. The cleanup job
