@@ -417,7 +417,33 @@ def postgres_pool(postgres_templates: PostgresTemplates) -> Iterator[PostgresPoo
     pool.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+#: The test functions that run on SQLite alone: what each reaches on Postgres, other tests reach
+#: there too (``tests/statements.py`` checks this and plans the list). Every other test that takes
+#: a database runs on both, unless it names its own (``tests/support.py``'s marks);
+#: ``ONESIGNIN_TEST_BOTH_DATABASES=1`` runs every one on both.
+SQLITE_ALONE_LIST = Path(__file__).with_name("sqlite_alone.txt")
+
+
+@functools.cache
+def _sqlite_alone() -> frozenset[str]:
+    if os.environ.get("ONESIGNIN_TEST_BOTH_DATABASES"):
+        return frozenset()
+    lines = SQLITE_ALONE_LIST.read_text(encoding="utf-8").splitlines()
+    return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database_url" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0] if mark.args else mark.kwargs.get("argnames", "")
+        if "database_url" in ([n.strip() for n in names.split(",")] if isinstance(names, str) else names):
+            return  # the test names its database
+    alone = metafunc.definition.nodeid in _sqlite_alone()
+    metafunc.parametrize("database_url", ["sqlite"] if alone else ["sqlite", "postgres"], indirect=True)
+
+
+@pytest.fixture
 async def database_url(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[str]:
