@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,9 +26,9 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def start(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "identity.cli", *args], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    """``serve`` or ``worker`` that stops before it serves: a process of its own, forked from one
+    that imported the CLI (``tests/cli.py``), as each fails before it would start a server."""
+    return onesignin(env, *args)
 
 
 def said(done: subprocess.CompletedProcess[str]) -> list[str]:

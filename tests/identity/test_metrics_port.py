@@ -16,6 +16,7 @@ import httpx2
 import pytest
 
 from sync.runtime import METRICS_URL
+from tests.cli import onesignin
 from tests.conftest import free_port
 from tests.support import Hub
 
@@ -60,5 +61,5 @@ def test_serve_answers_metrics_on_its_metrics_port_only(tmp_path: Path) -> None:
         hub.wait(timeout=60)
         hub.stdout.close()  # type: ignore[union-attr]
 
-    same = subprocess.run([*command, "--metrics-port", str(port)], env=env, capture_output=True, text=True, timeout=60)
+    same = onesignin(env, *command[3:], "--metrics-port", str(port))
     assert same.returncode == 2 and "--metrics-port must differ from --port" in same.stderr
