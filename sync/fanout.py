@@ -371,6 +371,9 @@ class FanOut:
             batch = await consumer.getmany(timeout_ms=500, max_records=self.settings.relay_batch_size)
             if await watch.rewind_if_new(consumer):
                 continue  # read again from the start what this batch skipped of the new broker
+            topic = self.settings.kafka_topic_prefix + PROFILE_TOPIC
+            if await watch.partition_count_changed(topic):
+                raise kafka.PartitionsChanged(f"{topic}: its partitions changed under this consumer")
             if not consumer.assignment():
                 # The topic may be gone with a broker that lost its memory: it is made again here
                 # too, not only by the relay, so the group is assigned its partitions once more.

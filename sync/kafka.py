@@ -290,6 +290,8 @@ class BrokerWatch:
     def __init__(self, settings: Settings, bootstrap: str) -> None:
         self._topics = Topics(settings, bootstrap)
         self._next = 0.0
+        self._next_count = 0.0
+        self._count: int | None = None
 
     async def rewind_if_new(self, consumer: AIOKafkaConsumer) -> bool:
         loop = asyncio.get_running_loop()
@@ -310,8 +312,39 @@ class BrokerWatch:
             await consumer.seek_to_beginning(*assigned)
         return new_broker
 
+    async def partition_count_changed(self, topic: str) -> bool:
+        """Whether the broker's partition count of ``topic`` changed since the previous look
+        (``Topics.interval()`` apart). A group's leader assigns the partitions its client sees,
+        and aiokafka's leader can assign from a view taken just before a metadata update that
+        it then records as already assigned: when the relay makes the topic again with the
+        configured count (the embedded broker restarted empty and made the topic with its
+        default of 4 when a consumer asked for it), the new partitions stay nobody's for as long
+        as the group's members run, since later metadata refreshes show nothing new to them.
+        The caller makes its consumer again, which reads the metadata afresh and joins again."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._next_count:
+            return False
+        self._next_count = loop.time() + self._topics.interval()
+        try:
+            admin = await self._topics._client()
+            found = [t for t in await admin.describe_topics([topic]) if not t.get("error_code")]
+        except Exception as exc:  # noqa: BLE001 (the broker is away: the consumer itself reconnects)
+            await self._topics.close()
+            log.debug("asking the Kafka broker about %s: %s: %s", topic, type(exc).__name__, exc)
+            return False
+        count = len(found[0]["partitions"]) if found else None
+        before, self._count = self._count, count
+        if before is None or count is None or before == count:
+            return False
+        log.warning("%s now has %s partitions on the broker, not %s: joining the group again", topic, count, before)
+        return True
+
     async def close(self) -> None:
         await self._topics.close()
+
+
+class PartitionsChanged(Exception):
+    """The topic a consumer reads has another partition count than when it joined its group."""
 
 
 async def rewind_past_the_end(consumer: AIOKafkaConsumer) -> list[Any]:

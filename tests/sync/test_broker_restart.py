@@ -529,3 +529,57 @@ async def test_a_consumer_past_the_end_of_a_topic_made_again_reads_it_from_the_s
             await consumer.stop()
             await producer.stop()
             await admin.close()
+
+
+async def test_a_group_whose_topic_was_made_again_with_more_partitions_joins_again_and_reads_them_all() -> None:
+    """The profile topic made by a metadata request with the embedded broker's default of 4
+    partitions, a worker assigned those 4, then the relay making the topic again with 12: the
+    worker's client soon sees 12, but its group keeps the assignment of 4 (aiokafka took the new
+    count as assigned), so partitions 4 to 11 are nobody's and what is published there is never
+    consumed. The broker watch sees the count change; a consumer made again is assigned all 12."""
+    topic = "profile-made-again"
+    settings = Settings(kafka_session_timeout=3.0)
+    async with EmbeddedBroker() as broker:
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        await admin.start()
+        watch = kafka.BrokerWatch(settings, broker.bootstrap)
+        consumer = kafka.consumer(settings, broker.bootstrap, "workers")
+        again: AIOKafkaConsumer | None = None
+        try:
+            await admin.create_topics([NewTopic(topic, 4, 1)])
+            consumer.subscribe([topic])
+            await consumer.start()
+
+            async def assigned() -> set[int]:
+                await consumer.getmany(timeout_ms=100)
+                return {tp.partition for tp in consumer.assignment()}
+
+            assert await eventually(assigned, what="the first assignment") == {0, 1, 2, 3}
+            assert not await watch.partition_count_changed(topic)  # its first look
+
+            await admin.delete_topics([topic])
+            await admin.create_topics([NewTopic(topic, 12, 1)])
+
+            async def changed() -> bool:
+                await consumer.getmany(timeout_ms=100)
+                return await watch.partition_count_changed(topic)
+
+            await eventually(changed, what="the new partition count seen")
+            assert len(consumer.assignment()) == 4  # what the group would keep
+
+            await consumer.stop()
+            again = kafka.consumer(settings, broker.bootstrap, "workers")
+            again.subscribe([topic])
+            await again.start()
+
+            async def all_assigned() -> int:
+                await again.getmany(timeout_ms=100)
+                return len(again.assignment())
+
+            assert await eventually(all_assigned, what="all 12 partitions assigned") == 12
+        finally:
+            await consumer.stop()
+            if again is not None:
+                await again.stop()
+            await watch.close()
+            await admin.close()
