@@ -332,9 +332,11 @@ class BrokerWatch:
             await self._topics.close()
             log.debug("asking the Kafka broker about %s: %s: %s", topic, type(exc).__name__, exc)
             return False
-        count = len(found[0]["partitions"]) if found else None
+        if not found:
+            return False  # gone for now: the count it comes back with is compared with the last one seen
+        count = len(found[0]["partitions"])
         before, self._count = self._count, count
-        if before is None or count is None or before == count:
+        if before is None or before == count:
             return False
         log.warning("%s now has %s partitions on the broker, not %s: joining the group again", topic, count, before)
         return True
