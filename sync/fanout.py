@@ -314,7 +314,7 @@ class FanOut:
 
     async def run(self) -> None:
         backoff = Backoff(ceiling=MAX_BACKOFF)
-        watch = kafka.BrokerWatch(self.settings, self.bootstrap)
+        watch = kafka.BrokerWatch(self.settings, self.bootstrap, self.settings.kafka_topic_prefix + PROFILE_TOPIC)
         try:
             while True:
                 consumer: AIOKafkaConsumer | None = None
@@ -369,11 +369,8 @@ class FanOut:
         unassigned_since: float | None = None
         while True:
             batch = await consumer.getmany(timeout_ms=500, max_records=self.settings.relay_batch_size)
-            if await watch.rewind_if_new(consumer):
+            if await watch.look(consumer):  # raises PartitionsChanged: the consumer is made again
                 continue  # read again from the start what this batch skipped of the new broker
-            topic = self.settings.kafka_topic_prefix + PROFILE_TOPIC
-            if await watch.partition_count_changed(topic):
-                raise kafka.PartitionsChanged(f"{topic}: its partitions changed under this consumer")
             if not consumer.assignment():
                 # The topic may be gone with a broker that lost its memory: it is made again here
                 # too, not only by the relay, so the group is assigned its partitions once more.

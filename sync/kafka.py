@@ -193,9 +193,10 @@ class Topics:
     def interval(self) -> float:
         return CHECK_SECONDS_MEMORY if self.cluster_id is None or memory_only(self.cluster_id) else CHECK_SECONDS_CLUSTER
 
-    async def check(self, wanted: dict[str, int]) -> Checked:
+    async def check(self, wanted: dict[str, int], *, watched: tuple[str, ...] = ()) -> Checked:
         """Make the ``wanted`` topics (name to partition count) exist with that count where the
-        hub may (missing anywhere; wrong on the embedded broker), and say what was found."""
+        hub may (missing anywhere; wrong on the embedded broker), and say what was found; the
+        ``watched`` topics' partition counts are only read (``Checked.partitions``)."""
         try:
             admin = await self._client()
             cluster_id = str((await admin.describe_cluster())["cluster_id"])
@@ -210,6 +211,9 @@ class Topics:
             self.cluster_id = cluster_id
             if wanted:
                 await self._settle(admin, checked, wanted)
+            elif watched:
+                existing = await _partition_counts(admin)
+                checked.partitions = {t: existing[t] for t in watched if t in existing}
             return checked
         except BaseException:
             await self.close()
@@ -219,7 +223,7 @@ class Topics:
         for attempt in range(REPAIR_ATTEMPTS + 1):
             if attempt:
                 await asyncio.sleep(0.05 * attempt)  # a cluster's metadata follows a creation closely, not at once
-            existing = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics() if not t.get("error_code")}
+            existing = await _partition_counts(admin)
             checked.partitions = {t: existing[t] for t in wanted if t in existing}
             missing = {t: n for t, n in wanted.items() if t not in existing}
             wrong = {t: existing[t] for t, n in wanted.items() if t in existing and existing[t] != n and t not in checked.wrong}
@@ -284,62 +288,51 @@ class BrokerWatch:
     memory-only embedded broker restarted empty). Its place in each partition of the old broker
     means nothing there: if the new partition filled past that place before a fetch came back
     empty, ``rewind_past_the_end`` never sees it and what was published again below it would
-    be skipped. So on a change every assigned partition is read again from the start. Looked at
-    every ``Topics.interval()`` seconds; a broker that cannot be asked is asked again then."""
+    be skipped. So on a change every assigned partition is read again from the start.
 
-    def __init__(self, settings: Settings, bootstrap: str) -> None:
+    It also watches the partition count of ``topic`` (the consumer's). A group's leader assigns
+    the partitions its client sees, and aiokafka's leader can assign from a view taken just
+    before a metadata update that it then records as already assigned: when the relay makes the
+    topic again with the configured count (the embedded broker restarted empty and made the
+    topic with its default of 4 when a consumer asked about it), the new partitions stay
+    nobody's for as long as the group's members run, since later metadata refreshes show them
+    nothing new. So a changed count raises ``PartitionsChanged``: the caller makes its consumer
+    again, which reads the metadata afresh and joins the group again.
+
+    Looked at every ``Topics.interval()`` seconds; a broker that cannot be asked is asked again
+    then."""
+
+    def __init__(self, settings: Settings, bootstrap: str, topic: str | None = None) -> None:
         self._topics = Topics(settings, bootstrap)
+        self._topic = topic
+        self._count: int | None = None  # the topic's partition count at the last look that found it
         self._next = 0.0
-        self._next_count = 0.0
-        self._count: int | None = None
 
-    async def rewind_if_new(self, consumer: AIOKafkaConsumer) -> bool:
+    async def look(self, consumer: AIOKafkaConsumer) -> bool:
+        """Whether the broker is another one since the last look (the consumer's partitions are
+        then read again from the start); raises ``PartitionsChanged`` (see the class)."""
         loop = asyncio.get_running_loop()
         if loop.time() < self._next:
             return False
         self._next = loop.time() + self._topics.interval()
         try:
-            new_broker = (await self._topics.check({})).new_broker
+            checked = await self._topics.check({}, watched=(self._topic,) if self._topic else ())
         except Exception as exc:  # the broker is away: the consumer itself reconnects
             log.debug("asking the Kafka broker its cluster id: %s: %s", type(exc).__name__, exc)
             return False
+        before, count = self._count, checked.partitions.get(self._topic or "")
+        if count is not None:  # a topic gone for now is compared, when it is back, with the last count
+            self._count = count
         assigned = consumer.assignment()
-        if new_broker and assigned:
+        if checked.new_broker and assigned:
             log.warning(
                 "%s: the broker is another one (cluster id %s); reading from the start",
                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)), self._topics.cluster_id,
             )
             await consumer.seek_to_beginning(*assigned)
-        return new_broker
-
-    async def partition_count_changed(self, topic: str) -> bool:
-        """Whether the broker's partition count of ``topic`` changed since the previous look
-        (``Topics.interval()`` apart). A group's leader assigns the partitions its client sees,
-        and aiokafka's leader can assign from a view taken just before a metadata update that
-        it then records as already assigned: when the relay makes the topic again with the
-        configured count (the embedded broker restarted empty and made the topic with its
-        default of 4 when a consumer asked for it), the new partitions stay nobody's for as long
-        as the group's members run, since later metadata refreshes show nothing new to them.
-        The caller makes its consumer again, which reads the metadata afresh and joins again."""
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._next_count:
-            return False
-        self._next_count = loop.time() + self._topics.interval()
-        try:
-            admin = await self._topics._client()
-            found = [t for t in await admin.describe_topics([topic]) if not t.get("error_code")]
-        except Exception as exc:  # noqa: BLE001 (the broker is away: the consumer itself reconnects)
-            await self._topics.close()
-            log.debug("asking the Kafka broker about %s: %s: %s", topic, type(exc).__name__, exc)
-            return False
-        if not found:
-            return False  # gone for now: the count it comes back with is compared with the last one seen
-        count = len(found[0]["partitions"])
-        before, self._count = self._count, count
-        if before is None or before == count:
-            return False
-        log.warning("%s now has %s partitions on the broker, not %s: joining the group again", topic, count, before)
-        return True
+        if None not in (before, count) and before != count:
+            raise PartitionsChanged(f"{self._topic} now has {count} partitions on the broker, not {before}: joining the group again")
+        return checked.new_broker
 
     async def close(self) -> None:
         await self._topics.close()
@@ -347,6 +340,12 @@ class BrokerWatch:
 
 class PartitionsChanged(Exception):
     """The topic a consumer reads has another partition count than when it joined its group."""
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
+    """Each topic's partition count, from all topics' metadata: a request naming a topic makes
+    it, with its own default count, on the embedded broker."""
+    return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics() if not t.get("error_code")}
 
 
 async def rewind_past_the_end(consumer: AIOKafkaConsumer) -> list[Any]:

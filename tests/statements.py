@@ -142,7 +142,7 @@ def _function(nodeid: str) -> tuple[str, str | None]:
 def plan(report: Path) -> list[str]:
     """The test functions whose Postgres runs add no statement that the other Postgres runs do
     not reach, the longest first (greedily: each one dropped is no longer counted on)."""
-    runs: dict[str, dict[str, list[tuple[str, float, set[str]]]]] = defaultdict(lambda: defaultdict(list))
+    runs: dict[str, dict[str, list[tuple[float, set[str]]]]] = defaultdict(lambda: defaultdict(list))
     reached_by: dict[str, int] = defaultdict(int)  # Postgres statement -> runs reaching it
     for line in report.read_text(encoding="utf-8").splitlines():
         found = json.loads(line)
@@ -150,14 +150,14 @@ def plan(report: Path) -> list[str]:
         if database is None:
             continue
         keys = set(found["reached"].get("postgresql", []))
-        runs[function][database].append((found["test"], found["seconds"], keys))
+        runs[function][database].append((found["seconds"], keys))
         for key in keys:
             reached_by[key] += 1
     candidates = [(f, by["postgres"]) for f, by in runs.items() if by.get("sqlite") and by.get("postgres")]
-    candidates.sort(key=lambda c: -sum(seconds for _, seconds, _ in c[1]))
+    candidates.sort(key=lambda c: -sum(seconds for seconds, _ in c[1]))
     alone = []
     for function, postgres_runs in candidates:
-        keys = [key for _, _, reached in postgres_runs for key in reached]
+        keys = [key for _, reached in postgres_runs for key in reached]
         spent = defaultdict(int)
         for key in keys:
             spent[key] += 1

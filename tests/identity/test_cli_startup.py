@@ -25,12 +25,6 @@ def env(tmp_path: Path) -> dict[str, str]:
     return os.environ | {"ONESIGNIN_DATA_DIR": str(tmp_path), "ONESIGNIN_SECRET_KEY": "c" * 40}
 
 
-def start(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """``serve`` or ``worker`` that stops before it serves: a process of its own, forked from one
-    that imported the CLI (``tests/cli.py``), as each fails before it would start a server."""
-    return onesignin(env, *args)
-
-
 def said(done: subprocess.CompletedProcess[str]) -> list[str]:
     """What the command said, without the development warnings logged before it (each a line
     starting with a timestamp)."""
@@ -43,7 +37,7 @@ def test_serve_on_a_busy_port(env: dict[str, str]) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = start(env, "serve", "--port", str(port), "--metrics-port", "0")
+        done = onesignin(env, "serve", "--port", str(port), "--metrics-port", "0")
     assert done.returncode == 2
     assert said(done) == [f"onesignin: port {port} on 127.0.0.1 is already in use by another process: stop it, or choose another --port"]
     assert done.stdout == ""
@@ -52,7 +46,7 @@ def test_serve_on_a_busy_port(env: dict[str, str]) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         metrics_port = taken.getsockname()[1]
-        done = start(env, "serve", "--port", str(free_port()), "--metrics-port", str(metrics_port))
+        done = onesignin(env, "serve", "--port", str(free_port()), "--metrics-port", str(metrics_port))
     assert done.returncode == 2
     assert said(done) == [
         f"onesignin: port {metrics_port} on 127.0.0.1 is already in use by another process: stop it, or choose another "
@@ -63,7 +57,7 @@ def test_serve_on_a_busy_port(env: dict[str, str]) -> None:
 def test_serve_and_worker_with_an_unreachable_database(env: dict[str, str]) -> None:
     env = env | {"ONESIGNIN_DATABASE_URL": f"postgresql://hub:secret-pw@127.0.0.1:{free_port()}/onesignin"}
     for args in (["serve", "--port", str(free_port()), "--metrics-port", "0"], ["worker", "--port", str(free_port())]):
-        done = start(env | {"ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}, *args)
+        done = onesignin(env | {"ONESIGNIN_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}, *args)
         assert done.returncode == 2, done.stderr
         first, second = said(done)
         assert first.startswith("onesignin: cannot reach the database at postgresql+asyncpg://hub:***@127.0.0.1:")
@@ -102,7 +96,7 @@ def unmigrated_postgres() -> Iterator[str]:
 
 def test_serve_on_an_unmigrated_postgres_says_run_migrate(env: dict[str, str], unmigrated_postgres: str) -> None:
     env = env | {"ONESIGNIN_DATABASE_URL": unmigrated_postgres}
-    done = start(env, "serve", "--port", str(free_port()), "--metrics-port", "0")
+    done = onesignin(env, "serve", "--port", str(free_port()), "--metrics-port", "0")
     assert done.returncode == 2
     first, second = said(done)
     assert first.endswith(" has never been migrated") and second.startswith("run `onesignin migrate`")

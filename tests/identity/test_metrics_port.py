@@ -42,8 +42,8 @@ def test_serve_answers_metrics_on_its_metrics_port_only(tmp_path: Path) -> None:
         "ONESIGNIN_ISSUER": f"http://127.0.0.1:{port}",
         "ONESIGNIN_SECRET_KEY": "m" * 40,
     }
-    command = [sys.executable, "-m", "identity.cli", "serve", "--port", str(port), "--no-sync"]
-    hub = subprocess.Popen([*command, "--metrics-port", str(metrics_port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    serve = ["serve", "--port", str(port), "--no-sync"]
+    hub = subprocess.Popen([sys.executable, "-m", "identity.cli", *serve, "--metrics-port", str(metrics_port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         started = json.loads(hub.stdout.readline())  # type: ignore[union-attr]
         assert started["metrics"] == f"http://127.0.0.1:{metrics_port}/metrics"
@@ -61,5 +61,5 @@ def test_serve_answers_metrics_on_its_metrics_port_only(tmp_path: Path) -> None:
         hub.wait(timeout=60)
         hub.stdout.close()  # type: ignore[union-attr]
 
-    same = onesignin(env, *command[3:], "--metrics-port", str(port))
+    same = onesignin(env, *serve, "--metrics-port", str(port))
     assert same.returncode == 2 and "--metrics-port must differ from --port" in same.stderr

@@ -139,7 +139,7 @@ class TopicReader:
         while True:
             try:
                 batch = await self.consumer.getmany(timeout_ms=200)
-                if await self.watch.rewind_if_new(self.consumer):
+                if await self.watch.look(self.consumer):
                     continue
                 if not batch:  # what the integration guide asks after a topic was made again
                     await kafka.rewind_past_the_end(self.consumer)
@@ -542,7 +542,7 @@ async def test_a_group_whose_topic_was_made_again_with_more_partitions_joins_aga
     async with EmbeddedBroker() as broker:
         admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
         await admin.start()
-        watch = kafka.BrokerWatch(settings, broker.bootstrap)
+        watch = kafka.BrokerWatch(settings, broker.bootstrap, topic)
         consumer = kafka.consumer(settings, broker.bootstrap, "workers")
         again: AIOKafkaConsumer | None = None
         try:
@@ -555,14 +555,19 @@ async def test_a_group_whose_topic_was_made_again_with_more_partitions_joins_aga
                 return {tp.partition for tp in consumer.assignment()}
 
             assert await eventually(assigned, what="the first assignment") == {0, 1, 2, 3}
-            assert not await watch.partition_count_changed(topic)  # its first look
+            assert not await watch.look(consumer)  # its first look: the count is 4
 
             await admin.delete_topics([topic])
             await admin.create_topics([NewTopic(topic, 12, 1)])
 
             async def changed() -> bool:
                 await consumer.getmany(timeout_ms=100)
-                return await watch.partition_count_changed(topic)
+                try:
+                    await watch.look(consumer)
+                except kafka.PartitionsChanged as error:
+                    assert "now has 12 partitions on the broker, not 4" in str(error)
+                    return True
+                return False
 
             await eventually(changed, what="the new partition count seen")
             assert len(consumer.assignment()) == 4  # what the group would keep
