@@ -63,4 +63,7 @@ def configure(log_format: LogFormat = "text", level: int = logging.INFO) -> None
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # No line shows a thread, a process or a multiprocessing name: each record (one access line
+    # per request) is spared looking them up.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -164,7 +164,8 @@ async def exchange(
     basic = base64.b64encode(f"{CLIENT_ID}:{client_secret(hub_secret)}".encode()).decode()
     request = HubOAuth2Request(
         "POST",
-        settings.issuer + "/token",
+        settings.issuer,
+        "/token",
         {"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"},
         form=[
             ("grant_type", "authorization_code"),

@@ -71,7 +71,7 @@ async def authorize(request: web.Request) -> web.StreamResponse:
             params = await pushed.take(db, data["request_uri"], data.get("client_id"))
             if params is None:
                 return error_page(request, "invalid_request_uri", "The pushed request is unknown, expired or already used.")
-            oauth_request = HubOAuth2Request("GET", issuer + "/authorize", request.headers, query=params)
+            oauth_request = HubOAuth2Request("GET", issuer, "/authorize", request.headers, query=params)
         else:
             # (A pushed request of a service that must sign its requests was checked when pushed.)
             client = await _client(request, db, data.get("client_id"))
@@ -82,7 +82,7 @@ async def authorize(request: web.Request) -> web.StreamResponse:
                 opened = await _open_request_object(request, db, data.get("client_id"), data["request"])
                 if isinstance(opened, web.StreamResponse):
                     return opened
-                oauth_request = HubOAuth2Request("GET", issuer + "/authorize", request.headers, query=opened)
+                oauth_request = HubOAuth2Request("GET", issuer, "/authorize", request.headers, query=opened)
             elif client is not None and client.require_signed_request_object:
                 return error_page(request, "invalid_request", "This service must send its requests as signed request objects.")
         signed_in = await browser.current(request, db)
@@ -127,7 +127,7 @@ async def resume(request: web.Request) -> web.StreamResponse:
         interaction = await interactions.find(db, uid, INTERACTION.read(request))
         if interaction is None:
             return expired_interaction(request)
-        oauth_request = HubOAuth2Request("GET", settings.issuer + "/authorize", request.headers, query=interactions.query(interaction))
+        oauth_request = HubOAuth2Request("GET", settings.issuer, "/authorize", request.headers, query=interactions.query(interaction))
         signed_in = await browser.current(request, db)
         answer = await _authorize(request, db, oauth_request, signed_in, interactions.decision(interaction), interaction)
         if answer.final:

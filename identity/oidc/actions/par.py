@@ -55,7 +55,7 @@ async def pushed_authorization_request(request: web.Request) -> web.StreamRespon
             if "request_uri" in oauth_request.form:
                 raise InvalidRequestError("request_uri may not be pushed (RFC 9126 section 2.1).")
             # The same checks as /authorize (before the person is involved).
-            provider.get_consent_grant(HubOAuth2Request("GET", issuer + "/authorize", request.headers, query=params))
+            provider.get_consent_grant(HubOAuth2Request("GET", issuer, "/authorize", request.headers, query=params))
         except OAuth2Error as error:
             error.redirect_uri = None  # answered here, as JSON, never by redirect
             return to_response(*error())

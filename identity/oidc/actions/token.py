@@ -54,9 +54,10 @@ def in_memory_grant(oauth_request: HubOAuth2Request) -> bool:
 async def token(request: web.Request) -> web.StreamResponse:
     if (bad := form_only(request)) is not None:
         return bad
-    provider = request.config_dict[PROVIDER]
-    sessions = request.config_dict[DB]
-    oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
+    config = request.config_dict  # a new view of the apps' chain at each access: taken once
+    provider = config[PROVIDER]
+    sessions = config[DB]
+    oauth_request = await read_request(request, config[SETTINGS].issuer)
     # DPoP (RFC 9449): a proof, if sent, is checked first, with one of the hub's nonces.
     try:
         proof = dpop.from_request(oauth_request, nonces=provider.dpop_nonces)
@@ -84,7 +85,7 @@ async def token(request: web.Request) -> web.StreamResponse:
         async with autocommit(sessions) if alone else sessions.begin() as db:
             response = await provider.run(db, issue)
     if response.status == 200:
-        request.config_dict[HUB_METRICS].token_issued(oauth_request.payload.grant_type)
+        config[HUB_METRICS].token_issued(oauth_request.payload.grant_type)
     if proof is not None:
         response.headers["DPoP-Nonce"] = provider.dpop_nonces.current()
     return response
@@ -107,9 +108,10 @@ async def revoke(request: web.Request) -> web.StreamResponse:
 async def introspect(request: web.Request) -> web.StreamResponse:
     if (bad := form_only(request)) is not None:
         return bad
-    provider = request.config_dict[PROVIDER]
-    sessions = request.config_dict[DB]
-    oauth_request = await read_request(request, request.config_dict[SETTINGS].issuer)
+    config = request.config_dict
+    provider = config[PROVIDER]
+    sessions = config[DB]
+    oauth_request = await read_request(request, config[SETTINGS].issuer)
     await client_keys_ready(request, oauth_request)
     answer = lambda: provider.create_endpoint_response("introspection", oauth_request)  # noqa: E731
     if oauth_request.form.get("token", "").startswith(SERVICE_TOKEN_PREFIX):
