@@ -123,6 +123,7 @@ def services_remove(settings: Settings, args: argparse.Namespace) -> dict[str, A
         "links_ended": removed.links_ended,
         "deliveries_dropped": removed.deliveries_dropped,
         "notices_dropped": removed.notices_dropped,
+        "rights_requests_kept": removed.rights_requests_kept,
     } | sent
 
 
@@ -266,7 +267,8 @@ def add_service_commands(services_sub: Any) -> None:
         description="Remove a service and what the hub keeps for it. Refused while people are linked to it unless "
         "--force: then each active link ends as when the person unlinks the service at the hub (their tokens and "
         "consent revoked, their hub sessions logged out of it by back-channel logout, the deliveries and notices "
-        "waiting for it dropped), and the service's rows go with it. Refused while a rights request to it is open. "
+        "waiting for it dropped), and the service's rows go with it. Refused while a rights request to it is open; "
+        "its closed ones are kept, naming it, for ONESIGNIN_RIGHTS_REQUEST_RETENTION_DAYS like any closed request. "
         "Consider `services disable` instead. Audited.",
     )
     remove.add_argument("--client-id", required=True)

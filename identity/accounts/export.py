@@ -147,7 +147,13 @@ async def build(db: AsyncSession, account: Account) -> AccountExport:
         rights_requests=[
             RightsRequestPart(
                 id=r.public_id,
-                service=ref(r.service_id) if r.service_id is not None else None,
+                service=(
+                    ref(r.service_id)
+                    if r.service_id is not None
+                    else ServiceRef(client_id=r.removed_service_client_id, name=r.removed_service_name or "")
+                    if r.removed_service_client_id is not None
+                    else None
+                ),
                 type=r.type,
                 details=r.details,
                 status=r.status,

@@ -19,7 +19,9 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    ColumnElement,
     UniqueConstraint,
+    and_,
     false,
     func,
     literal_column,
@@ -742,6 +744,12 @@ class RightsRequest(Base):
     public_id: Mapped[str] = mapped_column(String(36), unique=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
     service_id: Mapped[int | None] = mapped_column(ForeignKey("services.id", ondelete="CASCADE"), index=True)
+    # A removed service's request (closed: an open one blocks the removal) keeps who it was
+    # addressed to here, its ``service_id`` cleared, for as long as closed requests are kept
+    # (``ONESIGNIN_RIGHTS_REQUEST_RETENTION_DAYS``). Addressed to the hub: both columns and
+    # ``service_id`` null (:attr:`to_hub`).
+    removed_service_client_id: Mapped[str | None] = mapped_column(String(64))
+    removed_service_name: Mapped[str | None] = mapped_column(String(200))
     type: Mapped[str] = mapped_column(String(32))
     details: Mapped[str | None] = mapped_column(Text)
     # "received", "acknowledged", "extended", "completed", "refused"
@@ -757,6 +765,16 @@ class RightsRequest(Base):
     extended_at: Mapped[dt.datetime | None]
     closed_at: Mapped[dt.datetime | None]
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    @hybrid_property
+    def to_hub(self) -> bool:
+        """Addressed to the hub itself (not to a service, present or removed)."""
+        return self.service_id is None and self.removed_service_client_id is None
+
+    @to_hub.inplace.expression
+    @classmethod
+    def _to_hub_expression(cls) -> ColumnElement[bool]:
+        return and_(cls.service_id.is_(None), cls.removed_service_client_id.is_(None))
 
 
 class RightsRequestEvent(Base):

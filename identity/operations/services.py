@@ -9,7 +9,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import link_lifecycle
@@ -168,6 +168,8 @@ class Removed:
     deliveries_dropped: int
     notices_dropped: int
     logouts: list[LogoutNotice]
+    #: Closed rights requests to it, kept (naming it) for the retention period of closed requests.
+    rights_requests_kept: int = 0
 
 
 async def remove(
@@ -177,7 +179,8 @@ async def remove(
     it unless ``force``: then each active link ends as when the person unlinks it (tokens and
     consent revoked, its queued deliveries dropped, the person's hub sessions logged out of it by
     back-channel logout), and the rows go with the service. Refused while a rights request to it
-    is open, whatever ``force`` says: the service must answer it first."""
+    is open, whatever ``force`` says: the service must answer it first. Its closed requests stay,
+    naming it (``RightsRequest.removed_service_*``), until the retention of closed requests ends."""
     service = await _find(db, client_id, lock=True)
     if service.first_party:
         raise InvalidInput(f"{client_id} is the hub's own client: it cannot be removed")
@@ -216,6 +219,13 @@ async def remove(
     )
     for link, account in linked:
         record(db, actor_kind="cli", actor=actor, action="link.ended_by_service_removal", account_sub=account.sub, detail={"client_id": service.client_id})
-    removed = Removed(service.client_id, service.name, len(linked), deliveries or 0, waiting or 0, logouts)
+    # The record of how the service answered people's requests outlives it, like any closed
+    # request: kept, naming the service, until the purge's retention period ends.
+    kept = await db.execute(
+        update(RightsRequest)
+        .where(RightsRequest.service_id == service.id)
+        .values(service_id=None, removed_service_client_id=service.client_id, removed_service_name=service.name)
+    )
+    removed = Removed(service.client_id, service.name, len(linked), deliveries or 0, waiting or 0, logouts, kept.rowcount)
     await db.execute(delete(Service).where(Service.id == service.id))
     return removed

@@ -95,7 +95,7 @@ async def answer(
         client_id = await db.scalar(
             select(Service.client_id).where(Service.id == found.service_id)
         )
-        raise AnsweredByService(client_id or "?") from None
+        raise AnsweredByService(client_id or found.removed_service_client_id or "?") from None
     await store.move(
         db, request, status=status, reason=reason, actor_kind="hub", actor=actor
     )

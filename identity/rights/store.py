@@ -51,7 +51,7 @@ class RequestView:
 
     request: RightsRequest
     sub: str
-    #: The service it is addressed to (None: the hub itself).
+    #: The service it is addressed to (None: the hub itself), present or removed.
     client_id: str | None
     service_name: str | None
     history: list[RightsRequestEvent] = field(default_factory=list)
@@ -227,7 +227,7 @@ async def for_hub_one(
     db: AsyncSession, public_id: str, *, lock: bool = False
 ) -> RightsRequest:
     """A request addressed to the hub itself."""
-    return await _one(db, public_id, RightsRequest.service_id.is_(None), lock=lock)
+    return await _one(db, public_id, RightsRequest.to_hub, lock=lock)
 
 
 async def any_one(db: AsyncSession, public_id: str) -> RightsRequest:
@@ -248,7 +248,12 @@ def _state(state: State, now: dt.datetime) -> list[Any]:
 async def _views(db: AsyncSession, *where: Any, order_by: Any) -> list[RequestView]:
     rows = (
         await db.execute(
-            select(RightsRequest, Account.sub, Service.client_id, Service.name)
+            select(
+                RightsRequest,
+                Account.sub,
+                func.coalesce(Service.client_id, RightsRequest.removed_service_client_id),
+                func.coalesce(Service.name, RightsRequest.removed_service_name),
+            )
             .join(Account, Account.id == RightsRequest.account_id)
             .outerjoin(Service, Service.id == RightsRequest.service_id)
             .where(*where)
@@ -278,7 +283,7 @@ def _of_account(account_id: int, visible_to: int | None) -> list[Any]:
         where.append(
             (RightsRequest.service_id == visible_to)
             | (
-                RightsRequest.service_id.is_(None)
+                RightsRequest.to_hub
                 & (RightsRequest.opened_via_service_id == visible_to)
             )
         )
@@ -337,14 +342,17 @@ async def for_operators(
     """Requests for the hub's operators: every target, the hub's own only, or one service's."""
     where = _state(state, now or utcnow())
     if hub_only:
-        where.append(RightsRequest.service_id.is_(None))
+        where.append(RightsRequest.to_hub)
     elif client_id is not None:
         service_id = await db.scalar(
             select(Service.id).where(Service.client_id == client_id)
         )
-        if service_id is None:
+        if service_id is not None:
+            where.append(RightsRequest.service_id == service_id)
+        elif await db.scalar(select(RightsRequest.id).where(RightsRequest.removed_service_client_id == client_id).limit(1)):
+            where.append(RightsRequest.removed_service_client_id == client_id)  # a removed service's, kept
+        else:
             raise UnknownTarget(f"no service {client_id!r}")
-        where.append(RightsRequest.service_id == service_id)
     return await _views(db, *where, order_by=[RightsRequest.due_at])
 
 

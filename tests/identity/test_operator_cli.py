@@ -16,7 +16,8 @@ import pytest
 
 from identity.accounts.store import find_by_sub
 from identity.appkeys import DB
-from identity.rights.store import open_request
+from identity.accounts import export
+from identity.rights.store import for_account, move, open_request
 from tests.cli import onesignin
 from tests.conftest import HUB_SECRET_KEY
 from tests.identity.oauth.test_logout import Receiver, receiver  # noqa: F401
@@ -159,7 +160,7 @@ async def test_removing_a_service_with_linked_people_needs_force(hub: Hub, rp: R
         removed = await run_json(hub, "services", "remove", "--client-id", rp.client_id, "--force")
         assert removed == {
             "removed": rp.client_id, "name": "Garden Centre", "links_ended": 1,
-            "deliveries_dropped": 0, "notices_dropped": 0, "logouts_sent": 1, "logouts_unanswered": [],
+            "deliveries_dropped": 0, "notices_dropped": 0, "rights_requests_kept": 0, "logouts_sent": 1, "logouts_unanswered": [],
         }
         assert len(receiver.posts) == 1
         assert (await run_json(hub, "services", "list"))["services"] == []
@@ -186,6 +187,42 @@ async def test_a_service_with_an_open_rights_request_is_not_removed(hub: Hub, rp
     assert refused.returncode == 2
     assert "1 rights request(s) to Garden Centre" in refused.stderr and f"rights list --service {rp.client_id}" in refused.stderr
     assert [s["client_id"] for s in (await run_json(hub, "services", "list"))["services"]] == [rp.client_id]
+
+
+async def test_a_removed_services_answered_rights_requests_are_kept_naming_it(hub: Hub, rp: RelyingParty) -> None:
+    """How a service answered a person's request is part of the person's record: it outlives the
+    service as long as any closed request is kept, and never reads as a request to the hub."""
+    sub = await hub.add_user(verified=True)
+    browser = Browser(hub)
+    try:
+        await sign_in_through(rp, browser, scope="openid")
+    finally:
+        await browser.aclose()
+    async with hub.app[DB].begin() as db:
+        account = await find_by_sub(db, sub)
+        assert account is not None
+        answered = await open_request(db, account, type="access", client_id=rp.client_id, details="what do you hold?")
+        to_hub = await open_request(db, account, type="objection", client_id=None, details=None)
+        await move(db, answered, status="completed", reason="sent by post", actor_kind="service", actor=rp.client_id)
+        answered_id, hub_id, account_id = answered.public_id, to_hub.public_id, account.id
+
+    removed = await run_json(hub, "services", "remove", "--client-id", rp.client_id, "--force")
+    assert removed["rights_requests_kept"] == 1 and removed["links_ended"] == 1
+
+    kept = json.loads((await run(hub, "rights", "list", "--all", "--service", rp.client_id)).stdout)["requests"]
+    assert [(r["id"], r["target"], r["target_name"], r["status"]) for r in kept] == [(answered_id, rp.client_id, "Garden Centre", "completed")]
+    assert [h["status"] for h in kept[0]["history"]] == ["received", "completed"]
+    assert [r["id"] for r in json.loads((await run(hub, "rights", "list", "--all", "--hub")).stdout)["requests"]] == [hub_id]
+    refused = await run(hub, "rights", "status", "--id", answered_id, "--status", "completed", "--reason", "not ours")
+    assert refused.returncode == 2 and rp.client_id in refused.stderr  # still the service's to answer, not the hub's
+
+    async with hub.app[DB].begin() as db:
+        mine = {v.request.public_id: (v.client_id, v.service_name) for v in await for_account(db, account_id)}
+        account = await find_by_sub(db, sub)
+        assert account is not None
+        exported = (await export.build(db, account)).rights_requests
+    assert mine == {answered_id: (rp.client_id, "Garden Centre"), hub_id: (None, None)}
+    assert {r.id: r.service.name if r.service else None for r in exported} == {answered_id: "Garden Centre", hub_id: None}
 
 
 async def test_users_list_show_disable_enable(hub: Hub, rp: RelyingParty, receiver: Receiver) -> None:  # noqa: F811
