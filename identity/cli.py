@@ -1091,7 +1091,7 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--overdue", action="store_true", help="only open requests past their due date")
     which.add_argument("--all", action="store_true", help="closed ones too")
     target = rights_list.add_mutually_exclusive_group()
-    target.add_argument("--service", metavar="CLIENT_ID", help="only those addressed to this service")
+    target.add_argument("--service", metavar="CLIENT_ID", help="only those addressed to this service (or to a removed one, whose closed requests are kept)")
     target.add_argument("--hub", action="store_true", help="only the hub's own (addressed to no service)")
     rights_list.set_defaults(func=cmd_rights_list)
     rights_status = rights_sub.add_parser(

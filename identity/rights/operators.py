@@ -19,12 +19,19 @@ from identity.rights.store import RequestView, State
 class AnsweredByService(RightsError):
     """The request is addressed to a service: only that service moves it on."""
 
-    def __init__(self, client_id: str) -> None:
+    def __init__(self, client_id: str, *, removed: bool = False) -> None:
         super().__init__(client_id)
         self.client_id = client_id
+        #: The service has been removed (its closed requests are kept, naming it).
+        self.removed = removed
 
     @property
     def public(self) -> str:  # type: ignore[override]
+        if self.removed:
+            return (
+                f"this request was addressed to service {self.client_id}, since removed, which closed it; "
+                "it is kept as the record of its answer, and the hub's operators answer only the hub's own requests"
+            )
         return (
             f"this request is addressed to service {self.client_id}, which answers it as the controller "
             "of its data (POST /api/v1/rights-requests/{id}/status); the hub's operators answer only the "
@@ -95,7 +102,9 @@ async def answer(
         client_id = await db.scalar(
             select(Service.client_id).where(Service.id == found.service_id)
         )
-        raise AnsweredByService(client_id or found.removed_service_client_id or "?") from None
+        if client_id is None and found.removed_service_client_id is not None:
+            raise AnsweredByService(found.removed_service_client_id, removed=True) from None
+        raise AnsweredByService(client_id or "?") from None
     await store.move(
         db, request, status=status, reason=reason, actor_kind="hub", actor=actor
     )

@@ -364,12 +364,14 @@ async def overdue_by_target(
     counts = {"hub": 0} | {
         cid: 0 for cid in await db.scalars(select(Service.client_id))
     }
+    # A removed service's requests are all closed, so never overdue; named by it all the same.
+    target = func.coalesce(Service.client_id, RightsRequest.removed_service_client_id)
     rows = await db.execute(
-        select(Service.client_id, func.count())
+        select(target, func.count())
         .select_from(RightsRequest)
         .outerjoin(Service, Service.id == RightsRequest.service_id)
         .where(*_state("overdue", now or utcnow()))
-        .group_by(Service.client_id)
+        .group_by(target)
     )
     for client_id, count in rows:
         counts[client_id or "hub"] = count

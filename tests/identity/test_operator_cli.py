@@ -194,10 +194,7 @@ async def test_a_removed_services_answered_rights_requests_are_kept_naming_it(hu
     service as long as any closed request is kept, and never reads as a request to the hub."""
     sub = await hub.add_user(verified=True)
     browser = Browser(hub)
-    try:
-        await sign_in_through(rp, browser, scope="openid")
-    finally:
-        await browser.aclose()
+    await sign_in_through(rp, browser, scope="openid")
     async with hub.app[DB].begin() as db:
         account = await find_by_sub(db, sub)
         assert account is not None
@@ -214,7 +211,14 @@ async def test_a_removed_services_answered_rights_requests_are_kept_naming_it(hu
     assert [h["status"] for h in kept[0]["history"]] == ["received", "completed"]
     assert [r["id"] for r in json.loads((await run(hub, "rights", "list", "--all", "--hub")).stdout)["requests"]] == [hub_id]
     refused = await run(hub, "rights", "status", "--id", answered_id, "--status", "completed", "--reason", "not ours")
-    assert refused.returncode == 2 and rp.client_id in refused.stderr  # still the service's to answer, not the hub's
+    assert refused.returncode == 2 and f"service {rp.client_id}, since removed" in refused.stderr  # never the hub's to answer
+
+    try:  # the person's own page still shows whom they asked and the answer
+        page = await browser.go(hub.url + "/account/rights")
+        assert page.status_code == 200
+        assert "Garden Centre" in page.text and "sent by post" in page.text
+    finally:
+        await browser.aclose()
 
     async with hub.app[DB].begin() as db:
         mine = {v.request.public_id: (v.client_id, v.service_name) for v in await for_account(db, account_id)}
