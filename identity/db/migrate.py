@@ -21,10 +21,18 @@ def alembic_config(connection: Connection) -> Config:
     return config
 
 
+class BrokenReferences(RuntimeError):
+    """A migration left rows referring to rows that do not exist (a defect of the migration)."""
+
+
 def _upgrade(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(take(AdvisoryLock.MIGRATIONS))  # one migrator at a time
     command.upgrade(alembic_config(connection), "head")
+    if connection.dialect.name == "sqlite":
+        broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise BrokenReferences(f"rows refer to missing rows after migrating: {sorted({row[0] for row in broken})}")
 
 
 def _current(connection: Connection) -> str | None:
@@ -34,10 +42,26 @@ def _current(connection: Connection) -> str | None:
 
 
 async def upgrade(engine: AsyncEngine) -> str | None:
-    """Bring the schema to the newest revision; return that revision."""
-    async with engine.begin() as connection:
-        await connection.run_sync(_upgrade)
+    """Bring the schema to the newest revision; return that revision.
+
+    On SQLite, foreign keys are off while the migrations run, as Alembic's batch mode needs:
+    SQLite changes a column by building the table anew and dropping the old one, and with
+    foreign keys on, that ``DROP TABLE`` deletes its rows first, cascading to every row that
+    refers to them (altering ``services`` once deleted every link, token and delivery). The
+    references are checked before the migrations commit (:class:`BrokenReferences`)."""
     async with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Only outside a transaction does SQLite take this pragma (the driver opens none for it).
+            await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            await connection.commit()
+        try:
+            async with connection.begin():
+                await connection.run_sync(_upgrade)
+        finally:
+            if sqlite:
+                await connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                await connection.commit()
         return await connection.run_sync(_current)
 
 

@@ -4,13 +4,18 @@ SQLite and Postgres): a migration that forgets what a model gained fails here.""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from identity.db.engine import create_engine
+from identity.db.migrate import alembic_config, head_revision, upgrade
 from identity.db.models import Base
+from identity.settings import Settings
 
 #: Made by a migration on purpose and declared by no model: SQLite's gate for the retention
 #: purge, the only way through the triggers that keep audit records append-only there.
@@ -28,5 +33,41 @@ async def test_the_migrations_match_the_models(database_url: str) -> None:
     try:
         async with engine.connect() as connection:
             assert await connection.run_sync(differences) == []
+    finally:
+        await engine.dispose()
+
+
+def _row(connection: Any, table: str, given: dict[str, Any]) -> None:
+    """A row of ``table`` as the schema stands at this revision: ``given``, and a placeholder
+    for every other column that needs a value."""
+    values = dict(given)
+    for _, name, kind, notnull, default, pk in connection.exec_driver_sql(f"PRAGMA table_info({table})"):
+        if name in values or pk or not notnull or default is not None:
+            continue
+        kind = (kind or "").upper()
+        values[name] = 0 if ("INT" in kind or "BOOL" in kind) else "2026-01-01 00:00:00" if ("DATE" in kind or "TIME" in kind) else "[]" if "JSON" in kind else "x"
+    names = ", ".join(values)
+    connection.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' for _ in values)})", tuple(values.values()))
+
+
+async def test_upgrading_an_embedded_hub_keeps_the_rows_that_refer_to_a_rebuilt_table(tmp_path: Path) -> None:
+    """SQLite alters a column by building its table anew: with foreign keys on, dropping the old
+    ``services`` table (revision 0008) deleted every link, token and delivery that referred to it.
+    A hub migrated from 0007 by ``onesignin migrate``'s path keeps them, and its references hold."""
+    settings = Settings(data_dir=tmp_path, database_url=f"sqlite+aiosqlite:///{tmp_path / 'hub.db'}", secret_key="s" * 40, issuer="http://127.0.0.1:1")
+    engine = create_engine(settings)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(lambda c: command.upgrade(alembic_config(c), "0007"))
+        async with engine.begin() as connection:
+            await connection.run_sync(_row, "accounts", {"id": 1, "sub": "s-1", "email": "ann@example.com"})
+            await connection.run_sync(_row, "services", {"id": 1, "client_id": "store", "name": "Store"})
+            await connection.run_sync(_row, "links", {"id": 1, "account_id": 1, "service_id": 1})
+
+        assert await upgrade(engine) == head_revision()
+
+        async with engine.connect() as connection:
+            assert (await connection.exec_driver_sql("SELECT account_id, service_id FROM links")).all() == [(1, 1)]
+            assert (await connection.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1  # on again for the hub's work
     finally:
         await engine.dispose()
