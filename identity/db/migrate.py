@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from importlib.resources import files
 
 from alembic import command
@@ -25,14 +26,25 @@ class BrokenReferences(RuntimeError):
     """A migration left rows referring to rows that do not exist (a defect of the migration)."""
 
 
+def _broken_references(connection: Connection) -> Counter[tuple[str, str]]:
+    """SQLite's rows that refer to missing rows, counted by (table, referred table)."""
+    return Counter((row[0], row[2]) for row in connection.exec_driver_sql("PRAGMA foreign_key_check"))
+
+
 def _upgrade(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(take(AdvisoryLock.MIGRATIONS))  # one migrator at a time
+        command.upgrade(alembic_config(connection), "head")
+        return
+    # SQLite: Python's driver opens a transaction only before a row is written, so a table
+    # rebuilt by a migration would be committed at once, and a failure would leave it half
+    # done (and the next try stopped by its leftovers): all of it in one transaction instead.
+    connection.exec_driver_sql("BEGIN")
+    before = _broken_references(connection)
     command.upgrade(alembic_config(connection), "head")
-    if connection.dialect.name == "sqlite":
-        broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-        if broken:
-            raise BrokenReferences(f"rows refer to missing rows after migrating: {sorted({row[0] for row in broken})}")
+    made = _broken_references(connection) - before
+    if made:
+        raise BrokenReferences(f"migrating would leave rows referring to missing rows: {sorted(made)}")
 
 
 def _current(connection: Connection) -> str | None:
@@ -48,7 +60,8 @@ async def upgrade(engine: AsyncEngine) -> str | None:
     SQLite changes a column by building the table anew and dropping the old one, and with
     foreign keys on, that ``DROP TABLE`` deletes its rows first, cascading to every row that
     refers to them (altering ``services`` once deleted every link, token and delivery). The
-    references are checked before the migrations commit (:class:`BrokenReferences`)."""
+    references are checked before the migrations commit, in one transaction with them
+    (:class:`BrokenReferences`: nothing is changed)."""
     async with engine.connect() as connection:
         sqlite = connection.dialect.name == "sqlite"
         if sqlite:

@@ -1,13 +1,15 @@
 """The hub's authlib request: the same attributes authlib's own constructor sets, and authlib's
-transport rule (https, or http on a loopback address) applied to the issuer."""
+transport rule (https, or http on a loopback address) applied to the issuer; its answers' JSON."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from authlib.oauth2.rfc6749 import OAuth2Request
 from authlib.oauth2.rfc6749.errors import InsecureTransportError
 
-from identity.oidc.adapter import HubOAuth2Request
+from identity.oidc.adapter import HubOAuth2Request, to_response
 
 
 def test_the_request_has_every_attribute_authlib_gives_its_own() -> None:
@@ -35,3 +37,12 @@ def test_an_insecure_issuer_is_refused_on_every_request(issuer: str) -> None:
     for _ in range(2):  # the second time from the cache of checked issuers
         with pytest.raises(InsecureTransportError):
             HubOAuth2Request("GET", issuer, "/authorize", {})
+
+
+def test_an_answer_echoing_a_lone_surrogate_is_still_json() -> None:
+    """orjson refuses a lone surrogate (a client can send one, escaped, in a JSON request
+    object); the answer is then encoded as the standard library does, not a server error."""
+    response = to_response(400, {"error": "invalid_request", "state": "\ud800"}, [])
+    assert response.status == 400 and response.content_type == "application/json"
+    assert json.loads(response.body) == {"error": "invalid_request", "state": "\ud800"}
+    assert response.headers["Cache-Control"] == "no-store"
