@@ -72,6 +72,14 @@ async def build(db: AsyncSession, account: Account) -> AccountExport:
     def ref(service_id: int) -> ServiceRef:
         return services[service_id]
 
+    def addressed_to(request: RightsRequest) -> ServiceRef | None:
+        """The service a request was addressed to, present or removed (None: the hub)."""
+        if request.service_id is not None:
+            return ref(request.service_id)
+        if request.removed_service_client_id is not None:
+            return ServiceRef(client_id=request.removed_service_client_id, name=request.removed_service_name or "")
+        return None
+
     async def rows(model: Any, *order: Any) -> list[Any]:
         return list((await db.scalars(select(model).where(model.account_id == account.id).order_by(*order))).all())
 
@@ -147,13 +155,7 @@ async def build(db: AsyncSession, account: Account) -> AccountExport:
         rights_requests=[
             RightsRequestPart(
                 id=r.public_id,
-                service=(
-                    ref(r.service_id)
-                    if r.service_id is not None
-                    else ServiceRef(client_id=r.removed_service_client_id, name=r.removed_service_name or "")
-                    if r.removed_service_client_id is not None
-                    else None
-                ),
+                service=addressed_to(r),
                 type=r.type,
                 details=r.details,
                 status=r.status,

@@ -169,7 +169,7 @@ class Removed:
     notices_dropped: int
     logouts: list[LogoutNotice]
     #: Closed rights requests to it, kept (naming it) for the retention period of closed requests.
-    rights_requests_kept: int = 0
+    rights_requests_kept: int
 
 
 async def remove(

@@ -99,11 +99,11 @@ async def answer(
         request = await store.for_hub_one(db, public_id, lock=True)
     except NotFound:
         found = await store.any_one(db, public_id)  # raises NotFound when unknown
+        if found.removed_service_client_id is not None:
+            raise AnsweredByService(found.removed_service_client_id, removed=True) from None
         client_id = await db.scalar(
             select(Service.client_id).where(Service.id == found.service_id)
         )
-        if client_id is None and found.removed_service_client_id is not None:
-            raise AnsweredByService(found.removed_service_client_id, removed=True) from None
         raise AnsweredByService(client_id or "?") from None
     await store.move(
         db, request, status=status, reason=reason, actor_kind="hub", actor=actor
