@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import functools
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.db import dialect
 from identity.db.models import (
     ACTIVE,
     LATENCY_BOUNDS,
@@ -32,7 +34,7 @@ from identity.db.models import (
     Service,
     SyncMinute,
 )
-from identity.db.upsert import insert_for
+from identity.db.upsert import insert_for, insert_on
 
 BUCKETS = len(LATENCY_COLUMNS)
 
@@ -79,9 +81,14 @@ COUNTS = ("ok", "failed", "dead", *LATENCY_COLUMNS)
 
 def _adding(db: AsyncSession) -> Any:
     """``INSERT … ON CONFLICT DO UPDATE`` adding a row's counts to its minute's, with bound
-    parameters: compiled once and cached, run for many rows at once."""
+    parameters: built once per database, compiled once, run for many rows at once."""
+    return _adding_on(dialect.name(db))
+
+
+@functools.cache
+def _adding_on(dialect_name: str) -> Any:
     table = SyncMinute.__table__
-    stmt = insert_for(db, table).values({name: bindparam(name) for name in ("service_id", "minute", *COUNTS)})
+    stmt = insert_on(dialect_name, table).values({name: bindparam(name) for name in ("service_id", "minute", *COUNTS)})
     return stmt.on_conflict_do_update(
         index_elements=["service_id", "minute"], set_={name: table.c[name] + stmt.excluded[name] for name in COUNTS}
     )

@@ -99,7 +99,7 @@ def _timestamp(now: dt.datetime) -> str:
 
 
 async def read_accounts(db: AsyncSession, ids: set[int]) -> dict[int, Any]:
-    return {a.id: a for a in await db.execute(select(*ACCOUNT_COLUMNS).where(Account.id.in_(ids)))}
+    return {a.id: a for a in await db.execute(select(*ACCOUNT_COLUMNS).where(dialect.among(db, Account.id, ids)))}
 
 
 @dataclass(frozen=True)
@@ -215,8 +215,8 @@ class Deliveries:
                 for a, s, scope in (
                     await db.execute(
                         select(Link.account_id, Link.service_id, Link.scope).where(
-                            Link.account_id.in_({a for a, _ in pairs}),
-                            Link.service_id.in_({s for _, s in pairs}),
+                            dialect.among(db, Link.account_id, {a for a, _ in pairs}),
+                            dialect.among(db, Link.service_id, {s for _, s in pairs}),
                             Link.is_active,
                         )
                     )
@@ -269,7 +269,7 @@ class Deliveries:
         if dropped:
             await db.execute(
                 update(Delivery.__table__)
-                .where(Delivery.__table__.c.id.in_(dropped))
+                .where(dialect.among(db, Delivery.__table__.c.id, dropped))
                 .values(delivered_version=Delivery.__table__.c.wanted_version, changed=0, snapshot=False)
             )
         return jobs

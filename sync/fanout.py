@@ -19,7 +19,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from prometheus_client import Gauge
 from pydantic import ValidationError
-from sqlalchemy import and_, bindparam, case, select, true, update
+from sqlalchemy import and_, bindparam, case, func, select, true, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -91,11 +92,11 @@ async def _record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], 
     scopes: dict[tuple[int, int], str] = {}
     if room is None:
         accounts = dict(
-            (await db.execute(select(Account.sub, Account.id).where(Account.sub.in_(subs), Account.may_be_shared))).all()
+            (await db.execute(select(Account.sub, Account.id).where(dialect.among(db, Account.sub, subs), Account.may_be_shared))).all()
         )
     else:
         # The deliverer builds what it takes from these very rows.
-        rows = (await db.execute(select(*ACCOUNT_COLUMNS).where(Account.sub.in_(subs), Account.may_be_shared))).all()
+        rows = (await db.execute(select(*ACCOUNT_COLUMNS).where(dialect.among(db, Account.sub, subs), Account.may_be_shared))).all()
         read = {a.id: a for a in rows}
         accounts = {a.sub: a.id for a in rows}
     if not accounts:
@@ -104,7 +105,7 @@ async def _record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], 
     links = await db.execute(
         select(Link.account_id, Link.service_id, Link.scope, Service.client_id, Service.webhook_url, Service.topic_enabled, Service.scim_base_url)
         .join(Service, Service.id == Link.service_id)
-        .where(Link.account_id.in_(accounts.values()), Link.is_active)
+        .where(dialect.among(db, Link.account_id, accounts.values()), Link.is_active)
     )
     targets: dict[int, list[_Target]] = {}
     for account_id, service_id, scope, client_id, webhook_url, topic_enabled, scim_base_url in links:
@@ -170,7 +171,7 @@ async def _record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], 
     if room is None:
         statement = _upsert(db)
         for start in range(0, len(values), UPSERT_CHUNK):
-            await db.execute(statement, values[start : start + UPSERT_CHUNK])
+            await db.execute(statement, _parameters(db, values[start : start + UPSERT_CHUNK]))
     else:
         free = dict(room.room)
         for row in values:
@@ -180,7 +181,7 @@ async def _record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], 
                 row["next_attempt_at"] = room.until
         statement = _upsert(db, returning=True)
         for start in range(0, len(values), UPSERT_CHUNK):
-            for row in await db.execute(statement, values[start : start + UPSERT_CHUNK]):
+            for row in await db.execute(statement, _parameters(db, values[start : start + UPSERT_CHUNK])):
                 # Leased by this recording, not an earlier pending row's schedule (kept as it was).
                 if row.next_attempt_at == room.until:
                     taken.append(row)
@@ -195,23 +196,43 @@ async def _record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], 
 
 _UPSERTS: dict[tuple[str, bool], Any] = {}
 
+#: The columns of a wanted delivery, as ``_record`` builds them.
+_WANTED = (
+    "service_id", "account_id", "channel", "wanted_version", "delivered_version", "changed", "snapshot", "origin",
+    "origin_self", "request_id", "first_pending_at", "state", "attempts", "next_attempt_at",
+)
+
 
 def _upsert(db: AsyncSession, *, returning: bool = False) -> Any:
     """Insert the wanted deliveries, or coalesce them into the pending ones. Built once per
-    dialect and run with many parameter sets (compiling it per batch would cost more than the
-    database work). ``returning``: with what the deliverer needs to send the rows."""
+    dialect (compiling it per batch would cost more than the database work). On Postgres the
+    rows come as one array per column (``INSERT … SELECT FROM unnest(…)``): one statement text
+    whatever the batch's size, prepared once per connection, where a multi-row VALUES of each
+    size is a new statement to parse and plan; elsewhere it runs with one parameter set per row.
+    ``returning``: with what the deliverer needs to send the rows (in no particular order)."""
     key = (dialect.name(db), returning)
     if key not in _UPSERTS:
         statement = _build_upsert(db)
         if returning:
-            statement = statement.returning(*CLAIMED_COLUMNS, sort_by_parameter_order=True)
+            statement = statement.returning(*CLAIMED_COLUMNS)
         _UPSERTS[key] = statement
     return _UPSERTS[key]
+
+
+def _parameters(db: AsyncSession, rows: list[dict[str, Any]]) -> Any:
+    """``rows`` as ``_upsert`` takes them on this database: one array per column on Postgres."""
+    if dialect.is_postgres(db):
+        return {name: [row[name] for row in rows] for name in _WANTED}
+    return rows
 
 
 def _build_upsert(db: AsyncSession) -> Any:
     d = Delivery.__table__.c
     stmt = insert_for(db, Delivery.__table__)
+    if dialect.is_postgres(db):
+        arrays = func.unnest(*(bindparam(name, type_=ARRAY(d[name].type)) for name in _WANTED))
+        wanted = arrays.table_valued(*_WANTED).render_derived(name="w", with_types=False)
+        stmt = stmt.from_select(list(_WANTED), select(*(wanted.c[name] for name in _WANTED)))
     new = stmt.excluded
     pending = d.wanted_version > d.delivered_version
     retrying = and_(pending, d.state == "active")
@@ -356,7 +377,7 @@ class FanOut:
                         taken = await record_taking(db, events, echo_suppression=echo, room=room)
                         jobs = await self.deliverer.jobs_for(db, taken)
                     if consumed:
-                        await db.execute(update(OutboxEvent).where(OutboxEvent.id.in_(consumed)).values(consumed_at=utcnow()))
+                        await db.execute(update(OutboxEvent).where(dialect.among(db, OutboxEvent.id, consumed)).values(consumed_at=utcnow()))
                 return taken, jobs
             except (OperationalError, DBAPIError) as exc:
                 if attempt == 5 or getattr(exc, "connection_invalidated", False):

@@ -28,6 +28,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from identity.db import dialect
 from identity.db.locks import AdvisoryLock, try_take
 from identity.db.models import Lease, OutboxEvent, utcnow
 from identity.db.units import whole
@@ -233,7 +234,7 @@ class Relay:
 
     async def _mark(self, db: AsyncSession, rows: list[Any]) -> dt.datetime:
         now = utcnow()
-        await db.execute(update(OutboxEvent).where(OutboxEvent.id.in_([r.id for r in rows])).values(published_at=now))
+        await db.execute(update(OutboxEvent).where(dialect.among(db, OutboxEvent.id, [r.id for r in rows])).values(published_at=now))
         return now
 
     async def _publish(self, rows: list[Any]) -> None:

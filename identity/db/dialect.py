@@ -4,6 +4,11 @@ needs two, advisory locks, transaction-local settings)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import bindparam, func
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 POSTGRES = "postgresql"
@@ -17,6 +22,17 @@ def name(db: AsyncSession) -> str:
 
 def is_postgres(db: AsyncSession) -> bool:
     return name(db) == POSTGRES
+
+
+def among(db: AsyncSession, column: Any, values: Iterable[Any]) -> Any:
+    """``column IN values``, as one statement text whatever the number of values.
+
+    On Postgres ``column = ANY(:array)``: the driver prepares a statement once per connection and
+    reuses it, where an IN list of each length is a new statement to send, parse and plan (the
+    sync worker's batches vary in size with every poll). SQLite plans every statement anyway."""
+    if is_postgres(db):
+        return column == func.any(bindparam(None, list(values), type_=ARRAY(column.type)))
+    return column.in_(values)
 
 
 def opens_postgres(sessions: async_sessionmaker[AsyncSession]) -> bool:

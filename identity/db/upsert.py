@@ -13,7 +13,12 @@ from identity.db import dialect
 
 
 def insert_for(db: AsyncSession, model: Any) -> Any:
-    if dialect.is_postgres(db):
+    return insert_on(dialect.name(db), model)
+
+
+def insert_on(dialect_name: str, model: Any) -> Any:
+    """``insert_for`` by the dialect's name (for a statement built once per database)."""
+    if dialect_name == dialect.POSTGRES:
         return pg_insert(model)
     return sqlite_insert(model)
 

@@ -1,7 +1,8 @@
 """The worker's claims are cheap however large the delivery store grows: on Postgres they are
 planned on the partial indexes of due rows, also in the generic plans Postgres caches for the
 prepared statements the driver reuses (where a state passed as a parameter would leave only a
-scan and sort of the whole table)."""
+scan and sort of the whole table). And the fan-out's statements are prepared once and reused,
+whatever the size of the batch."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, func, select
 
-from identity.appkeys import ENGINE
+from identity.appkeys import DB, ENGINE
+from schemas.events import ProfileChanged
+from sync import fanout
+from sync.endpoints import Room
 from tests.support import Hub
 from tests.sync.conftest import add_member
-from tests.sync.helpers import engines
+from tests.sync.helpers import add_people, engines, link_directly
 from tests.sync.receivers import Receivers
 
 
@@ -78,3 +82,42 @@ async def test_claims_use_the_due_indexes_in_generic_plans(hub: Hub, receivers: 
     [notice] = [s for s in seen if "FROM notices" in s[0] and s[0].lstrip().startswith("UPDATE")]
     plan = await _generic_plan(hub, *notice)
     assert "ix_notices_due" in plan, plan
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # prepared statements are reused on Postgres
+async def test_the_fanouts_statements_are_one_text_whatever_the_batchs_size(hub: Hub, receivers: Receivers) -> None:
+    """Batches of 1, 3 and 6 people send the same statement texts: each is parsed and planned once
+    per connection and reused (an IN list or a multi-row VALUES of each size would be a new
+    statement for Postgres every time the batch's size changes, which it does with every poll)."""
+    store = await add_member(hub, receivers, "store")
+    subs = await add_people(hub, 10)
+    await link_directly(hub, subs, store.rp.client_id)
+    async with hub.app[DB]() as db:
+        now = await db.scalar(select(func.now()))
+    engine = hub.app[ENGINE].sync_engine
+    texts: list[set[str]] = []
+    async with aiohttp.ClientSession() as http:
+        deliverer = engines(hub, http)[0]
+        deliverer.accepting = True
+        await deliverer.endpoints.refresh(force=True)
+        for batch in (subs[:1], subs[1:4], subs[4:10]):
+            seen: set[str] = set()
+
+            def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool, seen: set[str] = seen) -> None:
+                seen.add(statement)
+
+            event.listen(engine, "before_cursor_execute", capture)
+            try:
+                room = deliverer.room()
+                assert room is not None
+                events = [ProfileChanged(id=f"e{sub}", sub=sub, version=2, changed=["given_name"], channel="support", occurred_at=now) for sub in batch]
+                room = Room(until=room.until, room={k: len(batch) - 1 for k in room.room})  # one left for a claim
+                async with hub.app[DB].begin() as db:
+                    taken = await fanout.record_taking(db, events, echo_suppression=True, room=room)
+                    jobs = await deliverer.jobs_for(db, taken)
+                claimed = await deliverer.claim(10)
+            finally:
+                event.remove(engine, "before_cursor_execute", capture)
+            assert taken.count == len(batch) and len(jobs) == len(batch) - 1 and len(claimed) == 1
+            texts.append(seen)
+    assert texts[0] == texts[1] == texts[2], [sorted(t) for t in texts]
