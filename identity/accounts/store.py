@@ -11,8 +11,9 @@ import functools
 import uuid
 from typing import Any, Literal
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, insert, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from identity import outbox
 from identity.accounts import links
@@ -180,10 +181,11 @@ async def _record(
     actor: str | None,
     client_id: str | None,
 ) -> None:
-    """Bump the version, keep the change history and queue the event, in one transaction."""
+    """Bump the version, keep the change history and queue the event, in one transaction. The
+    account's UPDATE is written with them (one statement on Postgres), not by the ORM's flush."""
     account.version += 1
     account.updated_at = now
-    await session.flush()  # the account's UPDATE
+    written = _unwritten(account)
     event = ProfileChanged(
         id=outbox.new_event_id(),
         sub=account.sub,
@@ -194,25 +196,50 @@ async def _record(
         occurred_at=now,
     )
     history = {"account_id": account.id, "version": account.version, "fields": changed, "channel": channel, "actor": actor, "at": now}
-    params = {f"h_{k}": v for k, v in history.items()} | {f"e_{k}": v for k, v in outbox.row(event).items()}
-    for statement in _history_and_event(dialect.name(session)):
+    params = (
+        {f"a_{k}": v for k, v in written.items()}
+        | {"a__id": account.id}
+        | {f"h_{k}": v for k, v in history.items()}
+        | {f"e_{k}": v for k, v in outbox.row(event).items()}
+    )
+    for statement in _account_history_and_event(dialect.name(session), frozenset(written)):
         await session.execute(statement, params)
 
 
-@functools.cache
-def _history_and_event(dialect_name: str) -> tuple[Any, ...]:
-    """The change's history row and its event, as plain INSERTs built once with bound parameters
-    (one statement on Postgres): the hot path of every change needs no ORM objects for them."""
+def _unwritten(account: Account) -> dict[str, Any]:
+    """The account's columns changed in memory and not written yet (by name), marked written:
+    the caller writes them in its own statement, so the session does not flush them again."""
+    state = inspect(account)
+    values = {key: state.dict[key] for key in _COLUMNS - state.unmodified if key in state.dict}
+    for key, value in values.items():
+        set_committed_value(account, key, value)
+    return values
+
+
+_COLUMNS = frozenset(c.name for c in Account.__table__.c if not c.primary_key)
+
+
+@functools.lru_cache(maxsize=64)
+def _account_history_and_event(dialect_name: str, columns: frozenset[str]) -> tuple[Any, ...]:
+    """The account's UPDATE of ``columns``, the change's history row and its event, built once
+    per set of columns with bound parameters (one statement on Postgres): the hot path of every
+    change needs no ORM flush."""
 
     def values(table: Any, prefix: str) -> Any:
         columns = [c for c in table.c if not c.primary_key and c.name in _WRITTEN[table.name]]
         return insert(table).values({c.name: bindparam(f"{prefix}{c.name}", type_=c.type) for c in columns})
 
+    accounts = Account.__table__
+    account = (
+        update(accounts)
+        .where(accounts.c.id == bindparam("a__id"))
+        .values({name: bindparam(f"a_{name}", type_=accounts.c[name].type) for name in sorted(columns)})
+    )
     history = values(AccountChange.__table__, "h_")
     event = values(OutboxEvent.__table__, "e_")
     if dialect_name == dialect.POSTGRES:
-        return (event.add_cte(history.cte("history")),)
-    return (history, event)
+        return (event.add_cte(account.cte("account")).add_cte(history.cte("history")),)
+    return (account, history, event)
 
 
 _WRITTEN = {

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from identity.accounts.store import create_account, update_details
 from identity.appkeys import DB
 from identity.db.engine import create_engine, create_sessionmaker
-from identity.db.models import Account, OutboxEvent, utcnow
+from identity.db.models import Account, AccountChange, OutboxEvent, utcnow
 from identity.settings import Settings
 from identity.web.app import create_app
 from sync.metrics import SyncMetrics
@@ -71,6 +71,48 @@ async def test_no_change_without_its_event_and_no_event_without_its_change(hub: 
     assert payload["channel"] == "support"
     # The hub's own topic carries which claims changed, never their values.
     assert "Kept" not in str(payload) and "en-GB" not in str(payload)
+
+
+async def test_a_change_is_written_with_its_history_and_event_in_one_statement_on_postgres(hub: Hub) -> None:
+    """After the account's row is locked and read, the change (the account's columns, its
+    history row and its event) is one statement on Postgres, three on SQLite; the row read back
+    is what the object says, and committing writes nothing more."""
+    sub = await hub.add_user(verified=True)
+    engine = hub.app[DB].kw["bind"].sync_engine
+    seen: list[str] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        seen.append(" ".join(statement.split())[:60])
+
+    async with hub.app[DB].begin() as db:
+        account = await db.scalar(select(Account).where(Account.sub == sub))
+        assert account is not None
+        event.listen(engine, "before_cursor_execute", capture)
+        try:
+            await update_details(db, account, {"given_name": "Written", "phone_number": "+441632960001"}, channel="support", actor="agent")
+            await db.commit()
+        finally:
+            event.remove(engine, "before_cursor_execute", capture)
+    assert seen[0].startswith("SELECT accounts.")  # the lock (FOR UPDATE on Postgres) and re-read
+    writes = seen[1:]
+    assert len(writes) == (1 if hub.settings.resolved_database_url.startswith("postgresql") else 3), writes
+    async with hub.app[DB]() as db:
+        stored = await db.scalar(select(Account).where(Account.sub == sub))
+        assert stored is not None
+    for name in ("given_name", "name", "phone_number", "version", "updated_at"):
+        assert getattr(stored, name) == getattr(account, name), name
+    assert (stored.given_name, stored.name, stored.version) == ("Written", "Written Example", 2)
+    assert (await _history(hub, stored.id))[-1] == (2, ["given_name", "phone_number", "name"], "support", "agent")
+
+
+async def _history(hub: Hub, account_id: int) -> list[tuple[Any, ...]]:
+    async with hub.app[DB]() as db:
+        rows = await db.execute(
+            select(AccountChange.version, AccountChange.fields, AccountChange.channel, AccountChange.actor)
+            .where(AccountChange.account_id == account_id)
+            .order_by(AccountChange.version)
+        )
+        return [tuple(r) for r in rows]
 
 
 async def test_the_relay_publishes_each_row_once_in_order_and_cleans_up(hub: Hub) -> None:
