@@ -170,6 +170,8 @@ async def client(
             headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
             auto_decompress=False,
             trust_env=False,
+            # Calls to services are stateless: no cookie a service sets is kept or sent back.
+            cookie_jar=aiohttp.DummyCookieJar(),
             read_bufsize=READ_BUFFER,
             max_headers=MAX_HEADERS,
             max_field_size=MAX_FIELD_SIZE,

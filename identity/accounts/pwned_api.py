@@ -109,7 +109,8 @@ async def range_api(settings: Settings) -> AsyncIterator[RangeApi | None]:
     """The API client for as long as the block runs, or None when the operator has not enabled it.
 
     Its own session: no automatic decompression (a small compressed answer cannot expand into a
-    large one), ``Accept-Encoding: identity``, padding asked for, a few connections at most.
+    large one), ``Accept-Encoding: identity``, padding asked for, no cookies kept, a few connections
+    at most.
     """
     if not settings.breached_password_api:
         yield None
@@ -117,5 +118,7 @@ async def range_api(settings: Settings) -> AsyncIterator[RangeApi | None]:
     headers = {"User-Agent": "OneSignIn", "Add-Padding": "true", "Accept-Encoding": "identity"}
     timeout = aiohttp.ClientTimeout(total=settings.breached_password_api_timeout)
     connector = aiohttp.TCPConnector(limit=8)
-    async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector, auto_decompress=False) as http:
+    # No cookies: a cookie sent back would tie one range query to the next.
+    jar = aiohttp.DummyCookieJar()
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector, auto_decompress=False, cookie_jar=jar) as http:
         yield RangeApi(http, settings.breached_password_api_url, settings.breached_password_api_timeout)

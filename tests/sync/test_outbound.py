@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
+import aiohttp
 import httpx2
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from sqlalchemy import select
 
-from identity import notices
+from identity import notices, outbound
 from identity.accounts.store import find_by_sub
 from identity.appkeys import DB
 from identity.db.models import Notice, Service
@@ -146,3 +149,26 @@ async def test_a_webhook_on_an_allowed_network_is_delivered(hub: Hub, receivers:
     await receivers.wait_for("store", sub, version)
     await recorded(hub, store.rp.client_id, sub, version)
     assert (await _status(hub, store.rp))["webhook"]["state"] == "healthy"
+
+
+@pytest.mark.parametrize("allowed_networks", [["127.0.0.0/8"]])
+async def test_a_cookie_a_service_sets_is_never_sent_back(hub: Hub) -> None:
+    """Calls to services are stateless: an answer's Set-Cookie is not kept, so the next call
+    (a delivery, a token request, a push) carries no Cookie header of the service's making."""
+    cookies: list[str | None] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        cookies.append(request.headers.get("Cookie"))
+        response = web.Response(status=204)
+        response.set_cookie("session", "kept-by-the-caller", path="/")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    async with TestServer(app, host="127.0.0.1") as server, outbound.client(hub.settings, user_agent="test") as http:
+        for _ in range(2):
+            # By name: a client keeps no cookies from a bare IP address anyway.
+            url = f"http://localhost:{server.port}/hook"
+            answer = await outbound.post(http, url, data=b"{}", timeout=aiohttp.ClientTimeout(total=5))
+            assert answer.status == 204 and "session=kept-by-the-caller" in answer.headers.get("Set-Cookie", "")
+    assert cookies == [None, None]
