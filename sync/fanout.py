@@ -9,6 +9,7 @@ read again and recording it again changes nothing (versions only rise, claim mas
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -90,23 +91,17 @@ async def _record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], 
     # shared with nobody: its events call for no delivery.
     read: dict[int, Any] = {}
     scopes: dict[tuple[int, int], str] = {}
+    on = dialect.name(db)
     if room is None:
-        accounts = dict(
-            (await db.execute(select(Account.sub, Account.id).where(dialect.among(db, Account.sub, subs), Account.may_be_shared))).all()
-        )
+        accounts = dict((await db.execute(_shared_accounts(on, whole=False), {"subs": list(subs)})).all())
     else:
         # The deliverer builds what it takes from these very rows.
-        rows = (await db.execute(select(*ACCOUNT_COLUMNS).where(dialect.among(db, Account.sub, subs), Account.may_be_shared))).all()
+        rows = (await db.execute(_shared_accounts(on, whole=True), {"subs": list(subs)})).all()
         read = {a.id: a for a in rows}
         accounts = {a.sub: a.id for a in rows}
     if not accounts:
         return Taken()
-    # Only the columns needed: a whole Service per link would decode its JSON columns each time.
-    links = await db.execute(
-        select(Link.account_id, Link.service_id, Link.scope, Service.client_id, Service.webhook_url, Service.topic_enabled, Service.scim_base_url)
-        .join(Service, Service.id == Link.service_id)
-        .where(dialect.among(db, Link.account_id, accounts.values()), Link.is_active)
-    )
+    links = await db.execute(_active_links(on), {"accounts": list(accounts.values())})
     targets: dict[int, list[_Target]] = {}
     for account_id, service_id, scope, client_id, webhook_url, topic_enabled, scim_base_url in links:
         if room is not None:
@@ -192,6 +187,34 @@ async def _record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], 
     if known:
         await _note_known(db, known)
     return Taken(len(values), tuple(taken), left, in_flight, MappingProxyType(read), MappingProxyType(scopes))
+
+
+@functools.cache
+def _shared_accounts(dialect_name: str, *, whole: bool) -> Any:
+    """The accounts among ``subs`` that may be shared: their ``sub`` and ``id``, or (``whole``)
+    what building a delivery needs. Built once per database, as the statements below."""
+    a = Account.__table__.c
+    columns = ACCOUNT_COLUMNS if whole else (a.sub, a.id)
+    return select(*columns).where(dialect.among(dialect_name, a.sub, "subs"), Account.may_be_shared)
+
+
+@functools.cache
+def _active_links(dialect_name: str) -> Any:
+    """The active links of the ``accounts`` (ids), with the columns of their service the
+    fan-out needs (a whole Service per link would decode its JSON columns each time)."""
+    link, s = Link.__table__.c, Service.__table__.c
+    return (
+        select(link.account_id, link.service_id, link.scope, s.client_id, s.webhook_url, s.topic_enabled, s.scim_base_url)
+        .join(Service.__table__, s.id == link.service_id)
+        .where(dialect.among(dialect_name, link.account_id, "accounts"), Link.is_active)
+    )
+
+
+@functools.cache
+def _consumed(dialect_name: str) -> Any:
+    """The outbox rows ``ids`` consumed ``at``."""
+    o = OutboxEvent.__table__.c
+    return update(OutboxEvent.__table__).where(dialect.among(dialect_name, o.id, "ids")).values(consumed_at=bindparam("at", type_=o.consumed_at.type))
 
 
 _UPSERTS: dict[tuple[str, bool], Any] = {}
@@ -377,7 +400,7 @@ class FanOut:
                         taken = await record_taking(db, events, echo_suppression=echo, room=room)
                         jobs = await self.deliverer.jobs_for(db, taken)
                     if consumed:
-                        await db.execute(update(OutboxEvent).where(dialect.among(db, OutboxEvent.id, consumed)).values(consumed_at=utcnow()))
+                        await db.execute(_consumed(dialect.name(db)), {"ids": consumed, "at": utcnow()})
                 return taken, jobs
             except (OperationalError, DBAPIError) as exc:
                 if attempt == 5 or getattr(exc, "connection_invalidated", False):

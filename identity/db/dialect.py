@@ -4,7 +4,6 @@ needs two, advisory locks, transaction-local settings)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import bindparam, func
@@ -24,15 +23,16 @@ def is_postgres(db: AsyncSession) -> bool:
     return name(db) == POSTGRES
 
 
-def among(db: AsyncSession, column: Any, values: Iterable[Any]) -> Any:
-    """``column IN values``, as one statement text whatever the number of values.
-
-    On Postgres ``column = ANY(:array)``: the driver prepares a statement once per connection and
-    reuses it, where an IN list of each length is a new statement to send, parse and plan (the
-    sync worker's batches vary in size with every poll). SQLite plans every statement anyway."""
-    if is_postgres(db):
-        return column == func.any(bindparam(None, list(values), type_=ARRAY(column.type)))
-    return column.in_(values)
+def among(dialect_name: str, column: Any, name: str) -> Any:
+    """``column IN :name``, for a statement built once per database and run with a list as
+    ``name``. On Postgres ``column = ANY(:name)``, one array: the statement's text is the same
+    whatever the list's length, so the driver prepares it once per connection and reuses it,
+    where an IN list of each length is a new statement to send, parse and plan (the sync worker's
+    batches vary in size with every poll). Elsewhere an expanding IN list (SQLite plans every
+    statement anyway)."""
+    if dialect_name == POSTGRES:
+        return column == func.any(bindparam(name, type_=ARRAY(column.type)))
+    return column.in_(bindparam(name, expanding=True))
 
 
 def opens_postgres(sessions: async_sessionmaker[AsyncSession]) -> bool:
