@@ -114,8 +114,14 @@ async def _existing(db: AsyncSession, service_ids: set[int]) -> set[int]:
     """Which of these services still exist, held (``FOR KEY SHARE``) until the caller commits: a
     service removed meanwhile is left out rather than failing the caller's transaction on the
     foreign key, and one being removed waits for it."""
-    found = await db.scalars(select(Service.id).where(Service.id.in_(sorted(service_ids))).with_for_update(key_share=True))
+    found = await db.scalars(_holding(dialect.name(db)), {"ids": sorted(service_ids)})
     return set(found)
+
+
+@functools.cache
+def _holding(dialect_name: str) -> Any:
+    s = Service.__table__.c
+    return select(s.id).where(dialect.among(dialect_name, s.id, "ids")).with_for_update(key_share=True)
 
 
 async def backlogs(db: AsyncSession) -> dict[int, int]:

@@ -176,9 +176,14 @@ class Deliveries:
         metrics.deliveries.labels(channel, result).inc()
 
     def observe(self, metrics: SyncMetrics, results: list[Result]) -> None:
+        histograms: dict[str, Any] = {}
         for r in results:
             if r.outcome.result == "ok" and r.job.first_pending_at is not None:
-                metrics.delivery_latency.labels(r.job.channel).observe(max(0.0, (r.at - r.job.first_pending_at).total_seconds()))
+                channel = r.job.channel
+                histogram = histograms.get(channel)
+                if histogram is None:
+                    histogram = histograms[channel] = metrics.delivery_latency.labels(channel)
+                histogram.observe(max(0.0, (r.at - r.job.first_pending_at).total_seconds()))
 
     async def jobs_for(self, db: AsyncSession, endpoints: Endpoints, taken: Taken) -> list[Job]:
         """From the accounts and scopes the fan-out's recording read."""

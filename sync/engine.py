@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from identity import rollups
+from identity.db import dialect
 from identity.db.engine import plan_for_now
 from identity.db.models import ACTIVE, PENDING, Delivery, Notice, Service, SsfStream, utcnow
 from identity.db.units import whole
@@ -432,16 +434,7 @@ class Engine:
         at once."""
         if not healthy:
             return
-        failing, quarantined, last_error = _HEALTH[channel]
-        s = Service.__table__.c
-        recovered = (
-            await db.execute(
-                update(Service.__table__)
-                .where(s.id.in_(healthy), or_(s[failing].is_not(None), s[quarantined].is_not(None)))
-                .values({failing: None, quarantined: None, last_error: None})
-                .returning(s.id)
-            )
-        ).scalars().all()
+        recovered = (await db.execute(_recovering(dialect.name(db), channel), {"ids": healthy})).scalars().all()
         if recovered:
             await resume(db, list(recovered), channel)
             log.info("sync: the %s of service(s) %s recovered", _NAMES[channel], sorted(recovered))
@@ -520,6 +513,19 @@ class Engine:
             .where(n.service_id == service_id, n.channel == "ssf", n.state == PENDING, n.next_attempt_at < probe)
             .values(next_attempt_at=probe)
         )
+
+
+@functools.cache
+def _recovering(dialect_name: str, channel: str) -> Any:
+    """The services ``ids`` whose ``channel`` endpoint was failing or quarantined, out of it."""
+    failing, quarantined, last_error = _HEALTH[channel]
+    s = Service.__table__.c
+    return (
+        update(Service.__table__)
+        .where(dialect.among(dialect_name, s.id, "ids"), or_(s[failing].is_not(None), s[quarantined].is_not(None)))
+        .values({failing: None, quarantined: None, last_error: None})
+        .returning(s.id)
+    )
 
 
 async def _disable(db: AsyncSession, service_id: int, now: dt.datetime, error: str | None) -> None:
