@@ -121,7 +121,8 @@ async def _existing(db: AsyncSession, service_ids: set[int]) -> set[int]:
 @functools.cache
 def _holding(dialect_name: str) -> Any:
     s = Service.__table__.c
-    return select(s.id).where(dialect.among(dialect_name, s.id, "ids")).with_for_update(key_share=True)
+    # FOR KEY SHARE (read=True): a removal waits for it, an update of the service's columns does not.
+    return select(s.id).where(dialect.among(dialect_name, s.id, "ids")).with_for_update(read=True, key_share=True)
 
 
 async def backlogs(db: AsyncSession) -> dict[int, int]:

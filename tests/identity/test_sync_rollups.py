@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-from sqlalchemy import func, select
+import pytest
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from identity import rollups
 from identity.appkeys import DB
@@ -93,3 +95,23 @@ async def test_a_removed_services_outcomes_are_dropped_not_a_failure(hub: Hub) -
     async with hub.app[DB]() as db:
         rows = (await db.execute(select(SyncMinute.service_id, SyncMinute.ok, SyncMinute.failed))).all()
     assert [tuple(r) for r in rows] == [(service_id, 1, 0)]
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # SQLite takes no row locks
+async def test_counting_outcomes_holds_a_service_only_against_its_removal(hub: Hub) -> None:
+    """While a recording adds its counts, the services counted are held against removal only: a
+    webhook's health recorded meanwhile by another worker (an UPDATE of the service's row) does
+    not wait for it, so two workers recording outcomes for the same services never deadlock."""
+    service_id, _ = await _ids(hub)
+    tally = rollups.Tally()
+    tally.ok(service_id, dt.datetime(2026, 12, 6, 1, 30, tzinfo=dt.UTC), 0.1)
+    async with hub.app[DB].begin() as recording:
+        await rollups.add(recording, tally)  # holds the service until it commits
+        async with hub.app[DB].begin() as health:
+            # A lock conflict would fail at once here rather than wait: no waiting is allowed.
+            await health.execute(text("SET LOCAL lock_timeout = '100ms'"))
+            await health.execute(update(Service).where(Service.id == service_id).values(webhook_last_error="timed out"))
+        with pytest.raises(DBAPIError, match="lock timeout"):
+            async with hub.app[DB].begin() as removal:
+                await removal.execute(text("SET LOCAL lock_timeout = '100ms'"))
+                await removal.execute(delete(Service).where(Service.id == service_id))
