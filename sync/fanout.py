@@ -21,7 +21,6 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from prometheus_client import Gauge
 from pydantic import ValidationError
 from sqlalchemy import and_, bindparam, case, func, select, true, update
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -253,9 +252,10 @@ def _build_upsert(db: AsyncSession) -> Any:
     d = Delivery.__table__.c
     stmt = insert_for(db, Delivery.__table__)
     if dialect.is_postgres(db):
-        arrays = func.unnest(*(bindparam(name, type_=ARRAY(d[name].type)) for name in _WANTED))
-        wanted = arrays.table_valued(*_WANTED).render_derived(name="w", with_types=False)
-        stmt = stmt.from_select(list(_WANTED), select(*(wanted.c[name] for name in _WANTED)))
+        arrays = func.unnest(*(bindparam(name, type_=dialect.array_of(d[name].type)) for name in _WANTED))
+        # In the arrays' order (the rows' key order), as the row locks must be taken.
+        wanted = arrays.table_valued(*_WANTED, with_ordinality="n").render_derived(name="w", with_types=False)
+        stmt = stmt.from_select(list(_WANTED), select(*(wanted.c[name] for name in _WANTED)).order_by(wanted.c.n))
     new = stmt.excluded
     pending = d.wanted_version > d.delivered_version
     retrying = and_(pending, d.state == "active")

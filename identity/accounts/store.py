@@ -210,13 +210,14 @@ def _unwritten(account: Account) -> dict[str, Any]:
     """The account's columns changed in memory and not written yet (by name), marked written:
     the caller writes them in its own statement, so the session does not flush them again."""
     state = inspect(account)
-    values = {key: state.dict[key] for key in _COLUMNS - state.unmodified if key in state.dict}
-    for key, value in values.items():
+    changed = {key: state.dict[key] for key in _COLUMNS.keys() - state.unmodified if key in state.dict}
+    for key, value in changed.items():
         set_committed_value(account, key, value)
-    return values
+    return {_COLUMNS[key]: value for key, value in changed.items()}
 
 
-_COLUMNS = frozenset(c.name for c in Account.__table__.c if not c.primary_key)
+#: The account's mapped columns but its key: attribute name to column name.
+_COLUMNS = {attr.key: attr.columns[0].name for attr in inspect(Account).column_attrs if not attr.columns[0].primary_key}
 
 
 @functools.lru_cache(maxsize=64)

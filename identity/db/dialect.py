@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, func
+from sqlalchemy import String, bindparam, func
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -31,8 +31,17 @@ def among(dialect_name: str, column: Any, name: str) -> Any:
     batches vary in size with every poll). Elsewhere an expanding IN list (SQLite plans every
     statement anyway)."""
     if dialect_name == POSTGRES:
-        return column == func.any(bindparam(name, type_=ARRAY(column.type)))
+        return column == func.any(bindparam(name, type_=array_of(column.type)))
     return column.in_(bindparam(name, expanding=True))
+
+
+def array_of(type_: Any) -> ARRAY:
+    """The type of a Postgres array parameter of ``type_`` values. A sized string goes in unsized:
+    Postgres's cast to ``varchar(n)`` cuts a longer value short (which could then match another
+    row, or be stored cut) where the column's own check refuses it."""
+    if isinstance(type_, String) and type_.length is not None:
+        type_ = String()
+    return ARRAY(type_)
 
 
 def opens_postgres(sessions: async_sessionmaker[AsyncSession]) -> bool:
