@@ -80,7 +80,8 @@ async def create_account(
         created_at=now,
         updated_at=now,
     )
-    _apply(account, {k: v for k, v in details.items() if k != "email"}, now)
+    for key, value in _apply(account, {k: v for k, v in details.items() if k != "email"}, now)[1].items():
+        setattr(account, key, value)
     if account.name is None and (account.given_name or account.family_name):
         account.name = " ".join(p for p in (account.given_name, account.family_name) if p)
     session.add(account)
@@ -89,8 +90,9 @@ async def create_account(
     return account
 
 
-def _apply(account: Account, changes: dict[str, Any], now: dt.datetime) -> list[str]:
-    changed = []
+def _apply(account: Account, changes: dict[str, Any], now: dt.datetime) -> tuple[list[str], dict[str, Any]]:
+    """The details that really change, and the account's new values (by attribute)."""
+    changed, values = [], {}
     for field, value in changes.items():
         if field not in DETAIL_FIELDS:
             raise KeyError(field)
@@ -98,12 +100,12 @@ def _apply(account: Account, changes: dict[str, Any], now: dt.datetime) -> list[
             continue
         if field in MARKETING:
             value = bool(value)
-            setattr(account, f"{field}_at", now)
+            values[f"{field}_at"] = now
         if field == "email":
-            account.email_verified = False
-        setattr(account, field, value)
+            values["email_verified"] = False
+        values[field] = value
         changed.append(field)
-    return changed
+    return changed, values
 
 
 async def update_details(
@@ -137,21 +139,24 @@ async def update_details(
             raise EmailTaken(changes["email"])
     names_given = {"given_name", "family_name"} & changes.keys()
     old_email = account.email
-    changed = _apply(account, changes, now)
+    changed, values = _apply(account, changes, now)
     if names_given and "name" not in changes and changed:
-        full = " ".join(p for p in (account.given_name, account.family_name) if p) or None
+        given, family = values.get("given_name", account.given_name), values.get("family_name", account.family_name)
+        full = " ".join(p for p in (given, family) if p) or None
         if full != account.name:
-            account.name = full
+            values["name"] = full
             changed.append("name")
     if not changed:
         return []
     if "email" in changed:
-        account.email_verified = email_confirmed
+        values["email_verified"] = email_confirmed
         changed.append("email_verified")
+    _put(session, account, values)
+    if "email" in changed:
         # Shared Signals: services that may see the address hear of the new one (RISC).
         await emit.emit(session, account.id, events.identifier_changed(old_email, account.email), now=now)
         await links.cancel(session, account.id, links.ADDRESS_BOUND, now=now)
-    await _record(session, account, changed, now, channel=channel, actor=actor, client_id=client_id)
+    await _record(session, account, values, changed, now, channel=channel, actor=actor, client_id=client_id)
     if "birthdate" in changed:
         await rectified(session, account, children or ChildPolicy(), now)
     return changed
@@ -162,8 +167,9 @@ async def mark_email_verified(session: AsyncSession, account: Account, *, channe
     await _lock(session, account)
     if account.email_verified:
         return False
-    account.email_verified = True
-    await _record(session, account, ["email_verified"], utcnow(), channel=channel, actor=account.sub, client_id=None)
+    values = {"email_verified": True}
+    _put(session, account, values)
+    await _record(session, account, values, ["email_verified"], utcnow(), channel=channel, actor=account.sub, client_id=None)
     return True
 
 
@@ -174,6 +180,7 @@ async def _lock(session: AsyncSession, account: Account) -> None:
 async def _record(
     session: AsyncSession,
     account: Account,
+    values: dict[str, Any],
     changed: list[str],
     now: dt.datetime,
     *,
@@ -182,10 +189,11 @@ async def _record(
     client_id: str | None,
 ) -> None:
     """Bump the version, keep the change history and queue the event, in one transaction. The
-    account's UPDATE is written with them (one statement on Postgres), not by the ORM's flush."""
-    account.version += 1
-    account.updated_at = now
-    written = _unwritten(account)
+    account's new ``values`` (already on the object, by :func:`_put`) are written with them (one
+    statement on Postgres), not by the ORM's flush."""
+    bumped = {"version": account.version + 1, "updated_at": now}
+    _put(session, account, bumped)
+    written = {_COLUMNS[key]: value for key, value in (values | bumped).items()}
     event = ProfileChanged(
         id=outbox.new_event_id(),
         sub=account.sub,
@@ -206,14 +214,17 @@ async def _record(
         await session.execute(statement, params)
 
 
-def _unwritten(account: Account) -> dict[str, Any]:
-    """The account's columns changed in memory and not written yet (by name), marked written:
-    the caller writes them in its own statement, so the session does not flush them again."""
-    state = inspect(account)
-    changed = {key: state.dict[key] for key in _COLUMNS.keys() - state.unmodified if key in state.dict}
-    for key, value in changed.items():
+def _put(session: AsyncSession, account: Account, values: dict[str, Any]) -> None:
+    """Set ``values`` (by attribute) on the account as written: the change's own statement
+    writes them (:func:`_record`), so the ORM has nothing to flush for them, not even an empty
+    unit of work. Inside a savepoint they count as changes too, so that rolling back to it
+    expires them with the rest of what it undid (a whole transaction's rollback expires every
+    object anyway)."""
+    nested = session.in_nested_transaction()
+    for key, value in values.items():
+        if nested:
+            setattr(account, key, value)
         set_committed_value(account, key, value)
-    return {_COLUMNS[key]: value for key, value in changed.items()}
 
 
 #: The account's mapped columns but its key: attribute name to column name.

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import event, func, select, update
+from sqlalchemy import event, func, inspect, select, update
 
 from identity.accounts.store import create_account, update_details
 from identity.appkeys import DB
@@ -103,6 +103,28 @@ async def test_a_change_is_written_with_its_history_and_event_in_one_statement_o
         assert getattr(stored, name) == getattr(account, name), name
     assert (stored.given_name, stored.name, stored.version) == ("Written", "Written Example", 2)
     assert (await _history(hub, stored.id))[-1] == (2, ["given_name", "phone_number", "name"], "support", "agent")
+
+
+async def test_a_change_undone_by_a_savepoint_is_not_left_on_the_account(hub: Hub) -> None:
+    """A change written by its own statement (not the ORM's flush) and then rolled back to a
+    savepoint leaves the account object as stored, not as the change would have made it."""
+    sub = await hub.add_user(verified=True)
+
+    class Abort(Exception):
+        pass
+
+    async with hub.app[DB].begin() as db:
+        account = await db.scalar(select(Account).where(Account.sub == sub))
+        assert account is not None
+        with pytest.raises(Abort):
+            async with db.begin_nested():
+                await update_details(db, account, {"given_name": "Undone"}, channel="support")
+                assert account.given_name == "Undone" and account.version == 2
+                raise Abort
+        state = inspect(account)
+        assert {"given_name", "name", "version"} <= state.expired_attributes, "the undone change is still on the object"
+        await db.refresh(account)
+        assert (account.given_name, account.version) == ("Ann", 1)
 
 
 async def _history(hub: Hub, account_id: int) -> list[tuple[Any, ...]]:
