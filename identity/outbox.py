@@ -4,11 +4,14 @@ publishes them to Kafka."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import Any
 
+from sqlalchemy import bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.db import dialect
 from identity.db.models import OutboxEvent
 from identity.logs import REQUEST_ID
 from schemas.events import PROFILE_TOPIC, LinkCreated, ProfileChanged
@@ -39,3 +42,11 @@ def row(event: ProfileChanged | LinkCreated) -> dict[str, Any]:
 def add(db: AsyncSession, event: ProfileChanged | LinkCreated) -> None:
     """Queue ``event`` in the caller's transaction (written at its next flush)."""
     db.add(OutboxEvent(**row(event)))
+
+
+@functools.cache
+def stamping(dialect_name: str, column: str) -> Any:
+    """The statement stamping the outbox rows ``ids`` with ``column`` (``published_at`` by the
+    relay, ``consumed_at`` by the sync worker) set ``at``, built once per database."""
+    o = OutboxEvent.__table__.c
+    return update(OutboxEvent.__table__).where(dialect.among(dialect_name, o.id, "ids")).values({column: bindparam("at", type_=o[column].type)})

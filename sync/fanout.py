@@ -24,10 +24,11 @@ from sqlalchemy import and_, bindparam, case, func, select, true, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from identity import outbox
 from identity.db import dialect
-from identity.db.models import Account, Delivery, Link, OutboxEvent, Service, utcnow
+from identity.db.models import Account, Delivery, Link, Service, utcnow
 from identity.db.units import whole
-from identity.db.upsert import insert_for
+from identity.db.upsert import insert_on
 from identity.deliveries import channels_of
 from identity.settings import Settings
 from schemas.events import PROFILE_TOPIC, LinkCreated, ProfileChanged, hub_event
@@ -209,15 +210,6 @@ def _active_links(dialect_name: str) -> Any:
     )
 
 
-@functools.cache
-def _consumed(dialect_name: str) -> Any:
-    """The outbox rows ``ids`` consumed ``at``."""
-    o = OutboxEvent.__table__.c
-    return update(OutboxEvent.__table__).where(dialect.among(dialect_name, o.id, "ids")).values(consumed_at=bindparam("at", type_=o.consumed_at.type))
-
-
-_UPSERTS: dict[tuple[str, bool], Any] = {}
-
 #: The columns of a wanted delivery, as ``_record`` builds them.
 _WANTED = (
     "service_id", "account_id", "channel", "wanted_version", "delivered_version", "changed", "snapshot", "origin",
@@ -232,13 +224,13 @@ def _upsert(db: AsyncSession, *, returning: bool = False) -> Any:
     whatever the batch's size, prepared once per connection, where a multi-row VALUES of each
     size is a new statement to parse and plan; elsewhere it runs with one parameter set per row.
     ``returning``: with what the deliverer needs to send the rows (in no particular order)."""
-    key = (dialect.name(db), returning)
-    if key not in _UPSERTS:
-        statement = _build_upsert(db)
-        if returning:
-            statement = statement.returning(*CLAIMED_COLUMNS)
-        _UPSERTS[key] = statement
-    return _UPSERTS[key]
+    return _upsert_on(dialect.name(db), returning)
+
+
+@functools.cache
+def _upsert_on(dialect_name: str, returning: bool) -> Any:
+    statement = _build_upsert(dialect_name)
+    return statement.returning(*CLAIMED_COLUMNS) if returning else statement
 
 
 def _parameters(db: AsyncSession, rows: list[dict[str, Any]]) -> Any:
@@ -248,10 +240,10 @@ def _parameters(db: AsyncSession, rows: list[dict[str, Any]]) -> Any:
     return rows
 
 
-def _build_upsert(db: AsyncSession) -> Any:
+def _build_upsert(dialect_name: str) -> Any:
     d = Delivery.__table__.c
-    stmt = insert_for(db, Delivery.__table__)
-    if dialect.is_postgres(db):
+    stmt = insert_on(dialect_name, Delivery.__table__)
+    if dialect_name == dialect.POSTGRES:
         arrays = func.unnest(*(bindparam(name, type_=dialect.array_of(d[name].type)) for name in _WANTED))
         # In the arrays' order (the rows' key order), as the row locks must be taken.
         wanted = arrays.table_valued(*_WANTED, with_ordinality="n").render_derived(name="w", with_types=False)
@@ -400,7 +392,7 @@ class FanOut:
                         taken = await record_taking(db, events, echo_suppression=echo, room=room)
                         jobs = await self.deliverer.jobs_for(db, taken)
                     if consumed:
-                        await db.execute(_consumed(dialect.name(db)), {"ids": consumed, "at": utcnow()})
+                        await db.execute(outbox.stamping(dialect.name(db), "consumed_at"), {"ids": consumed, "at": utcnow()})
                 return taken, jobs
             except (OperationalError, DBAPIError) as exc:
                 if attempt == 5 or getattr(exc, "connection_invalidated", False):

@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 import json
 import logging
 import uuid
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from identity import outbox
 from identity.db import dialect
 from identity.db.locks import AdvisoryLock, try_take
 from identity.db.models import Lease, OutboxEvent, utcnow
@@ -235,7 +235,7 @@ class Relay:
 
     async def _mark(self, db: AsyncSession, rows: list[Any]) -> dt.datetime:
         now = utcnow()
-        await db.execute(_published(dialect.name(db)), {"ids": [r.id for r in rows], "at": now})
+        await db.execute(outbox.stamping(dialect.name(db), "published_at"), {"ids": [r.id for r in rows], "at": now})
         return now
 
     async def _publish(self, rows: list[Any]) -> None:
@@ -313,13 +313,6 @@ class Relay:
         removed = await whole(self._delete_published_before(cutoff))
         if removed:
             log.info("outbox relay: removed %s published events older than the retention period", removed)
-
-
-@functools.cache
-def _published(dialect_name: str) -> Any:
-    """The outbox rows ``ids`` published ``at`` (built once per database)."""
-    o = OutboxEvent.__table__.c
-    return update(OutboxEvent.__table__).where(dialect.among(dialect_name, o.id, "ids")).values(published_at=bindparam("at", type_=o.published_at.type))
 
 
 def _describe(exc: BaseException) -> str:
