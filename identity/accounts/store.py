@@ -123,13 +123,56 @@ async def update_details(
     ``client_id`` names the member service that made the change (channel "service").
     A new ``email`` is unconfirmed unless ``email_confirmed`` (the person just opened a link
     mailed to it); either way the reset and confirmation links of the old address stop working.
-    The account row is locked and re-read first, so concurrent changes each get their own version.
+    Concurrent changes each get their own version: the change is worked out from the account as
+    the caller read it and written only if the row still has that version (compare and set, in
+    the same statement); if another transaction changed it meanwhile, or the change would change
+    nothing, the row is locked, read again and the change worked out anew. A new address or date
+    of birth, which read more than the account's row, lock and read it first.
     A changed date of birth that makes the account a child's without a guardian's consent
     restricts it at once (``identity.accounts.children``; pass the configured ``children``
     policy, ``ChildPolicy.of(settings)``). Only the person may set a date of birth that turns
     an adult into a child: from a service or support it raises ``OnlyThePerson``, before anything
     is written."""
-    await _lock(session, account)
+    locked = bool(_LOCK_FIRST & changes.keys()) or not _loaded(account)
+    if locked:
+        await _lock(session, account)
+    changed = await _update(session, account, changes, channel, actor, client_id, children, email_confirmed, locked=locked)
+    if changed is None:
+        # Read before another transaction's change, or nothing to change as read: as it is now.
+        await _lock(session, account)
+        changed = await _update(session, account, changes, channel, actor, client_id, children, email_confirmed, locked=True)
+        assert changed is not None, "a change to a locked row is written"
+    return changed
+
+
+#: Claims whose change depends on more than the account's row (another account's address, the
+#: links mailed to the old one, the child policy and the account's status): the row is locked
+#: and read before they are worked out.
+_LOCK_FIRST = frozenset({"email", "birthdate"})
+
+
+def _loaded(account: Account) -> bool:
+    """Whether the account's details and version are on the object (a change can be worked out
+    from them without reading the row)."""
+    state = inspect(account)
+    return state.persistent and not (_READ & state.unloaded)
+
+
+async def _update(
+    session: AsyncSession,
+    account: Account,
+    changes: dict[str, Any],
+    channel: Channel,
+    actor: str | None,
+    client_id: str | None,
+    children: ChildPolicy | None,
+    email_confirmed: bool,
+    *,
+    locked: bool,
+) -> list[str] | None:
+    """The change as :func:`update_details` describes it, worked out from the account object;
+    ``None`` (nothing written) if the row is not ``locked`` and the change is empty as read or
+    the row's version is no longer the object's."""
     now = utcnow()
     if "birthdate" in changes and channel in ("service", "support"):
         check_proxy_birthdate(account, changes["birthdate"], children or ChildPolicy(), now.date())
@@ -147,16 +190,16 @@ async def update_details(
             values["name"] = full
             changed.append("name")
     if not changed:
-        return []
+        return [] if locked else None
     if "email" in changed:
         values["email_verified"] = email_confirmed
         changed.append("email_verified")
-    _put(session, account, values)
     if "email" in changed:
         # Shared Signals: services that may see the address hear of the new one (RISC).
-        await emit.emit(session, account.id, events.identifier_changed(old_email, account.email), now=now)
+        await emit.emit(session, account.id, events.identifier_changed(old_email, values["email"]), now=now)
         await links.cancel(session, account.id, links.ADDRESS_BOUND, now=now)
-    await _record(session, account, values, changed, now, channel=channel, actor=actor, client_id=client_id)
+    if not await _record(session, account, values, changed, now, channel=channel, actor=actor, client_id=client_id):
+        return None
     if "birthdate" in changed:
         await rectified(session, account, children or ChildPolicy(), now)
     return changed
@@ -167,9 +210,8 @@ async def mark_email_verified(session: AsyncSession, account: Account, *, channe
     await _lock(session, account)
     if account.email_verified:
         return False
-    values = {"email_verified": True}
-    _put(session, account, values)
-    await _record(session, account, values, ["email_verified"], utcnow(), channel=channel, actor=account.sub, client_id=None)
+    written = await _record(session, account, {"email_verified": True}, ["email_verified"], utcnow(), channel=channel, actor=account.sub, client_id=None)
+    assert written, "a change to a locked row is written"
     return True
 
 
@@ -187,31 +229,40 @@ async def _record(
     channel: Channel,
     actor: str | None,
     client_id: str | None,
-) -> None:
-    """Bump the version, keep the change history and queue the event, in one transaction. The
-    account's new ``values`` (already on the object, by :func:`_put`) are written with them (one
-    statement on Postgres), not by the ORM's flush."""
-    bumped = {"version": account.version + 1, "updated_at": now}
-    _put(session, account, bumped)
+) -> bool:
+    """Write the account's new ``values`` (by attribute) with the next version, its history row
+    and its event (one statement on Postgres), if the row still has the object's version; then
+    put them on the object (:func:`_put`). Whether it was written."""
+    version = account.version + 1
+    bumped = {"version": version, "updated_at": now}
     written = {_COLUMNS[key]: value for key, value in (values | bumped).items()}
     event = ProfileChanged(
         id=outbox.new_event_id(),
         sub=account.sub,
-        version=account.version,
+        version=version,
         changed=changed,
         channel=channel,
         client_id=client_id,
         occurred_at=now,
     )
-    history = {"account_id": account.id, "version": account.version, "fields": changed, "channel": channel, "actor": actor, "at": now}
+    history = {"account_id": account.id, "version": version, "fields": changed, "channel": channel, "actor": actor, "at": now}
     params = (
         {f"a_{k}": v for k, v in written.items()}
-        | {"a__id": account.id}
+        | {"a__id": account.id, "a__read": account.version}
         | {f"h_{k}": v for k, v in history.items()}
         | {f"e_{k}": v for k, v in outbox.row(event).items()}
     )
-    for statement in _account_history_and_event(dialect.name(session), frozenset(written)):
-        await session.execute(statement, params)
+    statements = _account_history_and_event(dialect.name(session), frozenset(written))
+    if len(statements) == 1:  # Postgres: the event is written (and returned) only with the account
+        done = (await session.execute(statements[0], params)).first() is not None
+    else:
+        done = (await session.execute(statements[0], params)).rowcount == 1
+        if done:
+            for statement in statements[1:]:
+                await session.execute(statement, params)
+    if done:
+        _put(session, account, values | bumped)
+    return done
 
 
 def _put(session: AsyncSession, account: Account, values: dict[str, Any]) -> None:
@@ -230,28 +281,42 @@ def _put(session: AsyncSession, account: Account, values: dict[str, Any]) -> Non
 #: The account's mapped columns but its key: attribute name to column name.
 _COLUMNS = {attr.key: attr.columns[0].name for attr in inspect(Account).column_attrs if not attr.columns[0].primary_key}
 
+#: What a change is worked out from: the account's details, its version and identifiers.
+_READ = frozenset({*DETAIL_FIELDS, "version", "id", "sub", "email_verified"})
+
 
 @functools.lru_cache(maxsize=64)
 def _account_history_and_event(dialect_name: str, columns: frozenset[str]) -> tuple[Any, ...]:
-    """The account's UPDATE of ``columns``, the change's history row and its event, built once
-    per set of columns with bound parameters (one statement on Postgres): the hot path of every
-    change needs no ORM flush."""
-
-    def values(table: Any, prefix: str) -> Any:
-        columns = [c for c in table.c if not c.primary_key and c.name in _WRITTEN[table.name]]
-        return insert(table).values({c.name: bindparam(f"{prefix}{c.name}", type_=c.type) for c in columns})
-
+    """The account's UPDATE of ``columns`` where its version is still the one read, the change's
+    history row and its event, built once per set of columns with bound parameters. On Postgres
+    one statement: the history row and the event are inserted from what the UPDATE returned
+    (nothing if it matched no row), and the event's id returned. Elsewhere three, the inserts
+    run only if the UPDATE matched its row."""
     accounts = Account.__table__
     account = (
         update(accounts)
-        .where(accounts.c.id == bindparam("a__id"))
+        .where(accounts.c.id == bindparam("a__id"), accounts.c.version == bindparam("a__read"))
         .values({name: bindparam(f"a_{name}", type_=accounts.c[name].type) for name in sorted(columns)})
     )
-    history = values(AccountChange.__table__, "h_")
-    event = values(OutboxEvent.__table__, "e_")
+
+    def columns_of(table: Any) -> list[Any]:
+        return [c for c in table.c if not c.primary_key and c.name in _WRITTEN[table.name]]
+
     if dialect_name == dialect.POSTGRES:
-        return (event.add_cte(account.cte("account")).add_cte(history.cte("history")),)
-    return (account, history, event)
+        updated = account.returning(accounts.c.id).cte("account")
+
+        def copied(table: Any, prefix: str) -> Any:
+            cols = columns_of(table)
+            return insert(table).from_select(cols, select(*(bindparam(f"{prefix}{c.name}", type_=c.type) for c in cols)).select_from(updated))
+
+        history = copied(AccountChange.__table__, "h_")
+        event = copied(OutboxEvent.__table__, "e_").returning(OutboxEvent.__table__.c.id)
+        return (event.add_cte(updated).add_cte(history.cte("history")),)
+
+    def values(table: Any, prefix: str) -> Any:
+        return insert(table).values({c.name: bindparam(f"{prefix}{c.name}", type_=c.type) for c in columns_of(table)})
+
+    return (account, values(AccountChange.__table__, "h_"), values(OutboxEvent.__table__, "e_"))
 
 
 _WRITTEN = {

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import event, func, inspect, select, update
+from sqlalchemy import event, func, inspect, select, text, update
 
 from identity.accounts.store import create_account, update_details
 from identity.appkeys import DB
@@ -74,9 +74,10 @@ async def test_no_change_without_its_event_and_no_event_without_its_change(hub: 
 
 
 async def test_a_change_is_written_with_its_history_and_event_in_one_statement_on_postgres(hub: Hub) -> None:
-    """After the account's row is locked and read, the change (the account's columns, its
-    history row and its event) is one statement on Postgres, three on SQLite; the row read back
-    is what the object says, and committing writes nothing more."""
+    """A change to an account read in this transaction is written without reading the row again:
+    the account's columns (if its version is still the one read), its history row and its event
+    are one statement on Postgres, three on SQLite; the row read back is what the object says,
+    and committing writes nothing more."""
     sub = await hub.add_user(verified=True)
     engine = hub.app[DB].kw["bind"].sync_engine
     seen: list[str] = []
@@ -93,9 +94,9 @@ async def test_a_change_is_written_with_its_history_and_event_in_one_statement_o
             await db.commit()
         finally:
             event.remove(engine, "before_cursor_execute", capture)
-    assert seen[0].startswith("SELECT accounts.")  # the lock (FOR UPDATE on Postgres) and re-read
-    writes = seen[1:]
-    assert len(writes) == (1 if hub.settings.resolved_database_url.startswith("postgresql") else 3), writes
+    postgres = hub.settings.resolved_database_url.startswith("postgresql")
+    assert len(seen) == (1 if postgres else 3), seen
+    assert seen[0].startswith("WITH account AS (UPDATE accounts" if postgres else "UPDATE accounts"), seen
     async with hub.app[DB]() as db:
         stored = await db.scalar(select(Account).where(Account.sub == sub))
         assert stored is not None
@@ -103,6 +104,86 @@ async def test_a_change_is_written_with_its_history_and_event_in_one_statement_o
         assert getattr(stored, name) == getattr(account, name), name
     assert (stored.given_name, stored.name, stored.version) == ("Written", "Written Example", 2)
     assert (await _history(hub, stored.id))[-1] == (2, ["given_name", "phone_number", "name"], "support", "agent")
+
+
+async def _read(hub: Hub, sub: str) -> Account:
+    """The account as read by an earlier transaction (its attributes kept after it ended)."""
+    async with hub.app[DB]() as db:
+        account = await db.scalar(select(Account).where(Account.sub == sub))
+        assert account is not None
+        return account
+
+
+async def _change_elsewhere(hub: Hub, sub: str, changes: dict[str, Any]) -> None:
+    async with hub.app[DB].begin() as db:
+        account = await db.scalar(select(Account).where(Account.sub == sub))
+        assert account is not None
+        await update_details(db, account, changes, channel="person", actor=sub)
+
+
+async def test_a_change_worked_out_from_an_account_read_before_another_is_worked_out_again(hub: Hub) -> None:
+    """Another transaction changed the account after it was read: the change is not written
+    over it from the old reading (nor with the version it took), but worked out again from the
+    row as it is, and gets the next version."""
+    sub = await hub.add_user(verified=True)
+    account = await _read(hub, sub)
+    assert account.version == 1
+    await _change_elsewhere(hub, sub, {"family_name": "Other"})
+    async with hub.app[DB].begin() as db:
+        db.add(account)
+        changed = await update_details(db, account, {"given_name": "New"}, channel="support", actor="agent")
+        assert changed == ["given_name", "name"]
+        assert (account.given_name, account.family_name, account.name, account.version) == ("New", "Other", "New Other", 3)
+    async with hub.app[DB]() as db:
+        stored = await db.scalar(select(Account).where(Account.sub == sub))
+        assert stored is not None
+    assert (stored.given_name, stored.family_name, stored.name, stored.version) == ("New", "Other", "New Other", 3)
+    assert [h[:2] for h in await _history(hub, stored.id)][-2:] == [(2, ["family_name", "name"]), (3, ["given_name", "name"])]
+    versions = [e.payload["version"] for e in await _events(hub) if e.payload.get("sub") == sub]
+    assert versions[-2:] == [2, 3]
+
+
+async def test_a_change_back_to_what_was_read_is_not_lost(hub: Hub) -> None:
+    """The account as read already has the new value, but another transaction changed it since:
+    the change is still made (nothing is skipped on the strength of an old reading)."""
+    sub = await hub.add_user(verified=True)
+    account = await _read(hub, sub)
+    assert account.given_name == "Ann"
+    await _change_elsewhere(hub, sub, {"given_name": "Bea"})
+    async with hub.app[DB].begin() as db:
+        db.add(account)
+        changed = await update_details(db, account, {"given_name": "Ann"}, channel="support", actor="agent")
+        assert changed == ["given_name", "name"]
+    async with hub.app[DB]() as db:
+        stored = await db.scalar(select(Account).where(Account.sub == sub))
+        assert stored is not None
+    assert (stored.given_name, stored.name, stored.version) == ("Ann", "Ann Example", 3)
+
+
+async def test_concurrent_changes_to_one_account_each_get_their_own_version(hub: Hub) -> None:
+    """Two transactions read the account at the same version; the second's write waits on the
+    first's, and once the first commits it is worked out again on the row as the first left it."""
+    if not hub.settings.resolved_database_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer at a time: its transactions never interleave like this")
+    sub = await hub.add_user(verified=True)
+    sessions = hub.app[DB]
+    async with sessions.begin() as first, sessions.begin() as second:
+        one = await first.scalar(select(Account).where(Account.sub == sub))
+        two = await second.scalar(select(Account).where(Account.sub == sub))
+        assert one is not None and two is not None and one.version == two.version == 1
+        await update_details(first, one, {"family_name": "First"}, channel="person", actor=sub)
+        waiting = asyncio.create_task(update_details(second, two, {"given_name": "Second"}, channel="support", actor="agent"))
+        async with sessions() as watch:
+            # The second's write waits for the first's row lock (proved by Postgres, not by a pause).
+            async with asyncio.timeout(30):
+                while not await watch.scalar(
+                    text("SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'")
+                ):
+                    assert not waiting.done(), "the second change did not wait for the first"
+        await first.commit()
+        assert await waiting == ["given_name", "name"]
+        assert (two.given_name, two.family_name, two.name, two.version) == ("Second", "First", "Second First", 3)
+    assert [h[:2] for h in await _history(hub, two.id)][-2:] == [(2, ["family_name", "name"]), (3, ["given_name", "name"])]
 
 
 async def test_a_change_undone_by_a_savepoint_is_not_left_on_the_account(hub: Hub) -> None:
