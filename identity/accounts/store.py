@@ -141,7 +141,8 @@ async def update_details(
         # Read before another transaction's change, or nothing to change as read: as it is now.
         await _lock(session, account)
         changed = await _update(session, account, changes, channel, actor, client_id, children, email_confirmed, locked=True)
-        assert changed is not None, "a change to a locked row is written"
+        if changed is None:
+            raise RuntimeError("a change to a locked account row was not written")
     return changed
 
 
@@ -210,8 +211,8 @@ async def mark_email_verified(session: AsyncSession, account: Account, *, channe
     await _lock(session, account)
     if account.email_verified:
         return False
-    written = await _record(session, account, {"email_verified": True}, ["email_verified"], utcnow(), channel=channel, actor=account.sub, client_id=None)
-    assert written, "a change to a locked row is written"
+    if not await _record(session, account, {"email_verified": True}, ["email_verified"], utcnow(), channel=channel, actor=account.sub, client_id=None):
+        raise RuntimeError("a change to a locked account row was not written")
     return True
 
 
