@@ -133,7 +133,7 @@ async def update_details(
     policy, ``ChildPolicy.of(settings)``). Only the person may set a date of birth that turns
     an adult into a child: from a service or support it raises ``OnlyThePerson``, before anything
     is written."""
-    locked = bool(_LOCK_FIRST & changes.keys()) or not _loaded(account)
+    locked = _lock_first(session, account, changes)
     if locked:
         await _lock(session, account)
     changed = await _update(session, account, changes, channel, actor, client_id, children, email_confirmed, locked=locked)
@@ -148,15 +148,19 @@ async def update_details(
 
 #: Claims whose change depends on more than the account's row (another account's address, the
 #: links mailed to the old one, the child policy and the account's status): the row is locked
-#: and read before they are worked out.
-_LOCK_FIRST = frozenset({"email", "birthdate"})
+#: and read before a new value of theirs is worked out.
+_LOCK_FIRST = ("email", "birthdate")
 
 
-def _loaded(account: Account) -> bool:
-    """Whether the account's details and version are on the object (a change can be worked out
-    from them without reading the row)."""
+def _lock_first(session: AsyncSession, account: Account, changes: dict[str, Any]) -> bool:
+    """Whether the row must be locked and read before the change is worked out: the object lacks
+    the account's details or version, holds changes of its own not yet written (reading the row
+    discards them, as it always did, rather than writing them without a version), or the change
+    gives a new address or date of birth (as read)."""
     state = inspect(account)
-    return state.persistent and not (_READ & state.unloaded)
+    if not state.persistent or _READ & state.unloaded or session.is_modified(account, include_collections=False):
+        return True
+    return any(name in changes and changes[name] != getattr(account, name) for name in _LOCK_FIRST)
 
 
 async def _update(

@@ -138,9 +138,9 @@ async def test_a_change_worked_out_from_an_account_read_before_another_is_worked
         stored = await db.scalar(select(Account).where(Account.sub == sub))
         assert stored is not None
     assert (stored.given_name, stored.family_name, stored.name, stored.version) == ("New", "Other", "New Other", 3)
-    assert [h[:2] for h in await _history(hub, stored.id)][-2:] == [(2, ["family_name", "name"]), (3, ["given_name", "name"])]
-    versions = [e.payload["version"] for e in await _events(hub) if e.payload.get("sub") == sub]
-    assert versions[-2:] == [2, 3]
+    assert [h[:2] for h in await _history(hub, stored.id)] == [(1, ["created"]), (2, ["family_name", "name"]), (3, ["given_name", "name"])]
+    versions = [e.payload["version"] for e in await _events(hub) if e.payload.get("sub") == sub and e.payload.get("type") == "profile.changed"]
+    assert versions == [2, 3]
 
 
 async def test_a_change_back_to_what_was_read_is_not_lost(hub: Hub) -> None:
@@ -183,7 +183,7 @@ async def test_concurrent_changes_to_one_account_each_get_their_own_version(hub:
         await first.commit()
         assert await waiting == ["given_name", "name"]
         assert (two.given_name, two.family_name, two.name, two.version) == ("Second", "First", "Second First", 3)
-    assert [h[:2] for h in await _history(hub, two.id)][-2:] == [(2, ["family_name", "name"]), (3, ["given_name", "name"])]
+    assert [h[:2] for h in await _history(hub, two.id)] == [(1, ["created"]), (2, ["family_name", "name"]), (3, ["given_name", "name"])]
 
 
 async def test_a_change_undone_by_a_savepoint_is_not_left_on_the_account(hub: Hub) -> None:
@@ -208,12 +208,100 @@ async def test_a_change_undone_by_a_savepoint_is_not_left_on_the_account(hub: Hu
         assert (account.given_name, account.version) == ("Ann", 1)
 
 
+async def test_a_change_after_a_savepoint_was_rolled_back_reads_the_account_again(hub: Hub) -> None:
+    """The rollback to a savepoint expired the account's attributes: the next change reads the
+    row (locked) and is worked out from it, not from what the savepoint undid."""
+    sub = await hub.add_user(verified=True)
+
+    class Abort(Exception):
+        pass
+
+    async with hub.app[DB].begin() as db:
+        account = await db.scalar(select(Account).where(Account.sub == sub))
+        assert account is not None
+        with pytest.raises(Abort):
+            async with db.begin_nested():
+                await update_details(db, account, {"given_name": "Undone"}, channel="support")
+                raise Abort
+        changed = await update_details(db, account, {"family_name": "Kept"}, channel="support")
+        assert changed == ["family_name", "name"]
+        assert (account.given_name, account.family_name, account.name, account.version) == ("Ann", "Kept", "Ann Kept", 2)
+    stored = await _read(hub, sub)
+    assert (stored.given_name, stored.name, stored.version) == ("Ann", "Ann Kept", 2)
+
+
+async def test_attributes_set_on_the_account_but_not_written_are_not_taken_for_its_details(hub: Hub) -> None:
+    """Details set on the object outside a change are discarded when the change reads the row,
+    never written without a version, a history row and an event of their own."""
+    sub = await hub.add_user(verified=True)
+    async with hub.app[DB].begin() as db:
+        account = await db.scalar(select(Account).where(Account.sub == sub))
+        assert account is not None
+        account.family_name = "Unrecorded"
+        changed = await update_details(db, account, {"given_name": "Given"}, channel="support")
+        assert changed == ["given_name", "name"]
+    stored = await _read(hub, sub)
+    assert (stored.given_name, stored.family_name, stored.name, stored.version) == ("Given", "Example", "Given Example", 2)
+    assert [h[:2] for h in await _history(hub, stored.id)] == [(1, ["created"]), (2, ["given_name", "name"])]
+
+
+async def test_a_date_of_birth_sent_unchanged_does_not_lock_the_row_first(hub: Hub) -> None:
+    """The account page sends every detail, the date of birth included: when it is the one read,
+    the change is written as any other (compare and set, one statement on Postgres)."""
+    sub = await hub.add_user(verified=True)
+    engine = hub.app[DB].kw["bind"].sync_engine
+    seen: list[str] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        seen.append(" ".join(statement.split())[:40])
+
+    async with hub.app[DB].begin() as db:
+        account = await db.scalar(select(Account).where(Account.sub == sub))
+        assert account is not None
+        event.listen(engine, "before_cursor_execute", capture)
+        try:
+            changed = await update_details(db, account, {"given_name": "Same", "birthdate": account.birthdate}, channel="person", actor=sub)
+        finally:
+            event.remove(engine, "before_cursor_execute", capture)
+    assert changed == ["given_name", "name"]
+    assert not [s for s in seen if s.startswith("SELECT")], seen
+
+
+async def test_a_new_address_locks_and_reads_the_row_before_anything_is_written(hub: Hub) -> None:
+    """A new address is checked against other accounts and ends the links mailed to the old one
+    before the change is written: the row is locked and read first, so those are done once, for
+    the account as it is, never again after a write that found the row changed."""
+    sub = await hub.add_user(verified=True)
+    account = await _read(hub, sub)
+    await _change_elsewhere(hub, sub, {"given_name": "Meanwhile"})
+    engine = hub.app[DB].kw["bind"].sync_engine
+    seen: list[str] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        seen.append(" ".join(statement.split()))
+
+    async with hub.app[DB].begin() as db:
+        db.add(account)
+        event.listen(engine, "before_cursor_execute", capture)
+        try:
+            changed = await update_details(db, account, {"email": "new-address@example.com"}, channel="person", actor=sub, email_confirmed=True)
+        finally:
+            event.remove(engine, "before_cursor_execute", capture)
+    assert changed == ["email", "email_verified"]
+    assert seen[0].startswith("SELECT accounts.") and (
+        "FOR UPDATE" in seen[0] or not hub.settings.resolved_database_url.startswith("postgresql")
+    ), seen[0][:80]
+    assert sum(s.startswith(("UPDATE accounts", "WITH account AS")) for s in seen) == 1, seen
+    stored = await _read(hub, sub)
+    assert (stored.email, stored.given_name, stored.version) == ("new-address@example.com", "Meanwhile", 3)
+
+
 async def _history(hub: Hub, account_id: int) -> list[tuple[Any, ...]]:
     async with hub.app[DB]() as db:
         rows = await db.execute(
             select(AccountChange.version, AccountChange.fields, AccountChange.channel, AccountChange.actor)
             .where(AccountChange.account_id == account_id)
-            .order_by(AccountChange.version)
+            .order_by(AccountChange.version, AccountChange.id)
         )
         return [tuple(r) for r in rows]
 
