@@ -31,6 +31,7 @@ from sqlalchemy import (
     case,
     func,
     insert,
+    literal,
     not_,
     select,
     update,
@@ -188,6 +189,9 @@ class Deliveries:
     async def jobs_for(self, db: AsyncSession, endpoints: Endpoints, taken: Taken) -> list[Job]:
         """From the accounts and scopes the fan-out's recording read."""
         return await self._build(db, endpoints, list(taken.rows), taken.accounts, taken.scopes)
+
+    async def any_due(self, db: AsyncSession, now: dt.datetime) -> bool:
+        return await db.scalar(_ANY_DUE, {"now": now}) is not None
 
     async def claim(
         self, db: AsyncSession, limit: int, now: dt.datetime, endpoints: Endpoints, inflight: Mapping[tuple[int, str], int]
@@ -388,6 +392,16 @@ def _settled_values(i: Any, v: Any, g: Any, t: Any, s: Any, ms: Any) -> dict[str
     }
 
 
+#: Whether any delivery is due (read through ``ix_deliveries_due``).
+_ANY_DUE = (
+    select(literal(1))
+    .where(
+        Delivery.__table__.c.state == ACTIVE,
+        Delivery.__table__.c.wanted_version > Delivery.__table__.c.delivered_version,
+        Delivery.__table__.c.next_attempt_at <= bindparam("now", type_=UTCDateTime()),
+    )
+    .limit(1)
+)
 _SETTLE_ONE = update(Delivery.__table__).where(Delivery.__table__.c.id == bindparam("i")).values(
     _settled_values(bindparam("i"), bindparam("v"), bindparam("g"), bindparam("t"), bindparam("s"), bindparam("ms"))
 )

@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from identity import rollups
 from identity.db import dialect
-from identity.db.engine import plan_for_now
+from identity.db.engine import autocommit, plan_for_now
 from identity.db.models import ACTIVE, PENDING, Delivery, Notice, Service, SsfStream, utcnow
 from identity.db.units import whole
 from identity.deliveries import resume
@@ -119,6 +119,11 @@ class Kind(Protocol):
         self, db: AsyncSession, limit: int, now: dt.datetime, endpoints: Endpoints, inflight: Mapping[tuple[int, str], int]
     ) -> list[Any]:
         """Lease up to ``limit`` due rows in ``db`` and return their jobs."""
+        ...
+
+    async def any_due(self, db: AsyncSession, now: dt.datetime) -> bool:
+        """Whether a row may be due at ``now``: one indexed read, before a poll opens a claim's
+        transaction (a claim may still find none it can take)."""
         ...
 
     def lock_order(self, job: Any) -> tuple[Any, ...]:
@@ -286,6 +291,10 @@ class Engine:
 
     async def _claim_forever(self) -> None:
         backoff = Backoff()
+        # After a poll's wait ran out (nothing woke the engine), one read looks for due rows
+        # before a claim's transaction is opened: an idle engine costs a statement a poll, not
+        # a transaction. A wake-up (rows were left due) claims at once.
+        polled = False
         while True:
             try:
                 if self.total_inflight >= self.settings.sync_concurrency:
@@ -295,7 +304,7 @@ class Engine:
                 await self.endpoints.refresh()
                 # Cleared before looking, so a wake-up during the claim is not lost.
                 self.wake.clear()
-                jobs = await whole(self.claim(min(self.kind.claim_batch, self.settings.sync_concurrency - self.total_inflight)))
+                jobs = await whole(self.claim(min(self.kind.claim_batch, self.settings.sync_concurrency - self.total_inflight), probe=polled))
                 backoff.succeeded()
             except asyncio.CancelledError:
                 raise
@@ -306,17 +315,25 @@ class Engine:
                 continue
             for job in jobs:
                 self._start(job)
+            polled = False
             if not jobs:
                 # asyncio.timeout, not wait_for, which on Python 3.11 can swallow a
                 # cancellation arriving as the wake-up does (CPython gh-86296).
-                with contextlib.suppress(TimeoutError):
+                try:
                     async with asyncio.timeout(POLL_SECONDS):
                         await self.wake.wait()
+                except TimeoutError:
+                    polled = True
 
-    async def claim(self, limit: int) -> list[Any]:
-        """Lease up to ``limit`` due rows (their next attempt moves a lease ahead)."""
+    async def claim(self, limit: int, *, probe: bool = False) -> list[Any]:
+        """Lease up to ``limit`` due rows (their next attempt moves a lease ahead). ``probe``:
+        first look, outside a transaction, whether any row is due at all."""
         if limit <= 0:
             return []
+        if probe:
+            async with autocommit(self.sessions) as db:
+                if not await self.kind.any_due(db, utcnow()):
+                    return []
         async with self.sessions.begin() as db:
             await plan_for_now(db)
             await db.connection()

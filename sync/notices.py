@@ -29,10 +29,10 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Update, and_, not_, select, update
+from sqlalchemy import Update, and_, bindparam, literal, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity.db.models import PENDING, Account, Link, Notice
+from identity.db.models import PENDING, Account, Link, Notice, UTCDateTime
 from identity.settings import Settings
 from sync.endpoints import Endpoints
 from sync.engine import Result
@@ -56,6 +56,18 @@ class Job:
     failing_since: dt.datetime | None
     created_at: dt.datetime | None = None
     request_id: str | None = None
+
+
+#: Whether any notice that is sent is due (read through ``ix_notices_due``).
+_ANY_DUE = (
+    select(literal(1))
+    .where(
+        Notice.__table__.c.state == PENDING,
+        Notice.__table__.c.next_attempt_at <= bindparam("now", type_=UTCDateTime()),
+        Notice.__table__.c.channel != "ssf_poll",
+    )
+    .limit(1)
+)
 
 
 class Notices:
@@ -84,6 +96,9 @@ class Notices:
 
     async def jobs_for(self, db: AsyncSession, endpoints: Endpoints, taken: object) -> list[Job]:
         raise NotImplementedError("notices are not recorded by the fan-out")
+
+    async def any_due(self, db: AsyncSession, now: dt.datetime) -> bool:
+        return await db.scalar(_ANY_DUE, {"now": now}) is not None
 
     async def claim(
         self, db: AsyncSession, limit: int, now: dt.datetime, endpoints: Endpoints, inflight: Mapping[tuple[int, str], int]

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from identity.appkeys import DB, ENGINE
+from identity.db.models import utcnow
 from schemas.events import ProfileChanged
 from sync import fanout
 from sync.endpoints import Room
@@ -73,6 +74,8 @@ async def test_claims_use_the_due_indexes_in_generic_plans(hub: Hub, receivers: 
             await deliverer.endpoints.refresh(force=True)
             await deliverer.claim(10)
             await notices.claim(10)
+            await deliverer.claim(10, probe=True)
+            await notices.claim(10, probe=True)
     finally:
         event.remove(engine, "before_cursor_execute", capture)
 
@@ -82,6 +85,42 @@ async def test_claims_use_the_due_indexes_in_generic_plans(hub: Hub, receivers: 
     [notice] = [s for s in seen if "FROM notices" in s[0] and s[0].lstrip().startswith("UPDATE")]
     plan = await _generic_plan(hub, *notice)
     assert "ix_notices_due" in plan, plan
+    # The look an idle poll takes before a claim reads the same indexes.
+    [probe] = [s for s in seen if s[0].lstrip().startswith("SELECT") and "FROM deliveries" in s[0]]
+    assert "ix_deliveries_due" in await _generic_plan(hub, *probe)
+    [probe] = [s for s in seen if s[0].lstrip().startswith("SELECT") and "FROM notices" in s[0]]
+    assert "ix_notices_due" in await _generic_plan(hub, *probe)
+
+
+async def test_an_idle_poll_reads_once_and_claims_only_what_is_due(hub: Hub, receivers: Receivers) -> None:
+    """A poll that finds nothing due costs one read, no transaction and no claim; once rows are
+    due, the same poll claims them."""
+    store = await add_member(hub, receivers, "store")
+    subs = await add_people(hub, 2)
+    await link_directly(hub, subs, store.rp.client_id)
+    engine = hub.app[ENGINE].sync_engine
+    seen: list[str] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        seen.append(" ".join(statement.split()))
+
+    async with aiohttp.ClientSession() as http:
+        deliverer, notices = engines(hub, http)
+        await deliverer.endpoints.refresh(force=True)
+        for kind in (deliverer, notices):
+            seen.clear()
+            event.listen(engine, "before_cursor_execute", capture)
+            try:
+                assert await kind.claim(10, probe=True) == []
+            finally:
+                event.remove(engine, "before_cursor_execute", capture)
+            assert len(seen) == 1 and seen[0].startswith("SELECT") and " LIMIT " in seen[0], seen
+        events = [ProfileChanged(id=f"e{sub}", sub=sub, version=2, changed=["given_name"], channel="support", occurred_at=utcnow()) for sub in subs]
+        async with hub.app[DB].begin() as db:
+            await fanout.record(db, events, echo_suppression=True)
+        claimed = await deliverer.claim(10, probe=True)
+        assert sorted(job.sub for job in claimed) == sorted(subs)
+        assert await deliverer.claim(10, probe=True) == []  # leased now: not due
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # prepared statements are reused on Postgres
