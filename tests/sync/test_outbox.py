@@ -4,9 +4,11 @@ publishes each row once, in order, then forgets it after the retention period.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,21 +81,12 @@ async def test_a_change_is_written_with_its_history_and_event_in_one_statement_o
     are one statement on Postgres, three on SQLite; the row read back is what the object says,
     and committing writes nothing more."""
     sub = await hub.add_user(verified=True)
-    engine = hub.app[DB].kw["bind"].sync_engine
-    seen: list[str] = []
-
-    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        seen.append(" ".join(statement.split())[:60])
-
     async with hub.app[DB].begin() as db:
         account = await db.scalar(select(Account).where(Account.sub == sub))
         assert account is not None
-        event.listen(engine, "before_cursor_execute", capture)
-        try:
+        with _statements(hub) as seen:
             await update_details(db, account, {"given_name": "Written", "phone_number": "+441632960001"}, channel="support", actor="agent")
             await db.commit()
-        finally:
-            event.remove(engine, "before_cursor_execute", capture)
     postgres = hub.settings.resolved_database_url.startswith("postgresql")
     assert len(seen) == (1 if postgres else 3), seen
     assert seen[0].startswith("WITH account AS (UPDATE accounts" if postgres else "UPDATE accounts"), seen
@@ -104,6 +97,22 @@ async def test_a_change_is_written_with_its_history_and_event_in_one_statement_o
         assert getattr(stored, name) == getattr(account, name), name
     assert (stored.given_name, stored.name, stored.version) == ("Written", "Written Example", 2)
     assert (await _history(hub, stored.id))[-1] == (2, ["given_name", "phone_number", "name"], "support", "agent")
+
+
+@contextlib.contextmanager
+def _statements(hub: Hub) -> Iterator[list[str]]:
+    """The statements the hub's database is sent meanwhile, whitespace folded."""
+    engine = hub.app[DB].kw["bind"].sync_engine
+    seen: list[str] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        seen.append(" ".join(statement.split()))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
 
 
 async def _read(hub: Hub, sub: str) -> Account:
@@ -249,20 +258,11 @@ async def test_a_date_of_birth_sent_unchanged_does_not_lock_the_row_first(hub: H
     """The account page sends every detail, the date of birth included: when it is the one read,
     the change is written as any other (compare and set, one statement on Postgres)."""
     sub = await hub.add_user(verified=True)
-    engine = hub.app[DB].kw["bind"].sync_engine
-    seen: list[str] = []
-
-    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        seen.append(" ".join(statement.split())[:40])
-
     async with hub.app[DB].begin() as db:
         account = await db.scalar(select(Account).where(Account.sub == sub))
         assert account is not None
-        event.listen(engine, "before_cursor_execute", capture)
-        try:
+        with _statements(hub) as seen:
             changed = await update_details(db, account, {"given_name": "Same", "birthdate": account.birthdate}, channel="person", actor=sub)
-        finally:
-            event.remove(engine, "before_cursor_execute", capture)
     assert changed == ["given_name", "name"]
     assert not [s for s in seen if s.startswith("SELECT")], seen
 
@@ -274,19 +274,10 @@ async def test_a_new_address_locks_and_reads_the_row_before_anything_is_written(
     sub = await hub.add_user(verified=True)
     account = await _read(hub, sub)
     await _change_elsewhere(hub, sub, {"given_name": "Meanwhile"})
-    engine = hub.app[DB].kw["bind"].sync_engine
-    seen: list[str] = []
-
-    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        seen.append(" ".join(statement.split()))
-
     async with hub.app[DB].begin() as db:
         db.add(account)
-        event.listen(engine, "before_cursor_execute", capture)
-        try:
+        with _statements(hub) as seen:
             changed = await update_details(db, account, {"email": "new-address@example.com"}, channel="person", actor=sub, email_confirmed=True)
-        finally:
-            event.remove(engine, "before_cursor_execute", capture)
     assert changed == ["email", "email_verified"]
     assert seen[0].startswith("SELECT accounts.") and (
         "FOR UPDATE" in seen[0] or not hub.settings.resolved_database_url.startswith("postgresql")
