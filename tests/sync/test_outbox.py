@@ -180,13 +180,14 @@ async def test_concurrent_changes_to_one_account_each_get_their_own_version(hub:
         one = await first.scalar(select(Account).where(Account.sub == sub))
         two = await second.scalar(select(Account).where(Account.sub == sub))
         assert one is not None and two is not None and one.version == two.version == 1
+        backend = await second.scalar(text("SELECT pg_backend_pid()"))
         await update_details(first, one, {"family_name": "First"}, channel="person", actor=sub)
         waiting = asyncio.create_task(update_details(second, two, {"given_name": "Second"}, channel="support", actor="agent"))
         async with sessions() as watch:
             # The second's write waits for the first's row lock (proved by Postgres, not by a pause).
             async with asyncio.timeout(30):
                 while not await watch.scalar(
-                    text("SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'")
+                    text("SELECT count(*) FROM pg_locks WHERE pid = :pid AND NOT granted"), {"pid": backend}
                 ):
                     assert not waiting.done(), "the second change did not wait for the first"
         await first.commit()
