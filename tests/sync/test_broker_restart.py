@@ -286,6 +286,15 @@ class TestRelay:
                 await change(hub, sub, family_name="Before")
             async with hub.app[DB]() as db:
                 before = set(await db.scalars(select(OutboxEvent.id)))
+
+            async def all_published() -> bool:
+                async with hub.app[DB]() as db:
+                    waiting = select(func.count()).select_from(OutboxEvent).where(OutboxEvent.published_at.is_(None))
+                    return await db.scalar(waiting) == 0
+
+            # Published, so the relay made the topic (with its 12 partitions) before this
+            # consumer's first metadata request could make it with the broker's default.
+            await eventually(all_published, timeout=30, what="the events before the restart published")
             first = TopicReader(broker.bootstrap, topic, "before")
             await first.start()
             try:  # published to the 12 partitions, as the producer now believes them
