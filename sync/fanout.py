@@ -164,7 +164,7 @@ async def _record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], 
     taken: list[Any] = []
     left = in_flight = 0
     if room is None:
-        statement = _upsert(db)
+        statement = _upsert(on)
         for start in range(0, len(values), UPSERT_CHUNK):
             await db.execute(statement, _parameters(db, values[start : start + UPSERT_CHUNK]))
     else:
@@ -174,7 +174,7 @@ async def _record(db: AsyncSession, events: list[ProfileChanged | LinkCreated], 
             if free.get(key, 0) > 0:
                 free[key] -= 1
                 row["next_attempt_at"] = room.until
-        statement = _upsert(db, returning=True)
+        statement = _upsert(on, returning=True)
         for start in range(0, len(values), UPSERT_CHUNK):
             for row in await db.execute(statement, _parameters(db, values[start : start + UPSERT_CHUNK])):
                 # Leased by this recording, not an earlier pending row's schedule (kept as it was).
@@ -217,18 +217,14 @@ _WANTED = (
 )
 
 
-def _upsert(db: AsyncSession, *, returning: bool = False) -> Any:
+@functools.cache
+def _upsert(dialect_name: str, *, returning: bool = False) -> Any:
     """Insert the wanted deliveries, or coalesce them into the pending ones. Built once per
     dialect (compiling it per batch would cost more than the database work). On Postgres the
     rows come as one array per column (``INSERT … SELECT FROM unnest(…)``): one statement text
     whatever the batch's size, prepared once per connection, where a multi-row VALUES of each
     size is a new statement to parse and plan; elsewhere it runs with one parameter set per row.
     ``returning``: with what the deliverer needs to send the rows (in no particular order)."""
-    return _upsert_on(dialect.name(db), returning)
-
-
-@functools.cache
-def _upsert_on(dialect_name: str, returning: bool) -> Any:
     statement = _build_upsert(dialect_name)
     return statement.returning(*CLAIMED_COLUMNS) if returning else statement
 

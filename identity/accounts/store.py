@@ -199,7 +199,6 @@ async def _update(
     if "email" in changed:
         values["email_verified"] = email_confirmed
         changed.append("email_verified")
-    if "email" in changed:
         # Shared Signals: services that may see the address hear of the new one (RISC).
         await emit.emit(session, account.id, events.identifier_changed(old_email, values["email"]), now=now)
         await links.cancel(session, account.id, links.ADDRESS_BOUND, now=now)
@@ -287,7 +286,7 @@ def _put(session: AsyncSession, account: Account, values: dict[str, Any]) -> Non
 _COLUMNS = {attr.key: attr.columns[0].name for attr in inspect(Account).column_attrs if not attr.columns[0].primary_key}
 
 #: What a change is worked out from: the account's details, its version and identifiers.
-_READ = frozenset({*DETAIL_FIELDS, "version", "id", "sub", "email_verified"})
+_READ = frozenset({*DETAIL_FIELDS, "version", "id", "sub"})
 
 
 @functools.lru_cache(maxsize=64)
