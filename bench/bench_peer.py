@@ -4,8 +4,9 @@
 driven by the same load generator with the same flags, the two alternated in every round.
 
 The peer runs as one Node process with its in-memory storage and opaque access tokens (its
-cheapest configuration, bench/peer/peer.mjs); the hub as one ``onesignin serve`` process on the
-database given. Both answer on loopback; load comes from ``wrk`` (one thread).
+cheapest configuration, bench/peer/peer.mjs); the hub as one ``onesignin serve --no-sync`` process
+on the database given, as compose.yaml runs it (the outbox relay and the sync worker are processes
+of their own there, and the peer has no such pipeline). Both answer on loopback; load comes from ``wrk`` (one thread).
 
     apt-get install wrk nodejs npm      # once
     python bench/bench_peer.py --database postgresql+asyncpg://postgres@127.0.0.1:5432/test
@@ -118,7 +119,7 @@ def hub_process(database: str, workers: int = 1) -> Iterator[tuple[Target, subpr
         cli(env, "migrate")
     service = cli(env, "services", "add", "--name", "Bench", "--redirect-uri", REDIRECT)
     process = subprocess.Popen(
-        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port), "--metrics-port", "0", "--workers", str(workers)],
+        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port), "--metrics-port", "0", "--no-sync", "--workers", str(workers)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

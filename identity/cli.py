@@ -1165,7 +1165,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = None
     try:
         settings = load_settings()
-        logs.configure(settings.log_format)
+        # The long-running processes write their lines in batches (an access line a request);
+        # a one-off command writes each at once, in order with what it prints.
+        batched = args.command in ("serve", "relay", "worker")
+        logs.configure(settings.log_format, flush_seconds=settings.log_flush_seconds if batched else 0.0)
         result = args.func(settings, args)
     except ConfigurationError as exc:
         print(f"onesignin: configuration error:\n{exc}", file=sys.stderr)

@@ -9,7 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
+import os
 import sys
+import threading
+import time
 from contextvars import ContextVar
 from typing import Literal
 
@@ -30,15 +34,48 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class TextFormatter(logging.Formatter):
+    """``logging.Formatter``'s lines, with the date and time to the second worked out once a
+    second rather than for every line (a busy hub writes an access line per request)."""
+
+    def __init__(self, fmt: str = TEXT) -> None:
+        super().__init__(fmt)
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second, text = self._second
+        if second != int(record.created):
+            second = int(record.created)
+            text = time.strftime(self.default_time_format, self.converter(record.created))
+            self._second = (second, text)
+        return self.default_msec_format % (text, record.msecs)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: time, level, logger, message, request id, access fields, error."""
 
     #: Attributes the access log adds to its records (``extra=``).
     FIELDS = ("method", "path", "status", "duration_ms")
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second: tuple[int, str] = (-1, "")
+
+    def _time(self, created: float) -> str:
+        """ISO 8601 in UTC to the millisecond, the part to the second worked out once a second."""
+        fraction, seconds = math.modf(created)
+        whole, micro = divmod(int(seconds) * 1_000_000 + round(fraction * 1_000_000), 1_000_000)  # as datetime rounds it
+        second, text = self._second
+        if second != whole:
+            second, text = whole, dt.datetime.fromtimestamp(whole, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = (second, text)
+        return f"{text}.{micro // 1000:03d}+00:00"
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
-            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "time": self._time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -53,14 +90,95 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
-def configure(log_format: LogFormat = "text", level: int = logging.INFO) -> None:
-    """Send the process's logs to stderr in ``log_format`` (replacing any earlier set-up)."""
-    handler = logging.StreamHandler(sys.stderr)
+class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Lines written to the stream in batches rather than one system call each: at most
+    ``interval`` seconds after the first line waiting, at once when ``limit`` bytes wait, and at
+    once, after everything before it, for a warning or worse (as nginx's ``access_log … buffer=
+    flush=``). A busy hub writes an access line per request; a write per line cost more than
+    making the line. What waits is written when logging shuts down (at exit, and on SIGTERM,
+    which every command ends on cleanly); only a process killed outright loses it."""
+
+    def __init__(self, stream: object, interval: float, limit: int = 64 * 1024) -> None:
+        super().__init__(stream)  # type: ignore[arg-type]
+        self.interval = interval
+        self.limit = limit
+        self._forget()
+        os.register_at_fork(after_in_child=self._forget)  # the parent writes what waits
+
+    def _forget(self) -> None:
+        self._waiting: list[str] = []
+        self._size = 0
+        self._due = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self._closed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Called with the handler's lock held (``Handler.handle``).
+        try:
+            line = self.format(record) + self.terminator
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - as logging's own handlers: a line that cannot be made is reported, not raised
+            self.handleError(record)
+            return
+        self._waiting.append(line)
+        self._size += len(line)
+        if record.levelno >= logging.WARNING or self._size >= self.limit:
+            self._write()
+        elif len(self._waiting) == 1:
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_forever, name="log-flusher", daemon=True)
+                self._flusher.start()
+            self._due.set()
+
+    def _write(self) -> None:
+        if not self._waiting:
+            return
+        text = "".join(self._waiting)
+        self._waiting.clear()
+        self._size = 0
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # the stream is gone (closed, or its reader went away): nothing to tell it
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write()
+
+    def _flush_forever(self) -> None:
+        while not self._closed:
+            self._due.wait()
+            if self._closed:
+                return
+            time.sleep(self.interval)  # lines gather for the interval after the first
+            self._due.clear()
+            self.flush()
+
+    def close(self) -> None:
+        self._closed = True
+        self._due.set()  # the flusher ends
+        self.flush()
+        super().close()
+
+
+def configure(log_format: LogFormat = "text", level: int = logging.INFO, *, flush_seconds: float = 0.0) -> None:
+    """Send the process's logs to stderr in ``log_format`` (replacing any earlier set-up).
+    ``flush_seconds``: lines are written in batches at most that long after the first waits (see
+    :class:`BufferedStreamHandler`); 0 writes each line at once."""
+    handler: logging.Handler
+    if flush_seconds > 0:
+        handler = BufferedStreamHandler(sys.stderr, flush_seconds)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        if isinstance(old, BufferedStreamHandler):
+            old.close()  # what waits in it is written first
     root.addHandler(handler)
     root.setLevel(level)
     # No line shows a thread, a process or a multiprocessing name: each record (one access line

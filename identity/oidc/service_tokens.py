@@ -13,12 +13,13 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
-import secrets
 from dataclasses import dataclass
 
 import orjson
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from identity.tokens import new_id
 
 PREFIX = "ost."
 #: Tokens whose MAC was checked, kept (all dropped at once when full).
@@ -55,7 +56,7 @@ class ServiceTokenCodec:
 
     def issue(self, client_id: str, scope: str, ttl: int, now: dt.datetime, *, jkt: str | None = None) -> str:
         issued = int(now.timestamp())
-        body: dict[str, object] = {"c": client_id, "s": scope, "i": issued, "e": issued + ttl, "j": secrets.token_urlsafe(12)}
+        body: dict[str, object] = {"c": client_id, "s": scope, "i": issued, "e": issued + ttl, "j": new_id(12)}
         if jkt is not None:
             body["k"] = jkt
         payload = _b64(orjson.dumps(body))  # compact JSON, as json.dumps with separators=(",", ":")

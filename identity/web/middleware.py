@@ -87,9 +87,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             duration = round(seconds * 1000, 1)
             method, path = request.method, request.path
             # Built directly: the logging module's search of the stack for the caller's file and
-            # line (which an access line does not show) is the dearest part of a log call.
+            # line (which an access line does not show) is the dearest part of a log call. No
+            # path either: the record would work out a file and module name from it every time.
             access_log.handle(access_log.makeRecord(
-                access_log.name, logging.INFO, __file__, 0, "%s %s %s %.1f ms", (method, path, status, duration), None,
+                access_log.name, logging.INFO, "", 0, "%s %s %s %.1f ms", (method, path, status, duration), None,
                 extra={"method": method, "path": path, "status": status, "duration_ms": duration},
             ))
         metrics = request.config_dict.get(HUB_METRICS)

@@ -1,0 +1,149 @@
+"""How log lines reach stderr: the servers write them in batches (a warning or worse at once,
+after everything before it), their time is the standard library's to the millisecond, and the
+random ids made per request come from a pool a forked child does not share."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import os
+import threading
+
+import pytest
+
+from identity.logs import TEXT, BufferedStreamHandler, JsonFormatter, TextFormatter
+from identity.tokens import new_id
+
+
+class Stream(io.StringIO):
+    """A stream that counts its writes and says when one came."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.wrote = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        written = super().write(text)
+        self.wrote.set()
+        return written
+
+
+def _logger(handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger(f"test.lines.{id(handler)}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    return logger
+
+
+def test_lines_wait_for_the_interval_and_are_written_together() -> None:
+    stream = Stream()
+    handler = BufferedStreamHandler(stream, interval=3600)
+    logger = _logger(handler)
+    try:
+        for n in range(3):
+            logger.info("line %d", n)
+        assert stream.getvalue() == ""  # within the interval, nothing is written yet
+        handler.flush()
+        assert stream.getvalue() == "INFO line 0\nINFO line 1\nINFO line 2\n"
+        assert stream.writes == 1
+    finally:
+        handler.close()
+
+
+def test_a_warning_is_written_at_once_after_what_waited() -> None:
+    stream = Stream()
+    handler = BufferedStreamHandler(stream, interval=3600)
+    logger = _logger(handler)
+    try:
+        logger.info("before")
+        logger.warning("trouble")
+        assert stream.getvalue() == "INFO before\nWARNING trouble\n"
+        logger.info("after")
+        assert stream.getvalue() == "INFO before\nWARNING trouble\n"
+    finally:
+        handler.close()
+    assert stream.getvalue().endswith("INFO after\n")  # closing writes what waits
+
+
+def test_a_full_buffer_is_written_at_once() -> None:
+    stream = Stream()
+    handler = BufferedStreamHandler(stream, interval=3600, limit=100)
+    logger = _logger(handler)
+    try:
+        logger.info("x" * 40)
+        logger.info("y" * 40)
+        assert stream.getvalue() == ""
+        logger.info("z" * 40)  # past 100 bytes
+        assert stream.getvalue().count("\n") == 3
+    finally:
+        handler.close()
+
+
+def test_lines_are_written_once_the_interval_has_passed() -> None:
+    stream = Stream()
+    handler = BufferedStreamHandler(stream, interval=0.05)
+    logger = _logger(handler)
+    try:
+        logger.info("soon")
+        assert stream.wrote.wait(timeout=30), "the line was not written"
+        assert stream.getvalue() == "INFO soon\n"
+        stream.wrote.clear()
+        logger.info("again")  # a later line starts another interval
+        assert stream.wrote.wait(timeout=30), "the second line was not written"
+        assert stream.getvalue() == "INFO soon\nINFO again\n"
+    finally:
+        handler.close()
+
+
+def test_a_stream_gone_loses_the_lines_without_an_error() -> None:
+    stream = Stream()
+    handler = BufferedStreamHandler(stream, interval=3600)
+    logger = _logger(handler)
+    logger.info("lost")
+    stream.close()
+    handler.close()  # no ValueError from writing to a closed stream
+
+
+#: Times with fractions that round across a millisecond (and a second) when made microseconds.
+TIMES = [0.0, 1.5, 1_765_000_000.0004995, 1_765_000_000.9995, 1_765_000_000.9999996, 1_765_000_059.123456, 1_800_000_000.000999]
+
+
+@pytest.mark.parametrize("created", TIMES)
+def test_the_time_of_a_line_is_the_standard_librarys(created: float) -> None:
+    record = logging.LogRecord("x", logging.INFO, "", 0, "m", None, None)
+    record.created = created
+    record.msecs = int((created - int(created)) * 1000) + 0.0
+    text, standard = TextFormatter(), logging.Formatter(TEXT)
+    assert text.formatTime(record) == standard.formatTime(record)
+    assert JsonFormatter()._time(created) == dt.datetime.fromtimestamp(created, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def test_times_within_one_second_are_told_apart() -> None:
+    formatter = JsonFormatter()
+    assert formatter._time(1_765_000_000.25) == "2025-12-06T05:46:40.250+00:00"
+    assert formatter._time(1_765_000_000.75) == "2025-12-06T05:46:40.750+00:00"
+    assert formatter._time(1_765_000_001.0) == "2025-12-06T05:46:41.000+00:00"
+
+
+def test_ids_from_the_pool_differ_and_a_forked_child_makes_its_own() -> None:
+    made = {new_id(12) for _ in range(10_000)}
+    assert len(made) == 10_000 and all(len(i) == 16 for i in made)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child
+        os.close(read)
+        os.write(write, new_id(12).encode())
+        os._exit(0)
+    os.close(write)
+    try:
+        childs = os.read(read, 64).decode()
+    finally:
+        os.close(read)
+        os.waitpid(child, 0)
+    # Without a pool of its own the child would hand out the very bytes the parent hands out next.
+    assert len(childs) == 16 and new_id(12) != childs
