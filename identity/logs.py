@@ -90,6 +90,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+#: Characters written at most at once: PIPE_BUF (4,096 bytes on Linux) at four bytes a character.
+CHUNK = 1024
+
+
 class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Lines written to the stream in batches rather than one system call each: at most
     ``interval`` seconds after the first line waiting, at once when ``limit`` bytes wait, and at
@@ -134,11 +138,21 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def _write(self) -> None:
         if not self._waiting:
             return
-        text = "".join(self._waiting)
-        self._waiting.clear()
-        self._size = 0
+        waiting, self._waiting, self._size = self._waiting, [], 0
+        # Whole lines, at most PIPE_BUF bytes a write (CHUNK characters of UTF-8): a pipe never
+        # splits such a write, so the lines of several processes sharing a stderr (the workers
+        # of ``serve --workers``) stay whole. (A longer line is written alone, as it always was.)
+        chunk: list[str] = []
+        size = 0
         try:
-            self.stream.write(text)
+            for line in waiting:
+                if chunk and size + len(line) > CHUNK:
+                    self.stream.write("".join(chunk))
+                    self.stream.flush()
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            self.stream.write("".join(chunk))
             self.stream.flush()
         except (OSError, ValueError):
             pass  # the stream is gone (closed, or its reader went away): nothing to tell it

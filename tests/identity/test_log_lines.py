@@ -84,6 +84,25 @@ def test_a_full_buffer_is_written_at_once() -> None:
         handler.close()
 
 
+def test_each_write_is_whole_lines_a_pipe_keeps_together() -> None:
+    """Several processes may share one stderr pipe: a write of at most PIPE_BUF bytes is never
+    split there, so the lines of one never cut through the lines of another."""
+    stream = Stream()
+    writes: list[str] = []
+    stream.write = lambda text: writes.append(text) or len(text)  # type: ignore[method-assign]
+    handler = BufferedStreamHandler(stream, interval=3600)
+    logger = _logger(handler)
+    try:
+        for n in range(300):
+            logger.info("é%03d %s", n, "x" * 90)  # 100 characters a line, one of two bytes
+        handler.flush()
+    finally:
+        handler.close()
+    assert 10 < len(writes) < 300
+    assert all(len(w.encode()) <= 4096 and w.endswith("\n") for w in writes)
+    assert "".join(writes).splitlines() == [f"INFO é{n:03d} {'x' * 90}" for n in range(300)]
+
+
 def test_lines_are_written_once_the_interval_has_passed() -> None:
     stream = Stream()
     handler = BufferedStreamHandler(stream, interval=0.05)
