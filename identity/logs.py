@@ -17,6 +17,8 @@ import time
 from contextvars import ContextVar
 from typing import Literal
 
+import orjson
+
 #: The id of the request being answered in this task, if any.
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -87,7 +89,14 @@ class JsonFormatter(logging.Formatter):
                 line[name] = getattr(record, name)
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        # orjson, about a tenth of the standard library's time for such a line; a line it refuses
+        # (a lone surrogate) or that is not ASCII goes through the standard library, which
+        # escapes what is not ASCII, so a line reads the same whatever stderr's encoding.
+        try:
+            text = orjson.dumps(line, default=str).decode()
+        except TypeError:  # orjson.JSONEncodeError is one
+            return json.dumps(line, default=str)
+        return text if text.isascii() else json.dumps(line, default=str)
 
 
 #: Characters written at most at once: PIPE_BUF (4,096 bytes on Linux) at four bytes a character.

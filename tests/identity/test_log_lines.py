@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import logging
 import os
 import threading
@@ -140,6 +141,18 @@ def test_the_time_of_a_line_is_the_standard_librarys(created: float) -> None:
     text, standard = TextFormatter(), logging.Formatter(TEXT)
     assert text.formatTime(record) == standard.formatTime(record)
     assert JsonFormatter()._time(created) == dt.datetime.fromtimestamp(created, dt.UTC).isoformat(timespec="milliseconds")
+
+
+@pytest.mark.parametrize("message", ["POST /token 200 1.2 ms", "Zoë signed in", "a lone \udcff surrogate", 'quote " and \\ and \n'])
+def test_a_json_line_is_ascii_json_of_the_record(message: str) -> None:
+    record = logging.LogRecord("onesignin.access", logging.INFO, "", 0, "%s", (message,), None)
+    record.request_id, record.status, record.duration_ms = "req-1", 200, 1.2  # type: ignore[attr-defined]
+    line = JsonFormatter().format(record)
+    assert line.isascii()  # as the standard library's json.dumps writes it
+    assert json.loads(line) == {
+        "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+        "level": "INFO", "logger": "onesignin.access", "message": message, "request_id": "req-1", "status": 200, "duration_ms": 1.2,
+    }
 
 
 def test_times_within_one_second_are_told_apart() -> None:
