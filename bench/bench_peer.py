@@ -6,7 +6,10 @@ driven by the same load generator with the same flags, the two alternated in eve
 The peer runs as one Node process with its in-memory storage and opaque access tokens (its
 cheapest configuration, bench/peer/peer.mjs); the hub as one ``onesignin serve --no-sync`` process
 on the database given, as compose.yaml runs it (the outbox relay and the sync worker are processes
-of their own there, and the peer has no such pipeline). Both answer on loopback; load comes from ``wrk`` (one thread).
+of their own there, and the peer has no such pipeline). Both answer on loopback; load comes from
+``wrk`` (one thread). Beside each rate it prints the CPU each server used for it (all its threads
+and processes, from /proc): one Node process is not one core, as V8 collects garbage and
+compiles on helper threads, so CPU per request is shown too, with its own ratio.
 
     apt-get install wrk nodejs npm      # once
     python bench/bench_peer.py --database postgresql+asyncpg://postgres@127.0.0.1:5432/test
@@ -24,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,6 +85,25 @@ async def _all_workers_up(process: subprocess.Popen[bytes], workers: int) -> Non
             return
         await asyncio.sleep(0.1)
     sys.exit(f"the hub did not start {workers} workers")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time (user and system) of process ``pid``, all its threads and its descendants so far
+    (Linux /proc; ``None`` elsewhere): V8's helper threads count for the peer as the hub's worker
+    processes do for the hub."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            total += cpu_seconds(int(child)) or 0.0
+    return total
 
 
 class Target:
@@ -170,6 +193,8 @@ async def main() -> None:
 
     scripts = Path(tempfile.mkdtemp(prefix="onesignin-wrk-"))
     runs: dict[str, dict[str, list[float]]] = {figure: {"hub": [], "peer": []} for figure in FIGURES}
+    # CPU microseconds per answered request, each server's processes and threads together.
+    cost: dict[str, dict[str, list[float | None]]] = {figure: {"hub": [], "peer": []} for figure in FIGURES}
     try:
         with hub_process(args.database, args.hub_workers) as (hub, hub_proc), peer_process() as (peer, peer_proc):
             await _wait_until_up(hub.base + "/healthz", hub_proc)
@@ -184,10 +209,20 @@ async def main() -> None:
                     for target, key in order:
                         path, lua = target.lua(figure)
                         wrk = Wrk(target.base, scripts, args.seconds, args.connections)
+                        pid = (hub_proc if key == "hub" else peer_proc).pid
+                        before, started = cpu_seconds(pid), time.monotonic()
                         rate = wrk.run(path, lua)
+                        after, ended = cpu_seconds(pid), time.monotonic()
                         runs[figure][key].append(rate)
+                        line = f"  round {round_ + 1}: {target.name:20s} {figure:20s} {rate:9.0f}/s"
+                        per_request = None
+                        if before is not None and after is not None and rate > 0:
+                            used = after - before
+                            per_request = used / (rate * (ended - started)) * 1e6
+                            line += f"  {used / (ended - started):4.2f} cores  {per_request:5.0f} µs CPU per request"
+                        cost[figure][key].append(per_request)
                         if not args.json:
-                            print(f"  round {round_ + 1}: {target.name:20s} {figure:20s} {rate:9.0f}/s", flush=True)
+                            print(line, flush=True)
     finally:
         shutil.rmtree(scripts, ignore_errors=True)
 
@@ -196,6 +231,10 @@ async def main() -> None:
             "hub_per_s": runs[figure]["hub"],
             "peer_per_s": runs[figure]["peer"],
             "ratios": [h / p for h, p in zip(runs[figure]["hub"], runs[figure]["peer"], strict=True)],
+            "hub_cpu_us_per_request": cost[figure]["hub"],
+            "peer_cpu_us_per_request": cost[figure]["peer"],
+            # Above 1: a hub answer costs the machine less CPU than the peer's.
+            "cpu_ratios": [p / h if h and p else None for h, p in zip(cost[figure]["hub"], cost[figure]["peer"], strict=True)],
         }
         for figure in FIGURES
     }
@@ -207,6 +246,14 @@ async def main() -> None:
     for figure, r in results.items():
         ratios = " ".join(f"{x:.2f}" for x in r["ratios"])
         print(f"  {figure:20s} {statistics.median(r['hub_per_s']):14.0f} {statistics.median(r['peer_per_s']):14.0f}  {ratios}")
+    if all(x is not None for r in results.values() for x in r["cpu_ratios"]):
+        # One Node process is not one core: V8 collects garbage and compiles on helper threads.
+        print("  CPU per request (all of each server's threads and processes); ratio = peer's / hub's, above 1: the hub's is cheaper")
+        print(f"  {'figure':20s} {'hub µs (median)':>16s} {'peer µs (median)':>17s}  ratio per round")
+        for figure, r in results.items():
+            ratios = " ".join(f"{x:.2f}" for x in r["cpu_ratios"])
+            hub_us, peer_us = statistics.median(r["hub_cpu_us_per_request"]), statistics.median(r["peer_cpu_us_per_request"])
+            print(f"  {figure:20s} {hub_us:16.0f} {peer_us:17.0f}  {ratios}")
 
 
 if __name__ == "__main__":
