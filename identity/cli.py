@@ -330,6 +330,7 @@ def _run_sync_alone(settings: Settings, args: argparse.Namespace, *, relay: bool
     _preflight(settings, args.host, args.port)
     role = "relay" if relay else "worker"
     app = standalone_app(settings, database(settings.is_embedded), relay=relay, worker=worker, tracer_provider=_tracing(settings, role))
+    _batch_logs_once_serving(app, settings)
     _emit({"status": "starting", "role": role, "metrics": f"http://{args.host}:{args.port}/metrics"})
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True, loop=_event_loop())
     return {"status": "stopped"}
@@ -573,12 +574,30 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     if workers > 1:
         return _serve_with_workers(settings, args, workers, starting)
     app = create_app(settings, sync=settings.sync_in_process and not args.no_sync, tracer_provider=_tracing(settings, "hub"))
+    _batch_logs_once_serving(app, settings)
     _emit(starting)
     try:
         web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, handle_signals=True, loop=_event_loop())
     except OSError as exc:
         raise UsageError(f"cannot listen: {exc.strerror or exc} (is another process using the port or the metrics port?)") from None
     return {"status": "stopped"}
+
+
+def _batch_logs_once_serving(app: Any, settings: Settings) -> None:
+    """A server writes its log lines in batches (``ONESIGNIN_LOG_FLUSH_SECONDS``; an access line
+    a request) from its start-up on: by then it handles SIGTERM and SIGINT itself, so it ends
+    through ``logging.shutdown``, which writes what waits. Its clean-up writes them and goes back
+    to a line at once, before it gives those signals back. (The parent of ``serve --workers``
+    writes a few lines and runs no thread; it writes each at once.)"""
+
+    async def batch(_app: Any) -> None:
+        logs.batch(settings.log_flush_seconds)
+
+    async def unbatch(_app: Any) -> None:
+        logs.batch(0)
+
+    app.on_startup.append(batch)
+    app.on_cleanup.append(unbatch)
 
 
 def _tracing(settings: Settings, role: str) -> Any:
@@ -650,6 +669,7 @@ def _serve_as_worker(settings: Settings, args: argparse.Namespace) -> dict[str, 
         os.close(args.ready_fd)
 
     app.on_startup.append(ready)
+    _batch_logs_once_serving(app, settings)
 
     async def serve() -> None:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=60.0)
@@ -1165,26 +1185,28 @@ def main(argv: list[str] | None = None) -> int:
     settings = None
     try:
         settings = load_settings()
-        # The long-running processes write their lines in batches (an access line a request);
-        # a one-off command writes each at once, in order with what it prints.
-        batched = args.command in ("serve", "relay", "worker")
-        logs.configure(settings.log_format, flush_seconds=settings.log_flush_seconds if batched else 0.0)
+        logs.configure(settings.log_format)
         result = args.func(settings, args)
     except ConfigurationError as exc:
+        logs.flush()  # the lines that led here come before the message
         print(f"onesignin: configuration error:\n{exc}", file=sys.stderr)
         return 2
     except (UsageError, BrokerError, operator_cli.OperatorError) as exc:
+        logs.flush()
         print(f"onesignin: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except (OSError, SQLAlchemyError) as exc:
         # The database went away, or was never migrated: say so, and what fixes it.
+        logs.flush()
         message = preflight.explain(settings, exc) if settings is not None else None
         if message is None:
             raise
         print(f"onesignin: {message}", file=sys.stderr)
         return 1
+    finally:
+        logs.flush()  # before a traceback, if one follows
     if getattr(args, "render", None) is not None and not args.json:
         sys.stdout.write(args.render(result))
         sys.stdout.flush()

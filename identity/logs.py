@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from contextvars import ContextVar
 from typing import Literal
 
@@ -104,26 +105,29 @@ CHUNK = 1024
 
 
 class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Lines written to the stream in batches rather than one system call each: at most
-    ``interval`` seconds after the first line waiting, at once when ``limit`` bytes wait, and at
-    once, after everything before it, for a warning or worse (as nginx's ``access_log … buffer=
-    flush=``). A busy hub writes an access line per request; a write per line cost more than
-    making the line. What waits is written when logging shuts down (at exit, and on SIGTERM,
-    which every command ends on cleanly); only a process killed outright loses it."""
+    """Lines written to the stream at once, or in batches once :func:`batch` says so (a server,
+    once it handles SIGTERM and SIGINT itself): then at most ``interval`` seconds after the first
+    line waits, at once when ``limit`` characters wait, and at once, after everything before it,
+    for a warning or worse (as nginx's ``access_log … buffer= flush=``). A busy hub writes an
+    access line per request; a write per line cost more than making the line. What waits is
+    written when the handler is flushed or closed (``logging.shutdown`` does both at exit);
+    only a process killed by a signal it does not handle loses it."""
 
-    def __init__(self, stream: object, interval: float, limit: int = 64 * 1024) -> None:
+    def __init__(self, stream: object, interval: float = 0.0, limit: int = 64 * 1024) -> None:
         super().__init__(stream)  # type: ignore[arg-type]
         self.interval = interval
         self.limit = limit
+        self._closed = False
         self._forget()
-        os.register_at_fork(after_in_child=self._forget)  # the parent writes what waits
+        _BATCHING.add(self)
 
     def _forget(self) -> None:
+        """A forked child starts empty (its parent writes what waited) and without a flusher."""
         self._waiting: list[str] = []
         self._size = 0
         self._due = threading.Event()
+        self._stop = threading.Event()
         self._flusher: threading.Thread | None = None
-        self._closed = False
 
     def emit(self, record: logging.LogRecord) -> None:
         # Called with the handler's lock held (``Handler.handle``).
@@ -136,7 +140,7 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         self._waiting.append(line)
         self._size += len(line)
-        if record.levelno >= logging.WARNING or self._size >= self.limit:
+        if self.interval <= 0 or self._closed or record.levelno >= logging.WARNING or self._size >= self.limit:
             self._write()
         elif len(self._waiting) == 1:
             if self._flusher is None:
@@ -151,50 +155,77 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         # Whole lines, at most PIPE_BUF bytes a write (CHUNK characters of UTF-8): a pipe never
         # splits such a write, so the lines of several processes sharing a stderr (the workers
         # of ``serve --workers``) stay whole. (A longer line is written alone, as it always was.)
+        chunks: list[str] = []
         chunk: list[str] = []
         size = 0
-        try:
-            for line in waiting:
-                if chunk and size + len(line) > CHUNK:
-                    self.stream.write("".join(chunk))
-                    self.stream.flush()
-                    chunk, size = [], 0
-                chunk.append(line)
-                size += len(line)
-            self.stream.write("".join(chunk))
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass  # the stream is gone (closed, or its reader went away): nothing to tell it
+        for line in waiting:
+            if chunk and size + len(line) > CHUNK:
+                chunks.append("".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        chunks.append("".join(chunk))
+        for text in chunks:
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):
+                continue  # the stream is closed or its reader went away: nothing to tell it
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
             self._write()
 
     def _flush_forever(self) -> None:
-        while not self._closed:
+        while True:
             self._due.wait()
-            if self._closed:
-                return
-            time.sleep(self.interval)  # lines gather for the interval after the first
+            if self._stop.wait(self.interval):  # lines gather for the interval after the first
+                return  # closed
             self._due.clear()
             self.flush()
 
     def close(self) -> None:
+        # Not joined: logging.shutdown closes with the lock held that the flusher may wait for.
         self._closed = True
-        self._due.set()  # the flusher ends
+        self._stop.set()
+        self._due.set()
         self.flush()
         super().close()
 
 
-def configure(log_format: LogFormat = "text", level: int = logging.INFO, *, flush_seconds: float = 0.0) -> None:
-    """Send the process's logs to stderr in ``log_format`` (replacing any earlier set-up).
-    ``flush_seconds``: lines are written in batches at most that long after the first waits (see
-    :class:`BufferedStreamHandler`); 0 writes each line at once."""
-    handler: logging.Handler
-    if flush_seconds > 0:
-        handler = BufferedStreamHandler(sys.stderr, flush_seconds)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
+#: Every BufferedStreamHandler (weakly): :func:`batch` switches them, a forked child empties them.
+_BATCHING: weakref.WeakSet[BufferedStreamHandler] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for handler in list(_BATCHING):
+        handler._forget()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def batch(seconds: float) -> None:
+    """From now on this process's log lines are written in batches, at most ``seconds`` after the
+    first one waits (0: each at once). For a server, once it handles SIGTERM and SIGINT itself
+    (and so ends through ``logging.shutdown``, which writes what waits)."""
+    for handler in list(_BATCHING):
+        with handler.lock:  # type: ignore[union-attr]
+            handler.interval = seconds
+            if seconds <= 0:
+                handler._write()
+
+
+def flush() -> None:
+    """Write what waits in this process's log handlers (before a message printed to stderr)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
+def configure(log_format: LogFormat = "text", level: int = logging.INFO) -> None:
+    """Send the process's logs to stderr in ``log_format`` (replacing any earlier set-up), each
+    line at once until :func:`batch`."""
+    handler = BufferedStreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()

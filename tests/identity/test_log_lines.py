@@ -9,11 +9,13 @@ import io
 import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 
 import pytest
 
-from identity.logs import TEXT, BufferedStreamHandler, JsonFormatter, TextFormatter
+from identity.logs import TEXT, BufferedStreamHandler, JsonFormatter, TextFormatter, batch, configure
 from identity.tokens import new_id
 
 
@@ -95,13 +97,13 @@ def test_each_write_is_whole_lines_a_pipe_keeps_together() -> None:
     logger = _logger(handler)
     try:
         for n in range(300):
-            logger.info("é%03d %s", n, "x" * 90)  # 100 characters a line, one of two bytes
+            logger.info("%03d %s", n, "\N{GRINNING FACE}" * 90)  # about 100 characters a line, most of four bytes
         handler.flush()
     finally:
         handler.close()
     assert 10 < len(writes) < 300
     assert all(len(w.encode()) <= 4096 and w.endswith("\n") for w in writes)
-    assert "".join(writes).splitlines() == [f"INFO é{n:03d} {'x' * 90}" for n in range(300)]
+    assert "".join(writes).splitlines() == [f"INFO {n:03d} {chr(0x1F600) * 90}" for n in range(300)]
 
 
 def test_lines_are_written_once_the_interval_has_passed() -> None:
@@ -116,6 +118,95 @@ def test_lines_are_written_once_the_interval_has_passed() -> None:
         logger.info("again")  # a later line starts another interval
         assert stream.wrote.wait(timeout=30), "the second line was not written"
         assert stream.getvalue() == "INFO soon\nINFO again\n"
+    finally:
+        handler.close()
+
+
+def test_each_line_is_written_at_once_until_batching_starts_and_after_it_ends() -> None:
+    stream = Stream()
+    handler = BufferedStreamHandler(stream)  # as configure makes it
+    logger = _logger(handler)
+    try:
+        logger.info("at once")
+        assert stream.getvalue() == "INFO at once\n"
+        batch(3600)  # a server, once it handles SIGTERM itself
+        logger.info("waits")
+        assert stream.getvalue() == "INFO at once\n"
+        batch(0)  # its clean-up: what waits is written
+        assert stream.getvalue() == "INFO at once\nINFO waits\n"
+        logger.info("at once again")
+        assert stream.getvalue().endswith("INFO at once again\n")
+    finally:
+        batch(0)
+        handler.close()
+
+
+def test_closing_ends_the_flusher_and_a_late_line_is_written_at_once() -> None:
+    stream = Stream()
+    handler = BufferedStreamHandler(stream, interval=3600)
+    logger = _logger(handler)
+    logger.info("waits")
+    flusher = handler._flusher
+    assert flusher is not None and flusher.is_alive()
+    handler.close()
+    flusher.join(timeout=30)
+    assert not flusher.is_alive(), "the flusher sleeps on after its handler closed"
+    assert stream.getvalue() == "INFO waits\n"
+    logger.info("late")  # a thread that was already logging to it
+    assert stream.getvalue() == "INFO waits\nINFO late\n"
+
+
+def test_configure_again_writes_what_the_handler_it_replaces_held(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    kept, level = list(root.handlers), root.level
+    try:
+        configure("text")
+        batch(3600)
+        logging.getLogger("test.lines").info("held")
+        assert "held" not in capsys.readouterr().err
+        configure("text")
+        assert "held" in capsys.readouterr().err
+    finally:
+        batch(0)
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+            handler.close()
+        for handler in kept:
+            root.addHandler(handler)
+        root.setLevel(level)
+
+
+def test_lines_waiting_at_exit_are_written() -> None:
+    program = (
+        "import logging; from identity import logs; logs.configure('text'); logs.batch(3600); "
+        "logging.getLogger('x').info('written at exit')"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=True)
+    assert "written at exit" in done.stderr
+
+
+def test_a_forked_child_leaves_what_waits_to_its_parent() -> None:
+    stream = Stream()
+    handler = BufferedStreamHandler(stream, interval=3600)
+    logger = _logger(handler)
+    try:
+        logger.info("the parent's")
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child
+            os.close(read)
+            handler.flush()
+            os.write(write, (stream.getvalue() or "-").encode())
+            os._exit(0)
+        os.close(write)
+        try:
+            childs = os.read(read, 4096).decode()
+        finally:
+            os.close(read)
+            os.waitpid(child, 0)
+        assert childs == "-", "the child wrote its parent's waiting lines"
+        handler.flush()
+        assert stream.getvalue() == "INFO the parent's\n"
     finally:
         handler.close()
 
