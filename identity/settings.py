@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="text or json")
     # Lines are written in batches, at most this long after the first one waits (a warning or
     # worse at once, with everything before it); 0 writes every line at once.
-    log_flush_seconds: float = Field(0.5, ge=0, le=10, description="Seconds a log line may wait to be written with others; 0: at once.")
+    log_flush_seconds: float = Field(0.5, ge=0, le=60, description="Seconds a log line may wait to be written with others; 0: at once.")
 
     # OpenTelemetry tracing, off unless set (or the standard OTEL_EXPORTER_OTLP_ENDPOINT): an
     # OTLP/HTTP collector's base URL, e.g. http://otel-collector:4318 (identity/tracing.py).

@@ -84,3 +84,62 @@ def test_serve_logs_json_lines(tmp_path: Path) -> None:
     assert {k: access[0][k] for k in ("method", "path", "status")} == {"method": "GET", "path": "/sign-in", "status": 200}
     assert isinstance(access[0]["duration_ms"], float)
     assert "abc123secret" not in err and "cookie-secret" not in err
+
+
+def _serve(tmp_path: Path, port: int, flush_seconds: str, errors: Path) -> subprocess.Popen[str]:
+    env = os.environ | {
+        "ONESIGNIN_DATA_DIR": str(tmp_path),
+        "ONESIGNIN_SECRET_KEY": "c" * 40,
+        "ONESIGNIN_ISSUER": f"http://127.0.0.1:{port}",
+        "ONESIGNIN_SYNC_IN_PROCESS": "false",
+        "ONESIGNIN_LOG_FLUSH_SECONDS": flush_seconds,
+    }
+    with errors.open("w") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "identity.cli", "serve", "--port", str(port), "--metrics-port", "0"],
+            env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+        )
+
+
+def _access_lines(errors: Path, rid: str) -> list[str]:
+    return [line for line in errors.read_text().splitlines() if "onesignin.access" in line and rid in line]
+
+
+def test_a_serving_hub_holds_its_access_lines_until_the_interval_or_its_end(tmp_path: Path) -> None:
+    """Batched (a minute, the longest allowed): the line of an answered request is not written yet (were each line
+    written at once it would be, before the answer is sent), and SIGTERM writes it."""
+    port, errors = free_port(), tmp_path / "stderr"
+    hub = _serve(tmp_path, port, "60", errors)
+    try:
+        until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), what="serve listening")
+        assert httpx2.get(f"http://127.0.0.1:{port}/healthz", headers={"X-Request-Id": "req-held-0001"}).status_code == 200
+        assert _access_lines(errors, "req-held-0001") == []
+    finally:
+        hub.terminate()
+        hub.wait(timeout=30)
+    assert len(_access_lines(errors, "req-held-0001")) == 1
+
+
+def test_a_serving_hub_writes_its_access_lines_within_the_interval(tmp_path: Path) -> None:
+    port, errors = free_port(), tmp_path / "stderr"
+    hub = _serve(tmp_path, port, "0.2", errors)
+    try:
+        until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), what="serve listening")
+        assert httpx2.get(f"http://127.0.0.1:{port}/healthz", headers={"X-Request-Id": "req-soon-0001"}).status_code == 200
+        until(lambda: _access_lines(errors, "req-soon-0001"), what="the access line written while serving")
+        assert hub.poll() is None
+    finally:
+        hub.terminate()
+        hub.wait(timeout=30)
+
+
+def test_with_batching_off_a_line_is_written_before_the_answer(tmp_path: Path) -> None:
+    port, errors = free_port(), tmp_path / "stderr"
+    hub = _serve(tmp_path, port, "0", errors)
+    try:
+        until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), what="serve listening")
+        assert httpx2.get(f"http://127.0.0.1:{port}/healthz", headers={"X-Request-Id": "req-once-0001"}).status_code == 200
+        assert len(_access_lines(errors, "req-once-0001")) == 1
+    finally:
+        hub.terminate()
+        hub.wait(timeout=30)
