@@ -101,6 +101,12 @@ def _serve(tmp_path: Path, port: int, flush_seconds: str, errors: Path) -> subpr
         )
 
 
+def _answered(port: int, rid: str) -> None:
+    """Once the hub listens, one request with the id ``rid``, answered."""
+    until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), what="serve listening")
+    assert httpx2.get(f"http://127.0.0.1:{port}/healthz", headers={"X-Request-Id": rid}).status_code == 200
+
+
 def _access_lines(errors: Path, rid: str) -> list[str]:
     return [line for line in errors.read_text().splitlines() if "onesignin.access" in line and rid in line]
 
@@ -111,8 +117,7 @@ def test_a_serving_hub_holds_its_access_lines_until_the_interval_or_its_end(tmp_
     port, errors = free_port(), tmp_path / "stderr"
     hub = _serve(tmp_path, port, "60", errors)
     try:
-        until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), what="serve listening")
-        assert httpx2.get(f"http://127.0.0.1:{port}/healthz", headers={"X-Request-Id": "req-held-0001"}).status_code == 200
+        _answered(port, "req-held-0001")
         assert _access_lines(errors, "req-held-0001") == []
     finally:
         hub.terminate()
@@ -124,8 +129,7 @@ def test_a_serving_hub_writes_its_access_lines_within_the_interval(tmp_path: Pat
     port, errors = free_port(), tmp_path / "stderr"
     hub = _serve(tmp_path, port, "0.2", errors)
     try:
-        until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), what="serve listening")
-        assert httpx2.get(f"http://127.0.0.1:{port}/healthz", headers={"X-Request-Id": "req-soon-0001"}).status_code == 200
+        _answered(port, "req-soon-0001")
         until(lambda: _access_lines(errors, "req-soon-0001"), what="the access line written while serving")
         assert hub.poll() is None
     finally:
@@ -137,8 +141,7 @@ def test_with_batching_off_a_line_is_written_before_the_answer(tmp_path: Path) -
     port, errors = free_port(), tmp_path / "stderr"
     hub = _serve(tmp_path, port, "0", errors)
     try:
-        until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), what="serve listening")
-        assert httpx2.get(f"http://127.0.0.1:{port}/healthz", headers={"X-Request-Id": "req-once-0001"}).status_code == 200
+        _answered(port, "req-once-0001")
         assert len(_access_lines(errors, "req-once-0001")) == 1
     finally:
         hub.terminate()
