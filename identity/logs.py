@@ -2,7 +2,9 @@
 (``ONESIGNIN_LOG_FORMAT=json``), each line carrying the id of the request it was written for
 (:data:`REQUEST_ID`, set by :func:`identity.web.middleware.request_context`). Nothing secret is
 logged: the access log names the method, the path without its query string, the status, the
-duration and the request id, never a token, a cookie or a query string."""
+duration and the request id, never a token, a cookie or a query string. Everything goes to stderr,
+a line at once, or in batches in a server once it serves (:class:`BufferedStreamHandler`,
+:func:`batch`)."""
 
 from __future__ import annotations
 
