@@ -7,9 +7,10 @@ The peer runs as one Node process with its in-memory storage and opaque access t
 cheapest configuration, bench/peer/peer.mjs); the hub as one ``onesignin serve --no-sync`` process
 on the database given, as compose.yaml runs it (the outbox relay and the sync worker are processes
 of their own there, and the peer has no such pipeline). Both answer on loopback; load comes from
-``wrk`` (one thread). Beside each rate it prints the CPU each server used for it (all its threads
-and processes, from /proc): one Node process is not one core, as V8 collects garbage and
-compiles on helper threads, so CPU per request is shown too, with its own ratio.
+``wrk`` (one thread). Beside each rate it prints the CPU each server used for it (every thread
+of the processes serving: the peer's one, the hub's one or its workers; from /proc, as
+bench_hub): one Node process is not one core, as V8 collects garbage and compiles on helper
+threads, so CPU per request is shown too, with its own ratio.
 
     apt-get install wrk nodejs npm      # once
     python bench/bench_peer.py --database postgresql+asyncpg://postgres@127.0.0.1:5432/test
@@ -36,7 +37,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_hub import REDIRECT, Wrk, cli, free_port  # noqa: E402
+from bench_hub import REDIRECT, Wrk, cli, cpu_seconds, free_port  # noqa: E402
 
 PEER = Path(__file__).resolve().parent / "peer"
 FIGURES = ("client_credentials", "introspection")
@@ -85,25 +86,6 @@ async def _all_workers_up(process: subprocess.Popen[bytes], workers: int) -> Non
             return
         await asyncio.sleep(0.1)
     sys.exit(f"the hub did not start {workers} workers")
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """CPU time (user and system) of process ``pid``, all its threads and its descendants so far
-    (Linux /proc; ``None`` elsewhere): V8's helper threads count for the peer as the hub's worker
-    processes do for the hub."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in children:
-            total += cpu_seconds(int(child)) or 0.0
-    return total
 
 
 class Target:
@@ -209,15 +191,17 @@ async def main() -> None:
                     for target, key in order:
                         path, lua = target.lua(figure)
                         wrk = Wrk(target.base, scripts, args.seconds, args.connections)
-                        pid = (hub_proc if key == "hub" else peer_proc).pid
-                        before, started = cpu_seconds(pid), time.monotonic()
+                        # The processes serving: the peer's one (its threads included), the
+                        # hub's one or its workers.
+                        pid, processes = (hub_proc.pid, args.hub_workers) if key == "hub" else (peer_proc.pid, 1)
+                        before, started = cpu_seconds(pid, processes), time.monotonic()
                         rate = wrk.run(path, lua)
-                        after, ended = cpu_seconds(pid), time.monotonic()
+                        after, ended = cpu_seconds(pid, processes), time.monotonic()
                         runs[figure][key].append(rate)
                         line = f"  round {round_ + 1}: {target.name:20s} {figure:20s} {rate:9.0f}/s"
                         per_request = None
-                        if before is not None and after is not None and rate > 0:
-                            used = after - before
+                        if before and after and rate > 0:
+                            used = sum(after[p] - before[p] for p in after if p in before)
                             per_request = used / (rate * (ended - started)) * 1e6
                             line += f"  {used / (ended - started):4.2f} cores  {per_request:5.0f} µs CPU per request"
                         cost[figure][key].append(per_request)
@@ -248,7 +232,7 @@ async def main() -> None:
         print(f"  {figure:20s} {statistics.median(r['hub_per_s']):14.0f} {statistics.median(r['peer_per_s']):14.0f}  {ratios}")
     if all(x is not None for r in results.values() for x in r["cpu_ratios"]):
         # One Node process is not one core: V8 collects garbage and compiles on helper threads.
-        print("  CPU per request (all of each server's threads and processes); ratio = peer's / hub's, above 1: the hub's is cheaper")
+        print("  CPU per request (every thread of each server's serving processes); ratio = peer's / hub's, above 1: the hub's is cheaper")
         print(f"  {'figure':20s} {'hub µs (median)':>16s} {'peer µs (median)':>17s}  ratio per round")
         for figure, r in results.items():
             ratios = " ".join(f"{x:.2f}" for x in r["cpu_ratios"])

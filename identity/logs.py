@@ -96,10 +96,10 @@ class JsonFormatter(logging.Formatter):
         # (a lone surrogate) or that is not ASCII goes through the standard library, which
         # escapes what is not ASCII, so a line reads the same whatever stderr's encoding.
         try:
-            text = orjson.dumps(line, default=str).decode()
+            text: str | None = orjson.dumps(line, default=str).decode()
         except TypeError:  # orjson.JSONEncodeError is one
-            return json.dumps(line, default=str)
-        return text if text.isascii() else json.dumps(line, default=str)
+            text = None
+        return text if text is not None and text.isascii() else json.dumps(line, default=str)
 
 
 #: Characters written at most at once: PIPE_BUF (4,096 bytes on Linux) at four bytes a character.
@@ -157,22 +157,22 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         # Whole lines, at most PIPE_BUF bytes a write (CHUNK characters of UTF-8): a pipe never
         # splits such a write, so the lines of several processes sharing a stderr (the workers
         # of ``serve --workers``) stay whole. (A longer line is written alone, as it always was.)
-        chunks: list[str] = []
         chunk: list[str] = []
         size = 0
         for line in waiting:
             if chunk and size + len(line) > CHUNK:
-                chunks.append("".join(chunk))
+                self._put("".join(chunk))
                 chunk, size = [], 0
             chunk.append(line)
             size += len(line)
-        chunks.append("".join(chunk))
-        for text in chunks:
-            try:
-                self.stream.write(text)
-                self.stream.flush()
-            except (OSError, ValueError):
-                continue  # the stream is closed or its reader went away: nothing to tell it
+        self._put("".join(chunk))
+
+    def _put(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # the stream is closed or its reader went away: nothing to tell it
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
