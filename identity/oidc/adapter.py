@@ -81,8 +81,11 @@ class HubOAuth2Request(OAuth2Request):
         self._scope = None
         self._args: MultiDict[str] = MultiDict(query)
         self._form: MultiDict[str] = MultiDict(form)
-        merged: MultiDict[str] = MultiDict(self._args)
-        merged.extend(self._form)
+        if self._args:
+            merged: MultiDict[str] = self._args.copy()
+            merged.extend(self._form)
+        else:
+            merged = self._form  # a POST's parameters are its form's (the payload only reads them)
         self.payload = _Payload(merged)
         #: Hub-specific context for the grant (browser session, auth_time, ...).
         self.hub: dict[str, Any] = {}

@@ -48,11 +48,14 @@ class ServiceToken:
 class ServiceTokenCodec:
     def __init__(self, secret_key: str) -> None:
         hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"onesignin service tokens v1")
-        self._key = hkdf.derive(secret_key.encode())
+        # Keyed once: each MAC starts from a copy, not from hashing the key anew.
+        self._keyed = hmac.new(hkdf.derive(secret_key.encode()), digestmod=hashlib.sha256)
         self._read: dict[str, ServiceToken] = {}
 
     def _mac(self, payload: str) -> str:
-        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+        mac = self._keyed.copy()
+        mac.update(payload.encode())
+        return _b64(mac.digest())
 
     def issue(self, client_id: str, scope: str, ttl: int, now: dt.datetime, *, jkt: str | None = None) -> str:
         issued = int(now.timestamp())

@@ -16,6 +16,7 @@ import aiohttp_jinja2
 from aiohttp import web
 from sqlalchemy.exc import DataError
 
+from identity import logs
 from identity.accounts.hashing import HashQueueFull
 from identity.appkeys import HUB_METRICS, SETTINGS
 from identity.errors import BadInput
@@ -83,17 +84,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         raise
     finally:
         seconds = time.perf_counter() - started
-        if access_log.isEnabledFor(logging.INFO):
-            duration = round(seconds * 1000, 1)
-            method, path = request.method, request.path
-            # Built directly: the logging module's search of the stack for the caller's file and
-            # line (which an access line does not show) is the dearest part of a log call. No
-            # path either: the record would work out a file and module name from it every time.
-            access_log.handle(access_log.makeRecord(
-                access_log.name, logging.INFO, "", 0, "%s %s %s %.1f ms", (method, path, status, duration), None,
-                extra={"method": method, "path": path, "status": status, "duration_ms": duration},
-            ))
-        metrics = request.config_dict.get(HUB_METRICS)
+        logs.access(access_log, (request.method, request.path, status, round(seconds * 1000, 1)))
+        # The hub's own app (this middleware's): not request.config_dict, a new view per access.
+        metrics = request.app.get(HUB_METRICS)
         if metrics is not None:
             metrics.request(route_of(request), request.method, status, seconds)
         REQUEST_ID.reset(token)
@@ -203,11 +196,11 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
     response = await handler(request)
     headers = response.headers
     headers["Server"] = "OneSignIn"
-    if request.config_dict[SETTINGS].secure_cookies:
+    if request.app[SETTINGS].secure_cookies:  # the hub's own app: this middleware's
         headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
-    if response.content_type == "text/html":
+    if headers.get("Content-Type", "").partition(";")[0].strip().lower() == "text/html":
         headers.setdefault("Content-Security-Policy", PAGE_CSP)
         headers.setdefault("X-Frame-Options", "DENY")
         headers.setdefault("Cache-Control", "no-store")

@@ -1,6 +1,8 @@
 """How log lines reach stderr: the servers write them in batches (a warning or worse at once,
 after everything before it), their time is the standard library's to the millisecond, and the
-random ids made per request come from a pool a forked child does not share."""
+random ids made per request come from a pool a forked child does not share. An access line
+made without a record reads as the one a record makes, and goes through ``logging`` wherever
+anything but the hub's own handlers would see it."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ import threading
 
 import pytest
 
-from identity.logs import TEXT, BufferedStreamHandler, JsonFormatter, TextFormatter, batch, configure
+from identity import logs
+from identity.logs import ACCESS_MESSAGE, REQUEST_ID, TEXT, BufferedStreamHandler, JsonFormatter, RequestIdFilter, TextFormatter, batch, configure
 from identity.tokens import new_id
 
 
@@ -251,6 +254,94 @@ def test_times_within_one_second_are_told_apart() -> None:
     assert formatter._time(1_765_000_000.25) == "2025-12-06T05:46:40.250+00:00"
     assert formatter._time(1_765_000_000.75) == "2025-12-06T05:46:40.750+00:00"
     assert formatter._time(1_765_000_001.0) == "2025-12-06T05:46:41.000+00:00"
+
+
+def _access_record(created: float, fields: logs.AccessFields, rid: str | None) -> logging.LogRecord:
+    """The record the logging path makes of an access line (see ``logs.access``), at ``created``."""
+    method, path, status, duration = fields
+    logger = logging.getLogger("onesignin.access")
+    record = logger.makeRecord(
+        logger.name, logging.INFO, "", 0, ACCESS_MESSAGE, fields, None,
+        extra={"method": method, "path": path, "status": status, "duration_ms": duration},
+    )
+    record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+    token = REQUEST_ID.set(rid)
+    try:
+        RequestIdFilter().filter(record)
+    finally:
+        REQUEST_ID.reset(token)
+    return record
+
+
+ACCESS = [("POST", "/token", 200, 1.2), ("GET", "/i/abc/login", 303, 0.05), ("DELETE", "/api/v1/me/sessions/Zoë", 404, 12345.678)]
+
+
+@pytest.mark.parametrize("created", TIMES[2:])
+@pytest.mark.parametrize("fields", ACCESS)
+@pytest.mark.parametrize("rid", ["0123456789abcdef", None])
+def test_an_access_line_made_directly_is_the_records_line(created: float, fields: logs.AccessFields, rid: str | None) -> None:
+    record = _access_record(created, fields, rid)
+    for formatter in (TextFormatter(), JsonFormatter()):
+        assert formatter.access(created, "onesignin.access", fields, rid) == formatter.format(record)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_access_lines_reach_the_hubs_handlers_directly_and_anything_else_through_logging(log_format: str) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    access_log = logging.getLogger("onesignin.access")
+    seen: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    try:
+        configure(log_format)  # type: ignore[arg-type]
+        stream = io.StringIO()
+        own = root.handlers[0]
+        assert isinstance(own, BufferedStreamHandler)
+        own.setStream(stream)
+        token = REQUEST_ID.set("feedfacefeedface")
+        try:
+            logs.access(access_log, ("POST", "/token", 200, 1.25))
+            assert not seen
+            direct = stream.getvalue()
+            capture = Capture()
+            root.addHandler(capture)  # a handler not the hub's: every line goes through logging
+            logs.access(access_log, ("POST", "/token", 200, 1.25))
+            root.removeHandler(capture)
+            through_logging = stream.getvalue()[len(direct):]
+        finally:
+            REQUEST_ID.reset(token)
+        assert [(r.getMessage(), r.method, r.path, r.status, r.duration_ms) for r in seen] == [("POST /token 200 1.2 ms", "POST", "/token", 200, 1.25)]  # type: ignore[attr-defined]
+        # Both ways, the same line but for its time.
+        if log_format == "text":
+            assert direct.endswith(" INFO onesignin.access: POST /token 200 1.2 ms [request feedfacefeedface]\n")
+            assert direct.split(" ", 2)[2] == through_logging.split(" ", 2)[2]
+        else:
+            first, second = json.loads(direct), json.loads(through_logging)
+            assert first.pop("time") and second.pop("time")
+            assert first == second == {
+                "level": "INFO", "logger": "onesignin.access", "message": "POST /token 200 1.2 ms",
+                "request_id": "feedfacefeedface", "method": "POST", "path": "/token", "status": 200, "duration_ms": 1.25,
+            }
+        # A format of the operator's own, or a filter on the logger: through logging too.
+        own.setFormatter(TextFormatter("%(levelname)s %(message)s"))
+        logs.access(access_log, ("GET", "/healthz", 200, 0.1))
+        assert stream.getvalue().endswith("\nINFO GET /healthz 200 0.1 ms\n")
+        access_log.addFilter(lambda record: record.status != 204)  # type: ignore[attr-defined]
+        logs.access(access_log, ("GET", "/nothing", 204, 0.1))
+        assert "/nothing" not in stream.getvalue()
+    finally:
+        access_log.filters.clear()
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+            if handler not in saved[0]:
+                handler.close()
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
 
 
 def test_ids_from_the_pool_differ_and_a_forked_child_makes_its_own() -> None:
