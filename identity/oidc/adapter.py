@@ -132,18 +132,26 @@ def _json(body: dict[str, Any]) -> bytes:
 
 
 def to_response(status: int, body: Any, headers: list[tuple[str, str]]) -> web.Response:
-    response_headers = {k: v for k, v in headers if k.lower() != "content-type"}
-    content_type = next((v for k, v in headers if k.lower() == "content-type"), None)
+    content_type = None
+    others: list[tuple[str, str]] = []
+    for name, value in headers:
+        if name.lower() == "content-type":
+            content_type = value if content_type is None else content_type  # the first stands
+        else:
+            others.append((name, value))
     if isinstance(body, dict):
         content_type = "application/json"
-        response = web.Response(status=status, body=_json(body), headers=response_headers, content_type=content_type)
+        response = web.Response(status=status, body=_json(body), content_type=content_type)
     else:
-        response = web.Response(status=status, text=body or "", headers=response_headers)
+        response = web.Response(status=status, text=body or "")
         if content_type:
             response.content_type = content_type.split(";")[0]
+    response_headers = response.headers
+    for name, value in others:
+        response_headers[name] = value  # as a dict of them would: the last of a name stands
     if status in (200, 201, 400, 401) and content_type and content_type.startswith("application/json"):
-        response.headers.setdefault("Cache-Control", "no-store")
-        response.headers.setdefault("Pragma", "no-cache")
+        response_headers.setdefault("Cache-Control", "no-store")
+        response_headers.setdefault("Pragma", "no-cache")
     return response
 
 

@@ -40,10 +40,11 @@ class _NoSession:
 NO_SESSION: Session = _NoSession()  # type: ignore[assignment]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ServiceTokenRow:
     """What a self-contained service token says, shaped as the :class:`Token` rows it stands in
-    for (it is never stored): built per check, so a plain object, not a mapped one."""
+    for (it is never stored): built per check, so a plain object, not a mapped one (nor a frozen
+    one, whose every field is set through ``object.__setattr__``); nothing changes it."""
 
     grant_id: str
     service_id: int
