@@ -162,6 +162,11 @@ class Wrk:
 
     def run(self, path: str, lua: str, seconds: float | None = None) -> float:
         """Requests per second answered without an error status (>= 400)."""
+        ok, took = self.answered(path, lua, seconds)
+        return ok / took
+
+    def answered(self, path: str, lua: str, seconds: float | None = None) -> tuple[int, float]:
+        """Requests answered without an error status (>= 400), and wrk's seconds."""
         script = self.scripts / f"s{len(list(self.scripts.iterdir()))}.lua"
         script.write_text(lua + _WRK_DONE)
         out = subprocess.run(
@@ -174,7 +179,7 @@ class Wrk:
         ok = stats["requests"] - stats["non_ok"] - stats["errors"]
         if stats["non_ok"] or stats["errors"]:
             print(f"  {path}: {stats['non_ok']} unexpected statuses, {stats['errors']} socket errors", file=sys.stderr)
-        return ok / stats["seconds"]
+        return ok, stats["seconds"]
 
 
 _WRK_DONE = """

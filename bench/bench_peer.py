@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The hub beside node-oidc-provider (OpenID Certified; pinned in bench/peer/package.json): the
 ``client_credentials`` grant and the introspection of a service token, per second, each server
-driven by the same load generator with the same flags, the two alternated in every round.
+driven by the same load generator with the same flags, the two alternated in every round: each
+figure of a round is ``--seconds`` of each server, taken in ``--slice``-second turns, so that both
+meet the machine as it is in the same seconds.
 
 The peer runs as one Node process with its in-memory storage and opaque access tokens (its
 cheapest configuration, bench/peer/peer.mjs); the hub as one ``onesignin serve --no-sync`` process
@@ -14,6 +16,10 @@ threads, so CPU per request is shown too, with its own ratio.
 
     apt-get install wrk nodejs npm      # once
     python bench/bench_peer.py --database postgresql+asyncpg://postgres@127.0.0.1:5432/test
+
+The interpreter counts: CPython built with profile-guided and link-time optimisation (as the
+``python`` images the Dockerfile starts from, and Debian's ``python3``) runs the hub faster than a
+plain build (pyenv's default); ``--hub-python`` serves the hub with another virtualenv's Python.
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -111,7 +116,7 @@ class Target:
 
 
 @contextmanager
-def hub_process(database: str, workers: int = 1) -> Iterator[tuple[Target, subprocess.Popen[bytes]]]:
+def hub_process(database: str, workers: int = 1, python: str = sys.executable) -> Iterator[tuple[Target, subprocess.Popen[bytes]]]:
     data_dir = Path(tempfile.mkdtemp(prefix="onesignin-bench-"))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -124,7 +129,7 @@ def hub_process(database: str, workers: int = 1) -> Iterator[tuple[Target, subpr
         cli(env, "migrate")
     service = cli(env, "services", "add", "--name", "Bench", "--redirect-uri", REDIRECT)
     process = subprocess.Popen(
-        [sys.executable, "-m", "identity.cli", "serve", "--port", str(port), "--metrics-port", "0", "--no-sync", "--workers", str(workers)],
+        [python, "-m", "identity.cli", "serve", "--port", str(port), "--metrics-port", "0", "--no-sync", "--workers", str(workers)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -161,12 +166,20 @@ def peer_process() -> Iterator[tuple[Target, subprocess.Popen[bytes]]]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database", default="sqlite", help="the hub's database: 'sqlite' (embedded) or a Postgres URL the bench may create databases in")
-    parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement (default 10)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="each server's time per figure in each round (default 10)")
+    parser.add_argument(
+        "--slice", type=int, default=2,
+        help="whole seconds of one server at a time: a round's --seconds are slices of each, alternated (default 2)",
+    )
     parser.add_argument("--connections", type=int, default=20, help="requests in flight (default 20)")
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds (default 3)")
     parser.add_argument(
         "--hub-workers", type=int, default=1,
         help="hub processes (serve --workers; default 1, as the peer's one process; more needs Postgres)",
+    )
+    parser.add_argument(
+        "--hub-python", default=sys.executable,
+        help="the Python the hub is served with (a virtualenv's, with the hub installed; default: this one)",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
@@ -178,32 +191,44 @@ async def main() -> None:
     # CPU microseconds per answered request, each server's processes and threads together.
     cost: dict[str, dict[str, list[float | None]]] = {figure: {"hub": [], "peer": []} for figure in FIGURES}
     try:
-        with hub_process(args.database, args.hub_workers) as (hub, hub_proc), peer_process() as (peer, peer_proc):
+        with hub_process(args.database, args.hub_workers, args.hub_python) as (hub, hub_proc), peer_process() as (peer, peer_proc):
             await _wait_until_up(hub.base + "/healthz", hub_proc)
             await _all_workers_up(hub_proc, args.hub_workers)
             await _wait_until_up(peer.base + "/.well-known/openid-configuration", peer_proc)
             for target in (hub, peer):
                 target.token = await _token_and_check(target.base, target.token_path, target.introspection_path, target.auth, target.scope)
             for round_ in range(args.rounds):
-                # Each round alternates who goes first, so neither always meets a warmer machine.
-                order = [(hub, "hub"), (peer, "peer")] if round_ % 2 == 0 else [(peer, "peer"), (hub, "hub")]
                 for figure in FIGURES:
-                    for target, key in order:
-                        path, lua = target.lua(figure)
-                        wrk = Wrk(target.base, scripts, args.seconds, args.connections)
-                        # The processes serving: the peer's one (its threads included), the
-                        # hub's one or its workers.
-                        pid, processes = (hub_proc.pid, args.hub_workers) if key == "hub" else (peer_proc.pid, 1)
-                        before, started = cpu_seconds(pid, processes), time.monotonic()
-                        rate = wrk.run(path, lua)
-                        after, ended = cpu_seconds(pid, processes), time.monotonic()
+                    # A run of --seconds is --slice-second slices of each server, alternated
+                    # (the first of each pair alternating too): both meet the machine as it is
+                    # in the same seconds, where a virtual machine's speed drifts by a third
+                    # within a minute.
+                    answered = {"hub": 0, "peer": 0}
+                    took = {"hub": 0.0, "peer": 0.0}
+                    used: dict[str, float | None] = {"hub": 0.0, "peer": 0.0}
+                    for n in range(max(1, round(args.seconds / args.slice))):
+                        order = [(hub, "hub"), (peer, "peer")] if (round_ + n) % 2 == 0 else [(peer, "peer"), (hub, "hub")]
+                        for target, key in order:
+                            path, lua = target.lua(figure)
+                            # The processes serving: the peer's one (its threads included), the
+                            # hub's one or its workers.
+                            pid, processes = (hub_proc.pid, args.hub_workers) if key == "hub" else (peer_proc.pid, 1)
+                            before = cpu_seconds(pid, processes)
+                            ok, seconds = Wrk(target.base, scripts, args.slice, args.connections).answered(path, lua)
+                            after = cpu_seconds(pid, processes)
+                            answered[key] += ok
+                            took[key] += seconds
+                            spent = used[key]
+                            used[key] = None if spent is None or not before or not after else spent + sum(after[p] - before[p] for p in after if p in before)
+                    for target, key in ((hub, "hub"), (peer, "peer")):
+                        rate = answered[key] / took[key]
                         runs[figure][key].append(rate)
                         line = f"  round {round_ + 1}: {target.name:20s} {figure:20s} {rate:9.0f}/s"
                         per_request = None
-                        if before and after and rate > 0:
-                            used = sum(after[p] - before[p] for p in after if p in before)
-                            per_request = used / (rate * (ended - started)) * 1e6
-                            line += f"  {used / (ended - started):4.2f} cores  {per_request:5.0f} µs CPU per request"
+                        spent = used[key]
+                        if spent is not None and answered[key]:
+                            per_request = spent / answered[key] * 1e6
+                            line += f"  {spent / took[key]:4.2f} cores  {per_request:5.0f} µs CPU per request"
                         cost[figure][key].append(per_request)
                         if not args.json:
                             print(line, flush=True)
@@ -223,9 +248,10 @@ async def main() -> None:
         for figure in FIGURES
     }
     if args.json:
-        print(json.dumps({"database": args.database.split(":")[0], "hub_workers": args.hub_workers, "connections": args.connections, "seconds": args.seconds, **results}, indent=2))
+        print(json.dumps({"database": args.database.split(":")[0], "hub_workers": args.hub_workers, "connections": args.connections, "seconds": args.seconds, "slice": args.slice, "hub_python": args.hub_python, **results}, indent=2))
         return
-    print(f"hub on {'SQLite (embedded)' if args.database == 'sqlite' else 'Postgres'}, {args.hub_workers} process(es); {os.cpu_count()} cores; {args.connections} connections, {args.seconds:.0f} s per run")
+    python = subprocess.run([args.hub_python, "-c", "import sys; print(sys.version.split()[0], sys._base_executable)"], capture_output=True, text=True, check=False).stdout.strip()
+    print(f"hub on {'SQLite (embedded)' if args.database == 'sqlite' else 'Postgres'}, Python {python}, {args.hub_workers} process(es); {os.cpu_count()} cores; {args.connections} connections, {args.seconds:.0f} s of each server per figure and round, in {args.slice} s turns")
     print(f"  {'figure':20s} {'hub (median)':>14s} {'peer (median)':>14s}  ratio per round")
     for figure, r in results.items():
         ratios = " ".join(f"{x:.2f}" for x in r["ratios"])
