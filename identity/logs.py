@@ -296,7 +296,8 @@ def _own_handlers(logger: logging.Logger) -> list[tuple[BufferedStreamHandler, T
             if type(handler) is not BufferedStreamHandler or len(handler.filters) != 1 or type(handler.filters[0]) is not RequestIdFilter:
                 return None
             formatter = handler.formatter
-            if not (type(formatter) is TextFormatter and formatter._fmt == TEXT) and type(formatter) is not JsonFormatter:
+            plain_text = type(formatter) is TextFormatter and formatter._fmt == TEXT and formatter.datefmt is None
+            if not plain_text and type(formatter) is not JsonFormatter:
                 return None
             if handler.level <= logging.INFO:
                 found.append((handler, formatter))

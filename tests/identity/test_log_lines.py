@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -326,10 +327,16 @@ def test_access_lines_reach_the_hubs_handlers_directly_and_anything_else_through
                 "level": "INFO", "logger": "onesignin.access", "message": "POST /token 200 1.2 ms",
                 "request_id": "feedfacefeedface", "method": "POST", "path": "/token", "status": 200, "duration_ms": 1.25,
             }
-        # A format of the operator's own, or a filter on the logger: through logging too.
+        # A format or a date format of the operator's own, or a filter on the logger: through
+        # logging too.
         own.setFormatter(TextFormatter("%(levelname)s %(message)s"))
         logs.access(access_log, ("GET", "/healthz", 200, 0.1))
         assert stream.getvalue().endswith("\nINFO GET /healthz 200 0.1 ms\n")
+        dated = TextFormatter()
+        dated.datefmt = "%Y"
+        own.setFormatter(dated)
+        logs.access(access_log, ("GET", "/dated", 200, 0.1))
+        assert stream.getvalue().splitlines()[-1].split(" ")[:3] == [time.strftime("%Y"), "INFO", "onesignin.access:"]
         access_log.addFilter(lambda record: record.status != 204)  # type: ignore[attr-defined]
         logs.access(access_log, ("GET", "/nothing", 204, 0.1))
         assert "/nothing" not in stream.getvalue()
