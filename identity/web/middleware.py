@@ -10,7 +10,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 
 import aiohttp_jinja2
 from aiohttp import web
@@ -193,8 +193,19 @@ def _too_large(request: web.Request) -> web.StreamResponse:
 
 @web.middleware
 async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
-    headers = response.headers
+    """The hub's headers on every answer, a raised one too (a redirect raised as
+    ``web.HTTPFound``, a 404 page): its name and not aiohttp's and Python's versions, HSTS behind
+    https, no MIME sniffing, no referrer; and on pages a CSP, no framing and no caching."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        _harden(request, exc.headers)
+        raise
+    _harden(request, response.headers)
+    return response
+
+
+def _harden(request: web.Request, headers: MutableMapping[str, str]) -> None:
     headers["Server"] = "OneSignIn"
     if request.app[SETTINGS].secure_cookies:  # the hub's own app: this middleware's
         headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
@@ -204,4 +215,3 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
         headers.setdefault("Content-Security-Policy", PAGE_CSP)
         headers.setdefault("X-Frame-Options", "DENY")
         headers.setdefault("Cache-Control", "no-store")
-    return response
