@@ -130,13 +130,13 @@ class JsonFormatter(logging.Formatter):
 
 def _json_line(line: dict[str, object]) -> str:
     # orjson, about a tenth of the standard library's time for such a line; a line it refuses
-        # (a lone surrogate) or that is not ASCII goes through the standard library, which
-        # escapes what is not ASCII, so a line reads the same whatever stderr's encoding.
-        try:
-            text: str | None = orjson.dumps(line, default=str).decode()
-        except TypeError:  # orjson.JSONEncodeError is one
-            text = None
-        return text if text is not None and text.isascii() else json.dumps(line, default=str)
+    # (a lone surrogate) or that is not ASCII goes through the standard library, which
+    # escapes what is not ASCII, so a line reads the same whatever stderr's encoding.
+    try:
+        text: str | None = orjson.dumps(line, default=str).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        text = None
+    return text if text is not None and text.isascii() else json.dumps(line, default=str)
 
 
 #: Characters written at most at once: PIPE_BUF (4,096 bytes on Linux) at four bytes a character.
