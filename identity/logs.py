@@ -58,23 +58,21 @@ class TextFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        return self.default_msec_format % (self._to_second(record.created), record.msecs)
+        return self._asctime(record.created, record.msecs)
 
-    def _to_second(self, created: float) -> str:
+    def _asctime(self, created: float, msecs: float) -> str:
         second, text = self._second
         if second != int(created):
             second = int(created)
             text = time.strftime(self.default_time_format, self.converter(created))
             self._second = (second, text)
-        return text
+        return self.default_msec_format % (text, msecs)
 
     def access(self, created: float, name: str, fields: AccessFields, rid: str | None) -> str:
         """The line :meth:`format` makes of an access record (see :func:`access`) with the
         default format, made without one."""
-        method, path, status, duration = fields
         suffix = f" [request {rid}]" if rid else ""
-        asctime = self.default_msec_format % (self._to_second(created), _msecs(created))
-        return f"{asctime} INFO {name}: {method} {path} {status} {duration:.1f} ms{suffix}"
+        return f"{self._asctime(created, _msecs(created))} INFO {name}: {ACCESS_MESSAGE % fields}{suffix}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -115,16 +113,10 @@ class JsonFormatter(logging.Formatter):
 
     def access(self, created: float, name: str, fields: AccessFields, rid: str | None) -> str:
         """The line :meth:`format` makes of an access record (see :func:`access`), made without one."""
-        method, path, status, duration = fields
-        line: dict[str, object] = {
-            "time": self._time(created),
-            "level": "INFO",
-            "logger": name,
-            "message": f"{method} {path} {status} {duration:.1f} ms",
-        }
+        line: dict[str, object] = {"time": self._time(created), "level": "INFO", "logger": name, "message": ACCESS_MESSAGE % fields}
         if rid:
             line["request_id"] = rid
-        line["method"], line["path"], line["status"], line["duration_ms"] = fields
+        line.update(zip(self.FIELDS, fields, strict=True))
         return _json_line(line)
 
 
@@ -272,10 +264,8 @@ def access(logger: logging.Logger, fields: AccessFields) -> None:
         # The logging module's search of the stack for the caller's file and line (which an
         # access line does not show) is the dearest part of a log call: the record is built
         # directly, and without a path (it would work out a file and module name from it).
-        method, path, status, duration = fields
         logger.handle(logger.makeRecord(
-            logger.name, logging.INFO, "", 0, ACCESS_MESSAGE, fields, None,
-            extra={"method": method, "path": path, "status": status, "duration_ms": duration},
+            logger.name, logging.INFO, "", 0, ACCESS_MESSAGE, fields, None, extra=dict(zip(JsonFormatter.FIELDS, fields, strict=True))
         ))
         return
     created, rid = time.time(), REQUEST_ID.get()
