@@ -8,8 +8,9 @@ the hub has created it, and the embedded broker restarted empty has lost every t
 producer that still believes the old layout publishes to partitions that do not exist, and the
 embedded broker even acknowledges that. So every producer here keeps its metadata briefly,
 ``Topics.check`` compares what exists with what is configured (and with what the producer
-believes), re-creates a wrong topic on the memory-only embedded broker, and on any other cluster
-refuses it, with the ``kafka-topics`` command that fixes it (``TopicLayoutError``)."""
+believes), re-creates a wrong profile topic on the memory-only embedded broker (a service's topic
+is used as it is there), and on any other cluster refuses it, with the ``kafka-topics`` command
+that fixes it (``TopicLayoutError``)."""
 
 from __future__ import annotations
 
@@ -193,10 +194,17 @@ class Topics:
     def interval(self) -> float:
         return CHECK_SECONDS_MEMORY if self.cluster_id is None or memory_only(self.cluster_id) else CHECK_SECONDS_CLUSTER
 
-    async def check(self, wanted: dict[str, int], *, watched: tuple[str, ...] = ()) -> Checked:
+    async def check(self, wanted: dict[str, int], *, watched: tuple[str, ...] = (), keep_counts: bool = False) -> Checked:
         """Make the ``wanted`` topics (name to partition count) exist with that count where the
         hub may (missing anywhere; wrong on the embedded broker), and say what was found; the
-        ``watched`` topics' partition counts are only read (``Checked.partitions``)."""
+        ``watched`` topics' partition counts are only read (``Checked.partitions``).
+
+        ``keep_counts``: on the embedded broker, a topic that exists is taken with the count it
+        has (services' topics). Their consumers are the services', which keep their place in
+        each partition: a topic made again under them (by two workers at once, each finding it
+        wrong, keeps the count the first one gave it) has them skip what lies below that place.
+        Only the hub's own consumers read a topic the hub may make again (the profile topic),
+        and what they miss is published again (the relay's unconsumed events)."""
         try:
             admin = await self._client()
             cluster_id = str((await admin.describe_cluster())["cluster_id"])
@@ -210,7 +218,7 @@ class Topics:
                 )
             self.cluster_id = cluster_id
             if wanted:
-                await self._settle(admin, checked, wanted)
+                await self._settle(admin, checked, wanted, keep_counts)
             elif watched:
                 existing = await _partition_counts(admin)
                 checked.partitions = {t: existing[t] for t in watched if t in existing}
@@ -219,7 +227,7 @@ class Topics:
             await self.close()
             raise
 
-    async def _settle(self, admin: AIOKafkaAdminClient, checked: Checked, wanted: dict[str, int]) -> None:
+    async def _settle(self, admin: AIOKafkaAdminClient, checked: Checked, wanted: dict[str, int], keep_counts: bool) -> None:
         for attempt in range(REPAIR_ATTEMPTS + 1):
             if attempt:
                 await asyncio.sleep(0.05 * attempt)  # a cluster's metadata follows a creation closely, not at once
@@ -227,6 +235,8 @@ class Topics:
             checked.partitions = {t: existing[t] for t in wanted if t in existing}
             missing = {t: n for t, n in wanted.items() if t not in existing}
             wrong = {t: existing[t] for t, n in wanted.items() if t in existing and existing[t] != n and t not in checked.wrong}
+            if checked.memory_only and keep_counts:
+                wrong = {}  # taken as they are (see ``check``)
             if wrong and not checked.memory_only:
                 for topic, actual in wrong.items():
                     checked.wrong[topic] = self._refuse(topic, actual, wanted[topic])

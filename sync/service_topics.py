@@ -4,17 +4,20 @@ send, and every few seconds.
 
 What a worker knows of the broker is forgotten as soon as it may be wrong: after a failed send
 the producer is made again (new connections, metadata read afresh), and when the broker turns
-out to be another one (a new cluster id), a topic had to be created or re-created, or the
-producer believed another partition count than the topic has, the producer is replaced before
-anything else is sent. On the memory-only embedded broker, that also means messages it
+out to be another one (a new cluster id), a topic had to be created, or the producer believed
+another partition count than the topic has, the producer is replaced before anything else is
+sent. On the memory-only embedded broker, that also means messages it
 acknowledged may be gone (restarted, it acknowledges messages for topics and partitions it no
 longer has): every delivery already made to those topics is queued again, as a snapshot of the
 person's current state, so each service's topic ends up holding everyone's latest version.
 A service's consumer that keeps the highest version per ``sub`` ignores what it already had.
 
-On any other cluster, a topic with the wrong partition count is left alone and nothing is
-published to it: its deliveries are retried on the schedule while the log (and the
-``onesignin_kafka_topic_layout_errors`` counter) say how to fix it."""
+On the embedded broker a topic is used with the partition count it has (a service's consumer
+may have made it with the broker's default): made again, it would move under consumers that keep
+their place in it (``kafka.Topics.check``). On any other cluster, a topic with the wrong
+partition count is left alone and nothing is published to it: its deliveries are retried on
+the schedule while the log (and the ``onesignin_kafka_topic_layout_errors`` counter) say how
+to fix it."""
 
 from __future__ import annotations
 
@@ -139,7 +142,7 @@ class ServiceTopics:
     async def _check(self, topics: list[str]) -> None:
         wanted = dict.fromkeys([*self.ready, *self.wrong, *topics], self.settings.kafka_service_partitions)
         try:
-            checked = await self.topics.check(wanted)
+            checked = await self.topics.check(wanted, keep_counts=True)
         except BaseException:
             self.ready.clear()
             raise

@@ -127,6 +127,7 @@ class TopicReader:
         # everything when it restarts: read again from the start when the cluster id changes.
         self.watch = kafka.BrokerWatch(Settings(kafka_bootstrap_servers=bootstrap), bootstrap)
         self.versions: dict[str, int] = {}
+        self.read: list[tuple[int, int, str, int]] = []  # partition, offset, sub, version: for a failure's message
         self.outbox_ids: set[int] = set()
         self.changed = asyncio.Condition()
         self.task: asyncio.Task[None] | None = None
@@ -155,6 +156,8 @@ class TopicReader:
                         if "outbox-id" in headers:
                             self.outbox_ids.add(int(headers["outbox-id"]))
                         data = json.loads(message.value).get("data", {})
+                        if "version" in data:
+                            self.read.append((message.partition, message.offset, data["sub"], data["version"]))
                         if "version" in data and data["version"] > self.versions.get(data["sub"], 0):
                             self.versions[data["sub"]] = data["version"]
                 self.changed.notify_all()
@@ -168,6 +171,15 @@ class TopicReader:
             await asyncio.wait_for(reached(), timeout)
         except TimeoutError:
             raise AssertionError(f"{what} within {timeout:.0f} s") from None
+
+    def behind(self, final: dict[str, int]) -> str:
+        """Who is behind ``final``, and each one's messages as read (partition, offset, version)."""
+        lines = []
+        for sub, version in sorted(final.items()):
+            if self.versions.get(sub, 0) < version:
+                seen = [(p, o, v) for p, o, s, v in self.read if s == sub]
+                lines.append(f"{sub}: {self.versions.get(sub, 0)} of {version}, read {seen[-6:]}")
+        return "\n".join(lines)
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -336,8 +348,8 @@ class TestRelay:
 
 async def test_a_workers_producer_is_made_again_when_its_service_topic_is_made_again(hub: Hub, broker: EmbeddedBroker) -> None:
     """The worker's producer believed 12 partitions of a service's topic; the topic is gone and
-    a service's consumer made it with 4. The check makes it again with 12 and replaces the
-    producer: what is sent next lands in partitions that exist, and is read."""
+    a service's consumer made it with 4. The check takes it as it is (see the next test) and
+    replaces the producer: what is sent next lands in partitions that exist, and is read."""
     settings = hub.settings.model_copy(update={"kafka_service_partitions": 12})
     out = ServiceTopics(settings, hub.app[DB], broker.bootstrap, idempotent=False, metrics=SyncMetrics())
     topic = settings.kafka_topic_prefix + service_topic("svc")
@@ -350,13 +362,14 @@ async def test_a_workers_producer_is_made_again_when_its_service_topic_is_made_a
         await admin.start()
         await admin.delete_topics([topic])
         await admin.close()
-        assert await made_by_a_consumer(broker.bootstrap, topic) != 12
+        made = await made_by_a_consumer(broker.bootstrap, topic)
+        assert made != 12
         await out.watch(["svc"])
         assert out.producer is not believed  # replaced: it believed partitions that are gone
-        assert await partitions(broker.bootstrap, topic) == 12
+        assert await partitions(broker.bootstrap, topic) == made
         reader = TopicReader(broker.bootstrap, topic, "svc-reader")
         await reader.start()
-        keys = [f"sub-{i}" for i in range(24)]  # spread over the 12 partitions
+        keys = [f"sub-{i}" for i in range(24)]  # spread over every partition
         for i, key in enumerate(keys):
             body = json.dumps({"data": {"sub": key, "version": i + 1}})
             assert (await out.publish("svc", key, body, f"m{i + 1}")).result == "ok"
@@ -364,6 +377,46 @@ async def test_a_workers_producer_is_made_again_when_its_service_topic_is_made_a
     finally:
         if reader is not None:
             await reader.stop()
+        await out.close()
+
+
+async def test_a_service_topic_a_consumer_made_is_used_as_it_is_on_the_embedded_broker(hub: Hub, broker: EmbeddedBroker) -> None:
+    """A service's consumer made its topic (the broker's default count, not the configured 3)
+    and read what another worker's producer sent there. Making the topic again would put the
+    consumer's place inside the new one, above what is published next: it would skip it. So on
+    the embedded broker the worker takes a service's topic with the count it has; its producer,
+    which believed another count, is replaced, and everything it sends is read."""
+    settings = hub.settings.model_copy(update={"kafka_service_partitions": SERVICE_PARTITIONS})
+    out = ServiceTopics(settings, hub.app[DB], broker.bootstrap, idempotent=False, metrics=SyncMetrics())
+    topic = settings.kafka_topic_prefix + service_topic("svc")
+    keys = [f"sub-{i}" for i in range(24)]  # over every partition
+    reader = TopicReader(broker.bootstrap, topic, "svc-reader")
+    other = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    try:
+        made = await made_by_a_consumer(broker.bootstrap, topic)
+        assert made != SERVICE_PARTITIONS
+        await reader.start()
+        await other.start()
+        for i, key in enumerate(keys):
+            await other.send_and_wait(topic, json.dumps({"data": {"sub": key, "version": 1}}).encode(), key=key.encode())
+        await reader.wait(lambda: set(keys) <= set(reader.versions), 30, "the first messages were not read")
+        await reader.consumer.commit()  # as a service does with what it has handled
+        assigned = reader.consumer.assignment()
+        places = {tp.partition: await reader.consumer.position(tp) for tp in assigned}
+        reader.consumer.pause(*assigned)  # what is sent next is all there before the consumer fetches again
+        for i, key in enumerate(keys):
+            body = json.dumps({"data": {"sub": key, "version": 2}})
+            assert (await out.publish("svc", key, body, f"m{i}")).result == "ok"
+        assert await partitions(broker.bootstrap, topic) == made
+        reader.consumer.resume(*assigned)
+        await reader.wait(
+            lambda: all(reader.versions[k] == 2 for k in keys), 30, f"what the worker sent was not all read: {reader.versions}"
+        )
+        below = [(p, o, k) for p, o, k, v in reader.read if v == 2 and o < places[p]]
+        assert not below, f"published below the consumer's place (partition, offset, sub): {below}"
+    finally:
+        await reader.stop()
+        await other.stop()
         await out.close()
 
 
@@ -476,11 +529,15 @@ class TestStandaloneBrokerKilled:
             await streaming
             streamed_at = loop.time()
             await _all_at(receivers, names, final, streamed_at + RECOVERY)
-            await reader.wait(
-                lambda: all(reader.versions.get(s, 0) >= v for s, v in final.items()),
-                max(0.1, streamed_at + RECOVERY - loop.time()),
-                "the portal's topic did not reach every person's last version",
-            )
+            try:
+                await reader.wait(
+                    lambda: all(reader.versions.get(s, 0) >= v for s, v in final.items()),
+                    max(0.1, streamed_at + RECOVERY - loop.time()),
+                    "the portal's topic did not reach every person's last version",
+                )
+            except AssertionError as error:
+                logs = "\n".join(line for p in processes for line in p.log.read_text().splitlines() if "WARNING" in line or "ERROR" in line)
+                raise AssertionError(f"{error}\n{reader.behind(final)}\n{logs}") from None
             for name in names:
                 for sub, version in final.items():
                     assert receivers[name].version(sub) == version
