@@ -287,7 +287,7 @@ async def _start_members(demo: Demo, services: dict[str, dict[str, Any]], bootst
     topics = {settings.kafka_topic_prefix + services[s.name]["topic"]: settings.kafka_service_partitions for s in demo.sites}
     # An operator's step: the topics exist before the services subscribe to them.
     try:
-        await kafka.ensure_topics(settings, bootstrap, topics)
+        await kafka.ensure_topics(settings, bootstrap, topics, broker_counts=True)
     except KafkaError as exc:
         raise DemoError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
     for site in demo.sites:

@@ -8,15 +8,16 @@ the hub has created it, and the embedded broker restarted empty has lost every t
 producer that still believes the old layout publishes to partitions that do not exist, and the
 embedded broker even acknowledges that. So every producer here keeps its metadata briefly,
 ``Topics.check`` compares what exists with what is configured (and with what the producer
-believes), re-creates a wrong profile topic on the memory-only embedded broker (a service's topic
-is used as it is there), and on any other cluster refuses it, with the ``kafka-topics`` command
-that fixes it (``TopicLayoutError``)."""
+believes), re-creates a wrong profile topic on the memory-only embedded broker (services' topics
+have the broker's own count there), and on any other cluster refuses it, with the
+``kafka-topics`` command that fixes it (``TopicLayoutError``)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,18 +97,28 @@ def consumer(settings: Settings, bootstrap: str, group_id: str) -> AIOKafkaConsu
     )
 
 
-async def ensure_topics(settings: Settings, bootstrap: str, topics: dict[str, int]) -> None:
-    """Create the named topics (name to partition count) unless they exist. (A consumer reads
-    whatever partitions a topic has; the publishers check the layout, with ``Topics``.)"""
+async def ensure_topics(settings: Settings, bootstrap: str, topics: dict[str, int], *, broker_counts: bool = False) -> None:
+    """Create the named topics (name to partition count) unless they exist; ``broker_counts``:
+    on the embedded broker with its own count, as ``Topics.check`` makes services' topics. (A
+    consumer reads whatever partitions a topic has; the publishers check the layout, with
+    ``Topics``.)"""
     admin = AIOKafkaAdminClient(**client_options(settings, bootstrap))
     try:
         await admin.start()
         existing = set(await admin.list_topics())
         missing = {name: n for name, n in topics.items() if name not in existing}
-        if missing:
+        if missing and broker_counts and memory_only(str((await admin.describe_cluster())["cluster_id"])):
+            await made_by_naming(admin, missing)
+        elif missing:
             await _create(admin, settings, missing)
     finally:
         await admin.close()
+
+
+async def made_by_naming(admin: AIOKafkaAdminClient, topics: Iterable[str]) -> None:
+    """Make ``topics`` on the embedded broker as a consumer's metadata request makes them, with
+    the broker's own partition count (``Topics.check``, ``broker_counts``)."""
+    await admin.describe_topics(sorted(topics))
 
 
 async def _create(admin: AIOKafkaAdminClient, settings: Settings, topics: dict[str, int]) -> None:
@@ -194,17 +205,20 @@ class Topics:
     def interval(self) -> float:
         return CHECK_SECONDS_MEMORY if self.cluster_id is None or memory_only(self.cluster_id) else CHECK_SECONDS_CLUSTER
 
-    async def check(self, wanted: dict[str, int], *, watched: tuple[str, ...] = (), keep_counts: bool = False) -> Checked:
+    async def check(self, wanted: dict[str, int], *, watched: tuple[str, ...] = (), broker_counts: bool = False) -> Checked:
         """Make the ``wanted`` topics (name to partition count) exist with that count where the
         hub may (missing anywhere; wrong on the embedded broker), and say what was found; the
         ``watched`` topics' partition counts are only read (``Checked.partitions``).
 
-        ``keep_counts``: on the embedded broker, a topic that exists is taken with the count it
-        has (services' topics). Their consumers are the services', which keep their place in
-        each partition: a topic made again under them (by two workers at once, each finding it
-        wrong, keeps the count the first one gave it) has them skip what lies below that place.
-        Only the hub's own consumers read a topic the hub may make again (the profile topic),
-        and what they miss is published again (the relay's unconsumed events)."""
+        ``broker_counts`` (services' topics): on the embedded broker these topics have the
+        broker's own partition count, the one a consumer's metadata request makes them with. A
+        missing one is made by such a request; one that exists is taken as it is, never made
+        again. Their consumers are the services', which keep their place in each partition: a
+        topic made again under them (two workers that both found it wrong each make it again,
+        with the same count) has them skip what lies below that place, and a count that changes
+        when the broker restarts can leave a partition to nobody in an aiokafka group (see
+        ``BrokerWatch``). Only the hub's own consumers read a topic the hub makes again (the
+        profile topic): they watch its count, and what they miss is published again."""
         try:
             admin = await self._client()
             cluster_id = str((await admin.describe_cluster())["cluster_id"])
@@ -218,7 +232,7 @@ class Topics:
                 )
             self.cluster_id = cluster_id
             if wanted:
-                await self._settle(admin, checked, wanted, keep_counts)
+                await self._settle(admin, checked, wanted, broker_counts)
             elif watched:
                 existing = await _partition_counts(admin)
                 checked.partitions = {t: existing[t] for t in watched if t in existing}
@@ -227,7 +241,7 @@ class Topics:
             await self.close()
             raise
 
-    async def _settle(self, admin: AIOKafkaAdminClient, checked: Checked, wanted: dict[str, int], keep_counts: bool) -> None:
+    async def _settle(self, admin: AIOKafkaAdminClient, checked: Checked, wanted: dict[str, int], broker_counts: bool) -> None:
         for attempt in range(REPAIR_ATTEMPTS + 1):
             if attempt:
                 await asyncio.sleep(0.05 * attempt)  # a cluster's metadata follows a creation closely, not at once
@@ -235,7 +249,8 @@ class Topics:
             checked.partitions = {t: existing[t] for t in wanted if t in existing}
             missing = {t: n for t, n in wanted.items() if t not in existing}
             wrong = {t: existing[t] for t, n in wanted.items() if t in existing and existing[t] != n and t not in checked.wrong}
-            if checked.memory_only and keep_counts:
+            by_naming = checked.memory_only and broker_counts
+            if by_naming:
                 wrong = {}  # taken as they are (see ``check``)
             if wrong and not checked.memory_only:
                 for topic, actual in wrong.items():
@@ -257,7 +272,10 @@ class Topics:
                 checked.recreated |= set(wrong)
                 self._count("kafka_topics_recreated", len(wrong))
             checked.created |= set(missing) - checked.recreated
-            await _create(admin, self.settings, {t: wanted[t] for t in (*missing, *wrong)})
+            if by_naming:
+                await made_by_naming(admin, missing)
+            else:
+                await _create(admin, self.settings, {t: wanted[t] for t in (*missing, *wrong)})
         raise KafkaError(f"the topics {', '.join(sorted(wanted))} could not be given their configured partition counts")
 
     def _refuse(self, topic: str, actual: int, wanted: int) -> TopicLayoutError:

@@ -12,12 +12,12 @@ longer has): every delivery already made to those topics is queued again, as a s
 person's current state, so each service's topic ends up holding everyone's latest version.
 A service's consumer that keeps the highest version per ``sub`` ignores what it already had.
 
-On the embedded broker a topic is used with the partition count it has (a service's consumer
-may have made it with the broker's default): made again, it would move under consumers that keep
-their place in it (``kafka.Topics.check``). On any other cluster, a topic with the wrong
-partition count is left alone and nothing is published to it: its deliveries are retried on
-the schedule while the log (and the ``onesignin_kafka_topic_layout_errors`` counter) say how
-to fix it."""
+On the embedded broker a service's topic has the broker's own partition count, whoever makes it
+(the worker, or a service's consumer asking about it first), and is never made again under the
+consumers that keep their place in it (``kafka.Topics.check``). On any other cluster, a topic
+with the wrong partition count is left alone and nothing is published to it: its deliveries are
+retried on the schedule while the log (and the ``onesignin_kafka_topic_layout_errors`` counter)
+say how to fix it."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ class ServiceTopics:
     async def _check(self, topics: list[str]) -> None:
         wanted = dict.fromkeys([*self.ready, *self.wrong, *topics], self.settings.kafka_service_partitions)
         try:
-            checked = await self.topics.check(wanted, keep_counts=True)
+            checked = await self.topics.check(wanted, broker_counts=True)
         except BaseException:
             self.ready.clear()
             raise

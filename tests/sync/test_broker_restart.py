@@ -230,6 +230,37 @@ async def test_a_topic_made_with_the_brokers_default_count_is_made_again_on_the_
             await topics.close()
 
 
+async def test_services_topics_have_the_embedded_brokers_own_count_and_the_configured_one_on_a_cluster(tmp_path: Path) -> None:
+    """A service's topic has the partition count a consumer's metadata request would give it on
+    the embedded broker, whoever makes it first, so its count never changes under a service's
+    consumers when the broker restarts; on a cluster it is made with the configured count."""
+    service = "onesignin.service.x.v1"
+    async with EmbeddedBroker() as broker:
+        settings = Settings(data_dir=tmp_path, kafka_bootstrap_servers=broker.bootstrap, kafka_service_partitions=SERVICE_PARTITIONS)
+        own = await made_by_a_consumer(broker.bootstrap, "another")
+        assert own != SERVICE_PARTITIONS
+        topics = kafka.Topics(settings, broker.bootstrap)
+        try:
+            checked = await topics.check({service: SERVICE_PARTITIONS}, broker_counts=True)
+            assert checked.created == {service} and checked.partitions == {service: own}
+            again = await topics.check({service: SERVICE_PARTITIONS}, broker_counts=True)
+            assert not (again.created or again.recreated or again.wrong) and again.partitions == {service: own}
+        finally:
+            await topics.close()
+        await kafka.ensure_topics(settings, broker.bootstrap, {"onesignin.service.y.v1": SERVICE_PARTITIONS}, broker_counts=True)
+        assert await partitions(broker.bootstrap, "onesignin.service.y.v1") == own
+    async with cluster_broker() as bootstrap:
+        settings = Settings(data_dir=tmp_path, kafka_bootstrap_servers=bootstrap, kafka_service_partitions=SERVICE_PARTITIONS)
+        topics = kafka.Topics(settings, bootstrap)
+        try:
+            checked = await topics.check({service: SERVICE_PARTITIONS}, broker_counts=True)
+        finally:
+            await topics.close()
+        assert checked.partitions == {service: SERVICE_PARTITIONS}
+        await kafka.ensure_topics(settings, bootstrap, {"onesignin.service.y.v1": SERVICE_PARTITIONS}, broker_counts=True)
+        assert await partitions(bootstrap, "onesignin.service.y.v1") == SERVICE_PARTITIONS
+
+
 async def test_on_a_cluster_a_topic_with_the_wrong_count_is_refused_with_the_command_that_fixes_it(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -347,33 +378,34 @@ class TestRelay:
 
 
 async def test_a_workers_producer_is_made_again_when_its_service_topic_is_made_again(hub: Hub, broker: EmbeddedBroker) -> None:
-    """The worker's producer believed 12 partitions of a service's topic; the topic is gone and
-    a service's consumer made it with 4. The check takes it as it is (see the next test) and
-    replaces the producer: what is sent next lands in partitions that exist, and is read."""
-    settings = hub.settings.model_copy(update={"kafka_service_partitions": 12})
-    out = ServiceTopics(settings, hub.app[DB], broker.bootstrap, idempotent=False, metrics=SyncMetrics())
-    topic = settings.kafka_topic_prefix + service_topic("svc")
+    """The worker's producer believed the broker's count of a service's topic; the topic was
+    deleted and made with 12 partitions by hand. The check takes it as it is and replaces the
+    producer: what is sent next lands in partitions that exist, and is read."""
+    out = ServiceTopics(hub.settings, hub.app[DB], broker.bootstrap, idempotent=False, metrics=SyncMetrics())
+    topic = hub.settings.kafka_topic_prefix + service_topic("svc")
     reader: TopicReader | None = None
     try:
         assert (await out.publish("svc", "first", "{}", "m0")).result == "ok"
         believed = out.producer
-        assert kafka.believed_partitions(believed, topic) == 12
+        assert kafka.believed_partitions(believed, topic) not in (None, 12)
         admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
         await admin.start()
-        await admin.delete_topics([topic])
-        await admin.close()
-        made = await made_by_a_consumer(broker.bootstrap, topic)
-        assert made != 12
+        try:
+            await admin.delete_topics([topic])
+            await admin.create_topics([NewTopic(topic, 12, 1)])
+        finally:
+            await admin.close()
         await out.watch(["svc"])
-        assert out.producer is not believed  # replaced: it believed partitions that are gone
-        assert await partitions(broker.bootstrap, topic) == made
+        assert out.producer is not believed  # replaced: it believed another layout
+        assert await partitions(broker.bootstrap, topic) == 12  # taken as it is
         reader = TopicReader(broker.bootstrap, topic, "svc-reader")
         await reader.start()
-        keys = [f"sub-{i}" for i in range(24)]  # spread over every partition
+        keys = [f"sub-{i}" for i in range(36)]  # spread over every partition
         for i, key in enumerate(keys):
             body = json.dumps({"data": {"sub": key, "version": i + 1}})
             assert (await out.publish("svc", key, body, f"m{i + 1}")).result == "ok"
         await reader.wait(lambda: set(keys) <= set(reader.versions), 30, "messages sent after the topic was made again were not read")
+        assert {p for p, *_ in reader.read} == set(range(12))
     finally:
         if reader is not None:
             await reader.stop()
@@ -381,11 +413,11 @@ async def test_a_workers_producer_is_made_again_when_its_service_topic_is_made_a
 
 
 async def test_a_service_topic_a_consumer_made_is_used_as_it_is_on_the_embedded_broker(hub: Hub, broker: EmbeddedBroker) -> None:
-    """A service's consumer made its topic (the broker's default count, not the configured 3)
-    and read what another worker's producer sent there. Making the topic again would put the
-    consumer's place inside the new one, above what is published next: it would skip it. So on
-    the embedded broker the worker takes a service's topic with the count it has; its producer,
-    which believed another count, is replaced, and everything it sends is read."""
+    """A service's consumer made its topic (the broker's own count, not the configured 3) and
+    read what another worker's producer sent there. Made again, the topic would put the
+    consumer's place inside the new one, above what is published next, which it would skip (it
+    did when two workers made it again at once). So on the embedded broker the worker takes a
+    service's topic as it is, and everything it sends lands after the consumer's place."""
     settings = hub.settings.model_copy(update={"kafka_service_partitions": SERVICE_PARTITIONS})
     out = ServiceTopics(settings, hub.app[DB], broker.bootstrap, idempotent=False, metrics=SyncMetrics())
     topic = settings.kafka_topic_prefix + service_topic("svc")
