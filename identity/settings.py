@@ -173,7 +173,7 @@ class Settings(BaseSettings):
     )
     kafka_replication_factor: int = Field(1, ge=1, le=10, description="Replicas of topics the hub creates (3 on a production cluster).")
     kafka_profile_partitions: int = Field(12, ge=1, le=1000, description="Partitions of onesignin.profile.v1 when the hub creates it.")
-    kafka_service_partitions: int = Field(3, ge=1, le=1000, description="Partitions of each service's own topic.")
+    kafka_service_partitions: int = Field(3, ge=1, le=1000, description="Partitions of each service's own topic (on the embedded broker, the broker's own count).")
     kafka_session_timeout: float = Field(
         10.0,
         ge=1.0,
