@@ -276,7 +276,7 @@ class Topics:
                 await made_by_naming(admin, missing)
             else:
                 await _create(admin, self.settings, {t: wanted[t] for t in (*missing, *wrong)})
-        raise KafkaError(f"the topics {', '.join(sorted(wanted))} could not be given their configured partition counts")
+        raise KafkaError(f"the topics {', '.join(sorted(wanted))} could not be made with the partition counts wanted")
 
     def _refuse(self, topic: str, actual: int, wanted: int) -> TopicLayoutError:
         error = TopicLayoutError(topic, actual, wanted, layout_fix(self.settings, self.bootstrap, topic, actual, wanted))

@@ -4,13 +4,16 @@ send, and every few seconds.
 
 What a worker knows of the broker is forgotten as soon as it may be wrong: after a failed send
 the producer is made again (new connections, metadata read afresh), and when the broker turns
-out to be another one (a new cluster id), a topic had to be created, or the producer believed
-another partition count than the topic has, the producer is replaced before anything else is
-sent. On the memory-only embedded broker, that also means messages it
-acknowledged may be gone (restarted, it acknowledges messages for topics and partitions it no
-longer has): every delivery already made to those topics is queued again, as a snapshot of the
-person's current state, so each service's topic ends up holding everyone's latest version.
-A service's consumer that keeps the highest version per ``sub`` ignores what it already had.
+out to be another one (a new cluster id), or the producer believed another partition count than
+the topic has, the producer is replaced before anything else is sent. On the memory-only
+embedded broker, messages it acknowledged may then be gone (restarted, it acknowledges messages
+for topics and partitions it no longer has), and so may those of a topic the worker had to
+create: every delivery already made to those topics is queued again, as a snapshot of the
+person's current state, so each service's topic ends up holding everyone's latest version. The
+first look of a process at a memory-only broker counts as a restart (it may have restarted
+while the process was down), and so does a look that failed before the deliveries were queued
+again. A service's consumer that keeps the highest version per ``sub`` ignores what it already
+had.
 
 On the embedded broker a service's topic has the broker's own partition count, whoever makes it
 (the worker, or a service's consumer asking about it first), and is never made again under the
@@ -80,7 +83,10 @@ class ServiceTopics:
         self.idempotent = idempotent
         self.topics = kafka.Topics(settings, bootstrap, metrics)
         self.producer: AIOKafkaProducer | None = None
-        self.ready: set[str] = set()  # checked on the current broker, with the configured layout
+        self.ready: set[str] = set()  # checked on the current broker (see ``kafka.Topics.check``)
+        # The memory-only broker whose loss of every topic this process has dealt with (queued
+        # every delivery made to them again): none yet, so the first look at one does it.
+        self.settled: str | None = None
         self.wrong: dict[str, kafka.TopicLayoutError] = {}
         self.client_ids: dict[str, str] = {}  # topic to the service it belongs to
         self._renew = False  # a send failed: the next one makes a new producer
@@ -147,14 +153,15 @@ class ServiceTopics:
             self.ready.clear()
             raise
         stale = {t for t, n in checked.partitions.items() if kafka.believed_partitions(self.producer, t) not in (None, n)}
-        if checked.new_broker or checked.recreated or stale:
+        # A memory-only broker this process has not dealt with yet: one that restarted, or the
+        # first this process sees, which may have started empty while it was down (with the hub,
+        # or on its own), and whose topics a service's consumer may have made again by now.
+        everything = checked.memory_only and checked.cluster_id != self.settled
+        if everything or checked.new_broker or checked.recreated or stale:
             # Before anything is queued again: no send after this uses what it believed.
             self._replace_producer()
         if checked.memory_only:
-            if checked.new_broker:
-                lost: set[str] | None = None  # every service's topic is gone with the old broker
-            else:
-                lost = {t for t in wanted if checked.lost(t)} | stale
+            lost = None if everything else {t for t in wanted if checked.lost(t)} | stale  # None: every topic
             if lost is None or lost:
                 clients = None if lost is None else {self.client_ids[t] for t in lost}
                 again = await whole(self._resend(clients))
@@ -163,6 +170,8 @@ class ServiceTopics:
                         "sync: %s deliveries to %s may be lost with the embedded broker's topics; sending them again",
                         again, "every service's topic" if clients is None else ", ".join(sorted(lost or ())),
                     )
+            # Only once they are queued again: a check that failed on the way does it again.
+            self.settled = checked.cluster_id
         self.wrong = checked.wrong
         self.ready = set(wanted) - set(checked.wrong)
 

@@ -4,7 +4,8 @@ request with the broker's default partition count, and producers that believed t
 
 These run with the configured partition counts of production (12 for the profile topic, 3 for
 a service's), not the tests' usual 4 and 1: the embedded broker makes a topic it is asked about
-with 4 partitions, so only other counts show a stale layout."""
+with 4 partitions, so only other counts show a stale layout. (Services' topics have the broker's
+own count on the embedded broker, whatever is configured; on a cluster, the configured one.)"""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from identity.appkeys import DB
-from identity.db.models import OutboxEvent
+from identity.db.models import Delivery, OutboxEvent, Service
 from identity.settings import Settings
 from schemas.events import PROFILE_TOPIC, service_topic
 from sync import kafka
@@ -36,7 +38,7 @@ from sync.runtime import EMBEDDED, METRICS
 from sync.service_topics import ServiceTopics
 from tests.support import EMBEDDED_DEFAULT, PRODUCTION_TOPOLOGY, Hub, eventually
 from tests.sync.conftest import EXTERNAL_KAFKA, add_member
-from tests.sync.helpers import SyncProcess, add_people, change, link_directly
+from tests.sync.helpers import SyncProcess, add_people, change, link_directly, recorded
 from tests.sync.receivers import Receivers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(bool(EXTERNAL_KAFKA), reason="kills and restarts the embedded broker")]
@@ -439,17 +441,60 @@ async def test_a_service_topic_a_consumer_made_is_used_as_it_is_on_the_embedded_
         for i, key in enumerate(keys):
             body = json.dumps({"data": {"sub": key, "version": 2}})
             assert (await out.publish("svc", key, body, f"m{i}")).result == "ok"
-        assert await partitions(broker.bootstrap, topic) == made
         reader.consumer.resume(*assigned)
         await reader.wait(
             lambda: all(reader.versions[k] == 2 for k in keys), 30, f"what the worker sent was not all read: {reader.versions}"
         )
         below = [(p, o, k) for p, o, k, v in reader.read if v == 2 and o < places[p]]
         assert not below, f"published below the consumer's place (partition, offset, sub): {below}"
+        assert await partitions(broker.bootstrap, topic) == made
     finally:
         await reader.stop()
         await other.stop()
         await out.close()
+
+
+async def test_a_workers_first_look_at_a_memory_only_broker_queues_again_what_the_topics_held(
+    hub: Hub, receivers: Receivers, broker: EmbeddedBroker
+) -> None:
+    """The hub restarted with its memory-only broker: the person's snapshot reached the
+    service's topic on the broker before, and on the new one a service's consumer asked for the
+    topic first, so the worker finds it there and does not create it. Its first look at that
+    broker still queues the delivery again, once; a look that fails before the delivery is
+    queued leaves it to the next look."""
+    member = await add_member(hub, receivers, "portal", webhook=False, topic=True)
+    sub = (await add_people(hub, 1))[0]
+    await link_directly(hub, [sub], member.rp.client_id)
+    await recorded(hub, member.rp.client_id, sub, 1)  # on the broker before
+
+    async def generation() -> int:
+        async with hub.app[DB]() as db:
+            return await db.scalar(
+                select(Delivery.generation).join(Service, Service.id == Delivery.service_id)
+                .where(Service.client_id == member.rp.client_id, Delivery.channel == "topic")
+            )
+
+    before = await generation()
+    async with EmbeddedBroker() as restarted:
+        await made_by_a_consumer(restarted.bootstrap, hub.settings.kafka_topic_prefix + service_topic(member.rp.client_id))
+        out = ServiceTopics(hub.settings, hub.app[DB], restarted.bootstrap, idempotent=False, metrics=SyncMetrics())
+        queue_again = out._resend
+
+        async def database_gone(client_ids: set[str] | None) -> int:
+            out._resend = queue_again  # once
+            raise OperationalError("UPDATE deliveries", {}, ConnectionResetError("the database went away"))
+
+        out._resend = database_gone  # type: ignore[method-assign]
+        try:
+            with pytest.raises(OperationalError):
+                await out.watch([member.rp.client_id])
+            assert await generation() == before
+            await out.watch([member.rp.client_id])
+            assert await generation() == before + 1
+            await out.watch([member.rp.client_id])
+            assert await generation() == before + 1  # once
+        finally:
+            await out.close()
 
 
 # -- the supervisor --------------------------------------------------------------------------
