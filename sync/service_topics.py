@@ -11,9 +11,9 @@ for topics and partitions it no longer has), and so may those of a topic the wor
 create: every delivery already made to those topics is queued again, as a snapshot of the
 person's current state, so each service's topic ends up holding everyone's latest version. The
 first look of a process at a memory-only broker counts as a restart (it may have restarted
-while the process was down), and so does a look that failed before the deliveries were queued
-again. A service's consumer that keeps the highest version per ``sub`` ignores what it already
-had.
+while the process was down), and a look that failed before the deliveries were queued again
+leaves them to the next one. A service's consumer that keeps the highest version per ``sub``
+ignores what it already had.
 
 On the embedded broker a service's topic has the broker's own partition count, whoever makes it
 (the worker, or a service's consumer asking about it first), and is never made again under the
@@ -87,6 +87,7 @@ class ServiceTopics:
         # The memory-only broker whose loss of every topic this process has dealt with (queued
         # every delivery made to them again): none yet, so the first look at one does it.
         self.settled: str | None = None
+        self.owed: set[str] = set()  # topics found lost whose deliveries could not be queued again yet
         self.wrong: dict[str, kafka.TopicLayoutError] = {}
         self.client_ids: dict[str, str] = {}  # topic to the service it belongs to
         self._renew = False  # a send failed: the next one makes a new producer
@@ -161,10 +162,20 @@ class ServiceTopics:
             # Before anything is queued again: no send after this uses what it believed.
             self._replace_producer()
         if checked.memory_only:
-            lost = None if everything else {t for t in wanted if checked.lost(t)} | stale  # None: every topic
+            lost = None if everything else {t for t in wanted if checked.lost(t)} | stale | self.owed  # None: every topic
             if lost is None or lost:
                 clients = None if lost is None else {self.client_ids[t] for t in lost}
-                again = await whole(self._resend(clients))
+                try:
+                    again = await whole(self._resend(clients))
+                except BaseException:
+                    # What showed them lost (a replaced producer's belief, a topic just made) is
+                    # gone after this look: the next one queues them from here (and every topic
+                    # again while ``settled`` is not this broker).
+                    if lost is not None:
+                        self.owed |= lost
+                    self.ready.clear()
+                    raise
+                self.owed.clear()
                 if again:
                     log.warning(
                         "sync: %s deliveries to %s may be lost with the embedded broker's topics; sending them again",

@@ -475,8 +475,9 @@ async def test_a_workers_first_look_at_a_memory_only_broker_queues_again_what_th
             )
 
     before = await generation()
+    topic = hub.settings.kafka_topic_prefix + service_topic(member.rp.client_id)
     async with EmbeddedBroker() as restarted:
-        await made_by_a_consumer(restarted.bootstrap, hub.settings.kafka_topic_prefix + service_topic(member.rp.client_id))
+        await made_by_a_consumer(restarted.bootstrap, topic)
         out = ServiceTopics(hub.settings, hub.app[DB], restarted.bootstrap, idempotent=False, metrics=SyncMetrics())
         queue_again = out._resend
 
@@ -493,6 +494,26 @@ async def test_a_workers_first_look_at_a_memory_only_broker_queues_again_what_th
             assert await generation() == before + 1
             await out.watch([member.rp.client_id])
             assert await generation() == before + 1  # once
+
+            # One topic lost (made again by hand with 12 partitions under a producer that believed
+            # the broker's count), and the first look's queuing fails: the next look does it.
+            await recorded(hub, member.rp.client_id, sub, 1)  # sent again by the hub's worker (only what was sent is queued again)
+            assert (await out.publish(member.rp.client_id, sub, "{}", "m1")).result == "ok"
+            admin = AIOKafkaAdminClient(bootstrap_servers=restarted.bootstrap)
+            await admin.start()
+            try:
+                await admin.delete_topics([topic])
+                await admin.create_topics([NewTopic(topic, 12, 1)])
+            finally:
+                await admin.close()
+            out._resend = database_gone  # type: ignore[method-assign]
+            with pytest.raises(OperationalError):
+                await out.watch([member.rp.client_id])
+            assert await generation() == before + 1
+            await out.watch([member.rp.client_id])
+            assert await generation() == before + 2
+            await out.watch([member.rp.client_id])
+            assert await generation() == before + 2
         finally:
             await out.close()
 
