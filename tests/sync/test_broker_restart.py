@@ -80,6 +80,17 @@ async def made_by_a_consumer(bootstrap: str, topic: str) -> int:
         await consumer.stop()
 
 
+async def made_again_by_hand(bootstrap: str, topic: str, count: int) -> None:
+    """What an operator does with ``kafka-topics.sh --delete`` and ``--create``."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+        await admin.create_topics([NewTopic(topic, count, 1)])
+    finally:
+        await admin.close()
+
+
 @contextlib.asynccontextmanager
 async def cluster_broker() -> AsyncIterator[str]:
     """The same broker software with a cluster id of its own: not the hub's memory-only
@@ -390,13 +401,7 @@ async def test_a_workers_producer_is_made_again_when_its_service_topic_is_made_a
         assert (await out.publish("svc", "first", "{}", "m0")).result == "ok"
         believed = out.producer
         assert kafka.believed_partitions(believed, topic) not in (None, 12)
-        admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics([topic])
-            await admin.create_topics([NewTopic(topic, 12, 1)])
-        finally:
-            await admin.close()
+        await made_again_by_hand(broker.bootstrap, topic, 12)
         await out.watch(["svc"])
         assert out.producer is not believed  # replaced: it believed another layout
         assert await partitions(broker.bootstrap, topic) == 12  # taken as it is
@@ -499,13 +504,7 @@ async def test_a_workers_first_look_at_a_memory_only_broker_queues_again_what_th
             # the broker's count), and the first look's queuing fails: the next look does it.
             await recorded(hub, member.rp.client_id, sub, 1)  # sent again by the hub's worker (only what was sent is queued again)
             assert (await out.publish(member.rp.client_id, sub, "{}", "m1")).result == "ok"
-            admin = AIOKafkaAdminClient(bootstrap_servers=restarted.bootstrap)
-            await admin.start()
-            try:
-                await admin.delete_topics([topic])
-                await admin.create_topics([NewTopic(topic, 12, 1)])
-            finally:
-                await admin.close()
+            await made_again_by_hand(restarted.bootstrap, topic, 12)
             out._resend = database_gone  # type: ignore[method-assign]
             with pytest.raises(OperationalError):
                 await out.watch([member.rp.client_id])
