@@ -285,11 +285,15 @@ async def webhook_warnings(settings: Settings, sites: Sequence[Site]) -> list[st
 async def _start_members(demo: Demo, services: dict[str, dict[str, Any]], bootstrap: str, host: str, *, hub_url: str | None) -> None:
     settings = demo.settings
     topics = {settings.kafka_topic_prefix + services[s.name]["topic"]: settings.kafka_service_partitions for s in demo.sites}
-    # An operator's step: the topics exist before the services subscribe to them.
+    # An operator's step: the topics exist before the services subscribe to them, made as the
+    # workers make them (on the embedded broker, with its own partition count).
+    made = kafka.Topics(settings, bootstrap)
     try:
-        await kafka.ensure_topics(settings, bootstrap, topics, broker_counts=True)
+        await made.check(topics, broker_counts=True)
     except KafkaError as exc:
         raise DemoError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
+    finally:
+        await made.close()
     for site in demo.sites:
         credentials = services[site.name]
         options = kafka.client_options(settings, bootstrap) | {"client_id": f"demo-{site.slug}"}

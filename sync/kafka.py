@@ -97,25 +97,21 @@ def consumer(settings: Settings, bootstrap: str, group_id: str) -> AIOKafkaConsu
     )
 
 
-async def ensure_topics(settings: Settings, bootstrap: str, topics: dict[str, int], *, broker_counts: bool = False) -> None:
-    """Create the named topics (name to partition count) unless they exist; ``broker_counts``:
-    on the embedded broker with its own count, as ``Topics.check`` makes services' topics. (A
-    consumer reads whatever partitions a topic has; the publishers check the layout, with
-    ``Topics``.)"""
+async def ensure_topics(settings: Settings, bootstrap: str, topics: dict[str, int]) -> None:
+    """Create the named topics (name to partition count) unless they exist. (A consumer reads
+    whatever partitions a topic has; the publishers check the layout, with ``Topics``.)"""
     admin = AIOKafkaAdminClient(**client_options(settings, bootstrap))
     try:
         await admin.start()
         existing = set(await admin.list_topics())
         missing = {name: n for name, n in topics.items() if name not in existing}
-        if missing and broker_counts and memory_only(str((await admin.describe_cluster())["cluster_id"])):
-            await made_by_naming(admin, missing)
-        elif missing:
+        if missing:
             await _create(admin, settings, missing)
     finally:
         await admin.close()
 
 
-async def made_by_naming(admin: AIOKafkaAdminClient, topics: Iterable[str]) -> None:
+async def _made_by_naming(admin: AIOKafkaAdminClient, topics: Iterable[str]) -> None:
     """Make ``topics`` on the embedded broker as a consumer's metadata request makes them, with
     the broker's own partition count (``Topics.check``, ``broker_counts``)."""
     await admin.describe_topics(sorted(topics))
@@ -242,16 +238,16 @@ class Topics:
             raise
 
     async def _settle(self, admin: AIOKafkaAdminClient, checked: Checked, wanted: dict[str, int], broker_counts: bool) -> None:
+        by_naming = broker_counts and checked.memory_only  # made by naming, taken as they are (see ``check``)
         for attempt in range(REPAIR_ATTEMPTS + 1):
             if attempt:
                 await asyncio.sleep(0.05 * attempt)  # a cluster's metadata follows a creation closely, not at once
             existing = await _partition_counts(admin)
             checked.partitions = {t: existing[t] for t in wanted if t in existing}
             missing = {t: n for t, n in wanted.items() if t not in existing}
-            wrong = {t: existing[t] for t, n in wanted.items() if t in existing and existing[t] != n and t not in checked.wrong}
-            by_naming = checked.memory_only and broker_counts
-            if by_naming:
-                wrong = {}  # taken as they are (see ``check``)
+            wrong = {} if by_naming else {
+                t: existing[t] for t, n in wanted.items() if t in existing and existing[t] != n and t not in checked.wrong
+            }
             if wrong and not checked.memory_only:
                 for topic, actual in wrong.items():
                     checked.wrong[topic] = self._refuse(topic, actual, wanted[topic])
@@ -273,7 +269,7 @@ class Topics:
                 self._count("kafka_topics_recreated", len(wrong))
             checked.created |= set(missing) - checked.recreated
             if by_naming:
-                await made_by_naming(admin, missing)
+                await _made_by_naming(admin, missing)
             else:
                 await _create(admin, self.settings, {t: wanted[t] for t in (*missing, *wrong)})
         raise KafkaError(f"the topics {', '.join(sorted(wanted))} could not be made with the partition counts wanted")

@@ -158,7 +158,7 @@ class ServiceTopics:
         # first this process sees, which may have started empty while it was down (with the hub,
         # or on its own), and whose topics a service's consumer may have made again by now.
         everything = checked.memory_only and checked.cluster_id != self.settled
-        if everything or checked.new_broker or checked.recreated or stale:
+        if everything or checked.new_broker or stale:
             # Before anything is queued again: no send after this uses what it believed.
             self._replace_producer()
         if checked.memory_only:

@@ -136,7 +136,8 @@ def to_response(status: int, body: Any, headers: list[tuple[str, str]]) -> web.R
     others: list[tuple[str, str]] = []
     for name, value in headers:
         if name.lower() == "content-type":
-            content_type = value if content_type is None else content_type  # the first stands
+            if content_type is None:  # the first stands
+                content_type = value
         else:
             others.append((name, value))
     if isinstance(body, dict):

@@ -260,8 +260,6 @@ async def test_services_topics_have_the_embedded_brokers_own_count_and_the_confi
             assert not (again.created or again.recreated or again.wrong) and again.partitions == {service: own}
         finally:
             await topics.close()
-        await kafka.ensure_topics(settings, broker.bootstrap, {"onesignin.service.y.v1": SERVICE_PARTITIONS}, broker_counts=True)
-        assert await partitions(broker.bootstrap, "onesignin.service.y.v1") == own
     async with cluster_broker() as bootstrap:
         settings = Settings(data_dir=tmp_path, kafka_bootstrap_servers=bootstrap, kafka_service_partitions=SERVICE_PARTITIONS)
         topics = kafka.Topics(settings, bootstrap)
@@ -270,8 +268,6 @@ async def test_services_topics_have_the_embedded_brokers_own_count_and_the_confi
         finally:
             await topics.close()
         assert checked.partitions == {service: SERVICE_PARTITIONS}
-        await kafka.ensure_topics(settings, bootstrap, {"onesignin.service.y.v1": SERVICE_PARTITIONS}, broker_counts=True)
-        assert await partitions(bootstrap, "onesignin.service.y.v1") == SERVICE_PARTITIONS
 
 
 async def test_on_a_cluster_a_topic_with_the_wrong_count_is_refused_with_the_command_that_fixes_it(
