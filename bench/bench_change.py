@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The hub's side of a profile change, measured alone: CPU per committed change.
 
-Each change goes through ``identity.accounts.store.update_details`` in a transaction of its own
-(a support agent's correction of a given name): the account's row written if its version is
-still the one read, its history row and its outbox event, then the commit. No relay or worker
+Each change is a member service's correction of a given name, made as ``PATCH /api/v1/me`` makes
+it (``identity.accounts.store.change_at_once``): the account's row written if its version is
+still the one read, its history row and its outbox event, in one statement that commits on its
+own on Postgres, in a transaction on SQLite. No relay or worker
 runs: this is what every change costs the hub before sync sees it, the part ``bench_sync.py``
 calls its writer.
 

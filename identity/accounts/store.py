@@ -1,7 +1,8 @@
 """Accounts and their basic details. Every change goes through :func:`update_details` (or
 :func:`mark_email_verified`), which bumps the account's ``version``, records what changed, when
 and through which channel, and queues a ``profile.changed`` event in the outbox, all in the
-caller's transaction. A changed address also ends the mailed links that acted for the old one
+caller's transaction; or, where one statement does all that, through :func:`change_at_once`,
+which commits it on its own. A changed address also ends the mailed links that acted for the old one
 (``identity.accounts.links``), whichever channel changed it."""
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import uuid
 from typing import Any, Literal
 
 from sqlalchemy import bindparam, insert, inspect, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from identity import outbox
 from identity.accounts import links
 from identity.accounts.children import ChildPolicy, check_proxy_birthdate, rectified
 from identity.db import dialect
+from identity.db.engine import autocommit
 from identity.ssf import emit, events
 from identity.db.models import Account, AccountChange, AccountStatus, OutboxEvent, Tombstone, utcnow
 from schemas.events import ProfileChanged
@@ -146,6 +148,38 @@ async def update_details(
     return changed
 
 
+async def change_at_once(
+    sessions: async_sessionmaker[AsyncSession],
+    account: Account,
+    changes: dict[str, Any],
+    *,
+    channel: Channel,
+    actor: str | None = None,
+    client_id: str | None = None,
+    children: ChildPolicy | None = None,
+    shared_only: bool = False,
+) -> list[str] | None:
+    """:func:`update_details` as one statement that commits on its own, without a transaction's
+    BEGIN and COMMIT round trips, where the change allows it: on Postgres (where the account's
+    row, its history row and its event are one statement), for a change that needs nothing but
+    that row (no new address or date of birth, which :func:`update_details` locks and reads
+    first), to an account object read earlier, in any session, with what a change is worked out
+    from. The row is written only if it still has the object's version and, ``shared_only``,
+    may still be shared with services (it is not a child's waiting for a guardian's consent).
+
+    Returns the names changed, or ``None`` when nothing was written (another change came first,
+    nothing changes as read, the account may no longer be shared, or the change needs more): the
+    caller then makes it with :func:`update_details` in a transaction, which locks and reads the
+    row and decides anew. Raises ``OnlyThePerson`` as :func:`update_details` does."""
+    if sessions.kw["bind"].dialect.name != dialect.POSTGRES:
+        return None
+    async with autocommit(sessions) as session:
+        session.add(account)
+        if _lock_first(session, account, changes):
+            return None
+        return await _update(session, account, changes, channel, actor, client_id, children, False, locked=False, shared_only=shared_only)
+
+
 #: Claims whose change depends on more than the account's row (another account's address, the
 #: links mailed to the old one, the child policy and the account's status): the row is locked
 #: and read before a new value of theirs is worked out.
@@ -174,10 +208,12 @@ async def _update(
     email_confirmed: bool,
     *,
     locked: bool,
+    shared_only: bool = False,
 ) -> list[str] | None:
     """The change as :func:`update_details` describes it, worked out from the account object;
     ``None`` (nothing written) if the row is not ``locked`` and the change is empty as read or
-    the row's version is no longer the object's."""
+    the row's version is no longer the object's (or, ``shared_only``, the account may no longer
+    be shared)."""
     now = utcnow()
     if "birthdate" in changes and channel in ("service", "support"):
         check_proxy_birthdate(account, changes["birthdate"], children or ChildPolicy(), now.date())
@@ -202,7 +238,7 @@ async def _update(
         # Shared Signals: services that may see the address hear of the new one (RISC).
         await emit.emit(session, account.id, events.identifier_changed(old_email, values["email"]), now=now)
         await links.cancel(session, account.id, links.ADDRESS_BOUND, now=now)
-    if not await _record(session, account, values, changed, now, channel=channel, actor=actor, client_id=client_id):
+    if not await _record(session, account, values, changed, now, channel=channel, actor=actor, client_id=client_id, shared_only=shared_only):
         return None
     if "birthdate" in changed:
         await rectified(session, account, children or ChildPolicy(), now)
@@ -233,10 +269,12 @@ async def _record(
     channel: Channel,
     actor: str | None,
     client_id: str | None,
+    shared_only: bool = False,
 ) -> bool:
     """Write the account's new ``values`` (by attribute) with the next version, its history row
-    and its event (one statement on Postgres), if the row still has the object's version; then
-    put them on the object (:func:`_put`). Whether it was written."""
+    and its event (one statement on Postgres), if the row still has the object's version (and,
+    ``shared_only``, may be shared); then put them on the object (:func:`_put`). Whether it was
+    written."""
     version = account.version + 1
     bumped = {"version": version, "updated_at": now}
     written = {_COLUMNS[key]: value for key, value in (values | bumped).items()}
@@ -256,7 +294,7 @@ async def _record(
         | {f"h_{k}": v for k, v in history.items()}
         | {f"e_{k}": v for k, v in outbox.row(event).items()}
     )
-    statements = _account_history_and_event(dialect.name(session), frozenset(written))
+    statements = _account_history_and_event(dialect.name(session), frozenset(written), shared_only=shared_only)
     if len(statements) == 1:  # Postgres: the event is written (and returned) only with the account
         done = (await session.execute(statements[0], params)).first() is not None
     else:
@@ -290,9 +328,10 @@ _READ = frozenset({*DETAIL_FIELDS, "version", "id", "sub"})
 
 
 @functools.lru_cache(maxsize=64)
-def _account_history_and_event(dialect_name: str, columns: frozenset[str]) -> tuple[Any, ...]:
-    """The account's UPDATE of ``columns`` where its version is still the one read, the change's
-    history row and its event, built once per set of columns with bound parameters. On Postgres
+def _account_history_and_event(dialect_name: str, columns: frozenset[str], *, shared_only: bool = False) -> tuple[Any, ...]:
+    """The account's UPDATE of ``columns`` where its version is still the one read (and,
+    ``shared_only``, it may be shared), the change's history row and its event, built once per
+    set of columns with bound parameters. On Postgres
     one statement: the history row and the event are inserted from what the UPDATE returned
     (nothing if it matched no row), and the event's id returned. Elsewhere three, the inserts
     run only if the UPDATE matched its row."""
@@ -302,6 +341,8 @@ def _account_history_and_event(dialect_name: str, columns: frozenset[str]) -> tu
         .where(accounts.c.id == bindparam("a__id"), accounts.c.version == bindparam("a__read"))
         .values({name: bindparam(f"a_{name}", type_=accounts.c[name].type) for name in sorted(columns)})
     )
+    if shared_only:
+        account = account.where(Account.may_be_shared)
 
     def columns_of(table: Any) -> list[Any]:
         return [c for c in table.c if not c.primary_key and c.name in _WRITTEN[table.name]]

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy import event, func, inspect, select, text, update
 
-from identity.accounts.store import create_account, update_details
+from identity.accounts.store import change_at_once, create_account, update_details
 from identity.appkeys import DB
 from identity.db.engine import create_engine, create_sessionmaker
 from identity.db.models import Account, AccountChange, OutboxEvent, utcnow
@@ -97,6 +97,63 @@ async def test_a_change_is_written_with_its_history_and_event_in_one_statement_o
         assert getattr(stored, name) == getattr(account, name), name
     assert (stored.given_name, stored.name, stored.version) == ("Written", "Written Example", 2)
     assert (await _history(hub, stored.id))[-1] == (2, ["given_name", "phone_number", "name"], "support", "agent")
+
+
+async def test_a_change_at_once_commits_its_one_statement_on_its_own_on_postgres(hub: Hub) -> None:
+    """``change_at_once``: to an account read earlier, the change is one statement on Postgres,
+    committed on its own (another connection sees the account, its history and its event as soon
+    as it returns); on SQLite, where it would be three, nothing is written and the caller is told
+    to make it in a transaction."""
+    sub = await hub.add_user(verified=True)
+    account = await _read(hub, sub)
+    with _statements(hub) as seen:
+        changed = await change_at_once(hub.app[DB], account, {"given_name": "Once"}, channel="service", actor="svc", client_id="svc")
+    postgres = hub.settings.resolved_database_url.startswith("postgresql")
+    stored = await _read(hub, sub)
+    if not postgres:
+        assert (changed, seen, stored.version) == (None, [], 1)
+        return
+    assert changed == ["given_name", "name"]
+    assert len(seen) == 1 and seen[0].startswith("WITH account AS (UPDATE accounts"), seen
+    assert (account.given_name, account.name, account.version) == ("Once", "Once Example", 2)
+    assert (stored.given_name, stored.name, stored.version) == ("Once", "Once Example", 2)
+    assert (await _history(hub, stored.id))[-1] == (2, ["given_name", "name"], "service", "svc")
+    [event_row] = [e for e in await _events(hub) if e.payload.get("sub") == sub and e.payload.get("type") == "profile.changed"]
+    assert (event_row.payload["version"], event_row.payload["client_id"], event_row.payload["channel"]) == (2, "svc", "service")
+
+
+async def test_a_change_at_once_writes_nothing_where_a_transaction_must_decide(hub: Hub) -> None:
+    """Nothing is written, and ``None`` tells the caller to make the change in a transaction,
+    when: another change came after the account was read; the account may no longer be shared
+    (``shared_only``: a child's waiting for a guardian, whose status changes without a new
+    version); nothing changes as read; or the change gives a new address, whose checks read more
+    than the row. The transaction then makes the change from the row as it is."""
+    if not hub.settings.resolved_database_url.startswith("postgresql"):
+        pytest.skip("on SQLite a change is always made in a transaction (see the test above)")
+    sessions = hub.app[DB]
+    sub = await hub.add_user(verified=True)
+
+    overtaken = await _read(hub, sub)
+    await _change_elsewhere(hub, sub, {"family_name": "Other"})
+    assert await change_at_once(sessions, overtaken, {"given_name": "Late"}, channel="service", client_id="svc") is None
+    assert overtaken.version == 1
+    unchanged = await _read(hub, sub)
+    assert await change_at_once(sessions, unchanged, {"given_name": "Ann"}, channel="service", client_id="svc") is None
+    assert await change_at_once(sessions, unchanged, {"email": "new@example.com"}, channel="service", client_id="svc") is None
+
+    restricted = await _read(hub, sub)
+    async with sessions.begin() as db:
+        await db.execute(update(Account).where(Account.sub == sub).values(status="pending_guardian"))
+    assert await change_at_once(sessions, restricted, {"given_name": "Hidden"}, channel="service", client_id="svc", shared_only=True) is None
+    stored = await _read(hub, sub)
+    assert (stored.given_name, stored.family_name, stored.version) == ("Ann", "Other", 2)
+    assert [h[:2] for h in await _history(hub, stored.id)] == [(1, ["created"]), (2, ["family_name", "name"])]
+
+    # Made in a transaction instead, from the row as it is now.
+    async with sessions.begin() as db:
+        db.add(overtaken)
+        assert await update_details(db, overtaken, {"given_name": "Late"}, channel="service", client_id="svc") == ["given_name", "name"]
+    assert (overtaken.given_name, overtaken.family_name, overtaken.version) == ("Late", "Other", 3)
 
 
 @contextlib.contextmanager
