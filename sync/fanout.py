@@ -2,9 +2,14 @@
 
 A consumer in the group ``onesignin-sync`` reads ``onesignin.profile.v1``. For each batch it
 records, in one database transaction, the deliveries the events call for (one row per person,
-service and channel, coalesced: a newer change supersedes a pending one), and only then commits
-the batch's offsets. A worker that dies mid-batch leaves the offsets uncommitted; the batch is
-read again and recording it again changes nothing (versions only rise, claim masks are OR-ed)."""
+service and channel, coalesced: a newer change supersedes a pending one); only then are the
+batch's offsets committed. They are committed together, about once a second
+(``OFFSETS_EVERY``), when the consumer waits with nothing to read, before the consumer's
+partitions are given to another worker, and when the worker stops: a commit per batch is a
+broker round trip per batch, on the consumer's path. A worker that dies mid-batch, or before
+the offsets of batches it recorded were committed, leaves them uncommitted; those batches are
+read again and recording them again is idempotent (versions only rise, claim masks are OR-ed;
+what is sent again carries the state as it is, and receivers keep the highest version)."""
 
 from __future__ import annotations
 
@@ -45,6 +50,8 @@ GROUP_ID = "onesignin-sync"
 UPSERT_CHUNK = 500
 MAX_BACKOFF = 30.0
 UNASSIGNED_RECHECK = 10.0  # seconds without partitions before the topic is looked for again
+OFFSETS_EVERY = 1.0  # seconds between commits of recorded batches' offsets while batches keep coming
+LAST_COMMIT_SECONDS = 5.0  # how long a stopping worker tries to commit what it recorded
 
 
 @dataclass(frozen=True)
@@ -305,17 +312,57 @@ def parse(value: bytes | None) -> ProfileChanged | LinkCreated | None:
         return None
 
 
+class Offsets:
+    """The offsets of batches recorded but not yet committed to the group, by partition."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self.consumer = consumer
+        self.recorded: dict[TopicPartition, int] = {}
+        self.committed_at = asyncio.get_running_loop().time()
+
+    def add(self, offsets: dict[TopicPartition, int]) -> None:
+        self.recorded.update(offsets)
+
+    def forget(self, partitions: list[TopicPartition]) -> None:
+        """Never commit these (the consumer reads them again from elsewhere)."""
+        for tp in partitions:
+            self.recorded.pop(tp, None)
+
+    def due(self) -> bool:
+        return bool(self.recorded) and asyncio.get_running_loop().time() - self.committed_at >= OFFSETS_EVERY
+
+    async def commit(self) -> None:
+        recorded, self.recorded = self.recorded, {}
+        self.committed_at = asyncio.get_running_loop().time()
+        if recorded:
+            try:
+                await self.consumer.commit(recorded)
+            except BaseException:
+                # Kept for the next commit, unless newer offsets of their partitions came since.
+                self.recorded = recorded | self.recorded
+                raise
+
+
 class _Rebalance(ConsumerRebalanceListener):
-    """Partitions are only given up once the batch in hand is recorded and committed; how many
-    this worker holds is a gauge (a group whose workers all hold some has settled)."""
+    """Partitions are only given up once the batch in hand is recorded and the offsets of what
+    was recorded are committed; how many this worker holds is a gauge (a group whose workers all
+    hold some has settled)."""
 
     def __init__(self, busy: asyncio.Lock, assigned: Gauge) -> None:
         self.busy = busy
         self.assigned = assigned
+        self.offsets: Offsets | None = None
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.busy:
             self.assigned.set(0)
+            if self.offsets is not None and self.offsets.recorded:
+                try:
+                    await self.offsets.commit()
+                except Exception as exc:
+                    # Read again by the partitions' next owner: sent again, not lost.
+                    log.warning("sync worker: could not commit the offsets of what was recorded before a rebalance: %s: %s", type(exc).__name__, exc)
+                    self.offsets.recorded.clear()
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         self.assigned.set(len(assigned))
@@ -350,17 +397,25 @@ class FanOut:
         try:
             while True:
                 consumer: AIOKafkaConsumer | None = None
+                offsets: Offsets | None = None
                 try:
                     prefix = self.settings.kafka_topic_prefix
                     await kafka.ensure_topics(self.settings, self.bootstrap, {prefix + PROFILE_TOPIC: self.settings.kafka_profile_partitions})
                     consumer = kafka.consumer(self.settings, self.bootstrap, prefix + GROUP_ID)
-                    consumer.subscribe([prefix + PROFILE_TOPIC], listener=_Rebalance(self.busy, self.metrics.partitions_assigned))
+                    listener = _Rebalance(self.busy, self.metrics.partitions_assigned)
+                    listener.offsets = offsets = Offsets(consumer)
+                    consumer.subscribe([prefix + PROFILE_TOPIC], listener=listener)
                     await consumer.start()
                     backoff.succeeded()
-                    await self._consume(consumer, watch)
+                    await self._consume(consumer, watch, offsets)
                 except asyncio.CancelledError:
+                    # Stopping: what was recorded is committed, so that no other worker reads it again.
+                    if offsets is not None and offsets.recorded:
+                        await _last_commit(offsets)
                     raise
                 except Exception as exc:
+                    # The offsets recorded are not committed: after a broker's change they mean
+                    # nothing, and after any other error the batches are read again, not lost.
                     delay = backoff.failed()
                     log.warning("sync worker: %s: %s; reconnecting in %.1f s", type(exc).__name__, exc, delay)
                     await asyncio.sleep(delay)
@@ -396,7 +451,7 @@ class FanOut:
                 log.info("sync worker: recording a batch conflicted (%s); retrying", type(getattr(exc, "orig", exc)).__name__)
                 await asyncio.sleep(0.05 * attempt)
 
-    async def _consume(self, consumer: AIOKafkaConsumer, watch: kafka.BrokerWatch) -> None:
+    async def _consume(self, consumer: AIOKafkaConsumer, watch: kafka.BrokerWatch, offsets: Offsets) -> None:
         loop = asyncio.get_running_loop()
         unassigned_since: float | None = None
         while True:
@@ -414,12 +469,15 @@ class FanOut:
             else:
                 unassigned_since = None
             if not batch:
-                await kafka.rewind_past_the_end(consumer)
+                offsets.forget(await kafka.rewind_past_the_end(consumer))
+                if offsets.recorded:
+                    async with self.busy:
+                        await offsets.commit()  # nothing more came: what was recorded is committed now
                 continue
             async with self.busy:
                 events = []
                 consumed: list[int] = []
-                offsets = {}
+                positions = {}
                 for tp, messages in batch.items():
                     for message in messages:
                         consumed.extend(_outbox_id(message.headers))
@@ -430,13 +488,25 @@ class FanOut:
                             continue
                         events.append(event)
                         self.metrics.events_consumed.labels(event.type).inc()
-                    offsets[tp] = messages[-1].offset + 1
+                    positions[tp] = messages[-1].offset + 1
                 taken: Taken | None = None
                 if events or consumed:
                     taken, jobs = await whole(self._record(events, consumed))
                     if taken is not None and self.deliverer is not None:
                         self.deliverer.start(jobs, superseded=taken.in_flight)
-                # Only now is the work durable: commit the offsets.
-                await consumer.commit(offsets)
+                # Only now is the work durable: its offsets may be committed.
+                offsets.add(positions)
+                if offsets.due():
+                    await offsets.commit()
             if self.wake is not None and (taken is None or taken.left):
                 self.wake.set()  # rows are due that this worker did not take: the deliverer claims them
+
+
+async def _last_commit(offsets: Offsets) -> None:
+    """Commit what was recorded as the worker stops, for a few seconds at most (a broker that is
+    gone would hold the shutdown): what is left uncommitted is read again by the next owner."""
+    try:
+        async with asyncio.timeout(LAST_COMMIT_SECONDS):
+            await offsets.commit()
+    except Exception as exc:
+        log.warning("sync worker: could not commit the offsets of what was recorded as it stopped: %s: %s", type(exc).__name__, exc)

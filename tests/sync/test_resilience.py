@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import func, select
 
 from identity import deliveries as status
 from identity.appkeys import DB, SETTINGS
 from identity.db.models import DeadLetter, Delivery, OutboxEvent, Service
+from schemas.events import PROFILE_TOPIC
 from sync.broker import EmbeddedBroker
+from sync.fanout import GROUP_ID
 from tests.support import EMBEDDED_DEFAULT, PRODUCTION_TOPOLOGY, Hub, eventually
 from tests.sync.conftest import EXTERNAL_KAFKA, add_member
 from tests.sync.helpers import SyncProcess, add_people, change, link_directly, recorded, settled
@@ -239,6 +243,40 @@ class TestSeparateProcesses:
             await first.stop()
             await relay.stop()
 
+    async def test_a_worker_that_stops_leaves_its_successor_nothing_to_read_again(self, hub: Hub, receivers: Receivers, tmp_path: Path) -> None:
+        """A worker commits the offsets of what it recorded together, not per batch; as it stops
+        it commits what it recorded, so the worker that takes over reads on from there and sends
+        nothing a second time."""
+        subs = await _linked(hub, receivers, 20, ("store",))
+        relay = SyncProcess("relay", hub, tmp_path)
+        first = SyncProcess("worker", hub, tmp_path)
+        await relay.start()
+        await first.start()
+        try:
+            await _all_at(receivers, ("store",), dict.fromkeys(subs, 1))
+            final = {sub: await change(hub, sub, family_name="Before") for sub in subs}
+            await _all_at(receivers, ("store",), final)
+            await first.stop()  # at once: the last batch's offsets may not have been committed yet
+            settings = hub.app[SETTINGS]
+            topic = settings.kafka_topic_prefix + PROFILE_TOPIC
+            committed, ends = await _group_offsets(settings.kafka_bootstrap_servers, topic, settings.kafka_topic_prefix + GROUP_ID)
+            assert committed == ends
+
+            second = SyncProcess("worker", hub, tmp_path)
+            await second.start()
+            try:
+                # A barrier: once the successor delivers a new change, it has read everything
+                # before it that it was going to read.
+                last = await change(hub, subs[0], family_name="After")
+                await receivers.wait_for("store", subs[0], last, timeout=90)
+                sent = Counter((d["data"]["sub"], d["data"]["version"]) for d in receivers["store"].received)
+                assert [key for key, times in sent.items() if times > 1] == []
+            finally:
+                await second.stop()
+        finally:
+            await first.stop()
+            await relay.stop()
+
     async def test_two_workers_in_one_group_deliver_every_change(self, hub: Hub, receivers: Receivers, tmp_path: Path) -> None:
         names = ("store", "forum")
         subs = await _linked(hub, receivers, 30, names)
@@ -280,3 +318,35 @@ class TestSeparateProcesses:
         finally:
             for p in workers + processes:
                 await p.stop()
+
+
+
+
+async def _group_offsets(bootstrap: str | None, topic: str, group: str) -> tuple[dict[int, int], dict[int, int]]:
+    """The group's committed offset of each partition of ``topic`` that has messages, and each
+    such partition's end (the offset its next message will have), as reading it to its high
+    watermark finds it."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await reader.start()
+    try:
+        await reader.topics()  # the cluster's metadata, read afresh
+        partitions = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
+        reader.assign(partitions)
+        await reader.seek_to_beginning(*partitions)
+        ends: dict[int, int] = {}
+        async with asyncio.timeout(60):
+            while len(ends) < len(partitions):
+                await reader.getmany(timeout_ms=200)
+                for tp in partitions:
+                    high = reader.highwater(tp)
+                    if high is not None and await reader.position(tp) >= high:
+                        ends[tp.partition] = high
+    finally:
+        await reader.stop()
+    member = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await member.start()
+    try:
+        committed = {p: await member.committed(TopicPartition(topic, p)) for p, end in ends.items() if end}
+    finally:
+        await member.stop()
+    return committed, {p: end for p, end in ends.items() if end}
