@@ -16,7 +16,9 @@ Two scenarios:
 * latency: --rate changes per second for --seconds seconds, round-robin over --people people,
   each linked to every one of --services services. A change counts as delivered to a service
   when the service received that version or a later one (deliveries coalesce); its latency is
-  that first arrival minus the change's commit time.
+  that first arrival minus the change's commit time. The p99 is also given for the changes
+  committed in each 2 s, beside the cores the machine was busy then; a window slower than
+  0.25 s is broken down by part (other processes of the machine included).
 * throughput: --burst changes (distinct people) queued in the outbox while the relay is
   stopped, then the relay started: webhook deliveries per second at the receivers, from the
   first to the last (--burst-mode live queues them with the pipeline running instead).
@@ -60,6 +62,7 @@ import aiohttp
 import orjson
 
 LATENCY_TARGET_P99 = 1.0  # seconds, at 200 changes/s fanned out to 5 services
+HIGH_LOAD_P99 = 0.25  # seconds, at 500 changes/s: windows slower than this are broken down by part
 THROUGHPUT_TARGET = 2000.0  # webhook deliveries per second, sustained
 WINDOW = 2.0  # seconds of commit time per window in the latency scenario's p99_by_window_s
 SCOPE = "openid profile email"
@@ -346,6 +349,55 @@ class CpuMeter:
             "cores_busy_machine": round(machine / wall, 2) if wall else None,
             "cpu_s_others": round(max(0.0, machine - ours), 2),
         }
+
+
+class CpuWindows:
+    """The machine's cores busy, and each part's, in each ``WINDOW`` seconds of a scenario: read
+    beside the p99 of the changes committed in the same window, whether a slow window was the
+    machine busy with something else (other processes) or one part of the pipeline working
+    harder than in the others."""
+
+    def __init__(self, meter: CpuMeter) -> None:
+        self.meter = meter
+        self.samples: list[tuple[float, float, dict[str, float]]] = []  # (time, machine, part -> cpu)
+        self.task: asyncio.Task[None] | None = None
+
+    def _take(self) -> None:
+        parts = {name: sum(pids.values()) for name, pids in self.meter._sample().items()}
+        self.samples.append((time.time(), _machine_busy(), parts))
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.to_thread(self._take)  # /proc is read off the event loop
+            await asyncio.sleep(WINDOW / 2)
+
+    def start(self) -> None:
+        self.samples.clear()
+        self.task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    def by_window(self, t0: float, windows: int) -> list[dict[str, float]]:
+        """Per window from ``t0`` (the first commit): cores busy, the machine's and each part's
+        (from the samples nearest its edges; empty where there were none)."""
+        out: list[dict[str, float]] = []
+        for w in range(windows):
+            start, end = t0 + w * WINDOW, t0 + (w + 1) * WINDOW
+            a = min(self.samples, key=lambda s: abs(s[0] - start), default=None)
+            b = min(self.samples, key=lambda s: abs(s[0] - end), default=None)
+            if a is None or b is None or b[0] - a[0] <= 0:
+                out.append({})
+                continue
+            span = b[0] - a[0]
+            busy = {name: round((cpu - a[2].get(name, cpu)) / span, 2) for name, cpu in b[2].items()}
+            busy["machine"] = round((b[1] - a[1]) / span, 2)
+            busy["others"] = round(max(0.0, busy["machine"] - sum(v for k, v in busy.items() if k != "machine")), 2)
+            out.append(busy)
+        return out
 
 
 # -- the sync processes --------------------------------------------------------------------------
@@ -823,18 +875,22 @@ async def scenario_latency(args: argparse.Namespace, writer: Writer, receivers: 
     names = [f"s{i + 1}" for i in range(args.services)]
     say(f"latency: {args.rate:g} changes/s for {args.seconds:g} s over {args.people} people, {args.services} services ...")
     meter.start()
+    sampler = CpuWindows(meter)
+    sampler.start()
     profiler.start("latency", sync.pids() | {"receiver": meter.parts["receiver"]})
     schedule = await writer.at_rate(range(args.people), args.rate, args.seconds, args.writers)
     committed = time.time()
     # A fan-out that reconnects to the embedded broker may need ~20 s to be given its partitions again.
     complete = await receivers.wait_for(writer.commits, names, sync, stall=40, timeout=max(120.0, args.seconds * 6))
     drained = time.time()
+    await sampler.stop()
     cpu = meter.stop()
     profile = profiler.stop()
     stats = await receivers.stats()
     found = match(writer.commits, stats["received"], names)
     lat = found.pop("latencies")
     times = [c[2] for c in writer.commits]
+    found["cores_busy_by_window"] = sampler.by_window(min(times, default=0.0), len(found["p99_by_window_s"]))
     span = (max(times) - min(times)) if len(times) > 1 else 0.0
     return {
         "offered_rate": args.rate,
@@ -1111,6 +1167,11 @@ def print_table(r: dict[str, Any]) -> None:
             ok = (value <= LATENCY_TARGET_P99 and lat["missing"] == 0) if key == "p99" else None
             print(row.format(f"commit -> webhook received, {key}", f"{value:.3f} s", target, verdict(ok)))
         print(f"  p99 of the changes committed in each {WINDOW:g} s: " + " ".join(f"{v:.2f}" for v in lat["p99_by_window_s"]))
+        print("  cores busy in each of those windows, the whole machine: " + " ".join(f"{w.get('machine', 0):.2f}" for w in lat["cores_busy_by_window"]))
+        slow = [(i, w) for i, (p99, w) in enumerate(zip(lat["p99_by_window_s"], lat["cores_busy_by_window"], strict=True)) if p99 > HIGH_LOAD_P99 and w]
+        for i, w in slow:
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(w.items(), key=lambda kv: -kv[1]) if k != "machine")
+            print(f"    window {i + 1} (p99 {lat['p99_by_window_s'][i]:.2f} s): machine {w['machine']:.2f} cores; {parts}")
         print(row.format("drained after the last commit", f"{lat['drain_after_last_commit_s']} s", "", ""))
         print(row.format("writer schedule, worst lag", f"{lat['schedule_worst_lag_s']} s", "", ""))
         print(row.format("signatures verified / rejected", f"{lat['verified']}/{lat['rejected']}", "", ""))
