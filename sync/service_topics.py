@@ -9,11 +9,13 @@ the topic has, the producer is replaced before anything else is sent. On the mem
 embedded broker, messages it acknowledged may then be gone (restarted, it acknowledges messages
 for topics and partitions it no longer has), and so may those of a topic the worker had to
 create: every delivery already made to those topics is queued again, as a snapshot of the
-person's current state, so each service's topic ends up holding everyone's latest version. The
-first look of a process at a memory-only broker counts as a restart (it may have restarted
-while the process was down), and a look that failed before the deliveries were queued again
-leaves them to the next one. A service's consumer that keeps the highest version per ``sub``
-ignores what it already had.
+person's current state, so each service's topic ends up holding everyone's latest version. A
+memory-only broker nobody has dealt with yet counts as a restart (it may have restarted while
+the workers were down): the first worker to look at it queues every topic's deliveries again,
+once for all of them (``settled_brokers`` names the broker, by its cluster id, in the same
+transaction), and a look that failed before the deliveries were queued again leaves them to the
+next one. A service's consumer that keeps the highest version per ``sub`` ignores what it
+already had.
 
 On the embedded broker a service's topic has the broker's own partition count, whoever makes it
 (the worker, or a service's consumer asking about it first), and is never made again under the
@@ -34,8 +36,9 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from identity.db.models import ACTIVE, Delivery, Service, utcnow
+from identity.db.models import ACTIVE, Delivery, Service, SettledBroker, utcnow
 from identity.db.units import whole
+from identity.db.upsert import ensure_row
 from identity.settings import Settings
 from schemas.events import service_topic
 from sync import kafka, webhooks
@@ -65,6 +68,22 @@ async def resend_topic_deliveries(db: AsyncSession, client_ids: Iterable[str] | 
         )
     )
     return result.rowcount
+
+
+#: The ``settled_brokers`` row of services' topics.
+SETTLED_AS = "service-topics"
+
+
+async def settle_broker(db: AsyncSession, cluster_id: str, now: dt.datetime) -> bool:
+    """Whether the memory-only broker ``cluster_id`` is this caller's to deal with: no one has
+    yet. It is then named settled in ``db``'s transaction, which the caller commits with what it
+    did (the row stays locked until then, so two workers never both take it)."""
+    await ensure_row(db, SettledBroker, name=SETTLED_AS, cluster_id="", settled_at=now)
+    settled = await db.scalar(select(SettledBroker.cluster_id).where(SettledBroker.name == SETTLED_AS).with_for_update())
+    if settled == cluster_id:
+        return False
+    await db.execute(update(SettledBroker).where(SettledBroker.name == SETTLED_AS).values(cluster_id=cluster_id, settled_at=now))
+    return True
 
 
 class ServiceTopics:
@@ -162,33 +181,39 @@ class ServiceTopics:
             # Before anything is queued again: no send after this uses what it believed.
             self._replace_producer()
         if checked.memory_only:
-            lost = None if everything else {t for t in wanted if checked.lost(t)} | stale | self.owed  # None: every topic
-            if lost is None or lost:
-                clients = None if lost is None else {self.client_ids[t] for t in lost}
+            lost = {t for t in wanted if checked.lost(t)} | stale | self.owed
+            if everything or lost:
+                clients = {self.client_ids[t] for t in lost}
                 try:
-                    again = await whole(self._resend(clients))
+                    again, every = await whole(self._resend(clients, checked.cluster_id if everything else None))
                 except BaseException:
                     # What showed them lost (a replaced producer's belief, a topic just made) is
                     # gone after this look: the next one queues them from here (and every topic
                     # again while ``settled`` is not this broker).
-                    if lost is not None:
-                        self.owed |= lost
+                    self.owed |= lost
                     self.ready.clear()
                     raise
                 self.owed.clear()
                 if again:
                     log.warning(
                         "sync: %s deliveries to %s may be lost with the embedded broker's topics; sending them again",
-                        again, "every service's topic" if clients is None else ", ".join(sorted(lost or ())),
+                        again, "every service's topic" if every else ", ".join(sorted(lost)),
                     )
             # Only once they are queued again: a check that failed on the way does it again.
             self.settled = checked.cluster_id
         self.wrong = checked.wrong
         self.ready = set(wanted) - set(checked.wrong)
 
-    async def _resend(self, client_ids: set[str] | None) -> int:
+    async def _resend(self, client_ids: set[str], broker: str | None) -> tuple[int, bool]:
+        """Queue again the deliveries made to these services' topics, or, when the memory-only
+        broker ``broker`` is this worker's to settle (no other worker has), to every service's
+        topic; return how many, and whether every topic's were."""
         async with self.sessions.begin() as db:
-            return await resend_topic_deliveries(db, client_ids, utcnow())
+            now = utcnow()
+            every = broker is not None and await settle_broker(db, broker, now)
+            if not every and not client_ids:
+                return 0, False
+            return await resend_topic_deliveries(db, None if every else client_ids, now), every
 
     async def _producer(self) -> AIOKafkaProducer:
         if self._renew:

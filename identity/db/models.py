@@ -662,6 +662,19 @@ class Lease(Base):
     expires_at: Mapped[dt.datetime]
 
 
+class SettledBroker(Base):
+    """A memory-only (embedded) Kafka broker whose start was dealt with, for one purpose
+    (``name``): for ``service-topics``, every delivery made to services' topics, which a broker
+    that started empty lost, was queued again once, by the first worker to look at the broker
+    with this cluster id (each start of the embedded broker has a cluster id of its own)."""
+
+    __tablename__ = "settled_brokers"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cluster_id: Mapped[str] = mapped_column(String(255))
+    settled_at: Mapped[dt.datetime]
+
+
 class Notice(Base):
     """A one-off event for one service (a rights request, an unlink, a restriction), written in
     the transaction that caused it and delivered by the sync worker to the service's webhook

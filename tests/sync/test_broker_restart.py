@@ -462,7 +462,8 @@ async def test_a_workers_first_look_at_a_memory_only_broker_queues_again_what_th
     service's topic on the broker before, and on the new one a service's consumer asked for the
     topic first, so the worker finds it there and does not create it. Its first look at that
     broker still queues the delivery again, once; a look that fails before the delivery is
-    queued leaves it to the next look."""
+    queued leaves it to the next look. Another worker's first look at the same broker queues
+    nothing more: the broker was dealt with."""
     member = await add_member(hub, receivers, "portal", webhook=False, topic=True)
     sub = (await add_people(hub, 1))[0]
     await link_directly(hub, [sub], member.rp.client_id)
@@ -482,7 +483,7 @@ async def test_a_workers_first_look_at_a_memory_only_broker_queues_again_what_th
         out = ServiceTopics(hub.settings, hub.app[DB], restarted.bootstrap, idempotent=False, metrics=SyncMetrics())
         queue_again = out._resend
 
-        async def database_gone(client_ids: set[str] | None) -> int:
+        async def database_gone(client_ids: set[str], broker: str | None) -> tuple[int, bool]:
             out._resend = queue_again  # once
             raise OperationalError("UPDATE deliveries", {}, ConnectionResetError("the database went away"))
 
@@ -495,10 +496,16 @@ async def test_a_workers_first_look_at_a_memory_only_broker_queues_again_what_th
             assert await generation() == before + 1
             await out.watch([member.rp.client_id])
             assert await generation() == before + 1  # once
+            await recorded(hub, member.rp.client_id, sub, 1)  # sent again by the hub's worker (only what was sent is queued again)
+            other = ServiceTopics(hub.settings, hub.app[DB], restarted.bootstrap, idempotent=False, metrics=SyncMetrics())
+            try:
+                await other.watch([member.rp.client_id])  # another worker's first look
+            finally:
+                await other.close()
+            assert await generation() == before + 1
 
             # One topic lost (made again by hand with 12 partitions under a producer that believed
             # the broker's count), and the first look's queuing fails: the next look does it.
-            await recorded(hub, member.rp.client_id, sub, 1)  # sent again by the hub's worker (only what was sent is queued again)
             assert (await out.publish(member.rp.client_id, sub, "{}", "m1")).result == "ok"
             await made_again_by_hand(restarted.bootstrap, topic, 12)
             out._resend = database_gone  # type: ignore[method-assign]
