@@ -63,6 +63,12 @@ import orjson
 
 LATENCY_TARGET_P99 = 1.0  # seconds, at 200 changes/s fanned out to 5 services
 HIGH_LOAD_P99 = 0.25  # seconds, at 500 changes/s: windows slower than this are broken down by part
+HIGH_LOAD_RATE = 500  # changes/s from which the p99 is held to HIGH_LOAD_P99
+
+
+def p99_target(rate: float) -> float:
+    """The p99 a latency run at ``rate`` changes per second is held to."""
+    return HIGH_LOAD_P99 if rate >= HIGH_LOAD_RATE else LATENCY_TARGET_P99
 THROUGHPUT_TARGET = 2000.0  # webhook deliveries per second, sustained
 WINDOW = 2.0  # seconds of commit time per window in the latency scenario's p99_by_window_s
 SCOPE = "openid profile email"
@@ -1106,7 +1112,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 **({"sync_env": extra} if extra else {}),
             },
             "setup": {"seed_s": round(seed_s, 2), "warm_up_s": round(warm, 2)},
-            "targets": {"latency_p99_s": LATENCY_TARGET_P99, "at_rate": 200, "services": 5, "deliveries_per_s": THROUGHPUT_TARGET},
+            "targets": {
+                "latency_p99_s": LATENCY_TARGET_P99, "at_rate": 200, "services": 5, "deliveries_per_s": THROUGHPUT_TARGET,
+                "high_load": {"latency_p99_s": HIGH_LOAD_P99, "at_rate": HIGH_LOAD_RATE, "workers": 2, "seconds": 60},
+            },
         }
         if "latency" in args.scenarios:
             result["latency"] = await scenario_latency(args, writer, receivers, sync, meter, profiler, sessions)
@@ -1161,10 +1170,11 @@ def print_table(r: dict[str, Any]) -> None:
         print(row.format("deliveries arrived / expected", f"{lat['delivered']}/{lat['expected']}", "all", verdict(lat["missing"] == 0)))
         print(row.format("  of which through a later version", lat["via_later_version"], "", ""))
         print(row.format("  duplicates", lat["duplicates"], "", ""))
+        limit = p99_target(lat["offered_rate"])
         for key in ("p50", "p90", "p99", "max"):
-            target = f"<= {LATENCY_TARGET_P99:g} s" if key == "p99" else ""
+            target = f"<= {limit:g} s" if key == "p99" else ""
             value = lat[f"{key}_s"]
-            ok = (value <= LATENCY_TARGET_P99 and lat["missing"] == 0) if key == "p99" else None
+            ok = (value <= limit and lat["missing"] == 0) if key == "p99" else None
             print(row.format(f"commit -> webhook received, {key}", f"{value:.3f} s", target, verdict(ok)))
         print(f"  p99 of the changes committed in each {WINDOW:g} s: " + " ".join(f"{v:.2f}" for v in lat["p99_by_window_s"]))
         print("  cores busy in each of those windows, the whole machine: " + " ".join(f"{w.get('machine', 0):.2f}" for w in lat["cores_busy_by_window"]))
