@@ -1177,7 +1177,7 @@ def print_table(r: dict[str, Any]) -> None:
             ok = (value <= limit and lat["missing"] == 0) if key == "p99" else None
             print(row.format(f"commit -> webhook received, {key}", f"{value:.3f} s", target, verdict(ok)))
         print(f"  p99 of the changes committed in each {WINDOW:g} s: " + " ".join(f"{v:.2f}" for v in lat["p99_by_window_s"]))
-        print("  cores busy in each of those windows, the whole machine: " + " ".join(f"{w.get('machine', 0):.2f}" for w in lat["cores_busy_by_window"]))
+        print("  cores busy in each of those windows, the whole machine: " + " ".join(f"{w['machine']:.2f}" if w else "-" for w in lat["cores_busy_by_window"]))
         slow = [(i, w) for i, (p99, w) in enumerate(zip(lat["p99_by_window_s"], lat["cores_busy_by_window"], strict=True)) if p99 > HIGH_LOAD_P99 and w]
         for i, w in slow:
             parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(w.items(), key=lambda kv: -kv[1]) if k != "machine")
