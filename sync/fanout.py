@@ -348,15 +348,15 @@ class _Rebalance(ConsumerRebalanceListener):
     was recorded are committed; how many this worker holds is a gauge (a group whose workers all
     hold some has settled)."""
 
-    def __init__(self, busy: asyncio.Lock, assigned: Gauge) -> None:
+    def __init__(self, busy: asyncio.Lock, assigned: Gauge, offsets: Offsets) -> None:
         self.busy = busy
         self.assigned = assigned
-        self.offsets: Offsets | None = None
+        self.offsets = offsets
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self.busy:
             self.assigned.set(0)
-            if self.offsets is not None and self.offsets.recorded:
+            if self.offsets.recorded:
                 try:
                     await self.offsets.commit()
                 except Exception as exc:
@@ -402,9 +402,8 @@ class FanOut:
                     prefix = self.settings.kafka_topic_prefix
                     await kafka.ensure_topics(self.settings, self.bootstrap, {prefix + PROFILE_TOPIC: self.settings.kafka_profile_partitions})
                     consumer = kafka.consumer(self.settings, self.bootstrap, prefix + GROUP_ID)
-                    listener = _Rebalance(self.busy, self.metrics.partitions_assigned)
-                    listener.offsets = offsets = Offsets(consumer)
-                    consumer.subscribe([prefix + PROFILE_TOPIC], listener=listener)
+                    offsets = Offsets(consumer)
+                    consumer.subscribe([prefix + PROFILE_TOPIC], listener=_Rebalance(self.busy, self.metrics.partitions_assigned, offsets))
                     await consumer.start()
                     backoff.succeeded()
                     await self._consume(consumer, watch, offsets)

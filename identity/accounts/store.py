@@ -171,7 +171,7 @@ async def change_at_once(
     nothing changes as read, the account may no longer be shared, or the change needs more): the
     caller then makes it with :func:`update_details` in a transaction, which locks and reads the
     row and decides anew. Raises ``OnlyThePerson`` as :func:`update_details` does."""
-    if sessions.kw["bind"].dialect.name != dialect.POSTGRES:
+    if not dialect.opens_postgres(sessions):
         return None
     async with autocommit(sessions) as session:
         session.add(account)

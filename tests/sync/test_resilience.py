@@ -320,8 +320,6 @@ class TestSeparateProcesses:
                 await p.stop()
 
 
-
-
 async def _group_offsets(bootstrap: str | None, topic: str, group: str) -> tuple[dict[int, int], dict[int, int]]:
     """The group's committed offset of each partition of ``topic`` that has messages, and each
     such partition's end (the offset its next message will have), as reading it to its high
