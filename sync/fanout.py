@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from identity import outbox
 from identity.db import dialect
+from identity.db.engine import plan_for_now
 from identity.db.models import Account, Delivery, Link, Service, utcnow
 from identity.db.units import whole
 from identity.db.upsert import insert_on
@@ -442,6 +443,9 @@ class FanOut:
                         taken = await record_taking(db, events, echo_suppression=echo, room=room)
                         jobs = await self.deliverer.jobs_for(db, taken)
                     if consumed:
+                        # Planned for the outbox as it is now: a plan kept from when it was
+                        # nearly empty reads the whole table for every batch.
+                        await plan_for_now(db)
                         await db.execute(outbox.stamping(dialect.name(db), "consumed_at"), {"ids": consumed, "at": utcnow()})
                 return taken, jobs
             except (OperationalError, DBAPIError) as exc:

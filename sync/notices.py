@@ -29,7 +29,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Update, and_, bindparam, literal, not_, select, update
+from sqlalchemy import Update, and_, bindparam, not_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.db.models import PENDING, Account, Link, Notice, UTCDateTime
@@ -58,14 +58,16 @@ class Job:
     request_id: str | None = None
 
 
-#: Whether any notice that is sent is due (read through ``ix_notices_due``).
+#: The earliest due notice's time (of those that are sent), if any is due: read in
+#: ``ix_notices_due``'s order.
 _ANY_DUE = (
-    select(literal(1))
+    select(Notice.__table__.c.next_attempt_at)
     .where(
         Notice.__table__.c.state == PENDING,
         Notice.__table__.c.next_attempt_at <= bindparam("now", type_=UTCDateTime()),
         Notice.__table__.c.channel != "ssf_poll",
     )
+    .order_by(Notice.__table__.c.next_attempt_at)  # in the due index's order (see sync.deliver)
     .limit(1)
 )
 
