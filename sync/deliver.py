@@ -348,19 +348,21 @@ class Deliveries:
                     this.values(
                         state="dead", attempts=decision.attempts, last_error=decision.error,
                         failing_since=decision.failing_since, next_attempt_at=now,
-                    ).returning(d.account_id)
+                    ).returning(d.account_id, d.wanted_version)
                 )
             ).first()
             if row is None:
                 return False
+            # The version given up is the newest the row wanted: a change may have come while this
+            # attempt, carrying an older one, was in flight.
             await db.execute(
                 insert(DeadLetter).values(
                     delivery_id=job.delivery_id, service_id=job.service_id, account_id=row.account_id, channel=job.channel,
-                    version=job.version, attempts=decision.attempts, last_error=decision.error,
+                    version=row.wanted_version, attempts=decision.attempts, last_error=decision.error,
                     failing_since=decision.failing_since, gave_up_at=now,
                 )
             )
-            log.warning("sync: gave up delivering version %s to service %s (%s)", job.version, job.service_id, job.channel)
+            log.warning("sync: gave up delivering version %s to service %s (%s)", row.wanted_version, job.service_id, job.channel)
             return True
         recorded = await db.execute(
             this.values(

@@ -213,6 +213,36 @@ async def test_a_failure_that_comes_after_another_attempt_delivered_is_not_recor
     assert failing is None
 
 
+async def test_a_delivery_given_up_while_a_newer_change_waited_names_the_newer_version(hub: Hub, receivers: Receivers) -> None:
+    """The attempt that gives up carried version 1; version 2 came while it was in flight. The
+    row is given up with both, and its dead letter names 2: what redelivering it sends."""
+    store = await add_member(hub, receivers, "store")
+    sub = (await add_people(hub, 1))[0]
+    await link_directly(hub, [sub], store.rp.client_id)
+    async with hub.app[DB]() as db:
+        account = await db.scalar(select(Account).where(Account.sub == sub))
+        assert account is not None
+    async with hub.app[DB].begin() as db:
+        await fanout.record(db, [ProfileChanged(id="e1", sub=sub, version=1, changed=["name"], channel="support", occurred_at=account.updated_at)], echo_suppression=True)
+    settings = hub.settings.model_copy(update={"sync_retry_schedule": [0.0001], "sync_give_up_after": 0.5})
+    async with aiohttp.ClientSession() as http:
+        deliverer = engines(hub, http, settings)[0]
+        await deliverer.endpoints.refresh(force=True)
+        [first] = await deliverer.claim(10)
+        async with hub.app[DB].begin() as db:
+            await deliverer.record(db, [Result(first, Outcome("retry", "HTTP 503"), utcnow())])
+        [last] = await deliverer.claim(10)  # failing for a while: its failure will be the last
+        async with hub.app[DB].begin() as db:
+            await fanout.record(db, [ProfileChanged(id="e2", sub=sub, version=2, changed=["name"], channel="support", occurred_at=utcnow())], echo_suppression=True)
+        async with hub.app[DB].begin() as db:
+            await deliverer.record(db, [Result(last, Outcome("retry", "HTTP 500"), utcnow() + dt.timedelta(seconds=1))])
+
+    row = await _row(hub)
+    assert row.state == "dead" and row.wanted_version == 2 and row.delivered_version == 0
+    async with hub.app[DB]() as db:
+        assert (await db.scalars(select(DeadLetter.version))).all() == [2]
+
+
 async def test_a_webhook_that_answered_410_gets_nothing_more_from_this_worker(hub: Hub, receivers: Receivers) -> None:
     """From the 410 on, not only once the disabling is committed and the endpoints are read
     again: the fan-out's direct sends and the claims leave that webhook out at once, even if the
