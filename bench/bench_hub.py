@@ -120,7 +120,7 @@ request = function()
     "grant_type=refresh_token&refresh_token=" .. rt)
 end
 response = function(status, headers, body)
-  local rt = body:match('"refresh_token": "([^"]+)"')
+  local rt = body:match('"refresh_token":%s*"([^"]+)"')
   if rt then table.insert(queue, rt) end
 end
 """
