@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Throughput of the hub (one process unless --workers): client_credentials grants/s, refresh
-grants/s, password sign-ins/s (full form POST), userinfo and introspection requests/s, against the
-argon2id hash rate.
+grants/s, password sign-ins/s (full form POST; from browsers the people signed in with before,
+and from browsers new to them, whose sign-ins are mailed to the people), userinfo and
+introspection requests/s, against the argon2id hash rate.
 
 The hub runs as a real ``onesignin serve`` subprocess; load comes over loopback HTTP from this
 process (which shares the machine's cores with the hub: figures are for the whole machine).
@@ -105,6 +106,21 @@ async def sign_in_and_authorize(base: str, client_id: str, client_secret: str, e
         return token["refresh_token"]
 
 
+async def device_cookie(base: str, email: str) -> str:
+    """The device cookie a browser keeps once ``email`` signed in with it (its next sign-ins there
+    are from a known browser)."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(f"{base}/sign-in") as r:
+            fields = dict(_INPUT.findall(await r.text()))
+        async with http.post(f"{base}/sign-in", data=fields | {"email": email, "password": PASSWORD}, allow_redirects=False) as r:
+            if r.status != 303:
+                raise RuntimeError(f"signing {email} in answered {r.status}")
+        found = [c.value for c in http.cookie_jar if c.key == "osi_device"]
+        if not found:
+            raise RuntimeError(f"no device cookie after signing {email} in")
+        return found[0]
+
+
 LUA_STATIC_POST = """
 wrk.method = "POST"
 wrk.body = "{body}"
@@ -146,10 +162,14 @@ end
 
 LUA_SIGN_IN = """
 local i = 0
+local devices = {{ {devices} }}
 request = function()
   i = i + 1
-  local body = "csrf_token={csrf}&email=p" .. (i % {users}) .. "%40example.com&password={password}"
-  return wrk.format("POST", nil, {{["Content-Type"] = "application/x-www-form-urlencoded", ["Cookie"] = "osi_csrf={cookie}"}}, body)
+  local n = i % {users}
+  local body = "csrf_token={csrf}&email=p" .. n .. "%40example.com&password={password}"
+  local cookie = "osi_csrf={cookie}"
+  if #devices > 0 then cookie = cookie .. "; osi_device=" .. devices[n + 1] end
+  return wrk.format("POST", nil, {{["Content-Type"] = "application/x-www-form-urlencoded", ["Cookie"] = cookie}}, body)
 end
 """
 
@@ -392,9 +412,18 @@ async def main() -> None:
         # The machine's speed drifts, so the hash rate is measured right before and right after
         # the sign-ins (the hub idle meanwhile) and the two are averaged.
         hash_before = argon2_rate(args.seconds / 2, os.cpu_count() or 1, 19456, 2)
+        # From a browser each person signed in with before (the usual case), then from browsers
+        # new to the accounts (each sign-in also mails the person).
+        devices = [await device_cookie(base, f"p{i}@example.com") for i in range(users)]
         results["password_sign_ins_per_s"] = wrk.run(
             "/sign-in",
-            LUA_SIGN_IN.format(cookie=cookie, csrf=csrf_token, users=users, password=PASSWORD.replace(" ", "+")),
+            LUA_SIGN_IN.format(
+                cookie=cookie, csrf=csrf_token, users=users, password=PASSWORD.replace(" ", "+"), devices=", ".join(f'"{d}"' for d in devices)
+            ),
+        )
+        results["new_browser_sign_ins_per_s"] = wrk.run(
+            "/sign-in",
+            LUA_SIGN_IN.format(cookie=cookie, csrf=csrf_token, users=users, password=PASSWORD.replace(" ", "+"), devices=""),
         )
         hash_after = argon2_rate(args.seconds / 2, os.cpu_count() or 1, 19456, 2)
         results["argon2id_verifications_per_s"] = (hash_before + hash_after) / 2
@@ -402,6 +431,7 @@ async def main() -> None:
         stop_hub(hub)
         shutil.rmtree(scripts, ignore_errors=True)
     results["sign_in_vs_hash_rate"] = results["password_sign_ins_per_s"] / results["argon2id_verifications_per_s"]
+    results["new_browser_sign_in_vs_hash_rate"] = results["new_browser_sign_ins_per_s"] / results["argon2id_verifications_per_s"]
     if scratch_db:
         subprocess.run(["psql", args.database.replace("+asyncpg", ""), "-qc", f'DROP DATABASE "{scratch_db}" WITH (FORCE)'], check=False)
     shutil.rmtree(data_dir, ignore_errors=True)
