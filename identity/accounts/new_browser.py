@@ -26,15 +26,18 @@ SUBJECT = lazy_gettext("A new sign-in to your One Sign In account")
 async def notice(db: AsyncSession, settings: Settings, account_id: int, user_agent: str | None, *, at: dt.datetime | None = None) -> EmailMessage | None:
     """The mail for a sign-in that just succeeded from a new browser, or None for the account's
     first sign-in ever (the one being made is already recorded)."""
-    succeeded = await db.scalar(
-        select(func.count()).select_from(SignInEvent).where(SignInEvent.account_id == account_id, SignInEvent.succeeded.is_(True))
-    )
-    if (succeeded or 0) < 2:
-        return None
-    found = (await db.execute(select(Account.email, Account.locale).where(Account.id == account_id))).first()
+    # Whether it has two successful sign-ins (this one and an earlier), not how many it has had.
+    two = select(SignInEvent.id).where(SignInEvent.account_id == account_id, SignInEvent.succeeded.is_(True)).limit(2).subquery()
+    found = (
+        await db.execute(
+            select(Account.email, Account.locale, select(func.count()).select_from(two).scalar_subquery()).where(Account.id == account_id)
+        )
+    ).first()
     if found is None:
         return None
-    email, locale_claim = found
+    email, locale_claim, succeeded = found
+    if succeeded < 2:
+        return None
     with speaking(locale_claim):
         return _message(settings, email, at or utcnow(), describe(user_agent))
 

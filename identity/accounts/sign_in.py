@@ -18,13 +18,13 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, literal, select, update
+from sqlalchemy import bindparam, delete, exists, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.accounts import throttle
 from identity.accounts.hashing import HashQueue
 from identity.accounts.passwords import PasswordHasher
-from identity.db.models import Account, BrowserSession, SignInEvent, Throttle, UTCDateTime, utcnow
+from identity.db.models import Account, BrowserSession, Passkey, SecondFactor, SignInEvent, Throttle, UTCDateTime, utcnow
 from identity.i18n import lazy_gettext, ngettext, pgettext
 from schemas.account import normalize_email
 
@@ -49,6 +49,9 @@ class Attempt:
     #: Seconds the next attempt must wait if this one fails (it reached the limit), or None.
     wait_if_wrong: int | None
     new_hash: str | None = None
+    #: The account's second factors, read with it: a confirmed authenticator app, a passkey.
+    has_app: bool = False
+    has_passkey: bool = False
 
     @property
     def cleared_key(self) -> str:
@@ -71,7 +74,7 @@ async def begin_attempt(
         normalized: str | None = normalize_email(email)
     except ValueError:
         normalized = None
-    account_id, password_hash = (await db.execute(_FIND_ACCOUNT, {"email": normalized})).one()
+    account_id, password_hash, has_app, has_passkey = (await db.execute(_FIND_ACCOUNT, {"email": normalized})).one()
     account_limit, address_limit = limits
     if keys.device:
         counts = [(keys.device, account_limit)]
@@ -85,7 +88,7 @@ async def begin_attempt(
             ),
             429,
         )
-    return Attempt(keys, account_id, password_hash, counted.wait)
+    return Attempt(keys, account_id, password_hash, counted.wait, has_app=bool(has_app), has_passkey=bool(has_passkey))
 
 
 async def check_password(hashing: HashQueue, hasher: PasswordHasher, attempt: Attempt, password: str) -> bool:
@@ -147,10 +150,14 @@ async def sign_in_at_once(db: AsyncSession, attempt: Attempt, session: dict[str,
 
 # Built once: only their parameters change from one sign-in to the next, so SQLAlchemy neither
 # rebuilds them nor recomputes their cache keys.
-# A disabled account (``onesignin users disable``) is not found: it cannot sign in.
+# A disabled account (``onesignin users disable``) is not found: it cannot sign in. Its second
+# factors are read with it (sign-in asks for one when it has one), in the same round trip.
+_ACCOUNT_ID = select(Account.id).where(Account.email == bindparam("email"), Account.disabled_at.is_(None)).scalar_subquery()
 _FIND_ACCOUNT = select(
-    select(Account.id).where(Account.email == bindparam("email"), Account.disabled_at.is_(None)).scalar_subquery(),
+    _ACCOUNT_ID,
     select(Account.password_hash).where(Account.email == bindparam("email"), Account.disabled_at.is_(None)).scalar_subquery(),
+    exists().where(SecondFactor.account_id == _ACCOUNT_ID, SecondFactor.confirmed_at.is_not(None)),
+    exists().where(Passkey.account_id == _ACCOUNT_ID),
 )
 
 

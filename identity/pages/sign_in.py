@@ -12,7 +12,7 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity.accounts import devices, factors, new_browser, passkeys, second_factor, throttle
+from identity.accounts import devices, new_browser, passkeys, second_factor, throttle
 from identity.accounts.sign_in import (
     Attempt,
     SignInRefused,
@@ -97,7 +97,7 @@ async def _attempt_sign_in(request: web.Request, email: str, password: str) -> S
         request.config_dict[HUB_METRICS].sign_ins.labels("throttled").inc()
         return refused
     ok = await _check(request, attempt, password)
-    due = ok and attempt.account_id is not None and await _second_factor_due(request, attempt.account_id)
+    due = ok and attempt.account_id is not None and _second_factor_due(request, attempt)
     device = devices.remember(request.config_dict[SECRET], DEVICE.read(request), attempt.keys.account) if ok and not due else None
     new_browser_of = attempt.account_id if device is not None else None
     if ok and not due and _plain(request, attempt) and dialect.opens_postgres(sessions):
@@ -113,13 +113,11 @@ async def _attempt_sign_in(request: web.Request, email: str, password: str) -> S
     return SignedIn(secret, device, new_browser_of)
 
 
-async def _second_factor_due(request: web.Request, account_id: int) -> bool:
-    """Whether the account has a second factor: an authenticator app, or a passkey (which the
-    browser can use only where the hub has a relying party: an issuer with a host name)."""
-    async with autocommit(request.config_dict[DB]) as db:
-        if passkey_offers.relying_party(request) is None:
-            return await second_factor.enrolled(db, account_id)
-        return await factors.enrolled(db, account_id)  # one statement for both
+def _second_factor_due(request: web.Request, attempt: Attempt) -> bool:
+    """Whether the account has a second factor (read with it as the attempt began): an
+    authenticator app, or a passkey (which the browser can use only where the hub has a relying
+    party: an issuer with a host name)."""
+    return attempt.has_app or (attempt.has_passkey and passkey_offers.relying_party(request) is not None)
 
 
 async def start_session(request: web.Request, db: AsyncSession, account_id: int, amr: str) -> str:
