@@ -3,7 +3,9 @@ that arrives while a delivery is in flight is never settled by that delivery."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -17,7 +19,7 @@ from identity.operations import services
 from schemas.events import LinkCreated, ProfileChanged
 from sync import fanout
 from sync.endpoints import Room
-from sync.engine import Result
+from sync.engine import Engine, Result
 from sync.webhooks import Outcome
 from tests.support import Hub
 from tests.sync.conftest import add_member
@@ -173,10 +175,11 @@ async def test_removing_a_channel_drops_what_was_queued_for_it(hub: Hub, receive
     assert await queued() == []
 
 
-async def test_a_failure_that_comes_after_another_attempt_delivered_is_not_recorded(hub: Hub, receivers: Receivers) -> None:
-    """An attempt that stalls past its lease while another takes the row and delivers it: the
-    stalled attempt's failure, recorded last, must neither mark the delivered row failing nor
-    give it up to the dead letters."""
+@contextlib.asynccontextmanager
+async def _about_to_give_up(hub: Hub, receivers: Receivers) -> AsyncIterator[tuple[Engine, Any, str, str]]:
+    """A person's delivery of version 1 to a member service that failed once and has failed for
+    longer than the give-up time: the next failure recorded for the job yielded (with the worker's
+    deliverer, the person's sub and the service's client id) gives the row up."""
     store = await add_member(hub, receivers, "store")
     sub = (await add_people(hub, 1))[0]
     await link_directly(hub, [sub], store.rp.client_id)
@@ -192,9 +195,16 @@ async def test_a_failure_that_comes_after_another_attempt_delivered_is_not_recor
         [first] = await deliverer.claim(10)
         async with hub.app[DB].begin() as db:
             await deliverer.record(db, [Result(first, Outcome("retry", "HTTP 503"), utcnow())])
-        # Failing for a while: the next failure recorded would be the last (given up).
-        [stalled] = await deliverer.claim(10)
-        assert stalled.failing_since is not None
+        [last] = await deliverer.claim(10)
+        assert last.failing_since is not None
+        yield deliverer, last, sub, store.rp.client_id
+
+
+async def test_a_failure_that_comes_after_another_attempt_delivered_is_not_recorded(hub: Hub, receivers: Receivers) -> None:
+    """An attempt that stalls past its lease while another takes the row and delivers it: the
+    stalled attempt's failure, recorded last, must neither mark the delivered row failing nor
+    give it up to the dead letters."""
+    async with _about_to_give_up(hub, receivers) as (deliverer, stalled, _sub, client_id):
         async with hub.app[DB].begin() as db:  # its lease runs out
             await db.execute(update(Delivery).where(Delivery.id == stalled.delivery_id).values(next_attempt_at=utcnow()))
         [taken] = await deliverer.claim(10)
@@ -209,29 +219,14 @@ async def test_a_failure_that_comes_after_another_attempt_delivered_is_not_recor
     assert row.attempts == 0 and row.failing_since is None and row.last_error is None
     async with hub.app[DB]() as db:
         assert await db.scalar(select(func.count()).select_from(DeadLetter)) == 0
-        failing = await db.scalar(select(Service.webhook_failing_since).where(Service.client_id == store.rp.client_id))
+        failing = await db.scalar(select(Service.webhook_failing_since).where(Service.client_id == client_id))
     assert failing is None
 
 
 async def test_a_delivery_given_up_while_a_newer_change_waited_names_the_newer_version(hub: Hub, receivers: Receivers) -> None:
     """The attempt that gives up carried version 1; version 2 came while it was in flight. The
     row is given up with both, and its dead letter names 2: what redelivering it sends."""
-    store = await add_member(hub, receivers, "store")
-    sub = (await add_people(hub, 1))[0]
-    await link_directly(hub, [sub], store.rp.client_id)
-    async with hub.app[DB]() as db:
-        account = await db.scalar(select(Account).where(Account.sub == sub))
-        assert account is not None
-    async with hub.app[DB].begin() as db:
-        await fanout.record(db, [ProfileChanged(id="e1", sub=sub, version=1, changed=["name"], channel="support", occurred_at=account.updated_at)], echo_suppression=True)
-    settings = hub.settings.model_copy(update={"sync_retry_schedule": [0.0001], "sync_give_up_after": 0.5})
-    async with aiohttp.ClientSession() as http:
-        deliverer = engines(hub, http, settings)[0]
-        await deliverer.endpoints.refresh(force=True)
-        [first] = await deliverer.claim(10)
-        async with hub.app[DB].begin() as db:
-            await deliverer.record(db, [Result(first, Outcome("retry", "HTTP 503"), utcnow())])
-        [last] = await deliverer.claim(10)  # failing for a while: its failure will be the last
+    async with _about_to_give_up(hub, receivers) as (deliverer, last, sub, _client_id):
         async with hub.app[DB].begin() as db:
             await fanout.record(db, [ProfileChanged(id="e2", sub=sub, version=2, changed=["name"], channel="support", occurred_at=utcnow())], echo_suppression=True)
         async with hub.app[DB].begin() as db:
