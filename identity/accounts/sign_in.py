@@ -18,13 +18,13 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, delete, exists, insert, literal, select, update
+from sqlalchemy import bindparam, delete, insert, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from identity.accounts import throttle
+from identity.accounts import factors, throttle
 from identity.accounts.hashing import HashQueue
 from identity.accounts.passwords import PasswordHasher
-from identity.db.models import Account, BrowserSession, Passkey, SecondFactor, SignInEvent, Throttle, UTCDateTime, utcnow
+from identity.db.models import Account, BrowserSession, SignInEvent, Throttle, UTCDateTime, utcnow
 from identity.i18n import lazy_gettext, ngettext, pgettext
 from schemas.account import normalize_email
 
@@ -156,8 +156,7 @@ _ACCOUNT_ID = select(Account.id).where(Account.email == bindparam("email"), Acco
 _FIND_ACCOUNT = select(
     _ACCOUNT_ID,
     select(Account.password_hash).where(Account.email == bindparam("email"), Account.disabled_at.is_(None)).scalar_subquery(),
-    exists().where(SecondFactor.account_id == _ACCOUNT_ID, SecondFactor.confirmed_at.is_not(None)),
-    exists().where(Passkey.account_id == _ACCOUNT_ID),
+    *factors.held(_ACCOUNT_ID),
 )
 
 

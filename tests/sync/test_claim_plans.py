@@ -63,16 +63,23 @@ async def _generic_plan(hub: Hub, statement: str, parameters: tuple[Any, ...]) -
         return "\n".join(r[0] for r in rows)
 
 
-@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # generic plans are Postgres's
-async def test_claims_use_the_due_indexes_in_generic_plans(hub: Hub, receivers: Receivers) -> None:
-    await add_member(hub, receivers, "store")
-    seen: list[tuple[str, tuple[Any, ...]]] = []
+def _capturing(engine: Any, seen: list[tuple[str, tuple[Any, ...]]]) -> Any:
+    """Record in ``seen`` each statement ``engine`` sends, with its parameters, from now on;
+    return the listener (for ``event.remove``)."""
 
     def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
         seen.append((statement, tuple(parameters or ())))
 
-    engine = hub.app[ENGINE].sync_engine
     event.listen(engine, "before_cursor_execute", capture)
+    return capture
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # generic plans are Postgres's
+async def test_claims_use_the_due_indexes_in_generic_plans(hub: Hub, receivers: Receivers) -> None:
+    await add_member(hub, receivers, "store")
+    seen: list[tuple[str, tuple[Any, ...]]] = []
+    engine = hub.app[ENGINE].sync_engine
+    capture = _capturing(engine, seen)
     try:
         async with aiohttp.ClientSession() as http:
             deliverer, notices = engines(hub, http)
@@ -95,14 +102,6 @@ async def test_claims_use_the_due_indexes_in_generic_plans(hub: Hub, receivers: 
     assert "ix_deliveries_due" in await _generic_plan(hub, *probe)
     [probe] = [s for s in seen if s[0].lstrip().startswith("SELECT") and "FROM notices" in s[0]]
     assert "ix_notices_due" in await _generic_plan(hub, *probe)
-
-
-def _capturing(engine: Any, seen: list[tuple[str, tuple[Any, ...]]]) -> Any:
-    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
-        seen.append((statement, tuple(parameters or ())))
-
-    event.listen(engine, "before_cursor_execute", capture)
-    return capture
 
 
 async def _plan_among(
